@@ -1,0 +1,625 @@
+"""Broker configuration: immutable attrs objects plus a strict TOML loader.
+
+The same classes serve embedding users (``BrokerConfig(...)`` in Python) and TOML users
+(``load_config("broker.toml")``): every check lives in the attrs validators, so both get
+the same errors. The loader only maps TOML tables onto constructor calls, rejects unknown
+keys, and prefixes each :class:`~trio_mqtt.errors.ConfigError` with the file name and the
+full key path (``listeners[0].proxy_protocol.mode``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self, TypeAlias
+
+import attrs
+
+from trio_mqtt.errors import ConfigError
+
+__all__ = [
+    "BrokerConfig",
+    "IPNetwork",
+    "ListenerConfig",
+    "ProxyMode",
+    "ProxyPolicy",
+    "TLSConfig",
+    "Transport",
+    "load_config",
+    "parse_bind",
+    "parse_config",
+]
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: MQTT's largest packet: 268,435,455 bytes of remaining length plus a 5-byte fixed header.
+MAX_MQTT_PACKET_SIZE = 268_435_455 + 5
+#: The largest PROXY v2 header (16-byte preamble + 65,535 bytes) and the largest without
+#: TLVs (the 216-byte UNIX address block); a cap below that would reject valid headers.
+MAX_PROXY_HEADER_SIZE = 16 + 65_535
+MIN_PROXY_HEADER_SIZE = 16 + 216
+MAX_SESSION_EXPIRY = 0xFFFF_FFFF
+
+
+class Transport(enum.Enum):
+    """What a listener speaks on top of TCP."""
+
+    TCP = "tcp"
+    TLS = "tls"
+    WS = "ws"
+    WSS = "wss"
+
+
+class ProxyMode(enum.Enum):
+    """Whether a listener reads a PROXY protocol header (see docs/configuration.md)."""
+
+    OFF = "off"
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+
+
+# --------------------------------------------------------------------------- validators
+# Each raises ConfigError(message, key=<attribute name>); the TOML loader re-raises it
+# with the file name and the full key path.
+
+
+def _show(value: object) -> str:
+    """*value* as a TOML user would write it (``true``, not ``True``); repr otherwise."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _fail(attribute: attrs.Attribute[Any], message: str) -> ConfigError:
+    return ConfigError(message, key=attribute.name)
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    """An integer (never a bool) in ``low..high`` (no upper bound when *high* is None)."""
+    allowed = f"{low}..{high}" if high is not None else f">= {low}"
+
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(attribute, f"{_show(value)} is not an integer (allowed: {allowed})")
+        if value < low or (high is not None and value > high):
+            raise _fail(attribute, f"{value!r} is out of range (allowed: {allowed})")
+
+    return check
+
+
+def _seconds(*, allow_zero: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    """A finite number of seconds (int or float, never a bool), > 0 or >= 0."""
+    allowed = "a number >= 0" if allow_zero else "a number > 0"
+
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(
+                attribute, f"{_show(value)} is not a number of seconds (allowed: {allowed})"
+            )
+        too_small = value < 0 if allow_zero else value <= 0
+        if not math.isfinite(value) or too_small:
+            raise _fail(attribute, f"{value!r} is out of range (allowed: {allowed})")
+
+    return check
+
+
+def _bool(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _fail(attribute, f"{value!r} is not a boolean (allowed: true, false)")
+
+
+def _str(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str):
+        raise _fail(attribute, f"{_show(value)} is not a string")
+
+
+def _nonempty_str(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _str(instance, attribute, value)
+    if not value:
+        raise _fail(attribute, "must not be empty")
+
+
+def _optional_nonempty_str(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _nonempty_str(instance, attribute, value)
+
+
+def _instance_of(cls: type, what: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, cls):
+            raise _fail(attribute, f"{value!r} is not {what}")
+
+    return check
+
+
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _host_problem(host: str) -> str | None:
+    """Why *host* cannot be bound (None when it is an IP literal or a host name)."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{host!r} is not a valid IPv6 address"
+        return None
+    if _HOSTNAME.fullmatch(host) is None:
+        return f"{host!r} is not an IP address or host name"
+    return None
+
+
+def _host(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _nonempty_str(instance, attribute, value)
+    problem = _host_problem(value)
+    if problem is not None:
+        raise _fail(attribute, problem)
+
+
+def _ws_path(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _str(instance, attribute, value)
+    if not value.startswith("/"):
+        raise _fail(attribute, f"{value!r} must start with '/' (e.g. '/mqtt')")
+
+
+# --------------------------------------------------------------------------- converters
+# Converters let embedding users write strings (transport="tls", trusted_sources=["10/8"]);
+# they raise ConfigError with the attribute name as the key.
+
+
+def _enum_choices(cls: type[enum.Enum]) -> str:
+    return ", ".join(repr(member.value) for member in cls)
+
+
+def _to_transport(value: Transport | str) -> Transport:
+    if isinstance(value, Transport):
+        return value
+    try:
+        return Transport(value)
+    except ValueError:
+        message = f"{_show(value)} is not one of {_enum_choices(Transport)}"
+        raise ConfigError(message, key="transport") from None
+
+
+def _to_proxy_mode(value: ProxyMode | str) -> ProxyMode:
+    if isinstance(value, ProxyMode):
+        return value
+    try:
+        return ProxyMode(value)
+    except ValueError:
+        message = f"{_show(value)} is not one of {_enum_choices(ProxyMode)}"
+        raise ConfigError(message, key="mode") from None
+
+
+def _parse_network(text: str, key: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        try:
+            fixed = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            message = f"{text!r} is not a valid CIDR (e.g. '10.0.0.0/8', '2001:db8::/32')"
+            raise ConfigError(message, key=key) from exc
+        message = f"{text!r} has host bits set; did you mean '{fixed}'?"
+        raise ConfigError(message, key=key) from exc
+
+
+def _to_networks(value: Iterable[IPNetwork | str]) -> tuple[IPNetwork, ...]:
+    key = "trusted_sources"
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        message = f"{_show(value)} is not a list of CIDRs (e.g. ['10.0.0.0/8', '192.168.1.7'])"
+        raise ConfigError(message, key=key)
+    networks: list[IPNetwork] = []
+    items: Iterable[object] = value  # checked at run time: embedding callers are untyped
+    for index, item in enumerate(items):
+        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            networks.append(item)
+        elif isinstance(item, str):
+            networks.append(_parse_network(item, f"{key}[{index}]"))
+        else:
+            message = f"{_show(item)} is not a CIDR string (e.g. '10.0.0.0/8')"
+            raise ConfigError(message, key=f"{key}[{index}]")
+    return tuple(networks)
+
+
+def _to_listeners(value: Iterable[ListenerConfig]) -> tuple[ListenerConfig, ...]:
+    if isinstance(value, str | bytes | ListenerConfig) or not isinstance(value, Iterable):
+        raise ConfigError(f"{value!r} is not a sequence of ListenerConfig", key="listeners")
+    listeners: list[ListenerConfig] = []
+    items: Iterable[object] = value  # checked at run time: embedding callers are untyped
+    for index, item in enumerate(items):
+        if not isinstance(item, ListenerConfig):
+            raise ConfigError(f"{item!r} is not a ListenerConfig", key=f"listeners[{index}]")
+        listeners.append(item)
+    return tuple(listeners)
+
+
+# --------------------------------------------------------------------------- config classes
+
+
+def _normalize_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """*host* as an address, with an IPv4-mapped IPv6 address unwrapped and no scope id."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@attrs.frozen
+class ProxyPolicy:
+    """How a listener treats PROXY protocol headers (v1 and v2, auto-detected).
+
+    ``trusted_sources`` lists the networks allowed to send a header; in ``required``
+    mode an empty tuple trusts every peer, in ``optional`` mode it must not be empty.
+    """
+
+    mode: ProxyMode = attrs.field(default=ProxyMode.OFF, converter=_to_proxy_mode)
+    trusted_sources: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_networks)
+    timeout: float = attrs.field(default=3.0, validator=_seconds(allow_zero=False))
+    use_cn_as_username: bool = attrs.field(default=False, validator=_bool)
+    max_header_size: int = attrs.field(
+        default=4096, validator=_int_in(MIN_PROXY_HEADER_SIZE, MAX_PROXY_HEADER_SIZE)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode is ProxyMode.OPTIONAL and not self.trusted_sources:
+            raise ConfigError(
+                "mode 'optional' needs a non-empty list of proxy CIDRs allowed to send a "
+                "header (e.g. trusted_sources = ['10.0.0.0/8']); use mode 'required' if "
+                "every connection comes through the proxy",
+                key="trusted_sources",
+            )
+
+    def is_trusted(self, host: str) -> bool:
+        """Whether a peer at *host* (an IP address string) may send a PROXY header.
+
+        An empty ``trusted_sources`` trusts everyone; a host that is not an IP address
+        (e.g. a UNIX socket path) is trusted only then.
+        """
+        if not self.trusted_sources:
+            return True
+        address = _normalize_ip(host)
+        if address is None:
+            return False
+        return any(address in network for network in self.trusted_sources)
+
+
+@attrs.frozen
+class TLSConfig:
+    """Certificates for a ``tls`` or ``wss`` listener.
+
+    ``cafile`` is what client certificates are verified against; it is required when
+    client certificates are required or used as the MQTT username.
+    """
+
+    certfile: str = attrs.field(validator=_nonempty_str)
+    keyfile: str = attrs.field(validator=_nonempty_str)
+    cafile: str | None = attrs.field(default=None, validator=_optional_nonempty_str)
+    require_client_cert: bool = attrs.field(default=False, validator=_bool)
+    use_identity_as_username: bool = attrs.field(default=False, validator=_bool)
+
+    def __attrs_post_init__(self) -> None:
+        for flag in ("require_client_cert", "use_identity_as_username"):
+            if getattr(self, flag) and self.cafile is None:
+                raise ConfigError(
+                    f"{flag} = true needs cafile (the CA that signs client certificates)",
+                    key="cafile",
+                )
+
+
+@attrs.frozen
+class ListenerConfig:
+    """One socket the broker accepts MQTT connections on."""
+
+    name: str = attrs.field(default="default", validator=_nonempty_str)
+    host: str = attrs.field(default="127.0.0.1", validator=_host)
+    port: int = attrs.field(default=1883, validator=_int_in(0, 65535))
+    transport: Transport = attrs.field(default=Transport.TCP, converter=_to_transport)
+    max_connections: int = attrs.field(default=100_000, validator=_int_in(1))
+    proxy_protocol: ProxyPolicy = attrs.field(
+        factory=ProxyPolicy, validator=_instance_of(ProxyPolicy, "a ProxyPolicy")
+    )
+    tls: TLSConfig | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_instance_of(TLSConfig, "a TLSConfig")),
+    )
+    ws_path: str = attrs.field(default="/mqtt", validator=_ws_path)
+
+    def __attrs_post_init__(self) -> None:
+        needs_tls = self.transport in (Transport.TLS, Transport.WSS)
+        if needs_tls and self.tls is None:
+            raise ConfigError(
+                f"transport {self.transport.value!r} needs certificates: add a "
+                "[listeners.tls] table (or pass tls=TLSConfig(...)) with certfile and keyfile",
+                key="tls",
+            )
+        if not needs_tls and self.tls is not None:
+            raise ConfigError(
+                f"TLS settings are given but transport is {self.transport.value!r}; "
+                "use transport 'tls' or 'wss', or remove them",
+                key="tls",
+            )
+
+    @property
+    def bind(self) -> str:
+        """``host:port``, with an IPv6 host in brackets (``[::1]:1883``)."""
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_bind(cls, bind: str, **kwargs: Any) -> Self:
+        """A listener on *bind* (``host:port`` or ``[v6]:port``); other fields from *kwargs*."""
+        host, port = parse_bind(bind)
+        return cls(host=host, port=port, **kwargs)
+
+
+def _unique_listeners(_instance: Any, _attribute: Any, value: tuple[ListenerConfig, ...]) -> None:
+    first_with_name: dict[str, int] = {}
+    first_with_bind: dict[tuple[str, int], int] = {}
+    for index, listener in enumerate(value):
+        other = first_with_name.setdefault(listener.name, index)
+        if other != index:
+            raise ConfigError(
+                f"{listener.name!r} is already the name of listeners[{other}]; "
+                "listener names must be unique",
+                key=f"listeners[{index}].name",
+            )
+        if listener.port == 0:
+            continue  # port 0: the OS picks a free port each time
+        other = first_with_bind.setdefault((listener.host, listener.port), index)
+        if other != index:
+            raise ConfigError(
+                f"{listener.bind!r} is already the address of listeners[{other}]",
+                key=f"listeners[{index}].bind",
+            )
+
+
+@attrs.frozen
+class BrokerConfig:
+    """Everything the broker needs; ``BrokerConfig()`` is the embedded default.
+
+    The default has one plain TCP listener on 127.0.0.1:1883, anonymous access and
+    in-memory state.
+    """
+
+    max_packet_size: int = attrs.field(
+        default=1_048_576, validator=_int_in(1, MAX_MQTT_PACKET_SIZE)
+    )
+    max_keepalive: int = attrs.field(default=65535, validator=_int_in(1, 65535))
+    connect_timeout: float = attrs.field(default=10.0, validator=_seconds(allow_zero=False))
+    receive_maximum: int = attrs.field(default=20, validator=_int_in(1, 65535))
+    max_queued_messages: int = attrs.field(default=1000, validator=_int_in(1))
+    max_session_expiry: int = attrs.field(default=86400, validator=_int_in(0, MAX_SESSION_EXPIRY))
+    retain_available: bool = attrs.field(default=True, validator=_bool)
+    allow_anonymous: bool = attrs.field(default=True, validator=_bool)
+    password_file: str = attrs.field(default="", validator=_str)
+    acl_file: str = attrs.field(default="", validator=_str)
+    persistence: str = attrs.field(default="", validator=_str)
+    shutdown_timeout: float = attrs.field(default=5.0, validator=_seconds(allow_zero=True))
+    sys_interval: float = attrs.field(default=10.0, validator=_seconds(allow_zero=True))
+    listeners: tuple[ListenerConfig, ...] = attrs.field(
+        factory=lambda: (ListenerConfig(),),
+        converter=_to_listeners,
+        validator=_unique_listeners,
+    )
+
+
+# --------------------------------------------------------------------------- bind strings
+
+_BIND_HELP = "expected HOST:PORT or [IPV6]:PORT, e.g. '0.0.0.0:1883' or '[::]:1883'"
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6]:port`` into ``(host, port)``; ConfigError if invalid."""
+    if not isinstance(bind, str):
+        raise ConfigError(f"{_show(bind)} is not a string ({_BIND_HELP})")
+    if bind.startswith("["):
+        host, closed, rest = bind[1:].partition("]")
+        if not closed or not rest.startswith(":"):
+            raise ConfigError(f"{bind!r} is not a valid bind address ({_BIND_HELP})")
+        port_text = rest[1:]
+        if ":" not in host:
+            raise ConfigError(f"{bind!r}: only IPv6 addresses go in brackets ({_BIND_HELP})")
+    else:
+        host, colon, port_text = bind.rpartition(":")
+        if not colon:
+            raise ConfigError(f"{bind!r} has no ':PORT' ({_BIND_HELP})")
+        if ":" in host:
+            raise ConfigError(
+                f"{bind!r}: an IPv6 address needs brackets, e.g. '[{host}]:{port_text}'"
+            )
+    if not host:
+        raise ConfigError(f"{bind!r} has no host ({_BIND_HELP})")
+    problem = _host_problem(host)
+    if problem is not None:
+        raise ConfigError(f"{bind!r}: {problem} ({_BIND_HELP})")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ConfigError(f"{bind!r}: port {port_text!r} is not a number (allowed: 0..65535)")
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError(f"{bind!r}: port {port} is out of range (allowed: 0..65535)")
+    return host, port
+
+
+# --------------------------------------------------------------------------- TOML loading
+
+_BROKER_KEYS = tuple(
+    field.name for field in attrs.fields(BrokerConfig) if field.name != "listeners"
+)
+_LISTENER_KEYS = ("name", "bind", "transport", "max_connections", "ws_path")
+_LISTENER_TABLES = ("proxy_protocol", "tls")
+_PROXY_KEYS = tuple(field.name for field in attrs.fields(ProxyPolicy))
+_TLS_KEYS = tuple(field.name for field in attrs.fields(TLSConfig))
+_TLS_FILE_KEYS = ("certfile", "keyfile", "cafile")
+_BROKER_FILE_KEYS = ("password_file", "acl_file")
+
+
+def _detail(error: ConfigError) -> str:
+    """The message of *error* without the ``file: key:`` prefix ConfigError adds."""
+    text = str(error)
+    prefix = "".join(f"{part}: " for part in (error.file, error.key) if part is not None)
+    return text.removeprefix(prefix)
+
+
+@attrs.frozen
+class _Loader:
+    """Walks one parsed TOML document; knows the file name for error messages."""
+
+    file: str
+    #: Directory that relative file paths are resolved against, and whose files must
+    #: exist (only when loading from a file; None for parse_config on a mapping).
+    base_dir: Path | None
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return ConfigError(message, file=self.file, key=key)
+
+    @contextmanager
+    def keyed(self, key_of: Callable[[str | None], str | None]) -> Iterator[None]:
+        """Re-raise a validator's ConfigError with the file and the full key path."""
+        try:
+            yield
+        except ConfigError as exc:
+            raise self.error(key_of(exc.key), _detail(exc)) from None
+
+    def table(self, value: Any, key: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+        """*value* checked to be a table whose keys are all in *allowed*."""
+        if not isinstance(value, Mapping):
+            raise self.error(key or None, f"{_show(value)} is not a table")
+        for name in value:
+            if name not in allowed:
+                hint = difflib.get_close_matches(name, allowed, n=1)
+                did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
+                choices = ", ".join(repr(a) for a in allowed)
+                raise self.error(
+                    f"{key}.{name}" if key else name,
+                    f"unknown key; {did_you_mean}allowed keys: {choices}",
+                )
+        return value
+
+    def path(self, value: Any, key: str, *, must_exist: bool) -> Any:
+        """*value* resolved against the config file's directory (when there is one)."""
+        if self.base_dir is None or not isinstance(value, str) or not value:
+            return value
+        resolved = self.base_dir / value
+        if must_exist and not resolved.exists():
+            raise self.error(key, f"{value!r} does not exist (looked for {str(resolved)!r})")
+        return str(resolved)
+
+    def config(self, data: Mapping[str, Any]) -> BrokerConfig:
+        document = self.table(data, "", ("broker", "listeners"))
+        broker = dict(self.table(document.get("broker", {}), "broker", _BROKER_KEYS))
+        for name in _BROKER_FILE_KEYS:
+            if name in broker:
+                broker[name] = self.path(broker[name], f"broker.{name}", must_exist=True)
+        if "persistence" in broker:
+            broker["persistence"] = self.path(
+                broker["persistence"], "broker.persistence", must_exist=False
+            )
+        if "listeners" in document:
+            listeners = document["listeners"]
+            if not isinstance(listeners, list):
+                raise self.error(
+                    "listeners", f"{listeners!r} is not an array of tables (use [[listeners]])"
+                )
+            broker["listeners"] = [
+                self.listener(item, index) for index, item in enumerate(listeners)
+            ]
+
+        def key_of(key: str | None) -> str | None:
+            if key is None or key.startswith("listeners"):
+                return key
+            return f"broker.{key}"
+
+        with self.keyed(key_of):
+            return BrokerConfig(**broker)
+
+    def listener(self, data: Any, index: int) -> ListenerConfig:
+        prefix = f"listeners[{index}]"
+        table = self.table(data, prefix, _LISTENER_KEYS + _LISTENER_TABLES)
+        if "bind" not in table:
+            raise self.error(
+                f"{prefix}.bind", "missing; every [[listeners]] needs e.g. bind = '0.0.0.0:1883'"
+            )
+        kwargs: dict[str, Any] = {
+            key: value for key, value in table.items() if key not in ("bind", *_LISTENER_TABLES)
+        }
+        kwargs.setdefault("name", f"listener{index}")
+        with self.keyed(lambda _key: f"{prefix}.bind"):
+            kwargs["host"], kwargs["port"] = parse_bind(table["bind"])
+        if "proxy_protocol" in table:
+            kwargs["proxy_protocol"] = self.proxy_policy(table["proxy_protocol"], prefix)
+        if "tls" in table:
+            kwargs["tls"] = self.tls(table["tls"], prefix)
+
+        def key_of(key: str | None) -> str:
+            if key in ("host", "port"):
+                return f"{prefix}.bind"
+            return prefix if key is None else f"{prefix}.{key}"
+
+        with self.keyed(key_of):
+            return ListenerConfig(**kwargs)
+
+    def proxy_policy(self, data: Any, listener_prefix: str) -> ProxyPolicy:
+        prefix = f"{listener_prefix}.proxy_protocol"
+        table = self.table(data, prefix, _PROXY_KEYS)
+        with self.keyed(lambda key: prefix if key is None else f"{prefix}.{key}"):
+            return ProxyPolicy(**table)
+
+    def tls(self, data: Any, listener_prefix: str) -> TLSConfig:
+        prefix = f"{listener_prefix}.tls"
+        table = dict(self.table(data, prefix, _TLS_KEYS))
+        for name in _TLS_FILE_KEYS:
+            if name in table:
+                table[name] = self.path(table[name], f"{prefix}.{name}", must_exist=True)
+        missing = [name for name in ("certfile", "keyfile") if name not in table]
+        if missing:
+            raise self.error(f"{prefix}.{missing[0]}", "missing; [listeners.tls] needs it")
+        with self.keyed(lambda key: prefix if key is None else f"{prefix}.{key}"):
+            return TLSConfig(**table)
+
+
+def parse_config(data: Mapping[str, Any], *, file: str = "<config>") -> BrokerConfig:
+    """Build a BrokerConfig from an already-parsed TOML document (a mapping).
+
+    File paths in it are taken as they are (relative to the current directory).
+    """
+    return _Loader(file=file, base_dir=None).config(data)
+
+
+def load_config(path: str | os.PathLike[str]) -> BrokerConfig:
+    """Read and validate a TOML config file.
+
+    Relative file paths inside it (certificates, password and ACL files, persistence)
+    are resolved against the directory of the config file, and files that must already
+    exist are checked, so a mistake is reported at startup with its key.
+    """
+    file = os.fspath(path)
+    try:
+        with open(file, "rb") as stream:
+            data = tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=file) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a config file", file=file) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", file=file) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not valid UTF-8 ({exc.reason} at byte {exc.start})", file=file
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=file) from None
+    return _Loader(file=file, base_dir=Path(file).parent).config(data)
