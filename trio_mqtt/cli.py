@@ -1,0 +1,159 @@
+"""The ``trio-mqtt`` command: parse arguments, load the config, run the broker.
+
+The broker runs until SIGINT or SIGTERM, then shuts down gracefully (bounded by
+``broker.shutdown_timeout``) and the command exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import TextIO
+
+import attrs
+import trio
+
+from trio_mqtt._version import __version__
+from trio_mqtt.config import BrokerConfig, ListenerConfig, load_config
+from trio_mqtt.errors import ConfigError
+
+__all__ = ["build_config", "build_parser", "configure_logging", "main", "run_broker"]
+
+logger = logging.getLogger("trio_mqtt.cli")
+
+PROG = "trio-mqtt"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+#: Exit codes: 2 for a bad command line or config (as argparse does), 1 when the broker
+#: cannot start (e.g. the port is in use).
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``trio-mqtt``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="An MQTT 3.1.1 and 5.0 broker on Trio. With no arguments it listens on "
+        "127.0.0.1:1883 (plain TCP, anonymous access, in-memory state).",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config file (see the 'Configuration' page of the docs)",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        action="append",
+        default=[],
+        help="listen on HOST:PORT ([IPV6]:PORT for IPv6) with plain TCP; repeatable; "
+        "replaces the listeners of the config file",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default="info",
+        help="log level (default: info)",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> BrokerConfig:
+    """The BrokerConfig that *args* ask for; raises ConfigError naming the bad input."""
+    config = load_config(args.config) if args.config else BrokerConfig()
+    if args.listen:
+        listeners = []
+        for index, bind in enumerate(args.listen):
+            try:
+                listeners.append(ListenerConfig.from_bind(bind, name=f"listen{index}"))
+            except ConfigError as exc:
+                raise ConfigError(str(exc), key="--listen") from None
+        config = attrs.evolve(config, listeners=tuple(listeners))
+    return config
+
+
+def configure_logging(level: str, stream: TextIO | None = None) -> logging.Handler:
+    """Send log records at *level* and above to *stream* (stderr); returns the handler."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return handler
+
+
+async def _shutdown_on_signal(signals: AsyncIterator[int], cancel_scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        logger.info("shutting down (%s)", signal.Signals(signum).name)
+        cancel_scope.cancel()
+        return
+
+
+async def _run(config: BrokerConfig) -> None:
+    """Serve *config* until the first SIGINT or SIGTERM."""
+    from trio_mqtt.server.app import serve  # imported late: the CLI must load without it
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            # Started first, so a signal during startup also stops the broker.
+            nursery.start_soon(_shutdown_on_signal, signals, nursery.cancel_scope)
+            await nursery.start(serve, config)
+
+
+def run_broker(config: BrokerConfig) -> None:
+    """Run the broker in a new Trio event loop until SIGINT or SIGTERM."""
+    trio.run(_run, config)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or *exc* itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _error(message: object) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``trio-mqtt`` and ``python -m trio_mqtt``; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed by argparse
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.version:
+        print(f"{PROG} {__version__}")
+        return EXIT_OK
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        _error(exc)
+        return EXIT_USAGE
+
+    handler = configure_logging(args.log_level)
+    try:
+        run_broker(config)
+    except Exception as exc:
+        # Startup failures the user can fix (bad certificate, port in use) get one line
+        # each instead of a traceback; anything else is a bug and keeps its traceback.
+        leaves = _leaves(exc)
+        if not all(isinstance(leaf, ConfigError | OSError) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            _error(leaf)
+        if all(isinstance(leaf, ConfigError) for leaf in leaves):
+            return EXIT_USAGE
+        return EXIT_STARTUP_FAILED
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return EXIT_OK
