@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
 import attrs
 import trio
@@ -97,9 +97,21 @@ async def _shutdown_on_signal(signals: AsyncIterator[int], cancel_scope: trio.Ca
         return
 
 
-async def _run(config: BrokerConfig) -> None:
-    """Serve *config* until the first SIGINT or SIGTERM."""
-    from trio_mqtt.server.app import serve  # imported late: the CLI must load without it
+class ServeFunction(Protocol):
+    """The shape of :func:`trio_mqtt.server.app.serve`."""
+
+    async def __call__(
+        self, config: BrokerConfig, *, task_status: trio.TaskStatus[Any] = ...
+    ) -> None: ...
+
+
+async def _run(config: BrokerConfig, *, serve: ServeFunction | None = None) -> None:
+    """Serve *config* until the first SIGINT or SIGTERM (*serve* is replaceable for tests)."""
+    if serve is None:
+        # Imported late so that the CLI (and --version) loads without the server.
+        from trio_mqtt.server.app import serve as serve_app
+
+        serve = serve_app
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
