@@ -321,7 +321,10 @@ class TLSConfig:
 
 @attrs.frozen
 class ListenerConfig:
-    """One socket the broker accepts MQTT connections on."""
+    """One socket the broker accepts MQTT connections on.
+
+    ``tls`` is required for the ``tls`` and ``wss`` transports and ignored by the others.
+    """
 
     name: str = attrs.field(default="default", validator=_nonempty_str)
     host: str = attrs.field(default="127.0.0.1", validator=_host)
@@ -338,17 +341,10 @@ class ListenerConfig:
     ws_path: str = attrs.field(default="/mqtt", validator=_ws_path)
 
     def __attrs_post_init__(self) -> None:
-        needs_tls = self.transport in (Transport.TLS, Transport.WSS)
-        if needs_tls and self.tls is None:
+        if self.transport in (Transport.TLS, Transport.WSS) and self.tls is None:
             raise ConfigError(
                 f"transport {self.transport.value!r} needs certificates: add a "
                 "[listeners.tls] table (or pass tls=TLSConfig(...)) with certfile and keyfile",
-                key="tls",
-            )
-        if not needs_tls and self.tls is not None:
-            raise ConfigError(
-                f"TLS settings are given but transport is {self.transport.value!r}; "
-                "use transport 'tls' or 'wss', or remove them",
                 key="tls",
             )
 
