@@ -1,0 +1,29 @@
+"""Sphinx configuration for the trio-mqtt docs (Markdown pages via myst-parser)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+# Read the version without importing trio_mqtt, so the docs build needs only Sphinx.
+_VERSION = re.search(
+    r'__version__\s*=\s*"([^"]+)"', (_ROOT / "trio_mqtt" / "_version.py").read_text()
+)
+assert _VERSION is not None, "trio_mqtt/_version.py has no __version__"
+
+project = "trio-mqtt"
+author = "trio-mqtt developers"
+copyright = "2026, trio-mqtt developers"
+release = _VERSION.group(1)
+version = release
+
+extensions = ["myst_parser"]
+source_suffix = {".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build"]
+myst_heading_anchors = 3
+myst_enable_extensions = ["deflist"]
+
+html_theme = "alabaster"
+html_title = f"trio-mqtt {release}"
