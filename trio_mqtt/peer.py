@@ -1,0 +1,88 @@
+"""PeerInfo: everything we know about who is on the other end of a connection.
+
+Built once when a connection is accepted (socket addresses), then refined by the
+PROXY header and the TLS handshake. Immutable: each refinement makes a new value with
+``attrs.evolve``, so whatever a session, an auth hook, a log line or a retained message
+holds can never change under it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from trio_mqtt.proxy.header import ProxyHeader
+
+
+@attrs.frozen
+class Endpoint:
+    """An IP address (or a UNIX path, with port 0) and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_sockaddr(cls, sockaddr: object) -> Endpoint | None:
+        """Build from what ``socket.getpeername()`` returns (None if not an IP address)."""
+        if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+            host, port = sockaddr[0], sockaddr[1]
+            if isinstance(host, str) and isinstance(port, int):
+                return cls(host, port)
+        return None
+
+
+@attrs.frozen
+class TLSInfo:
+    """Facts about a TLS session, whether we terminated it or a proxy told us about it."""
+
+    version: str | None = None
+    cipher: str | None = None
+    peer_cn: str | None = None  # subject CN of the client certificate, if any
+    peer_verified: bool = False  # the client certificate was verified against our CA
+    sni: str | None = None
+    terminated_by_proxy: bool = False
+
+
+@attrs.frozen
+class PeerInfo:
+    """Who is connected: the real client, the proxy in between, the listener and TLS facts."""
+
+    listener: str
+    transport: str  # "tcp" | "tls" | "ws" | "wss" | "local" (in-process)
+    local: Endpoint | None = None  # our end of the socket
+    remote: Endpoint | None = None  # the socket's peer (the proxy, when there is one)
+    client: Endpoint | None = None  # the real client, as the proxy tells it (else = remote)
+    proxy: Endpoint | None = None  # set when a PROXY header supplied the client address
+    proxy_header: ProxyHeader | None = None
+    tls: TLSInfo | None = None
+    username: str | None = None  # derived from a certificate CN, overriding CONNECT's
+
+    @classmethod
+    def from_socket(
+        cls, listener: str, transport: str, local: Endpoint | None, remote: Endpoint | None
+    ) -> PeerInfo:
+        return cls(
+            listener=listener, transport=transport, local=local, remote=remote, client=remote
+        )
+
+    @property
+    def client_host(self) -> str | None:
+        return None if self.client is None else self.client.host
+
+    def describe(self) -> str:
+        """The form used in logs: ``client=203.0.113.7:51234 via proxy 127.0.0.1:40000``."""
+        text = f"client={self.client if self.client is not None else '?'}"
+        if self.proxy is not None:
+            text += f" via proxy {self.proxy}"
+        return text
+
+
+LOCAL_PEER = PeerInfo(listener="local", transport="local")
+"""The peer of messages published in-process through the embedding API."""
