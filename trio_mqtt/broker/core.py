@@ -1,0 +1,602 @@
+"""BrokerCore: sessions, routing, retained messages and auth, with no I/O at all.
+
+The core is driven by ``MQTTConnection`` objects (one per network connection) and by
+the embedding API. Time comes from an injected ``clock`` so that tests can run it
+without a real clock and the trio layer can hand it ``trio.current_time``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import attrs
+
+from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.mqtt_connection import (
+    CloseReason,
+    ConnectionState,
+    MQTTConnection,
+    build_will_message,
+)
+from trio_mqtt.broker.retained import RetainedStore
+from trio_mqtt.broker.router import Delivery, Router, SubscriptionOptions
+from trio_mqtt.broker.sessions import NEVER_EXPIRES, QueuedMessage, Session
+from trio_mqtt.broker.stats import BrokerStats
+from trio_mqtt.config import BrokerConfig
+from trio_mqtt.errors import RemoteProtocolError
+from trio_mqtt.mqtt.codec import PacketReader
+from trio_mqtt.mqtt.packets import (
+    NO_PROPERTIES,
+    Connack,
+    Connect,
+    Disconnect,
+    Properties,
+    ProtocolVersion,
+    Puback,
+    Publish,
+    Pubrec,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+)
+from trio_mqtt.mqtt.reason_codes import ReasonCode
+from trio_mqtt.mqtt.topics import parse_shared_filter, validate_topic_filter, validate_topic_name
+from trio_mqtt.peer import PeerInfo
+
+log = logging.getLogger("trio_mqtt.broker")
+
+# Prefix of in-process subscriber ids: U+0000 can never appear in an MQTT client id.
+LOCAL_PREFIX = "\x00local/"
+
+
+class ConnectHook(Protocol):
+    """Decides whether a CONNECT may proceed. Return None to accept, a reason code to refuse.
+
+    It sees the ``PeerInfo`` (real client address, proxy, TLS facts, certificate-derived
+    username) and the CONNECT packet as the client sent it.
+    """
+
+    def __call__(self, peer: PeerInfo, connect: Connect) -> ReasonCode | None: ...
+
+
+class PublishHook(Protocol):
+    """Decides whether a client may publish to a topic: True allows it."""
+
+    def __call__(
+        self, peer: PeerInfo, client_id: str, username: str | None, topic: str
+    ) -> bool: ...
+
+
+class SubscribeHook(Protocol):
+    """Decides whether a client may subscribe to a topic filter: True allows it."""
+
+    def __call__(
+        self, peer: PeerInfo, client_id: str, username: str | None, topic_filter: str
+    ) -> bool: ...
+
+
+@attrs.frozen
+class ClientSummary:
+    """What the embedding API reports about one connected client."""
+
+    client_id: str
+    peer: PeerInfo
+    username: str | None
+    protocol_version: int
+    keep_alive: int
+    subscriptions: tuple[str, ...]
+
+
+@attrs.define(eq=False)
+class BrokerCore:
+    config: BrokerConfig
+    clock: Callable[[], float]
+    router: Router = attrs.field(init=False)
+    retained: RetainedStore[Message] = attrs.Factory(RetainedStore)
+    sessions: dict[str, Session] = attrs.Factory(dict)
+    local_subscribers: dict[str, Callable[[Message], None]] = attrs.Factory(dict)
+    connect_hooks: list[ConnectHook] = attrs.Factory(list)
+    publish_hooks: list[PublishHook] = attrs.Factory(list)
+    subscribe_hooks: list[SubscribeHook] = attrs.Factory(list)
+    stats: BrokerStats = attrs.Factory(BrokerStats)
+    _local_counter: int = 0
+    _started: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        self.router = Router(is_available=self._is_online)
+        self._started = self.clock()
+
+    def now(self) -> float:
+        return self.clock()
+
+    def _is_online(self, client_id: str) -> bool:
+        if client_id in self.local_subscribers:
+            return True
+        session = self.sessions.get(client_id)
+        return session is not None and session.online
+
+    # ----------------------------------------------------------------- connections
+
+    def open_connection(self, peer: PeerInfo, on_output: Callable[[], None]) -> MQTTConnection:
+        """A new transport is ready: make its protocol state machine."""
+        reader = PacketReader(max_packet_size=self.config.max_packet_size, server_side=True)
+        return MQTTConnection(core=self, peer=peer, on_output=on_output, reader=reader)
+
+    def connected_clients(self) -> Iterator[MQTTConnection]:
+        for session in self.sessions.values():
+            if session.connection is not None:
+                yield session.connection
+
+    def client_summaries(self) -> list[ClientSummary]:
+        return [
+            ClientSummary(
+                client_id=conn.client_id,
+                peer=conn.peer,
+                username=conn.username,
+                protocol_version=int(conn.version),
+                keep_alive=conn.keep_alive,
+                subscriptions=tuple(self.router.subscriptions_of(conn.client_id)),
+            )
+            for conn in self.connected_clients()
+        ]
+
+    def handle_connect(self, conn: MQTTConnection, connect: Connect) -> None:
+        config = self.config
+        version = connect.protocol_version
+        v5 = version is ProtocolVersion.V5
+
+        def refuse(code: ReasonCode, why: str) -> None:
+            log.info(
+                "refused CONNECT from %s (client id %r): %s [%s]",
+                conn.peer.describe(),
+                connect.client_id,
+                why,
+                code.name,
+            )
+            self.stats.connects_refused += 1
+            conn._send(Connack(reason_code=code))
+            conn._close(CloseReason.CONNECT_REFUSED, why)
+
+        # Client identifier rules [MQTT-3.1.3-7], [MQTT-3.1.3-8], 5.0 3.1.3.1.
+        client_id = connect.client_id
+        assigned: str | None = None
+        if not client_id:
+            if v5:
+                assigned = client_id = f"auto-{uuid.uuid4()}"
+            elif version is ProtocolVersion.V311 and connect.clean_start:
+                client_id = f"auto-{uuid.uuid4()}"
+            else:
+                refuse(
+                    ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                    "empty client id needs clean session (3.1.1) or MQTT 5",
+                )
+                return
+        if connect.will is not None:
+            try:
+                validate_topic_name(connect.will.topic)
+            except RemoteProtocolError as exc:
+                refuse(ReasonCode.TOPIC_NAME_INVALID, f"will topic: {exc}")
+                return
+            if connect.will.retain and not config.retain_available:
+                refuse(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain but retain unavailable")
+                return
+        props = connect.properties
+        if v5 and props.authentication_method is not None:
+            refuse(
+                ReasonCode.BAD_AUTHENTICATION_METHOD,
+                f"authentication method {props.authentication_method!r} is not supported",
+            )
+            return
+
+        # Keep alive: 5.0 clients are told the server's value; older ones cannot be, so
+        # a value above max_keepalive (0 counts as infinite) is refused.
+        keep_alive = connect.keep_alive
+        server_keep_alive: int | None = None
+        too_long = keep_alive == 0 or keep_alive > config.max_keepalive
+        if config.max_keepalive < 65535 and too_long:
+            if v5:
+                server_keep_alive = keep_alive = config.max_keepalive
+            else:
+                refuse(
+                    ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                    f"keep alive {connect.keep_alive} above max_keepalive {config.max_keepalive}",
+                )
+                return
+
+        # Authentication: the certificate-derived username, when the listener set one,
+        # overrides whatever the client sent; the CONNECT username is never trusted with it.
+        username = conn.peer.username if conn.peer.username is not None else connect.username
+        if username is None and not config.allow_anonymous:
+            refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is disabled")
+            return
+        for hook in self.connect_hooks:
+            code = hook(conn.peer, connect)
+            if code is not None and code.is_error:
+                refuse(code, f"refused by {getattr(hook, '__name__', type(hook).__name__)}")
+                return
+
+        # Session: takeover, resume or start fresh.
+        now = self.now()
+        existing = self.sessions.get(client_id)
+        if existing is not None and existing.connection is not None:
+            old = existing.connection
+            log.info(
+                "client %r reconnected from %s: taking over the session from %s",
+                client_id,
+                conn.peer.describe(),
+                old.peer.describe(),
+            )
+            self._detach(old, existing, CloseReason.TAKEN_OVER, publish_will=True)
+            old.request_close(CloseReason.TAKEN_OVER, ReasonCode.SESSION_TAKEN_OVER)
+            existing = self.sessions.get(client_id)
+        if existing is not None and existing.expires_at is not None and existing.expires_at <= now:
+            self._end_session(existing)
+            existing = None
+        if existing is not None and connect.clean_start:
+            self._end_session(existing, publish_delayed_will=True)
+            existing = None
+
+        if v5:
+            requested_expiry = props.session_expiry_interval or 0
+        else:
+            requested_expiry = 0 if connect.clean_start else NEVER_EXPIRES
+        expiry = min(requested_expiry, config.max_session_expiry)
+
+        session_present = existing is not None
+        if existing is None:
+            session = Session(
+                client_id=client_id,
+                protocol_version=version,
+                max_queued=config.max_queued_messages,
+            )
+            self.sessions[client_id] = session
+        else:
+            session = existing
+            if session.delayed_will is not None:
+                # [MQTT-3.1.3-9]: reconnected before the will delay passed: no will
+                session.delayed_will = None
+                session.will_due = None
+        session.protocol_version = version
+        session.expiry_interval = expiry
+        session.expires_at = None
+        session.connection = conn
+
+        conn.state = ConnectionState.CONNECTED
+        conn.session = session
+        conn.client_id = client_id
+        conn.username = username
+        conn.keep_alive = keep_alive
+        conn.will = connect.will
+        if v5:
+            conn.client_receive_maximum = props.receive_maximum or 65535
+            conn.client_max_packet_size = props.maximum_packet_size
+        else:
+            conn.client_receive_maximum = config.receive_maximum
+
+        connack_props = NO_PROPERTIES
+        if v5:
+            connack_props = Properties(
+                assigned_client_identifier=assigned,
+                server_keep_alive=server_keep_alive,
+                receive_maximum=config.receive_maximum,
+                maximum_packet_size=config.max_packet_size,
+                retain_available=None if config.retain_available else 0,
+                session_expiry_interval=(expiry if expiry != requested_expiry else None),
+                topic_alias_maximum=None,
+            )
+        conn._send(Connack(session_present=session_present, properties=connack_props))
+        self.stats.connects += 1
+        log.info(
+            "connected %s client_id=%r username=%r protocol=%s keepalive=%d clean=%s "
+            "session_present=%s listener=%s",
+            conn.peer.describe(),
+            client_id,
+            username,
+            {3: "3.1", 4: "3.1.1", 5: "5.0"}[int(version)],
+            keep_alive,
+            connect.clean_start,
+            session_present,
+            conn.peer.listener,
+        )
+        if session_present:
+            conn.resend_inflight(session)
+
+    def handle_disconnect(self, conn: MQTTConnection, session: Session, packet: Disconnect) -> None:
+        props = packet.properties
+        if props.session_expiry_interval is not None:
+            if session.expiry_interval == 0 and props.session_expiry_interval != 0:
+                # [MQTT-3.14.2-2]
+                raise RemoteProtocolError(
+                    "DISCONNECT sets a session expiry interval after CONNECT set 0",
+                    ReasonCode.PROTOCOL_ERROR,
+                )
+            session.expiry_interval = min(
+                props.session_expiry_interval, self.config.max_session_expiry
+            )
+        if packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE:
+            conn.will = None  # [MQTT-3.1.2-10]: a normal DISCONNECT discards the will
+        conn._close(CloseReason.CLIENT_DISCONNECT, f"reason {packet.reason_code:#04x}")
+
+    def connection_closed(self, conn: MQTTConnection, reason: CloseReason, detail: str) -> None:
+        """Called once by a connection that had been CONNECTED when it closes."""
+        session = conn.session
+        log.info(
+            "disconnected %s client_id=%r reason=%s%s",
+            conn.peer.describe(),
+            conn.client_id,
+            reason.value,
+            f" ({detail})" if detail else "",
+        )
+        self.stats.disconnects += 1
+        if session is None or session.connection is not conn:
+            return  # already detached (session taken over)
+        self._detach(conn, session, reason, publish_will=conn.will is not None)
+
+    def _detach(
+        self, conn: MQTTConnection, session: Session, reason: CloseReason, *, publish_will: bool
+    ) -> None:
+        now = self.now()
+        session.connection = None
+        conn.session = None
+        will = conn.will
+        conn.will = None
+        if will is not None and publish_will:
+            message = build_will_message(will, conn.client_id, conn.peer, now)
+            delay = will.properties.will_delay_interval or 0
+            if delay > 0 and session.expiry_interval > 0:
+                session.delayed_will = message
+                session.will_due = now + delay
+            else:
+                self._publish_will(message, reason)
+        if session.expiry_interval == 0:
+            self._end_session(session)
+        elif session.expiry_interval != NEVER_EXPIRES:
+            session.expires_at = now + session.expiry_interval
+
+    def _publish_will(self, message: Message, reason: CloseReason | str) -> None:
+        why = reason.value if isinstance(reason, CloseReason) else reason
+        log.info("publishing will of %r to %r (%s)", message.publisher, message.topic, why)
+        self.stats.wills_published += 1
+        self.publish(message)
+
+    def _end_session(self, session: Session, *, publish_delayed_will: bool = True) -> None:
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        self.router.unsubscribe_all(session.client_id)
+        if publish_delayed_will and session.delayed_will is not None:
+            # [MQTT-3.1.3-9]: the will goes out when the session ends, even before its delay
+            will = session.delayed_will
+            session.delayed_will = None
+            self._publish_will(will, "session ended")
+
+    def tick(self) -> None:
+        """Periodic housekeeping: delayed wills, session expiry, retained expiry."""
+        now = self.now()
+        for session in list(self.sessions.values()):
+            if session.will_due is not None and session.will_due <= now:
+                will = session.delayed_will
+                session.delayed_will = None
+                session.will_due = None
+                if will is not None:
+                    self._publish_will(will, "will delay elapsed")
+            if session.expires_at is not None and session.expires_at <= now:
+                log.info("session %r expired", session.client_id)
+                self._end_session(session)
+        self.retained.remove_if(lambda message: message.expired(now))
+
+    def shutdown(self) -> None:
+        """Ask every connection to close: 5.0 clients get DISCONNECT 0x8B."""
+        for conn in list(self.connected_clients()):
+            conn.request_close(CloseReason.SHUTDOWN, ReasonCode.SERVER_SHUTTING_DOWN)
+
+    # --------------------------------------------------------------------- publish
+
+    def handle_publish(self, conn: MQTTConnection, session: Session, packet: Publish) -> None:
+        v5 = conn.version is ProtocolVersion.V5
+        props = packet.properties
+        if props.topic_alias is not None:
+            raise RemoteProtocolError(
+                "topic alias used but Topic Alias Maximum is 0", ReasonCode.TOPIC_ALIAS_INVALID
+            )
+        validate_topic_name(packet.topic)
+        if props.subscription_identifiers:
+            raise RemoteProtocolError(
+                "PUBLISH from a client carries a subscription identifier",
+                ReasonCode.PROTOCOL_ERROR,
+            )
+        if packet.retain and not self.config.retain_available:
+            raise RemoteProtocolError(
+                "retain is not available on this broker", ReasonCode.RETAIN_NOT_SUPPORTED
+            )
+        qos = packet.qos
+        packet_id = packet.packet_id
+        self.stats.messages_received += 1
+
+        if qos == 2 and packet_id is not None and packet_id in session.inflight_in:
+            conn._send(Pubrec(packet_id))  # duplicate of a QoS 2 message we already have
+            return
+        if v5 and qos == 2 and len(session.inflight_in) >= self.config.receive_maximum:
+            raise RemoteProtocolError(
+                f"more than Receive Maximum ({self.config.receive_maximum}) QoS 2 messages "
+                "in flight",
+                ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+            )
+
+        code: ReasonCode = ReasonCode.SUCCESS
+        if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
+            code = ReasonCode.PAYLOAD_FORMAT_INVALID
+        elif not all(
+            hook(conn.peer, conn.client_id, conn.username, packet.topic)
+            for hook in self.publish_hooks
+        ):
+            code = ReasonCode.NOT_AUTHORIZED
+            log.info("publish to %r by %r not authorized", packet.topic, conn.client_id)
+        else:
+            message = Message(
+                topic=packet.topic,
+                payload=packet.payload,
+                qos=qos,
+                retain=packet.retain,
+                properties=props,
+                publisher=conn.client_id,
+                peer=conn.peer,
+                created=self.now(),
+            )
+            matched = self.publish(message)
+            if not matched and v5:
+                code = ReasonCode.NO_MATCHING_SUBSCRIBERS
+
+        if packet_id is None:
+            return
+        if qos == 1:
+            conn._send(Puback(packet_id, code))
+        else:
+            if not code.is_error:
+                session.inflight_in.add(packet_id)
+            conn._send(Pubrec(packet_id, code))
+
+    def publish(self, message: Message) -> int:
+        """Route a message to every matching subscriber; store it if retained.
+
+        Returns the number of sessions (and in-process subscribers) it was routed to.
+        """
+        if message.retain:
+            if message.payload:
+                self.retained.set(message.topic, message)
+            else:
+                self.retained.delete(message.topic)
+        deliveries = self.router.deliveries(message.topic, message.publisher)
+        for delivery in deliveries:
+            self._deliver(message, delivery)
+        return len(deliveries)
+
+    def _deliver(self, message: Message, delivery: Delivery) -> None:
+        client_id = delivery.client_id
+        local = self.local_subscribers.get(client_id)
+        if local is not None:
+            local(message)
+            return
+        session = self.sessions.get(client_id)
+        if session is None:
+            return
+        item = QueuedMessage(
+            message=message,
+            qos=min(message.qos, delivery.qos),
+            retain=message.retain and delivery.retain_as_published,
+            subscription_identifiers=delivery.subscription_identifiers,
+        )
+        if session.enqueue(item):
+            if session.connection is not None:
+                session.connection.on_output()
+        else:
+            self.stats.messages_dropped += 1
+
+    # ------------------------------------------------------------------- subscribe
+
+    def handle_subscribe(self, conn: MQTTConnection, session: Session, packet: Subscribe) -> None:
+        v5 = conn.version is ProtocolVersion.V5
+        sub_id: int | None = None
+        if packet.properties.subscription_identifiers:
+            sub_id = packet.properties.subscription_identifiers[0]
+        codes: list[int] = []
+        retained_to_send: list[tuple[str, int, SubscriptionOptions]] = []
+        for request in packet.subscriptions:
+            try:
+                validate_topic_filter(request.topic_filter)
+            except RemoteProtocolError as exc:
+                log.info("SUBSCRIBE from %r: %s", conn.client_id, exc)
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID)
+                continue
+            group, _plain = parse_shared_filter(request.topic_filter)
+            if group is not None and request.no_local and v5:
+                # [MQTT-3.8.3-4]
+                raise RemoteProtocolError(
+                    "No Local on a shared subscription", ReasonCode.PROTOCOL_ERROR
+                )
+            if not all(
+                hook(conn.peer, conn.client_id, conn.username, request.topic_filter)
+                for hook in self.subscribe_hooks
+            ):
+                codes.append(ReasonCode.NOT_AUTHORIZED)
+                continue
+            options = SubscriptionOptions(
+                qos=request.qos,
+                no_local=request.no_local,
+                retain_as_published=request.retain_as_published,
+                retain_handling=request.retain_handling,
+                subscription_identifier=sub_id,
+            )
+            existed = self.router.subscribe(session.client_id, request.topic_filter, options)
+            codes.append(request.qos)
+            if group is None and (
+                request.retain_handling == 0 or (request.retain_handling == 1 and not existed)
+            ):
+                retained_to_send.append((request.topic_filter, request.qos, options))
+        conn._send(Suback(packet.packet_id, tuple(codes)))
+        for topic_filter, qos, options in retained_to_send:
+            self._send_retained(session, topic_filter, qos, options)
+        if retained_to_send:
+            conn.on_output()
+
+    def _send_retained(
+        self, session: Session, topic_filter: str, qos: int, options: SubscriptionOptions
+    ) -> None:
+        now = self.now()
+        ids = () if options.subscription_identifier is None else (options.subscription_identifier,)
+        for _topic, message in self.retained.match(topic_filter):
+            if message.expired(now):
+                continue
+            item = QueuedMessage(
+                message=message,
+                qos=min(qos, message.qos),
+                retain=True,
+                subscription_identifiers=ids,
+            )
+            if not session.enqueue(item):
+                self.stats.messages_dropped += 1
+
+    def handle_unsubscribe(
+        self, conn: MQTTConnection, session: Session, packet: Unsubscribe
+    ) -> None:
+        codes: list[int] = []
+        for topic_filter in packet.topic_filters:
+            try:
+                validate_topic_filter(topic_filter)
+            except RemoteProtocolError:
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID)
+                continue
+            existed = self.router.unsubscribe(session.client_id, topic_filter)
+            codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        conn._send(Unsuback(packet.packet_id, tuple(codes)))
+
+    # ------------------------------------------------------------ in-process clients
+
+    def local_subscribe(
+        self, topic_filter: str, callback: Callable[[Message], None], *, qos: int = 2
+    ) -> str:
+        """Register an in-process subscriber; returns its id for ``local_unsubscribe``."""
+        validate_topic_filter(topic_filter)
+        self._local_counter += 1
+        local_id = f"{LOCAL_PREFIX}{self._local_counter}"
+        self.local_subscribers[local_id] = callback
+        self.router.subscribe(local_id, topic_filter, SubscriptionOptions(qos=qos))
+        for _topic, message in self.retained.match(topic_filter):
+            if not message.expired(self.now()):
+                callback(message)
+        return local_id
+
+    def local_unsubscribe(self, local_id: str) -> None:
+        self.local_subscribers.pop(local_id, None)
+        self.router.unsubscribe_all(local_id)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -1,0 +1,368 @@
+"""MQTTConnection: the sans-IO state machine of one client connection.
+
+Like h11's ``Connection``: the server layer feeds it the bytes it read
+(``receive_data``), asks it for the bytes to write (``data_to_send``), and tells it
+when time ran out (``keepalive_expired``) or the transport went away
+(``connection_lost``). It never touches a socket or a clock of its own; the broker core
+hands it the time. ``on_output`` is the one callback into the I/O layer: "there is
+something new to send" (for example a message published by another client).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.sessions import OutboundInflight, OutboundState, QueuedMessage, Session
+from trio_mqtt.errors import RemoteProtocolError
+from trio_mqtt.mqtt.codec import PacketReader, UnsupportedProtocolVersion, encode, encode_publish
+from trio_mqtt.mqtt.packets import (
+    NO_PROPERTIES,
+    Auth,
+    Connack,
+    Connect,
+    Disconnect,
+    Packet,
+    Pingreq,
+    Pingresp,
+    Properties,
+    ProtocolVersion,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Subscribe,
+    Unsubscribe,
+    Will,
+)
+from trio_mqtt.mqtt.reason_codes import ReasonCode
+from trio_mqtt.peer import PeerInfo
+
+if TYPE_CHECKING:
+    from trio_mqtt.broker.core import BrokerCore
+
+log = logging.getLogger("trio_mqtt.connection")
+
+# Upper bound of one data_to_send() batch; keeps a writer's buffer bounded.
+MAX_BATCH_BYTES = 256 * 1024
+
+
+class ConnectionState(enum.Enum):
+    AWAIT_CONNECT = "await-connect"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class CloseReason(enum.Enum):
+    """Why the server side ends a connection (drives logging and the will)."""
+
+    CLIENT_DISCONNECT = "client sent DISCONNECT"
+    PROTOCOL_ERROR = "protocol error"
+    KEEPALIVE_TIMEOUT = "keep alive timeout"
+    CONNECT_REFUSED = "CONNECT refused"
+    TAKEN_OVER = "session taken over"
+    SHUTDOWN = "server shutting down"
+    TRANSPORT_CLOSED = "connection lost"
+
+
+@attrs.define(eq=False)
+class MQTTConnection:
+    core: BrokerCore
+    peer: PeerInfo
+    on_output: Callable[[], None]
+    reader: PacketReader
+    state: ConnectionState = ConnectionState.AWAIT_CONNECT
+    session: Session | None = None
+    version: ProtocolVersion = ProtocolVersion.V311
+    client_id: str = ""
+    username: str | None = None
+    keep_alive: int = 0
+    will: Will | None = None
+    # limits the client asked for (5.0)
+    client_receive_maximum: int = 65535
+    client_max_packet_size: int | None = None
+    close_reason: CloseReason | None = None
+    close_detail: str = ""
+    _out: bytearray = attrs.Factory(bytearray)
+
+    # ------------------------------------------------------------------ I/O side API
+
+    @property
+    def wants_close(self) -> bool:
+        """True once the connection must be closed after ``data_to_send()`` is flushed."""
+        return self.close_reason is not None
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds of silence after which the server layer calls ``keepalive_expired``."""
+        if self.state is ConnectionState.AWAIT_CONNECT:
+            return self.core.config.connect_timeout
+        if self.keep_alive == 0:
+            return None
+        return self.keep_alive * 1.5
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Handle bytes read from the transport. Never raises for bad input."""
+        if self.close_reason is not None:
+            return
+        try:
+            packets = self.reader.feed(data)
+        except UnsupportedProtocolVersion as exc:
+            self._refuse_unsupported_version(exc)
+            return
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc.reason_code, str(exc))
+            return
+        for packet in packets:
+            if self.wants_close:  # an earlier packet of this batch ended the connection
+                break
+            try:
+                self._handle(packet)
+            except RemoteProtocolError as exc:
+                self._protocol_error(exc.reason_code, str(exc))
+
+    def data_to_send(self) -> bytes:
+        """Everything ready to be written, batched into one buffer (bounded in size)."""
+        if self.state is ConnectionState.CONNECTED and self.session is not None:
+            self._fill_from_session(self.session)
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def keepalive_expired(self) -> None:
+        """The server layer saw no packet within ``idle_timeout``."""
+        if self.close_reason is not None:
+            return
+        if self.state is ConnectionState.AWAIT_CONNECT:
+            self._close(CloseReason.PROTOCOL_ERROR, "no CONNECT within connect_timeout")
+            return
+        self._send_disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
+        self._close(CloseReason.KEEPALIVE_TIMEOUT, f"no packet for {self.idle_timeout:g}s")
+
+    def request_close(self, reason: CloseReason, code: ReasonCode, detail: str = "") -> None:
+        """Server-initiated close (takeover, shutdown): DISCONNECT on 5.0, then close."""
+        if self.close_reason is not None:
+            return
+        if self.state is ConnectionState.CONNECTED:
+            self._send_disconnect(code, detail)
+        self._close(reason, detail)
+        self.on_output()
+
+    def connection_lost(self) -> None:
+        """The transport is gone (or we closed it). Idempotent."""
+        if self.state is ConnectionState.CLOSED:
+            return
+        was_connected = self.state is ConnectionState.CONNECTED
+        self.state = ConnectionState.CLOSED
+        reason = self.close_reason or CloseReason.TRANSPORT_CLOSED
+        if was_connected:
+            self.core.connection_closed(self, reason, self.close_detail)
+
+    # ------------------------------------------------------------------ internals
+
+    def _close(self, reason: CloseReason, detail: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+            self.close_detail = detail
+
+    def _send(self, packet: Packet) -> None:
+        self._out += encode(packet, self.version)
+
+    def _send_disconnect(self, code: ReasonCode, reason_string: str = "") -> None:
+        if self.version is ProtocolVersion.V5 and self.state is ConnectionState.CONNECTED:
+            props = NO_PROPERTIES
+            if reason_string and self._may_send_reason_string():
+                props = Properties(reason_string=reason_string)
+            self._send(Disconnect(reason_code=code, properties=props))
+
+    def _may_send_reason_string(self) -> bool:
+        return self.client_max_packet_size is None or self.client_max_packet_size > 512
+
+    def _protocol_error(self, code: ReasonCode, detail: str) -> None:
+        log.info(
+            "protocol error from %s (client id %r): %s [%s]",
+            self.peer.describe(),
+            self.client_id,
+            detail,
+            code.name,
+        )
+        self.core.stats.protocol_errors += 1
+        if self.state is ConnectionState.AWAIT_CONNECT and self.reader.protocol_version is not None:
+            # A malformed CONNECT of a known version: 5.0 answers with a CONNACK reason code.
+            self.version = self.reader.protocol_version
+            if self.version is ProtocolVersion.V5:
+                self._send(Connack(reason_code=code))
+        else:
+            self._send_disconnect(code, detail)
+        self._close(CloseReason.PROTOCOL_ERROR, detail)
+
+    def _refuse_unsupported_version(self, exc: UnsupportedProtocolVersion) -> None:
+        log.info("refused %s: %s", self.peer.describe(), exc)
+        self.core.stats.protocol_errors += 1
+        # [MQTT-3.1.2-2]: CONNACK return code 1 (3.1.1 form; a 5.0 client reads 0x84 alike)
+        self._out += encode(
+            Connack(reason_code=ReasonCode.UNSUPPORTED_PROTOCOL_VERSION), ProtocolVersion.V311
+        )
+        self._close(CloseReason.CONNECT_REFUSED, str(exc))
+
+    def _handle(self, packet: Packet) -> None:
+        if self.state is ConnectionState.AWAIT_CONNECT:
+            if not isinstance(packet, Connect):
+                raise RemoteProtocolError(
+                    f"expected CONNECT, got {type(packet).__name__.upper()}",
+                    ReasonCode.PROTOCOL_ERROR,
+                )
+            self.version = packet.protocol_version
+            self.core.handle_connect(self, packet)
+            return
+        session = self.session
+        if session is None:  # taken over; ignore whatever is still in flight
+            return
+        match packet:
+            case Publish():
+                self.core.handle_publish(self, session, packet)
+            case Puback(packet_id=pid):
+                self._acked(session, pid, OutboundState.AWAIT_PUBACK)
+            case Pubrec(packet_id=pid, reason_code=code):
+                inflight = session.inflight_out.get(pid)
+                if inflight is not None and inflight.state is OutboundState.AWAIT_PUBREC:
+                    if code >= 0x80:
+                        del session.inflight_out[pid]
+                    else:
+                        inflight.state = OutboundState.AWAIT_PUBCOMP
+                        self._send(Pubrel(pid))
+                elif inflight is not None and inflight.state is OutboundState.AWAIT_PUBCOMP:
+                    self._send(Pubrel(pid))
+                else:
+                    self._send(Pubrel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+                self.on_output()
+            case Pubrel(packet_id=pid):
+                if pid in session.inflight_in:
+                    session.inflight_in.discard(pid)
+                    self._send(Pubcomp(pid))
+                else:
+                    self._send(Pubcomp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+            case Pubcomp(packet_id=pid):
+                self._acked(session, pid, OutboundState.AWAIT_PUBCOMP)
+            case Subscribe():
+                self.core.handle_subscribe(self, session, packet)
+            case Unsubscribe():
+                self.core.handle_unsubscribe(self, session, packet)
+            case Pingreq():
+                self._send(Pingresp())
+            case Disconnect():
+                self.core.handle_disconnect(self, session, packet)
+            case Auth():
+                raise RemoteProtocolError(
+                    "AUTH without an authentication method", ReasonCode.PROTOCOL_ERROR
+                )
+            case Connect():
+                raise RemoteProtocolError("second CONNECT", ReasonCode.PROTOCOL_ERROR)
+            case _:
+                raise RemoteProtocolError(
+                    f"{type(packet).__name__.upper()} is a server-to-client packet",
+                    ReasonCode.PROTOCOL_ERROR,
+                )
+
+    def _acked(self, session: Session, packet_id: int, expected: OutboundState) -> None:
+        inflight = session.inflight_out.get(packet_id)
+        if inflight is not None and inflight.state is expected:
+            del session.inflight_out[packet_id]
+            if session.pending:
+                self.on_output()
+
+    # -------------------------------------------------------------- outgoing messages
+
+    def resend_inflight(self, session: Session) -> None:
+        """On resuming a session: resend unacknowledged PUBLISH (DUP) and PUBREL."""
+        now = self.core.now()
+        for inflight in list(session.inflight_out.values()):
+            if inflight.state is OutboundState.AWAIT_PUBCOMP:
+                self._send(Pubrel(inflight.packet_id))
+            else:
+                self._out += self._encode_delivery(inflight.item, inflight.packet_id, now, dup=True)
+
+    def _fill_from_session(self, session: Session) -> None:
+        pending = session.pending
+        if not pending:
+            return
+        now = self.core.now()
+        limit = self.client_receive_maximum
+        out = self._out
+        stats = self.core.stats
+        while pending and len(out) < MAX_BATCH_BYTES:
+            item = pending[0]
+            if item.message.expired(now):
+                pending.popleft()
+                continue
+            if item.qos == 0:
+                pending.popleft()
+                data = self._encode_delivery(item, None, now, dup=False)
+                if self._fits(data):
+                    out += data
+                    stats.messages_sent += 1
+                continue
+            if len(session.inflight_out) >= limit:
+                break
+            pending.popleft()
+            packet_id = session.allocate_packet_id()
+            data = self._encode_delivery(item, packet_id, now, dup=False)
+            if not self._fits(data):
+                continue
+            state = OutboundState.AWAIT_PUBACK if item.qos == 1 else OutboundState.AWAIT_PUBREC
+            session.inflight_out[packet_id] = OutboundInflight(packet_id, item, state)
+            out += data
+            stats.messages_sent += 1
+
+    def _fits(self, data: bytes) -> bool:
+        if self.client_max_packet_size is not None and len(data) > self.client_max_packet_size:
+            # [MQTT-3.1.2-25]: too big for this client: drop it for this client only
+            self.core.stats.messages_dropped += 1
+            return False
+        return True
+
+    def _encode_delivery(
+        self, item: QueuedMessage, packet_id: int | None, now: float, *, dup: bool
+    ) -> bytes:
+        message = item.message
+        props = message.properties
+        if self.version is ProtocolVersion.V5:
+            expiry = message.remaining_expiry(now)
+            if item.subscription_identifiers or expiry != props.message_expiry_interval:
+                props = attrs.evolve(
+                    props,
+                    subscription_identifiers=item.subscription_identifiers,
+                    message_expiry_interval=expiry,
+                )
+        return encode_publish(
+            message.topic,
+            message.payload,
+            item.qos,
+            item.retain,
+            dup,
+            packet_id,
+            props,
+            self.version,
+        )
+
+
+def build_will_message(will: Will, client_id: str, peer: PeerInfo, now: float) -> Message:
+    props = will.properties
+    if props.will_delay_interval is not None:
+        props = attrs.evolve(props, will_delay_interval=None)
+    return Message(
+        topic=will.topic,
+        payload=will.payload,
+        qos=will.qos,
+        retain=will.retain,
+        properties=props,
+        publisher=client_id,
+        peer=peer,
+        created=now,
+    )
