@@ -1,0 +1,1 @@
+"""Trio I/O layer: listeners, connections, the running broker."""

@@ -1,0 +1,203 @@
+"""The running broker: ``open_broker`` / ``serve`` and the embedding API ``Broker``.
+
+``open_broker`` opens one nursery that holds every listener and the housekeeping task.
+Leaving it shuts down gracefully: listeners stop accepting, every client is asked to
+close (MQTT 5 clients get DISCONNECT 0x8B), and whatever is still open after
+``shutdown_timeout`` seconds is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from trio_mqtt.broker.core import BrokerCore, ClientSummary, ConnectHook, PublishHook, SubscribeHook
+from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.stats import BrokerStats
+from trio_mqtt.config import BrokerConfig
+from trio_mqtt.errors import LocalProtocolError, RemoteProtocolError
+from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
+from trio_mqtt.mqtt.topics import validate_topic_name
+from trio_mqtt.peer import Endpoint
+from trio_mqtt.server.listener import ListenerHandle, serve_listener
+
+log = logging.getLogger("trio_mqtt")
+
+HOUSEKEEPING_INTERVAL = 1.0
+
+
+class MessageStream:
+    """The async iterator of messages an in-process subscription receives.
+
+    Messages arrive through a bounded buffer; when the consumer falls behind by more
+    than ``max_buffer`` messages, new ones are dropped and counted in ``dropped`` rather
+    than stalling the publishers.
+    """
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[Message]) -> None:
+        self._receive = receive
+        self.dropped = 0
+
+    def __aiter__(self) -> MessageStream:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> Message:
+        return await self._receive.receive()
+
+
+@attrs.define(eq=False)
+class Broker:
+    """A running broker, as seen by the application that embeds it."""
+
+    config: BrokerConfig
+    core: BrokerCore
+    listeners: dict[str, ListenerHandle] = attrs.Factory(dict)
+
+    @property
+    def stats(self) -> BrokerStats:
+        return self.core.stats
+
+    def addresses(self, listener: str | None = None) -> list[Endpoint]:
+        """Bound addresses of one listener (by name), or of all of them."""
+        if listener is not None:
+            return list(self.listeners[listener].addresses)
+        return [a for handle in self.listeners.values() for a in handle.addresses]
+
+    @property
+    def port(self) -> int:
+        """The port of the first listener (handy with ``port = 0`` in tests)."""
+        return self.addresses()[0].port
+
+    def clients(self) -> list[ClientSummary]:
+        """Every connected client, with its PeerInfo."""
+        return self.core.client_summaries()
+
+    def add_connect_hook(self, hook: ConnectHook) -> None:
+        self.core.connect_hooks.append(hook)
+
+    def add_publish_hook(self, hook: PublishHook) -> None:
+        self.core.publish_hooks.append(hook)
+
+    def add_subscribe_hook(self, hook: SubscribeHook) -> None:
+        self.core.subscribe_hooks.append(hook)
+
+    def retained(self, topic: str) -> Message | None:
+        """The retained message on ``topic`` (with who published it), if any."""
+        return self.core.retained.get(topic)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str = b"",
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties = NO_PROPERTIES,
+    ) -> int:
+        """Publish from inside the process; returns how many subscribers it was routed to."""
+        try:
+            validate_topic_name(topic)
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError(str(exc), exc.reason_code) from None
+        if qos not in (0, 1, 2):
+            raise LocalProtocolError(f"qos must be 0, 1 or 2, not {qos!r}")
+        if isinstance(payload, str):
+            payload = payload.encode()
+        message = Message(
+            topic=topic,
+            payload=payload,
+            qos=qos,
+            retain=retain,
+            properties=properties,
+            created=self.core.now(),
+        )
+        await trio.lowlevel.checkpoint()
+        return self.core.publish(message)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, topic_filter: str, *, max_buffer: int = 1000
+    ) -> AsyncIterator[MessageStream]:
+        """Subscribe in-process: ``async with broker.subscribe("a/+") as messages:``."""
+        send, receive = trio.open_memory_channel[Message](max_buffer)
+        stream = MessageStream(receive)
+
+        def on_message(message: Message) -> None:
+            try:
+                send.send_nowait(message)
+            except trio.WouldBlock:
+                stream.dropped += 1
+                self.core.stats.messages_dropped += 1
+
+        try:
+            local_id = self.core.local_subscribe(topic_filter, on_message)
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError(str(exc), exc.reason_code) from None
+        try:
+            async with send, receive:
+                yield stream
+        finally:
+            self.core.local_unsubscribe(local_id)
+
+    async def _shutdown(self) -> None:
+        """Stop accepting, ask every client to leave, wait at most shutdown_timeout."""
+        for handle in self.listeners.values():
+            handle.stop_accepting()
+        self.core.shutdown()
+        with trio.move_on_after(self.config.shutdown_timeout) as scope:
+            for handle in self.listeners.values():
+                await handle.wait_idle()
+        if scope.cancelled_caught:
+            log.warning(
+                "shutdown: connections still open after %.1fs; closing them",
+                self.config.shutdown_timeout,
+            )
+
+
+@asynccontextmanager
+async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broker]:
+    """Run a broker for the duration of the ``async with`` block."""
+    if config is None:
+        config = BrokerConfig()
+    core = BrokerCore(config=config, clock=trio.current_time)
+    broker = Broker(config=config, core=core)
+    async with trio.open_nursery() as nursery:
+        for listener_config in config.listeners:
+            handle = await nursery.start(serve_listener, core, listener_config)
+            broker.listeners[listener_config.name] = handle
+        nursery.start_soon(_housekeeping, core)
+        try:
+            yield broker
+        finally:
+            with trio.CancelScope(shield=True):
+                await broker._shutdown()
+            nursery.cancel_scope.cancel()
+    log.info("broker stopped")
+
+
+async def serve(
+    config: BrokerConfig,
+    *,
+    task_status: trio.TaskStatus[Broker] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a broker until cancelled (``nursery.start(serve, config)`` gives the Broker)."""
+    async with open_broker(config) as broker:
+        task_status.started(broker)
+        await trio.sleep(math.inf)
+
+
+async def _housekeeping(core: BrokerCore) -> None:
+    while True:
+        await trio.sleep(HOUSEKEEPING_INTERVAL)
+        core.tick()

@@ -1,0 +1,130 @@
+"""serve_listener: one nursery per listener; one task per accepted connection.
+
+Each connection goes: accept -> PeerInfo from the socket -> (PROXY preamble, TLS,
+WebSocket: per the listener's config) -> MQTT. A listener can stop accepting while its
+connections finish (graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+import attrs
+import trio
+
+from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.config import ListenerConfig
+from trio_mqtt.peer import Endpoint, PeerInfo
+from trio_mqtt.server.connection import run_connection
+
+log = logging.getLogger("trio_mqtt.listener")
+
+# accept() errors that mean "out of resources right now", not "this listener is broken"
+_TRANSIENT_ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_BACKOFF = 0.1
+
+
+@attrs.define(eq=False)
+class ListenerHandle:
+    """A running listener: its bound addresses, live connections, and a way to stop it."""
+
+    config: ListenerConfig
+    addresses: list[Endpoint] = attrs.Factory(list)
+    connections: int = 0
+    rejected: int = 0
+    _accept_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    _idle: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def stop_accepting(self) -> None:
+        self._accept_scope.cancel()
+
+    async def wait_idle(self) -> None:
+        """Return once no connection of this listener is left."""
+        while self.connections:
+            self._idle = trio.Event()
+            await self._idle.wait()
+
+    def _connection_ended(self) -> None:
+        self.connections -= 1
+        if self.connections == 0:
+            self._idle.set()
+
+
+async def serve_listener(
+    core: BrokerCore,
+    config: ListenerConfig,
+    *,
+    task_status: trio.TaskStatus[ListenerHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Bind, report the handle through ``task_status``, and serve until cancelled."""
+    listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    handle = ListenerHandle(config)
+    for listener in listeners:
+        address = Endpoint.from_sockaddr(listener.socket.getsockname())
+        if address is not None:
+            handle.addresses.append(address)
+    log.info(
+        "listener %r (%s) up on %s",
+        config.name,
+        config.transport.value,
+        ", ".join(str(a) for a in handle.addresses),
+    )
+    async with trio.open_nursery() as nursery:
+        with handle._accept_scope:
+            task_status.started(handle)
+            async with trio.open_nursery() as accept_nursery:
+                for listener in listeners:
+                    accept_nursery.start_soon(_accept_loop, core, handle, listener, nursery)
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+        log.info("listener %r stopped accepting", config.name)
+
+
+async def _accept_loop(
+    core: BrokerCore,
+    handle: ListenerHandle,
+    listener: trio.SocketListener,
+    nursery: trio.Nursery,
+) -> None:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in _TRANSIENT_ACCEPT_ERRNOS:
+                    log.error("listener %r: accept failed: %s; retrying", handle.name, exc)
+                    await trio.sleep(_ACCEPT_BACKOFF)
+                    continue
+                raise
+            if handle.connections >= handle.config.max_connections:
+                handle.rejected += 1
+                log.warning(
+                    "listener %r: max_connections (%d) reached, closing new connection",
+                    handle.name,
+                    handle.config.max_connections,
+                )
+                await trio.aclose_forcefully(stream)
+                continue
+            handle.connections += 1
+            nursery.start_soon(_handle_connection, core, handle, stream)
+
+
+async def _handle_connection(
+    core: BrokerCore, handle: ListenerHandle, stream: trio.SocketStream
+) -> None:
+    try:
+        local = Endpoint.from_sockaddr(stream.socket.getsockname())
+        try:
+            remote = Endpoint.from_sockaddr(stream.socket.getpeername())
+        except OSError:
+            return  # the peer is already gone
+        peer = PeerInfo.from_socket(handle.name, handle.config.transport.value, local, remote)
+        await run_connection(stream, core, peer)
+    finally:
+        await trio.aclose_forcefully(stream)
+        handle._connection_ended()
