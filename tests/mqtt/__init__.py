@@ -1,0 +1,1 @@
+"""Tests of the sans-IO MQTT codec and topics."""
