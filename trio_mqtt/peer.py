@@ -63,6 +63,9 @@ class PeerInfo:
     proxy_header: ProxyHeader | None = None
     tls: TLSInfo | None = None
     username: str | None = None  # derived from a certificate CN, overriding CONNECT's
+    # Set when the listener requires a certificate-derived username but could not derive
+    # one; the CONNECT is then refused as not authorized, and this says why.
+    identity_error: str | None = None
 
     @classmethod
     def from_socket(

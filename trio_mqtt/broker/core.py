@@ -103,6 +103,9 @@ class BrokerCore:
     publish_hooks: list[PublishHook] = attrs.Factory(list)
     subscribe_hooks: list[SubscribeHook] = attrs.Factory(list)
     stats: BrokerStats = attrs.Factory(BrokerStats)
+    # What changed since the persistence store last saved (client ids / retained topics).
+    dirty_sessions: set[str] = attrs.Factory(set)
+    dirty_retained: set[str] = attrs.Factory(set)
     _local_counter: int = 0
     _started: float = 0.0
 
@@ -207,6 +210,9 @@ class BrokerCore:
                 )
                 return
 
+        if conn.peer.identity_error is not None:
+            refuse(ReasonCode.NOT_AUTHORIZED, conn.peer.identity_error)
+            return
         # Authentication: the certificate-derived username, when the listener set one,
         # overrides whatever the client sent; the CONNECT username is never trusted with it.
         username = conn.peer.username if conn.peer.username is not None else connect.username
@@ -264,6 +270,7 @@ class BrokerCore:
         session.expiry_interval = expiry
         session.expires_at = None
         session.connection = conn
+        self.dirty_sessions.add(client_id)
 
         conn.state = ConnectionState.CONNECTED
         conn.session = session
@@ -342,6 +349,7 @@ class BrokerCore:
         now = self.now()
         session.connection = None
         conn.session = None
+        self.dirty_sessions.add(session.client_id)
         will = conn.will
         conn.will = None
         if will is not None and publish_will:
@@ -364,6 +372,7 @@ class BrokerCore:
         self.publish(message)
 
     def _end_session(self, session: Session, *, publish_delayed_will: bool = True) -> None:
+        self.dirty_sessions.add(session.client_id)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         self.router.unsubscribe_all(session.client_id)
@@ -469,6 +478,7 @@ class BrokerCore:
                 self.retained.set(message.topic, message)
             else:
                 self.retained.delete(message.topic)
+            self.dirty_retained.add(message.topic)
         deliveries = self.router.deliveries(message.topic, message.publisher)
         for delivery in deliveries:
             self._deliver(message, delivery)
@@ -490,6 +500,7 @@ class BrokerCore:
             subscription_identifiers=delivery.subscription_identifiers,
         )
         if session.enqueue(item):
+            self.dirty_sessions.add(client_id)
             if session.connection is not None:
                 session.connection.on_output()
         else:
@@ -584,6 +595,8 @@ class BrokerCore:
         local_id = f"{LOCAL_PREFIX}{self._local_counter}"
         self.local_subscribers[local_id] = callback
         self.router.subscribe(local_id, topic_filter, SubscriptionOptions(qos=qos))
+        if parse_shared_filter(topic_filter)[0] is not None:
+            return local_id  # shared subscriptions get no retained messages (5.0, 4.8.2)
         for _topic, message in self.retained.match(topic_filter):
             if not message.expired(self.now()):
                 callback(message)

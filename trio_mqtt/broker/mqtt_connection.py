@@ -119,6 +119,8 @@ class MQTTConnection:
         except RemoteProtocolError as exc:
             self._protocol_error(exc.reason_code, str(exc))
             return
+        if self.session is not None:
+            self.core.dirty_sessions.add(self.client_id)
         for packet in packets:
             if self.wants_close:  # an earlier packet of this batch ended the connection
                 break
@@ -130,6 +132,8 @@ class MQTTConnection:
     def data_to_send(self) -> bytes:
         """Everything ready to be written, batched into one buffer (bounded in size)."""
         if self.state is ConnectionState.CONNECTED and self.session is not None:
+            if self.session.pending:
+                self.core.dirty_sessions.add(self.client_id)
             self._fill_from_session(self.session)
         data = bytes(self._out)
         self._out.clear()

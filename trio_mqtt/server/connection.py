@@ -41,16 +41,14 @@ class _Wakeup:
         self._event = trio.Event()
 
 
-async def run_connection(
-    stream: trio.abc.Stream, core: BrokerCore, peer: PeerInfo, initial_data: bytes = b""
-) -> None:
+async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerInfo) -> None:
     """Serve MQTT on ``stream`` until either side closes it. Always closes ``stream``."""
     wakeup = _Wakeup()
     conn = core.open_connection(peer, wakeup.set)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_write_loop, stream, conn, wakeup, nursery.cancel_scope)
-            await _read_loop(stream, conn, wakeup, initial_data)
+            await _read_loop(stream, conn, wakeup)
             if conn.wants_close:
                 wakeup.set()  # the writer flushes the last packets, then ends
             else:
@@ -60,12 +58,7 @@ async def run_connection(
         await trio.aclose_forcefully(stream)
 
 
-async def _read_loop(
-    stream: trio.abc.Stream, conn: MQTTConnection, wakeup: _Wakeup, initial_data: bytes
-) -> None:
-    if initial_data:
-        conn.receive_data(initial_data)
-        wakeup.set()
+async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, wakeup: _Wakeup) -> None:
     while not conn.wants_close:
         timeout = conn.idle_timeout
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:

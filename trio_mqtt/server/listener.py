@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections import Counter
 
 import attrs
 import trio
@@ -17,6 +18,8 @@ from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.config import ListenerConfig
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.server.connection import run_connection
+from trio_mqtt.server.prefixed_stream import PrefixedStream
+from trio_mqtt.server.proxy_policy import PreambleRejected, read_proxy_preamble
 
 log = logging.getLogger("trio_mqtt.listener")
 
@@ -32,7 +35,9 @@ class ListenerHandle:
     config: ListenerConfig
     addresses: list[Endpoint] = attrs.Factory(list)
     connections: int = 0
-    rejected: int = 0
+    # refused connections by reason ("untrusted-source", "timeout", "invalid-header",
+    # "spoofed-header", "closed", "max-connections")
+    rejections: Counter[str] = attrs.Factory(Counter)
     _accept_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _idle: trio.Event = attrs.Factory(trio.Event)
 
@@ -102,7 +107,7 @@ async def _accept_loop(
                     continue
                 raise
             if handle.connections >= handle.config.max_connections:
-                handle.rejected += 1
+                handle.rejections["max-connections"] += 1
                 log.warning(
                     "listener %r: max_connections (%d) reached, closing new connection",
                     handle.name,
@@ -124,7 +129,21 @@ async def _handle_connection(
         except OSError:
             return  # the peer is already gone
         peer = PeerInfo.from_socket(handle.name, handle.config.transport.value, local, remote)
-        await run_connection(stream, core, peer)
+        try:
+            preamble = await read_proxy_preamble(stream, handle.config.proxy_protocol, peer)
+        except PreambleRejected as exc:
+            handle.rejections[exc.reason] += 1
+            log.warning(
+                "listener %r: refused connection from %s: %s",
+                handle.name,
+                remote if remote is not None else "?",
+                exc.detail,
+            )
+            return
+        peer = preamble.peer
+        if peer.proxy_header is not None:
+            log.debug("listener %r: PROXY header: %s", handle.name, peer.describe())
+        await run_connection(PrefixedStream(stream, preamble.leftover), core, peer)
     finally:
         await trio.aclose_forcefully(stream)
         handle._connection_ended()

@@ -1,0 +1,36 @@
+"""PrefixedStream: a stream that first returns bytes already read from another stream.
+
+The PROXY preamble reader may read past the header (a client's CONNECT or TLS
+ClientHello can share a segment with it); those bytes must reach the next layer
+untouched, whatever that layer is (TLS, WebSocket or MQTT).
+"""
+
+from __future__ import annotations
+
+import trio
+
+
+class PrefixedStream(trio.abc.Stream):
+    """Wraps ``stream``; ``receive_some`` returns ``prefix`` before reading from it."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self.transport_stream = stream
+        self._prefix = bytearray(prefix)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            await trio.lowlevel.checkpoint()
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            data = bytes(self._prefix[:size])
+            del self._prefix[:size]
+            return data
+        return await self.transport_stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()

@@ -1,0 +1,136 @@
+"""Where a listener applies its PROXY protocol policy to a freshly accepted connection.
+
+``read_proxy_preamble`` runs before TLS, WebSocket and MQTT. Per ``ProxyPolicy``:
+
+- ``off``: nothing is read.
+- ``required``: a peer outside a non-empty ``trusted_sources`` is refused before a single
+  byte is read; everyone else must send a complete, valid v1 or v2 header within
+  ``timeout`` seconds (the deadline covers the whole header, so a peer trickling one
+  byte a second is closed at the deadline).
+- ``optional``: the first byte decides ('P' starts v1, '\\r' starts the v2 signature;
+  MQTT and TLS can start with neither). A header from a trusted source is parsed; a
+  header from anyone else is a spoofing attempt and refused; no header means the
+  socket's addresses stand.
+
+A refusal raises ``PreambleRejected``; the listener logs it once and counts it, and the
+connection never reaches MQTT code.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from trio_mqtt.config import ProxyMode, ProxyPolicy
+from trio_mqtt.errors import ProxyProtocolError
+from trio_mqtt.peer import Endpoint, PeerInfo, TLSInfo
+from trio_mqtt.proxy import Address, ProxyHeader, ProxyParser
+
+RECEIVE_SIZE = 4096
+# 'P' begins "PROXY " (v1), '\r' the v2 signature. An MQTT CONNECT begins 0x10 and a TLS
+# record 0x16, so the first byte alone tells a header from a client that sent none.
+_HEADER_FIRST_BYTES = frozenset(b"P\r")
+
+
+class PreambleRejected(Exception):
+    """The connection is refused by the listener's PROXY policy; ``reason`` is a short key."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@attrs.frozen
+class Preamble:
+    peer: PeerInfo
+    leftover: bytes  # bytes read past the header: the next layer's
+
+
+async def read_proxy_preamble(
+    stream: trio.abc.ReceiveStream, policy: ProxyPolicy, peer: PeerInfo
+) -> Preamble:
+    """Apply ``policy``: returns the refined PeerInfo and the bytes after the header."""
+    if policy.mode is ProxyMode.OFF:
+        return Preamble(peer, b"")
+    host = peer.remote.host if peer.remote is not None else ""
+    trusted = policy.is_trusted(host)
+    if policy.mode is ProxyMode.REQUIRED and not trusted:
+        raise PreambleRejected(
+            "untrusted-source", f"{host} is not in trusted_sources; closed before reading"
+        )
+    parser = ProxyParser(max_header_size=policy.max_header_size)
+    try:
+        with trio.fail_after(policy.timeout):
+            first = await _receive(stream)
+            if policy.mode is ProxyMode.OPTIONAL:
+                if first[0] not in _HEADER_FIRST_BYTES:
+                    return Preamble(peer, first)  # no header: the socket's addresses stand
+                if not trusted:
+                    raise PreambleRejected(
+                        "spoofed-header",
+                        f"PROXY header from {host}, which is not in trusted_sources",
+                    )
+            header = parser.feed(first)
+            while header is None:
+                header = parser.feed(await _receive(stream))
+    except trio.TooSlowError:
+        raise PreambleRejected(
+            "timeout",
+            f"no complete PROXY header within {policy.timeout:g}s "
+            f"({parser.buffered} bytes received)",
+        ) from None
+    except ProxyProtocolError as exc:
+        raise PreambleRejected("invalid-header", str(exc)) from None
+    return Preamble(apply_header(peer, header, policy), parser.leftover)
+
+
+async def _receive(stream: trio.abc.ReceiveStream) -> bytes:
+    try:
+        data = await stream.receive_some(RECEIVE_SIZE)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise PreambleRejected(
+            "closed", f"connection lost before the PROXY header: {exc}"
+        ) from None
+    if not data:
+        raise PreambleRejected("closed", "connection closed before a complete PROXY header")
+    return bytes(data)
+
+
+def apply_header(peer: PeerInfo, header: ProxyHeader, policy: ProxyPolicy) -> PeerInfo:
+    """The PeerInfo as the header tells it: real client, proxy, TLS facts, CN username."""
+    changes: dict[str, object] = {"proxy_header": header}
+    if not header.is_local and isinstance(header.source, Address):
+        changes["client"] = Endpoint(header.source.host, header.source.port)
+        changes["proxy"] = peer.remote
+    elif not header.is_local and header.source is not None:
+        changes["client"] = Endpoint(str(header.source), 0)  # a UNIX socket path
+        changes["proxy"] = peer.remote
+    ssl = header.ssl
+    if ssl is not None:
+        changes["tls"] = TLSInfo(
+            version=ssl.version,
+            cipher=ssl.cipher,
+            peer_cn=ssl.cn,
+            peer_verified=ssl.cert_verified,
+            sni=header.authority,
+            terminated_by_proxy=True,
+        )
+    if policy.use_cn_as_username:
+        if ssl is not None and ssl.cert_verified and ssl.cn:
+            changes["username"] = ssl.cn
+        else:
+            changes["identity_error"] = _why_no_cn(header)
+    return attrs.evolve(peer, **changes)  # type: ignore[arg-type]
+
+
+def _why_no_cn(header: ProxyHeader) -> str:
+    ssl = header.ssl
+    if ssl is None:
+        return "use_cn_as_username: the PROXY header has no SSL TLV"
+    if not ssl.cert_verified:
+        return (
+            f"use_cn_as_username: the proxy did not verify a client certificate "
+            f"(client flags {int(ssl.client):#x}, verify {ssl.verify})"
+        )
+    return "use_cn_as_username: the SSL TLV carries no CN"
