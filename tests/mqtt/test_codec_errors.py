@@ -20,6 +20,7 @@ from trio_mqtt.mqtt.packets import (
     Connect,
     Disconnect,
     Packet,
+    Pingreq,
     Properties,
     ProtocolVersion,
     Puback,
@@ -689,14 +690,27 @@ def test_short_forms_decode() -> None:
 # ============================================================================ dead reader
 
 
-def test_packets_after_an_error_are_not_decoded() -> None:
+def test_good_packets_before_an_error_are_kept_and_nothing_after_it() -> None:
     reader = PacketReader(protocol_version=V311)
-    with pytest.raises(RemoteProtocolError):
-        reader.feed(h("C0 00 | 38 05 00 03 61 2F 62 | C0 00"))
+    # PINGREQ, then a SUBSCRIBE with reserved flags 0 (malformed), then a PINGREQ
+    packets = reader.feed(h("C0 00 | 80 05 00 01 00 00 00 | C0 00"))
+    assert packets == [Pingreq()]
+    assert reader.error is not None
+    assert reader.error.reason_code == MALFORMED
+    with pytest.raises(RemoteProtocolError) as first:
+        reader.feed(b"")
+    assert first.value is reader.error
     with pytest.raises(RemoteProtocolError) as info:
         reader.feed(h("C0 00"))
     assert info.value.reason_code == MALFORMED
     assert "earlier error" in str(info.value)
+
+
+def test_an_error_with_no_good_packet_before_it_raises_at_once() -> None:
+    reader = PacketReader(protocol_version=V311)
+    with pytest.raises(RemoteProtocolError):
+        reader.feed(h("38 05 00 03 61 2F 62 | C0 00"))
+    assert reader.error is not None
 
 
 # ============================================================================ encoder refusals

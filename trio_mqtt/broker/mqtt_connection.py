@@ -128,6 +128,13 @@ class MQTTConnection:
                 self._handle(packet)
             except RemoteProtocolError as exc:
                 self._protocol_error(exc.reason_code, str(exc))
+        error = self.reader.error
+        if error is not None and not self.wants_close:
+            # the packets before the bad bytes were handled above; now the error
+            if isinstance(error, UnsupportedProtocolVersion):
+                self._refuse_unsupported_version(error)
+            else:
+                self._protocol_error(error.reason_code, str(error))
 
     def data_to_send(self) -> bytes:
         """Everything ready to be written, batched into one buffer (bounded in size)."""

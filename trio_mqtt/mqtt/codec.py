@@ -889,6 +889,13 @@ class PacketReader:
     # total bytes the packet at the start of the buffer needs (0: not known yet)
     _need: int = attrs.field(default=0, init=False, repr=False)
     _error: RemoteProtocolError | None = attrs.field(default=None, init=False, repr=False)
+    # the error came after good packets, which were returned; raise it on the next call
+    _error_unreported: bool = attrs.field(default=False, init=False, repr=False)
+
+    @property
+    def error(self) -> RemoteProtocolError | None:
+        """The error that stopped the reader, if any."""
+        return self._error
 
     def __attrs_post_init__(self) -> None:
         if not self.server_side and self.protocol_version is None:
@@ -903,10 +910,14 @@ class PacketReader:
         """Add ``data``; return every packet now complete (possibly none), in order.
 
         Raises ``RemoteProtocolError`` (or its subclass ``UnsupportedProtocolVersion``)
-        when the bytes break the protocol; the packets that came before the bad one in
-        the same call are discarded with it.
+        when the bytes break the protocol. Good packets that came before the bad one are
+        not lost: they are returned, the reader stops (``error`` is set), and the error
+        is raised by the next call.
         """
         if self._error is not None:
+            if self._error_unreported:
+                self._error_unreported = False
+                raise self._error
             raise self._stopped_error()
         buffer = self._buffer
         buffer += data
@@ -919,6 +930,9 @@ class PacketReader:
             self._error = exc
             self._buffer = bytearray()
             self._need = 0
+            if packets:
+                self._error_unreported = True
+                return packets
             raise
         if consumed:
             del buffer[:consumed]
