@@ -460,7 +460,13 @@ _LISTENER_TABLES = ("proxy_protocol", "tls")
 _PROXY_KEYS = tuple(field.name for field in attrs.fields(ProxyPolicy))
 _TLS_KEYS = tuple(field.name for field in attrs.fields(TLSConfig))
 _TLS_FILE_KEYS = ("certfile", "keyfile", "cafile")
-_BROKER_FILE_KEYS = ("password_file", "acl_file")
+#: Broker keys holding file names, and whether the file must exist at startup.
+_BROKER_FILE_KEYS = {"password_file": True, "acl_file": True, "persistence": False}
+
+
+def _under(prefix: str) -> Callable[[str | None], str]:
+    """Maps a validator's key (an attribute name, or None) to its full path under *prefix*."""
+    return lambda key: prefix if key is None else f"{prefix}.{key}"
 
 
 def _detail(error: ConfigError) -> str:
@@ -517,13 +523,9 @@ class _Loader:
     def config(self, data: Mapping[str, Any]) -> BrokerConfig:
         document = self.table(data, "", ("broker", "listeners"))
         broker = dict(self.table(document.get("broker", {}), "broker", _BROKER_KEYS))
-        for name in _BROKER_FILE_KEYS:
+        for name, must_exist in _BROKER_FILE_KEYS.items():
             if name in broker:
-                broker[name] = self.path(broker[name], f"broker.{name}", must_exist=True)
-        if "persistence" in broker:
-            broker["persistence"] = self.path(
-                broker["persistence"], "broker.persistence", must_exist=False
-            )
+                broker[name] = self.path(broker[name], f"broker.{name}", must_exist=must_exist)
         if "listeners" in document:
             listeners = document["listeners"]
             if not isinstance(listeners, list):
@@ -561,9 +563,7 @@ class _Loader:
             kwargs["tls"] = self.tls(table["tls"], prefix)
 
         def key_of(key: str | None) -> str:
-            if key in ("host", "port"):
-                return f"{prefix}.bind"
-            return prefix if key is None else f"{prefix}.{key}"
+            return _under(prefix)("bind" if key in ("host", "port") else key)
 
         with self.keyed(key_of):
             return ListenerConfig(**kwargs)
@@ -571,7 +571,7 @@ class _Loader:
     def proxy_policy(self, data: Any, listener_prefix: str) -> ProxyPolicy:
         prefix = f"{listener_prefix}.proxy_protocol"
         table = self.table(data, prefix, _PROXY_KEYS)
-        with self.keyed(lambda key: prefix if key is None else f"{prefix}.{key}"):
+        with self.keyed(_under(prefix)):
             return ProxyPolicy(**table)
 
     def tls(self, data: Any, listener_prefix: str) -> TLSConfig:
@@ -583,7 +583,7 @@ class _Loader:
         missing = [name for name in ("certfile", "keyfile") if name not in table]
         if missing:
             raise self.error(f"{prefix}.{missing[0]}", "missing; [listeners.tls] needs it")
-        with self.keyed(lambda key: prefix if key is None else f"{prefix}.{key}"):
+        with self.keyed(_under(prefix)):
             return TLSConfig(**table)
 
 
