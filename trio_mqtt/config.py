@@ -471,9 +471,7 @@ def _under(prefix: str) -> Callable[[str | None], str]:
 
 def _detail(error: ConfigError) -> str:
     """The message of *error* without the ``file: key:`` prefix ConfigError adds."""
-    text = str(error)
-    prefix = "".join(f"{part}: " for part in (error.file, error.key) if part is not None)
-    return text.removeprefix(prefix)
+    return error.detail
 
 
 @attrs.frozen

@@ -24,6 +24,7 @@ class ConfigError(TrioMQTTError):
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
         self.file = file
         self.key = key
+        self.detail = message  # the message without the "file: key: " prefix
         where = ""
         if file is not None:
             where = f"{file}: "
