@@ -1,0 +1,400 @@
+"""The listener's PROXY policy (read_proxy_preamble / apply_header) over in-memory streams.
+
+Header bytes are laid out by hand from haproxy's proxy-protocol.txt (struct packing only),
+never produced by our own code. Timing tests run on trio's autojump clock, so "refused at
+exactly ``timeout``" is checked in virtual seconds.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from trio_mqtt.config import ProxyMode, ProxyPolicy
+from trio_mqtt.peer import Endpoint, PeerInfo
+from trio_mqtt.proxy import Command
+from trio_mqtt.server.proxy_policy import Preamble, PreambleRejected, read_proxy_preamble
+
+SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+# 3.1.1 CONNECT, clean session, keep alive 60, client id "c1" (MQTT 3.1.1 section 3.1)
+CONNECT = b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1"
+# The first bytes of a TLS ClientHello record (content type 0x16, version 3.1)
+TLS_HELLO_START = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"
+
+V1_HEADER = b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 1883\r\n"
+CLIENT = Endpoint("203.0.113.7", 51234)
+
+LOCAL_END = Endpoint("127.0.0.1", 1883)
+TRUSTED_REMOTE = Endpoint("127.0.0.1", 40000)
+UNTRUSTED_REMOTE = Endpoint("192.0.2.9", 40001)
+
+SSL = 0x01
+CERT_CONN = 0x02
+CERT_SESS = 0x04
+
+
+def peer_from(remote: Endpoint) -> PeerInfo:
+    return PeerInfo.from_socket("lb", "tcp", LOCAL_END, remote)
+
+
+def policy(
+    mode: ProxyMode = ProxyMode.REQUIRED,
+    *,
+    timeout: float = 1.0,
+    use_cn_as_username: bool = False,
+) -> ProxyPolicy:
+    return ProxyPolicy(
+        mode=mode,
+        trusted_sources=("127.0.0.0/8",),
+        timeout=timeout,
+        use_cn_as_username=use_cn_as_username,
+    )
+
+
+def tlv(tlv_type: int, value: bytes) -> bytes:
+    return struct.pack("!BH", tlv_type, len(value)) + value
+
+
+def v2_proxy_inet(tlvs: bytes = b"") -> bytes:
+    """v2 PROXY, INET/STREAM, 203.0.113.7:51234 -> 127.0.0.1:1883, then ``tlvs``."""
+    body = bytes([203, 0, 113, 7, 127, 0, 0, 1]) + struct.pack("!HH", 51234, 1883) + tlvs
+    return SIG + b"\x21\x11" + struct.pack("!H", len(body)) + body
+
+
+def ssl_tlv(client: int, verify: int, cn: str | None) -> bytes:
+    subs = tlv(0x21, b"TLSv1.3")
+    if cn is not None:
+        subs += tlv(0x22, cn.encode())
+    return tlv(0x20, struct.pack("!BI", client, verify) + subs)
+
+
+async def preamble_of(data: bytes, pol: ProxyPolicy, remote: Endpoint = TRUSTED_REMOTE) -> Preamble:
+    """Run read_proxy_preamble on ``data`` sent as one segment."""
+    client, server = trio.testing.memory_stream_pair()
+    await client.send_all(data)
+    return await read_proxy_preamble(server, pol, peer_from(remote))
+
+
+async def refusal_of(
+    data: bytes, pol: ProxyPolicy, remote: Endpoint = TRUSTED_REMOTE
+) -> PreambleRejected:
+    with pytest.raises(PreambleRejected) as info:
+        await preamble_of(data, pol, remote)
+    return info.value
+
+
+class UntouchableStream(trio.abc.ReceiveStream):
+    """Counts receive calls; would hand out a valid header if it were ever asked."""
+
+    def __init__(self) -> None:
+        self.receive_calls = 0
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self.receive_calls += 1
+        await trio.lowlevel.checkpoint()
+        return V1_HEADER + CONNECT
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+# --------------------------------------------------------------------------- deadline
+
+
+async def test_trickling_peer_is_refused_at_exactly_the_timeout(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client, server = trio.testing.memory_stream_pair()
+
+    async def trickle() -> None:
+        for byte in V1_HEADER:
+            await client.send_all(bytes([byte]))
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        start = trio.current_time()
+        with pytest.raises(PreambleRejected) as info:
+            await read_proxy_preamble(server, policy(timeout=2.5), peer_from(TRUSTED_REMOTE))
+        elapsed = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    # Each byte arrives well within 2.5 s of the previous one: only a deadline on the
+    # whole header (not per read) can stop this peer, and it must not stop it later.
+    assert elapsed == pytest.approx(2.5, abs=1e-9)
+    assert info.value.reason == "timeout"
+    assert "2.5s" in info.value.detail
+    assert "3 bytes received" in info.value.detail  # bytes sent at t=0, 1 and 2
+
+
+async def test_slow_but_complete_header_within_the_timeout_is_accepted(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client, server = trio.testing.memory_stream_pair()
+
+    async def trickle() -> None:
+        for byte in V1_HEADER:
+            await client.send_all(bytes([byte]))
+            await trio.sleep(1)
+        await client.send_all(CONNECT)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        start = trio.current_time()
+        result = await read_proxy_preamble(server, policy(timeout=60), peer_from(TRUSTED_REMOTE))
+        elapsed = trio.current_time() - start
+    # the last header byte goes out at t = len - 1
+    assert elapsed == pytest.approx(len(V1_HEADER) - 1, abs=1e-9)
+    assert result.peer.client == CLIENT
+    assert result.leftover == b""  # CONNECT was not sent yet when the header completed
+
+
+async def test_silent_peer_is_refused_at_the_timeout(autojump_clock: trio.abc.Clock) -> None:
+    _client, server = trio.testing.memory_stream_pair()
+    start = trio.current_time()
+    with pytest.raises(PreambleRejected) as info:
+        await read_proxy_preamble(server, policy(timeout=3.0), peer_from(TRUSTED_REMOTE))
+    assert trio.current_time() - start == pytest.approx(3.0, abs=1e-9)
+    assert info.value.reason == "timeout"
+    assert "0 bytes received" in info.value.detail
+
+
+# --------------------------------------------------------------------------- leftover
+
+
+@pytest.mark.parametrize(
+    "header", [V1_HEADER, v2_proxy_inet(), v2_proxy_inet(tlv(0x04, b"\x00\x00"))]
+)
+async def test_header_and_connect_in_one_segment_leave_exactly_the_connect(
+    header: bytes,
+) -> None:
+    result = await preamble_of(header + CONNECT, policy())
+    assert result.leftover == CONNECT
+    assert result.peer.client == CLIENT
+    assert result.peer.proxy == TRUSTED_REMOTE
+    assert result.peer.remote == TRUSTED_REMOTE
+
+
+@pytest.mark.parametrize("split", [1, 6, len(V1_HEADER) - 1, len(V1_HEADER) + 3])
+async def test_header_split_across_segments_still_leaves_exactly_the_connect(
+    split: int,
+) -> None:
+    data = V1_HEADER + CONNECT
+    client, server = trio.testing.memory_stream_pair()
+
+    async def send_in_two() -> None:
+        await client.send_all(data[:split])
+        await trio.sleep(0.01)
+        await client.send_all(data[split:])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_in_two)
+        result = await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
+    rest = await server.receive_some(4096) if len(result.leftover) < len(CONNECT) else b""
+    # what the preamble kept plus what is still in the stream is the CONNECT, in order
+    assert result.leftover + rest == CONNECT
+    assert result.peer.client == CLIENT
+
+
+# --------------------------------------------------------------------------- optional mode
+
+
+@pytest.mark.parametrize("remote", [TRUSTED_REMOTE, UNTRUSTED_REMOTE])
+@pytest.mark.parametrize("first_bytes", [CONNECT, TLS_HELLO_START])
+async def test_optional_without_header_passes_the_first_bytes_on(
+    remote: Endpoint, first_bytes: bytes
+) -> None:
+    client, server = trio.testing.memory_stream_pair()
+    await client.send_all(first_bytes)
+    peer = peer_from(remote)
+    result = await read_proxy_preamble(server, policy(ProxyMode.OPTIONAL), peer)
+    assert result.leftover == first_bytes
+    assert result.peer == peer
+    assert result.peer.client == remote
+    assert result.peer.proxy is None
+    assert result.peer.proxy_header is None
+
+
+async def test_optional_with_header_from_trusted_source_uses_it() -> None:
+    result = await preamble_of(V1_HEADER + CONNECT, policy(ProxyMode.OPTIONAL))
+    assert result.peer.client == CLIENT
+    assert result.peer.proxy == TRUSTED_REMOTE
+    assert result.leftover == CONNECT
+
+
+@pytest.mark.parametrize("header", [V1_HEADER, v2_proxy_inet()])
+async def test_optional_header_from_untrusted_source_is_spoofing(header: bytes) -> None:
+    refusal = await refusal_of(header + CONNECT, policy(ProxyMode.OPTIONAL), UNTRUSTED_REMOTE)
+    assert refusal.reason == "spoofed-header"
+    assert "192.0.2.9" in refusal.detail
+
+
+@pytest.mark.parametrize("first", [b"P", b"\r"])
+async def test_optional_spoofing_is_detected_by_the_first_byte_alone(first: bytes) -> None:
+    # Even an incomplete (or bogus) header is refused as spoofed, not as invalid.
+    refusal = await refusal_of(first, policy(ProxyMode.OPTIONAL), UNTRUSTED_REMOTE)
+    assert refusal.reason == "spoofed-header"
+
+
+# --------------------------------------------------------------------------- required / off
+
+
+async def test_required_from_untrusted_source_is_refused_without_reading() -> None:
+    stream = UntouchableStream()
+    with pytest.raises(PreambleRejected) as info:
+        await read_proxy_preamble(stream, policy(), peer_from(UNTRUSTED_REMOTE))
+    assert stream.receive_calls == 0
+    assert info.value.reason == "untrusted-source"
+    assert "192.0.2.9" in info.value.detail
+
+
+async def test_required_with_empty_trusted_sources_trusts_everyone() -> None:
+    open_policy = ProxyPolicy(mode=ProxyMode.REQUIRED, timeout=1.0)
+    result = await preamble_of(V1_HEADER + CONNECT, open_policy, UNTRUSTED_REMOTE)
+    assert result.peer.client == CLIENT
+    assert result.peer.proxy == UNTRUSTED_REMOTE
+
+
+async def test_off_reads_nothing_and_keeps_the_peer() -> None:
+    stream = UntouchableStream()
+    peer = peer_from(UNTRUSTED_REMOTE)
+    result = await read_proxy_preamble(stream, ProxyPolicy(), peer)
+    assert stream.receive_calls == 0
+    assert result.peer is peer
+    assert result.leftover == b""
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (CONNECT, "invalid-header"),  # required, but the client speaks MQTT directly
+        (b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 99999\r\n", "invalid-header"),
+        (SIG + b"\x31\x11\x00\x0c" + bytes(12), "invalid-header"),  # version 3
+        (b"", "closed"),
+        (V1_HEADER[:10], "closed"),
+    ],
+)
+async def test_required_refusals(data: bytes, reason: str) -> None:
+    client, server = trio.testing.memory_stream_pair()
+    if data:
+        await client.send_all(data)
+    await client.send_eof()
+    with pytest.raises(PreambleRejected) as info:
+        await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
+    assert info.value.reason == reason
+    assert info.value.detail
+
+
+# --------------------------------------------------------------------------- LOCAL / UNKNOWN
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        SIG + b"\x20\x00\x00\x00",  # v2 LOCAL, UNSPEC, no addresses (a health check)
+        SIG + b"\x20\x11\x00\x0c" + bytes([203, 0, 113, 7, 127, 0, 0, 1, 0xC8, 0x22, 7, 91]),
+        SIG + b"\x21\x00\x00\x00",  # v2 PROXY but UNSPEC family: no usable address
+        b"PROXY UNKNOWN\r\n",
+        b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n",
+    ],
+)
+@pytest.mark.parametrize("mode", [ProxyMode.REQUIRED, ProxyMode.OPTIONAL])
+async def test_local_and_unknown_keep_the_socket_addresses(header: bytes, mode: ProxyMode) -> None:
+    result = await preamble_of(header + CONNECT, policy(mode))
+    peer = result.peer
+    assert peer.client == TRUSTED_REMOTE
+    assert peer.remote == TRUSTED_REMOTE
+    assert peer.local == LOCAL_END
+    assert peer.proxy is None
+    assert peer.proxy_header is not None
+    assert peer.proxy_header.is_local
+    assert result.leftover == CONNECT
+
+
+async def test_v2_local_command_is_reported() -> None:
+    result = await preamble_of(SIG + b"\x20\x00\x00\x00", policy())
+    assert result.peer.proxy_header is not None
+    assert result.peer.proxy_header.command is Command.LOCAL
+
+
+# --------------------------------------------------------------------------- CN as username
+
+
+CN_TABLE = [
+    # (client bits, verify, CN, certificate verified, username, fragment of identity_error)
+    (SSL | CERT_CONN | CERT_SESS, 0, "device-42", True, "device-42", None),
+    (SSL | CERT_CONN, 0, "device-42", True, "device-42", None),
+    (SSL | CERT_SESS, 0, "device-42", True, "device-42", None),
+    (SSL, 0, "device-42", False, None, "did not verify"),  # TLS, but no certificate
+    (CERT_CONN | CERT_SESS, 0, "device-42", False, None, "did not verify"),  # no TLS bit
+    (0, 0, "device-42", False, None, "did not verify"),
+    (SSL | CERT_CONN | CERT_SESS, 1, "device-42", False, None, "did not verify"),  # failed
+    (SSL | CERT_CONN, 0x12, "device-42", False, None, "did not verify"),
+    (SSL | CERT_CONN | CERT_SESS, 0, None, True, None, "no CN"),  # verified, but no CN
+]
+
+
+@pytest.mark.parametrize(("client", "verify", "cn", "verified", "username", "why"), CN_TABLE)
+async def test_cn_as_username_only_when_the_proxy_verified_a_certificate(
+    client: int,
+    verify: int,
+    cn: str | None,
+    verified: bool,
+    username: str | None,
+    why: str | None,
+) -> None:
+    header = v2_proxy_inet(ssl_tlv(client, verify, cn))
+    result = await preamble_of(header + CONNECT, policy(use_cn_as_username=True))
+    peer = result.peer
+    assert peer.username == username
+    if why is None:
+        assert peer.identity_error is None
+    else:
+        assert peer.identity_error is not None
+        assert "use_cn_as_username" in peer.identity_error
+        assert why in peer.identity_error
+        if "did not verify" in why:
+            assert f"{client:#x}" in peer.identity_error
+            assert f"verify {verify}" in peer.identity_error
+    assert peer.tls is not None
+    assert peer.tls.terminated_by_proxy
+    assert peer.tls.peer_cn == cn
+    assert peer.tls.version == "TLSv1.3"
+    assert peer.tls.peer_verified is verified
+    assert peer.client == CLIENT
+
+
+@pytest.mark.parametrize("header", [V1_HEADER, v2_proxy_inet(), SIG + b"\x20\x00\x00\x00"])
+async def test_cn_as_username_without_ssl_tlv_is_an_identity_error(header: bytes) -> None:
+    result = await preamble_of(header + CONNECT, policy(use_cn_as_username=True))
+    peer = result.peer
+    assert peer.username is None
+    assert peer.identity_error is not None
+    assert "no SSL TLV" in peer.identity_error
+    assert peer.tls is None
+
+
+async def test_cn_is_not_a_username_unless_asked() -> None:
+    header = v2_proxy_inet(ssl_tlv(SSL | CERT_CONN | CERT_SESS, 0, "device-42"))
+    result = await preamble_of(header + CONNECT, policy(use_cn_as_username=False))
+    peer = result.peer
+    assert peer.username is None
+    assert peer.identity_error is None
+    assert peer.tls is not None
+    assert peer.tls.peer_cn == "device-42"
+    assert peer.tls.peer_verified
+
+
+async def test_authority_becomes_the_sni() -> None:
+    header = v2_proxy_inet(
+        tlv(0x02, b"mqtt.example.com") + ssl_tlv(SSL | CERT_CONN, 0, "device-42")
+    )
+    result = await preamble_of(header + CONNECT, policy(use_cn_as_username=True))
+    peer = result.peer
+    assert peer.tls is not None
+    assert peer.proxy_header is not None
+    assert peer.tls.sni == "mqtt.example.com"
+    assert peer.proxy_header.authority == "mqtt.example.com"
+    assert peer.username == "device-42"
