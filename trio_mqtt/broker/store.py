@@ -1,0 +1,654 @@
+"""SQLite persistence of sessions and retained messages (``[broker] persistence = "path"``).
+
+The broker keeps all state in memory (``BrokerCore``); this store mirrors the part that must
+survive a restart into one SQLite file, using only the stdlib ``sqlite3`` module:
+
+- retained messages, with who published them (client id, listener, client and proxy
+  addresses), so that "who set this retained value" still has an answer after a restart;
+- persistent sessions (expiry interval > 0): subscriptions, queued and in-flight messages,
+  the QoS 2 packet ids received but not released, the next packet id, the expiry deadline
+  and a delayed will.
+
+The core records what changed (``dirty_sessions``, ``dirty_retained``); :meth:`SQLiteStore.flush`
+writes exactly those rows in one transaction, so its cost follows the rate of change, not the
+amount of state. :meth:`SQLiteStore.load_into` rebuilds the state at startup.
+
+Times: the core's clock restarts with the process, so every deadline and creation time is
+stored as wall-clock time (seconds since the epoch) and converted back to the new core clock
+on load. Message properties are stored as the MQTT 5 property block of a PUBLISH, encoded by
+our own codec; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+
+from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.router import SubscriptionOptions
+from trio_mqtt.broker.sessions import (
+    NEVER_EXPIRES,
+    OutboundInflight,
+    OutboundState,
+    QueuedMessage,
+    Session,
+)
+from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError, TrioMQTTError
+from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties, ProtocolVersion
+from trio_mqtt.mqtt.properties import PropertyContext, decode_properties, encode_properties
+from trio_mqtt.peer import Endpoint, PeerInfo
+
+if TYPE_CHECKING:
+    from trio_mqtt.broker.core import BrokerCore
+
+__all__ = ["SCHEMA_VERSION", "PersistenceError", "PersistenceWriteError", "SQLiteStore"]
+
+log = logging.getLogger("trio_mqtt.store")
+
+SCHEMA_VERSION = 1
+"""Version of the table layout below; a file with another version is refused."""
+
+# Columns that describe one application message (a retained one, or one held by a session).
+_MESSAGE_COLUMNS = (
+    "topic",
+    "payload",
+    "qos",
+    "retain",
+    "properties",  # MQTT 5 property block of a PUBLISH (our codec), NULL when empty
+    "publisher",  # client id of the publisher, NULL for in-process publishes
+    "created",  # wall-clock time the broker received it (for Message Expiry)
+    "listener",
+    "transport",
+    "client_host",
+    "client_port",
+    "proxy_host",
+    "proxy_port",
+)
+_MESSAGE_DDL = """
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    properties BLOB,
+    publisher TEXT,
+    created REAL NOT NULL,
+    listener TEXT NOT NULL,
+    transport TEXT NOT NULL,
+    client_host TEXT,
+    client_port INTEGER,
+    proxy_host TEXT,
+    proxy_port INTEGER"""
+
+_SCHEMA = f"""
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE retained ({_MESSAGE_DDL},
+    PRIMARY KEY (topic)
+);
+CREATE TABLE sessions (
+    client_id TEXT PRIMARY KEY,
+    protocol_version INTEGER NOT NULL,
+    expiry_interval INTEGER NOT NULL,
+    expires_at REAL,            -- wall clock; NULL while online or when it never expires
+    next_packet_id INTEGER NOT NULL,
+    dropped INTEGER NOT NULL,
+    inflight_in TEXT NOT NULL,  -- JSON list of QoS 2 packet ids received, not yet released
+    will_due REAL               -- wall clock of the delayed will, NULL if none
+);
+CREATE TABLE subscriptions (
+    client_id TEXT NOT NULL,
+    topic_filter TEXT NOT NULL,
+    qos INTEGER NOT NULL,
+    no_local INTEGER NOT NULL,
+    retain_as_published INTEGER NOT NULL,
+    retain_handling INTEGER NOT NULL,
+    subscription_identifier INTEGER,
+    PRIMARY KEY (client_id, topic_filter)
+) WITHOUT ROWID;
+CREATE TABLE session_messages (
+    client_id TEXT NOT NULL,
+    kind TEXT NOT NULL,          -- 'pending' (queued), 'inflight' (sent, not acked), 'will'
+    position INTEGER NOT NULL,   -- order within its kind
+    packet_id INTEGER,           -- inflight only
+    state TEXT,                  -- inflight only: puback | pubrec | pubcomp
+    delivery_qos INTEGER,        -- pending / inflight: QoS of this delivery
+    delivery_retain INTEGER,     -- pending / inflight: retain flag of this delivery
+    subscription_identifiers TEXT,  -- pending / inflight: JSON list
+    {_MESSAGE_DDL},
+    PRIMARY KEY (client_id, kind, position)
+);
+"""
+_TABLES = frozenset({"schema_version", "retained", "sessions", "subscriptions", "session_messages"})
+
+_PENDING = "pending"
+_INFLIGHT = "inflight"
+_WILL = "will"
+
+_MESSAGE_PLACEHOLDERS = ", ".join("?" * len(_MESSAGE_COLUMNS))
+_INSERT_RETAINED = (
+    f"INSERT OR REPLACE INTO retained ({', '.join(_MESSAGE_COLUMNS)}) "
+    f"VALUES ({_MESSAGE_PLACEHOLDERS})"
+)
+_INSERT_SESSION = (
+    "INSERT OR REPLACE INTO sessions (client_id, protocol_version, expiry_interval, expires_at, "
+    "next_packet_id, dropped, inflight_in, will_due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SUBSCRIPTION = (
+    "INSERT INTO subscriptions (client_id, topic_filter, qos, no_local, retain_as_published, "
+    "retain_handling, subscription_identifier) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SESSION_MESSAGE_HEAD = (
+    "client_id",
+    "kind",
+    "position",
+    "packet_id",
+    "state",
+    "delivery_qos",
+    "delivery_retain",
+    "subscription_identifiers",
+)
+_INSERT_SESSION_MESSAGE = (
+    f"INSERT INTO session_messages ({', '.join(_SESSION_MESSAGE_HEAD + _MESSAGE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * (len(_SESSION_MESSAGE_HEAD) + len(_MESSAGE_COLUMNS)))})"
+)
+
+Row = tuple[Any, ...]
+_T = TypeVar("_T")
+
+
+class PersistenceError(ConfigError):
+    """The persistence file cannot be used (not SQLite, not ours, another schema, corrupt).
+
+    The message names the file and says what to do; the broker should refuse to start.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(
+            f"persistence file {problem}; fix or move the file away, or set "
+            "[broker] persistence to another path",
+            file=path,
+        )
+        self.path = path
+
+
+class PersistenceWriteError(TrioMQTTError):
+    """Saving to the persistence file failed (disk full, file removed, I/O error).
+
+    Nothing of the failed flush was written and the change sets are kept, so the next
+    flush tries again with everything that is still to be saved.
+    """
+
+
+@attrs.define(eq=False)
+class SQLiteStore:
+    """Sessions and retained messages in one SQLite file (WAL mode, synchronous=NORMAL).
+
+    Not thread-safe: use it from the thread that opened it, like the core it mirrors.
+    ``wall_clock`` gives seconds since the epoch (tests pass a fake one).
+    """
+
+    path: str
+    _db: sqlite3.Connection
+    _wall_clock: Callable[[], float] = time.time
+
+    @classmethod
+    def open(cls, path: str, *, wall_clock: Callable[[], float] = time.time) -> SQLiteStore:
+        """Open (creating it if needed) the store at ``path``; raises ``PersistenceError``."""
+        directory = os.path.dirname(os.path.abspath(path))
+        if path != ":memory:" and not os.path.isdir(directory):
+            raise PersistenceError(path, f"cannot be created: directory {directory} does not exist")
+        try:
+            db = sqlite3.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise PersistenceError(path, f"cannot be opened ({exc})") from exc
+        try:
+            _prepare(db, path)
+        except BaseException:
+            db.close()
+            raise
+        return cls(path, db, wall_clock)
+
+    def close(self) -> None:
+        """Close the file (idempotent). Call ``flush`` first to keep the latest changes."""
+        self._db.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------- writing
+
+    def flush(self, core: BrokerCore) -> int:
+        """Save every dirty session and retained topic in one transaction.
+
+        Clears ``core.dirty_sessions`` and ``core.dirty_retained`` once committed. Sessions
+        that ended, or whose expiry interval is 0, are deleted from the file; so are retained
+        topics that no longer hold a message. Returns the number of session and retained
+        rows written or deleted.
+        """
+        if not core.dirty_sessions and not core.dirty_retained:
+            return 0
+        offset = self._wall_clock() - core.now()  # wall clock = core clock + offset
+
+        gone_sessions: list[tuple[str]] = []
+        session_rows: list[Row] = []
+        subscription_rows: list[Row] = []
+        message_rows: list[Row] = []
+        for client_id in core.dirty_sessions:
+            session = core.sessions.get(client_id)
+            if session is None or session.expiry_interval == 0:
+                gone_sessions.append((client_id,))
+                continue
+            session_rows.append(_session_row(session, offset))
+            subscription_rows.extend(
+                _subscription_row(client_id, topic_filter, options)
+                for topic_filter, options in core.router.subscriptions_of(client_id).items()
+            )
+            message_rows.extend(_session_message_rows(session, offset))
+        cleared_ids = gone_sessions + [(row[0],) for row in session_rows]
+
+        gone_topics: list[tuple[str]] = []
+        retained_rows: list[Row] = []
+        for topic in core.dirty_retained:
+            message = core.retained.get(topic)
+            if message is None:
+                gone_topics.append((topic,))
+            else:
+                retained_rows.append(_message_columns(message, offset))
+
+        try:
+            with self._transaction():
+                db = self._db
+                deleted = _delete(db, "sessions", "client_id", gone_sessions)
+                db.executemany("DELETE FROM subscriptions WHERE client_id = ?", cleared_ids)
+                db.executemany("DELETE FROM session_messages WHERE client_id = ?", cleared_ids)
+                db.executemany(_INSERT_SESSION, session_rows)
+                db.executemany(_INSERT_SUBSCRIPTION, subscription_rows)
+                db.executemany(_INSERT_SESSION_MESSAGE, message_rows)
+                deleted += _delete(db, "retained", "topic", gone_topics)
+                db.executemany(_INSERT_RETAINED, retained_rows)
+        except sqlite3.Error as exc:
+            raise PersistenceWriteError(
+                f"{self.path}: saving {len(cleared_ids)} session(s) and "
+                f"{len(gone_topics) + len(retained_rows)} retained topic(s) failed: {exc}; "
+                "they will be retried on the next flush"
+            ) from exc
+        core.dirty_sessions.clear()
+        core.dirty_retained.clear()
+        return deleted + len(session_rows) + len(retained_rows)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ---------------------------------------------------------------------- loading
+
+    def load_into(self, core: BrokerCore) -> None:
+        """Restore retained messages and persistent sessions into a freshly started core.
+
+        Every restored session is offline. Sessions and retained messages that expired while
+        the broker was down are deleted instead of restored; the delayed will of an expired
+        session is published (the session ended, so its will is due). A session id already
+        present in the core (a client that connected first) keeps its live session.
+        """
+        now = core.now()
+        offset = self._wall_clock() - now  # wall clock = core clock + offset
+        try:
+            with self._transaction():
+                expired_topics = self._load_retained(core, offset, now)
+                expired_ids, due_wills = self._load_sessions(core, offset, now)
+                db = self._db
+                db.executemany("DELETE FROM retained WHERE topic = ?", expired_topics)
+                for table in ("sessions", "subscriptions", "session_messages"):
+                    db.executemany(f"DELETE FROM {table} WHERE client_id = ?", expired_ids)
+        except sqlite3.Error as exc:
+            raise PersistenceError(self.path, _problem(exc, "cannot be read")) from exc
+        log.info(
+            "restored %d retained message(s) and %d session(s) from %s; "
+            "dropped %d expired session(s) and %d expired retained message(s)",
+            len(core.retained),
+            len(core.sessions),
+            self.path,
+            len(expired_ids),
+            len(expired_topics),
+        )
+        for will in due_wills:
+            log.info("publishing will of %r to %r (session expired)", will.publisher, will.topic)
+            core.stats.wills_published += 1
+            core.publish(will)
+
+    def _load_retained(self, core: BrokerCore, offset: float, now: float) -> list[tuple[str]]:
+        expired: list[tuple[str]] = []
+        query = f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM retained"
+        for row in self._db.execute(query):
+            message = self._message_from_row(row, offset)
+            if message.expired(now):
+                expired.append((message.topic,))
+            else:
+                core.retained.set(message.topic, message)
+        return expired
+
+    def _load_sessions(
+        self, core: BrokerCore, offset: float, now: float
+    ) -> tuple[list[tuple[str]], list[Message]]:
+        db = self._db
+        sessions: dict[str, Session] = {}
+        expired: dict[str, Session] = {}
+        max_expiry = core.config.max_session_expiry
+        for row in db.execute(
+            "SELECT client_id, protocol_version, expiry_interval, expires_at, next_packet_id, "
+            "dropped, inflight_in, will_due FROM sessions"
+        ):
+            client_id, version, interval, expires_wall, next_id, dropped, inflight_in, due = row
+            if client_id in core.sessions:
+                log.warning("session %r is already live; not restoring the stored one", client_id)
+                continue
+            interval = min(int(interval), max_expiry)
+            if expires_wall is not None:
+                expires_at: float | None = float(expires_wall) - offset
+            elif interval != NEVER_EXPIRES:
+                expires_at = now + interval  # online at the last save: counts from now
+            else:
+                expires_at = None
+            if max_expiry != NEVER_EXPIRES:
+                cap = now + max_expiry
+                expires_at = cap if expires_at is None else min(expires_at, cap)
+            session = Session(
+                client_id=client_id,
+                protocol_version=self._decode(ProtocolVersion, version, "protocol version"),
+                max_queued=core.config.max_queued_messages,
+                expiry_interval=interval,
+                next_packet_id=int(next_id),
+                dropped=int(dropped),
+                expires_at=expires_at,
+                will_due=None if due is None else float(due) - offset,
+            )
+            session.inflight_in.update(self._json_ints(inflight_in, "inflight_in"))
+            if interval == 0 or (expires_at is not None and expires_at <= now):
+                expired[client_id] = session
+            else:
+                sessions[client_id] = session
+
+        for row in db.execute(
+            "SELECT client_id, topic_filter, qos, no_local, retain_as_published, "
+            "retain_handling, subscription_identifier FROM subscriptions"
+        ):
+            client_id, topic_filter, qos, no_local, as_published, handling, sub_id = row
+            if client_id not in sessions:
+                continue
+            try:
+                options = SubscriptionOptions(
+                    qos=qos,
+                    no_local=bool(no_local),
+                    retain_as_published=bool(as_published),
+                    retain_handling=handling,
+                    subscription_identifier=sub_id,
+                )
+                core.router.subscribe(client_id, topic_filter, options)
+            except (ValueError, RemoteProtocolError) as exc:
+                raise PersistenceError(
+                    self.path, f"has an invalid subscription {topic_filter!r} ({exc})"
+                ) from exc
+
+        columns = ", ".join(_SESSION_MESSAGE_HEAD + _MESSAGE_COLUMNS)
+        for row in db.execute(
+            f"SELECT {columns} FROM session_messages ORDER BY client_id, kind, position"
+        ):
+            client_id, kind, _position, packet_id, state, qos, retain, sub_ids = row[:8]
+            session_or_none = sessions.get(client_id) or expired.get(client_id)
+            if session_or_none is None:
+                continue
+            session = session_or_none
+            message = self._message_from_row(row[8:], offset)
+            if kind == _WILL:
+                session.delayed_will = message
+                continue
+            item = QueuedMessage(
+                message=message,
+                qos=int(qos),
+                retain=bool(retain),
+                subscription_identifiers=tuple(self._json_ints(sub_ids, "subscription ids")),
+            )
+            if kind == _PENDING:
+                session.pending.append(item)
+            elif kind == _INFLIGHT:
+                outbound = self._decode(OutboundState, state, "in-flight state")
+                session.inflight_out[int(packet_id)] = OutboundInflight(
+                    int(packet_id), item, outbound
+                )
+            else:
+                raise PersistenceError(self.path, f"has an unknown session message kind {kind!r}")
+
+        for client_id, session in sessions.items():
+            if session.delayed_will is None:
+                session.will_due = None
+            core.sessions[client_id] = session
+        due_wills = [s.delayed_will for s in expired.values() if s.delayed_will is not None]
+        return [(client_id,) for client_id in expired], due_wills
+
+    def _message_from_row(self, row: Row, offset: float) -> Message:
+        (
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            publisher,
+            created,
+            listener,
+            transport,
+            client_host,
+            client_port,
+            proxy_host,
+            proxy_port,
+        ) = row
+        client = None if client_host is None else Endpoint(client_host, int(client_port))
+        proxy = None if proxy_host is None else Endpoint(proxy_host, int(proxy_port))
+        peer = PeerInfo(
+            listener=listener,
+            transport=transport,
+            remote=proxy if proxy is not None else client,
+            client=client,
+            proxy=proxy,
+        )
+        return Message(
+            topic=topic,
+            payload=bytes(payload),
+            qos=int(qos),
+            retain=bool(retain),
+            properties=self._decode_properties(properties, topic),
+            publisher=publisher,
+            peer=peer,
+            created=float(created) - offset,
+        )
+
+    def _decode_properties(self, blob: bytes | None, topic: str) -> Properties:
+        if blob is None:
+            return NO_PROPERTIES
+        try:
+            properties, end = decode_properties(
+                blob, 0, len(blob), PropertyContext.PUBLISH, "stored message"
+            )
+        except RemoteProtocolError as exc:
+            raise PersistenceError(
+                self.path, f"has unreadable properties for topic {topic!r} ({exc})"
+            ) from exc
+        if end != len(blob):
+            raise PersistenceError(
+                self.path, f"has {len(blob) - end} stray byte(s) after the properties of {topic!r}"
+            )
+        return properties
+
+    def _json_ints(self, text: str | None, what: str) -> list[int]:
+        if text is None:
+            return []
+        try:
+            values = json.loads(text)
+        except ValueError as exc:
+            raise PersistenceError(self.path, f"has an unreadable {what} list ({exc})") from exc
+        if not isinstance(values, list) or not all(isinstance(v, int) for v in values):
+            raise PersistenceError(self.path, f"has a {what} list that is not integers: {text!r}")
+        return values
+
+    def _decode(self, kind: Callable[[Any], _T], value: object, what: str) -> _T:
+        try:
+            return kind(value)
+        except ValueError as exc:
+            raise PersistenceError(self.path, f"has an invalid {what} {value!r}") from exc
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _prepare(db: sqlite3.Connection, path: str) -> None:
+    """Check that ``db`` is empty or a store of our schema version; set WAL; create tables."""
+    try:
+        tables = {
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+    except sqlite3.DatabaseError as exc:
+        raise PersistenceError(path, f"is not a readable SQLite database ({exc})") from exc
+    try:
+        if tables:
+            _check_schema(db, path, tables)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        if not tables:
+            db.executescript(
+                f"BEGIN IMMEDIATE;\n{_SCHEMA}\n"
+                f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION});\nCOMMIT;"
+            )
+    except sqlite3.Error as exc:
+        raise PersistenceError(path, _problem(exc, "cannot be set up")) from exc
+
+
+def _problem(exc: sqlite3.Error, otherwise: str) -> str:
+    """Say "damaged" for corruption (a plain ``DatabaseError``), else what failed."""
+    if type(exc) is sqlite3.DatabaseError:
+        return f"is damaged ({exc})"
+    return f"{otherwise} ({exc})"
+
+
+def _check_schema(db: sqlite3.Connection, path: str, tables: set[str]) -> None:
+    if "schema_version" not in tables:
+        found = ", ".join(sorted(tables))
+        raise PersistenceError(
+            path, f"is an SQLite database of another program (tables: {found}), not trio-mqtt's"
+        )
+    versions = [row[0] for row in db.execute("SELECT version FROM schema_version")]
+    if versions != [SCHEMA_VERSION]:
+        raise PersistenceError(
+            path,
+            f"has schema version {versions[0] if len(versions) == 1 else versions!r}; "
+            f"this trio-mqtt reads version {SCHEMA_VERSION}",
+        )
+    missing = _TABLES - tables
+    if missing:
+        raise PersistenceError(path, f"lacks the table(s) {', '.join(sorted(missing))}")
+
+
+def _delete(db: sqlite3.Connection, table: str, key: str, keys: list[tuple[str]]) -> int:
+    """Delete the rows whose ``key`` is in ``keys``; returns how many existed."""
+    if not keys:
+        return 0
+    return max(db.executemany(f"DELETE FROM {table} WHERE {key} = ?", keys).rowcount, 0)
+
+
+def _endpoint_columns(endpoint: Endpoint | None) -> tuple[str | None, int | None]:
+    return (None, None) if endpoint is None else (endpoint.host, endpoint.port)
+
+
+def _encode_properties(message: Message) -> bytes | None:
+    properties = message.properties
+    if not properties:
+        return None
+    try:
+        return encode_properties(properties, PropertyContext.PUBLISH, "stored message")
+    except LocalProtocolError as exc:
+        log.warning(
+            "properties of a message on %r cannot be stored (%s); saving it without them",
+            message.topic,
+            exc,
+        )
+        return None
+
+
+def _message_columns(message: Message, offset: float) -> Row:
+    """The ``_MESSAGE_COLUMNS`` values of ``message`` (times on the wall clock)."""
+    peer = message.peer
+    return (
+        message.topic,
+        message.payload,
+        message.qos,
+        int(message.retain),
+        _encode_properties(message),
+        message.publisher,
+        message.created + offset,
+        peer.listener,
+        peer.transport,
+        *_endpoint_columns(peer.client),
+        *_endpoint_columns(peer.proxy),
+    )
+
+
+def _session_row(session: Session, offset: float) -> Row:
+    return (
+        session.client_id,
+        int(session.protocol_version),
+        session.expiry_interval,
+        None if session.expires_at is None else session.expires_at + offset,
+        session.next_packet_id,
+        session.dropped,
+        json.dumps(sorted(session.inflight_in)),
+        None if session.will_due is None else session.will_due + offset,
+    )
+
+
+def _subscription_row(client_id: str, topic_filter: str, options: SubscriptionOptions) -> Row:
+    return (
+        client_id,
+        topic_filter,
+        options.qos,
+        int(options.no_local),
+        int(options.retain_as_published),
+        options.retain_handling,
+        options.subscription_identifier,
+    )
+
+
+def _session_message_rows(session: Session, offset: float) -> Iterator[Row]:
+    client_id = session.client_id
+    for position, item in enumerate(session.pending):
+        yield (client_id, _PENDING, position, None, None, *_item_columns(item, offset))
+    for position, inflight in enumerate(session.inflight_out.values()):
+        yield (
+            client_id,
+            _INFLIGHT,
+            position,
+            inflight.packet_id,
+            inflight.state.value,
+            *_item_columns(inflight.item, offset),
+        )
+    if session.delayed_will is not None:
+        will = _message_columns(session.delayed_will, offset)
+        yield (client_id, _WILL, 0, None, None, None, None, None, *will)
+
+
+def _item_columns(item: QueuedMessage, offset: float) -> Row:
+    ids = json.dumps(list(item.subscription_identifiers)) if item.subscription_identifiers else None
+    return (int(item.qos), int(item.retain), ids, *_message_columns(item.message, offset))
