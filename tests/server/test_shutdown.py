@@ -37,17 +37,20 @@ def config(**settings: Any) -> BrokerConfig:
 
 
 async def read_to_eof(client: RawClient, timeout: float = 5.0) -> bytes:
-    """Every byte the server sends until it closes the connection."""
+    """Every byte the server sends until it closes the connection; then close ours."""
     data = bytearray()
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                chunk = await client.stream.receive_some(65536)
-            except trio.BrokenResourceError:  # connection reset
-                break
-            if not chunk:
-                break
-            data += chunk
+    try:
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    chunk = await client.stream.receive_some(65536)
+                except trio.BrokenResourceError:  # connection reset
+                    break
+                if not chunk:
+                    break
+                data += chunk
+    finally:
+        await client.aclose()
     return bytes(data)
 
 
@@ -115,6 +118,7 @@ async def test_listeners_stop_accepting_first() -> None:
             await late.send_raw(encode(Connect("late", V311), V311))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             results["late"] = "reset"
+            await late.aclose()
             return
         results["late"] = await late.receive_or_eof(timeout=5)
         await late.aclose()
@@ -128,6 +132,7 @@ async def test_listeners_stop_accepting_first() -> None:
                 nursery.start_soon(try_new_client, broker.port, first)
                 await trio.sleep(0.05)
             await stuck.aclose()
+            await first.aclose()
 
     assert results["first"] == Disconnect(reason_code=0x8B)
     assert results["late"] in ("refused", "reset", None)  # never a CONNACK
