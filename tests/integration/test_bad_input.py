@@ -657,12 +657,6 @@ async def test_subscriber_that_stops_reading_does_not_block_anyone() -> None:
             await publisher.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a queue longer than one 256 KiB write batch is left unsent until "
-    "another message or ack arrives (MQTTConnection._fill_from_session does not re-arm "
-    "on_output when it stops at MAX_BATCH_BYTES)",
-)
 async def test_subscriber_that_falls_behind_gets_its_whole_queue_when_it_reads_again() -> None:
     payload = bytes(MESSAGE_SIZE - 16)
     async with broker_checked(max_queued_messages=MAX_QUEUED) as broker:

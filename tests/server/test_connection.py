@@ -108,11 +108,6 @@ async def test_connect_timeout_closes_at_exactly_connect_timeout(
     assert core.sessions == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: connect_timeout is an idle timeout per read, so a CONNECT trickled a byte "
-    "at a time keeps the connection open forever (server/connection.py _read_loop)",
-)
 async def test_connect_timeout_not_reset_by_trickled_bytes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -154,11 +154,6 @@ async def test_serve_started_returns_broker_and_cancel_stops_it() -> None:
             await trio.open_tcp_stream("127.0.0.1", port)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: cancelling serve() cancels the connection tasks before the shielded "
-    "_shutdown can flush DISCONNECT 0x8B (server/app.py open_broker)",
-)
 async def test_cancelling_serve_is_graceful() -> None:
     """The CLI stops ``serve`` by cancelling it: 5.0 clients should still hear 0x8B."""
     with trio.fail_after(10):
@@ -170,12 +165,6 @@ async def test_cancelling_serve_is_graceful() -> None:
         assert await read_to_eof(client) in DISCONNECT_SHUTTING_DOWN
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a cancelled _handle_connection skips handle._connection_ended() (it comes "
-    "after an await in its finally), so shutdown waits the whole shutdown_timeout "
-    "(server/listener.py _handle_connection)",
-)
 async def test_cancelling_serve_does_not_wait_for_gone_connections() -> None:
     shutdown_timeout = 2.0
     with trio.fail_after(20):

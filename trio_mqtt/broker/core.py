@@ -98,6 +98,8 @@ class BrokerCore:
     router: Router = attrs.field(init=False)
     retained: RetainedStore[Message] = attrs.Factory(RetainedStore)
     sessions: dict[str, Session] = attrs.Factory(dict)
+    # every live connection, CONNECTed or not yet (shutdown closes them all)
+    open_connections: set[MQTTConnection] = attrs.Factory(set)
     local_subscribers: dict[str, Callable[[Message], None]] = attrs.Factory(dict)
     connect_hooks: list[ConnectHook] = attrs.Factory(list)
     publish_hooks: list[PublishHook] = attrs.Factory(list)
@@ -127,7 +129,9 @@ class BrokerCore:
     def open_connection(self, peer: PeerInfo, on_output: Callable[[], None]) -> MQTTConnection:
         """A new transport is ready: make its protocol state machine."""
         reader = PacketReader(max_packet_size=self.config.max_packet_size, server_side=True)
-        return MQTTConnection(core=self, peer=peer, on_output=on_output, reader=reader)
+        conn = MQTTConnection(core=self, peer=peer, on_output=on_output, reader=reader)
+        self.open_connections.add(conn)
+        return conn
 
     def connected_clients(self) -> Iterator[MQTTConnection]:
         for session in self.sessions.values():
@@ -399,7 +403,7 @@ class BrokerCore:
 
     def shutdown(self) -> None:
         """Ask every connection to close: 5.0 clients get DISCONNECT 0x8B."""
-        for conn in list(self.connected_clients()):
+        for conn in list(self.open_connections):
             conn.request_close(CloseReason.SHUTDOWN, ReasonCode.SERVER_SHUTTING_DOWN)
 
     # --------------------------------------------------------------------- publish

@@ -169,6 +169,7 @@ class MQTTConnection:
         """The transport is gone (or we closed it). Idempotent."""
         if self.state is ConnectionState.CLOSED:
             return
+        self.core.open_connections.discard(self)
         was_connected = self.state is ConnectionState.CONNECTED
         self.state = ConnectionState.CLOSED
         reason = self.close_reason or CloseReason.TRANSPORT_CLOSED
@@ -330,6 +331,8 @@ class MQTTConnection:
             session.inflight_out[packet_id] = OutboundInflight(packet_id, item, state)
             out += data
             stats.messages_sent += 1
+        if pending and len(out) >= MAX_BATCH_BYTES:
+            self.on_output()  # batch full: come back for the rest after this write
 
     def _fits(self, data: bytes) -> bool:
         if self.client_max_packet_size is not None and len(data) > self.client_max_packet_size:

@@ -163,6 +163,8 @@ class Broker:
                 "shutdown: connections still open after %.1fs; closing them",
                 self.config.shutdown_timeout,
             )
+        for handle in self.listeners.values():
+            handle.cancel_connections()
 
 
 @asynccontextmanager

@@ -15,7 +15,7 @@ import math
 import trio
 
 from trio_mqtt.broker.core import BrokerCore
-from trio_mqtt.broker.mqtt_connection import MQTTConnection
+from trio_mqtt.broker.mqtt_connection import ConnectionState, MQTTConnection
 from trio_mqtt.peer import PeerInfo
 
 log = logging.getLogger("trio_mqtt.server")
@@ -59,9 +59,16 @@ async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerIn
 
 
 async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, wakeup: _Wakeup) -> None:
+    # The CONNECT deadline is absolute (from transport ready); trickled bytes don't move
+    # it. Once connected, every received packet restarts the 1.5x keep-alive timer.
+    connect_deadline = trio.current_time() + (conn.idle_timeout or math.inf)
     while not conn.wants_close:
-        timeout = conn.idle_timeout
-        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+        if conn.state is ConnectionState.AWAIT_CONNECT:
+            deadline = connect_deadline
+        else:
+            timeout = conn.idle_timeout
+            deadline = math.inf if timeout is None else trio.current_time() + timeout
+        with trio.move_on_at(deadline) as scope:
             try:
                 data = await stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):

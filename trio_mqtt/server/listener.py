@@ -40,6 +40,10 @@ class ListenerHandle:
     rejections: Counter[str] = attrs.Factory(Counter)
     _accept_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _idle: trio.Event = attrs.Factory(trio.Event)
+    # One shielded scope per connection task: cancelling the listener (e.g. the broker
+    # being cancelled) must not cut connections off before they are asked to close
+    # (MQTT 5 clients get DISCONNECT 0x8B); shutdown cancels these after its grace time.
+    _connection_scopes: set[trio.CancelScope] = attrs.Factory(set)
 
     @property
     def name(self) -> str:
@@ -47,6 +51,11 @@ class ListenerHandle:
 
     def stop_accepting(self) -> None:
         self._accept_scope.cancel()
+
+    def cancel_connections(self) -> None:
+        """Cut every remaining connection off now (the end of a graceful shutdown)."""
+        for scope in self._connection_scopes:
+            scope.cancel()
 
     async def wait_idle(self) -> None:
         """Return once no connection of this listener is left."""
@@ -122,6 +131,19 @@ async def _accept_loop(
 async def _handle_connection(
     core: BrokerCore, handle: ListenerHandle, stream: trio.SocketStream
 ) -> None:
+    scope = trio.CancelScope(shield=True)
+    handle._connection_scopes.add(scope)
+    try:
+        with scope:
+            await _serve_connection(core, handle, stream)
+    finally:
+        handle._connection_scopes.discard(scope)
+        handle._connection_ended()
+
+
+async def _serve_connection(
+    core: BrokerCore, handle: ListenerHandle, stream: trio.SocketStream
+) -> None:
     try:
         local = Endpoint.from_sockaddr(stream.socket.getsockname())
         try:
@@ -146,4 +168,3 @@ async def _handle_connection(
         await run_connection(PrefixedStream(stream, preamble.leftover), core, peer)
     finally:
         await trio.aclose_forcefully(stream)
-        handle._connection_ended()
