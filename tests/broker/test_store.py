@@ -4,6 +4,7 @@ clock conversion across restarts, and clear errors for files that are not ours."
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -652,3 +653,98 @@ def test_messages_without_properties_store_null(db_path: str, store: SQLiteStore
     core.publish(message("t", retain=True, properties=NO_PROPERTIES))
     store.flush(core)
     assert query(db_path, "SELECT properties FROM retained") == [(None,)]
+
+
+# ------------------------------------------------------------- collect / write in two halves
+
+
+def test_collect_snapshots_and_write_runs_in_another_thread(
+    db_path: str, store: SQLiteStore
+) -> None:
+    core, _ = make_core()
+    session = persistent_session(core, "s")
+    session.pending.append(QueuedMessage(message("q/1"), qos=1, retain=False))
+    core.publish(message("r", payload=b"v1", retain=True))
+    batch = store.collect(core)
+    assert not core.dirty_sessions and not core.dirty_retained  # taken by the batch
+
+    # the core moves on while the batch is written elsewhere
+    session.pending.append(QueuedMessage(message("q/2"), qos=1, retain=False))
+    core.dirty_sessions.add("s")
+    core.publish(message("r", payload=b"v2", retain=True))
+    results: list[int] = []
+    worker = threading.Thread(target=lambda: results.append(store.write(batch)))
+    worker.start()
+    worker.join(timeout=10)
+    assert results == [2]
+    assert query(db_path, "SELECT topic FROM session_messages") == [("q/1",)]
+    assert query(db_path, "SELECT payload FROM retained") == [(b"v1",)]
+    assert core.dirty_sessions == {"s"} and core.dirty_retained == {"r"}  # the later changes
+
+    assert store.flush(core) == 2
+    assert query(db_path, "SELECT topic FROM session_messages ORDER BY position") == [
+        ("q/1",),
+        ("q/2",),
+    ]
+    assert query(db_path, "SELECT payload FROM retained") == [(b"v2",)]
+
+
+def test_failed_write_can_be_requeued(db_path: str, store: SQLiteStore) -> None:
+    core, _ = make_core()
+    persistent_session(core, "s")
+    batch = store.collect(core)
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "CREATE TRIGGER fail BEFORE INSERT ON sessions BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+    with pytest.raises(PersistenceWriteError, match="1 session"):
+        store.write(batch)
+    assert not core.dirty_sessions
+    batch.requeue(core)
+    assert core.dirty_sessions == {"s"}
+
+
+def test_an_empty_batch_writes_nothing(store: SQLiteStore) -> None:
+    core, _ = make_core()
+    assert store.write(store.collect(core)) == 0
+
+
+# ------------------------------------------------------------ core change tracking (bugs)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: BrokerCore.tick publishes a delayed will without marking the session dirty",
+)
+def test_a_will_published_by_tick_is_not_stored_again(db_path: str, store: SQLiteStore) -> None:
+    core, clock = make_core(core_now=100.0)
+    persistent_session(
+        core,
+        "w",
+        expiry_interval=300,
+        expires_at=400.0,
+        will_due=105.0,
+        delayed_will=message("wills/w", publisher="w"),
+    )
+    store.flush(core)
+    clock.now = 106.0
+    core.tick()
+    assert core.stats.wills_published == 1
+    store.flush(core)
+    # otherwise a restart restores the will and publishes it a second time
+    assert query(db_path, "SELECT count(*) FROM session_messages WHERE kind = 'will'") == [(0,)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: BrokerCore.tick drops expired retained messages without marking them dirty",
+)
+def test_a_retained_message_expired_by_tick_is_deleted(db_path: str, store: SQLiteStore) -> None:
+    core, clock = make_core(core_now=100.0)
+    core.publish(message("t", retain=True, properties=Properties(message_expiry_interval=5)))
+    store.flush(core)
+    clock.now = 200.0
+    core.tick()
+    assert core.retained.get("t") is None
+    store.flush(core)
+    assert query(db_path, "SELECT count(*) FROM retained") == [(0,)]

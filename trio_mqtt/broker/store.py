@@ -21,10 +21,12 @@ our own codec; nothing is pickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,7 +51,13 @@ from trio_mqtt.peer import Endpoint, PeerInfo
 if TYPE_CHECKING:
     from trio_mqtt.broker.core import BrokerCore
 
-__all__ = ["SCHEMA_VERSION", "PersistenceError", "PersistenceWriteError", "SQLiteStore"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "FlushBatch",
+    "PersistenceError",
+    "PersistenceWriteError",
+    "SQLiteStore",
+]
 
 log = logging.getLogger("trio_mqtt.store")
 
@@ -178,6 +186,70 @@ class PersistenceError(ConfigError):
         self.path = path
 
 
+@attrs.define
+class _RowReader:
+    """Turns stored rows back into messages for one load.
+
+    Messages are immutable, so equal property blocks and equal peers decode to one shared
+    object: less work, and less memory for a million restored messages.
+    """
+
+    path: str
+    offset: float  # wall clock = core clock + offset
+    _properties: dict[bytes, Properties] = attrs.Factory(dict)
+    _peers: dict[Row, PeerInfo] = attrs.Factory(dict)
+
+    def message(self, row: Row) -> Message:
+        topic, payload, qos, retain, properties, publisher, created = row[:7]
+        return Message(
+            topic=topic,
+            payload=bytes(payload),
+            qos=int(qos),
+            retain=bool(retain),
+            properties=self._decode_properties(properties, topic),
+            publisher=publisher,
+            peer=self._peer(row[7:]),
+            created=float(created) - self.offset,
+        )
+
+    def _peer(self, columns: Row) -> PeerInfo:
+        peer = self._peers.get(columns)
+        if peer is None:
+            listener, transport, client_host, client_port, proxy_host, proxy_port = columns
+            client = None if client_host is None else Endpoint(client_host, int(client_port))
+            proxy = None if proxy_host is None else Endpoint(proxy_host, int(proxy_port))
+            peer = self._peers[columns] = PeerInfo(
+                listener=listener,
+                transport=transport,
+                remote=proxy if proxy is not None else client,
+                client=client,
+                proxy=proxy,
+            )
+        return peer
+
+    def _decode_properties(self, blob: bytes | None, topic: str) -> Properties:
+        if blob is None:
+            return NO_PROPERTIES
+        blob = bytes(blob)
+        cached = self._properties.get(blob)
+        if cached is not None:
+            return cached
+        try:
+            properties, end = decode_properties(
+                blob, 0, len(blob), PropertyContext.PUBLISH, "stored message"
+            )
+        except RemoteProtocolError as exc:
+            raise PersistenceError(
+                self.path, f"has unreadable properties for topic {topic!r} ({exc})"
+            ) from exc
+        if end != len(blob):
+            raise PersistenceError(
+                self.path, f"has {len(blob) - end} stray byte(s) after the properties of {topic!r}"
+            )
+        self._properties[blob] = properties
+        return properties
+
+
 class PersistenceWriteError(TrioMQTTError):
     """Saving to the persistence file failed (disk full, file removed, I/O error).
 
@@ -186,17 +258,38 @@ class PersistenceWriteError(TrioMQTTError):
     """
 
 
+@attrs.frozen(eq=False)
+class FlushBatch:
+    """The rows of one flush, taken from the core by :meth:`SQLiteStore.collect`."""
+
+    session_ids: frozenset[str]  # every dirty client id (written or deleted)
+    topics: frozenset[str]  # every dirty retained topic (written or deleted)
+    gone_sessions: list[tuple[str]]
+    session_rows: list[Row]
+    subscription_rows: list[Row]
+    message_rows: list[Row]
+    gone_topics: list[tuple[str]]
+    retained_rows: list[Row]
+
+    def requeue(self, core: BrokerCore) -> None:
+        """Mark this batch's sessions and topics dirty again (after a failed write)."""
+        core.dirty_sessions.update(self.session_ids)
+        core.dirty_retained.update(self.topics)
+
+
 @attrs.define(eq=False)
 class SQLiteStore:
     """Sessions and retained messages in one SQLite file (WAL mode, synchronous=NORMAL).
 
-    Not thread-safe: use it from the thread that opened it, like the core it mirrors.
+    Everything but :meth:`write` reads or changes the core, so runs on the core's thread;
+    ``write`` may run in a worker thread (the connection is guarded by a lock).
     ``wall_clock`` gives seconds since the epoch (tests pass a fake one).
     """
 
     path: str
     _db: sqlite3.Connection
     _wall_clock: Callable[[], float] = time.time
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     @classmethod
     def open(cls, path: str, *, wall_clock: Callable[[], float] = time.time) -> SQLiteStore:
@@ -205,7 +298,7 @@ class SQLiteStore:
         if path != ":memory:" and not os.path.isdir(directory):
             raise PersistenceError(path, f"cannot be created: directory {directory} does not exist")
         try:
-            db = sqlite3.connect(path, isolation_level=None)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise PersistenceError(path, f"cannot be opened ({exc})") from exc
         try:
@@ -217,7 +310,8 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Close the file (idempotent). Call ``flush`` first to keep the latest changes."""
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> SQLiteStore:
         return self
@@ -230,15 +324,26 @@ class SQLiteStore:
     def flush(self, core: BrokerCore) -> int:
         """Save every dirty session and retained topic in one transaction.
 
-        Clears ``core.dirty_sessions`` and ``core.dirty_retained`` once committed. Sessions
-        that ended, or whose expiry interval is 0, are deleted from the file; so are retained
-        topics that no longer hold a message. Returns the number of session and retained
-        rows written or deleted.
+        Clears ``core.dirty_sessions`` and ``core.dirty_retained``. Sessions that ended, or
+        whose expiry interval is 0, are deleted from the file; so are retained topics that
+        no longer hold a message. Returns the number of session and retained rows written
+        or deleted. On ``PersistenceWriteError`` nothing was written and the change sets
+        are restored, so the next flush retries.
         """
-        if not core.dirty_sessions and not core.dirty_retained:
-            return 0
-        offset = self._wall_clock() - core.now()  # wall clock = core clock + offset
+        batch = self.collect(core)
+        try:
+            return self.write(batch)
+        except PersistenceWriteError:
+            batch.requeue(core)
+            raise
 
+    def collect(self, core: BrokerCore) -> FlushBatch:
+        """First half of ``flush``: snapshot the dirty rows and clear the change sets.
+
+        Runs on the core's thread (it reads the core). The batch holds only immutable
+        values, so :meth:`write` may then run in a worker thread while the core goes on.
+        """
+        writer = _RowWriter(offset=self._wall_clock() - core.now())
         gone_sessions: list[tuple[str]] = []
         session_rows: list[Row] = []
         subscription_rows: list[Row] = []
@@ -248,13 +353,12 @@ class SQLiteStore:
             if session is None or session.expiry_interval == 0:
                 gone_sessions.append((client_id,))
                 continue
-            session_rows.append(_session_row(session, offset))
+            session_rows.append(writer.session_row(session))
             subscription_rows.extend(
                 _subscription_row(client_id, topic_filter, options)
                 for topic_filter, options in core.router.subscriptions_of(client_id).items()
             )
-            message_rows.extend(_session_message_rows(session, offset))
-        cleared_ids = gone_sessions + [(row[0],) for row in session_rows]
+            message_rows.extend(writer.session_message_rows(session))
 
         gone_topics: list[tuple[str]] = []
         retained_rows: list[Row] = []
@@ -263,28 +367,50 @@ class SQLiteStore:
             if message is None:
                 gone_topics.append((topic,))
             else:
-                retained_rows.append(_message_columns(message, offset))
+                retained_rows.append(writer.message_columns(message, cache=False))
 
-        try:
-            with self._transaction():
-                db = self._db
-                deleted = _delete(db, "sessions", "client_id", gone_sessions)
-                db.executemany("DELETE FROM subscriptions WHERE client_id = ?", cleared_ids)
-                db.executemany("DELETE FROM session_messages WHERE client_id = ?", cleared_ids)
-                db.executemany(_INSERT_SESSION, session_rows)
-                db.executemany(_INSERT_SUBSCRIPTION, subscription_rows)
-                db.executemany(_INSERT_SESSION_MESSAGE, message_rows)
-                deleted += _delete(db, "retained", "topic", gone_topics)
-                db.executemany(_INSERT_RETAINED, retained_rows)
-        except sqlite3.Error as exc:
-            raise PersistenceWriteError(
-                f"{self.path}: saving {len(cleared_ids)} session(s) and "
-                f"{len(gone_topics) + len(retained_rows)} retained topic(s) failed: {exc}; "
-                "they will be retried on the next flush"
-            ) from exc
+        batch = FlushBatch(
+            session_ids=frozenset(core.dirty_sessions),
+            topics=frozenset(core.dirty_retained),
+            gone_sessions=gone_sessions,
+            session_rows=session_rows,
+            subscription_rows=subscription_rows,
+            message_rows=message_rows,
+            gone_topics=gone_topics,
+            retained_rows=retained_rows,
+        )
         core.dirty_sessions.clear()
         core.dirty_retained.clear()
-        return deleted + len(session_rows) + len(retained_rows)
+        return batch
+
+    def write(self, batch: FlushBatch) -> int:
+        """Second half of ``flush``: write a batch in one transaction; returns rows changed.
+
+        Safe to call from a worker thread (one call at a time). On failure it raises
+        ``PersistenceWriteError`` having written nothing; call ``batch.requeue(core)`` on
+        the core's thread so that the next flush saves those rows again.
+        """
+        if not batch.session_ids and not batch.topics:
+            return 0
+        cleared_ids = [(client_id,) for client_id in batch.session_ids]
+        try:
+            with self._lock, self._transaction():
+                db = self._db
+                deleted = _delete(db, "sessions", "client_id", batch.gone_sessions)
+                db.executemany("DELETE FROM subscriptions WHERE client_id = ?", cleared_ids)
+                db.executemany("DELETE FROM session_messages WHERE client_id = ?", cleared_ids)
+                db.executemany(_INSERT_SESSION, batch.session_rows)
+                db.executemany(_INSERT_SUBSCRIPTION, batch.subscription_rows)
+                db.executemany(_INSERT_SESSION_MESSAGE, batch.message_rows)
+                deleted += _delete(db, "retained", "topic", batch.gone_topics)
+                db.executemany(_INSERT_RETAINED, batch.retained_rows)
+        except sqlite3.Error as exc:
+            raise PersistenceWriteError(
+                f"{self.path}: saving {len(batch.session_ids)} session(s) and "
+                f"{len(batch.topics)} retained topic(s) failed: {exc}; "
+                "nothing was written"
+            ) from exc
+        return deleted + len(batch.session_rows) + len(batch.retained_rows)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -309,9 +435,10 @@ class SQLiteStore:
         now = core.now()
         offset = self._wall_clock() - now  # wall clock = core clock + offset
         try:
-            with self._transaction():
-                expired_topics = self._load_retained(core, offset, now)
-                expired_ids, due_wills = self._load_sessions(core, offset, now)
+            with self._lock, self._transaction():
+                reader = _RowReader(self.path, offset)
+                expired_topics = self._load_retained(core, reader, now)
+                expired_ids, due_wills = self._load_sessions(core, reader, now)
                 db = self._db
                 db.executemany("DELETE FROM retained WHERE topic = ?", expired_topics)
                 for table in ("sessions", "subscriptions", "session_messages"):
@@ -332,11 +459,11 @@ class SQLiteStore:
             core.stats.wills_published += 1
             core.publish(will)
 
-    def _load_retained(self, core: BrokerCore, offset: float, now: float) -> list[tuple[str]]:
+    def _load_retained(self, core: BrokerCore, reader: _RowReader, now: float) -> list[tuple[str]]:
         expired: list[tuple[str]] = []
         query = f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM retained"
         for row in self._db.execute(query):
-            message = self._message_from_row(row, offset)
+            message = reader.message(row)
             if message.expired(now):
                 expired.append((message.topic,))
             else:
@@ -344,9 +471,10 @@ class SQLiteStore:
         return expired
 
     def _load_sessions(
-        self, core: BrokerCore, offset: float, now: float
+        self, core: BrokerCore, reader: _RowReader, now: float
     ) -> tuple[list[tuple[str]], list[Message]]:
         db = self._db
+        offset = reader.offset
         sessions: dict[str, Session] = {}
         expired: dict[str, Session] = {}
         max_expiry = core.config.max_session_expiry
@@ -414,7 +542,7 @@ class SQLiteStore:
             if session_or_none is None:
                 continue
             session = session_or_none
-            message = self._message_from_row(row[8:], offset)
+            message = reader.message(row[8:])
             if kind == _WILL:
                 session.delayed_will = message
                 continue
@@ -440,59 +568,6 @@ class SQLiteStore:
             core.sessions[client_id] = session
         due_wills = [s.delayed_will for s in expired.values() if s.delayed_will is not None]
         return [(client_id,) for client_id in expired], due_wills
-
-    def _message_from_row(self, row: Row, offset: float) -> Message:
-        (
-            topic,
-            payload,
-            qos,
-            retain,
-            properties,
-            publisher,
-            created,
-            listener,
-            transport,
-            client_host,
-            client_port,
-            proxy_host,
-            proxy_port,
-        ) = row
-        client = None if client_host is None else Endpoint(client_host, int(client_port))
-        proxy = None if proxy_host is None else Endpoint(proxy_host, int(proxy_port))
-        peer = PeerInfo(
-            listener=listener,
-            transport=transport,
-            remote=proxy if proxy is not None else client,
-            client=client,
-            proxy=proxy,
-        )
-        return Message(
-            topic=topic,
-            payload=bytes(payload),
-            qos=int(qos),
-            retain=bool(retain),
-            properties=self._decode_properties(properties, topic),
-            publisher=publisher,
-            peer=peer,
-            created=float(created) - offset,
-        )
-
-    def _decode_properties(self, blob: bytes | None, topic: str) -> Properties:
-        if blob is None:
-            return NO_PROPERTIES
-        try:
-            properties, end = decode_properties(
-                blob, 0, len(blob), PropertyContext.PUBLISH, "stored message"
-            )
-        except RemoteProtocolError as exc:
-            raise PersistenceError(
-                self.path, f"has unreadable properties for topic {topic!r} ({exc})"
-            ) from exc
-        if end != len(blob):
-            raise PersistenceError(
-                self.path, f"has {len(blob) - end} stray byte(s) after the properties of {topic!r}"
-            )
-        return properties
 
     def _json_ints(self, text: str | None, what: str) -> list[int]:
         if text is None:
@@ -573,50 +648,104 @@ def _endpoint_columns(endpoint: Endpoint | None) -> tuple[str | None, int | None
     return (None, None) if endpoint is None else (endpoint.host, endpoint.port)
 
 
-def _encode_properties(message: Message) -> bytes | None:
-    properties = message.properties
-    if not properties:
-        return None
-    try:
-        return encode_properties(properties, PropertyContext.PUBLISH, "stored message")
-    except LocalProtocolError as exc:
-        log.warning(
-            "properties of a message on %r cannot be stored (%s); saving it without them",
-            message.topic,
-            exc,
+@attrs.define
+class _RowWriter:
+    """Turns core state into rows for one flush.
+
+    A message fanned out to many sessions is one object queued many times, and many
+    messages carry equal properties: both encodings are cached for the flush (keyed by
+    object id for messages, which the core keeps alive meanwhile; by value for properties).
+    """
+
+    offset: float  # wall clock = core clock + offset
+    _messages: dict[int, Row] = attrs.Factory(dict)
+    _properties: dict[Properties, bytes | None] = attrs.Factory(dict)
+
+    def message_columns(self, message: Message, *, cache: bool = True) -> Row:
+        """The ``_MESSAGE_COLUMNS`` values of ``message`` (times on the wall clock).
+
+        ``cache=False`` for messages seen once per flush (retained ones).
+        """
+        row = self._messages.get(id(message)) if cache else None
+        if row is None:
+            peer = message.peer
+            row = (
+                message.topic,
+                message.payload,
+                message.qos,
+                int(message.retain),
+                self._encode_properties(message),
+                message.publisher,
+                message.created + self.offset,
+                peer.listener,
+                peer.transport,
+                *_endpoint_columns(peer.client),
+                *_endpoint_columns(peer.proxy),
+            )
+            if cache:
+                self._messages[id(message)] = row
+        return row
+
+    def _encode_properties(self, message: Message) -> bytes | None:
+        properties = message.properties
+        if properties is NO_PROPERTIES:
+            return None
+        try:
+            return self._properties[properties]
+        except (KeyError, TypeError):  # TypeError: an unhashable value slipped in
+            pass
+        encoded: bytes | None = None
+        if properties:
+            try:
+                encoded = encode_properties(properties, PropertyContext.PUBLISH, "stored message")
+            except LocalProtocolError as exc:
+                log.warning(
+                    "properties of a message on %r cannot be stored (%s); saving it without them",
+                    message.topic,
+                    exc,
+                )
+        with contextlib.suppress(TypeError):
+            self._properties[properties] = encoded
+        return encoded
+
+    def session_row(self, session: Session) -> Row:
+        offset = self.offset
+        return (
+            session.client_id,
+            int(session.protocol_version),
+            session.expiry_interval,
+            None if session.expires_at is None else session.expires_at + offset,
+            session.next_packet_id,
+            session.dropped,
+            json.dumps(sorted(session.inflight_in)),
+            None if session.will_due is None else session.will_due + offset,
         )
-        return None
 
+    def session_message_rows(self, session: Session) -> Iterator[Row]:
+        client_id = session.client_id
+        for position, item in enumerate(session.pending):
+            yield (client_id, _PENDING, position, None, None, *self._item_columns(item))
+        for position, inflight in enumerate(session.inflight_out.values()):
+            yield (
+                client_id,
+                _INFLIGHT,
+                position,
+                inflight.packet_id,
+                inflight.state.value,
+                *self._item_columns(inflight.item),
+            )
+        if session.delayed_will is not None:
+            will = self.message_columns(session.delayed_will)
+            yield (client_id, _WILL, 0, None, None, None, None, None, *will)
 
-def _message_columns(message: Message, offset: float) -> Row:
-    """The ``_MESSAGE_COLUMNS`` values of ``message`` (times on the wall clock)."""
-    peer = message.peer
-    return (
-        message.topic,
-        message.payload,
-        message.qos,
-        int(message.retain),
-        _encode_properties(message),
-        message.publisher,
-        message.created + offset,
-        peer.listener,
-        peer.transport,
-        *_endpoint_columns(peer.client),
-        *_endpoint_columns(peer.proxy),
-    )
-
-
-def _session_row(session: Session, offset: float) -> Row:
-    return (
-        session.client_id,
-        int(session.protocol_version),
-        session.expiry_interval,
-        None if session.expires_at is None else session.expires_at + offset,
-        session.next_packet_id,
-        session.dropped,
-        json.dumps(sorted(session.inflight_in)),
-        None if session.will_due is None else session.will_due + offset,
-    )
+    def _item_columns(self, item: QueuedMessage) -> Row:
+        ids = item.subscription_identifiers
+        return (
+            int(item.qos),
+            int(item.retain),
+            json.dumps(list(ids)) if ids else None,
+            *self.message_columns(item.message),
+        )
 
 
 def _subscription_row(client_id: str, topic_filter: str, options: SubscriptionOptions) -> Row:
@@ -629,26 +758,3 @@ def _subscription_row(client_id: str, topic_filter: str, options: SubscriptionOp
         options.retain_handling,
         options.subscription_identifier,
     )
-
-
-def _session_message_rows(session: Session, offset: float) -> Iterator[Row]:
-    client_id = session.client_id
-    for position, item in enumerate(session.pending):
-        yield (client_id, _PENDING, position, None, None, *_item_columns(item, offset))
-    for position, inflight in enumerate(session.inflight_out.values()):
-        yield (
-            client_id,
-            _INFLIGHT,
-            position,
-            inflight.packet_id,
-            inflight.state.value,
-            *_item_columns(inflight.item, offset),
-        )
-    if session.delayed_will is not None:
-        will = _message_columns(session.delayed_will, offset)
-        yield (client_id, _WILL, 0, None, None, None, None, None, *will)
-
-
-def _item_columns(item: QueuedMessage, offset: float) -> Row:
-    ids = json.dumps(list(item.subscription_identifiers)) if item.subscription_identifiers else None
-    return (int(item.qos), int(item.retain), ids, *_message_columns(item.message, offset))
