@@ -228,6 +228,38 @@ async def test_truncated_connect_then_silence_is_closed_after_connect_timeout() 
         assert 0.4 <= trio.current_time() - start < 3.0
 
 
+async def trickle_until_closed(stream: trio.abc.Stream, data: bytes, interval: float) -> float:
+    """Send *data* one byte per *interval* while reading; seconds until the broker closes.
+
+    Fails if the broker sends anything, or keeps the connection for 5 s.
+    """
+    start = trio.current_time()
+
+    async def trickle() -> None:
+        for byte in data:
+            try:
+                await stream.send_all(bytes([byte]))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            await trio.sleep(interval)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        received = await read_until_closed(stream, 5.0)
+        nursery.cancel_scope.cancel()
+    assert received == b""
+    return trio.current_time() - start
+
+
+async def test_trickled_connect_is_closed_after_connect_timeout() -> None:
+    # A byte every 0.1 s keeps the socket busy but never completes the CONNECT: the
+    # connect timeout is a deadline for the whole packet, not an idle timer.
+    async with broker_checked(connect_timeout=0.5) as broker:
+        stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
+        elapsed = await trickle_until_closed(stream, connect_v5(b"x" * 200), 0.1)
+        assert 0.4 <= elapsed < 2.0
+
+
 async def test_remaining_length_of_five_bytes_before_connect_closes() -> None:
     async with broker_checked() as broker:
         stream = await trio.open_tcp_stream("127.0.0.1", broker.port)
@@ -320,6 +352,36 @@ async def test_truncated_packet_then_silence_is_closed_by_keep_alive() -> None:
         await client.send_raw(publish_v5(b"a/b", b"payload")[:5])
         assert only_disconnect(await client.expect_closed(5.0)) == ReasonCode.KEEP_ALIVE_TIMEOUT
         assert 1.2 <= trio.current_time() - start < 4.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: server/connection.py _read_loop restarts the keep-alive timer on any "
+    "received bytes, not on a complete Control Packet, so a trickled packet keeps the "
+    "connection open forever",
+)
+async def test_trickled_packet_after_connect_is_closed_by_keep_alive() -> None:
+    # [MQTT-3.1.2-22] counts Control Packets, not bytes: a PUBLISH trickled a byte at a
+    # time never completes, so 1.5 x Keep Alive (1.5 s) after CONNECT the broker closes.
+    async with broker_checked() as broker:
+        client = await RawClient.open(broker.port, V5)
+        assert (await client.connect("trickler", keep_alive=1)).reason_code == 0
+        start = trio.current_time()
+
+        async def trickle() -> None:
+            for byte in publish_v5(b"a/b", bytes(100)):
+                try:
+                    await client.send_raw(bytes([byte]))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                await trio.sleep(0.2)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            packets = await client.expect_closed(3.0)
+            nursery.cancel_scope.cancel()
+        assert only_disconnect(packets) == ReasonCode.KEEP_ALIVE_TIMEOUT
+        assert 1.2 <= trio.current_time() - start < 3.0
 
 
 @pytest.mark.parametrize("version", [V311, V5], ids=["3.1.1", "5.0"])
