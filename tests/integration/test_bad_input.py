@@ -354,12 +354,6 @@ async def test_truncated_packet_then_silence_is_closed_by_keep_alive() -> None:
         assert 1.2 <= trio.current_time() - start < 4.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: server/connection.py _read_loop restarts the keep-alive timer on any "
-    "received bytes, not on a complete Control Packet, so a trickled packet keeps the "
-    "connection open forever",
-)
 async def test_trickled_packet_after_connect_is_closed_by_keep_alive() -> None:
     # [MQTT-3.1.2-22] counts Control Packets, not bytes: a PUBLISH trickled a byte at a
     # time never completes, so 1.5 x Keep Alive (1.5 s) after CONNECT the broker closes.

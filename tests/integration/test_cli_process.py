@@ -161,11 +161,6 @@ async def test_signal_stops_the_broker_gracefully(signum: int) -> None:
         assert await v311.expect_closed(1.0) == []  # 3.1.1 has no server DISCONNECT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: open_broker logs 'broker stopped' after its nursery, which a "
-    "cancelled serve() (the CLI on SIGTERM) never reaches",
-)
 async def test_log_says_broker_stopped_after_a_signal() -> None:
     async with broker_process(LISTEN_ARGV) as broker:
         await broker.listener_ports()

@@ -87,6 +87,7 @@ class MQTTConnection:
     # limits the client asked for (5.0)
     client_receive_maximum: int = 65535
     client_max_packet_size: int | None = None
+    packets_received: int = 0  # complete Control Packets (the keep-alive timer counts these)
     close_reason: CloseReason | None = None
     close_detail: str = ""
     _out: bytearray = attrs.Factory(bytearray)
@@ -121,6 +122,7 @@ class MQTTConnection:
             return
         if self.session is not None:
             self.core.dirty_sessions.add(self.client_id)
+        self.packets_received += len(packets)
         for packet in packets:
             if self.wants_close:  # an earlier packet of this batch ended the connection
                 break

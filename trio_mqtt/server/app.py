@@ -185,7 +185,7 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
             with trio.CancelScope(shield=True):
                 await broker._shutdown()
             nursery.cancel_scope.cancel()
-    log.info("broker stopped")
+            log.info("broker stopped")
 
 
 async def serve(

@@ -59,15 +59,12 @@ async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerIn
 
 
 async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, wakeup: _Wakeup) -> None:
-    # The CONNECT deadline is absolute (from transport ready); trickled bytes don't move
-    # it. Once connected, every received packet restarts the 1.5x keep-alive timer.
-    connect_deadline = trio.current_time() + (conn.idle_timeout or math.inf)
+    # The CONNECT deadline is absolute (from transport ready): trickled bytes don't move
+    # it. Once connected, each complete Control Packet (not each read: a packet trickled
+    # byte by byte must not keep the connection alive) restarts the keep-alive timer.
+    deadline = trio.current_time() + (conn.idle_timeout or math.inf)
+    packets_seen = 0
     while not conn.wants_close:
-        if conn.state is ConnectionState.AWAIT_CONNECT:
-            deadline = connect_deadline
-        else:
-            timeout = conn.idle_timeout
-            deadline = math.inf if timeout is None else trio.current_time() + timeout
         with trio.move_on_at(deadline) as scope:
             try:
                 data = await stream.receive_some(RECEIVE_SIZE)
@@ -81,6 +78,10 @@ async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, wakeup: _Wak
             return  # EOF without DISCONNECT: an abnormal close (will is published)
         conn.receive_data(data)
         wakeup.set()
+        if conn.packets_received != packets_seen and conn.state is ConnectionState.CONNECTED:
+            packets_seen = conn.packets_received
+            timeout = conn.idle_timeout
+            deadline = math.inf if timeout is None else trio.current_time() + timeout
 
 
 async def _write_loop(
