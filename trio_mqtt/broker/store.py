@@ -445,6 +445,8 @@ class SQLiteStore:
                     db.executemany(f"DELETE FROM {table} WHERE client_id = ?", expired_ids)
         except sqlite3.Error as exc:
             raise PersistenceError(self.path, _problem(exc, "cannot be read")) from exc
+        except (TypeError, ValueError) as exc:  # a value of the wrong type or range in a row
+            raise PersistenceError(self.path, f"has an invalid row ({exc})") from exc
         log.info(
             "restored %d retained message(s) and %d session(s) from %s; "
             "dropped %d expired session(s) and %d expired retained message(s)",
@@ -577,7 +579,9 @@ class SQLiteStore:
         except ValueError as exc:
             raise PersistenceError(self.path, f"has an unreadable {what} list ({exc})") from exc
         if not isinstance(values, list) or not all(isinstance(v, int) for v in values):
-            raise PersistenceError(self.path, f"has a {what} list that is not integers: {text!r}")
+            raise PersistenceError(
+                self.path, f"has an invalid {what} list (not integers): {text!r}"
+            )
         return values
 
     def _decode(self, kind: Callable[[Any], _T], value: object, what: str) -> _T:
