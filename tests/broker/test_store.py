@@ -735,10 +735,6 @@ def test_an_empty_batch_writes_nothing(store: SQLiteStore) -> None:
 # ------------------------------------------------------------ core change tracking (bugs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: BrokerCore.tick publishes a delayed will without marking the session dirty",
-)
 def test_a_will_published_by_tick_is_not_stored_again(db_path: str, store: SQLiteStore) -> None:
     core, clock = make_core(core_now=100.0)
     persistent_session(
@@ -758,10 +754,6 @@ def test_a_will_published_by_tick_is_not_stored_again(db_path: str, store: SQLit
     assert query(db_path, "SELECT count(*) FROM session_messages WHERE kind = 'will'") == [(0,)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: BrokerCore.tick drops expired retained messages without marking them dirty",
-)
 def test_a_retained_message_expired_by_tick_is_deleted(db_path: str, store: SQLiteStore) -> None:
     core, clock = make_core(core_now=100.0)
     core.publish(message("t", retain=True, properties=Properties(message_expiry_interval=5)))

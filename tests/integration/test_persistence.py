@@ -40,7 +40,15 @@ V5 = ProtocolVersion.V5
 async def persistent_broker(
     path: str, wall_clock: Callable[[], float] = time.time
 ) -> AsyncIterator[Broker]:
-    """A test broker whose state is loaded from ``path`` and saved there when it stops."""
+    """A test broker whose state is loaded from ``path`` and saved there when it stops.
+
+    With the real wall clock this is just the ``persistence`` setting (the broker wires
+    the store itself); a fake wall clock needs the store wired by hand.
+    """
+    if wall_clock is time.time:
+        async with open_test_broker(persistence=path) as broker:
+            yield broker
+        return
     store = SQLiteStore.open(path, wall_clock=wall_clock)
     try:
         async with open_test_broker() as broker:
@@ -208,3 +216,16 @@ async def test_expired_session_is_not_restored(db_path: str) -> None:
         await client.expect_closed()
         await client.aclose()
     assert rows(db_path, "SELECT count(*) FROM sessions") == [(0,)]
+
+
+async def test_running_broker_saves_within_seconds_without_a_shutdown(db_path: str) -> None:
+    async with open_test_broker(persistence=db_path) as broker:
+        await broker.publish("saved/while/running", b"v1", retain=True)
+        with trio.fail_after(5):  # the housekeeping task saves about once a second
+            while not rows(db_path, "SELECT topic FROM retained"):  # noqa: ASYNC110 (a file)
+                await trio.sleep(0.1)
+        assert rows(db_path, "SELECT topic FROM retained") == [("saved/while/running",)]
+        await broker.publish("saved/while/running", b"", retain=True)  # delete
+        with trio.fail_after(5):
+            while rows(db_path, "SELECT topic FROM retained"):  # noqa: ASYNC110 (a file)
+                await trio.sleep(0.1)

@@ -108,6 +108,8 @@ class BrokerCore:
     # What changed since the persistence store last saved (client ids / retained topics).
     dirty_sessions: set[str] = attrs.Factory(set)
     dirty_retained: set[str] = attrs.Factory(set)
+    # retained topics whose message has an expiry interval (the only ones tick() checks)
+    expiring_retained: set[str] = attrs.Factory(set)
     _local_counter: int = 0
     _started: float = 0.0
 
@@ -394,12 +396,19 @@ class BrokerCore:
                 will = session.delayed_will
                 session.delayed_will = None
                 session.will_due = None
+                self.dirty_sessions.add(session.client_id)
                 if will is not None:
                     self._publish_will(will, "will delay elapsed")
             if session.expires_at is not None and session.expires_at <= now:
                 log.info("session %r expired", session.client_id)
                 self._end_session(session)
-        self.retained.remove_if(lambda message: message.expired(now))
+        for topic in list(self.expiring_retained):
+            message = self.retained.get(topic)
+            if message is None or message.expired(now):
+                self.expiring_retained.discard(topic)
+                if message is not None:
+                    self.retained.delete(topic)
+                    self.dirty_retained.add(topic)
 
     def shutdown(self) -> None:
         """Ask every connection to close: 5.0 clients get DISCONNECT 0x8B."""
@@ -479,7 +488,7 @@ class BrokerCore:
         """
         if message.retain:
             if message.payload:
-                self.retained.set(message.topic, message)
+                self.set_retained(message)
             else:
                 self.retained.delete(message.topic)
             self.dirty_retained.add(message.topic)
@@ -487,6 +496,12 @@ class BrokerCore:
         for delivery in deliveries:
             self._deliver(message, delivery)
         return len(deliveries)
+
+    def set_retained(self, message: Message) -> None:
+        """Store ``message`` as the retained message of its topic (no routing)."""
+        self.retained.set(message.topic, message)
+        if message.properties.message_expiry_interval is not None:
+            self.expiring_retained.add(message.topic)
 
     def _deliver(self, message: Message, delivery: Delivery) -> None:
         client_id = delivery.client_id

@@ -469,7 +469,7 @@ class SQLiteStore:
             if message.expired(now):
                 expired.append((message.topic,))
             else:
-                core.retained.set(message.topic, message)
+                core.set_retained(message)
         return expired
 
     def _load_sessions(

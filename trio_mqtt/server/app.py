@@ -19,6 +19,7 @@ import trio
 from trio_mqtt.broker.core import BrokerCore, ClientSummary, ConnectHook, PublishHook, SubscribeHook
 from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.stats import BrokerStats
+from trio_mqtt.broker.store import PersistenceWriteError, SQLiteStore
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import LocalProtocolError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
@@ -174,18 +175,37 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
         config = BrokerConfig()
     core = BrokerCore(config=config, clock=trio.current_time)
     broker = Broker(config=config, core=core)
-    async with trio.open_nursery() as nursery:
-        for listener_config in config.listeners:
-            handle = await nursery.start(serve_listener, core, listener_config)
-            broker.listeners[listener_config.name] = handle
-        nursery.start_soon(_housekeeping, core)
-        try:
-            yield broker
-        finally:
-            with trio.CancelScope(shield=True):
-                await broker._shutdown()
-            nursery.cancel_scope.cancel()
-            log.info("broker stopped")
+    store: SQLiteStore | None = None
+    if config.persistence:
+        store = SQLiteStore.open(config.persistence)
+        store.load_into(core)
+        log.info(
+            "persistence: %s (%d sessions, %d retained messages restored)",
+            config.persistence,
+            len(core.sessions),
+            len(core.retained),
+        )
+    try:
+        async with trio.open_nursery() as nursery:
+            for listener_config in config.listeners:
+                handle = await nursery.start(serve_listener, core, listener_config)
+                broker.listeners[listener_config.name] = handle
+            nursery.start_soon(_housekeeping, core, store)
+            try:
+                yield broker
+            finally:
+                with trio.CancelScope(shield=True):
+                    await broker._shutdown()
+                nursery.cancel_scope.cancel()
+    finally:
+        if store is not None:
+            try:
+                store.flush(core)  # the last save, after every client has gone
+            except PersistenceWriteError as exc:
+                log.error("persistence: final save failed: %s", exc)
+            finally:
+                store.close()
+        log.info("broker stopped")
 
 
 async def serve(
@@ -199,7 +219,21 @@ async def serve(
         await trio.sleep(math.inf)
 
 
-async def _housekeeping(core: BrokerCore) -> None:
+async def _housekeeping(core: BrokerCore, store: SQLiteStore | None) -> None:
     while True:
         await trio.sleep(HOUSEKEEPING_INTERVAL)
         core.tick()
+        if store is not None:
+            await _save(core, store)
+
+
+async def _save(core: BrokerCore, store: SQLiteStore) -> None:
+    """Write what changed; the SQLite work runs in a thread so the broker keeps serving."""
+    batch = store.collect(core)
+    if not batch.session_ids and not batch.topics:
+        return
+    try:
+        await trio.to_thread.run_sync(store.write, batch)
+    except PersistenceWriteError as exc:
+        log.error("persistence: save failed, will retry: %s", exc)
+        batch.requeue(core)
