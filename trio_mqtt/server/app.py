@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from trio_mqtt.broker.auth import install_auth
 from trio_mqtt.broker.core import BrokerCore, ClientSummary, ConnectHook, PublishHook, SubscribeHook
 from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.stats import BrokerStats
@@ -174,6 +175,7 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
     if config is None:
         config = BrokerConfig()
     core = BrokerCore(config=config, clock=trio.current_time)
+    install_auth(core, config)  # password_file / acl_file, if the config names them
     broker = Broker(config=config, core=core)
     store: SQLiteStore | None = None
     if config.persistence:
