@@ -1,0 +1,274 @@
+"""Start and stop the brokers under test, each in its own OS process, on 127.0.0.1.
+
+Each scenario gets a fresh broker (:func:`start_broker`) with a config written to a
+temporary directory: trio-mqtt runs as ``python -m trio_mqtt --config broker.toml``,
+mosquitto as ``/usr/sbin/mosquitto -c mosquitto.conf``. Both get the same limits: queues
+large enough that no scenario drops a message, 100 QoS 1 messages in flight towards a
+subscriber, no persistence and warnings-only logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+
+__all__ = [
+    "MOSQUITTO_PATH",
+    "Broker",
+    "BrokerKind",
+    "BrokerProcess",
+    "BrokerStartError",
+    "free_port",
+    "mosquitto_version",
+    "raise_fd_limit",
+    "read_rss_kib",
+    "running_broker",
+    "start_broker",
+]
+
+MOSQUITTO_PATH = "/usr/sbin/mosquitto"
+HOST = "127.0.0.1"
+#: Per-session queue and in-flight limits shared by both brokers.
+MAX_QUEUED_MESSAGES = 2_000_000
+MAX_INFLIGHT_MESSAGES = 100
+STARTUP_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+class BrokerStartError(RuntimeError):
+    """A broker did not start (or did not accept connections) in time."""
+
+
+class BrokerKind(enum.Enum):
+    """Which broker a run measures."""
+
+    TRIO_MQTT = "trio-mqtt"
+    MOSQUITTO = "mosquitto"
+
+
+@attrs.frozen
+class Broker:
+    """Where a running broker listens: plain MQTT port, and a PROXY-v2-required port."""
+
+    kind: BrokerKind
+    pid: int
+    port: int
+    proxy_port: int | None
+
+
+@attrs.define
+class BrokerProcess:
+    """A broker subprocess and its scratch directory."""
+
+    broker: Broker
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    log_path: Path
+
+    def rss_kib(self) -> int:
+        """Resident set size of the broker process (VmRSS), in KiB."""
+        return read_rss_kib(self.process.pid)
+
+    def log_tail(self, limit: int = 2000) -> str:
+        """The end of the broker's stdout/stderr, for error messages."""
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait (bounded), SIGKILL if needed; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return self.process.returncode
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit (inherited by children)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1_048_576
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def read_rss_kib(pid: int) -> int:
+    """VmRSS of process *pid* from /proc/PID/status, in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS line for process {pid}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def mosquitto_version() -> str:
+    """``mosquitto version X.Y.Z``, or an empty string if it is not installed."""
+    if not Path(MOSQUITTO_PATH).exists():
+        return ""
+    result = subprocess.run(
+        [MOSQUITTO_PATH, "-h"], capture_output=True, timeout=10, check=False, text=True
+    )
+    lines = (result.stdout or result.stderr).splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def trio_mqtt_config(port: int, proxy_port: int) -> str:
+    """TOML for trio-mqtt: a plain listener and a PROXY-required one."""
+    return f"""\
+[broker]
+max_queued_messages = {MAX_QUEUED_MESSAGES}
+receive_maximum = {MAX_INFLIGHT_MESSAGES}
+sys_interval = 0
+
+[[listeners]]
+name = "plain"
+bind = "{HOST}:{port}"
+max_connections = 100000
+
+[[listeners]]
+name = "proxy"
+bind = "{HOST}:{proxy_port}"
+max_connections = 100000
+
+  [listeners.proxy_protocol]
+  mode = "required"
+  trusted_sources = ["127.0.0.1/32"]
+"""
+
+
+def mosquitto_config(port: int) -> str:
+    """mosquitto.conf with the same limits; mosquitto 2.0 has no PROXY protocol."""
+    return f"""\
+listener {port} {HOST}
+allow_anonymous true
+max_queued_messages {MAX_QUEUED_MESSAGES}
+max_queued_bytes 0
+max_inflight_messages {MAX_INFLIGHT_MESSAGES}
+max_connections -1
+set_tcp_nodelay true
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+connection_messages false
+sys_interval 0
+"""
+
+
+#: What the readiness probe sends to a PROXY-required port: a v2 LOCAL header (what a
+#: load balancer's health check sends), so that the broker has nothing to complain about.
+PROXY_V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"
+
+
+def _wait_until_listening(process: BrokerProcess, ports: Sequence[tuple[int, bytes]]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    pending = list(ports)
+    while pending:
+        if process.process.poll() is not None:
+            raise BrokerStartError(
+                f"{process.broker.kind.value} exited with status "
+                f"{process.process.returncode} at startup:\n{process.log_tail()}"
+            )
+        try:
+            with socket.create_connection((HOST, pending[0][0]), timeout=1.0) as probe:
+                probe.sendall(pending[0][1])
+                pending.pop(0)
+                continue
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise BrokerStartError(
+                f"{process.broker.kind.value} did not listen on port {pending[0][0]} within "
+                f"{STARTUP_TIMEOUT} s:\n{process.log_tail()}"
+            )
+        time.sleep(0.05)
+
+
+def start_broker(kind: BrokerKind, *, wrapper: Sequence[str] = ()) -> BrokerProcess:
+    """Start a fresh broker of *kind* on free ports; returns once it accepts connections.
+
+    *wrapper* is a command prefix (a profiler) put before ``python -m trio_mqtt``'s
+    arguments; it replaces the Python interpreter, e.g. ``[python, -m, pyinstrument, ...]``.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind.value}-"))
+    port = free_port()
+    if kind is BrokerKind.TRIO_MQTT:
+        proxy_port = free_port()
+        while proxy_port == port:
+            proxy_port = free_port()
+        config_path = workdir / "broker.toml"
+        config_path.write_text(trio_mqtt_config(port, proxy_port))
+        prefix = list(wrapper) if wrapper else [sys.executable]
+        command = [*prefix, "-m", "trio_mqtt", "--config", str(config_path)]
+        command += ["--log-level", "warning"]
+        ports = [(port, b""), (proxy_port, PROXY_V2_LOCAL)]
+        broker_proxy_port: int | None = proxy_port
+    else:
+        if not Path(MOSQUITTO_PATH).exists():
+            raise BrokerStartError(f"{MOSQUITTO_PATH} is missing (apt-get install mosquitto)")
+        config_path = workdir / "mosquitto.conf"
+        config_path.write_text(mosquitto_config(port))
+        command = [MOSQUITTO_PATH, "-c", str(config_path)]
+        ports = [(port, b"")]
+        broker_proxy_port = None
+    log_path = workdir / "broker.log"
+    env = dict(os.environ)
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH", "")]))
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=env,
+        )
+    process = BrokerProcess(
+        Broker(kind, popen.pid, port, broker_proxy_port), popen, workdir, log_path
+    )
+    try:
+        _wait_until_listening(process, ports)
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+@contextlib.contextmanager
+def running_broker(kind: BrokerKind, *, wrapper: Sequence[str] = ()) -> Iterator[BrokerProcess]:
+    """Context manager around :func:`start_broker` that always stops the broker."""
+    process = start_broker(kind, wrapper=wrapper)
+    try:
+        yield process
+    finally:
+        process.stop()

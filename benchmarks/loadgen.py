@@ -1,0 +1,725 @@
+"""Load generator workers: each runs in its own OS process with raw blocking sockets.
+
+A worker is started by :func:`run_worker` with a task (a frozen attrs object saying what
+to do), one end of a pipe and two shared events. It connects and subscribes, reports
+``("ready", None)``, waits for ``go``, does its timed work, and reports
+``("result", dict)`` (or ``("error", traceback)``). ``stop`` tells it to give up early;
+every loop is also bounded by the task's ``deadline_s``.
+
+Packets are built by :mod:`benchmarks.wire` before ``go``; the timed part only moves
+pre-built bytes and parses what comes back. Timestamps are ``time.perf_counter()``,
+which is CLOCK_MONOTONIC on Linux and so comparable between processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import selectors
+import socket
+import struct
+import time
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import attrs
+
+from benchmarks.wire import (
+    CONNACK_ACCEPTED,
+    DISCONNECT,
+    PINGREQ,
+    PINGRESP,
+    DeliveryParser,
+    GeneralPacket,
+    WireError,
+    connect_packet,
+    make_payload,
+    parse_publish,
+    proxy_v2_header,
+    puback_packet,
+    publish_packet,
+    split_packets,
+    subscribe_packet,
+)
+
+__all__ = [
+    "ConnectionTask",
+    "LatencyTask",
+    "PublisherTask",
+    "RetainedTask",
+    "SubscriberTask",
+    "Task",
+    "run_worker",
+]
+
+HOST = "127.0.0.1"
+RECV_SIZE = 1 << 18
+#: QoS 0 subscribers ask the kernel (SO_RCVLOWAT) to wake them only once this many bytes
+#: are waiting (or all that is still expected, if less): one wake-up and one recv per
+#: ~900 messages instead of per message, so that the load generator's CPU use stays small
+#: next to the broker's even when the broker writes one small packet at a time.
+RECV_BATCH = 32 * 1024
+#: QoS 1: wake up for this many deliveries (subscriber) or PUBACKs (publisher) at once.
+QOS1_BATCH = 20
+#: How long a worker waits for ``go`` before giving up.
+GO_TIMEOUT = 120.0
+#: Give up waiting for PINGRESPs after this long without any.
+PING_STALL_S = 10.0
+
+
+class WorkerTimeout(Exception):
+    """A worker ran past its deadline; the message says where."""
+
+
+@attrs.frozen
+class PublisherTask:
+    """Publish *count* messages as publisher *source* on *topic*.
+
+    QoS 0: the whole stream is one pre-built buffer written with ``sendall``, then a
+    PINGREQ whose PINGRESP shows that the broker has read everything before it. QoS 1:
+    at most *window* messages unacknowledged at any time.
+    """
+
+    port: int
+    client_id: str
+    topic: str
+    source: int
+    count: int
+    deadline_s: float
+    qos: int = 0
+    window: int = 1
+    proxy: bool = False
+
+
+@attrs.frozen
+class SubscriberTask:
+    """Hold one connection per client id subscribed to *topic_filter*; verify deliveries.
+
+    Each connection must receive *expected_per_connection* messages, publisher ``s``'s on
+    ``source_topics[s]`` with sequence numbers in order.
+    """
+
+    port: int
+    client_ids: tuple[str, ...]
+    topic_filter: str
+    qos: int
+    expected_per_connection: int
+    source_topics: tuple[tuple[int, str], ...]
+    deadline_s: float
+    proxy: bool = False
+
+
+@attrs.frozen
+class LatencyTask:
+    """One client subscribed to *topic* publishes QoS 1 there, one message at a time.
+
+    Latency is the time from writing the PUBLISH to reading its delivery; the next
+    PUBLISH goes out once both the delivery and the PUBACK are in (window 1).
+    """
+
+    port: int
+    client_id: str
+    topic: str
+    count: int
+    warmup: int
+    deadline_s: float
+
+
+@attrs.frozen
+class ConnectionTask:
+    """Open *count* MQTT connections (at most *concurrency* handshakes at once), hold them.
+
+    After ``go`` it connects; it reports the result, then on the pipe command ``"ping"``
+    sends PINGREQ on every connection and reports how many PINGRESPs came back; on
+    ``"close"`` (or ``stop``) it closes them all.
+    """
+
+    port: int
+    client_prefix: str
+    count: int
+    concurrency: int
+    deadline_s: float
+
+
+@attrs.frozen
+class RetainedTask:
+    """Store *count* retained messages, then time a ``#`` subscription receiving them."""
+
+    port: int
+    client_prefix: str
+    count: int
+    deadline_s: float
+
+
+Task = PublisherTask | SubscriberTask | LatencyTask | ConnectionTask | RetainedTask
+
+
+def run_worker(task: Task, pipe: Connection, go: Event, stop: Event) -> None:
+    """Process entry point: run *task* and report through *pipe* (never raises)."""
+    try:
+        from benchmarks.brokers import raise_fd_limit
+
+        raise_fd_limit()
+        if isinstance(task, PublisherTask):
+            result = _publisher(task, pipe, go, stop)
+        elif isinstance(task, SubscriberTask):
+            result = _subscriber(task, pipe, go, stop)
+        elif isinstance(task, LatencyTask):
+            result = _latency(task, pipe, go)
+        elif isinstance(task, ConnectionTask):
+            result = _connections(task, pipe, go, stop)
+        else:
+            result = _retained(task, pipe, go)
+        pipe.send(("result", result))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            pipe.send(("error", traceback.format_exc()))
+    finally:
+        pipe.close()
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+def _remaining(deadline: float, what: str) -> float:
+    left = deadline - time.perf_counter()
+    if left <= 0:
+        raise WorkerTimeout(f"deadline passed while {what}")
+    return left
+
+
+def _recv_exactly(sock: socket.socket, size: int, deadline: float, what: str) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        sock.settimeout(_remaining(deadline, what))
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise WireError(f"connection closed by the broker while {what}")
+        data += chunk
+    return bytes(data)
+
+
+def _proxy_header(sock: socket.socket) -> bytes:
+    source = sock.getsockname()
+    destination = sock.getpeername()
+    return proxy_v2_header((source[0], source[1]), (destination[0], destination[1]))
+
+
+def _open(port: int, client_id: str, deadline: float, *, proxy: bool = False) -> socket.socket:
+    """Connect, (PROXY v2 header,) CONNECT, and check the CONNACK; a blocking socket."""
+    sock = socket.create_connection((HOST, port), timeout=_remaining(deadline, "connecting"))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    header = _proxy_header(sock) if proxy else b""
+    sock.sendall(header + connect_packet(client_id))
+    connack = _recv_exactly(sock, 4, deadline, f"waiting for CONNACK of {client_id}")
+    if connack != CONNACK_ACCEPTED:
+        raise WireError(f"{client_id}: CONNACK {connack.hex()} instead of {CONNACK_ACCEPTED.hex()}")
+    return sock
+
+
+def _subscribe(sock: socket.socket, topic_filter: str, qos: int, deadline: float) -> None:
+    sock.sendall(subscribe_packet(1, topic_filter, qos))
+    suback = _recv_exactly(sock, 5, deadline, f"waiting for SUBACK of {topic_filter!r}")
+    if suback != b"\x90\x03\x00\x01" + bytes([qos]):
+        raise WireError(f"SUBACK {suback.hex()} for {topic_filter!r} at QoS {qos}")
+
+
+def _ping(sock: socket.socket, deadline: float) -> float:
+    """PINGREQ, wait for PINGRESP; the broker has now read everything sent before."""
+    sock.sendall(PINGREQ)
+    reply = _recv_exactly(sock, 2, deadline, "waiting for PINGRESP")
+    if reply != PINGRESP:
+        raise WireError(f"expected PINGRESP, got {reply.hex()}")
+    return time.perf_counter()
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(DISCONNECT)
+    sock.close()
+
+
+def _wait_go(go: Event) -> None:
+    if not go.wait(GO_TIMEOUT):
+        raise WorkerTimeout("no go signal")
+
+
+# --- publisher ----------------------------------------------------------------------
+
+
+def _publisher(task: PublisherTask, pipe: Connection, go: Event, stop: Event) -> dict[str, Any]:
+    deadline = time.perf_counter() + task.deadline_s
+    sock = _open(task.port, task.client_id, deadline, proxy=task.proxy)
+    topic = task.topic.encode()
+    if task.qos == 0:
+        stream = b"".join(
+            publish_packet(topic, make_payload(task.source, seq)) for seq in range(task.count)
+        )
+        packets: list[bytes] = []
+    else:
+        stream = b""
+        packets = [
+            publish_packet(topic, make_payload(task.source, seq), qos=1, packet_id=seq % 65535 + 1)
+            for seq in range(task.count)
+        ]
+    pipe.send(("ready", None))
+    _wait_go(go)
+    deadline = time.perf_counter() + task.deadline_s
+    cpu_start = time.process_time()
+    start = time.perf_counter()
+    if task.qos == 0:
+        sock.settimeout(_remaining(deadline, "publishing"))
+        sock.sendall(stream)
+        written = time.perf_counter()
+        acked = _ping(sock, deadline)
+    else:
+        written = acked = _publish_windowed(sock, packets, task.window, deadline, stop)
+    result = {
+        "start": start,
+        "written": written,
+        "acked": acked,
+        "sent": task.count,
+        "cpu_s": time.process_time() - cpu_start,
+    }
+    _close(sock)
+    return result
+
+
+def _publish_windowed(
+    sock: socket.socket, packets: list[bytes], window: int, deadline: float, stop: Event
+) -> float:
+    """Send QoS 1 *packets* with at most *window* unacknowledged; time of the last PUBACK."""
+    total = len(packets)
+    sent = min(window, total)
+    batch = min(QOS1_BATCH, window)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 4 * min(batch, total))
+    sock.sendall(b"".join(packets[:sent]))
+    acked = 0
+    expected_id = 1
+    buffer = bytearray()
+    while acked < total:
+        sock.settimeout(min(_remaining(deadline, f"waiting for PUBACK {acked + 1}/{total}"), 1.0))
+        try:
+            data = sock.recv(RECV_SIZE)
+        except TimeoutError:
+            if stop.is_set():
+                raise WorkerTimeout(f"stopped after {acked}/{total} PUBACKs") from None
+            continue
+        if not data:
+            raise WireError(f"connection closed after {acked}/{total} PUBACKs")
+        buffer += data
+        complete = len(buffer) // 4
+        for first, length, packet_id in struct.iter_unpack(">BBH", bytes(buffer[: complete * 4])):
+            if first != 0x40 or length != 2:
+                raise WireError(f"expected PUBACK, got first byte {first:#x}")
+            if packet_id != expected_id:
+                raise WireError(f"PUBACK for {packet_id}, expected {expected_id} (in order)")
+            expected_id = expected_id % 65535 + 1
+        del buffer[: complete * 4]
+        acked += complete
+        if 0 < total - acked < batch:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, 4 * (total - acked) - len(buffer))
+            )
+        more = min(total, acked + window) - sent
+        if more > 0:
+            sock.sendall(b"".join(packets[sent : sent + more]))
+            sent += more
+    return time.perf_counter()
+
+
+# --- subscriber ---------------------------------------------------------------------
+
+
+def _subscriber(task: SubscriberTask, pipe: Connection, go: Event, stop: Event) -> dict[str, Any]:
+    deadline = time.perf_counter() + task.deadline_s
+    topics = {source: topic.encode() for source, topic in task.source_topics}
+    lengths = {len(topic) for topic in topics.values()}
+    if len(lengths) != 1:
+        raise ValueError("all publisher topics of a scenario must have the same length")
+    (topic_length,) = lengths
+    selector = selectors.DefaultSelector()
+    parsers: dict[socket.socket, DeliveryParser] = {}
+    for client_id in task.client_ids:
+        sock = _open(task.port, client_id, deadline, proxy=task.proxy)
+        _subscribe(sock, task.topic_filter, task.qos, deadline)
+        sock.setblocking(False)
+        parser = DeliveryParser(topic_length, task.qos, source_topics=topics)
+        parsers[sock] = parser
+        _set_low_water_mark(sock, parser, task.expected_per_connection)
+        selector.register(sock, selectors.EVENT_READ, sock)
+    pipe.send(("ready", None))
+    _wait_go(go)
+    deadline = time.perf_counter() + task.deadline_s
+    cpu_start = time.process_time()
+    expected = task.expected_per_connection
+    incomplete = set(parsers)
+    first_rx = last_rx = 0.0
+    stopped = False
+    while incomplete:
+        now = time.perf_counter()
+        if now > deadline:
+            stopped = True
+            break
+        events = selector.select(0.05)
+        if not events:
+            if stop.is_set():
+                stopped = True
+                break
+            continue
+        for key, _mask in events:
+            sock = key.data
+            try:
+                data = sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            parser = parsers[sock]
+            if not data:
+                parser.errors.append("connection closed by the broker")
+                parser.error_count += 1
+                selector.unregister(sock)
+                incomplete.discard(sock)
+                continue
+            last_rx = time.perf_counter()
+            if not first_rx:
+                first_rx = last_rx
+            parser.feed(data)
+            if parser.pending_acks:
+                sock.setblocking(True)
+                sock.settimeout(_remaining(deadline, "sending PUBACKs"))
+                sock.sendall(parser.pending_acks)
+                sock.setblocking(False)
+                parser.pending_acks.clear()
+            if parser.received >= expected:
+                incomplete.discard(sock)
+            elif parser.qos or parser.received * parser.packet_size + 2 * RECV_BATCH > (
+                expected * parser.packet_size
+            ):
+                _set_low_water_mark(sock, parser, expected)
+    cpu_s = time.process_time() - cpu_start
+    selector.close()
+    received = [parser.received for parser in parsers.values()]
+    errors: list[str] = []
+    error_count = 0
+    for parser in parsers.values():
+        error_count += parser.error_count
+        errors.extend(parser.errors[: 10 - len(errors)])
+        for packet in parser.other_packets:
+            error_count += 1
+            if len(errors) < 10:
+                errors.append(f"unexpected packet {packet.first_byte:#04x} {packet.body.hex()}")
+    for sock in parsers:
+        sock.setblocking(True)
+        _close(sock)
+    return {
+        "first_rx": first_rx,
+        "last_rx": last_rx,
+        "received": received,
+        "expected_per_connection": expected,
+        "error_count": error_count,
+        "errors": errors,
+        "stopped": stopped,
+        "cpu_s": cpu_s,
+    }
+
+
+def _set_low_water_mark(sock: socket.socket, parser: DeliveryParser, expected: int) -> None:
+    """Wake up for a batch of deliveries, or for exactly what is still to come.
+
+    QoS 0: RECV_BATCH bytes. QoS 1: QOS1_BATCH messages, well below the broker's
+    in-flight limit (it sends no more until we PUBACK, so a batch must fit under it).
+    """
+    still_to_come = (expected - parser.received) * parser.packet_size - parser.buffered
+    batch = QOS1_BATCH * parser.packet_size if parser.qos else RECV_BATCH
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, min(batch, still_to_come)))
+
+
+# --- QoS 1 latency ------------------------------------------------------------------
+
+
+def _latency(task: LatencyTask, pipe: Connection, go: Event) -> dict[str, Any]:
+    deadline = time.perf_counter() + task.deadline_s
+    sock = _open(task.port, task.client_id, deadline)
+    _subscribe(sock, task.topic, 1, deadline)
+    topic = task.topic.encode()
+    total = task.warmup + task.count
+    packets = [
+        publish_packet(topic, make_payload(0, seq), qos=1, packet_id=seq % 65535 + 1)
+        for seq in range(total)
+    ]
+    pipe.send(("ready", None))
+    _wait_go(go)
+    deadline = time.perf_counter() + task.deadline_s
+    latencies_ns: list[int] = []
+    errors: list[str] = []
+    buffer = bytearray()
+    # Busy-poll: a client that sleeps in poll() adds its own wake-up time (tens of us on
+    # an idle VM) to every sample; spinning on a non-blocking recv keeps that out, so
+    # what is measured is the broker's turnaround plus the loopback.
+    sock.setblocking(False)
+    for seq in range(total):
+        packet_id = seq % 65535 + 1
+        start = time.perf_counter_ns()
+        if sock.send(packets[seq]) != len(packets[seq]):  # tiny: the send buffer is empty
+            raise WireError("short send of a 30-byte PUBLISH")
+        delivered_at = 0
+        got_puback = False
+        while not (delivered_at and got_puback):
+            data = _spin_recv(sock, deadline, f"waiting for message {seq}")
+            now = time.perf_counter_ns()
+            buffer += data
+            for packet in split_packets(buffer):
+                got_puback |= _latency_packet(packet, seq, packet_id, topic, sock, errors)
+                if packet.packet_type == 0x3 and not delivered_at:
+                    delivered_at = now
+        if seq >= task.warmup:
+            latencies_ns.append(delivered_at - start)
+    sock.setblocking(True)
+    _close(sock)
+    return {"latencies_ns": latencies_ns, "errors": errors, "error_count": len(errors)}
+
+
+def _spin_recv(sock: socket.socket, deadline: float, what: str) -> bytes:
+    """recv on a non-blocking socket, spinning until data arrives (bounded by *deadline*)."""
+    spins = 0
+    while True:
+        try:
+            data = sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            spins += 1
+            if spins % 1024 == 0:
+                _remaining(deadline, what)
+            continue
+        if not data:
+            raise WireError(f"connection closed while {what}")
+        return data
+
+
+def _latency_packet(
+    packet: GeneralPacket,
+    seq: int,
+    packet_id: int,
+    topic: bytes,
+    sock: socket.socket,
+    errors: list[str],
+) -> bool:
+    """Handle one packet of the latency loop; True if it is the PUBACK for *packet_id*."""
+    if packet.packet_type == 0x4:
+        (acked_id,) = struct.unpack(">H", packet.body[:2])
+        if acked_id != packet_id:
+            errors.append(f"PUBACK for {acked_id}, expected {packet_id}")
+        return True
+    if packet.packet_type != 0x3:
+        errors.append(f"unexpected packet {packet.first_byte:#04x}")
+        return False
+    delivered_topic, delivered_id, payload = parse_publish(packet)
+    if delivered_id is not None:
+        sock.sendall(puback_packet(delivered_id))
+    if delivered_topic != topic or payload != make_payload(0, seq):
+        errors.append(f"message {seq}: wrong delivery {delivered_topic!r} {payload.hex()}")
+    return False
+
+
+# --- idle connections ---------------------------------------------------------------
+
+
+@attrs.define
+class _Handshake:
+    sock: socket.socket
+    client_id: str
+    sent: bool = False
+    reply: bytes = b""
+
+
+def _connections(task: ConnectionTask, pipe: Connection, go: Event, stop: Event) -> dict[str, Any]:
+    pipe.send(("ready", None))
+    _wait_go(go)
+    deadline = time.perf_counter() + task.deadline_s
+    cpu_start = time.process_time()
+    start = time.perf_counter()
+    selector = selectors.DefaultSelector()
+    connected: list[socket.socket] = []
+    errors: list[str] = []
+    failed = 0
+    next_index = 0
+    in_progress = 0
+    while (next_index < task.count or in_progress) and not stop.is_set():
+        if time.perf_counter() > deadline:
+            errors.append(f"deadline passed with {len(connected)} connected")
+            break
+        while in_progress < task.concurrency and next_index < task.count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex((HOST, task.port))
+            if err not in (0, errno.EINPROGRESS):
+                failed += 1
+                errors.append(f"connect: errno {err}")
+                sock.close()
+                next_index += 1
+                continue
+            handshake = _Handshake(sock, f"{task.client_prefix}{next_index}")
+            selector.register(sock, selectors.EVENT_WRITE, handshake)
+            next_index += 1
+            in_progress += 1
+        for key, _mask in selector.select(0.5):
+            handshake = key.data
+            assert isinstance(handshake, _Handshake)
+            sock = handshake.sock
+            try:
+                if not handshake.sent:
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise OSError(err, "connect failed")
+                    sock.send(connect_packet(handshake.client_id))
+                    handshake.sent = True
+                    selector.modify(sock, selectors.EVENT_READ, handshake)
+                    continue
+                chunk = sock.recv(4 - len(handshake.reply))
+                if not chunk:
+                    raise WireError("closed before CONNACK")
+                handshake.reply += chunk
+                if len(handshake.reply) < 4:
+                    continue
+                if handshake.reply != CONNACK_ACCEPTED:
+                    raise WireError(f"CONNACK {handshake.reply.hex()}")
+            except (OSError, WireError) as exc:
+                failed += 1
+                if len(errors) < 10:
+                    errors.append(f"{handshake.client_id}: {exc}")
+                selector.unregister(sock)
+                sock.close()
+                in_progress -= 1
+                continue
+            selector.unregister(sock)
+            connected.append(sock)
+            in_progress -= 1
+    end = time.perf_counter()
+    cpu_s = time.process_time() - cpu_start
+    selector.close()
+    pipe.send(
+        (
+            "connected",
+            {
+                "start": start,
+                "end": end,
+                "connected": len(connected),
+                "failed": failed,
+                "errors": errors,
+                "cpu_s": cpu_s,
+            },
+        )
+    )
+    pongs = 0
+    while not stop.is_set() and time.perf_counter() < deadline:
+        if not pipe.poll(0.2):
+            continue
+        command = pipe.recv()
+        if command == "ping":
+            ping_start = time.perf_counter()
+            pongs = _ping_all(connected, deadline)
+            pipe.send(("pinged", {"pongs": pongs, "seconds": time.perf_counter() - ping_start}))
+        elif command == "close":
+            break
+    for sock in connected:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    return {"connected": len(connected), "pongs": pongs}
+
+
+def _ping_all(connected: list[socket.socket], deadline: float) -> int:
+    """PINGREQ on every connection; how many answered with PINGRESP.
+
+    Waits until all have answered, the deadline passes, or no answer came for
+    PING_STALL_S seconds (a broker busy with 10,000 PINGREQs at once may pause).
+    """
+    selector = selectors.DefaultSelector()
+    for sock in connected:
+        with contextlib.suppress(OSError):
+            sock.send(PINGREQ)
+            selector.register(sock, selectors.EVENT_READ, (sock, bytearray()))
+    pongs = 0
+    waiting = len(selector.get_map())
+    last_progress = time.perf_counter()
+    while waiting and time.perf_counter() < deadline:
+        events = selector.select(0.5)
+        if not events:
+            if time.perf_counter() - last_progress > PING_STALL_S:
+                break
+            continue
+        last_progress = time.perf_counter()
+        for key, _mask in events:
+            sock, reply = key.data
+            try:
+                chunk = sock.recv(2 - len(reply))
+            except OSError:
+                chunk = b""
+            reply += chunk
+            if len(reply) == 2 or not chunk:
+                selector.unregister(sock)
+                waiting -= 1
+                pongs += reply == PINGRESP
+    selector.close()
+    return pongs
+
+
+# --- retained -----------------------------------------------------------------------
+
+
+def _retained(task: RetainedTask, pipe: Connection, go: Event) -> dict[str, Any]:
+    deadline = time.perf_counter() + task.deadline_s
+    publisher = _open(task.port, f"{task.client_prefix}pub", deadline)
+    subscriber = _open(task.port, f"{task.client_prefix}sub", deadline)
+    width = len(str(task.count - 1))
+
+    def topic_of_seq(seq: int) -> bytes:
+        return b"r/%0*d" % (width, seq)
+
+    stream = b"".join(
+        publish_packet(topic_of_seq(seq), make_payload(0, seq), retain=True)
+        for seq in range(task.count)
+    )
+    pipe.send(("ready", None))
+    _wait_go(go)
+    deadline = time.perf_counter() + task.deadline_s
+    start = time.perf_counter()
+    publisher.settimeout(_remaining(deadline, "publishing retained messages"))
+    publisher.sendall(stream)
+    stored = _ping(publisher, deadline)
+    parser = DeliveryParser(2 + width, 0, topic_of_seq=topic_of_seq)
+    subscribe_start = time.perf_counter()
+    subscriber.sendall(subscribe_packet(1, "#", 0))
+    while parser.received < task.count:
+        subscriber.settimeout(
+            _remaining(deadline, f"receiving retained {parser.received}/{task.count}")
+        )
+        data = subscriber.recv(RECV_SIZE)
+        if not data:
+            raise WireError(f"connection closed after {parser.received} retained messages")
+        parser.feed(data)
+    done = time.perf_counter()
+    errors = list(parser.errors)
+    error_count = parser.error_count
+    subacks = [p for p in parser.other_packets if p.packet_type == 0x9]
+    if len(subacks) != 1 or subacks[0].body != b"\x00\x01\x00":
+        error_count += 1
+        errors.append(f"expected one SUBACK granting QoS 0, got {parser.other_packets[:3]}")
+    for packet in parser.other_packets:
+        if packet.packet_type != 0x9:
+            error_count += 1
+            errors.append(f"unexpected packet {packet.first_byte:#04x}")
+    _close(publisher)
+    _close(subscriber)
+    return {
+        "start": start,
+        "stored": stored,
+        "subscribe_start": subscribe_start,
+        "done": done,
+        "received": parser.received,
+        "unique": len(parser.seen),
+        "error_count": error_count,
+        "errors": errors[:10],
+    }

@@ -1,0 +1,157 @@
+"""Keep the benchmark harness from rotting: a quick run, and its verifier's own checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.wire import (
+    DeliveryParser,
+    connect_packet,
+    make_payload,
+    proxy_v2_header,
+    publish_packet,
+    subscribe_packet,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+TOPICS = {0: b"bench/p0", 1: b"bench/p1"}
+
+
+def test_quick_fanin_against_trio_mqtt_is_verified(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks", "--quick", "--broker", "trio-mqtt",
+            "--scenario", "fanin", "--output-dir", str(tmp_path), "--no-chart",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    document = json.loads((tmp_path / "quick.json").read_text())
+    (run,) = document["runs"]
+    assert run["scenario"] == "fanin"
+    assert run["broker"] == "trio-mqtt"
+    assert run["verified"] is True
+    # 4 publishers x 1,000 messages, every one delivered once and checked.
+    assert run["expected"] == 4_000
+    assert run["received"] == 4_000
+    assert run["error_count"] == 0
+    assert run["metrics"]["throughput"] > 0
+    (row,) = document["summary"]
+    assert row["trio-mqtt"] == run["metrics"]["throughput"]
+    assert row["mosquitto"] is None
+
+
+# --- the packets the load generator sends (hand-computed from the MQTT 3.1.1 spec) ---
+
+
+def test_connect_packet_bytes() -> None:
+    # 0x10, remaining length 14: "MQTT", level 4, flags 0x02 (clean), keep alive 600,
+    # client id "ab".
+    assert connect_packet("ab") == bytes.fromhex("100e00044d5154540402025800026162")
+
+
+def test_subscribe_packet_bytes() -> None:
+    assert subscribe_packet(1, "a/#", 1) == bytes.fromhex("820800010003612f2301")
+
+
+def test_publish_packet_bytes() -> None:
+    assert publish_packet("t", b"x") == bytes.fromhex("3004000174" + "78")
+    assert publish_packet("t", b"x", qos=1, packet_id=7, retain=True) == bytes.fromhex(
+        "3306000174000778"
+    )
+
+
+def test_proxy_v2_header_bytes() -> None:
+    header = proxy_v2_header(("127.0.0.1", 50000), ("127.0.0.1", 1883))
+    assert header == bytes.fromhex("0d0a0d0a000d0a515549540a2111000c7f0000017f000001c350075b")
+
+
+# --- the verifier catches what it must ---------------------------------------------
+
+
+def _stream(messages: list[tuple[int, int]], *, qos: int = 0) -> bytes:
+    return b"".join(
+        publish_packet(
+            TOPICS[source], make_payload(source, seq), qos=qos, packet_id=index + 1 if qos else None
+        )
+        for index, (source, seq) in enumerate(messages)
+    )
+
+
+def _parser(qos: int = 0) -> DeliveryParser:
+    return DeliveryParser(8, qos, source_topics=TOPICS)
+
+
+def test_parser_accepts_interleaved_sources_split_anywhere() -> None:
+    data = _stream([(0, 0), (1, 0), (0, 1), (1, 1), (1, 2)])
+    parser = _parser()
+    for index in range(0, len(data), 7):  # cuts through headers and payloads
+        parser.feed(data[index : index + 7])
+    assert parser.received == 5
+    assert parser.error_count == 0
+    assert parser.next_seq == {0: 2, 1: 3}
+
+
+def test_parser_collects_pubacks_for_qos1() -> None:
+    parser = _parser(qos=1)
+    parser.feed(_stream([(0, 0), (0, 1)], qos=1))
+    assert parser.received == 2
+    assert bytes(parser.pending_acks) == bytes.fromhex("4002000140020002")
+
+
+def test_parser_flags_a_corrupted_payload() -> None:
+    data = bytearray(_stream([(0, 0), (0, 1)]))
+    data[-5] ^= 0x01  # inside the filler of the second message
+    parser = _parser()
+    parser.feed(bytes(data))
+    assert parser.received == 2
+    assert parser.error_count == 1
+    assert "bad payload check" in parser.errors[0]
+
+
+def test_parser_flags_a_gap_and_a_wrong_topic() -> None:
+    gap = _parser()
+    gap.feed(_stream([(0, 0), (0, 2)]))
+    assert gap.error_count == 1
+    assert "expected 1" in gap.errors[0]
+
+    wrong_topic = _parser()
+    wrong_topic.feed(publish_packet(b"bench/p1", make_payload(0, 0)))
+    assert wrong_topic.error_count == 1
+    assert "arrived on topic" in wrong_topic.errors[0]
+
+
+def test_parser_sets_aside_other_packets_and_odd_sized_publishes() -> None:
+    parser = _parser()
+    suback = bytes.fromhex("9003000100")
+    odd = publish_packet(b"bench/p0/x", make_payload(0, 1))  # longer topic: slow path
+    parser.feed(suback + _stream([(0, 0)]) + odd + b"\xd0\x00")
+    assert parser.received == 2
+    assert [packet.first_byte for packet in parser.other_packets] == [0x90, 0xD0]
+    assert parser.error_count == 1  # the odd one arrived on the wrong topic
+
+
+def test_unordered_mode_flags_duplicates() -> None:
+    parser = DeliveryParser(8, 0, topic_of_seq=lambda seq: b"r/%06d" % seq)
+    retained = [
+        publish_packet(b"r/%06d" % seq, make_payload(0, seq), retain=True) for seq in (5, 3, 5)
+    ]
+    parser.feed(b"".join(retained))
+    assert parser.received == 3
+    assert parser.seen == {(0, 5), (0, 3)}
+    assert parser.error_count == 1
+    assert "twice" in parser.errors[0]
+
+
+def test_parser_needs_exactly_one_mode() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        DeliveryParser(8, 0)
