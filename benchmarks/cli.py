@@ -13,6 +13,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -124,8 +125,6 @@ def machine_info() -> dict[str, Any]:
         pass
     import trio
 
-    from trio_mqtt import __version__ as trio_mqtt_version
-
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": cpu_model,
@@ -133,10 +132,17 @@ def machine_info() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "trio": trio.__version__,
-        "trio_mqtt": trio_mqtt_version,
+        "trio_mqtt": _trio_mqtt_version(),
         "mosquitto": mosquitto_version(),
         "fd_limit": raise_fd_limit(),
     }
+
+
+def _trio_mqtt_version() -> str:
+    """trio-mqtt's version, read from its source (importing the package is not needed)."""
+    source = Path(__file__).resolve().parent.parent / "trio_mqtt" / "_version.py"
+    match = re.search(r"__version__\s*=\s*[\"']([^\"']+)", source.read_text())
+    return match.group(1) if match else "unknown"
 
 
 def _broker_order(brokers: Sequence[BrokerKind], repetition: int) -> list[BrokerKind]:
