@@ -293,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_info()
     print(
         f"{machine['nproc']} cores ({machine['cpu_model']}), Python {machine['python']}, "
-        f"{machine['mosquitto'] or 'no mosquitto'}; {scale.name} scale, {repeat} repetition(s)",
+        f"{machine['mosquitto'] or 'no mosquitto'}, trio-mqtt {machine['trio_mqtt_commit']}; "
+        f"{scale.name} scale, {repeat} repetition(s)",
         flush=True,
     )
     started = time.perf_counter()
@@ -325,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_chart:
         chart_path = args.output_dir / f"{stem}.png"
         title = (
-            f"trio-mqtt vs {machine['mosquitto'] or 'mosquitto'}: medians of {repeat} run(s), "
+            f"trio-mqtt {machine['trio_mqtt_commit']} vs {machine['mosquitto'] or 'mosquitto'}: "
+            f"medians of {repeat} run(s), "
             f"{machine['nproc']} cores, Python {machine['python']}"
         )
         skipped = write_chart(chart_path, rows, title)
