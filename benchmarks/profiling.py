@@ -4,8 +4,9 @@ Two profilers, both from the ``bench`` extra:
 
 - ``py-spy`` (default): attaches to the running broker for the duration of the scenario
   only (no start-up noise, no instrumentation inside the broker) and records folded
-  stacks; this module turns them into a text report of the top functions by own time
-  and by inclusive time (``profile-SCENARIO.txt``) and keeps the folded stacks
+  stacks; this module turns them into a text report of the top functions and source
+  lines by own time and the top functions by inclusive time (``profile-SCENARIO.txt``)
+  and keeps the folded stacks
   (``profile-SCENARIO.folded``, loadable in speedscope or flamegraph.pl).
 - ``pyinstrument``: runs the whole broker under pyinstrument (start-up included) and
   writes its text and HTML reports (``profile-SCENARIO.pyinstrument.txt`` / ``.html``).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -46,14 +48,23 @@ def _py_spy() -> str:
     return found
 
 
-def _frame_name(frame: str, root: str) -> str:
-    """'handle (trio_mqtt/broker/core.py:120)' with the repository prefix cut off."""
-    return frame.replace(root, "")
+_LINE_NUMBER = re.compile(r":\d+\)$")
+
+
+def _function_of(frame: str) -> str:
+    """'handle (trio_mqtt/broker/core.py)': the frame without its line number."""
+    return _LINE_NUMBER.sub(")", frame)
 
 
 def summarize_folded(lines: Iterable[str], *, root: str = "", top: int = TOP) -> str:
-    """Text report of folded stacks: top functions by own and by inclusive samples."""
+    """Text report of folded stacks (py-spy ``--format raw``, one line per stack).
+
+    Three tables: functions by own time (samples where the function itself was running),
+    source lines by own time (which lines of those functions), and functions by
+    inclusive time (own time plus everything they called).
+    """
     own: collections.Counter[str] = collections.Counter()
+    own_lines: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
     for line in lines:
@@ -61,11 +72,12 @@ def summarize_folded(lines: Iterable[str], *, root: str = "", top: int = TOP) ->
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_name(frame, root) for frame in stack.split(";")]
+        frames = [frame.replace(root, "") for frame in stack.split(";")]
         total += count
-        own[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
+        own_lines[frames[-1]] += count
+        own[_function_of(frames[-1])] += count
+        for function in {_function_of(frame) for frame in frames}:
+            inclusive[function] += count
     if not total:
         return "no samples (was the broker busy during the scenario?)\n"
     # Frames on (nearly) every stack (runpy, trio.run, the CLI) say nothing: leave them out.
@@ -73,9 +85,14 @@ def summarize_folded(lines: Iterable[str], *, root: str = "", top: int = TOP) ->
     for frame in everywhere:
         del inclusive[frame]
     out = [f"{total} samples of the broker's main thread while it was on the CPU", ""]
-    for title, counter in (("own time", own), ("inclusive time", inclusive)):
-        out.append(f"top {top} functions by {title}:")
-        out.append(f"{'share':>7}  {'samples':>7}  function (file:line)")
+    tables = (
+        ("functions by own time", own),
+        ("lines by own time", own_lines),
+        ("functions by inclusive time", inclusive),
+    )
+    for title, counter in tables:
+        out.append(f"top {top} {title}:")
+        out.append(f"{'share':>7}  {'samples':>7}  function (file[:line])")
         for frame, count in counter.most_common(top):
             out.append(f"{100 * count / total:6.1f}%  {count:7d}  {frame}")
         out.append("")
@@ -115,7 +132,6 @@ def _profile_py_spy(
             str(broker.process.pid),
             "--format",
             "raw",
-            "--function",
             "--nonblocking",
             "--rate",
             str(PY_SPY_RATE),

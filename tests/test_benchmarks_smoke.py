@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.profiling import summarize_folded
 from benchmarks.wire import (
     DeliveryParser,
     connect_packet,
@@ -155,3 +156,26 @@ def test_unordered_mode_flags_duplicates() -> None:
 def test_parser_needs_exactly_one_mode() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         DeliveryParser(8, 0)
+
+
+def test_profile_summary_counts_own_lines_and_inclusive_time() -> None:
+    folded = [
+        "main (/repo/a.py:1);work (/repo/b.py:10);parse (/repo/c.py:5) 6",
+        "main (/repo/a.py:1);work (/repo/b.py:12) 3",
+        "main (/repo/a.py:2) 2",
+        "not a stack line",
+    ]
+    report = summarize_folded(folded, root="/repo/", top=5)
+    assert report.startswith("11 samples")
+    own, lines, inclusive = report.split("\n\n")[1:4]
+    assert own.splitlines()[2:] == [
+        "  54.5%        6  parse (c.py)",
+        "  27.3%        3  work (b.py)",
+        "  18.2%        2  main (a.py)",
+    ]
+    assert "  27.3%        3  work (b.py:12)" in lines.splitlines()
+    # main is on every stack (>= 90%), so it is left out of the inclusive table.
+    assert inclusive.splitlines()[2:] == [
+        "  81.8%        9  work (b.py)",
+        "  54.5%        6  parse (c.py)",
+    ]
