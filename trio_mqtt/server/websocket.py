@@ -1,0 +1,405 @@
+"""MQTT over WebSockets (``ws`` and ``wss`` listeners), as MQTT 5.0 section 6 describes.
+
+``accept_websocket`` reads the HTTP upgrade request (h11 parses it, with a bound on its
+size and a deadline), checks path, method, version and subprotocol, answers 101 or an
+HTTP error, and returns a ``WebSocketStream``: a ``trio.abc.Stream`` whose
+``receive_some`` returns the payload bytes of binary frames (MQTT packets may span frames
+and a frame may hold several packets: the MQTT layer just sees a byte stream) and whose
+``send_all`` sends one binary message. wsproto does the framing (sans-IO, like our own
+protocol layers); partial frames are passed on as they arrive, so memory stays bounded
+by the read size whatever length a frame header announces.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+
+import h11
+import trio
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
+
+from trio_mqtt.peer import PeerInfo
+
+__all__ = [
+    "MAX_UPGRADE_REQUEST_SIZE",
+    "MQTT_SUBPROTOCOLS",
+    "WebSocketRejected",
+    "WebSocketStream",
+    "accept_websocket",
+]
+
+log = logging.getLogger("trio_mqtt.websocket")
+
+#: The largest HTTP upgrade request (request line and headers) we buffer; larger: 431.
+MAX_UPGRADE_REQUEST_SIZE = 16 * 1024
+#: Subprotocols we answer, in order of preference: "mqtt" (MQTT 3.1.1 and 5.0) and
+#: "mqttv3.1" (what MQTT 3.1 clients offer).
+MQTT_SUBPROTOCOLS = ("mqtt", "mqttv3.1")
+RECEIVE_SIZE = 65536
+#: How long ``aclose`` (or a protocol error) may spend sending a Close frame before it
+#: just closes the socket.
+CLOSE_FRAME_TIMEOUT = 0.5
+
+_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+_REASONS = {
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
+}
+
+
+class WebSocketRejected(Exception):
+    """The HTTP upgrade was refused or never completed; ``reason`` is the counter key."""
+
+    def __init__(self, detail: str, *, level: int = logging.WARNING) -> None:
+        super().__init__(detail)
+        self.reason = "ws-upgrade"
+        self.detail = detail
+        self.level = level
+
+
+class _Refusal(Exception):
+    """An HTTP error response to send before closing."""
+
+    def __init__(self, status: int, detail: str, headers: tuple[tuple[str, str], ...] = ()):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+
+
+def accept_token(key: bytes) -> bytes:
+    """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 section 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _ACCEPT_GUID).digest())
+
+
+async def accept_websocket(
+    stream: trio.abc.Stream,
+    *,
+    path: str,
+    upgrade_timeout: float,
+    max_message_size: int,
+    peer: PeerInfo,
+) -> WebSocketStream:
+    """Complete the server side of a WebSocket upgrade on *stream* within *upgrade_timeout* seconds.
+
+    Raises WebSocketRejected (after sending an HTTP error when one applies) if the
+    request is not a WebSocket upgrade to *path* that the MQTT subprotocol can serve.
+    """
+    http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_UPGRADE_REQUEST_SIZE)
+    try:
+        with trio.fail_after(upgrade_timeout):
+            try:
+                request = await _read_request(stream, http)
+                subprotocol = _check_request(request, path)
+            except _Refusal as refusal:
+                await _send_refusal(stream, refusal)
+                raise WebSocketRejected(
+                    f"WebSocket upgrade refused ({refusal.status}): {refusal.detail}"
+                ) from None
+            await _send(stream, _switching_protocols(request, subprotocol))
+    except trio.TooSlowError:
+        raise WebSocketRejected(f"no WebSocket upgrade within {upgrade_timeout:g}s") from None
+    trailing, _closed = http.trailing_data
+    connection = Connection(ConnectionType.SERVER, trailing_data=bytes(trailing))
+    return WebSocketStream(stream, connection, max_message_size=max_message_size, peer=peer)
+
+
+async def _read_request(stream: trio.abc.Stream, http: h11.Connection) -> h11.Request:
+    request: h11.Request | None = None
+    eof = False
+    received = 0
+    while True:
+        try:
+            event = http.next_event()
+        except h11.RemoteProtocolError as exc:
+            if eof:
+                raise WebSocketRejected(
+                    "connection closed in the middle of the WebSocket upgrade request",
+                    level=logging.INFO,
+                ) from None
+            raise _Refusal(exc.error_status_hint, f"bad HTTP request: {exc}") from None
+        if event is h11.NEED_DATA:
+            # Never read past the bound: h11 then refuses an incomplete request that
+            # fills it (431), and a complete one is at most MAX_UPGRADE_REQUEST_SIZE.
+            size = min(4096, MAX_UPGRADE_REQUEST_SIZE + 1 - received)
+            try:
+                data = await stream.receive_some(size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise WebSocketRejected(
+                    f"connection lost before the WebSocket upgrade: {exc}", level=logging.INFO
+                ) from None
+            eof = not data
+            received += len(data)
+            http.receive_data(bytes(data))
+        elif isinstance(event, h11.ConnectionClosed):
+            raise WebSocketRejected(
+                "connection closed before the WebSocket upgrade", level=logging.INFO
+            )
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            raise _Refusal(400, "a WebSocket upgrade request has no body")
+        elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+            if request is None:  # pragma: no cover - h11 always gives the Request first
+                raise _Refusal(400, "no request")
+            return request
+        else:  # pragma: no cover - nothing else comes before a response is sent
+            raise _Refusal(400, f"unexpected HTTP event {event!r}")
+
+
+def _check_request(request: h11.Request, path: str) -> str | None:
+    """The subprotocol to answer with (None if the client offered none), or _Refusal."""
+    target = request.target.decode("ascii", "replace")
+    request_path = target.partition("?")[0]
+    if request_path != path:
+        raise _Refusal(404, f"path {request_path!r} is not the MQTT endpoint {path!r}")
+    if request.method != b"GET":
+        method = request.method.decode("ascii", "replace")
+        raise _Refusal(405, f"method {method} (a WebSocket upgrade is a GET)", (("Allow", "GET"),))
+    headers = _headers(request)
+    connection_tokens = {t.strip().lower() for t in headers.get(b"connection", b"").split(b",")}
+    if headers.get(b"upgrade", b"").strip().lower() != b"websocket" or (
+        b"upgrade" not in connection_tokens
+    ):
+        raise _Refusal(
+            426,
+            "not a WebSocket upgrade (needs 'Upgrade: websocket' and 'Connection: Upgrade')",
+            (("Upgrade", "websocket"),),
+        )
+    if headers.get(b"sec-websocket-version", b"").strip() != b"13":
+        raise _Refusal(
+            426, "unsupported Sec-WebSocket-Version (need 13)", (("Sec-WebSocket-Version", "13"),)
+        )
+    key = headers.get(b"sec-websocket-key", b"").strip()
+    try:
+        valid_key = len(base64.b64decode(key, validate=True)) == 16
+    except binascii.Error:
+        valid_key = False
+    if not valid_key:
+        raise _Refusal(400, "missing or invalid Sec-WebSocket-Key")
+    offered = [
+        token.strip()
+        for token in headers.get(b"sec-websocket-protocol", b"")
+        .decode("ascii", "replace")
+        .split(",")
+        if token.strip()
+    ]
+    if not offered:
+        return None
+    for subprotocol in MQTT_SUBPROTOCOLS:
+        if subprotocol in offered:
+            return subprotocol
+    raise _Refusal(
+        400,
+        f"subprotocols {', '.join(offered)} offered; MQTT needs 'mqtt'",
+    )
+
+
+def _headers(request: h11.Request) -> dict[bytes, bytes]:
+    """Header name (lower case) -> value; repeated headers joined with ", "."""
+    joined: dict[bytes, bytes] = {}
+    for name, value in request.headers:
+        joined[name] = joined[name] + b", " + value if name in joined else value
+    return joined
+
+
+def _switching_protocols(request: h11.Request, subprotocol: str | None) -> bytes:
+    key = _headers(request)[b"sec-websocket-key"].strip()
+    lines = [
+        b"HTTP/1.1 101 Switching Protocols",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Accept: " + accept_token(key),
+    ]
+    if subprotocol is not None:
+        lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("ascii"))
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _send_refusal(stream: trio.abc.Stream, refusal: _Refusal) -> None:
+    body = f"{refusal.detail}\n".encode()
+    lines = [
+        f"HTTP/1.1 {refusal.status} {_REASONS.get(refusal.status, 'Error')}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in refusal.headers),
+    ]
+    response = "\r\n".join(lines).encode() + b"\r\n\r\n" + body
+    with contextlib.suppress(WebSocketRejected):  # the client is gone; the refusal is logged
+        await _send(stream, response)
+
+
+async def _send(stream: trio.abc.Stream, data: bytes) -> None:
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise WebSocketRejected(
+            f"connection lost during the WebSocket upgrade: {exc}", level=logging.INFO
+        ) from None
+
+
+class WebSocketStream(trio.abc.Stream):
+    """An open WebSocket connection carrying MQTT, as a byte stream.
+
+    ``receive_some`` answers pings and the closing handshake itself, and returns b""
+    (end of stream) once the peer closes. A text frame (MQTT-6.0.0-1) or a message longer
+    than ``max_message_size`` makes it close the connection (codes 1003 and 1009) and
+    raise ``trio.BrokenResourceError``. ``send_all`` may run while ``receive_some`` does
+    (a lock keeps the frames they write whole).
+    """
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream,
+        connection: Connection,
+        *,
+        max_message_size: int,
+        peer: PeerInfo,
+    ) -> None:
+        self.transport_stream = transport_stream
+        self.max_message_size = max_message_size
+        self._ws = connection
+        self._peer = peer
+        self._pending = bytearray()  # payload bytes received, not yet returned
+        self._message_size = 0  # bytes of the binary message being received so far
+        self._eof = False
+        self._closed = False
+        self._send_lock = trio.Lock()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._closed:
+            raise trio.ClosedResourceError("the WebSocket stream is closed")
+        while True:
+            await self._process_events()
+            if self._pending:
+                await trio.lowlevel.checkpoint()
+                size = len(self._pending) if max_bytes is None else max_bytes
+                data = bytes(self._pending[:size])
+                del self._pending[:size]
+                return data
+            if self._eof:
+                await trio.lowlevel.checkpoint()
+                return b""
+            received = await self.transport_stream.receive_some(RECEIVE_SIZE)
+            if not received:
+                self._eof = True  # TCP closed without a Close frame
+            else:
+                self._ws.receive_data(bytes(received))
+
+    async def _process_events(self) -> None:
+        for event in self._ws.events():
+            if isinstance(event, BytesMessage):
+                self._message_size += len(event.data)
+                if self._message_size > self.max_message_size:
+                    await self._fail(
+                        CloseReason.MESSAGE_TOO_BIG,
+                        f"WebSocket message larger than {self.max_message_size} bytes",
+                    )
+                self._pending += event.data
+                if event.message_finished:
+                    self._message_size = 0
+            elif isinstance(event, TextMessage):
+                await self._fail(
+                    CloseReason.UNSUPPORTED_DATA, "text frame (MQTT must use binary frames)"
+                )
+            elif isinstance(event, Ping):
+                await self._send_frame(self._ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                if self._ws.state is ConnectionState.OPEN:
+                    # wsproto reports a framing error as a CloseConnection it did not get
+                    await self._fail(event.code, f"WebSocket protocol error: {event.reason}")
+                if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                    await self._send_frame(self._ws.send(event.response()))
+                if event.code not in (CloseReason.NORMAL_CLOSURE, CloseReason.GOING_AWAY):
+                    log.info(
+                        "WebSocket closed by %s: code %d %s",
+                        self._peer.describe(),
+                        event.code,
+                        event.reason or "",
+                    )
+                self._eof = True
+                return
+            # Pong: nothing to do.
+
+    async def _fail(self, code: int, why: str) -> None:
+        """Close the WebSocket with *code* after a violation; raises BrokenResourceError."""
+        log.warning("closing WebSocket from %s: %s", self._peer.describe(), why)
+        self._eof = True
+        if self._ws.state is ConnectionState.OPEN:
+            data = self._ws.send(CloseConnection(code=code, reason=why))
+            with trio.move_on_after(CLOSE_FRAME_TIMEOUT):
+                await self._send_frame(data)
+                await self._drain_until_closed()
+        raise trio.BrokenResourceError(why)
+
+    async def _drain_until_closed(self) -> None:
+        """Read and drop data until the peer's Close frame or EOF.
+
+        Closing a socket with unread data makes the kernel reset the connection, and the
+        peer may then lose our Close frame; RFC 6455 has the peer answer it instead.
+        """
+        try:
+            while self._ws.state is not ConnectionState.CLOSED:
+                data = await self.transport_stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return
+                self._ws.receive_data(bytes(data))
+                for _event in self._ws.events():
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+    async def _send_frame(self, data: bytes) -> None:
+        try:
+            async with self._send_lock:
+                await self.transport_stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._eof = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the WebSocket stream is closed")
+        if not data or self._ws.state is ConnectionState.LOCAL_CLOSING:
+            # After our Close frame nothing more may be sent; the data is dropped rather
+            # than failing the writer, which would cut the closing handshake short.
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            frame = self._ws.send(BytesMessage(data=bytes(data)))
+        except LocalProtocolError:
+            raise trio.BrokenResourceError("the WebSocket connection is closing") from None
+        async with self._send_lock:
+            await self.transport_stream.send_all(frame)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        """Send a Close frame (1000) if the connection is still open, then close.
+
+        The Close frame is tried even when the caller is cancelled (``aclose_forcefully``,
+        as the connection runner does), for at most CLOSE_FRAME_TIMEOUT: a few bytes that
+        tell a browser client the close was intended (1000, not 1006).
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if self._ws.state is ConnectionState.OPEN:
+                data = self._ws.send(CloseConnection(code=CloseReason.NORMAL_CLOSURE))
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_FRAME_TIMEOUT):
+                    await self._send_frame(data)
+        finally:
+            await self.transport_stream.aclose()
