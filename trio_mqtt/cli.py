@@ -1,7 +1,8 @@
 """The ``trio-mqtt`` command: parse arguments, load the config, run the broker.
 
 The broker runs until SIGINT or SIGTERM, then shuts down gracefully (bounded by
-``broker.shutdown_timeout``) and the command exits 0.
+``broker.shutdown_timeout``) and the command exits 0. SIGHUP re-reads the certificate
+files of the TLS listeners (for new connections) and keeps the broker running.
 """
 
 from __future__ import annotations
@@ -90,11 +91,44 @@ def configure_logging(level: str, stream: TextIO | None = None) -> logging.Handl
     return handler
 
 
-async def _shutdown_on_signal(signals: AsyncIterator[int], cancel_scope: trio.CancelScope) -> None:
+#: SIGHUP where the platform has it (not on Windows).
+_SIGHUP: int | None = getattr(signal, "SIGHUP", None)
+
+
+@attrs.define
+class _Running:
+    """What ``serve`` reported once started (the Broker), for the signal handler."""
+
+    broker: Any = None
+
+
+async def _handle_signals(
+    signals: AsyncIterator[int], cancel_scope: trio.CancelScope, running: _Running
+) -> None:
     async for signum in signals:
+        if _SIGHUP is not None and signum == _SIGHUP:
+            _reload_tls(running.broker)
+            continue
         logger.info("shutting down (%s)", signal.Signals(signum).name)
         cancel_scope.cancel()
         return
+
+
+def _reload_tls(broker: Any) -> None:
+    """SIGHUP: reload the TLS certificates; a failure is logged, the broker runs on."""
+    logger.info("reloading TLS certificates (SIGHUP)")
+    if broker is None:
+        logger.warning("the broker is still starting; SIGHUP ignored")
+        return
+    try:
+        reloaded = broker.reload_tls()
+    except ConfigError as exc:
+        logger.error("TLS reload failed: %s", exc)
+        return
+    if reloaded:
+        logger.info("TLS certificates reloaded for listeners: %s", ", ".join(reloaded))
+    else:
+        logger.info("no TLS listeners to reload")
 
 
 class ServeFunction(Protocol):
@@ -106,18 +140,23 @@ class ServeFunction(Protocol):
 
 
 async def _run(config: BrokerConfig, *, serve: ServeFunction | None = None) -> None:
-    """Serve *config* until the first SIGINT or SIGTERM (*serve* is replaceable for tests)."""
+    """Serve *config* until the first SIGINT or SIGTERM; SIGHUP reloads TLS certificates.
+
+    *serve* is replaceable for tests.
+    """
     if serve is None:
         # Imported late so that the CLI (and --version) loads without the server.
         from trio_mqtt.server.app import serve as serve_app
 
         serve = serve_app
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    handled = [signal.SIGINT, signal.SIGTERM] + ([] if _SIGHUP is None else [_SIGHUP])
+    running = _Running()
+    with trio.open_signal_receiver(*handled) as signals:
         async with trio.open_nursery() as nursery:
             # Started first, so a signal during startup also stops the broker.
-            nursery.start_soon(_shutdown_on_signal, signals, nursery.cancel_scope)
-            await nursery.start(serve, config)
+            nursery.start_soon(_handle_signals, signals, nursery.cancel_scope, running)
+            running.broker = await nursery.start(serve, config)
 
 
 def run_broker(config: BrokerConfig) -> None:

@@ -22,7 +22,7 @@ from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.broker.store import PersistenceWriteError, SQLiteStore
 from trio_mqtt.config import BrokerConfig
-from trio_mqtt.errors import LocalProtocolError, RemoteProtocolError
+from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
 from trio_mqtt.mqtt.topics import validate_topic_name
 from trio_mqtt.peer import Endpoint
@@ -84,6 +84,26 @@ class Broker:
     def clients(self) -> list[ClientSummary]:
         """Every connected client, with its PeerInfo."""
         return self.core.client_summaries()
+
+    def reload_tls(self) -> list[str]:
+        """Re-read the certificate files of every ``tls``/``wss`` listener (SIGHUP does this).
+
+        New connections get the new certificates; open ones keep theirs. Every listener
+        is tried; one whose files fail to load keeps its previous certificates, and then
+        ConfigError lists each failure. Returns the names of the listeners reloaded.
+        """
+        reloaded: list[str] = []
+        failures: list[str] = []
+        for name, handle in self.listeners.items():
+            try:
+                if handle.reload_tls():
+                    reloaded.append(name)
+            except ConfigError as exc:
+                log.error("%s", exc)
+                failures.append(str(exc))
+        if failures:
+            raise ConfigError("; ".join(failures))
+        return reloaded
 
     def add_connect_hook(self, hook: ConnectHook) -> None:
         self.core.connect_hooks.append(hook)

@@ -15,17 +15,22 @@ import attrs
 import trio
 
 from trio_mqtt.broker.core import BrokerCore
-from trio_mqtt.config import ListenerConfig
+from trio_mqtt.config import ListenerConfig, Transport
+from trio_mqtt.errors import ConfigError
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.proxy_policy import PreambleRejected, read_proxy_preamble
+from trio_mqtt.server.tls import ServerTLS, TLSRejected, tls_handshake
+from trio_mqtt.server.websocket import WebSocketRejected, accept_websocket
 
 log = logging.getLogger("trio_mqtt.listener")
 
 # accept() errors that mean "out of resources right now", not "this listener is broken"
 _TRANSIENT_ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_BACKOFF = 0.1
+_TLS_TRANSPORTS = frozenset({Transport.TLS, Transport.WSS})
+_WEBSOCKET_TRANSPORTS = frozenset({Transport.WS, Transport.WSS})
 
 
 @attrs.define(eq=False)
@@ -36,8 +41,10 @@ class ListenerHandle:
     addresses: list[Endpoint] = attrs.Factory(list)
     connections: int = 0
     # refused connections by reason ("untrusted-source", "timeout", "invalid-header",
-    # "spoofed-header", "closed", "max-connections")
+    # "spoofed-header", "closed", "max-connections", "tls-handshake", "ws-upgrade")
     rejections: Counter[str] = attrs.Factory(Counter)
+    # the certificates of a tls/wss listener (None for tcp/ws); reload_tls() swaps them
+    tls: ServerTLS | None = None
     _accept_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     _idle: trio.Event = attrs.Factory(trio.Event)
     # One shielded scope per connection task: cancelling the listener (e.g. the broker
@@ -48,6 +55,25 @@ class ListenerHandle:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def reload_tls(self) -> bool:
+        """Re-read this listener's certificate files for new connections.
+
+        Returns False for a listener without TLS. On an error the current certificates
+        stay in use and ConfigError (naming the listener) says what is wrong.
+        """
+        if self.tls is None:
+            return False
+        try:
+            self.tls.reload()
+        except ConfigError as exc:
+            where = f"tls.{exc.key}: " if exc.key else ""
+            raise ConfigError(
+                f"listener {self.name!r}: TLS reload failed, the previous certificates stay "
+                f"in use: {where}{exc.detail}"
+            ) from None
+        log.info("listener %r: TLS certificates reloaded", self.name)
+        return True
 
     def stop_accepting(self) -> None:
         self._accept_scope.cancel()
@@ -75,9 +101,16 @@ async def serve_listener(
     *,
     task_status: trio.TaskStatus[ListenerHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Bind, report the handle through ``task_status``, and serve until cancelled."""
+    """Bind, report the handle through ``task_status``, and serve until cancelled.
+
+    A ``tls``/``wss`` listener loads its certificates first: a bad file is a ConfigError
+    before anything is bound.
+    """
+    tls = None
+    if config.transport in _TLS_TRANSPORTS and config.tls is not None:
+        tls = ServerTLS.load(config.tls)
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
-    handle = ListenerHandle(config)
+    handle = ListenerHandle(config, tls=tls)
     for listener in listeners:
         address = Endpoint.from_sockaddr(listener.socket.getsockname())
         if address is not None:
@@ -131,19 +164,6 @@ async def _accept_loop(
 async def _handle_connection(
     core: BrokerCore, handle: ListenerHandle, stream: trio.SocketStream
 ) -> None:
-    scope = trio.CancelScope(shield=True)
-    handle._connection_scopes.add(scope)
-    try:
-        with scope:
-            await _serve_connection(core, handle, stream)
-    finally:
-        handle._connection_scopes.discard(scope)
-        handle._connection_ended()
-
-
-async def _serve_connection(
-    core: BrokerCore, handle: ListenerHandle, stream: trio.SocketStream
-) -> None:
     try:
         local = Endpoint.from_sockaddr(stream.socket.getsockname())
         try:
@@ -165,6 +185,45 @@ async def _serve_connection(
         peer = preamble.peer
         if peer.proxy_header is not None:
             log.debug("listener %r: PROXY header: %s", handle.name, peer.describe())
-        await run_connection(PrefixedStream(stream, preamble.leftover), core, peer)
+        try:
+            mqtt_stream, peer = await _open_transport(
+                core, handle, PrefixedStream(stream, preamble.leftover), peer
+            )
+        except (TLSRejected, WebSocketRejected) as exc:
+            handle.rejections[exc.reason] += 1
+            log.log(
+                exc.level,
+                "listener %r: refused connection from %s: %s",
+                handle.name,
+                peer.describe(),
+                exc.detail,
+            )
+            return
+        await run_connection(mqtt_stream, core, peer)
     finally:
         await trio.aclose_forcefully(stream)
+        handle._connection_ended()
+
+
+async def _open_transport(
+    core: BrokerCore, handle: ListenerHandle, stream: trio.abc.Stream, peer: PeerInfo
+) -> tuple[trio.abc.Stream, PeerInfo]:
+    """TLS and/or the WebSocket upgrade, per the listener's transport (after PROXY).
+
+    Each step gets the broker's ``connect_timeout``: the same "from connected to useful"
+    bound a client has for its CONNECT, so a peer that opens TCP and then says nothing
+    holds a connection slot no longer at any layer.
+    """
+    config = handle.config
+    timeout = core.config.connect_timeout
+    if handle.tls is not None:
+        stream, peer = await tls_handshake(stream, handle.tls, peer, handshake_timeout=timeout)
+    if config.transport in _WEBSOCKET_TRANSPORTS:
+        stream = await accept_websocket(
+            stream,
+            path=config.ws_path,
+            upgrade_timeout=timeout,
+            max_message_size=core.config.max_packet_size,
+            peer=peer,
+        )
+    return stream, peer
