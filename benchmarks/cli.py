@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
@@ -38,6 +39,7 @@ from benchmarks.report import (
     format_targets,
     markdown_table,
     markdown_targets,
+    records_from_json,
     summarize,
     write_chart,
     write_json,
@@ -108,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--profiler", choices=PROFILERS, default="py-spy", help="for --profile (default: py-spy)"
+    )
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        metavar="JSON",
+        help="redraw the tables and chart of an earlier results file (nothing is run)",
     )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return parser
@@ -266,6 +274,32 @@ def _profile(args: argparse.Namespace, scale: Scale, repeat: int) -> int:
     return 0 if outcome.verified else 1
 
 
+def _chart_title(machine: dict[str, Any], repeat: int) -> str:
+    return (
+        f"trio-mqtt {machine['trio_mqtt_commit']} vs {machine['mosquitto'] or 'mosquitto'}: "
+        f"medians of {repeat} run(s), {machine['nproc']} cores, Python {machine['python']}"
+    )
+
+
+def _replot(path: Path, *, chart: bool) -> int:
+    """Rewrite the Markdown tables and the chart next to results file *path*."""
+    document = json.loads(path.read_text())
+    rows = summarize(records_from_json(document))
+    targets = evaluate_targets(rows, full_scale=document["settings"]["scale"] == FULL.name)
+    print(format_table(rows))
+    print()
+    print(format_targets(targets))
+    markdown_path = path.with_suffix(".md")
+    markdown_path.write_text(markdown_table(rows) + "\n\n" + markdown_targets(targets) + "\n")
+    print(f"\nwrote {markdown_path}")
+    if chart:
+        chart_path = path.with_suffix(".png")
+        title = _chart_title(document["machine"], document["settings"]["repeat"])
+        skipped = write_chart(chart_path, rows, title)
+        print(f"note: {skipped}" if skipped else f"wrote {chart_path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit status 0 if every run was verified, 1 otherwise, 2 on bad usage."""
     parser = build_parser()
@@ -275,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             note = f" ({scenario.mosquitto_note})" if scenario.mosquitto_note else ""
             print(f"{scenario.name:16} {scenario.title}{note}")
         return 0
+    if args.replot:
+        return _replot(args.replot, chart=not args.no_chart)
     scale = QUICK if args.quick else FULL
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     if repeat < 1:
@@ -325,11 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nwrote {json_path}\nwrote {markdown_path}")
     if not args.no_chart:
         chart_path = args.output_dir / f"{stem}.png"
-        title = (
-            f"trio-mqtt {machine['trio_mqtt_commit']} vs {machine['mosquitto'] or 'mosquitto'}: "
-            f"medians of {repeat} run(s), "
-            f"{machine['nproc']} cores, Python {machine['python']}"
-        )
+        title = _chart_title(machine, repeat)
         skipped = write_chart(chart_path, rows, title)
         print(f"note: {skipped}" if skipped else f"wrote {chart_path}")
     failed = [record for record in records if not record.outcome.verified]

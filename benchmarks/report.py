@@ -30,6 +30,7 @@ __all__ = [
     "format_targets",
     "markdown_table",
     "markdown_targets",
+    "records_from_json",
     "summarize",
     "write_chart",
     "write_json",
@@ -350,6 +351,32 @@ def markdown_targets(results: Sequence[TargetResult]) -> str:
     return "\n".join(out)
 
 
+def records_from_json(document: dict[str, Any]) -> list[RunRecord]:
+    """The runs of a results document written by :func:`write_json`."""
+    records = []
+    for run in document["runs"]:
+        outcome = RunOutcome(
+            metrics=dict(run["metrics"]),
+            verified=bool(run["verified"]),
+            expected=int(run["expected"]),
+            received=int(run["received"]),
+            error_count=int(run["error_count"]),
+            errors=tuple(run["errors"]),
+            details=dict(run["details"]),
+        )
+        records.append(
+            RunRecord(
+                run["scenario"],
+                run["broker"],
+                int(run["repetition"]),
+                outcome,
+                float(run["wall_s"]),
+                float(run["background_busy"]),
+            )
+        )
+    return records
+
+
 # --- files --------------------------------------------------------------------------
 
 
@@ -388,13 +415,16 @@ def write_chart(path: Path, rows: Sequence[SummaryRow], title: str) -> str | Non
         return "nothing to chart"
     columns = min(4, len(shown))
     lines = (len(shown) + columns - 1) // columns
-    figure, axes = plt.subplots(lines, columns, figsize=(3.4 * columns, 3.0 * lines), squeeze=False)
+    figure, axes = plt.subplots(
+        lines, columns, figsize=(max(3.4 * columns, 8.0), 3.0 * lines + 0.4), squeeze=False
+    )
     colors = {TRIO: "#4c72b0", MOSQUITTO: "#dd8452"}
     for index, row in enumerate(shown):
         axis = axes[index // columns][index % columns]
         names = [TRIO, MOSQUITTO]
         values = [row.trio or 0.0, row.mosquitto or 0.0]
-        bars = axis.bar(names, values, color=[colors[name] for name in names])
+        labels = [TRIO, f"{MOSQUITTO} *" if row.scenario.mosquitto_note else MOSQUITTO]
+        bars = axis.bar(labels, values, color=[colors[name] for name in names])
         axis.bar_label(bars, labels=[_number(value) for value in values], fontsize=7)
         direction = "higher" if row.metric.higher_is_better else "lower"
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
@@ -407,8 +437,11 @@ def write_chart(path: Path, rows: Sequence[SummaryRow], title: str) -> str | Non
         axis.margins(y=0.15)
     for index in range(len(shown), lines * columns):
         axes[index // columns][index % columns].axis("off")
+    notes = sorted({row.scenario.mosquitto_note for row in shown if row.scenario.mosquitto_note})
+    if notes:
+        figure.text(0.01, 0.005, "  ".join(f"* {note}" for note in notes), fontsize=7)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0.0, 0.03, 1.0, 1.0))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return None
