@@ -285,7 +285,10 @@ class BrokerCore:
         conn.keep_alive = keep_alive
         conn.will = connect.will
         if v5:
-            conn.client_receive_maximum = props.receive_maximum or 65535
+            # our own receive_maximum caps what we send too ("each direction")
+            conn.client_receive_maximum = min(
+                props.receive_maximum or 65535, config.receive_maximum
+            )
             conn.client_max_packet_size = props.maximum_packet_size
         else:
             conn.client_receive_maximum = config.receive_maximum

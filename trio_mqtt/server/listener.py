@@ -164,6 +164,19 @@ async def _accept_loop(
 async def _handle_connection(
     core: BrokerCore, handle: ListenerHandle, stream: trio.SocketStream
 ) -> None:
+    scope = trio.CancelScope(shield=True)
+    handle._connection_scopes.add(scope)
+    try:
+        with scope:
+            await _serve_connection(core, handle, stream)
+    finally:
+        handle._connection_scopes.discard(scope)
+        handle._connection_ended()
+
+
+async def _serve_connection(
+    core: BrokerCore, handle: ListenerHandle, stream: trio.SocketStream
+) -> None:
     try:
         local = Endpoint.from_sockaddr(stream.socket.getsockname())
         try:
@@ -202,7 +215,6 @@ async def _handle_connection(
         await run_connection(mqtt_stream, core, peer)
     finally:
         await trio.aclose_forcefully(stream)
-        handle._connection_ended()
 
 
 async def _open_transport(
