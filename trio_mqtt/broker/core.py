@@ -49,6 +49,9 @@ from trio_mqtt.peer import PeerInfo
 
 log = logging.getLogger("trio_mqtt.broker")
 
+# A topic of at most this many characters is at most 65535 bytes of UTF-8.
+_SHORT_TOPIC = 65535 // 4
+
 # Prefix of in-process subscriber ids: U+0000 can never appear in an MQTT client id.
 LOCAL_PREFIX = "\x00local/"
 
@@ -427,7 +430,9 @@ class BrokerCore:
             raise RemoteProtocolError(
                 "topic alias used but Topic Alias Maximum is 0", ReasonCode.TOPIC_ALIAS_INVALID
             )
-        validate_topic_name(packet.topic)
+        topic = packet.topic
+        if not topic or "+" in topic or "#" in topic or len(topic) > _SHORT_TOPIC:
+            validate_topic_name(topic)  # the codec already refused U+0000 and bad UTF-8
         if props.subscription_identifiers:
             raise RemoteProtocolError(
                 "PUBLISH from a client carries a subscription identifier",
@@ -454,9 +459,8 @@ class BrokerCore:
         code: ReasonCode = ReasonCode.SUCCESS
         if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
             code = ReasonCode.PAYLOAD_FORMAT_INVALID
-        elif not all(
-            hook(conn.peer, conn.client_id, conn.username, packet.topic)
-            for hook in self.publish_hooks
+        elif self.publish_hooks and not all(
+            hook(conn.peer, conn.client_id, conn.username, topic) for hook in self.publish_hooks
         ):
             code = ReasonCode.NOT_AUTHORIZED
             log.info("publish to %r by %r not authorized", packet.topic, conn.client_id)
@@ -469,7 +473,7 @@ class BrokerCore:
                 properties=props,
                 publisher=conn.client_id,
                 peer=conn.peer,
-                created=self.now(),
+                created=self.clock(),
             )
             matched = self.publish(message)
             if not matched and v5:
@@ -496,8 +500,11 @@ class BrokerCore:
                 self.retained.delete(message.topic)
             self.dirty_retained.add(message.topic)
         deliveries = self.router.deliveries(message.topic, message.publisher)
+        # subscribers that get the same QoS / retain / subscription ids share one item
+        # (and so its encoded bytes)
+        items: dict[tuple[int, bool, tuple[int, ...]], QueuedMessage] = {}
         for delivery in deliveries:
-            self._deliver(message, delivery)
+            self._deliver(message, delivery, items)
         return len(deliveries)
 
     def set_retained(self, message: Message) -> None:
@@ -506,21 +513,27 @@ class BrokerCore:
         if message.properties.message_expiry_interval is not None:
             self.expiring_retained.add(message.topic)
 
-    def _deliver(self, message: Message, delivery: Delivery) -> None:
+    def _deliver(
+        self,
+        message: Message,
+        delivery: Delivery,
+        items: dict[tuple[int, bool, tuple[int, ...]], QueuedMessage],
+    ) -> None:
         client_id = delivery.client_id
-        local = self.local_subscribers.get(client_id)
-        if local is not None:
-            local(message)
-            return
         session = self.sessions.get(client_id)
         if session is None:
+            local = self.local_subscribers.get(client_id)
+            if local is not None:
+                local(message)
             return
-        item = QueuedMessage(
-            message=message,
-            qos=min(message.qos, delivery.qos),
-            retain=message.retain and delivery.retain_as_published,
-            subscription_identifiers=delivery.subscription_identifiers,
+        key = (
+            min(message.qos, delivery.qos),
+            message.retain and delivery.retain_as_published,
+            delivery.subscription_identifiers,
         )
+        item = items.get(key)
+        if item is None:
+            item = items[key] = QueuedMessage(message, *key)
         if session.enqueue(item):
             self.dirty_sessions.add(client_id)
             if session.connection is not None:

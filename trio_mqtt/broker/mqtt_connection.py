@@ -300,7 +300,7 @@ class MQTTConnection:
             if inflight.state is OutboundState.AWAIT_PUBCOMP:
                 self._send(Pubrel(inflight.packet_id))
             else:
-                self._out += self._encode_delivery(inflight.item, inflight.packet_id, now, dup=True)
+                self._out += self._encode_fresh(inflight.item, inflight.packet_id, now, dup=True)
 
     def _fill_from_session(self, session: Session) -> None:
         pending = session.pending
@@ -317,33 +317,69 @@ class MQTTConnection:
                 continue
             if item.qos == 0:
                 pending.popleft()
-                data = self._encode_delivery(item, None, now, dup=False)
-                if self._fits(data):
-                    out += data
+                if self._append_delivery(item, None, now):
                     stats.messages_sent += 1
                 continue
             if len(session.inflight_out) >= limit:
                 break
             pending.popleft()
             packet_id = session.allocate_packet_id()
-            data = self._encode_delivery(item, packet_id, now, dup=False)
-            if not self._fits(data):
+            if not self._append_delivery(item, packet_id, now):
                 continue
             state = OutboundState.AWAIT_PUBACK if item.qos == 1 else OutboundState.AWAIT_PUBREC
             session.inflight_out[packet_id] = OutboundInflight(packet_id, item, state)
-            out += data
             stats.messages_sent += 1
         if pending and len(out) >= MAX_BATCH_BYTES:
             self.on_output()  # batch full: come back for the rest after this write
 
-    def _fits(self, data: bytes) -> bool:
-        if self.client_max_packet_size is not None and len(data) > self.client_max_packet_size:
+    def _append_delivery(self, item: QueuedMessage, packet_id: int | None, now: float) -> bool:
+        """Write one PUBLISH of ``item`` to the output; False if too big for this client.
+
+        Subscribers of the same message share the encoded header (fixed header, topic,
+        properties) through ``item.encoded``; only the packet id is patched per client,
+        and the payload is copied straight from the message.
+        """
+        message = item.message
+        if message.properties.message_expiry_interval is not None:
+            # the forwarded expiry interval shrinks while queued: encode per send
+            data = self._encode_fresh(item, packet_id, now, dup=False)
+            if not self._fits(len(data)):
+                return False
+            self._out += data
+            return True
+        cache = item.encoded
+        if cache is None:
+            cache = item.encoded = {}
+        entry = cache.get(self.version)
+        if entry is None:
+            placeholder = None if item.qos == 0 else 1
+            data = self._encode_fresh(item, placeholder, now, dup=False)
+            header = data[: len(data) - len(message.payload)]
+            entry = cache[self.version] = (
+                header,
+                -1 if placeholder is None else _packet_id_offset(header),
+            )
+        header, offset = entry
+        if not self._fits(len(header) + len(message.payload)):
+            return False
+        out = self._out
+        if packet_id is None:
+            out += header
+        else:
+            out += header[:offset]
+            out += packet_id.to_bytes(2, "big")
+            out += header[offset + 2 :]
+        out += message.payload
+        return True
+
+    def _fits(self, size: int) -> bool:
+        if self.client_max_packet_size is not None and size > self.client_max_packet_size:
             # [MQTT-3.1.2-25]: too big for this client: drop it for this client only
             self.core.stats.messages_dropped += 1
             return False
         return True
 
-    def _encode_delivery(
+    def _encode_fresh(
         self, item: QueuedMessage, packet_id: int | None, now: float, *, dup: bool
     ) -> bytes:
         message = item.message
@@ -366,6 +402,15 @@ class MQTTConnection:
             props,
             self.version,
         )
+
+
+def _packet_id_offset(publish: bytes) -> int:
+    """Where the packet identifier sits in an encoded QoS 1/2 PUBLISH."""
+    index = 1
+    while publish[index] & 0x80:  # the Remaining Length varint (at most 4 bytes)
+        index += 1
+    topic_length = int.from_bytes(publish[index + 1 : index + 3], "big")
+    return index + 3 + topic_length
 
 
 def build_will_message(will: Will, client_id: str, peer: PeerInfo, now: float) -> Message:

@@ -31,12 +31,19 @@ NEVER_EXPIRES = 0xFFFFFFFF
 
 @attrs.define(eq=False, slots=True)
 class QueuedMessage:
-    """A message on its way to one session, at the QoS and flags of that delivery."""
+    """A message on its way to a session, at the QoS and flags of that delivery.
+
+    Never changed once made, so one instance is shared by every subscriber that gets
+    the message with the same QoS, retain flag and subscription identifiers; ``encoded``
+    then lets them share its PUBLISH bytes too (see ``MQTTConnection``).
+    """
 
     message: Message
     qos: int
     retain: bool
     subscription_identifiers: tuple[int, ...] = ()
+    # protocol level -> (PUBLISH bytes up to the payload, offset of the packet id or -1)
+    encoded: dict[int, tuple[bytes, int]] | None = None
 
 
 class OutboundState(enum.Enum):
