@@ -8,6 +8,7 @@ files of the TLS listeners (for new connections) and keeps the broker running.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -159,8 +160,19 @@ async def _run(config: BrokerConfig, *, serve: ServeFunction | None = None) -> N
             running.broker = await nursery.start(serve, config)
 
 
+# The broker allocates a great many short-lived objects that form no reference cycles
+# (packets, messages, queue entries); at CPython's default generation-0 threshold of 700
+# the cyclic collector runs thousands of times a second for nothing (measured: QoS 0
+# fan-in went from ~117k to ~138k msg/s with this setting). Cycles (e.g. exceptions with
+# tracebacks) are still collected, just less often. The standalone broker owns its
+# process, so it may set this; embedding applications keep their own GC settings.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def run_broker(config: BrokerConfig) -> None:
     """Run the broker in a new Trio event loop until SIGINT or SIGTERM."""
+    gc.freeze()  # what startup allocated is long-lived: keep it out of every collection
+    gc.set_threshold(*GC_THRESHOLDS)
     trio.run(_run, config)
 
 
