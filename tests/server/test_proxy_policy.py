@@ -7,6 +7,7 @@ exactly ``timeout``" is checked in virtual seconds.
 
 from __future__ import annotations
 
+import logging
 import struct
 
 import pytest
@@ -398,3 +399,28 @@ async def test_authority_becomes_the_sni() -> None:
     assert peer.tls.sni == "mqtt.example.com"
     assert peer.proxy_header.authority == "mqtt.example.com"
     assert peer.username == "device-42"
+
+
+async def closed_refusal(data: bytes) -> PreambleRejected:
+    client, server = trio.testing.memory_stream_pair()
+    if data:
+        await client.send_all(data)
+    await client.aclose()
+    with pytest.raises(PreambleRejected) as info:
+        await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
+    return info.value
+
+
+async def test_connect_and_close_without_a_byte_is_logged_at_info() -> None:
+    # what a load balancer's plain TCP health check does: not worth a warning
+    refusal = await closed_refusal(b"")
+    assert refusal.reason == "closed"
+    assert refusal.level == logging.INFO
+    assert "without sending anything" in refusal.detail
+
+
+async def test_close_in_the_middle_of_a_header_is_a_warning() -> None:
+    refusal = await closed_refusal(V1_HEADER[:10])
+    assert refusal.reason == "closed"
+    assert refusal.level == logging.WARNING
+    assert "before a complete PROXY header" in refusal.detail

@@ -188,7 +188,8 @@ async def _serve_connection(
             preamble = await read_proxy_preamble(stream, handle.config.proxy_protocol, peer)
         except PreambleRejected as exc:
             handle.rejections[exc.reason] += 1
-            log.warning(
+            log.log(
+                exc.level,
                 "listener %r: refused connection from %s: %s",
                 handle.name,
                 remote if remote is not None else "?",

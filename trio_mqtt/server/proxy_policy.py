@@ -18,6 +18,8 @@ connection never reaches MQTT code.
 
 from __future__ import annotations
 
+import logging
+
 import attrs
 import trio
 
@@ -33,12 +35,17 @@ _HEADER_FIRST_BYTES = frozenset(b"P\r")
 
 
 class PreambleRejected(Exception):
-    """The connection is refused by the listener's PROXY policy; ``reason`` is a short key."""
+    """The connection is refused by the listener's PROXY policy; ``reason`` is a short key.
 
-    def __init__(self, reason: str, detail: str) -> None:
+    ``level`` is the log level: a peer that connects and closes without sending a byte
+    (a load balancer's plain TCP health check) is INFO; everything else is WARNING.
+    """
+
+    def __init__(self, reason: str, detail: str, *, level: int = logging.WARNING) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.level = level
 
 
 @attrs.frozen
@@ -62,7 +69,7 @@ async def read_proxy_preamble(
     parser = ProxyParser(max_header_size=policy.max_header_size)
     try:
         with trio.fail_after(policy.timeout):
-            first = await _receive(stream)
+            first = await _receive(stream, nothing_yet=True)
             if policy.mode is ProxyMode.OPTIONAL:
                 if first[0] not in _HEADER_FIRST_BYTES:
                     return Preamble(peer, first)  # no header: the socket's addresses stand
@@ -85,15 +92,21 @@ async def read_proxy_preamble(
     return Preamble(apply_header(peer, header, policy), parser.leftover)
 
 
-async def _receive(stream: trio.abc.ReceiveStream) -> bytes:
+async def _receive(stream: trio.abc.ReceiveStream, *, nothing_yet: bool = False) -> bytes:
+    level = logging.INFO if nothing_yet else logging.WARNING
     try:
         data = await stream.receive_some(RECEIVE_SIZE)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise PreambleRejected(
-            "closed", f"connection lost before the PROXY header: {exc}"
+            "closed", f"connection lost before the PROXY header: {exc}", level=level
         ) from None
     if not data:
-        raise PreambleRejected("closed", "connection closed before a complete PROXY header")
+        detail = (
+            "connection closed without sending anything (a TCP health check?)"
+            if nothing_yet
+            else "connection closed before a complete PROXY header"
+        )
+        raise PreambleRejected("closed", detail, level=level)
     return bytes(data)
 
 
