@@ -62,26 +62,26 @@ async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, wakeup: _Wak
     # The CONNECT deadline is absolute (from transport ready): trickled bytes don't move
     # it. Once connected, each complete Control Packet (not each read: a packet trickled
     # byte by byte must not keep the connection alive) restarts the keep-alive timer.
-    deadline = trio.current_time() + (conn.idle_timeout or math.inf)
+    # One cancel scope for the whole loop, its deadline moved as packets arrive: cheaper
+    # than a new scope per read on the hot path.
     packets_seen = 0
-    while not conn.wants_close:
-        with trio.move_on_at(deadline) as scope:
+    with trio.CancelScope(deadline=trio.current_time() + (conn.idle_timeout or math.inf)) as idle:
+        while not conn.wants_close:
             try:
                 data = await stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
-        if scope.cancelled_caught:
-            conn.keepalive_expired()
+            if not data:
+                return  # EOF without DISCONNECT: an abnormal close (will is published)
+            conn.receive_data(data)
             wakeup.set()
-            return
-        if not data:
-            return  # EOF without DISCONNECT: an abnormal close (will is published)
-        conn.receive_data(data)
+            if conn.packets_received != packets_seen and conn.state is ConnectionState.CONNECTED:
+                packets_seen = conn.packets_received
+                timeout = conn.idle_timeout
+                idle.deadline = math.inf if timeout is None else trio.current_time() + timeout
+    if idle.cancelled_caught:
+        conn.keepalive_expired()
         wakeup.set()
-        if conn.packets_received != packets_seen and conn.state is ConnectionState.CONNECTED:
-            packets_seen = conn.packets_received
-            timeout = conn.idle_timeout
-            deadline = math.inf if timeout is None else trio.current_time() + timeout
 
 
 async def _write_loop(
