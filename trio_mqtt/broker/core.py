@@ -55,6 +55,10 @@ _SHORT_TOPIC = 65535 // 4
 # Prefix of in-process subscriber ids: U+0000 can never appear in an MQTT client id.
 LOCAL_PREFIX = "\x00local/"
 
+#: Topic Alias Maximum the broker advertises in CONNACK (5.0): how many topic aliases a
+#: client may set up per connection (1..TOPIC_ALIAS_MAXIMUM) in the PUBLISH it sends.
+TOPIC_ALIAS_MAXIMUM = 10
+
 
 class ConnectHook(Protocol):
     """Decides whether a CONNECT may proceed. Return None to accept, a reason code to refuse.
@@ -293,6 +297,7 @@ class BrokerCore:
                 props.receive_maximum or 65535, config.receive_maximum
             )
             conn.client_max_packet_size = props.maximum_packet_size
+            conn.client_topic_alias_maximum = props.topic_alias_maximum or 0
         else:
             conn.client_receive_maximum = config.receive_maximum
 
@@ -305,7 +310,7 @@ class BrokerCore:
                 maximum_packet_size=config.max_packet_size,
                 retain_available=None if config.retain_available else 0,
                 session_expiry_interval=(expiry if expiry != requested_expiry else None),
-                topic_alias_maximum=None,
+                topic_alias_maximum=TOPIC_ALIAS_MAXIMUM,
             )
         conn._send(Connack(session_present=session_present, properties=connack_props))
         self.stats.connects += 1
@@ -426,11 +431,14 @@ class BrokerCore:
     def handle_publish(self, conn: MQTTConnection, session: Session, packet: Publish) -> None:
         v5 = conn.version is ProtocolVersion.V5
         props = packet.properties
-        if props.topic_alias is not None:
-            raise RemoteProtocolError(
-                "topic alias used but Topic Alias Maximum is 0", ReasonCode.TOPIC_ALIAS_INVALID
-            )
         topic = packet.topic
+        if props.topic_alias is not None:
+            topic = self._resolve_topic_alias(conn, topic, props.topic_alias)
+            props = attrs.evolve(props, topic_alias=None)  # an alias is per hop, never stored
+        if not topic and v5:
+            raise RemoteProtocolError(
+                "PUBLISH with an empty topic name and no Topic Alias", ReasonCode.PROTOCOL_ERROR
+            )
         if not topic or "+" in topic or "#" in topic or len(topic) > _SHORT_TOPIC:
             validate_topic_name(topic)  # the codec already refused U+0000 and bad UTF-8
         if props.subscription_identifiers:
@@ -463,10 +471,10 @@ class BrokerCore:
             hook(conn.peer, conn.client_id, conn.username, topic) for hook in self.publish_hooks
         ):
             code = ReasonCode.NOT_AUTHORIZED
-            log.info("publish to %r by %r not authorized", packet.topic, conn.client_id)
+            log.info("publish to %r by %r not authorized", topic, conn.client_id)
         else:
             message = Message(
-                topic=packet.topic,
+                topic=topic,
                 payload=packet.payload,
                 qos=qos,
                 retain=packet.retain,
@@ -487,6 +495,32 @@ class BrokerCore:
             if not code.is_error:
                 session.inflight_in.add(packet_id)
             conn._send(Pubrec(packet_id, code))
+
+    @staticmethod
+    def _resolve_topic_alias(conn: MQTTConnection, topic: str, alias: int) -> str:
+        """Apply a Topic Alias of an incoming PUBLISH; returns the topic it stands for.
+
+        A PUBLISH with a topic name (re)binds the alias on this connection; one with an
+        empty topic name uses the binding [MQTT-3.3.2-12]. Aliases live only as long as
+        the network connection (5.0 section 3.3.2.3.4).
+        """
+        if not 1 <= alias <= TOPIC_ALIAS_MAXIMUM:
+            # [MQTT-3.3.2-8] (0 is not permitted), [MQTT-3.3.2-9] (above our maximum)
+            raise RemoteProtocolError(
+                f"Topic Alias {alias} is outside 1..{TOPIC_ALIAS_MAXIMUM}",
+                ReasonCode.TOPIC_ALIAS_INVALID,
+            )
+        if topic:
+            validate_topic_name(topic)
+            conn.inbound_topic_aliases[alias] = topic
+            return topic
+        bound = conn.inbound_topic_aliases.get(alias)
+        if bound is None:
+            raise RemoteProtocolError(
+                f"empty topic name with Topic Alias {alias}, which this connection never set",
+                ReasonCode.PROTOCOL_ERROR,
+            )
+        return bound
 
     def publish(self, message: Message) -> int:
         """Route a message to every matching subscriber; store it if retained.

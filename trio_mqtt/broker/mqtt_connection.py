@@ -87,6 +87,12 @@ class MQTTConnection:
     # limits the client asked for (5.0)
     client_receive_maximum: int = 65535
     client_max_packet_size: int | None = None
+    # Topic Alias Maximum from the client's CONNECT: how many aliases we may use (5.0)
+    client_topic_alias_maximum: int = 0
+    # topic aliases of this network connection: the client's (alias -> topic) and ours
+    inbound_topic_aliases: dict[int, str] = attrs.Factory(dict)
+    outbound_topic_aliases: dict[str, int] = attrs.Factory(dict)
+    _proposed_alias: tuple[str, int] | None = None  # (topic, alias) not yet written
     packets_received: int = 0  # complete Control Packets (the keep-alive timer counts these)
     close_reason: CloseReason | None = None
     close_detail: str = ""
@@ -301,6 +307,7 @@ class MQTTConnection:
                 self._send(Pubrel(inflight.packet_id))
             else:
                 self._out += self._encode_fresh(inflight.item, inflight.packet_id, now, dup=True)
+                self._commit_alias()
 
     def _fill_from_session(self, session: Session) -> None:
         pending = session.pending
@@ -340,12 +347,17 @@ class MQTTConnection:
         and the payload is copied straight from the message.
         """
         message = item.message
-        if message.properties.message_expiry_interval is not None:
-            # the forwarded expiry interval shrinks while queued: encode per send
+        if message.properties.message_expiry_interval is not None or (
+            self.client_topic_alias_maximum and self._outbound_alias(message.topic) is not None
+        ):
+            # the forwarded expiry interval shrinks while queued, and a topic alias is this
+            # connection's own: encode per send
             data = self._encode_fresh(item, packet_id, now, dup=False)
             if not self._fits(len(data)):
+                self._proposed_alias = None
                 return False
             self._out += data
+            self._commit_alias()
             return True
         cache = item.encoded
         if cache is None:
@@ -379,21 +391,56 @@ class MQTTConnection:
             return False
         return True
 
+    def _outbound_alias(self, topic: str) -> int | None:
+        """The Topic Alias to send ``topic`` with on this connection, or None for none.
+
+        A topic already bound is sent as an empty name plus its alias; otherwise, while
+        the client's Topic Alias Maximum leaves room, the next free alias is proposed (sent
+        with the full name to bind it) and recorded only once the PUBLISH is written
+        (``_commit_alias``), so a PUBLISH dropped as too big never binds an alias.
+        """
+        self._proposed_alias = None
+        bound = self.outbound_topic_aliases.get(topic)
+        if bound is not None:
+            return bound
+        if len(self.outbound_topic_aliases) < self.client_topic_alias_maximum:
+            alias = len(self.outbound_topic_aliases) + 1
+            self._proposed_alias = (topic, alias)
+            return alias
+        return None
+
+    def _commit_alias(self) -> None:
+        proposed = self._proposed_alias
+        if proposed is not None:
+            self.outbound_topic_aliases[proposed[0]] = proposed[1]
+            self._proposed_alias = None
+
     def _encode_fresh(
         self, item: QueuedMessage, packet_id: int | None, now: float, *, dup: bool
     ) -> bytes:
         message = item.message
         props = message.properties
+        topic = message.topic
         if self.version is ProtocolVersion.V5:
             expiry = message.remaining_expiry(now)
-            if item.subscription_identifiers or expiry != props.message_expiry_interval:
+            alias = None
+            if self.client_topic_alias_maximum:
+                alias = self._outbound_alias(topic)
+                if alias is not None and self._proposed_alias is None:
+                    topic = ""  # bound earlier on this connection: the alias alone names it
+            if (
+                item.subscription_identifiers
+                or expiry != props.message_expiry_interval
+                or alias != props.topic_alias
+            ):
                 props = attrs.evolve(
                     props,
                     subscription_identifiers=item.subscription_identifiers,
                     message_expiry_interval=expiry,
+                    topic_alias=alias,
                 )
         return encode_publish(
-            message.topic,
+            topic,
             message.payload,
             item.qos,
             item.retain,
