@@ -14,14 +14,11 @@ from integration.paho_helpers import blocking, paho_client, properties
 from paho.mqtt.packettypes import PacketTypes
 from rawclient import RawClient
 
-from trio_mqtt.broker.core import TOPIC_ALIAS_MAXIMUM, BrokerCore
+from trio_mqtt.broker.core import TOPIC_ALIAS_MAXIMUM
 from trio_mqtt.broker.message import Message
-from trio_mqtt.config import BrokerConfig
-from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import (
     Connack,
     Connect,
-    Packet,
     Properties,
     Puback,
     Publish,
@@ -30,12 +27,17 @@ from trio_mqtt.mqtt.packets import (
     SubscriptionRequest,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
-from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.testing import open_test_broker
 
-from .helpers import V5, expect_disconnect, raw_client, receive_publish, subscribe
-
-PEER = PeerInfo.from_socket("t", "tcp", Endpoint("127.0.0.1", 1883), Endpoint("192.0.2.1", 5))
+from .helpers import (
+    V5,
+    CoreClient,
+    expect_disconnect,
+    make_core,
+    raw_client,
+    receive_publish,
+    subscribe,
+)
 
 
 def alias(n: int) -> Properties:
@@ -195,28 +197,6 @@ async def test_resent_message_rebinds_alias_on_new_connection() -> None:
 
 
 # ------------------------------------------------------------- exact bytes (core)
-
-
-class CoreClient:
-    """One MQTTConnection driven by bytes, without sockets (as in tests/broker)."""
-
-    def __init__(self, core: BrokerCore) -> None:
-        self.core = core
-        self.reader = PacketReader(protocol_version=V5, server_side=False)
-        self.conn = core.open_connection(PEER, lambda: None)
-
-    def send(self, packet: Packet) -> None:
-        self.conn.receive_data(encode(packet, V5))
-
-    def raw(self) -> bytes:
-        return self.conn.data_to_send()
-
-    def packets(self) -> list[Packet]:
-        return self.reader.feed(self.raw())
-
-
-def make_core(**settings: object) -> BrokerCore:
-    return BrokerCore(config=BrokerConfig(**settings), clock=lambda: 100.0)  # type: ignore[arg-type]
 
 
 def test_outbound_alias_bytes() -> None:

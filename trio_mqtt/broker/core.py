@@ -22,8 +22,9 @@ from trio_mqtt.broker.mqtt_connection import (
     build_will_message,
 )
 from trio_mqtt.broker.retained import RetainedStore
-from trio_mqtt.broker.router import Delivery, Router, SubscriptionOptions
-from trio_mqtt.broker.sessions import NEVER_EXPIRES, QueuedMessage, Session
+from trio_mqtt.broker.router import Delivery, SubscriptionOptions
+from trio_mqtt.broker.sessions import NEVER_EXPIRES, OutboundState, QueuedMessage, Session
+from trio_mqtt.broker.shared import SharingRouter
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import RemoteProtocolError
@@ -58,6 +59,10 @@ LOCAL_PREFIX = "\x00local/"
 #: Topic Alias Maximum the broker advertises in CONNACK (5.0): how many topic aliases a
 #: client may set up per connection (1..TOPIC_ALIAS_MAXIMUM) in the PUBLISH it sends.
 TOPIC_ALIAS_MAXIMUM = 10
+
+# What subscribers share one QueuedMessage by: QoS, retain flag, subscription ids and
+# the shared subscriptions the delivery was chosen for
+_ItemKey = tuple[int, bool, tuple[int, ...], tuple[str, ...]]
 
 
 class ConnectHook(Protocol):
@@ -102,7 +107,7 @@ class ClientSummary:
 class BrokerCore:
     config: BrokerConfig
     clock: Callable[[], float]
-    router: Router = attrs.field(init=False)
+    router: SharingRouter = attrs.field(init=False)
     retained: RetainedStore[Message] = attrs.Factory(RetainedStore)
     sessions: dict[str, Session] = attrs.Factory(dict)
     # every live connection, CONNECTed or not yet (shutdown closes them all)
@@ -121,7 +126,7 @@ class BrokerCore:
     _started: float = 0.0
 
     def __attrs_post_init__(self) -> None:
-        self.router = Router(is_available=self._is_online)
+        self.router = SharingRouter(is_available=self._is_online)
         self._started = self.clock()
 
     def now(self) -> float:
@@ -311,6 +316,10 @@ class BrokerCore:
                 retain_available=None if config.retain_available else 0,
                 session_expiry_interval=(expiry if expiry != requested_expiry else None),
                 topic_alias_maximum=TOPIC_ALIAS_MAXIMUM,
+                # said explicitly (absent means the same): all three are supported
+                wildcard_subscription_available=1,
+                subscription_identifier_available=1,
+                shared_subscription_available=1,
             )
         conn._send(Connack(session_present=session_present, properties=connack_props))
         self.stats.connects += 1
@@ -393,6 +402,7 @@ class BrokerCore:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         self.router.unsubscribe_all(session.client_id)
+        self._redistribute_shared(session)
         if publish_delayed_will and session.delayed_will is not None:
             # [MQTT-3.1.3-9]: the will goes out when the session ends, even before its delay
             will = session.delayed_will
@@ -533,12 +543,12 @@ class BrokerCore:
             else:
                 self.retained.delete(message.topic)
             self.dirty_retained.add(message.topic)
-        deliveries = self.router.deliveries(message.topic, message.publisher)
+        deliveries = self.router.routed_deliveries(message.topic, message.publisher)
         # subscribers that get the same QoS / retain / subscription ids share one item
         # (and so its encoded bytes)
-        items: dict[tuple[int, bool, tuple[int, ...]], QueuedMessage] = {}
-        for delivery in deliveries:
-            self._deliver(message, delivery, items)
+        items: dict[_ItemKey, QueuedMessage] = {}
+        for routed in deliveries:
+            self._deliver(message, routed.delivery, items, routed.shared_filters)
         return len(deliveries)
 
     def set_retained(self, message: Message) -> None:
@@ -551,7 +561,8 @@ class BrokerCore:
         self,
         message: Message,
         delivery: Delivery,
-        items: dict[tuple[int, bool, tuple[int, ...]], QueuedMessage],
+        items: dict[_ItemKey, QueuedMessage],
+        shared_filters: tuple[str, ...] = (),
     ) -> None:
         client_id = delivery.client_id
         session = self.sessions.get(client_id)
@@ -564,6 +575,7 @@ class BrokerCore:
             min(message.qos, delivery.qos),
             message.retain and delivery.retain_as_published,
             delivery.subscription_identifiers,
+            shared_filters,
         )
         item = items.get(key)
         if item is None:
@@ -574,6 +586,47 @@ class BrokerCore:
                 session.connection.on_output()
         else:
             self.stats.messages_dropped += 1
+
+    def _redistribute_shared(self, session: Session) -> None:
+        """Hand the unacknowledged shared-subscription messages of an ending session on.
+
+        5.0 section 4.8.2: a message sent to a member of a shared subscription whose
+        session ends before it acknowledged it SHOULD go to another member. Queued and
+        in-flight QoS 1/2 messages (not yet PUBREC'd) and queued QoS 0 messages are
+        given to the next member in turn of each share group they were chosen for;
+        call this after the session's subscriptions were removed.
+        """
+        # in-flight ones were sent first: they go first again
+        items = [
+            inflight.item
+            for inflight in session.inflight_out.values()
+            if inflight.state is not OutboundState.AWAIT_PUBCOMP
+        ]
+        items += session.pending
+        now = self.now()
+        for item in items:
+            if not item.shared_filters or item.message.expired(now):
+                continue
+            for shared_filter in item.shared_filters:
+                member = self.router.pick_shared_member(shared_filter)
+                if member is None:
+                    continue  # the group is gone: nobody left to take it
+                options = member.options
+                identifier = options.subscription_identifier
+                delivery = Delivery(
+                    client_id=member.client_id,
+                    qos=options.qos,
+                    retain_as_published=options.retain_as_published,
+                    subscription_identifiers=() if identifier is None else (identifier,),
+                )
+                log.info(
+                    "shared subscription %r: message on %r from ended session %r goes to %r",
+                    shared_filter,
+                    item.message.topic,
+                    session.client_id,
+                    member.client_id,
+                )
+                self._deliver(item.message, delivery, {}, (shared_filter,))
 
     # ------------------------------------------------------------------- subscribe
 

@@ -42,6 +42,9 @@ class QueuedMessage:
     qos: int
     retain: bool
     subscription_identifiers: tuple[int, ...] = ()
+    # the shared subscriptions ($share/g/f) this delivery was chosen for: if the session
+    # ends before the message is acknowledged, another member of each gets it
+    shared_filters: tuple[str, ...] = ()
     # protocol level -> (PUBLISH bytes up to the payload, offset of the packet id or -1)
     encoded: dict[int, tuple[bytes, int]] | None = None
 
