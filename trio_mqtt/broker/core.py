@@ -14,6 +14,14 @@ from typing import Protocol
 
 import attrs
 
+from trio_mqtt.broker.enhanced_auth import (
+    AuthContinue,
+    Authenticator,
+    AuthExchange,
+    AuthFailure,
+    AuthOutcome,
+    AuthSuccess,
+)
 from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.mqtt_connection import (
     CloseReason,
@@ -28,9 +36,10 @@ from trio_mqtt.broker.shared import SharingRouter
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import RemoteProtocolError
-from trio_mqtt.mqtt.codec import PacketReader
+from trio_mqtt.mqtt.codec import DISCONNECT_REASON_CODES, PacketReader
 from trio_mqtt.mqtt.packets import (
     NO_PROPERTIES,
+    Auth,
     Connack,
     Connect,
     Disconnect,
@@ -103,6 +112,16 @@ class ClientSummary:
     subscriptions: tuple[str, ...]
 
 
+@attrs.frozen
+class _ConnectPlan:
+    """What CONNECT processing settled before enhanced authentication ran."""
+
+    client_id: str
+    assigned: str | None  # the Assigned Client Identifier (5.0), if the server chose it
+    keep_alive: int
+    server_keep_alive: int | None
+
+
 @attrs.define(eq=False)
 class BrokerCore:
     config: BrokerConfig
@@ -116,6 +135,7 @@ class BrokerCore:
     connect_hooks: list[ConnectHook] = attrs.Factory(list)
     publish_hooks: list[PublishHook] = attrs.Factory(list)
     subscribe_hooks: list[SubscribeHook] = attrs.Factory(list)
+    authenticators: dict[str, Authenticator] = attrs.Factory(dict)
     stats: BrokerStats = attrs.Factory(BrokerStats)
     # What changed since the persistence store last saved (client ids / retained topics).
     dirty_sessions: set[str] = attrs.Factory(set)
@@ -165,22 +185,25 @@ class BrokerCore:
             for conn in self.connected_clients()
         ]
 
+    def _refuse(self, conn: MQTTConnection, connect: Connect, code: ReasonCode, why: str) -> None:
+        log.info(
+            "refused CONNECT from %s (client id %r): %s [%s]",
+            conn.peer.describe(),
+            connect.client_id,
+            why,
+            code.name,
+        )
+        self.stats.connects_refused += 1
+        conn._send(Connack(reason_code=code))
+        conn._close(CloseReason.CONNECT_REFUSED, why)
+
     def handle_connect(self, conn: MQTTConnection, connect: Connect) -> None:
         config = self.config
         version = connect.protocol_version
         v5 = version is ProtocolVersion.V5
 
         def refuse(code: ReasonCode, why: str) -> None:
-            log.info(
-                "refused CONNECT from %s (client id %r): %s [%s]",
-                conn.peer.describe(),
-                connect.client_id,
-                why,
-                code.name,
-            )
-            self.stats.connects_refused += 1
-            conn._send(Connack(reason_code=code))
-            conn._close(CloseReason.CONNECT_REFUSED, why)
+            self._refuse(conn, connect, code, why)
 
         # Client identifier rules [MQTT-3.1.3-7], [MQTT-3.1.3-8], 5.0 3.1.3.1.
         client_id = connect.client_id
@@ -206,12 +229,15 @@ class BrokerCore:
                 refuse(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain but retain unavailable")
                 return
         props = connect.properties
+        authenticator: Authenticator | None = None
         if v5 and props.authentication_method is not None:
-            refuse(
-                ReasonCode.BAD_AUTHENTICATION_METHOD,
-                f"authentication method {props.authentication_method!r} is not supported",
-            )
-            return
+            authenticator = self.authenticators.get(props.authentication_method)
+            if authenticator is None:
+                refuse(
+                    ReasonCode.BAD_AUTHENTICATION_METHOD,
+                    f"authentication method {props.authentication_method!r} is not supported",
+                )
+                return
 
         # Keep alive: 5.0 clients are told the server's value; older ones cannot be, so
         # a value above max_keepalive (0 counts as infinite) is refused.
@@ -231,10 +257,35 @@ class BrokerCore:
         if conn.peer.identity_error is not None:
             refuse(ReasonCode.NOT_AUTHORIZED, conn.peer.identity_error)
             return
+        plan = _ConnectPlan(client_id, assigned, keep_alive, server_keep_alive)
+        if authenticator is not None:
+            exchange = AuthExchange(authenticator, connect)
+            self._auth_outcome(conn, exchange, plan, authenticator.start(conn.peer, connect))
+            return
+        self._accept_connect(conn, connect, plan, None)
+
+    def _accept_connect(
+        self,
+        conn: MQTTConnection,
+        connect: Connect,
+        plan: _ConnectPlan,
+        auth_done: AuthSuccess | None,
+    ) -> None:
+        """The rest of CONNECT, once enhanced authentication (if any) has succeeded."""
+        config = self.config
+        version = connect.protocol_version
+        v5 = version is ProtocolVersion.V5
+        props = connect.properties
+        client_id = plan.client_id
+        keep_alive = plan.keep_alive
+
+        def refuse(code: ReasonCode, why: str) -> None:
+            self._refuse(conn, connect, code, why)
+
         # Authentication: the certificate-derived username, when the listener set one,
         # overrides whatever the client sent; the CONNECT username is never trusted with it.
         username = conn.peer.username if conn.peer.username is not None else connect.username
-        if username is None and not config.allow_anonymous:
+        if username is None and not config.allow_anonymous and auth_done is None:
             refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is disabled")
             return
         for hook in self.connect_hooks:
@@ -291,6 +342,9 @@ class BrokerCore:
         self.dirty_sessions.add(client_id)
 
         conn.state = ConnectionState.CONNECTED
+        conn.auth_plan = None
+        if auth_done is not None:
+            conn.auth_connect = connect  # re-authentication goes by its method
         conn.session = session
         conn.client_id = client_id
         conn.username = username
@@ -309,8 +363,10 @@ class BrokerCore:
         connack_props = NO_PROPERTIES
         if v5:
             connack_props = Properties(
-                assigned_client_identifier=assigned,
-                server_keep_alive=server_keep_alive,
+                assigned_client_identifier=plan.assigned,
+                server_keep_alive=plan.server_keep_alive,
+                authentication_method=(None if auth_done is None else props.authentication_method),
+                authentication_data=None if auth_done is None else auth_done.data,
                 receive_maximum=config.receive_maximum,
                 maximum_packet_size=config.max_packet_size,
                 retain_available=None if config.retain_available else 0,
@@ -337,6 +393,104 @@ class BrokerCore:
         )
         if session_present:
             conn.resend_inflight(session)
+
+    def _auth_outcome(
+        self,
+        conn: MQTTConnection,
+        exchange: AuthExchange,
+        plan: _ConnectPlan | None,
+        outcome: AuthOutcome,
+    ) -> None:
+        """Act on what an authenticator said: AUTH 0x18, accept, or refuse."""
+        method = exchange.authenticator.method
+        connect = exchange.connect
+        match outcome:
+            case AuthContinue(data=data, state=state):
+                exchange.state = state
+                conn.auth_exchange = exchange
+                if plan is not None:
+                    conn.auth_plan = plan
+                    conn.state = ConnectionState.AUTHENTICATING
+                conn._send(
+                    Auth(
+                        ReasonCode.CONTINUE_AUTHENTICATION,
+                        Properties(authentication_method=method, authentication_data=data),
+                    )
+                )
+            case AuthSuccess():
+                conn.auth_exchange = None
+                if exchange.reauthentication:
+                    log.info("client %r re-authenticated (%s)", conn.client_id, method)
+                    conn._send(
+                        Auth(
+                            ReasonCode.SUCCESS,
+                            Properties(
+                                authentication_method=method, authentication_data=outcome.data
+                            ),
+                        )
+                    )
+                else:
+                    assert plan is not None
+                    conn.state = ConnectionState.AWAIT_CONNECT  # as before CONNECT completes
+                    self._accept_connect(conn, connect, plan, outcome)
+            case AuthFailure(reason_code=code, reason=why):
+                conn.auth_exchange = None
+                if exchange.reauthentication:
+                    log.info("re-authentication of %r failed: %s", conn.client_id, why)
+                    if code not in DISCONNECT_REASON_CODES:  # e.g. 0x86: CONNACK only
+                        code = ReasonCode.NOT_AUTHORIZED
+                    conn._send_disconnect(code, why)
+                    conn._close(CloseReason.PROTOCOL_ERROR, f"re-authentication failed: {why}")
+                else:
+                    self._refuse(conn, connect, code, why)
+
+    def handle_auth(self, conn: MQTTConnection, packet: Auth) -> None:
+        """An AUTH from the client: a step of an exchange, or a re-authentication request."""
+        props = packet.properties
+        exchange = conn.auth_exchange
+        if conn.state is ConnectionState.CONNECTED and exchange is None:
+            first = conn.auth_connect
+            if first is None:
+                # 5.0 section 4.12: only a CONNECT with an Authentication Method allows AUTH
+                raise RemoteProtocolError(
+                    "AUTH without an authentication method in CONNECT", ReasonCode.PROTOCOL_ERROR
+                )
+            if packet.reason_code != ReasonCode.RE_AUTHENTICATE:
+                raise RemoteProtocolError(
+                    f"AUTH {packet.reason_code:#04x} outside an authentication exchange",
+                    ReasonCode.PROTOCOL_ERROR,
+                )
+            self._check_auth_method(first, props.authentication_method)
+            authenticator = self.authenticators[first.properties.authentication_method or ""]
+            again = attrs.evolve(
+                first,
+                properties=attrs.evolve(
+                    first.properties, authentication_data=props.authentication_data
+                ),
+            )
+            exchange = AuthExchange(authenticator, again, reauthentication=True)
+            self._auth_outcome(conn, exchange, None, authenticator.start(conn.peer, again))
+            return
+        if exchange is None or packet.reason_code != ReasonCode.CONTINUE_AUTHENTICATION:
+            raise RemoteProtocolError(
+                f"AUTH {packet.reason_code:#04x} is not a continuation of the exchange",
+                ReasonCode.PROTOCOL_ERROR,
+            )
+        self._check_auth_method(exchange.connect, props.authentication_method)
+        outcome = exchange.authenticator.step(conn.peer, exchange.state, props.authentication_data)
+        self._auth_outcome(
+            conn, exchange, None if exchange.reauthentication else conn.auth_plan, outcome
+        )
+
+    @staticmethod
+    def _check_auth_method(connect: Connect, method: str | None) -> None:
+        if method != connect.properties.authentication_method:
+            # 5.0 section 4.12: the method must stay the one the CONNECT named
+            raise RemoteProtocolError(
+                f"AUTH with authentication method {method!r}, not "
+                f"{connect.properties.authentication_method!r} as in CONNECT",
+                ReasonCode.PROTOCOL_ERROR,
+            )
 
     def handle_disconnect(self, conn: MQTTConnection, session: Session, packet: Disconnect) -> None:
         props = packet.properties

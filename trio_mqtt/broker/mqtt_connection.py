@@ -45,7 +45,8 @@ from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 
 if TYPE_CHECKING:
-    from trio_mqtt.broker.core import BrokerCore
+    from trio_mqtt.broker.core import BrokerCore, _ConnectPlan
+    from trio_mqtt.broker.enhanced_auth import AuthExchange
 
 log = logging.getLogger("trio_mqtt.connection")
 
@@ -55,6 +56,7 @@ MAX_BATCH_BYTES = 256 * 1024
 
 class ConnectionState(enum.Enum):
     AWAIT_CONNECT = "await-connect"
+    AUTHENTICATING = "authenticating"  # CONNECT received, AUTH exchange under way (5.0)
     CONNECTED = "connected"
     CLOSED = "closed"
 
@@ -93,6 +95,11 @@ class MQTTConnection:
     inbound_topic_aliases: dict[int, str] = attrs.Factory(dict)
     outbound_topic_aliases: dict[str, int] = attrs.Factory(dict)
     _proposed_alias: tuple[str, int] | None = None  # (topic, alias) not yet written
+    # enhanced authentication (5.0): the exchange under way, what CONNECT settled before
+    # it, and the CONNECT that authenticated (re-authentication uses its method)
+    auth_exchange: AuthExchange | None = None
+    auth_plan: _ConnectPlan | None = None
+    auth_connect: Connect | None = None
     packets_received: int = 0  # complete Control Packets (the keep-alive timer counts these)
     close_reason: CloseReason | None = None
     close_detail: str = ""
@@ -108,7 +115,7 @@ class MQTTConnection:
     @property
     def idle_timeout(self) -> float | None:
         """Seconds of silence after which the server layer calls ``keepalive_expired``."""
-        if self.state is ConnectionState.AWAIT_CONNECT:
+        if self.state is not ConnectionState.CONNECTED:
             return self.core.config.connect_timeout
         if self.keep_alive == 0:
             return None
@@ -160,6 +167,9 @@ class MQTTConnection:
             return
         if self.state is ConnectionState.AWAIT_CONNECT:
             self._close(CloseReason.PROTOCOL_ERROR, "no CONNECT within connect_timeout")
+            return
+        if self.state is ConnectionState.AUTHENTICATING:
+            self._close(CloseReason.PROTOCOL_ERROR, "authentication exchange timed out")
             return
         self._send_disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
         self._close(CloseReason.KEEPALIVE_TIMEOUT, f"no packet for {self.idle_timeout:g}s")
@@ -213,7 +223,11 @@ class MQTTConnection:
             code.name,
         )
         self.core.stats.protocol_errors += 1
-        if self.state is ConnectionState.AWAIT_CONNECT and self.reader.protocol_version is not None:
+        if self.state is ConnectionState.AUTHENTICATING:
+            self._send(Connack(reason_code=code))  # no CONNACK yet: it carries the error
+        elif (
+            self.state is ConnectionState.AWAIT_CONNECT and self.reader.protocol_version is not None
+        ):
             # A malformed CONNECT of a known version: 5.0 answers with a CONNACK reason code.
             self.version = self.reader.protocol_version
             if self.version is ProtocolVersion.V5:
@@ -240,6 +254,18 @@ class MQTTConnection:
                 )
             self.version = packet.protocol_version
             self.core.handle_connect(self, packet)
+            return
+        if self.state is ConnectionState.AUTHENTICATING:
+            # until CONNACK only AUTH and DISCONNECT may come (5.0 section 4.12)
+            if isinstance(packet, Auth):
+                self.core.handle_auth(self, packet)
+            elif isinstance(packet, Disconnect):
+                self._close(CloseReason.CLIENT_DISCONNECT, "during authentication")
+            else:
+                raise RemoteProtocolError(
+                    f"{type(packet).__name__.upper()} before the authentication exchange ended",
+                    ReasonCode.PROTOCOL_ERROR,
+                )
             return
         session = self.session
         if session is None:  # taken over; ignore whatever is still in flight
@@ -279,9 +305,7 @@ class MQTTConnection:
             case Disconnect():
                 self.core.handle_disconnect(self, session, packet)
             case Auth():
-                raise RemoteProtocolError(
-                    "AUTH without an authentication method", ReasonCode.PROTOCOL_ERROR
-                )
+                self.core.handle_auth(self, packet)
             case Connect():
                 raise RemoteProtocolError("second CONNECT", ReasonCode.PROTOCOL_ERROR)
             case _:

@@ -18,6 +18,7 @@ import trio
 
 from trio_mqtt.broker.auth import install_auth
 from trio_mqtt.broker.core import BrokerCore, ClientSummary, ConnectHook, PublishHook, SubscribeHook
+from trio_mqtt.broker.enhanced_auth import Authenticator
 from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.broker.store import PersistenceWriteError, SQLiteStore
@@ -113,6 +114,15 @@ class Broker:
 
     def add_subscribe_hook(self, hook: SubscribeHook) -> None:
         self.core.subscribe_hooks.append(hook)
+
+    def add_authenticator(self, authenticator: Authenticator) -> None:
+        """Serve one MQTT 5 enhanced Authentication Method (see ``enhanced_auth``)."""
+        method = authenticator.method
+        if not method:
+            raise ValueError("an authenticator needs a non-empty method name")
+        if method in self.core.authenticators:
+            raise ValueError(f"an authenticator for method {method!r} is already registered")
+        self.core.authenticators[method] = authenticator
 
     def retained(self, topic: str) -> Message | None:
         """The retained message on ``topic`` (with who published it), if any."""
