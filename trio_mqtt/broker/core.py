@@ -152,6 +152,10 @@ class BrokerCore:
     def now(self) -> float:
         return self.clock()
 
+    def uptime(self) -> float:
+        """Seconds since this core was made (the broker started)."""
+        return self.clock() - self._started
+
     def _is_online(self, client_id: str) -> bool:
         if client_id in self.local_subscribers:
             return True

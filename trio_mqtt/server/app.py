@@ -22,6 +22,7 @@ from trio_mqtt.broker.enhanced_auth import Authenticator
 from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.broker.store import PersistenceWriteError, SQLiteStore
+from trio_mqtt.broker.sys_topics import publish_sys_topics
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
@@ -223,6 +224,8 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
                 handle = await nursery.start(serve_listener, core, listener_config)
                 broker.listeners[listener_config.name] = handle
             nursery.start_soon(_housekeeping, core, store)
+            if config.sys_interval > 0:
+                nursery.start_soon(_sys_topics, core, config.sys_interval)
             try:
                 yield broker
             finally:
@@ -257,6 +260,13 @@ async def _housekeeping(core: BrokerCore, store: SQLiteStore | None) -> None:
         core.tick()
         if store is not None:
             await _save(core, store)
+
+
+async def _sys_topics(core: BrokerCore, interval: float) -> None:
+    """Publish the ``$SYS/broker/...`` statistics now and every ``interval`` seconds."""
+    while True:
+        publish_sys_topics(core)
+        await trio.sleep(interval)
 
 
 async def _save(core: BrokerCore, store: SQLiteStore) -> None:

@@ -1,0 +1,95 @@
+"""``$SYS/broker/...`` statistics: retained, refreshed every ``sys_interval`` seconds."""
+
+from __future__ import annotations
+
+import trio
+
+from trio_mqtt._version import __version__
+from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.sys_topics import publish_sys_topics, sys_values
+from trio_mqtt.mqtt.packets import Publish
+from trio_mqtt.testing import open_test_broker
+
+from .helpers import CoreClient, FakeClock, make_core, raw_client, receive_publish, subscribe
+
+TOPICS = {
+    "$SYS/broker/version",
+    "$SYS/broker/uptime",
+    "$SYS/broker/clients/connected",
+    "$SYS/broker/messages/received",
+    "$SYS/broker/messages/sent",
+    "$SYS/broker/retained messages/count",
+}
+
+
+def test_values_from_the_core() -> None:
+    clock = FakeClock(now=50.0)
+    core = make_core(clock)
+    core.set_retained(Message("r/1", b"x", retain=True))
+    client = CoreClient(core)
+    client.connect("c")
+    client.send(Publish("a", b"1"))
+    clock.now += 12.7
+    assert sys_values(core) == {
+        "$SYS/broker/version": f"trio-mqtt {__version__}",
+        "$SYS/broker/uptime": "12 seconds",
+        "$SYS/broker/clients/connected": "1",
+        "$SYS/broker/messages/received": "1",
+        "$SYS/broker/messages/sent": "0",
+        "$SYS/broker/retained messages/count": "1",
+    }
+
+
+def test_published_retained_and_not_persisted() -> None:
+    core = make_core()
+    publish_sys_topics(core)
+    for topic in TOPICS:
+        stored = core.retained.get(topic)
+        assert stored is not None
+        assert stored.retain
+    assert not (core.dirty_retained & TOPICS)
+
+
+async def test_subscriber_gets_retained_values_then_updates() -> None:
+    async with (
+        open_test_broker(sys_interval=0.2) as broker,
+        raw_client(broker.port, "watcher") as (client, _),
+    ):
+        await subscribe(client, ("$SYS/broker/#", 0))
+        first: dict[str, bytes] = {}
+        for _ in range(len(TOPICS)):
+            packet = await receive_publish(client)
+            assert packet.retain  # from the retained store [MQTT-3.3.1-8]
+            first[packet.topic] = packet.payload
+        assert set(first) == TOPICS
+        assert first["$SYS/broker/version"] == f"trio-mqtt {__version__}".encode()
+        await client.send(Publish("x/y", b"counted"))
+        # the next rounds: live messages (retain 0 for a plain subscription)
+        with trio.fail_after(3):
+            while True:
+                packet = await receive_publish(client)
+                assert not packet.retain
+                if packet.topic == "$SYS/broker/messages/received" and packet.payload == b"1":
+                    break
+        connected = broker.retained("$SYS/broker/clients/connected")
+        assert connected is not None
+        assert connected.payload == b"1"
+
+
+async def test_wildcard_subscription_does_not_see_sys() -> None:
+    # [MQTT-4.7.2-1]: a filter starting with a wildcard never matches a topic starting with $
+    async with (
+        open_test_broker(sys_interval=0.05) as broker,
+        raw_client(broker.port, "all") as (client, _),
+    ):
+        await subscribe(client, ("#", 0))
+        await trio.sleep(0.2)  # several $SYS rounds happen meanwhile
+        await broker.publish("plain", b"p")
+        packet = await receive_publish(client)
+        assert packet.topic == "plain"
+
+
+async def test_zero_interval_disables_sys() -> None:
+    async with open_test_broker(sys_interval=0) as broker:
+        await trio.sleep(0.05)
+        assert broker.retained("$SYS/broker/version") is None
