@@ -1,7 +1,8 @@
 """Shared subscriptions: CONNACK availability flags and redistribution (5.0 section 4.8.2).
 
 When the session of a member ends while messages chosen for it through a shared
-subscription are still queued or unacknowledged, the next member in turn gets them.
+subscription are still queued (never sent) or unacknowledged at QoS 1, the next member in
+turn gets them; a QoS 2 message already sent stays with its member [MQTT-4.8.2-5].
 """
 
 from __future__ import annotations
@@ -81,20 +82,52 @@ def test_member_options_apply_to_the_moved_message() -> None:
     core = make_core()
     a = CoreClient(core)
     a.connect("a")
-    a.subscribe((GROUP, 2))
+    a.subscribe((GROUP, 1))
     b = CoreClient(core)
     b.connect("b")
     b.subscribe((GROUP, 0), sub_id=7)
+    core.publish(Message("s/x", b"q1", qos=1))
+    (sent,) = a.publishes()
+    assert sent.qos == 1
+    a.drop()
+    (moved,) = b.publishes()
+    assert (moved.payload, moved.qos, moved.properties.subscription_identifiers) == (
+        b"q1",
+        0,
+        (7,),
+    )
+
+
+def test_sent_qos2_message_is_not_moved() -> None:
+    """[MQTT-4.8.2-5]: a QoS 2 message already sent to a member whose session ends MUST
+    NOT go to another member (even before its PUBREC)."""
+    core = make_core()
+    a = CoreClient(core)
+    a.connect("a")
+    a.subscribe((GROUP, 2))
+    b = CoreClient(core)
+    b.connect("b")
+    b.subscribe((GROUP, 2))
     core.publish(Message("s/x", b"q2", qos=2))
     (sent,) = a.publishes()
     assert sent.qos == 2
     a.drop()
-    (moved,) = b.publishes()
-    assert (moved.payload, moved.qos, moved.properties.subscription_identifiers) == (
-        b"q2",
-        0,
-        (7,),
-    )
+    assert b.raw() == b""
+
+
+def test_queued_qos2_message_never_sent_is_moved() -> None:
+    core = make_core()
+    a = CoreClient(core)
+    a.connect("a", properties=Properties(receive_maximum=1))
+    a.subscribe((GROUP, 2))
+    core.publish(Message("s/x", b"sent", qos=2))
+    core.publish(Message("s/x", b"queued", qos=2))
+    assert [p.payload for p in a.publishes()] == [b"sent"]
+    b = CoreClient(core)
+    b.connect("b")
+    b.subscribe((GROUP, 2))
+    a.drop()
+    assert [(p.payload, p.qos) for p in b.publishes()] == [(b"queued", 2)]
 
 
 def test_pubrec_received_message_is_not_moved() -> None:

@@ -748,17 +748,18 @@ class BrokerCore:
     def _redistribute_shared(self, session: Session) -> None:
         """Hand the unacknowledged shared-subscription messages of an ending session on.
 
-        5.0 section 4.8.2: a message sent to a member of a shared subscription whose
-        session ends before it acknowledged it SHOULD go to another member. Queued and
-        in-flight QoS 1/2 messages (not yet PUBREC'd) and queued QoS 0 messages are
-        given to the next member in turn of each share group they were chosen for;
-        call this after the session's subscriptions were removed.
+        5.0 section 4.8.2: a QoS 1 message sent to a member of a shared subscription whose
+        session ends before it acknowledged it SHOULD go to another member; a QoS 2 one
+        that was sent MUST NOT [MQTT-4.8.2-5]. So unacknowledged in-flight QoS 1 messages
+        and every queued (never sent) message are given to the next member in turn of
+        each share group they were chosen for; call this after the session's
+        subscriptions were removed.
         """
         # in-flight ones were sent first: they go first again
         items = [
             inflight.item
             for inflight in session.inflight_out.values()
-            if inflight.state is not OutboundState.AWAIT_PUBCOMP
+            if inflight.item.qos == 1 and inflight.state is OutboundState.AWAIT_PUBACK
         ]
         items += session.pending
         now = self.now()

@@ -1,7 +1,8 @@
 """Shared subscriptions: which deliveries came through a share group, and handing them on.
 
-MQTT 5.0 section 4.8.2: a message sent to one member of a shared subscription whose
-session then ends without acknowledging it SHOULD go to another member. To do that the
+MQTT 5.0 section 4.8.2: a QoS 1 message sent to one member of a shared subscription
+whose session then ends without acknowledging it SHOULD go to another member (a QoS 2
+one MUST NOT, [MQTT-4.8.2-5]; the core decides which). To do that the
 broker must know, per delivery, the share groups it was chosen for; the plain
 ``Router.deliveries`` merges those into the client's delivery and forgets them.
 ``SharingRouter`` is a ``Router`` that also reports them, and that picks a replacement
