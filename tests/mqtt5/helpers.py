@@ -104,6 +104,7 @@ class CoreClient:
         self.version = version
         self.reader = PacketReader(protocol_version=version, server_side=False)
         self.conn = core.open_connection(PEER, lambda: None)
+        self._held: list[Packet] = []  # decoded after CONNACK by connect(), not yet returned
 
     def send(self, packet: Packet) -> None:
         self.conn.receive_data(encode(packet, self.version))
@@ -112,7 +113,8 @@ class CoreClient:
         return self.conn.data_to_send()
 
     def packets(self) -> list[Packet]:
-        return self.reader.feed(self.raw())
+        held, self._held = self._held, []
+        return held + self.reader.feed(self.raw())
 
     def publishes(self) -> list[Publish]:
         out = self.packets()
@@ -121,7 +123,7 @@ class CoreClient:
 
     def connect(self, client_id: str, **kwargs: object) -> Connack:
         self.send(Connect(client_id, self.version, **kwargs))  # type: ignore[arg-type]
-        (connack,) = self.packets()
+        connack, *self._held = self.packets()  # a resumed session may send more at once
         assert isinstance(connack, Connack), connack
         return connack
 

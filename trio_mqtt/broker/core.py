@@ -500,7 +500,7 @@ class BrokerCore:
         props = packet.properties
         if props.session_expiry_interval is not None:
             if session.expiry_interval == 0 and props.session_expiry_interval != 0:
-                # [MQTT-3.14.2-2]
+                # 5.0 section 3.14.2.2.2: a Protocol Error after CONNECT said 0
                 raise RemoteProtocolError(
                     "DISCONNECT sets a session expiry interval after CONNECT set 0",
                     ReasonCode.PROTOCOL_ERROR,
