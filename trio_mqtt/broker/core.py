@@ -738,6 +738,8 @@ class BrokerCore:
         item = items.get(key)
         if item is None:
             item = items[key] = QueuedMessage(message, *key)
+        elif item.encoded is None:
+            item.encoded = {}  # a second recipient: worth sharing the encoded header
         if session.enqueue(item):
             self.dirty_sessions.add(client_id)
             if session.connection is not None:

@@ -371,11 +371,14 @@ class MQTTConnection:
         and the payload is copied straight from the message.
         """
         message = item.message
-        if message.properties.message_expiry_interval is not None or (
-            self.client_topic_alias_maximum and self._outbound_alias(message.topic) is not None
+        cache = item.encoded
+        if (
+            cache is None
+            or message.properties.message_expiry_interval is not None
+            or (self.client_topic_alias_maximum and self._outbound_alias(message.topic) is not None)
         ):
-            # the forwarded expiry interval shrinks while queued, and a topic alias is this
-            # connection's own: encode per send
+            # a single recipient has nothing to share; the forwarded expiry interval
+            # shrinks while queued; a topic alias is this connection's own: encode now
             data = self._encode_fresh(item, packet_id, now, dup=False)
             if not self._fits(len(data)):
                 self._proposed_alias = None
@@ -383,9 +386,6 @@ class MQTTConnection:
             self._out += data
             self._commit_alias()
             return True
-        cache = item.encoded
-        if cache is None:
-            cache = item.encoded = {}
         entry = cache.get(self.version)
         if entry is None:
             placeholder = None if item.qos == 0 else 1

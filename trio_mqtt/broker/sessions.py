@@ -45,7 +45,8 @@ class QueuedMessage:
     # the shared subscriptions ($share/g/f) this delivery was chosen for: if the session
     # ends before the message is acknowledged, another member of each gets it
     shared_filters: tuple[str, ...] = ()
-    # protocol level -> (PUBLISH bytes up to the payload, offset of the packet id or -1)
+    # protocol level -> (PUBLISH bytes up to the payload, offset of the packet id or -1);
+    # None until a second recipient shares the item (one recipient: nothing to share)
     encoded: dict[int, tuple[bytes, int]] | None = None
 
 
