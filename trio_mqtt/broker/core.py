@@ -701,12 +701,16 @@ class BrokerCore:
             else:
                 self.retained.delete(message.topic)
             self.dirty_retained.add(message.topic)
-        deliveries = self.router.routed_deliveries(message.topic, message.publisher)
+        deliveries, shares = self.router.routed_deliveries(message.topic, message.publisher)
         # subscribers that get the same QoS / retain / subscription ids share one item
         # (and so its encoded bytes)
         items: dict[_ItemKey, QueuedMessage] = {}
-        for routed in deliveries:
-            self._deliver(message, routed.delivery, items, routed.shared_filters)
+        if shares:
+            for delivery in deliveries:
+                self._deliver(message, delivery, items, shares.get(delivery.client_id, ()))
+        else:
+            for delivery in deliveries:
+                self._deliver(message, delivery, items)
         return len(deliveries)
 
     def set_retained(self, message: Message) -> None:

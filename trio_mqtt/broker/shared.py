@@ -11,20 +11,18 @@ member of a group when one leaves.
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import attrs
 
 from trio_mqtt.broker.router import Delivery, Router, Subscription, _aggregate, _merge
 from trio_mqtt.mqtt.topics import parse_shared_filter
 
-__all__ = ["RoutedDelivery", "SharingRouter"]
+__all__ = ["NO_SHARES", "SharedFilters", "SharingRouter"]
 
-
-@attrs.frozen
-class RoutedDelivery:
-    """A :class:`Delivery` plus the shared filters (``$share/g/f``) it was chosen for."""
-
-    delivery: Delivery
-    shared_filters: tuple[str, ...] = ()
+# client id -> the shared filters (``$share/g/f``) its delivery was chosen for
+SharedFilters: TypeAlias = dict[str, tuple[str, ...]]
+NO_SHARES: SharedFilters = {}
 
 
 @attrs.define(eq=False)
@@ -33,15 +31,17 @@ class SharingRouter(Router):
 
     def routed_deliveries(
         self, topic: str, publisher_client_id: str | None = None
-    ) -> list[RoutedDelivery]:
-        """Like :meth:`Router.deliveries`, with each delivery's shared filters.
+    ) -> tuple[list[Delivery], SharedFilters]:
+        """Like :meth:`Router.deliveries`, plus the shared filters of each delivery.
 
         Advances the round-robin of the matching share groups exactly as ``deliveries``.
+        The common case (no share group, no No Local) builds no per-delivery objects:
+        it is on the path of every PUBLISH.
         """
         plan = self._plan(topic)
         skip_own = publisher_client_id is not None and publisher_client_id in plan.no_local
         if not plan.groups and not skip_own:
-            return [RoutedDelivery(d) for d in plan.deliveries.values()]
+            return list(plan.deliveries.values()), NO_SHARES
         result = dict(plan.deliveries)
         if skip_own:
             assert publisher_client_id is not None
@@ -55,10 +55,9 @@ class SharingRouter(Router):
                 continue
             result[chosen.client_id] = _merge(result.get(chosen.client_id), chosen)
             shared.setdefault(chosen.client_id, []).append(chosen.topic_filter)
-        return [
-            RoutedDelivery(delivery, tuple(shared.get(client_id, ())))
-            for client_id, delivery in result.items()
-        ]
+        return list(result.values()), {
+            client_id: tuple(filters) for client_id, filters in shared.items()
+        }
 
     def pick_shared_member(self, shared_filter: str) -> Subscription | None:
         """The next member in turn of the share group ``$share/g/f``; None if it is empty."""
