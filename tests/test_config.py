@@ -700,3 +700,10 @@ def test_is_trusted(host: str, trusted: bool) -> None:
 def test_is_trusted_with_scope_id() -> None:
     policy = ProxyPolicy(mode="required", trusted_sources=["fe80::/10"])
     assert policy.is_trusted("fe80::1%eth0")
+
+
+def test_topic_alias_maximum_setting() -> None:
+    assert BrokerConfig().topic_alias_maximum == 10
+    assert parse_config({"broker": {"topic_alias_maximum": 0}}).topic_alias_maximum == 0
+    with pytest.raises(ConfigError, match=r"broker\.topic_alias_maximum.*65535"):
+        parse_config({"broker": {"topic_alias_maximum": 65536}}, file="b.toml")

@@ -397,6 +397,7 @@ class BrokerConfig:
     max_keepalive: int = attrs.field(default=65535, validator=_int_in(1, 65535))
     connect_timeout: float = attrs.field(default=10.0, validator=_seconds(allow_zero=False))
     receive_maximum: int = attrs.field(default=20, validator=_int_in(1, 65535))
+    topic_alias_maximum: int = attrs.field(default=10, validator=_int_in(0, 65535))
     max_queued_messages: int = attrs.field(default=1000, validator=_int_in(1))
     max_session_expiry: int = attrs.field(default=86400, validator=_int_in(0, MAX_SESSION_EXPIRY))
     retain_available: bool = attrs.field(default=True, validator=_bool)

@@ -1,6 +1,6 @@
 """Topic aliases (MQTT 5.0 section 3.3.2.3.4), both directions.
 
-Inbound: the broker advertises TOPIC_ALIAS_MAXIMUM in CONNACK and resolves the aliases a
+Inbound: the broker advertises ``topic_alias_maximum`` in CONNACK and resolves the aliases a
 client sets up, per connection. Outbound: when a client's CONNECT allows N aliases, the
 first N topics sent to it get aliases and are then sent as an empty topic plus alias.
 """
@@ -14,11 +14,11 @@ from integration.paho_helpers import blocking, paho_client, properties
 from paho.mqtt.packettypes import PacketTypes
 from rawclient import RawClient
 
-from trio_mqtt.broker.core import TOPIC_ALIAS_MAXIMUM
 from trio_mqtt.broker.message import Message
 from trio_mqtt.mqtt.packets import (
     Connack,
     Connect,
+    Disconnect,
     Properties,
     Puback,
     Publish,
@@ -48,9 +48,32 @@ def alias(n: int) -> Properties:
 
 
 async def test_connack_advertises_topic_alias_maximum() -> None:
-    assert TOPIC_ALIAS_MAXIMUM == 10
     async with open_test_broker() as broker, raw_client(broker.port, "c") as (_c, connack):
-        assert connack.properties.topic_alias_maximum == 10
+        assert connack.properties.topic_alias_maximum == 10  # the default
+
+
+async def test_topic_alias_maximum_is_configurable_and_enforced() -> None:
+    async with (
+        open_test_broker(topic_alias_maximum=2) as broker,
+        raw_client(broker.port, "c") as (client, connack),
+    ):
+        assert connack.properties.topic_alias_maximum == 2
+        await client.send(Publish("a/b", b"x", qos=1, packet_id=1, properties=alias(3)))
+        packets = await client.expect_closed()
+        assert len(packets) == 1 and isinstance(packets[0], Disconnect)
+        assert packets[0].reason_code == ReasonCode.TOPIC_ALIAS_INVALID
+
+
+async def test_topic_alias_maximum_zero_advertises_none_and_refuses_aliases() -> None:
+    async with (
+        open_test_broker(topic_alias_maximum=0) as broker,
+        raw_client(broker.port, "c") as (client, connack),
+    ):
+        assert connack.properties.topic_alias_maximum is None
+        await client.send(Publish("a/b", b"x", qos=0, properties=alias(1)))
+        packets = await client.expect_closed()
+        assert len(packets) == 1 and isinstance(packets[0], Disconnect)
+        assert packets[0].reason_code == ReasonCode.TOPIC_ALIAS_INVALID
 
 
 async def test_inbound_alias_is_bound_then_used() -> None:

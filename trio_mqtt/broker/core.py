@@ -65,10 +65,6 @@ _SHORT_TOPIC = 65535 // 4
 # Prefix of in-process subscriber ids: U+0000 can never appear in an MQTT client id.
 LOCAL_PREFIX = "\x00local/"
 
-#: Topic Alias Maximum the broker advertises in CONNACK (5.0): how many topic aliases a
-#: client may set up per connection (1..TOPIC_ALIAS_MAXIMUM) in the PUBLISH it sends.
-TOPIC_ALIAS_MAXIMUM = 10
-
 # What subscribers share one QueuedMessage by: QoS, retain flag, subscription ids and
 # the shared subscriptions the delivery was chosen for
 _ItemKey = tuple[int, bool, tuple[int, ...], tuple[str, ...]]
@@ -375,7 +371,7 @@ class BrokerCore:
                 maximum_packet_size=config.max_packet_size,
                 retain_available=None if config.retain_available else 0,
                 session_expiry_interval=(expiry if expiry != requested_expiry else None),
-                topic_alias_maximum=TOPIC_ALIAS_MAXIMUM,
+                topic_alias_maximum=config.topic_alias_maximum or None,
                 # said explicitly (absent means the same): all three are supported
                 wildcard_subscription_available=1,
                 subscription_identifier_available=1,
@@ -664,18 +660,18 @@ class BrokerCore:
                 session.inflight_in.add(packet_id)
             conn._send(Pubrec(packet_id, code))
 
-    @staticmethod
-    def _resolve_topic_alias(conn: MQTTConnection, topic: str, alias: int) -> str:
+    def _resolve_topic_alias(self, conn: MQTTConnection, topic: str, alias: int) -> str:
         """Apply a Topic Alias of an incoming PUBLISH; returns the topic it stands for.
 
         A PUBLISH with a topic name (re)binds the alias on this connection; one with an
         empty topic name uses the binding [MQTT-3.3.2-12]. Aliases live only as long as
         the network connection (5.0 section 3.3.2.3.4).
         """
-        if not 1 <= alias <= TOPIC_ALIAS_MAXIMUM:
+        maximum = self.config.topic_alias_maximum
+        if not 1 <= alias <= maximum:
             # [MQTT-3.3.2-8] (0 is not permitted), [MQTT-3.3.2-9] (above our maximum)
             raise RemoteProtocolError(
-                f"Topic Alias {alias} is outside 1..{TOPIC_ALIAS_MAXIMUM}",
+                f"Topic Alias {alias} is outside 1..{maximum}",
                 ReasonCode.TOPIC_ALIAS_INVALID,
             )
         if topic:
