@@ -30,9 +30,8 @@ from trio_mqtt.broker.mqtt_connection import (
     build_will_message,
 )
 from trio_mqtt.broker.retained import RetainedStore
-from trio_mqtt.broker.router import Delivery, SubscriptionOptions
+from trio_mqtt.broker.router import Delivery, Router, SubscriptionOptions
 from trio_mqtt.broker.sessions import NEVER_EXPIRES, OutboundState, QueuedMessage, Session
-from trio_mqtt.broker.shared import SharingRouter
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import RemoteProtocolError
@@ -122,7 +121,7 @@ class _ConnectPlan:
 class BrokerCore:
     config: BrokerConfig
     clock: Callable[[], float]
-    router: SharingRouter = attrs.field(init=False)
+    router: Router = attrs.field(init=False)
     retained: RetainedStore[Message] = attrs.Factory(RetainedStore)
     sessions: dict[str, Session] = attrs.Factory(dict)
     # every live connection, CONNECTed or not yet (shutdown closes them all)
@@ -142,7 +141,7 @@ class BrokerCore:
     _started: float = 0.0
 
     def __attrs_post_init__(self) -> None:
-        self.router = SharingRouter(is_available=self._is_online)
+        self.router = Router(is_available=self._is_online)
         self._started = self.clock()
 
     def now(self) -> float:
