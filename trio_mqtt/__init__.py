@@ -2,6 +2,7 @@
 
 from trio_mqtt._version import __version__
 from trio_mqtt.broker.core import ClientSummary, ConnectHook, PublishHook, SubscribeHook
+from trio_mqtt.broker.enhanced_auth import AuthContinue, Authenticator, AuthFailure, AuthSuccess
 from trio_mqtt.broker.message import Message
 from trio_mqtt.config import (
     BrokerConfig,
@@ -26,6 +27,10 @@ from trio_mqtt.peer import Endpoint, PeerInfo, TLSInfo
 from trio_mqtt.server.app import Broker, MessageStream, open_broker, serve
 
 __all__ = [
+    "AuthContinue",
+    "AuthFailure",
+    "AuthSuccess",
+    "Authenticator",
     "Broker",
     "BrokerConfig",
     "ClientSummary",
