@@ -448,22 +448,7 @@ class Router:
         Subscriptions with No Local are skipped for the publishing client itself. Each
         call advances the round-robin of the matching shared groups.
         """
-        plan = self._plan(topic)
-        skip_own = publisher_client_id is not None and publisher_client_id in plan.no_local
-        if not plan.groups and not skip_own:
-            return list(plan.deliveries.values())
-        result = dict(plan.deliveries)
-        if skip_own:
-            assert publisher_client_id is not None
-            del result[publisher_client_id]
-            kept = [s for s in plan.no_local[publisher_client_id] if not s.options.no_local]
-            result.update(_aggregate(kept))
-        for group in plan.groups:
-            chosen = group.pick(self.is_available)
-            if chosen.options.no_local and chosen.client_id == publisher_client_id:
-                continue
-            result[chosen.client_id] = _merge(result.get(chosen.client_id), chosen)
-        return list(result.values())
+        return self.routed_deliveries(topic, publisher_client_id)[0]
 
     def routed_deliveries(
         self, topic: str, publisher_client_id: str | None = None
