@@ -870,7 +870,9 @@ def _validate_max_packet_size(instance: object, attribute: object, value: int) -
         raise ValueError(f"max_packet_size must be at least 2 bytes, got {value}")
 
 
-@attrs.define(kw_only=True)
+# No on_setattr hooks: the reader's fields are assigned on every feed(), and attrs'
+# validating __setattr__ would run for each (max_packet_size is validated at creation).
+@attrs.define(kw_only=True, on_setattr=attrs.setters.NO_OP)
 class PacketReader:
     """Incremental MQTT decoder: ``feed()`` bytes as they arrive, get complete packets.
 
