@@ -5,7 +5,8 @@ One or more tests per feature of docs/mqtt5.md that paho can express: message ex
 Handling), subscription identifiers, shared subscriptions, the Will Delay Interval
 (and a session ending before it), session expiry changed on DISCONNECT,
 request/response properties and the payload format check, Receive Maximum both ways
-(0x93 for a client that exceeds ours), Maximum Packet Size, single-step enhanced authentication and the ``$SYS/broker`` topics.
+(0x93 for a client that exceeds ours), Maximum Packet Size, single-step enhanced
+authentication and the ``$SYS/broker`` topics.
 Topic aliases have their own tests (tests/mqtt5/test_topic_aliases.py). Multi-step
 enhanced authentication is not tested here: paho 2.2 does not answer AUTH packets.
 """
