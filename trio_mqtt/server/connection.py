@@ -5,18 +5,28 @@ The reader feeds received bytes to the sans-IO state machine under the idle time
 state machine has output, then writes everything queued in one ``send_all`` (acks and
 messages from other clients are batched). When the state machine wants the connection
 closed, the writer flushes what is left, within a bound, and both tasks end.
+
+One shortcut (plain TCP only): when the writer is idle, the reader writes the answer to
+what it just read itself, with one non-blocking write, and leaves to the writer only
+what the socket did not take at once. A request/response exchange (PUBLISH -> PUBACK,
+PINGREQ -> PINGRESP, a client's own subscription) then costs one pass through Trio's
+scheduler instead of two. The reader never waits for the socket to become writable: a
+client may be blocked writing to us until we read, so the reader must keep reading.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 
 import trio
 
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.mqtt_connection import ConnectionState, MQTTConnection
 from trio_mqtt.peer import PeerInfo
+from trio_mqtt.server.prefixed_stream import PrefixedStream
 
 log = logging.getLogger("trio_mqtt.server")
 
@@ -25,32 +35,78 @@ RECEIVE_SIZE = 65536
 FINAL_FLUSH_TIMEOUT = 2.0
 
 
-class _Wakeup:
-    """A level-triggered "there is output" flag the writer can wait on."""
+class _Output:
+    """The write side of one connection, shared by its reader and writer tasks.
 
-    __slots__ = ("_event",)
+    ``wakeup()`` is a level-triggered "there is output" flag the writer waits on.
+    ``write_now()`` is the reader's shortcut (see the module docstring); ``busy`` (the
+    writer is inside ``send_all``) and ``carry`` (bytes the shortcut could not write,
+    which the writer sends first) keep the two from reordering or interleaving bytes.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_event", "_fd", "busy", "carry")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self._event = trio.Event()
+        self._fd = _socket_fd(stream)
+        self.busy = False
+        self.carry = b""
 
-    def set(self) -> None:
+    def wakeup(self) -> None:
         self._event.set()
 
     async def wait(self) -> None:
         await self._event.wait()
         self._event = trio.Event()
 
+    def take(self, conn: MQTTConnection) -> bytes:
+        """Everything to write next, in order: the carry, then the connection's output."""
+        data = conn.data_to_send()
+        if self.carry:
+            data, self.carry = self.carry + data, b""
+        return data
+
+    def write_now(self, conn: MQTTConnection) -> None:
+        """Write the connection's output without blocking, or leave it to the writer.
+
+        A connection about to close is always left to the writer: it owns the last flush.
+        """
+        if self._fd < 0 or self.busy or self.carry or conn.wants_close:
+            self._event.set()
+            return
+        data = conn.data_to_send()
+        if not data:
+            return
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:
+            # would block, or the connection broke: the writer's send_all waits for
+            # room, or meets the same error and ends the connection
+            sent = 0
+        if sent < len(data):
+            self.carry = data[sent:]
+            self._event.set()
+
+
+def _socket_fd(stream: trio.abc.Stream) -> int:
+    """The socket file descriptor under a plain TCP stream; -1 for TLS, WebSocket, ..."""
+    while isinstance(stream, PrefixedStream):
+        stream = stream.transport_stream  # sends go straight through to the transport
+    if isinstance(stream, trio.SocketStream) and sys.platform != "win32":
+        return stream.socket.fileno()
+    return -1
+
 
 async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerInfo) -> None:
     """Serve MQTT on ``stream`` until either side closes it. Always closes ``stream``."""
-    wakeup = _Wakeup()
-    conn = core.open_connection(peer, wakeup.set)
+    output = _Output(stream)
+    conn = core.open_connection(peer, output.wakeup)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_loop, stream, conn, wakeup, nursery.cancel_scope)
-            await _read_loop(stream, conn, wakeup)
+            nursery.start_soon(_write_loop, stream, conn, output, nursery.cancel_scope)
+            await _read_loop(stream, conn, output)
             if conn.wants_close:
-                wakeup.set()  # the writer flushes the last packets, then ends
+                output.wakeup()  # the writer flushes the last packets, then ends
             else:
                 nursery.cancel_scope.cancel()  # EOF or broken transport: nothing to say
     finally:
@@ -58,7 +114,7 @@ async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerIn
         await trio.aclose_forcefully(stream)
 
 
-async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, wakeup: _Wakeup) -> None:
+async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, output: _Output) -> None:
     # The CONNECT deadline is absolute (from transport ready): trickled bytes don't move
     # it. Once connected, each complete Control Packet (not each read: a packet trickled
     # byte by byte must not keep the connection alive) restarts the keep-alive timer.
@@ -74,30 +130,34 @@ async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, wakeup: _Wak
             if not data:
                 return  # EOF without DISCONNECT: an abnormal close (will is published)
             conn.receive_data(data)
-            wakeup.set()
+            output.write_now(conn)
             if conn.packets_received != packets_seen and conn.state is ConnectionState.CONNECTED:
                 packets_seen = conn.packets_received
                 timeout = conn.idle_timeout
                 idle.deadline = math.inf if timeout is None else trio.current_time() + timeout
     if idle.cancelled_caught:
         conn.keepalive_expired()
-        wakeup.set()
+        output.wakeup()
 
 
 async def _write_loop(
-    stream: trio.abc.Stream, conn: MQTTConnection, wakeup: _Wakeup, scope: trio.CancelScope
+    stream: trio.abc.Stream, conn: MQTTConnection, output: _Output, scope: trio.CancelScope
 ) -> None:
     try:
         while True:
-            await wakeup.wait()
-            data = conn.data_to_send()
+            await output.wait()
+            data = output.take(conn)
             if conn.wants_close:
                 if data:
                     with trio.move_on_after(FINAL_FLUSH_TIMEOUT):
                         await stream.send_all(data)
                 return
             if data:
-                await stream.send_all(data)
+                output.busy = True
+                try:
+                    await stream.send_all(data)
+                finally:
+                    output.busy = False
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:

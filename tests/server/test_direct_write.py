@@ -1,0 +1,122 @@
+"""The reader's direct write on plain socket streams (trio_mqtt/server/connection.py).
+
+When the writer task is idle, the reader writes the answer to what it just read with one
+non-blocking write and leaves the rest to the writer. These tests run ``run_connection``
+on a real socket pair with small buffers, so that the direct write meets a full socket,
+and check what must hold whichever task writes: nothing lost, nothing reordered, and the
+reader keeps reading while the client is not reading (no deadlock).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.config import BrokerConfig
+from trio_mqtt.mqtt.codec import PacketReader, encode
+from trio_mqtt.mqtt.packets import (
+    Connack,
+    Connect,
+    Pingreq,
+    Pingresp,
+    ProtocolVersion,
+    Puback,
+    Publish,
+    Suback,
+    Subscribe,
+    SubscriptionRequest,
+)
+from trio_mqtt.peer import Endpoint, PeerInfo
+from trio_mqtt.server.connection import run_connection
+from trio_mqtt.server.prefixed_stream import PrefixedStream
+
+V311 = ProtocolVersion.V311
+PEER = PeerInfo.from_socket(
+    "socketpair", "tcp", Endpoint("127.0.0.1", 1883), Endpoint("127.0.0.1", 40000)
+)
+SMALL_BUFFER = 4096  # the kernel rounds it up a little; far below what the tests send
+
+
+def socket_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """(client, server) socket streams whose send buffers are small."""
+    client_sock, server_sock = trio.socket.socketpair()
+    for sock in (client_sock, server_sock):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+    return trio.SocketStream(client_sock), trio.SocketStream(server_sock)
+
+
+async def read_packets(stream: trio.SocketStream, reader: PacketReader, count: int) -> list[object]:
+    packets: list[object] = []
+    while len(packets) < count:
+        data = await stream.receive_some(65536)
+        assert data, f"connection closed after {len(packets)} of {count} packets"
+        packets += reader.feed(data)
+    return packets
+
+
+def make_core() -> BrokerCore:
+    return BrokerCore(config=BrokerConfig(), clock=trio.current_time)
+
+
+async def test_pipelining_client_that_reads_only_at_the_end_gets_every_ack_in_order() -> None:
+    # 30,000 QoS 1 PUBLISHes (~0.5 MB) sent before reading anything: their PUBACKs
+    # (~120 KB) fill the server's small send buffer long before the client is done.
+    # A reader that waited for the socket to take its PUBACKs would stop reading, and
+    # the client would block in send_all: both stuck until the keep-alive timeout.
+    count = 30_000
+    client, server = socket_stream_pair()
+    reader = PacketReader(protocol_version=V311, server_side=False)
+    publishes = b"".join(
+        encode(Publish(topic="p/t", payload=b"0123456789", qos=1, packet_id=n), V311)
+        for n in range(1, count + 1)
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_connection, PrefixedStream(server, b""), make_core(), PEER)
+            await client.send_all(encode(Connect(client_id="pipeliner", keep_alive=60), V311))
+            await client.send_all(publishes)  # would hang if the server stopped reading
+            packets = await read_packets(client, reader, count + 1)
+            nursery.cancel_scope.cancel()
+    assert isinstance(packets[0], Connack)
+    assert packets[1:] == [Puback(n) for n in range(1, count + 1)]
+
+
+async def test_own_subscription_messages_and_acks_arrive_in_order_under_back_pressure() -> None:
+    # Each PUBLISH gives a PUBACK and a delivery to the publisher itself, from whichever
+    # task writes; with the socket full part of the time both tasks take turns. (Fewer
+    # messages than max_queued_messages: a full queue would drop QoS 0 deliveries.)
+    count = 500
+    padding = bytes(200)
+    client, server = socket_stream_pair()
+    reader = PacketReader(protocol_version=V311, server_side=False)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_connection, server, make_core(), PEER)
+            await client.send_all(encode(Connect(client_id="echo", keep_alive=60), V311))
+            subscribe = Subscribe(packet_id=1, subscriptions=(SubscriptionRequest("p/#", 0),))
+            await client.send_all(encode(subscribe, V311))
+            assert await read_packets(client, reader, 2) == [
+                Connack(),
+                Suback(packet_id=1, reason_codes=(0,)),
+            ]
+            publishes = b"".join(
+                encode(
+                    Publish(
+                        topic="p/t", payload=n.to_bytes(4, "big") + padding, qos=1, packet_id=n
+                    ),
+                    V311,
+                )
+                for n in range(1, count + 1)
+            )
+            await client.send_all(publishes + encode(Pingreq(), V311))
+            packets = await read_packets(client, reader, 2 * count + 1)
+            nursery.cancel_scope.cancel()
+    acks = [p for p in packets if isinstance(p, Puback)]
+    delivered = [p for p in packets if isinstance(p, Publish)]
+    assert acks == [Puback(n) for n in range(1, count + 1)]
+    assert [int.from_bytes(p.payload[:4], "big") for p in delivered] == list(range(1, count + 1))
+    assert all(p.qos == 0 and p.payload[4:] == padding for p in delivered)
+    assert packets.count(Pingresp()) == 1  # in no set order with the deliveries
