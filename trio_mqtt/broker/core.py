@@ -592,24 +592,26 @@ class BrokerCore:
     # --------------------------------------------------------------------- publish
 
     def handle_publish(self, conn: MQTTConnection, session: Session, packet: Publish) -> None:
-        v5 = conn.version is ProtocolVersion.V5
         props = packet.properties
         topic = packet.topic
-        if props.topic_alias is not None:
-            topic = self._resolve_topic_alias(conn, topic, props.topic_alias)
-            props = attrs.evolve(props, topic_alias=None)  # an alias is per hop, never stored
+        if props is not NO_PROPERTIES:  # the per-PUBLISH cost of 5.0 properties: only if any
+            if props.topic_alias is not None:
+                topic = self._resolve_topic_alias(conn, topic, props.topic_alias)
+                props = attrs.evolve(props, topic_alias=None)  # per hop, never stored
+            if props.subscription_identifiers:
+                raise RemoteProtocolError(
+                    "PUBLISH from a client carries a subscription identifier",
+                    ReasonCode.PROTOCOL_ERROR,
+                )
+        v5 = conn.version is ProtocolVersion.V5
         if not topic and v5:
             raise RemoteProtocolError(
                 "PUBLISH with an empty topic name and no Topic Alias", ReasonCode.PROTOCOL_ERROR
             )
         if not topic or "+" in topic or "#" in topic or len(topic) > _SHORT_TOPIC:
             validate_topic_name(topic)  # the codec already refused U+0000 and bad UTF-8
-        if props.subscription_identifiers:
-            raise RemoteProtocolError(
-                "PUBLISH from a client carries a subscription identifier",
-                ReasonCode.PROTOCOL_ERROR,
-            )
-        if packet.retain and not self.config.retain_available:
+        retain = packet.retain
+        if retain and not self.config.retain_available:
             raise RemoteProtocolError(
                 "retain is not available on this broker", ReasonCode.RETAIN_NOT_SUPPORTED
             )
@@ -617,15 +619,16 @@ class BrokerCore:
         packet_id = packet.packet_id
         self.stats.messages_received += 1
 
-        if qos == 2 and packet_id is not None and packet_id in session.inflight_in:
-            conn._send(Pubrec(packet_id))  # duplicate of a QoS 2 message we already have
-            return
-        if v5 and qos == 2 and len(session.inflight_in) >= self.config.receive_maximum:
-            raise RemoteProtocolError(
-                f"more than Receive Maximum ({self.config.receive_maximum}) QoS 2 messages "
-                "in flight",
-                ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
-            )
+        if qos == 2:
+            if packet_id in session.inflight_in:
+                conn._send(Pubrec(packet_id))  # duplicate of a QoS 2 message we already have
+                return
+            if v5 and len(session.inflight_in) >= self.config.receive_maximum:
+                raise RemoteProtocolError(
+                    f"more than Receive Maximum ({self.config.receive_maximum}) QoS 2 "
+                    "messages in flight",
+                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+                )
 
         code: ReasonCode = ReasonCode.SUCCESS
         if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
@@ -636,18 +639,11 @@ class BrokerCore:
             code = ReasonCode.NOT_AUTHORIZED
             log.info("publish to %r by %r not authorized", topic, conn.client_id)
         else:
+            # positional: measurably cheaper than keywords on this path
             message = Message(
-                topic=topic,
-                payload=packet.payload,
-                qos=qos,
-                retain=packet.retain,
-                properties=props,
-                publisher=conn.client_id,
-                peer=conn.peer,
-                created=self.clock(),
+                topic, packet.payload, qos, retain, props, conn.client_id, conn.peer, self.clock()
             )
-            matched = self.publish(message)
-            if not matched and v5:
+            if not self.publish(message) and v5:
                 code = ReasonCode.NO_MATCHING_SUBSCRIBERS
 
         if packet_id is None:
@@ -697,6 +693,9 @@ class BrokerCore:
                 self.retained.delete(message.topic)
             self.dirty_retained.add(message.topic)
         deliveries, shares = self.router.routed_deliveries(message.topic, message.publisher)
+        if len(deliveries) == 1 and not shares:
+            self._deliver(message, deliveries[0], None)  # one recipient: nothing to share
+            return 1
         # subscribers that get the same QoS / retain / subscription ids share one item
         # (and so its encoded bytes)
         items: dict[_ItemKey, QueuedMessage] = {}
@@ -718,9 +717,13 @@ class BrokerCore:
         self,
         message: Message,
         delivery: Delivery,
-        items: dict[_ItemKey, QueuedMessage],
+        items: dict[_ItemKey, QueuedMessage] | None,
         shared_filters: tuple[str, ...] = (),
     ) -> None:
+        """Queue ``message`` for one recipient; ``items`` shares queue entries among them.
+
+        The hot path of routing: runs once per message and recipient.
+        """
         client_id = delivery.client_id
         session = self.sessions.get(client_id)
         if session is None:
@@ -728,23 +731,32 @@ class BrokerCore:
             if local is not None:
                 local(message)
             return
-        key = (
-            min(message.qos, delivery.qos),
-            message.retain and delivery.retain_as_published,
-            delivery.subscription_identifiers,
-            shared_filters,
-        )
-        item = items.get(key)
-        if item is None:
-            item = items[key] = QueuedMessage(message, *key)
-        elif item.encoded is None:
-            item.encoded = {}  # a second recipient: worth sharing the encoded header
-        if session.enqueue(item):
-            self.dirty_sessions.add(client_id)
-            if session.connection is not None:
-                session.connection.on_output()
+        qos = message.qos if message.qos < delivery.qos else delivery.qos
+        retain = message.retain and delivery.retain_as_published
+        if items is None:
+            item = QueuedMessage(
+                message, qos, retain, delivery.subscription_identifiers, shared_filters
+            )
         else:
+            key = (qos, retain, delivery.subscription_identifiers, shared_filters)
+            shared_item = items.get(key)
+            if shared_item is None:
+                item = items[key] = QueuedMessage(message, *key)
+            else:
+                item = shared_item
+                if item.encoded is None:
+                    item.encoded = {}  # a second recipient: worth sharing the encoded header
+        connection = session.connection
+        pending = session.pending
+        # Session.enqueue, inlined for its common case: online, queue not full
+        if connection is not None and len(pending) < session.max_queued:
+            pending.append(item)
+        elif not session.enqueue(item):
             self.stats.messages_dropped += 1
+            return
+        self.dirty_sessions.add(client_id)
+        if connection is not None:
+            connection.on_output()
 
     def _redistribute_shared(self, session: Session) -> None:
         """Hand the unacknowledged shared-subscription messages of an ending session on.

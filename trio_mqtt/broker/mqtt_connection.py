@@ -61,6 +61,10 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
+_CONNECTED = ConnectionState.CONNECTED
+_V5 = ProtocolVersion.V5
+
+
 class CloseReason(enum.Enum):
     """Why the server side ends a connection (drives logging and the will)."""
 
@@ -246,6 +250,10 @@ class MQTTConnection:
         self._close(CloseReason.CONNECT_REFUSED, str(exc))
 
     def _handle(self, packet: Packet) -> None:
+        session = self.session
+        if self.state is _CONNECTED and session is not None and type(packet) is Publish:
+            self.core.handle_publish(self, session, packet)  # the hot path, first
+            return
         if self.state is ConnectionState.AWAIT_CONNECT:
             if not isinstance(packet, Connect):
                 raise RemoteProtocolError(
@@ -267,7 +275,6 @@ class MQTTConnection:
                     ReasonCode.PROTOCOL_ERROR,
                 )
             return
-        session = self.session
         if session is None:  # taken over; ignore whatever is still in flight
             return
         match packet:
@@ -343,7 +350,8 @@ class MQTTConnection:
         stats = self.core.stats
         while pending and len(out) < MAX_BATCH_BYTES:
             item = pending[0]
-            if item.message.expired(now):
+            message = item.message
+            if message.properties.message_expiry_interval is not None and message.expired(now):
                 pending.popleft()
                 continue
             if item.qos == 0:
@@ -380,11 +388,12 @@ class MQTTConnection:
             # a single recipient has nothing to share; the forwarded expiry interval
             # shrinks while queued; a topic alias is this connection's own: encode now
             data = self._encode_fresh(item, packet_id, now, dup=False)
-            if not self._fits(len(data)):
+            if self.client_max_packet_size is not None and not self._fits(len(data)):
                 self._proposed_alias = None
                 return False
             self._out += data
-            self._commit_alias()
+            if self._proposed_alias is not None:
+                self._commit_alias()
             return True
         entry = cache.get(self.version)
         if entry is None:
@@ -396,7 +405,9 @@ class MQTTConnection:
                 -1 if placeholder is None else _packet_id_offset(header),
             )
         header, offset = entry
-        if not self._fits(len(header) + len(message.payload)):
+        if self.client_max_packet_size is not None and not self._fits(
+            len(header) + len(message.payload)
+        ):
             return False
         out = self._out
         if packet_id is None:
@@ -445,7 +456,7 @@ class MQTTConnection:
         message = item.message
         props = message.properties
         topic = message.topic
-        if self.version is ProtocolVersion.V5:
+        if self.version is _V5:
             expiry = message.remaining_expiry(now)
             alias = None
             if self.client_topic_alias_maximum:

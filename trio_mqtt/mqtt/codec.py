@@ -301,9 +301,11 @@ def encode_publish(  # noqa: PLR0917 (positional API shared with the broker)
             f"PUBLISH: remaining length {length} exceeds the maximum of {wire.MAX_VARINT}",
             _RC.PACKET_TOO_LARGE,
         )
-    return b"".join(
-        (bytes((first,)), wire.encode_varint(length), topic_bytes, packet_id_bytes, props, payload)
-    )
+    if length < 0x80:  # a one-byte Remaining Length: most PUBLISH packets
+        fixed_header = bytes((first, length))
+    else:
+        fixed_header = bytes((first,)) + wire.encode_varint(length)
+    return b"".join((fixed_header, topic_bytes, packet_id_bytes, props, payload))
 
 
 def _encode_connect(packet: Connect, version: ProtocolVersion) -> bytes:
