@@ -20,7 +20,7 @@ Topics passed to :meth:`Router.match` / :meth:`Router.deliveries` must be valid 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeAlias
 
 import attrs
@@ -187,7 +187,8 @@ class _FilterNode:
 class _MatchPlan:
     """The cached result of one trie walk for one topic.
 
-    ``deliveries`` aggregates ``plain`` per client. ``no_local`` maps each client with a
+    ``deliveries`` aggregates ``plain`` per client (``delivery_list``: its values, ready
+    to hand out on the common path). ``no_local`` maps each client with a
     matching No Local subscription to all its matching plain subscriptions, so the
     publisher's own delivery can be rebuilt without them.
     """
@@ -196,6 +197,10 @@ class _MatchPlan:
     groups: tuple[_ShareGroup, ...]
     deliveries: dict[str, Delivery]
     no_local: dict[str, tuple[Subscription, ...]]
+    delivery_list: tuple[Delivery, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        self.delivery_list = tuple(self.deliveries.values())
 
 
 class _Aggregate:
@@ -448,11 +453,11 @@ class Router:
         Subscriptions with No Local are skipped for the publishing client itself. Each
         call advances the round-robin of the matching shared groups.
         """
-        return self.routed_deliveries(topic, publisher_client_id)[0]
+        return list(self.routed_deliveries(topic, publisher_client_id)[0])
 
     def routed_deliveries(
         self, topic: str, publisher_client_id: str | None = None
-    ) -> tuple[list[Delivery], SharedFilters]:
+    ) -> tuple[Sequence[Delivery], SharedFilters]:
         """Like :meth:`Router.deliveries`, plus the shared filters of each delivery.
 
         Advances the round-robin of the matching share groups exactly as ``deliveries``.
@@ -462,7 +467,7 @@ class Router:
         plan = self._plan(topic)
         skip_own = publisher_client_id is not None and publisher_client_id in plan.no_local
         if not plan.groups and not skip_own:
-            return list(plan.deliveries.values()), NO_SHARES
+            return plan.delivery_list, NO_SHARES
         result = dict(plan.deliveries)
         if skip_own:
             assert publisher_client_id is not None

@@ -601,7 +601,7 @@ def _decode_publish(
         else:
             pos += 1
     return Publish(
-        topic, bytes(buf[pos:end]), qos, bool(flags & 1), bool(dup), packet_id, properties
+        topic, bytes(buf[pos:end]), qos, (flags & 1) == 1, dup != 0, packet_id, properties
     )
 
 
