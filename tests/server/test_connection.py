@@ -32,7 +32,7 @@ from trio_mqtt.mqtt.packets import (
     Will,
 )
 from trio_mqtt.peer import Endpoint, PeerInfo
-from trio_mqtt.server.connection import run_connection
+from trio_mqtt.server.connection import IDLE_SLACK, run_connection
 
 V311 = ProtocolVersion.V311
 V5 = ProtocolVersion.V5
@@ -205,6 +205,26 @@ async def test_pingreq_resets_keepalive(autojump_clock: trio.testing.MockClock) 
 
         await client.expect_closed(timeout=100)
         assert 29 <= trio.current_time() - start <= 29 + EPSILON
+
+
+async def test_busy_connection_timeout_never_early_and_at_most_idle_slack_late(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Packets every 0.1 ms (inside IDLE_SLACK): the reader moves its deadline only now
+    # and then; the timeout must still count from the last packet, never from an
+    # earlier one.
+    core = make_core()
+    async with serving(core) as serve:
+        client = await open_client(serve, V311)
+        await client.connect("busy", keep_alive=2)
+        for _ in range(37):
+            await trio.sleep(0.0001)
+            await client.send(Pingreq())
+            assert await client.receive() == Pingresp()
+        last_packet = trio.current_time()
+        await client.expect_closed(timeout=100)
+        silence = trio.current_time() - last_packet
+    assert 3 <= silence <= 3 + IDLE_SLACK + EPSILON / 100
 
 
 # --------------------------------------------------------------------------- writer

@@ -31,6 +31,9 @@ from trio_mqtt.server.prefixed_stream import PrefixedStream
 log = logging.getLogger("trio_mqtt.server")
 
 RECEIVE_SIZE = 65536
+# How late a keep-alive timeout may fire, so that busy connections need not move their
+# deadline for every packet (see _read_loop).
+IDLE_SLACK = 0.0005
 # How long the final flush (CONNACK refusal, DISCONNECT) may take before we just close.
 FINAL_FLUSH_TIMEOUT = 2.0
 
@@ -119,8 +122,12 @@ async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, output: _Out
     # it. Once connected, each complete Control Packet (not each read: a packet trickled
     # byte by byte must not keep the connection alive) restarts the keep-alive timer.
     # One cancel scope for the whole loop, its deadline moved as packets arrive: cheaper
-    # than a new scope per read on the hot path.
+    # than a new scope per read. Moving a deadline is itself a deadline-heap update (7%
+    # of the broker's CPU in the QoS 1 latency benchmark when done for every packet), so
+    # a busy connection moves it at most once per IDLE_SLACK, IDLE_SLACK later than
+    # exact: the timeout never fires early and at most IDLE_SLACK late.
     packets_seen = 0
+    moved_at = -math.inf
     with trio.CancelScope(deadline=trio.current_time() + (conn.idle_timeout or math.inf)) as idle:
         while not conn.wants_close:
             try:
@@ -133,8 +140,11 @@ async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, output: _Out
             output.write_now(conn)
             if conn.packets_received != packets_seen and conn.state is ConnectionState.CONNECTED:
                 packets_seen = conn.packets_received
-                timeout = conn.idle_timeout
-                idle.deadline = math.inf if timeout is None else trio.current_time() + timeout
+                now = trio.current_time()
+                if now - moved_at > IDLE_SLACK:
+                    moved_at = now
+                    timeout = conn.idle_timeout
+                    idle.deadline = math.inf if timeout is None else now + timeout + IDLE_SLACK
     if idle.cancelled_caught:
         conn.keepalive_expired()
         output.wakeup()
