@@ -127,7 +127,7 @@ class MQTTConnection:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Handle bytes read from the transport. Never raises for bad input."""
-        if self.close_reason is not None:
+        if self.wants_close:
             return
         try:
             packets = self.reader.feed(data)
@@ -140,11 +140,16 @@ class MQTTConnection:
         if self.session is not None:
             self.core.dirty_sessions.add(self.client_id)
         self.packets_received += len(packets)
+        core = self.core
         for packet in packets:
-            if self.wants_close:  # an earlier packet of this batch ended the connection
+            if self.close_reason is not None:  # an earlier packet of this batch ended it
                 break
             try:
-                self._handle(packet)
+                session = self.session
+                if type(packet) is Publish and self.state is _CONNECTED and session is not None:
+                    core.handle_publish(self, session, packet)  # the hot path, first
+                else:
+                    self._handle(packet)
             except RemoteProtocolError as exc:
                 self._protocol_error(exc.reason_code, str(exc))
         error = self.reader.error
@@ -250,10 +255,6 @@ class MQTTConnection:
         self._close(CloseReason.CONNECT_REFUSED, str(exc))
 
     def _handle(self, packet: Packet) -> None:
-        session = self.session
-        if self.state is _CONNECTED and session is not None and type(packet) is Publish:
-            self.core.handle_publish(self, session, packet)  # the hot path, first
-            return
         if self.state is ConnectionState.AWAIT_CONNECT:
             if not isinstance(packet, Connect):
                 raise RemoteProtocolError(
@@ -275,6 +276,7 @@ class MQTTConnection:
                     ReasonCode.PROTOCOL_ERROR,
                 )
             return
+        session = self.session
         if session is None:  # taken over; ignore whatever is still in flight
             return
         match packet:

@@ -568,7 +568,7 @@ def _check_reason_code(code: int, allowed: frozenset[ReasonCode], packet: str) -
 
 
 def _decode_publish(
-    flags: int, buf: Buffer, pos: int, end: int, version: ProtocolVersion
+    flags: int, buf: memoryview, pos: int, end: int, version: ProtocolVersion
 ) -> Publish:
     """The hot path: a PUBLISH body between ``pos`` and ``end``."""
     qos = (flags >> 1) & 3
@@ -584,7 +584,7 @@ def _decode_publish(
     if pos > end:
         raise malformed(f"PUBLISH: topic name runs {pos - end} byte(s) past the packet end")
     try:
-        topic = str(buf[start:pos], "utf-8")
+        topic = buf[start:pos].tobytes().decode()
     except UnicodeDecodeError as exc:
         raise malformed(f"PUBLISH: topic name: invalid UTF-8 ({exc.reason})") from None
     if "\x00" in topic:
@@ -601,7 +601,7 @@ def _decode_publish(
         else:
             pos += 1
     return Publish(
-        topic, bytes(buf[pos:end]), qos, (flags & 1) == 1, dup != 0, packet_id, properties
+        topic, buf[pos:end].tobytes(), qos, (flags & 1) == 1, dup != 0, packet_id, properties
     )
 
 
@@ -953,42 +953,38 @@ class PacketReader:
         return RemoteProtocolError(message, error.reason_code)
 
     def _parse(self, buffer: bytearray, packets: list[Packet]) -> int:
-        """Decode every complete packet in ``buffer``; return the bytes consumed."""
+        """Decode every complete packet in ``buffer``; return the bytes consumed.
+
+        The hot loop of the broker's input: a run of small PUBLISH packets goes through
+        it once per packet, so it keeps to locals and a one-byte Remaining Length path.
+        """
         size = len(buffer)
         pos = 0
         self._need = 0
+        max_packet_size = self.max_packet_size
+        version = self.protocol_version
+        append = packets.append
         with memoryview(buffer) as view:
             while pos < size:
                 first = buffer[pos]
                 packet_type = first >> 4
-                version = self.protocol_version
                 if packet_type != 3 or version is None:  # PUBLISH flags: see its decoder
                     self._check_first_byte(first, version)
                 # Remaining Length: a Variable Byte Integer of at most 4 bytes
                 index = pos + 1
-                length = 0
-                shift = 0
-                while True:
-                    if index >= size:
+                if index >= size:
+                    return pos  # fixed header incomplete
+                length = buffer[index]
+                index += 1
+                if length >= 0x80:
+                    length, index = self._long_remaining_length(buffer, pos, size, packet_type)
+                    if index < 0:
                         return pos  # fixed header incomplete
-                    byte = buffer[index]
-                    index += 1
-                    length |= (byte & 0x7F) << shift
-                    if byte < 0x80:
-                        break
-                    shift += 7
-                    if shift == 28:
-                        raise malformed(
-                            f"{_PACKET_NAMES.get(packet_type, 'packet')}: remaining length "
-                            "is longer than 4 bytes"
-                        )
-                if byte == 0 and index - pos > 2:
-                    raise malformed("remaining length is not minimally encoded [MQTT-1.5.5-1]")
                 total = index - pos + length
-                if total > self.max_packet_size:
+                if total > max_packet_size:
                     raise RemoteProtocolError(
                         f"{_PACKET_NAMES.get(packet_type, 'packet')}: packet of {total} bytes "
-                        f"exceeds the maximum packet size of {self.max_packet_size}",
+                        f"exceeds the maximum packet size of {max_packet_size}",
                         ReasonCode.PACKET_TOO_LARGE,
                     )
                 end = index + length
@@ -998,15 +994,45 @@ class PacketReader:
                 if packet_type == 3:
                     if version is None:  # unreachable: _check_first_byte demands CONNECT
                         raise protocol_error("PUBLISH before CONNECT")
-                    packets.append(_decode_publish(first & 0x0F, view, index, end, version))
+                    append(_decode_publish(first & 0x0F, view, index, end, version))
                 elif packet_type == 1:
-                    packets.append(self._decode_connect(view, index, end))
+                    append(self._decode_connect(view, index, end))
+                    version = self.protocol_version
                 else:
                     if version is None:
                         raise protocol_error("a packet other than CONNECT before CONNECT")
-                    packets.append(_DECODERS[packet_type](view, index, end, version))
+                    append(_DECODERS[packet_type](view, index, end, version))
                 pos = end
         return pos
+
+    @staticmethod
+    def _long_remaining_length(
+        buffer: bytearray, pos: int, size: int, packet_type: int
+    ) -> tuple[int, int]:
+        """A Remaining Length of 2 to 4 bytes at ``pos + 1``: (length, index after it).
+
+        The index is -1 when the buffer ends inside it (the fixed header is incomplete).
+        """
+        index = pos + 1
+        length = 0
+        shift = 0
+        while True:
+            if index >= size:
+                return 0, -1
+            byte = buffer[index]
+            index += 1
+            length |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+            if shift == 28:
+                raise malformed(
+                    f"{_PACKET_NAMES.get(packet_type, 'packet')}: remaining length "
+                    "is longer than 4 bytes"
+                )
+        if byte == 0:  # more than one byte, and the last adds nothing
+            raise malformed("remaining length is not minimally encoded [MQTT-1.5.5-1]")
+        return length, index
 
     def _check_first_byte(self, first: int, version: ProtocolVersion | None) -> None:
         """Packet type and reserved flags, checked as soon as the first byte arrives."""

@@ -47,20 +47,24 @@ class _Output:
     which the writer sends first) keep the two from reordering or interleaving bytes.
     """
 
-    __slots__ = ("_event", "_fd", "busy", "carry")
+    __slots__ = ("_event", "_fd", "_woken", "busy", "carry")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._event = trio.Event()
+        self._woken = False  # the event is set: no call into trio for further wake-ups
         self._fd = _socket_fd(stream)
         self.busy = False
         self.carry = b""
 
     def wakeup(self) -> None:
-        self._event.set()
+        if not self._woken:  # called once per message routed here: keep it cheap
+            self._woken = True
+            self._event.set()
 
     async def wait(self) -> None:
         await self._event.wait()
         self._event = trio.Event()
+        self._woken = False
 
     def take(self, conn: MQTTConnection) -> bytes:
         """Everything to write next, in order: the carry, then the connection's output."""
@@ -75,7 +79,7 @@ class _Output:
         A connection about to close is always left to the writer: it owns the last flush.
         """
         if self._fd < 0 or self.busy or self.carry or conn.wants_close:
-            self._event.set()
+            self.wakeup()
             return
         data = conn.data_to_send()
         if not data:
@@ -88,7 +92,7 @@ class _Output:
             sent = 0
         if sent < len(data):
             self.carry = data[sent:]
-            self._event.set()
+            self.wakeup()
 
 
 def _socket_fd(stream: trio.abc.Stream) -> int:
