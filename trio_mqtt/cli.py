@@ -2,7 +2,8 @@
 
 The broker runs until SIGINT or SIGTERM, then shuts down gracefully (bounded by
 ``broker.shutdown_timeout``) and the command exits 0. SIGHUP re-reads the certificate
-files of the TLS listeners (for new connections) and keeps the broker running.
+files of the TLS listeners (for new connections) and the password and ACL files, and
+keeps the broker running.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ async def _handle_signals(
     async for signum in signals:
         if _SIGHUP is not None and signum == _SIGHUP:
             _reload_tls(running.broker)
+            _reload_auth(running.broker)
             continue
         logger.info("shutting down (%s)", signal.Signals(signum).name)
         cancel_scope.cancel()
@@ -132,6 +134,17 @@ def _reload_tls(broker: Any) -> None:
         logger.info("no TLS listeners to reload")
 
 
+def _reload_auth(broker: Any) -> None:
+    """SIGHUP: re-read the password and ACL files; a failure is logged, the old stay."""
+    if broker is None:
+        return  # _reload_tls said the broker is still starting
+    try:
+        if broker.reload_auth():
+            logger.info("password and ACL files reloaded")
+    except ConfigError as exc:
+        logger.error("password/ACL reload failed, the previous files stay in use: %s", exc)
+
+
 class ServeFunction(Protocol):
     """The shape of :func:`trio_mqtt.server.app.serve`."""
 
@@ -141,7 +154,7 @@ class ServeFunction(Protocol):
 
 
 async def _run(config: BrokerConfig, *, serve: ServeFunction | None = None) -> None:
-    """Serve *config* until the first SIGINT or SIGTERM; SIGHUP reloads TLS certificates.
+    """Serve *config* until the first SIGINT or SIGTERM; SIGHUP reloads TLS and auth files.
 
     *serve* is replaceable for tests.
     """

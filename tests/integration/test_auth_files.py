@@ -1,6 +1,7 @@
 """Password file and ACL file over real sockets: CONNACK codes per protocol version, ACL
 denials of PUBLISH (PUBACK 0x87, nothing delivered) and SUBSCRIBE (0x87 / 0x80), wills,
-and a round trip through the ``python -m trio_mqtt.passwd`` command.
+reloading edited files while the broker runs, and a round trip through the
+``python -m trio_mqtt.passwd`` command.
 
 CONNACK bytes are hand-computed from the specs (3.1.1 section 3.2, 5.0 section 3.2).
 """
@@ -17,7 +18,8 @@ import pytest
 import trio
 from rawclient import RawClient
 
-from trio_mqtt.broker.auth import hash_password, install_auth
+from trio_mqtt.broker.auth import hash_password
+from trio_mqtt.errors import ConfigError
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
     Connect,
@@ -69,8 +71,6 @@ async def auth_broker(tmp_path: Path, **settings: Any) -> AsyncIterator[Broker]:
     acl.write_text(ACL)
     settings = {"password_file": str(passwd), "acl_file": str(acl), **settings}
     async with open_test_broker(**settings) as broker:
-        if not broker.core.connect_hooks:  # until open_broker calls install_auth itself
-            install_auth(broker.core, broker.config)
         yield broker
 
 
@@ -330,3 +330,67 @@ async def test_passwd_command_round_trip(tmp_path: Path) -> None:
             await refused_bytes(broker.port, V5, client_id="c", username="carol", password=b"carol")
             == CONNACK_V5_BAD_CREDENTIALS
         )
+
+
+# --------------------------------------------------------------------------- reload
+
+
+async def test_reload_applies_edited_password_file_to_new_connections(tmp_path: Path) -> None:
+    async with auth_broker(tmp_path, allow_anonymous=False) as broker:
+        alice = await connected(broker.port, V311, "alice-1", "alice", b"alice-pw")
+        refused = await refused_bytes(
+            broker.port, V311, client_id="carol-1", username="carol", password=b"carol-pw"
+        )
+        assert refused == CONNACK_V311_BAD_CREDENTIALS
+
+        # the operator removes alice and adds carol, then asks for a reload
+        write_password_file(tmp_path / "users.passwd", {"bob": b"bob-pw", "carol": b"carol-pw"})
+        assert broker.reload_auth() is True
+
+        carol = await connected(broker.port, V311, "carol-1", "carol", b"carol-pw")
+        refused = await refused_bytes(
+            broker.port, V5, client_id="alice-2", username="alice", password=b"alice-pw"
+        )
+        assert refused == CONNACK_V5_BAD_CREDENTIALS
+        # alice's open connection was accepted under the old file: it stays
+        await alice.send(Publish("sensors/alice/t", b"still here", qos=1, packet_id=1))
+        with trio.fail_after(5):
+            assert await alice.receive() == Puback(1)
+        await alice.aclose()
+        await carol.aclose()
+
+
+async def test_reload_applies_edited_acl(tmp_path: Path) -> None:
+    async with auth_broker(tmp_path) as broker:
+        bob = await connected(broker.port, V5, "bob-1", "bob", b"bob-pw")
+        await bob.send(Publish("sensors/bob/t", b"1", qos=1, packet_id=1))
+        with trio.fail_after(5):
+            assert await bob.receive() == Puback(1, 0x87)
+
+        (tmp_path / "broker.acl").write_text(ACL + "user bob\ntopic write sensors/bob/#\n")
+        assert broker.reload_auth() is True
+
+        await bob.send(Publish("sensors/bob/t", b"2", qos=1, packet_id=2))
+        with trio.fail_after(5):
+            assert await bob.receive() == Puback(2, 0x10)  # allowed: no matching subscribers
+        await bob.aclose()
+
+
+async def test_reload_with_a_broken_file_keeps_both_files(tmp_path: Path) -> None:
+    async with auth_broker(tmp_path, allow_anonymous=False) as broker:
+        write_password_file(tmp_path / "users.passwd", {"carol": b"carol-pw"})
+        (tmp_path / "broker.acl").write_text("topic sideways a/b\n")
+        with pytest.raises(ConfigError, match=r"broker\.acl.*line 1"):
+            broker.reload_auth()
+        # neither the (valid) new password file nor the broken ACL took effect
+        alice = await connected(broker.port, V311, "alice-1", "alice", b"alice-pw")
+        await alice.aclose()
+        refused = await refused_bytes(
+            broker.port, V311, client_id="carol-1", username="carol", password=b"carol-pw"
+        )
+        assert refused == CONNACK_V311_BAD_CREDENTIALS
+
+
+async def test_reload_auth_without_auth_files_does_nothing() -> None:
+    async with open_test_broker() as broker:
+        assert broker.reload_auth() is False

@@ -499,6 +499,7 @@ class ReloadRecorder:
 
     def __init__(self, failure: ConfigError | None = None) -> None:
         self.reloads = 0
+        self.auth_reloads = 0
         self.failure = failure
 
     def reload_tls(self) -> list[str]:
@@ -507,9 +508,17 @@ class ReloadRecorder:
             raise self.failure
         return ["tls"]
 
+    def reload_auth(self) -> bool:
+        self.auth_reloads += 1
+        if self.failure is not None:
+            raise ConfigError("broker.acl, line 3: bad rule")
+        return True
+
 
 @pytest.mark.parametrize("fail", [False, True])
-async def test_sighup_reloads_tls(fail: bool, caplog: pytest.LogCaptureFixture) -> None:
+async def test_sighup_reloads_tls_and_auth_files(
+    fail: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="trio_mqtt.cli")
     recorder = ReloadRecorder(ConfigError("listener 'tls': bad key") if fail else None)
     serving = trio.Event()
@@ -534,11 +543,16 @@ async def test_sighup_reloads_tls(fail: bool, caplog: pytest.LogCaptureFixture) 
             nursery.start_soon(signals)
             await cli._run(BrokerConfig(), serve=serve)
 
-    assert recorder.reloads == 1
+    assert (recorder.reloads, recorder.auth_reloads) == (1, 1)
     messages = caplog.messages
     assert "reloading TLS certificates (SIGHUP)" in messages
     if fail:
         assert "TLS reload failed: listener 'tls': bad key" in messages
+        assert (
+            "password/ACL reload failed, the previous files stay in use: "
+            "broker.acl, line 3: bad rule"
+        ) in messages
     else:
         assert "TLS certificates reloaded for listeners: tls" in messages
+        assert "password and ACL files reloaded" in messages
     assert messages[-1] == "shutting down (SIGTERM)"

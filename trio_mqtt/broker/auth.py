@@ -276,27 +276,7 @@ def password_connect_hook(passwords: PasswordFile) -> ConnectHook:
     from a client certificate (``PeerInfo.username``) is already authenticated by that
     certificate, so neither is checked here.
     """
-
-    def password_file(peer: PeerInfo, connect: Connect) -> ReasonCode | None:
-        if peer.username is not None or connect.username is None:
-            return None
-        if passwords.check(connect.username, connect.password):
-            return None
-        if connect.password is None:
-            why = "no password"
-        elif connect.username in passwords.users:
-            why = "wrong password"
-        else:
-            why = "unknown user"
-        log.info(
-            "password check failed for %s username=%r: %s",
-            peer.describe(),
-            connect.username,
-            why,
-        )
-        return ReasonCode.BAD_USER_NAME_OR_PASSWORD
-
-    return password_file
+    return AuthFiles(passwords=passwords).password_file
 
 
 # --------------------------------------------------------------------------- ACL file
@@ -563,24 +543,12 @@ def _parse_line(
 
 def acl_publish_hook(acl: AclFile) -> PublishHook:
     """A publish hook that allows a PUBLISH only where the ACL grants write."""
-
-    def acl_file_publish(peer: PeerInfo, client_id: str, username: str | None, topic: str) -> bool:
-        effective = peer.username if peer.username is not None else username
-        return acl.can_publish(effective, client_id, topic)
-
-    return acl_file_publish
+    return AuthFiles(acl=acl).acl_file_publish
 
 
 def acl_subscribe_hook(acl: AclFile) -> SubscribeHook:
     """A subscribe hook that allows a filter only where an ACL read rule covers it."""
-
-    def acl_file_subscribe(
-        peer: PeerInfo, client_id: str, username: str | None, topic_filter: str
-    ) -> bool:
-        effective = peer.username if peer.username is not None else username
-        return acl.can_subscribe(effective, client_id, topic_filter)
-
-    return acl_file_subscribe
+    return AuthFiles(acl=acl).acl_file_subscribe
 
 
 def acl_connect_hook(acl: AclFile) -> ConnectHook:
@@ -590,12 +558,86 @@ def acl_connect_hook(acl: AclFile) -> ConnectHook:
     would be a way around the ACL. An empty client id (to be assigned by the broker)
     matches no ``%c`` pattern here.
     """
+    return AuthFiles(acl=acl).acl_file_will
 
-    def acl_file_will(peer: PeerInfo, connect: Connect) -> ReasonCode | None:
-        if connect.will is None:
+
+# --------------------------------------------------------------------------- wiring
+
+
+@attrs.define(eq=False)
+class AuthFiles:
+    """The password and ACL files of a broker, reloadable while it runs.
+
+    ``install_auth`` registers this object's methods as the broker's hooks, and they
+    read the files loaded last: after ``reload()`` every later CONNECT, PUBLISH and
+    SUBSCRIBE is checked against the new files. Connected clients stay connected and
+    keep their subscriptions (as with mosquitto, nothing granted earlier is re-checked).
+    """
+
+    password_path: str | None = None
+    acl_path: str | None = None
+    passwords: PasswordFile | None = None
+    acl: AclFile | None = None
+
+    @classmethod
+    def load(cls, config: BrokerConfig) -> AuthFiles:
+        """Read the files ``config`` names; ``ConfigError`` names the file and line."""
+        files = cls(password_path=config.password_file, acl_path=config.acl_file)
+        files.reload()
+        return files
+
+    def reload(self) -> None:
+        """Read both files again; if either fails (ConfigError), both stay as they were."""
+        passwords = PasswordFile.load(self.password_path) if self.password_path else None
+        acl = AclFile.load(self.acl_path) if self.acl_path else None
+        self.passwords, self.acl = passwords, acl
+        if passwords is not None:
+            log.info("password file %s: %d users", passwords.source, len(passwords.users))
+        if acl is not None:
+            log.info(
+                "ACL file %s: %d rules for all, %d users, %d patterns",
+                acl.source,
+                len(acl.global_rules),
+                len(acl.user_rules),
+                len(acl.patterns),
+            )
+            if acl.user_rules and passwords is None:
+                log.warning(
+                    "ACL file %s has per-user rules but no password_file is set: unless a "
+                    "listener takes usernames from client certificates, clients can claim "
+                    "any username",
+                    acl.source,
+                )
+
+    # The hooks (their names are what a refusal's log line shows).
+
+    def password_file(self, peer: PeerInfo, connect: Connect) -> ReasonCode | None:
+        """Connect hook: see ``password_connect_hook``."""
+        passwords = self.passwords
+        if passwords is None or peer.username is not None or connect.username is None:
+            return None
+        if passwords.check(connect.username, connect.password):
+            return None
+        if connect.password is None:
+            why = "no password"
+        elif connect.username in passwords.users:
+            why = "wrong password"
+        else:
+            why = "unknown user"
+        log.info(
+            "password check failed for %s username=%r: %s",
+            peer.describe(),
+            connect.username,
+            why,
+        )
+        return ReasonCode.BAD_USER_NAME_OR_PASSWORD
+
+    def acl_file_will(self, peer: PeerInfo, connect: Connect) -> ReasonCode | None:
+        """Connect hook: see ``acl_connect_hook``."""
+        if self.acl is None or connect.will is None:
             return None
         username = peer.username if peer.username is not None else connect.username
-        if acl.can_publish(username, connect.client_id, connect.will.topic):
+        if self.acl.can_publish(username, connect.client_id, connect.will.topic):
             return None
         log.info(
             "will topic %r of client %r is not writable under the ACL",
@@ -604,38 +646,39 @@ def acl_connect_hook(acl: AclFile) -> ConnectHook:
         )
         return ReasonCode.NOT_AUTHORIZED
 
-    return acl_file_will
+    def acl_file_publish(
+        self, peer: PeerInfo, client_id: str, username: str | None, topic: str
+    ) -> bool:
+        """Publish hook: see ``acl_publish_hook``."""
+        if self.acl is None:
+            return True
+        effective = peer.username if peer.username is not None else username
+        return self.acl.can_publish(effective, client_id, topic)
+
+    def acl_file_subscribe(
+        self, peer: PeerInfo, client_id: str, username: str | None, topic_filter: str
+    ) -> bool:
+        """Subscribe hook: see ``acl_subscribe_hook``."""
+        if self.acl is None:
+            return True
+        effective = peer.username if peer.username is not None else username
+        return self.acl.can_subscribe(effective, client_id, topic_filter)
 
 
-# --------------------------------------------------------------------------- wiring
-
-
-def install_auth(core: BrokerCore, config: BrokerConfig) -> None:
+def install_auth(core: BrokerCore, config: BrokerConfig) -> AuthFiles | None:
     """Load ``config.password_file`` and ``config.acl_file`` (when set) into *core*'s hooks.
 
-    Raises ``ConfigError`` (naming the file and line) if either file is unreadable or
-    invalid; nothing is registered then.
+    Returns the loaded files (``reload()`` them to apply edits), or None when the config
+    names neither. Raises ``ConfigError`` (naming the file and line) if either file is
+    unreadable or invalid; nothing is registered then.
     """
-    passwords = PasswordFile.load(config.password_file) if config.password_file else None
-    acl = AclFile.load(config.acl_file) if config.acl_file else None
-    if passwords is not None:
-        core.connect_hooks.append(password_connect_hook(passwords))
-        log.info("password file %s: %d users", passwords.source, len(passwords.users))
-    if acl is not None:
-        core.connect_hooks.append(acl_connect_hook(acl))
-        core.publish_hooks.append(acl_publish_hook(acl))
-        core.subscribe_hooks.append(acl_subscribe_hook(acl))
-        log.info(
-            "ACL file %s: %d rules for all, %d users, %d patterns",
-            acl.source,
-            len(acl.global_rules),
-            len(acl.user_rules),
-            len(acl.patterns),
-        )
-        if acl.user_rules and passwords is None:
-            log.warning(
-                "ACL file %s has per-user rules but no password_file is set: unless a "
-                "listener takes usernames from client certificates, clients can claim "
-                "any username",
-                acl.source,
-            )
+    if not config.password_file and not config.acl_file:
+        return None
+    files = AuthFiles.load(config)
+    if config.password_file:
+        core.connect_hooks.append(files.password_file)
+    if config.acl_file:
+        core.connect_hooks.append(files.acl_file_will)
+        core.publish_hooks.append(files.acl_file_publish)
+        core.subscribe_hooks.append(files.acl_file_subscribe)
+    return files

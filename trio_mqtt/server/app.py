@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from trio_mqtt.broker.auth import install_auth
+from trio_mqtt.broker.auth import AuthFiles, install_auth
 from trio_mqtt.broker.core import BrokerCore, ClientSummary, ConnectHook, PublishHook, SubscribeHook
 from trio_mqtt.broker.enhanced_auth import Authenticator
 from trio_mqtt.broker.message import Message
@@ -67,6 +67,8 @@ class Broker:
     config: BrokerConfig
     core: BrokerCore
     listeners: dict[str, ListenerHandle] = attrs.Factory(dict)
+    # the password and ACL files (None when the config names neither)
+    auth_files: AuthFiles | None = None
 
     @property
     def stats(self) -> BrokerStats:
@@ -106,6 +108,19 @@ class Broker:
         if failures:
             raise ConfigError("; ".join(failures))
         return reloaded
+
+    def reload_auth(self) -> bool:
+        """Re-read ``password_file`` and ``acl_file`` (SIGHUP does this too).
+
+        Later CONNECT, PUBLISH and SUBSCRIBE packets are checked against the new files;
+        connected clients stay connected. If either file fails to load, ConfigError
+        names it and both files stay as they were. Returns False when the config names
+        neither file (nothing to reload).
+        """
+        if self.auth_files is None:
+            return False
+        self.auth_files.reload()
+        return True
 
     def add_connect_hook(self, hook: ConnectHook) -> None:
         self.core.connect_hooks.append(hook)
@@ -208,8 +223,8 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
     # The run's clock itself: the same time as trio.current_time(), without two wrapper
     # calls (the core reads it for every PUBLISH)
     core = BrokerCore(config=config, clock=trio.lowlevel.current_clock().current_time)
-    install_auth(core, config)  # password_file / acl_file, if the config names them
-    broker = Broker(config=config, core=core)
+    auth_files = install_auth(core, config)  # password_file / acl_file, if named
+    broker = Broker(config=config, core=core, auth_files=auth_files)
     store: SQLiteStore | None = None
     if config.persistence:
         store = SQLiteStore.open(config.persistence)
