@@ -6,8 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_mqtt.errors import LocalProtocolError
+from trio_mqtt.mqtt import codec
 from trio_mqtt.mqtt.codec import PacketReader, encode, encode_publish
 from trio_mqtt.mqtt.packets import (
+    NO_PROPERTIES,
     Connect,
     Disconnect,
     Packet,
@@ -154,3 +157,21 @@ def test_large_payload_is_buffered_until_complete() -> None:
             assert reader.buffered == start + chunk
     assert decoded == [publish]
     assert reader.buffered == 0
+
+
+def test_encoded_topic_cache_stays_bounded_and_correct() -> None:
+    """encode_publish caches encoded topic names; the cache is emptied when full."""
+    v311 = ProtocolVersion.V311
+    for n in range(codec._TOPIC_BYTES_SIZE + 10):
+        topic = f"t/{n}/é" if n % 2 else f"t/{n}"
+        for _ in range(2):  # encoded once, then from the cache
+            data = encode_publish(topic, b"p", 0, False, False, None, NO_PROPERTIES, v311)
+            assert decode_one(data, PacketReader(protocol_version=v311)) == Publish(topic, b"p")
+        assert len(codec._TOPIC_BYTES) <= codec._TOPIC_BYTES_SIZE
+
+
+def test_invalid_topic_is_refused_every_time() -> None:
+    """A topic that cannot be encoded is never cached: the second try is refused too."""
+    for _ in range(2):
+        with pytest.raises(LocalProtocolError):
+            encode_publish("a\x00b", b"", 0, False, False, None, NO_PROPERTIES, ProtocolVersion.V5)

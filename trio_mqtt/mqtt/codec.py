@@ -257,6 +257,13 @@ def _qos(qos: int, packet: str, field: str = "QoS") -> int:
     return qos
 
 
+# Encoded topic names (length prefix and UTF-8) of recent PUBLISH packets: a broker sends
+# the same topics over and over. A plain cache, bounded by emptying it when full; it only
+# ever holds names that encoded without error.
+_TOPIC_BYTES: dict[str, bytes] = {}
+_TOPIC_BYTES_SIZE = 4096
+
+
 def encode_publish(  # noqa: PLR0917 (positional API shared with the broker)
     topic: str,
     payload: bytes,
@@ -283,11 +290,15 @@ def encode_publish(  # noqa: PLR0917 (positional API shared with the broker)
         packet_id_bytes = _packet_id(packet_id, "PUBLISH")
     else:
         raise _local(f"PUBLISH: QoS {qos!r} is not 0, 1 or 2", _RC.MALFORMED_PACKET)
-    if topic.isascii() and "\x00" not in topic and len(topic) <= wire.MAX_U16:
-        raw_topic = topic.encode("ascii")
-        topic_bytes = U16.pack(len(raw_topic)) + raw_topic
-    else:
-        topic_bytes = wire.encode_utf8(topic, "PUBLISH", "topic name")
+    topic_bytes = _TOPIC_BYTES.get(topic)
+    if topic_bytes is None:
+        if topic.isascii() and "\x00" not in topic and len(topic) <= wire.MAX_U16:
+            topic_bytes = U16.pack(len(topic)) + topic.encode("ascii")
+        else:
+            topic_bytes = wire.encode_utf8(topic, "PUBLISH", "topic name")
+        if len(_TOPIC_BYTES) >= _TOPIC_BYTES_SIZE:
+            _TOPIC_BYTES.clear()
+        _TOPIC_BYTES[topic] = topic_bytes
     if version == V5:
         if properties is NO_PROPERTIES or not properties:
             props = EMPTY_PROPERTIES_BYTES
