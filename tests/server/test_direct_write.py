@@ -120,3 +120,37 @@ async def test_own_subscription_messages_and_acks_arrive_in_order_under_back_pre
     assert [int.from_bytes(p.payload[:4], "big") for p in delivered] == list(range(1, count + 1))
     assert all(p.qos == 0 and p.payload[4:] == padding for p in delivered)
     assert packets.count(Pingresp()) == 1  # in no set order with the deliveries
+
+
+class CountingStream(PrefixedStream):
+    """Counts the writer task's send_all calls (the reader's direct writes bypass it)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        super().__init__(stream, b"")
+        self.send_alls = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.send_alls += 1
+        await super().send_all(data)
+
+
+async def test_request_response_exchanges_go_out_without_the_writer_task() -> None:
+    # One PUBLISH at a time, each answered with a PUBACK and the client's own copy:
+    # with room in the socket, the reader writes every answer itself.
+    client, server = socket_stream_pair()
+    counting = CountingStream(server)
+    reader = PacketReader(protocol_version=V311, server_side=False)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_connection, counting, make_core(), PEER)
+            await client.send_all(encode(Connect(client_id="echo", keep_alive=60), V311))
+            subscribe = Subscribe(packet_id=1, subscriptions=(SubscriptionRequest("e/#", 0),))
+            await client.send_all(encode(subscribe, V311))
+            assert len(await read_packets(client, reader, 2)) == 2
+            for n in range(1, 101):
+                publish = Publish(topic="e/t", payload=b"%d" % n, qos=1, packet_id=n)
+                await client.send_all(encode(publish, V311))
+                answer = await read_packets(client, reader, 2)
+                assert answer == [Puback(n), Publish(topic="e/t", payload=b"%d" % n)]
+            nursery.cancel_scope.cancel()
+    assert counting.send_alls == 0

@@ -47,19 +47,35 @@ class _Output:
     which the writer sends first) keep the two from reordering or interleaving bytes.
     """
 
-    __slots__ = ("_event", "_fd", "_woken", "busy", "carry")
+    __slots__ = ("_event", "_fd", "_reading", "_woken", "busy", "carry")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._event = trio.Event()
         self._woken = False  # the event is set: no call into trio for further wake-ups
+        self._reading = False  # inside receive(): write_now() comes next anyway
         self._fd = _socket_fd(stream)
         self.busy = False
         self.carry = b""
 
     def wakeup(self) -> None:
-        if not self._woken:  # called once per message routed here: keep it cheap
+        # called once per message routed to this connection: keep it cheap
+        if not self._woken and not self._reading:
             self._woken = True
             self._event.set()
+
+    def receive(self, conn: MQTTConnection, data: bytes | bytearray) -> None:
+        """The reader's step: hand ``data`` to ``conn``, then ``write_now()`` its answer.
+
+        While ``conn`` handles the data, its wake-ups of this writer are held back: the
+        reader writes the answer right after (or wakes the writer if it cannot), and a
+        writer woken for it would only find nothing left to send.
+        """
+        self._reading = True
+        try:
+            conn.receive_data(data)
+        finally:
+            self._reading = False
+        self.write_now(conn)
 
     async def wait(self) -> None:
         await self._event.wait()
@@ -140,8 +156,7 @@ async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, output: _Out
                 return
             if not data:
                 return  # EOF without DISCONNECT: an abnormal close (will is published)
-            conn.receive_data(data)
-            output.write_now(conn)
+            output.receive(conn, data)
             if conn.packets_received != packets_seen and conn.state is ConnectionState.CONNECTED:
                 packets_seen = conn.packets_received
                 now = trio.current_time()
