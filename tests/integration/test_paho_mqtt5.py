@@ -443,19 +443,26 @@ async def test_will_goes_when_the_session_ends_before_the_delay() -> None:
 # ------------------------------------------------- 5b. Session expiry changed on DISCONNECT
 
 
+async def subscribe_then_disconnect(
+    broker: Broker, connect_expiry: int, disconnect_expiry: int
+) -> None:
+    """Client "dev" subscribes to kept/#, then sends DISCONNECT with a new expiry."""
+    device = PahoClient("dev", protocol=V5)
+    try:
+        await connect_v5(broker, device, SessionExpiryInterval=connect_expiry)
+        assert await blocking(device.subscribe, "kept/#", 1) == [1]
+        device.client.disconnect(
+            properties=properties(PacketTypes.DISCONNECT, SessionExpiryInterval=disconnect_expiry)
+        )
+        await blocking(device.wait_disconnect)
+        device.client.loop_stop()
+    finally:
+        await close(device)
+
+
 async def test_disconnect_can_shorten_the_session_expiry_to_zero() -> None:
     async with open_test_broker() as broker:
-        device = PahoClient("dev", protocol=V5)
-        try:
-            await connect_v5(broker, device, SessionExpiryInterval=600)
-            assert await blocking(device.subscribe, "kept/#", 1) == [1]
-            device.client.disconnect(
-                properties=properties(PacketTypes.DISCONNECT, SessionExpiryInterval=0)
-            )
-            await blocking(device.wait_disconnect)
-            device.client.loop_stop()
-        finally:
-            await close(device)
+        await subscribe_then_disconnect(broker, 600, 0)
         await wait_until(lambda: "dev" not in broker.core.sessions, "session discarded")
 
         device = PahoClient("dev", protocol=V5)
@@ -471,17 +478,7 @@ async def test_disconnect_can_lengthen_a_nonzero_session_expiry() -> None:
         open_test_broker() as broker,
         paho_client(broker.port, "pub", protocol=V5) as publisher,
     ):
-        device = PahoClient("dev", protocol=V5)
-        try:
-            await connect_v5(broker, device, SessionExpiryInterval=1)
-            assert await blocking(device.subscribe, "kept/#", 1) == [1]
-            device.client.disconnect(
-                properties=properties(PacketTypes.DISCONNECT, SessionExpiryInterval=300)
-            )
-            await blocking(device.wait_disconnect)
-            device.client.loop_stop()
-        finally:
-            await close(device)
+        await subscribe_then_disconnect(broker, 1, 300)
         await wait_offline(broker, "dev")
         await trio.sleep(2.5)  # past the first 1 s (and a housekeeping period)
         await blocking(publisher.publish, "kept/x", b"queued", 1)

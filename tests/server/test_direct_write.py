@@ -57,6 +57,19 @@ async def read_packets(stream: trio.SocketStream, reader: PacketReader, count: i
     return packets
 
 
+async def connect_and_subscribe(
+    client: trio.SocketStream, reader: PacketReader, topic_filter: str
+) -> None:
+    """CONNECT as "echo" and subscribe (QoS 0) to ``topic_filter``; checks both acks."""
+    await client.send_all(encode(Connect(client_id="echo", keep_alive=60), V311))
+    subscribe = Subscribe(packet_id=1, subscriptions=(SubscriptionRequest(topic_filter, 0),))
+    await client.send_all(encode(subscribe, V311))
+    assert await read_packets(client, reader, 2) == [
+        Connack(),
+        Suback(packet_id=1, reason_codes=(0,)),
+    ]
+
+
 def make_core() -> BrokerCore:
     return BrokerCore(config=BrokerConfig(), clock=trio.current_time)
 
@@ -95,13 +108,7 @@ async def test_own_subscription_messages_and_acks_arrive_in_order_under_back_pre
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_connection, server, make_core(), PEER)
-            await client.send_all(encode(Connect(client_id="echo", keep_alive=60), V311))
-            subscribe = Subscribe(packet_id=1, subscriptions=(SubscriptionRequest("p/#", 0),))
-            await client.send_all(encode(subscribe, V311))
-            assert await read_packets(client, reader, 2) == [
-                Connack(),
-                Suback(packet_id=1, reason_codes=(0,)),
-            ]
+            await connect_and_subscribe(client, reader, "p/#")
             publishes = b"".join(
                 encode(
                     Publish(
@@ -143,10 +150,7 @@ async def test_request_response_exchanges_go_out_without_the_writer_task() -> No
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_connection, counting, make_core(), PEER)
-            await client.send_all(encode(Connect(client_id="echo", keep_alive=60), V311))
-            subscribe = Subscribe(packet_id=1, subscriptions=(SubscriptionRequest("e/#", 0),))
-            await client.send_all(encode(subscribe, V311))
-            assert len(await read_packets(client, reader, 2)) == 2
+            await connect_and_subscribe(client, reader, "e/#")
             for n in range(1, 101):
                 publish = Publish(topic="e/t", payload=b"%d" % n, qos=1, packet_id=n)
                 await client.send_all(encode(publish, V311))
