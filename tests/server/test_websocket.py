@@ -20,6 +20,8 @@ import pytest
 import trio
 
 from trio_mqtt.config import ListenerConfig
+from trio_mqtt.mqtt.codec import PacketReader, encode
+from trio_mqtt.mqtt.packets import Connack, Connect, Disconnect, ProtocolVersion, Publish
 from trio_mqtt.server.app import Broker
 from trio_mqtt.server.websocket import MAX_UPGRADE_REQUEST_SIZE, accept_token
 from trio_mqtt.testing import open_test_broker
@@ -407,23 +409,37 @@ async def test_text_frame_closes_with_1003(caplog: pytest.LogCaptureFixture) -> 
     assert any("text frame" in r.getMessage() for r in caplog.records)
 
 
-async def test_message_larger_than_max_packet_size_closes_with_1009() -> None:
+async def test_message_larger_than_max_packet_size_carries_many_packets() -> None:
+    # [MQTT-6.0.0-2]: packets need not line up with messages; only each MQTT packet is
+    # bounded by max_packet_size. 600 PINGREQs (1,200 bytes) in one message of two
+    # frames: every one is answered and the connection stays up.
     async with upgraded(max_packet_size=1024) as (broker, client):
         await client.send(frame(BINARY, CONNECT))
         assert await client.receive_mqtt(4) == CONNACK_ACCEPTED
-        # 600 PINGREQs (1,200 bytes) in one message of two frames: each packet is
-        # fine, the message crosses the bound in its second frame
         await client.send(frame(BINARY, PINGREQ * 400, fin=False))
         await client.send(frame(CONTINUATION, PINGREQ * 200))
-        close = await client.receive_frame()
-        while close.opcode == BINARY:  # PINGRESPs for the first frame
-            assert set(close.payload[::2]) == {PINGRESP[0]}, close
-            close = await client.receive_frame()
-        assert close.opcode == CLOSE
-        assert close.payload[:2] == (1009).to_bytes(2, "big")
-        assert close.payload[2:] == b"WebSocket message larger than 1024 bytes"
-        await client.send(frame(CLOSE, close.payload[:2]))  # the closing handshake
-        assert await client.expect_eof() == b""
+        assert await client.receive_mqtt(2 * 600) == PINGRESP * 600
+        assert [c.client_id for c in broker.clients()] == ["ws"]
+
+
+async def test_mqtt_packet_larger_than_max_packet_size_gets_disconnect_0x95() -> None:
+    # A 5.0 PUBLISH of 2,000 bytes against max_packet_size 1024, in small frames: the
+    # MQTT layer refuses it from its Remaining Length, as on any other transport.
+    v5 = ProtocolVersion.V5
+    publish = encode(Publish(topic="big", payload=bytes(2000)), v5)
+    async with upgraded(max_packet_size=1024) as (broker, client):
+        await client.send(frame(BINARY, encode(Connect(client_id="ws5", protocol_version=v5), v5)))
+        reader = PacketReader(protocol_version=v5, server_side=False)
+        packets: list[object] = []
+        while not packets:
+            packets += reader.feed((await client.receive_frame()).payload)
+        assert isinstance(packets[0], Connack) and packets[0].reason_code == 0
+        for start in range(0, 600, 100):
+            await client.send(frame(BINARY, publish[start : start + 100]))
+        [disconnect] = reader.feed((await client.receive_frame()).payload)
+        assert isinstance(disconnect, Disconnect)
+        assert disconnect.reason_code == 0x95  # Packet too large
+        assert (await client.receive_frame()).opcode == CLOSE
         await wait_until(lambda: broker.clients() == [])
 
 

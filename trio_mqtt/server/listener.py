@@ -236,7 +236,6 @@ async def _open_transport(
             stream,
             path=config.ws_path,
             upgrade_timeout=timeout,
-            max_message_size=core.config.max_packet_size,
             peer=peer,
         )
     return stream, peer

@@ -87,7 +87,6 @@ async def accept_websocket(
     *,
     path: str,
     upgrade_timeout: float,
-    max_message_size: int,
     peer: PeerInfo,
 ) -> WebSocketStream:
     """Complete the server side of a WebSocket upgrade on *stream* within *upgrade_timeout* seconds.
@@ -111,7 +110,7 @@ async def accept_websocket(
         raise WebSocketRejected(f"no WebSocket upgrade within {upgrade_timeout:g}s") from None
     trailing, _closed = http.trailing_data
     connection = Connection(ConnectionType.SERVER, trailing_data=bytes(trailing))
-    return WebSocketStream(stream, connection, max_message_size=max_message_size, peer=peer)
+    return WebSocketStream(stream, connection, peer=peer)
 
 
 async def _read_request(stream: trio.abc.Stream, http: h11.Connection) -> h11.Request:
@@ -253,10 +252,15 @@ class WebSocketStream(trio.abc.Stream):
     """An open WebSocket connection carrying MQTT, as a byte stream.
 
     ``receive_some`` answers pings and the closing handshake itself, and returns b""
-    (end of stream) once the peer closes. A text frame (MQTT-6.0.0-1) or a message longer
-    than ``max_message_size`` makes it close the connection (codes 1003 and 1009) and
-    raise ``trio.BrokenResourceError``. ``send_all`` may run while ``receive_some`` does
-    (a lock keeps the frames they write whole).
+    (end of stream) once the peer closes. A text frame (MQTT-6.0.0-1) makes it close the
+    connection (code 1003) and raise ``trio.BrokenResourceError``. ``send_all`` may run
+    while ``receive_some`` does (a lock keeps the frames they write whole).
+
+    Binary payload is handed on as it arrives, whatever the frame and message sizes:
+    MQTT packets need not line up with frames or messages [MQTT-6.0.0-2], so a message
+    may carry any number of packets, and the MQTT reader above enforces
+    ``max_packet_size`` per packet (an oversized one gets DISCONNECT 0x95 on 5.0).
+    Memory stays bounded: at most one transport read of payload waits here.
     """
 
     def __init__(
@@ -264,15 +268,12 @@ class WebSocketStream(trio.abc.Stream):
         transport_stream: trio.abc.Stream,
         connection: Connection,
         *,
-        max_message_size: int,
         peer: PeerInfo,
     ) -> None:
         self.transport_stream = transport_stream
-        self.max_message_size = max_message_size
         self._ws = connection
         self._peer = peer
         self._pending = bytearray()  # payload bytes received, not yet returned
-        self._message_size = 0  # bytes of the binary message being received so far
         self._eof = False
         self._closed = False
         self._send_lock = trio.Lock()
@@ -300,15 +301,7 @@ class WebSocketStream(trio.abc.Stream):
     async def _process_events(self) -> None:
         for event in self._ws.events():
             if isinstance(event, BytesMessage):
-                self._message_size += len(event.data)
-                if self._message_size > self.max_message_size:
-                    await self._fail(
-                        CloseReason.MESSAGE_TOO_BIG,
-                        f"WebSocket message larger than {self.max_message_size} bytes",
-                    )
                 self._pending += event.data
-                if event.message_finished:
-                    self._message_size = 0
             elif isinstance(event, TextMessage):
                 await self._fail(
                     CloseReason.UNSUPPORTED_DATA, "text frame (MQTT must use binary frames)"
