@@ -233,13 +233,24 @@ def build_full_session(core: BrokerCore) -> Session:
                 retain=True,
                 subscription_identifiers=(3, 268_435_455),
             ),
-            QueuedMessage(message("q/2", payload=b""), qos=1, retain=False),
+            QueuedMessage(
+                message("jobs/2", payload=b""),
+                qos=1,
+                retain=False,
+                shared_filters=("$share/g1/jobs/#", "$share/g2/jobs/+"),
+            ),
         ]
     )
     for packet_id, state in ((9, OutboundState.AWAIT_PUBACK), (2, OutboundState.AWAIT_PUBCOMP)):
         item = QueuedMessage(message(f"in/{packet_id}", qos=2), qos=2, retain=False)
         session.inflight_out[packet_id] = OutboundInflight(packet_id, item, state)
-    item = QueuedMessage(message("in/5", qos=2), qos=2, retain=True, subscription_identifiers=(1,))
+    item = QueuedMessage(
+        message("in/5", qos=2),
+        qos=2,
+        retain=True,
+        subscription_identifiers=(1,),
+        shared_filters=("$share/g1/in/#",),
+    )
     session.inflight_out[5] = OutboundInflight(5, item, OutboundState.AWAIT_PUBREC)
     core.router.subscribe("full", "a/+/c", SubscriptionOptions(qos=2))
     core.router.subscribe(
@@ -261,6 +272,7 @@ def assert_same_item(restored: QueuedMessage, original: QueuedMessage, shift: fl
     assert restored.qos == original.qos
     assert restored.retain == original.retain
     assert restored.subscription_identifiers == original.subscription_identifiers
+    assert restored.shared_filters == original.shared_filters
     assert_same_message(restored.message, original.message, time_shift=shift)
 
 
@@ -617,6 +629,38 @@ def test_a_different_schema_version_is_refused(db_path: str) -> None:
         db.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(PersistenceError, match="schema version 99; this trio-mqtt reads") as info:
         SQLiteStore.open(db_path)
+    assert_names_file(info.value, db_path)
+
+
+def test_a_version_1_store_is_upgraded_in_place(db_path: str) -> None:
+    # version 1 had no shared_filters column: make one from a fresh store, with a row
+    wall = Clock(WALL_START)
+    core, _ = make_core()
+    build_full_session(core).pending[2].shared_filters = ()  # nothing version 1 can hold
+    with SQLiteStore.open(db_path, wall_clock=wall) as store:
+        store.flush(core)
+    with sqlite3.connect(db_path) as db:
+        db.execute("ALTER TABLE session_messages DROP COLUMN shared_filters")
+        db.execute("UPDATE schema_version SET version = 1")
+
+    restarted, _ = make_core()
+    with SQLiteStore.open(db_path, wall_clock=wall) as store:
+        store.load_into(restarted)
+    assert query(db_path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    pending = restarted.sessions["full"].pending
+    assert [item.message.topic for item in pending] == ["q/0", "q/1", "jobs/2"]
+    assert all(item.shared_filters == () for item in pending)
+
+
+def test_an_invalid_shared_filter_list_is_reported_by_name(db_path: str) -> None:
+    core, _ = make_core()
+    build_full_session(core)
+    with SQLiteStore.open(db_path) as store:
+        store.flush(core)
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE session_messages SET shared_filters = '[1, 2]' WHERE kind = 'pending'")
+    with pytest.raises(PersistenceError, match="invalid shared subscription list") as info:
+        SQLiteStore.open(db_path).load_into(make_core()[0])
     assert_names_file(info.value, db_path)
 
 

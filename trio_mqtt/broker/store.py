@@ -61,7 +61,7 @@ __all__ = [
 
 log = logging.getLogger("trio_mqtt.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the table layout below; a file with another version is refused."""
 
 # Columns that describe one application message (a retained one, or one held by a session).
@@ -129,6 +129,7 @@ CREATE TABLE session_messages (
     delivery_qos INTEGER,        -- pending / inflight: QoS of this delivery
     delivery_retain INTEGER,     -- pending / inflight: retain flag of this delivery
     subscription_identifiers TEXT,  -- pending / inflight: JSON list
+    shared_filters TEXT,         -- pending / inflight: JSON list of $share/g/f (version 2)
     {_MESSAGE_DDL},
     PRIMARY KEY (client_id, kind, position)
 );
@@ -161,6 +162,7 @@ _SESSION_MESSAGE_HEAD = (
     "delivery_qos",
     "delivery_retain",
     "subscription_identifiers",
+    "shared_filters",
 )
 _INSERT_SESSION_MESSAGE = (
     f"INSERT INTO session_messages ({', '.join(_SESSION_MESSAGE_HEAD + _MESSAGE_COLUMNS)}) "
@@ -539,12 +541,12 @@ class SQLiteStore:
         for row in db.execute(
             f"SELECT {columns} FROM session_messages ORDER BY client_id, kind, position"
         ):
-            client_id, kind, _position, packet_id, state, qos, retain, sub_ids = row[:8]
+            client_id, kind, _position, packet_id, state, qos, retain, sub_ids, shared = row[:9]
             session_or_none = sessions.get(client_id) or expired.get(client_id)
             if session_or_none is None:
                 continue
             session = session_or_none
-            message = reader.message(row[8:])
+            message = reader.message(row[9:])
             if kind == _WILL:
                 session.delayed_will = message
                 continue
@@ -553,6 +555,7 @@ class SQLiteStore:
                 qos=int(qos),
                 retain=bool(retain),
                 subscription_identifiers=tuple(self._json_ints(sub_ids, "subscription ids")),
+                shared_filters=tuple(self._json_strings(shared, "shared subscription")),
             )
             if kind == _PENDING:
                 session.pending.append(item)
@@ -582,6 +585,17 @@ class SQLiteStore:
             raise PersistenceError(
                 self.path, f"has an invalid {what} list (not integers): {text!r}"
             )
+        return values
+
+    def _json_strings(self, text: str | None, what: str) -> list[str]:
+        if text is None:
+            return []
+        try:
+            values = json.loads(text)
+        except ValueError as exc:
+            raise PersistenceError(self.path, f"has an unreadable {what} list ({exc})") from exc
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise PersistenceError(self.path, f"has an invalid {what} list (not strings): {text!r}")
         return values
 
     def _decode(self, kind: Callable[[Any], _T], value: object, what: str) -> _T:
@@ -630,6 +644,9 @@ def _check_schema(db: sqlite3.Connection, path: str, tables: set[str]) -> None:
             path, f"is an SQLite database of another program (tables: {found}), not trio-mqtt's"
         )
     versions = [row[0] for row in db.execute("SELECT version FROM schema_version")]
+    if versions == [1]:
+        _migrate_from_1(db)
+        versions = [SCHEMA_VERSION]
     if versions != [SCHEMA_VERSION]:
         raise PersistenceError(
             path,
@@ -639,6 +656,16 @@ def _check_schema(db: sqlite3.Connection, path: str, tables: set[str]) -> None:
     missing = _TABLES - tables
     if missing:
         raise PersistenceError(path, f"lacks the table(s) {', '.join(sorted(missing))}")
+
+
+def _migrate_from_1(db: sqlite3.Connection) -> None:
+    """Version 1 -> 2: queued messages remember their shared subscriptions."""
+    db.executescript(
+        "BEGIN IMMEDIATE;\n"
+        "ALTER TABLE session_messages ADD COLUMN shared_filters TEXT;\n"
+        f"UPDATE schema_version SET version = {SCHEMA_VERSION};\n"
+        "COMMIT;"
+    )
 
 
 def _delete(db: sqlite3.Connection, table: str, key: str, keys: list[tuple[str]]) -> int:
@@ -740,14 +767,16 @@ class _RowWriter:
             )
         if session.delayed_will is not None:
             will = self.message_columns(session.delayed_will)
-            yield (client_id, _WILL, 0, None, None, None, None, None, *will)
+            yield (client_id, _WILL, 0, None, None, None, None, None, None, *will)
 
     def _item_columns(self, item: QueuedMessage) -> Row:
         ids = item.subscription_identifiers
+        shared = item.shared_filters
         return (
             int(item.qos),
             int(item.retain),
             json.dumps(list(ids)) if ids else None,
+            json.dumps(list(shared)) if shared else None,
             *self.message_columns(item.message),
         )
 
