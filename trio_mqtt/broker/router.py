@@ -203,6 +203,11 @@ class _MatchPlan:
         self.delivery_list = tuple(self.deliveries.values())
 
 
+# The plan of every topic no subscription matches (never changed: callers copy before
+# they edit a plan's dicts).
+_NO_MATCH = _MatchPlan(plain=(), groups=(), deliveries={}, no_local={})
+
+
 class _Aggregate:
     """Accumulates one client's matching subscriptions into a :class:`Delivery`."""
 
@@ -419,17 +424,19 @@ class Router:
             cache.move_to_end(topic)
             return plan
         plain, groups = self._walk(topic)
-        no_local_clients = {sub.client_id for sub in plain if sub.options.no_local}
-        no_local: dict[str, tuple[Subscription, ...]] = {}
-        if no_local_clients:
+        if not plain and not groups:
+            plan = _NO_MATCH  # common for new topics (retained values, telemetry): share one
+        else:
+            no_local_clients = {sub.client_id for sub in plain if sub.options.no_local}
+            no_local: dict[str, tuple[Subscription, ...]] = {}
             for client_id in no_local_clients:
                 no_local[client_id] = tuple(sub for sub in plain if sub.client_id == client_id)
-        plan = _MatchPlan(
-            plain=tuple(plain),
-            groups=tuple(groups),
-            deliveries=_aggregate(plain),
-            no_local=no_local,
-        )
+            plan = _MatchPlan(
+                plain=tuple(plain),
+                groups=tuple(groups),
+                deliveries=_aggregate(plain),
+                no_local=no_local,
+            )
         if self.cache_size > 0:
             cache[topic] = plan
             if len(cache) > self.cache_size:
