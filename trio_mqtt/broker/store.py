@@ -575,27 +575,21 @@ class SQLiteStore:
         return [(client_id,) for client_id in expired], due_wills
 
     def _json_ints(self, text: str | None, what: str) -> list[int]:
-        if text is None:
-            return []
-        try:
-            values = json.loads(text)
-        except ValueError as exc:
-            raise PersistenceError(self.path, f"has an unreadable {what} list ({exc})") from exc
-        if not isinstance(values, list) or not all(isinstance(v, int) for v in values):
-            raise PersistenceError(
-                self.path, f"has an invalid {what} list (not integers): {text!r}"
-            )
-        return values
+        return self._json_list(text, what, int, "integers")
 
     def _json_strings(self, text: str | None, what: str) -> list[str]:
+        return self._json_list(text, what, str, "strings")
+
+    def _json_list(self, text: str | None, what: str, kind: type[_T], kinds: str) -> list[_T]:
+        """A JSON list column (None: empty) whose items are all ``kind``."""
         if text is None:
             return []
         try:
             values = json.loads(text)
         except ValueError as exc:
             raise PersistenceError(self.path, f"has an unreadable {what} list ({exc})") from exc
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise PersistenceError(self.path, f"has an invalid {what} list (not strings): {text!r}")
+        if not isinstance(values, list) or not all(isinstance(v, kind) for v in values):
+            raise PersistenceError(self.path, f"has an invalid {what} list (not {kinds}): {text!r}")
         return values
 
     def _decode(self, kind: Callable[[Any], _T], value: object, what: str) -> _T:
