@@ -52,7 +52,7 @@ class _Output:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._event = trio.Event()
         self._woken = False  # the event is set: no call into trio for further wake-ups
-        self._reading = False  # inside receive(): write_now() comes next anyway
+        self._reading = False  # inside feed_and_answer(): write_now() comes next anyway
         self._fd = _socket_fd(stream)
         self.busy = False
         self.carry = b""
@@ -63,7 +63,7 @@ class _Output:
             self._woken = True
             self._event.set()
 
-    def receive(self, conn: MQTTConnection, data: bytes | bytearray) -> None:
+    def feed_and_answer(self, conn: MQTTConnection, data: bytes | bytearray) -> None:
         """The reader's step: hand ``data`` to ``conn``, then ``write_now()`` its answer.
 
         While ``conn`` handles the data, its wake-ups of this writer are held back: the
@@ -156,7 +156,7 @@ async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, output: _Out
                 return
             if not data:
                 return  # EOF without DISCONNECT: an abnormal close (will is published)
-            output.receive(conn, data)
+            output.feed_and_answer(conn, data)
             if conn.packets_received != packets_seen and conn.state is ConnectionState.CONNECTED:
                 packets_seen = conn.packets_received
                 now = trio.current_time()
