@@ -19,11 +19,12 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self, TypeAlias
+from typing import Any, Self
 
 import attrs
 
 from trio_mqtt.errors import ConfigError
+from trio_mqtt.networks import IPNetwork, address_in, parse_network
 
 __all__ = [
     "BrokerConfig",
@@ -38,7 +39,6 @@ __all__ = [
     "parse_config",
 ]
 
-IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: MQTT's largest packet: 268,435,455 bytes of remaining length plus a 5-byte fixed header.
 MAX_MQTT_PACKET_SIZE = 268_435_455 + 5
@@ -202,15 +202,9 @@ def _to_proxy_mode(value: ProxyMode | str) -> ProxyMode:
 
 def _parse_network(text: str, key: str) -> IPNetwork:
     try:
-        return ipaddress.ip_network(text, strict=True)
+        return parse_network(text)
     except ValueError as exc:
-        try:
-            fixed = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            message = f"{text!r} is not a valid CIDR (e.g. '10.0.0.0/8', '2001:db8::/32')"
-            raise ConfigError(message, key=key) from exc
-        message = f"{text!r} has host bits set; did you mean '{fixed}'?"
-        raise ConfigError(message, key=key) from exc
+        raise ConfigError(str(exc), key=key) from None
 
 
 def _to_networks(value: Iterable[IPNetwork | str]) -> tuple[IPNetwork, ...]:
@@ -246,17 +240,6 @@ def _to_listeners(value: Iterable[ListenerConfig]) -> tuple[ListenerConfig, ...]
 # --------------------------------------------------------------------------- config classes
 
 
-def _normalize_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """*host* as an address, with an IPv4-mapped IPv6 address unwrapped and no scope id."""
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 @attrs.frozen
 class ProxyPolicy:
     """How a listener treats PROXY protocol headers (v1 and v2, auto-detected).
@@ -290,10 +273,7 @@ class ProxyPolicy:
         """
         if not self.trusted_sources:
             return True
-        address = _normalize_ip(host)
-        if address is None:
-            return False
-        return any(address in network for network in self.trusted_sources)
+        return address_in(host, self.trusted_sources)
 
 
 @attrs.frozen

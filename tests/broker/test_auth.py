@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from trio_mqtt.broker.auth import (
@@ -23,6 +24,7 @@ from trio_mqtt.broker.auth import (
     Access,
     AclFile,
     AclRule,
+    AuthFiles,
     PasswordFile,
     PasswordHash,
     acl_connect_hook,
@@ -676,6 +678,10 @@ def test_user_sections_merge() -> None:
         (["topic read my topic"], 1, "unexpected 'topic' after the rule"),
         (["topic read a b # c"], 1, "unexpected 'b # c' after the rule"),
         (["user alice bob"], 1, "unexpected 'bob'"),
+        (["address"], 1, "'address' needs a network"),
+        (["address # only a comment"], 1, "'address' needs a network"),
+        (["address 10.0.0.1/8"], 1, "has host bits set; did you mean '10.0.0.0/8'?"),
+        (["user a", "address 10.0.0.0/8 sensors/#"], 2, "'sensors/#' is not a valid CIDR"),
     ],
 )
 def test_acl_errors_name_file_and_line(
@@ -688,6 +694,69 @@ def test_acl_errors_name_file_and_line(
     text = str(caught.value)
     assert text.startswith(f"{path}: line {line_number}: ")
     assert message in text
+
+
+ADDRESS_ACL = """\
+topic readwrite #
+address 10.0.0.0/8 192.168.1.0/24   # every client, from these networks only
+address 2001:db8::/32
+user alice
+address 10.1.0.0/16                 # alice only from here (and within the above)
+user bob
+topic read x
+"""
+
+
+def test_address_lines_are_parsed_per_section() -> None:
+    acl = AclFile.parse(ADDRESS_ACL)
+    assert [str(n) for n in acl.global_networks] == [
+        "10.0.0.0/8",
+        "192.168.1.0/24",
+        "2001:db8::/32",
+    ]
+    assert {name: [str(n) for n in nets] for name, nets in acl.user_networks.items()} == {
+        "alice": ["10.1.0.0/16"]
+    }
+    assert acl.can_publish("bob", "c", "any/topic")  # address lines leave the rules alone
+
+
+@pytest.mark.parametrize(
+    ("username", "host", "allowed"),
+    [
+        (None, "10.9.9.9", True),
+        (None, "192.168.1.77", True),
+        (None, "192.168.2.1", False),
+        (None, "203.0.113.7", False),
+        (None, "2001:db8::1", True),
+        (None, "2001:db9::1", False),
+        (None, "::ffff:10.0.0.1", True),  # IPv4-mapped IPv6: the IPv4 address counts
+        (None, None, False),  # no address at all: refused when addresses are restricted
+        (None, "/run/mqtt.sock", False),
+        ("bob", "10.9.9.9", True),  # no lines of his own: the lines for every client
+        ("alice", "10.1.2.3", True),
+        ("alice", "10.9.9.9", False),  # inside the global networks, outside alice's
+        ("alice", "2001:db8::1", False),
+    ],
+)
+def test_can_connect_from(username: str | None, host: str | None, allowed: bool) -> None:
+    assert AclFile.parse(ADDRESS_ACL).can_connect_from(username, host) is allowed
+
+
+def test_without_address_lines_any_address_may_connect(acl: AclFile) -> None:
+    assert acl.can_connect_from("alice", "203.0.113.7")
+    assert acl.can_connect_from(None, None)
+
+
+def test_address_hook_uses_the_real_client_address_and_certificate_username() -> None:
+    files = AuthFiles(acl=AclFile.parse("user alice\naddress 203.0.113.0/24\n"))
+    behind_proxy = attrs.evolve(PEER, client=Endpoint("203.0.113.7", 40000))
+    assert files.acl_file_address(behind_proxy, connect("alice")) is None
+    # from anywhere else (here 192.0.2.10) alice is refused; other users are not limited
+    assert files.acl_file_address(PEER, connect("alice")) == ReasonCode.NOT_AUTHORIZED
+    assert files.acl_file_address(PEER, connect("bob")) is None
+    # a certificate's username overrides the one in CONNECT
+    as_alice = attrs.evolve(PEER, username="alice")
+    assert files.acl_file_address(as_alice, connect("bob")) == ReasonCode.NOT_AUTHORIZED
 
 
 def test_missing_acl_file(tmp_path: Path) -> None:
@@ -760,7 +829,7 @@ def test_install_auth_registers_both(tmp_path: Path) -> None:
     acl_path.write_text(EXAMPLE_ACL)
     core = make_core(password_file=str(passwd), acl_file=str(acl_path))
     install_auth(core, core.config)
-    assert hook_names(core.connect_hooks) == ["password_file", "acl_file_will"]
+    assert hook_names(core.connect_hooks) == ["password_file", "acl_file_address", "acl_file_will"]
     assert hook_names(core.publish_hooks) == ["acl_file_publish"]
     assert hook_names(core.subscribe_hooks) == ["acl_file_subscribe"]
     check_password = core.connect_hooks[0]

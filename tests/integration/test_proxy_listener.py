@@ -11,6 +11,7 @@ import contextlib
 import logging
 import struct
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import trio
@@ -205,6 +206,32 @@ async def test_v2_header_through_the_listener(caplog: pytest.LogCaptureFixture) 
         assert peer.proxy_header.unique_id == b"req-0001"
         assert peer.proxy_header.authority == "mqtt.example.com"
     assert warnings_from_broker(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (V1_HEADER, CONNACK_311_ACCEPTED),  # 203.0.113.7: inside the ACL's network
+        (v2_header(), CONNACK_311_ACCEPTED),
+        (b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 1883\r\n", CONNACK_311_NOT_AUTHORIZED),
+    ],
+    ids=["v1-inside", "v2-inside", "v1-outside"],
+)
+async def test_acl_address_lines_see_the_address_from_the_header(
+    tmp_path: Path, header: bytes, expected: bytes
+) -> None:
+    # The socket peer is always 127.0.0.1 (the "load balancer"): only the address the
+    # header carries can put the client inside or outside 203.0.113.0/24.
+    acl = tmp_path / "broker.acl"
+    acl.write_text("address 203.0.113.0/24\ntopic readwrite #\n")
+    async with (
+        open_test_broker(listeners=lb(ProxyMode.REQUIRED), acl_file=str(acl)) as broker,
+        await trio.open_tcp_stream("127.0.0.1", broker.port) as stream,
+    ):
+        await stream.send_all(header + CONNECT_311)
+        assert await receive_exactly(stream, 4) == expected
+        if expected == CONNACK_311_NOT_AUTHORIZED:
+            assert broker.stats.connects_refused == 1
 
 
 async def test_header_split_from_connect_across_writes() -> None:

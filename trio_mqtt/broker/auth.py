@@ -41,6 +41,7 @@ from trio_mqtt.mqtt.topics import (
     topic_matches,
     validate_topic_filter,
 )
+from trio_mqtt.networks import IPNetwork, address_in, parse_network
 from trio_mqtt.peer import PeerInfo
 
 __all__ = [
@@ -434,14 +435,19 @@ class AclFile:
     - ``topic`` lines after ``user NAME`` apply to clients with that username;
     - ``pattern`` lines apply to every client, wherever they are, with ``%u`` replaced by
       the username and ``%c`` by the client id.
+    - ``address`` lines say where clients may connect from (their real address, as a
+      PROXY header tells it): before the first ``user`` line for every client, after
+      ``user NAME`` for that username, on top of the lines for every client.
 
-    Whatever no rule grants is denied.
+    Whatever no rule grants is denied; without ``address`` lines any address may connect.
     """
 
     source: str
     global_rules: tuple[AclRule, ...] = ()
     user_rules: Mapping[str, tuple[AclRule, ...]] = attrs.field(factory=dict)
     patterns: tuple[AclRule, ...] = ()
+    global_networks: tuple[IPNetwork, ...] = ()
+    user_networks: Mapping[str, tuple[IPNetwork, ...]] = attrs.field(factory=dict)
     _patterns: tuple[_Pattern, ...] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -459,21 +465,31 @@ class AclFile:
     @classmethod
     def parse(cls, text: str, *, source: str = "<ACL file>") -> AclFile:
         """Build from the text of an ACL file (*source* names it in errors)."""
-        global_rules: list[AclRule] = []
-        user_rules: dict[str, list[AclRule]] = {}
-        patterns: list[AclRule] = []
-        current: list[AclRule] = global_rules
+        builder = _AclBuilder()
         for number, line in _content_lines(text):
             try:
-                current = _parse_line(line, number, current, user_rules, patterns)
+                builder.add_line(line, number)
             except ValueError as exc:
                 raise ConfigError(f"line {number}: {exc}", file=source) from None
         return cls(
             source=source,
-            global_rules=tuple(global_rules),
-            user_rules={name: tuple(rules) for name, rules in user_rules.items()},
-            patterns=tuple(patterns),
+            global_rules=tuple(builder.rules[None]),
+            user_rules={
+                name: tuple(rules) for name, rules in builder.rules.items() if name is not None
+            },
+            patterns=tuple(builder.patterns),
+            global_networks=tuple(builder.networks.get(None, ())),
+            user_networks={
+                name: tuple(nets) for name, nets in builder.networks.items() if name is not None
+            },
         )
+
+    def can_connect_from(self, username: str | None, host: str | None) -> bool:
+        """Whether the ``address`` lines let a client with *username* connect from *host*."""
+        if self.global_networks and not address_in(host, self.global_networks):
+            return False
+        networks = None if username is None else self.user_networks.get(username)
+        return not networks or address_in(host, networks)
 
     def rules_for(self, username: str | None, client_id: str) -> Iterator[AclRule]:
         """Every rule that applies to one client, patterns already substituted."""
@@ -507,38 +523,47 @@ class AclFile:
         )
 
 
-def _parse_line(
-    line: str,
-    number: int,
-    current: list[AclRule],
-    user_rules: dict[str, list[AclRule]],
-    patterns: list[AclRule],
-) -> list[AclRule]:
-    """Apply one ACL line; returns the rule list later ``topic`` lines go to."""
-    keyword, *words = line.split()
-    if keyword == "user":
-        if not words or _is_comment(words, 0):
-            raise ValueError("'user' needs a username, e.g. 'user alice'")
-        used = 1
-        section = user_rules.setdefault(words[0], [])
-    elif keyword in ("topic", "pattern"):
-        rule, used = _parse_rule(words, number)
-        if keyword == "pattern":
-            _check_placeholders(rule.topic_filter)
-            _check_filter(_substitute(rule.topic_filter, {"u": "u", "c": "c"}))
-            patterns.append(rule)
+@attrs.define
+class _AclBuilder:
+    """The sections of an ACL file as its lines are read (None: before any ``user``)."""
+
+    rules: dict[str | None, list[AclRule]] = attrs.Factory(lambda: {None: []})
+    networks: dict[str | None, list[IPNetwork]] = attrs.Factory(dict)
+    patterns: list[AclRule] = attrs.Factory(list)
+    user: str | None = None
+
+    def add_line(self, line: str, number: int) -> None:
+        keyword, *words = line.split()
+        if keyword == "user":
+            if not words or _is_comment(words, 0):
+                raise ValueError("'user' needs a username, e.g. 'user alice'")
+            used = 1
+            self.user = words[0]
+            self.rules.setdefault(self.user, [])
+        elif keyword in ("topic", "pattern"):
+            rule, used = _parse_rule(words, number)
+            if keyword == "pattern":
+                _check_placeholders(rule.topic_filter)
+                _check_filter(_substitute(rule.topic_filter, {"u": "u", "c": "c"}))
+                self.patterns.append(rule)
+            else:
+                _check_filter(rule.topic_filter)
+                self.rules[self.user].append(rule)
+        elif keyword == "address":
+            used = next((i for i, word in enumerate(words) if word.startswith("#")), len(words))
+            if not used:
+                raise ValueError("'address' needs a network, e.g. 'address 10.0.0.0/8'")
+            networks = self.networks.setdefault(self.user, [])
+            networks.extend(parse_network(word) for word in words[:used])
         else:
-            _check_filter(rule.topic_filter)
-            current.append(rule)
-        section = current
-    else:
-        raise ValueError(f"unknown keyword {keyword!r} (allowed: topic, user, pattern)")
-    if len(words) > used and not _is_comment(words, used):
-        raise ValueError(
-            f"unexpected {' '.join(words[used:])!r} after the rule "
-            "(topic filters cannot contain spaces; comments start with '#')"
-        )
-    return section
+            raise ValueError(
+                f"unknown keyword {keyword!r} (allowed: topic, user, pattern, address)"
+            )
+        if len(words) > used and not _is_comment(words, used):
+            raise ValueError(
+                f"unexpected {' '.join(words[used:])!r} after the rule "
+                "(topic filters cannot contain spaces; comments start with '#')"
+            )
 
 
 def acl_publish_hook(acl: AclFile) -> PublishHook:
@@ -646,6 +671,20 @@ class AuthFiles:
         )
         return ReasonCode.NOT_AUTHORIZED
 
+    def acl_file_address(self, peer: PeerInfo, connect: Connect) -> ReasonCode | None:
+        """Connect hook: the ACL file's ``address`` lines."""
+        if self.acl is None:
+            return None
+        username = peer.username if peer.username is not None else connect.username
+        if self.acl.can_connect_from(username, peer.client_host):
+            return None
+        log.info(
+            "%s username=%r may not connect from that address under the ACL",
+            peer.describe(),
+            username,
+        )
+        return ReasonCode.NOT_AUTHORIZED
+
     def acl_file_publish(
         self, peer: PeerInfo, client_id: str, username: str | None, topic: str
     ) -> bool:
@@ -678,6 +717,7 @@ def install_auth(core: BrokerCore, config: BrokerConfig) -> AuthFiles | None:
     if config.password_file:
         core.connect_hooks.append(files.password_file)
     if config.acl_file:
+        core.connect_hooks.append(files.acl_file_address)
         core.connect_hooks.append(files.acl_file_will)
         core.publish_hooks.append(files.acl_file_publish)
         core.subscribe_hooks.append(files.acl_file_subscribe)

@@ -1,0 +1,50 @@
+"""IP networks (CIDR) as configured, and whether a client address is inside them.
+
+Used by the PROXY policy (``trusted_sources``) and by ``address`` lines of the ACL
+file; both match the address a client connects from (for the ACL: the real client, as
+a PROXY header tells it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import TypeAlias
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_network(text: str) -> IPNetwork:
+    """``10.0.0.0/8``, ``2001:db8::/32`` or a single address; ValueError says what is wrong."""
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        try:
+            fixed = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            message = f"{text!r} is not a valid CIDR (e.g. '10.0.0.0/8', '2001:db8::/32')"
+            raise ValueError(message) from exc
+        raise ValueError(f"{text!r} has host bits set; did you mean '{fixed}'?") from exc
+
+
+def normalize_ip(host: str) -> IPAddress | None:
+    """*host* as an address, with an IPv4-mapped IPv6 address unwrapped and no scope id.
+
+    None when *host* is not an IP address (for example a UNIX socket path).
+    """
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def address_in(host: str | None, networks: Iterable[IPNetwork]) -> bool:
+    """Whether *host* is an IP address inside one of *networks* (never for a non-IP host)."""
+    address = None if host is None else normalize_ip(host)
+    if address is None:
+        return False
+    return any(address.version == net.version and address in net for net in networks)
