@@ -702,6 +702,16 @@ def test_is_trusted_with_scope_id() -> None:
     assert policy.is_trusted("fe80::1%eth0")
 
 
+def test_is_trusted_keeps_address_families_apart() -> None:
+    # ::/0 is every IPv6 address, not every address; 0.0.0.0/0 every IPv4 one
+    policy = ProxyPolicy(mode="required", trusted_sources=["::/0"])
+    assert policy.is_trusted("2001:db8::1")
+    assert not policy.is_trusted("10.0.0.1")
+    v4_only = ProxyPolicy(mode="required", trusted_sources=["0.0.0.0/0"])
+    assert v4_only.is_trusted("10.0.0.1")
+    assert not v4_only.is_trusted("::1")
+
+
 def test_topic_alias_maximum_setting() -> None:
     assert BrokerConfig().topic_alias_maximum == 10
     assert parse_config({"broker": {"topic_alias_maximum": 0}}).topic_alias_maximum == 0
