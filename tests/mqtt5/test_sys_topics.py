@@ -7,7 +7,7 @@ import trio
 from trio_mqtt._version import __version__
 from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.sys_topics import publish_sys_topics, sys_values
-from trio_mqtt.mqtt.packets import Publish
+from trio_mqtt.mqtt.packets import Properties, Publish
 from trio_mqtt.testing import open_test_broker
 
 from .helpers import CoreClient, FakeClock, make_core, raw_client, receive_publish, subscribe
@@ -19,6 +19,8 @@ TOPICS = {
     "$SYS/broker/messages/received",
     "$SYS/broker/messages/sent",
     "$SYS/broker/retained messages/count",
+    "$SYS/broker/clients/total",
+    "$SYS/broker/publish/messages/dropped",
 }
 
 
@@ -29,13 +31,21 @@ def test_values_from_the_core() -> None:
     client = CoreClient(core)
     client.connect("c")
     client.send(Publish("a", b"1"))
+    # an offline persistent session that a QoS 0 message cannot reach: one drop
+    away = CoreClient(core)
+    away.connect("away", properties=Properties(session_expiry_interval=600))
+    away.subscribe(("a", 0))
+    away.drop()
+    client.send(Publish("a", b"2"))
     clock.now += 12.7
     assert sys_values(core) == {
         "$SYS/broker/version": f"trio-mqtt {__version__}",
         "$SYS/broker/uptime": "12 seconds",
         "$SYS/broker/clients/connected": "1",
-        "$SYS/broker/messages/received": "1",
+        "$SYS/broker/clients/total": "2",
+        "$SYS/broker/messages/received": "2",
         "$SYS/broker/messages/sent": "0",
+        "$SYS/broker/publish/messages/dropped": "1",
         "$SYS/broker/retained messages/count": "1",
     }
 

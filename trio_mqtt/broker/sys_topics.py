@@ -29,8 +29,11 @@ def sys_values(core: BrokerCore) -> dict[str, str]:
         f"{SYS_PREFIX}version": f"trio-mqtt {__version__}",
         f"{SYS_PREFIX}uptime": f"{int(core.uptime())} seconds",
         f"{SYS_PREFIX}clients/connected": str(connected),
+        # sessions, connected or not (the names follow mosquitto's, for existing dashboards)
+        f"{SYS_PREFIX}clients/total": str(len(core.sessions)),
         f"{SYS_PREFIX}messages/received": str(stats.messages_received),
         f"{SYS_PREFIX}messages/sent": str(stats.messages_sent),
+        f"{SYS_PREFIX}publish/messages/dropped": str(stats.messages_dropped),
         f"{SYS_PREFIX}retained messages/count": str(len(core.retained)),
     }
 
