@@ -1022,28 +1022,18 @@ class PacketReader:
     ) -> tuple[int, int]:
         """A Remaining Length of 2 to 4 bytes at ``pos + 1``: (length, index after it).
 
-        The index is -1 when the buffer ends inside it (the fixed header is incomplete).
+        The index is -1 when the buffer ends inside it (the fixed header is incomplete);
+        otherwise ``wire.read_varint`` decodes it, with its checks (at most 4 bytes,
+        minimally encoded).
         """
-        index = pos + 1
-        length = 0
-        shift = 0
-        while True:
-            if index >= size:
-                return 0, -1
-            byte = buffer[index]
-            index += 1
-            length |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-            if shift == 28:
-                raise malformed(
-                    f"{_PACKET_NAMES.get(packet_type, 'packet')}: remaining length "
-                    "is longer than 4 bytes"
-                )
-        if byte == 0:  # more than one byte, and the last adds nothing
-            raise malformed("remaining length is not minimally encoded [MQTT-1.5.5-1]")
-        return length, index
+        start = pos + 1
+        available = min(size, start + wire.MAX_VARINT_BYTES)
+        if available - start < wire.MAX_VARINT_BYTES and all(
+            buffer[i] & 0x80 for i in range(start, available)
+        ):
+            return 0, -1  # no last byte yet, and room for one
+        name = _PACKET_NAMES.get(packet_type, "packet")
+        return wire.read_varint(buffer, start, size, name, "remaining length")
 
     def _check_first_byte(self, first: int, version: ProtocolVersion | None) -> None:
         """Packet type and reserved flags, checked as soon as the first byte arrives."""

@@ -87,7 +87,9 @@ def read_varint(buf: Buffer, pos: int, end: int, packet: str, field: str) -> tup
         if pos - start == MAX_VARINT_BYTES:
             raise malformed(f"{packet}: {field}: variable byte integer longer than 4 bytes")
     if byte == 0 and pos - start > 1:
-        raise malformed(f"{packet}: {field}: variable byte integer is not minimally encoded")
+        raise malformed(
+            f"{packet}: {field}: variable byte integer is not minimally encoded [MQTT-1.5.5-1]"
+        )
     return value, pos
 
 
