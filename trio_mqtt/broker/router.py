@@ -471,11 +471,7 @@ class Router:
         The common case (no share group, no No Local) builds no per-delivery objects:
         it is on the path of every PUBLISH.
         """
-        plan = self._cache.get(topic)  # _plan(), with its cache hit inlined: hot path
-        if plan is None:
-            plan = self._plan(topic)
-        else:
-            self._cache.move_to_end(topic)
+        plan = self._plan(topic)
         skip_own = publisher_client_id is not None and publisher_client_id in plan.no_local
         if not plan.groups and not skip_own:
             return plan.delivery_list, NO_SHARES
