@@ -61,7 +61,6 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
-_CONNECTED = ConnectionState.CONNECTED
 _V5 = ProtocolVersion.V5
 
 
@@ -140,16 +139,11 @@ class MQTTConnection:
         if self.session is not None:
             self.core.dirty_sessions.add(self.client_id)
         self.packets_received += len(packets)
-        core = self.core
         for packet in packets:
             if self.close_reason is not None:  # an earlier packet of this batch ended it
                 break
             try:
-                session = self.session
-                if type(packet) is Publish and self.state is _CONNECTED and session is not None:
-                    core.handle_publish(self, session, packet)  # the hot path, first
-                else:
-                    self._handle(packet)
+                self._handle(packet)
             except RemoteProtocolError as exc:
                 self._protocol_error(exc.reason_code, str(exc))
         error = self.reader.error
@@ -255,6 +249,12 @@ class MQTTConnection:
         self._close(CloseReason.CONNECT_REFUSED, str(exc))
 
     def _handle(self, packet: Packet) -> None:
+        session = self.session
+        # The hot path first. A connection has a session only once CONNECTED (it keeps it
+        # when CLOSED), the states where every PUBLISH goes to the core.
+        if session is not None and type(packet) is Publish:
+            self.core.handle_publish(self, session, packet)
+            return
         if self.state is ConnectionState.AWAIT_CONNECT:
             if not isinstance(packet, Connect):
                 raise RemoteProtocolError(
@@ -276,12 +276,9 @@ class MQTTConnection:
                     ReasonCode.PROTOCOL_ERROR,
                 )
             return
-        session = self.session
         if session is None:  # taken over; ignore whatever is still in flight
             return
         match packet:
-            case Publish():
-                self.core.handle_publish(self, session, packet)
             case Puback(packet_id=pid):
                 self._acked(session, pid, OutboundState.AWAIT_PUBACK)
             case Pubrec(packet_id=pid, reason_code=code):
