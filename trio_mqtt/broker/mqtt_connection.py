@@ -386,19 +386,7 @@ class MQTTConnection:
         ):
             # a single recipient has nothing to share; the forwarded expiry interval
             # shrinks while queued; a topic alias is this connection's own: encode now
-            if self.version is _V5:
-                data = self._encode_fresh(item, packet_id, now, dup=False)
-            else:  # no properties to adjust before 5.0
-                data = encode_publish(
-                    message.topic,
-                    message.payload,
-                    item.qos,
-                    item.retain,
-                    False,  # dup
-                    packet_id,
-                    NO_PROPERTIES,
-                    self.version,
-                )
+            data = self._encode_fresh(item, packet_id, now, dup=False)
             if self.client_max_packet_size is not None and not self._fits(len(data)):
                 self._proposed_alias = None
                 return False
