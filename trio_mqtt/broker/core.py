@@ -746,15 +746,11 @@ class BrokerCore:
                 item = shared_item
                 if item.encoded is None:
                     item.encoded = {}  # a second recipient: worth sharing the encoded header
-        connection = session.connection
-        pending = session.pending
-        # Session.enqueue, inlined for its common case: online, queue not full
-        if connection is not None and len(pending) < session.max_queued:
-            pending.append(item)
-        elif not session.enqueue(item):
+        if not session.enqueue(item):
             self.stats.messages_dropped += 1
             return
         self.dirty_sessions.add(client_id)
+        connection = session.connection
         if connection is not None:
             connection.on_output()
 

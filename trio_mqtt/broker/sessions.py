@@ -86,18 +86,22 @@ class Session:
         return self.connection is not None
 
     def enqueue(self, item: QueuedMessage) -> bool:
-        """Queue a message for this session per the module's policy; False if dropped."""
-        if not self.online and item.qos == 0:
+        """Queue a message for this session per the module's policy; False if dropped.
+
+        Runs once per message and recipient: attributes, not the ``online`` property.
+        """
+        if item.qos == 0 and self.connection is None:
             return False
-        if len(self.pending) < self.max_queued:
-            self.pending.append(item)
+        pending = self.pending
+        if len(pending) < self.max_queued:
+            pending.append(item)
             return True
         if item.qos > 0:
-            for index, queued in enumerate(self.pending):
+            for index, queued in enumerate(pending):
                 if queued.qos == 0:
-                    del self.pending[index]
+                    del pending[index]
                     self.dropped += 1
-                    self.pending.append(item)
+                    pending.append(item)
                     return True
         self.dropped += 1
         return False
