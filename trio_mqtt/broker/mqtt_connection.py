@@ -349,8 +349,7 @@ class MQTTConnection:
         stats = self.core.stats
         while pending and len(out) < MAX_BATCH_BYTES:
             item = pending[0]
-            message = item.message
-            if message.properties.message_expiry_interval is not None and message.expired(now):
+            if item.message.expired(now):
                 pending.popleft()
                 continue
             if item.qos == 0:
