@@ -386,12 +386,11 @@ class MQTTConnection:
             # a single recipient has nothing to share; the forwarded expiry interval
             # shrinks while queued; a topic alias is this connection's own: encode now
             data = self._encode_fresh(item, packet_id, now, dup=False)
-            if self.client_max_packet_size is not None and not self._fits(len(data)):
+            if not self._fits(len(data)):
                 self._proposed_alias = None
                 return False
             self._out += data
-            if self._proposed_alias is not None:
-                self._commit_alias()
+            self._commit_alias()
             return True
         entry = cache.get(self.version)
         if entry is None:
@@ -403,9 +402,7 @@ class MQTTConnection:
                 -1 if placeholder is None else _packet_id_offset(header),
             )
         header, offset = entry
-        if self.client_max_packet_size is not None and not self._fits(
-            len(header) + len(message.payload)
-        ):
+        if not self._fits(len(header) + len(message.payload)):
             return False
         out = self._out
         if packet_id is None:
