@@ -235,7 +235,7 @@ def _frame(first_byte: int, body: bytes | bytearray, packet: str) -> bytes:
             f"{packet}: remaining length {length} exceeds the maximum of {wire.MAX_VARINT}",
             _RC.PACKET_TOO_LARGE,
         )
-    return bytes((first_byte,)) + wire.encode_varint(length) + body
+    return wire.encode_fixed_header(first_byte, length) + body
 
 
 def _packet_id(packet_id: int | None, packet: str) -> bytes:
@@ -312,10 +312,7 @@ def encode_publish(  # noqa: PLR0917 (positional API shared with the broker)
             f"PUBLISH: remaining length {length} exceeds the maximum of {wire.MAX_VARINT}",
             _RC.PACKET_TOO_LARGE,
         )
-    if length < 0x80:  # a one-byte Remaining Length: most PUBLISH packets
-        fixed_header = bytes((first, length))
-    else:
-        fixed_header = bytes((first,)) + wire.encode_varint(length)
+    fixed_header = wire.encode_fixed_header(first, length)
     return b"".join((fixed_header, topic_bytes, packet_id_bytes, props, payload))
 
 

@@ -181,6 +181,13 @@ def encode_varint(value: int, packet: str = "packet", field: str = "value") -> b
             return bytes(out)
 
 
+def encode_fixed_header(first_byte: int, remaining_length: int) -> bytes:
+    """The type/flags byte and the Remaining Length (already checked against MAX_VARINT)."""
+    if remaining_length < 0x80:  # one byte: most packets, so without encode_varint
+        return bytes((first_byte, remaining_length))
+    return bytes((first_byte,)) + encode_varint(remaining_length)
+
+
 def encode_utf8(text: str, packet: str, field: str) -> bytes:
     """A UTF-8 Encoded String with its two-byte length prefix."""
     if "\x00" in text:
