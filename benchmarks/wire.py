@@ -169,19 +169,24 @@ def _read_remaining_length(buffer: bytes | bytearray, pos: int) -> tuple[int, in
     raise WireError("malformed remaining length")
 
 
+def _take_packet(buffer: bytearray, pos: int) -> tuple[GeneralPacket, int] | None:
+    """The complete packet at *pos* and the offset after it; None if it is incomplete."""
+    header = _read_remaining_length(buffer, pos + 1)
+    if header is None:
+        return None
+    length, start = header
+    if start + length > len(buffer):
+        return None
+    return GeneralPacket(buffer[pos], bytes(buffer[start : start + length])), start + length
+
+
 def split_packets(buffer: bytearray) -> list[GeneralPacket]:
     """Remove every complete packet from the front of *buffer* and return them."""
     packets: list[GeneralPacket] = []
     pos = 0
-    while pos + 2 <= len(buffer):
-        header = _read_remaining_length(buffer, pos + 1)
-        if header is None:
-            break
-        length, start = header
-        if start + length > len(buffer):
-            break
-        packets.append(GeneralPacket(buffer[pos], bytes(buffer[start : start + length])))
-        pos = start + length
+    while (taken := _take_packet(buffer, pos)) is not None:
+        packet, pos = taken
+        packets.append(packet)
     del buffer[:pos]
     return packets
 
@@ -269,14 +274,10 @@ class DeliveryParser:
                 if done == count:
                     continue
             # Not a run of benchmark packets here: take one packet the slow way.
-            header = _read_remaining_length(buffer, pos + 1)
-            if header is None:
+            taken = _take_packet(buffer, pos)
+            if taken is None:
                 break
-            length, start = header
-            if start + length > len(buffer):
-                break
-            packet = GeneralPacket(buffer[pos], bytes(buffer[start : start + length]))
-            pos = start + length
+            packet, pos = taken
             if packet.packet_type == PUBLISH:
                 self._verify_general(packet)
             else:
