@@ -20,10 +20,7 @@ class PrefixedStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
             await trio.lowlevel.checkpoint()
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            data = bytes(self._prefix[:size])
-            del self._prefix[:size]
-            return data
+            return take_front(self._prefix, max_bytes)
         return await self.transport_stream.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -34,3 +31,11 @@ class PrefixedStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.transport_stream.aclose()
+
+
+def take_front(buffer: bytearray, max_bytes: int | None) -> bytes:
+    """Remove and return up to ``max_bytes`` (None: all) from the front of ``buffer``."""
+    size = len(buffer) if max_bytes is None else max_bytes
+    data = bytes(buffer[:size])
+    del buffer[:size]
+    return data

@@ -26,6 +26,7 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
 from trio_mqtt.peer import PeerInfo
+from trio_mqtt.server.prefixed_stream import take_front
 
 __all__ = [
     "MAX_UPGRADE_REQUEST_SIZE",
@@ -285,10 +286,7 @@ class WebSocketStream(trio.abc.Stream):
             await self._process_events()
             if self._pending:
                 await trio.lowlevel.checkpoint()
-                size = len(self._pending) if max_bytes is None else max_bytes
-                data = bytes(self._pending[:size])
-                del self._pending[:size]
-                return data
+                return take_front(self._pending, max_bytes)
             if self._eof:
                 await trio.lowlevel.checkpoint()
                 return b""
