@@ -13,7 +13,8 @@ import logging
 import re
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -178,10 +179,11 @@ async def connect_over_tls(
     return paho, connack
 
 
-async def test_verified_client_certificate_cn_becomes_the_username(
-    haproxy: str, tmp_path: Path, tls_files: TLSFiles, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="trio_mqtt")
+@asynccontextmanager
+async def cn_broker_behind_tls_haproxy(
+    haproxy: str, tmp_path: Path, tls_files: TLSFiles, bind_extra: str = ""
+) -> AsyncIterator[tuple[Broker, RunningHAProxy]]:
+    """A broker with use_cn_as_username, behind HAProxy terminating TLS (send-proxy-v2-ssl-cn)."""
     async with (
         open_test_broker(listeners=proxied_listener(use_cn_as_username=True)) as broker,
         run_haproxy(
@@ -189,8 +191,18 @@ async def test_verified_client_certificate_cn_becomes_the_username(
             tmp_path,
             broker_port=broker.port,
             server_options=f"send-proxy-v2-ssl-cn {SOURCE}",
-            bind_options=tls_files.bind_options(),
+            bind_options=tls_files.bind_options(bind_extra),
         ) as hap,
+    ):
+        yield broker, hap
+
+
+async def test_verified_client_certificate_cn_becomes_the_username(
+    haproxy: str, tmp_path: Path, tls_files: TLSFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_mqtt")
+    async with (
+        cn_broker_behind_tls_haproxy(haproxy, tmp_path, tls_files) as (broker, hap),
     ):
         context = tls_files.client_context(tls_files.device)
         paho, connack = await connect_over_tls(hap, context, "dev-42", username="mallory")
@@ -225,14 +237,7 @@ async def test_client_without_certificate_is_not_authorized(
 ) -> None:
     caplog.set_level(logging.INFO, logger="trio_mqtt")
     async with (
-        open_test_broker(listeners=proxied_listener(use_cn_as_username=True)) as broker,
-        run_haproxy(
-            haproxy,
-            tmp_path,
-            broker_port=broker.port,
-            server_options=f"send-proxy-v2-ssl-cn {SOURCE}",
-            bind_options=tls_files.bind_options(),
-        ) as hap,
+        cn_broker_behind_tls_haproxy(haproxy, tmp_path, tls_files) as (broker, hap),
     ):
         context = tls_files.client_context(None)
         paho, connack = await connect_over_tls(hap, context, "no-cert", protocol=protocol)
@@ -252,14 +257,9 @@ async def test_certificate_haproxy_could_not_verify_is_not_authorized(
     """HAProxy told to let a bad certificate through reports verify != 0: the CN is not used."""
     caplog.set_level(logging.INFO, logger="trio_mqtt")
     async with (
-        open_test_broker(listeners=proxied_listener(use_cn_as_username=True)) as broker,
-        run_haproxy(
-            haproxy,
-            tmp_path,
-            broker_port=broker.port,
-            server_options=f"send-proxy-v2-ssl-cn {SOURCE}",
-            bind_options=tls_files.bind_options("ca-ignore-err all crt-ignore-err all"),
-        ) as hap,
+        cn_broker_behind_tls_haproxy(
+            haproxy, tmp_path, tls_files, "ca-ignore-err all crt-ignore-err all"
+        ) as (broker, hap),
     ):
         context = tls_files.client_context(tls_files.rogue)
         paho, connack = await connect_over_tls(hap, context, "rogue")
