@@ -7,8 +7,11 @@ turn gets them; a QoS 2 message already sent stays with its member [MQTT-4.8.2-5
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
+from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
 from trio_mqtt.mqtt.packets import Connect, Properties, Puback, Publish, Pubrec
 from trio_mqtt.testing import open_test_broker
@@ -23,6 +26,20 @@ from .helpers import (
 )
 
 GROUP = "$share/g/s/x"
+
+
+def member(
+    core: BrokerCore,
+    client_id: str,
+    *filters: tuple[str, int],
+    sub_id: int | None = None,
+    **connect: Any,
+) -> CoreClient:
+    """A client connected as ``client_id`` (CONNECT options in ``connect``) and subscribed."""
+    client = CoreClient(core)
+    client.connect(client_id, **connect)
+    client.subscribe(*filters, sub_id=sub_id)
+    return client
 
 
 async def test_connack_says_shared_wildcard_and_subscription_ids_available() -> None:
@@ -64,15 +81,11 @@ async def test_inflight_message_goes_to_another_member_when_session_ends() -> No
 
 def test_queued_and_inflight_move_in_order() -> None:
     core = make_core()
-    a = CoreClient(core)
-    a.connect("a", properties=Properties(receive_maximum=1))
-    a.subscribe((GROUP, 1))
+    a = member(core, "a", (GROUP, 1), properties=Properties(receive_maximum=1))
     for n in range(3):
         core.publish(Message("s/x", f"m{n}".encode(), qos=1))
     assert [p.payload for p in a.publishes()] == [b"m0"]  # window 1: m1, m2 queued
-    b = CoreClient(core)
-    b.connect("b")
-    b.subscribe((GROUP, 1))
+    b = member(core, "b", (GROUP, 1))
     a.drop()
     assert [p.payload for p in b.publishes()] == [b"m0", b"m1", b"m2"]
     assert "a" not in core.sessions
@@ -80,12 +93,8 @@ def test_queued_and_inflight_move_in_order() -> None:
 
 def test_member_options_apply_to_the_moved_message() -> None:
     core = make_core()
-    a = CoreClient(core)
-    a.connect("a")
-    a.subscribe((GROUP, 1))
-    b = CoreClient(core)
-    b.connect("b")
-    b.subscribe((GROUP, 0), sub_id=7)
+    a = member(core, "a", (GROUP, 1))
+    b = member(core, "b", (GROUP, 0), sub_id=7)
     core.publish(Message("s/x", b"q1", qos=1))
     (sent,) = a.publishes()
     assert sent.qos == 1
@@ -102,12 +111,8 @@ def test_sent_qos2_message_is_not_moved() -> None:
     """[MQTT-4.8.2-5]: a QoS 2 message already sent to a member whose session ends MUST
     NOT go to another member (even before its PUBREC)."""
     core = make_core()
-    a = CoreClient(core)
-    a.connect("a")
-    a.subscribe((GROUP, 2))
-    b = CoreClient(core)
-    b.connect("b")
-    b.subscribe((GROUP, 2))
+    a = member(core, "a", (GROUP, 2))
+    b = member(core, "b", (GROUP, 2))
     core.publish(Message("s/x", b"q2", qos=2))
     (sent,) = a.publishes()
     assert sent.qos == 2
@@ -117,15 +122,11 @@ def test_sent_qos2_message_is_not_moved() -> None:
 
 def test_queued_qos2_message_never_sent_is_moved() -> None:
     core = make_core()
-    a = CoreClient(core)
-    a.connect("a", properties=Properties(receive_maximum=1))
-    a.subscribe((GROUP, 2))
+    a = member(core, "a", (GROUP, 2), properties=Properties(receive_maximum=1))
     core.publish(Message("s/x", b"sent", qos=2))
     core.publish(Message("s/x", b"queued", qos=2))
     assert [p.payload for p in a.publishes()] == [b"sent"]
-    b = CoreClient(core)
-    b.connect("b")
-    b.subscribe((GROUP, 2))
+    b = member(core, "b", (GROUP, 2))
     a.drop()
     assert [(p.payload, p.qos) for p in b.publishes()] == [(b"queued", 2)]
 
@@ -133,12 +134,8 @@ def test_queued_qos2_message_never_sent_is_moved() -> None:
 def test_pubrec_received_message_is_not_moved() -> None:
     # After PUBREC the member has the message (QoS 2, method B): nothing to hand on.
     core = make_core()
-    a = CoreClient(core)
-    a.connect("a")
-    a.subscribe((GROUP, 2))
-    b = CoreClient(core)
-    b.connect("b")
-    b.subscribe((GROUP, 2))
+    a = member(core, "a", (GROUP, 2))
+    b = member(core, "b", (GROUP, 2))
     core.publish(Message("s/x", b"once", qos=2))
     (sent,) = a.publishes()
     a.send(Pubrec(sent.packet_id or 0))
@@ -150,12 +147,8 @@ def test_pubrec_received_message_is_not_moved() -> None:
 def test_persistent_session_keeps_its_messages_until_it_expires() -> None:
     clock = FakeClock()
     core = make_core(clock)
-    a = CoreClient(core)
-    a.connect("a", properties=Properties(session_expiry_interval=30))
-    a.subscribe((GROUP, 1))
-    b = CoreClient(core)
-    b.connect("b")
-    b.subscribe((GROUP, 1))
+    a = member(core, "a", (GROUP, 1), properties=Properties(session_expiry_interval=30))
+    b = member(core, "b", (GROUP, 1))
     core.publish(Message("s/x", b"kept", qos=1))
     a.publishes()
     a.drop()
@@ -170,12 +163,8 @@ def test_only_the_shared_copy_is_moved() -> None:
     # "a" also has a plain subscription: a message that reached it only through that one
     # belongs to no group and is not handed to "b".
     core = make_core()
-    a = CoreClient(core)
-    a.connect("a")
-    a.subscribe((GROUP, 1), ("s/x", 1))
-    b = CoreClient(core)
-    b.connect("b")
-    b.subscribe((GROUP, 1))
+    a = member(core, "a", (GROUP, 1), ("s/x", 1))
+    b = member(core, "b", (GROUP, 1))
     core.publish(Message("s/x", b"first", qos=1))  # group picks a (merged with plain)
     core.publish(Message("s/x", b"second", qos=1))  # group picks b; a gets the plain copy
     assert [p.payload for p in a.publishes()] == [b"first", b"second"]
@@ -186,9 +175,7 @@ def test_only_the_shared_copy_is_moved() -> None:
 
 def test_last_member_leaving_drops_quietly() -> None:
     core = make_core()
-    a = CoreClient(core)
-    a.connect("a")
-    a.subscribe((GROUP, 1))
+    a = member(core, "a", (GROUP, 1))
     core.publish(Message("s/x", b"x", qos=1))
     a.publishes()
     a.drop()
@@ -199,12 +186,8 @@ def test_last_member_leaving_drops_quietly() -> None:
 def test_expired_message_is_not_moved() -> None:
     clock = FakeClock()
     core = make_core(clock)
-    a = CoreClient(core)
-    a.connect("a")
-    a.subscribe((GROUP, 1))
-    b = CoreClient(core)
-    b.connect("b")
-    b.subscribe((GROUP, 1))
+    a = member(core, "a", (GROUP, 1))
+    b = member(core, "b", (GROUP, 1))
     message = Message(
         "s/x", b"old", qos=1, properties=Properties(message_expiry_interval=5), created=clock.now
     )
