@@ -354,7 +354,8 @@ class BrokerCore:
             conn.client_receive_maximum = min(
                 props.receive_maximum or 65535, config.receive_maximum
             )
-            conn.client_max_packet_size = props.maximum_packet_size
+            if props.maximum_packet_size is not None:
+                conn.client_max_packet_size = props.maximum_packet_size
             conn.client_topic_alias_maximum = props.topic_alias_maximum or 0
         else:
             conn.client_receive_maximum = config.receive_maximum

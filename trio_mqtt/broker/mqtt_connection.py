@@ -20,7 +20,13 @@ import attrs
 from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.sessions import OutboundInflight, OutboundState, QueuedMessage, Session
 from trio_mqtt.errors import RemoteProtocolError
-from trio_mqtt.mqtt.codec import PacketReader, UnsupportedProtocolVersion, encode, encode_publish
+from trio_mqtt.mqtt.codec import (
+    MAX_PACKET_SIZE,
+    PacketReader,
+    UnsupportedProtocolVersion,
+    encode,
+    encode_publish,
+)
 from trio_mqtt.mqtt.packets import (
     NO_PROPERTIES,
     Auth,
@@ -91,7 +97,8 @@ class MQTTConnection:
     will: Will | None = None
     # limits the client asked for (5.0)
     client_receive_maximum: int = 65535
-    client_max_packet_size: int | None = None
+    # none given: the protocol's own limit (5.0 section 3.1.2.11.4)
+    client_max_packet_size: int = MAX_PACKET_SIZE
     # Topic Alias Maximum from the client's CONNECT: how many aliases we may use (5.0)
     client_topic_alias_maximum: int = 0
     # topic aliases of this network connection: the client's (alias -> topic) and ours
@@ -215,7 +222,7 @@ class MQTTConnection:
             self._send(Disconnect(reason_code=code, properties=props))
 
     def _may_send_reason_string(self) -> bool:
-        return self.client_max_packet_size is None or self.client_max_packet_size > 512
+        return self.client_max_packet_size > 512
 
     def _protocol_error(self, code: ReasonCode, detail: str) -> None:
         log.info(
@@ -386,9 +393,9 @@ class MQTTConnection:
             # a single recipient has nothing to share; the forwarded expiry interval
             # shrinks while queued; a topic alias is this connection's own: encode now
             data = self._encode_fresh(item, packet_id, now, dup=False)
-            if not self._fits(len(data)):
+            if len(data) > self.client_max_packet_size:
                 self._proposed_alias = None
-                return False
+                return self._dropped_too_big()
             self._out += data
             self._commit_alias()
             return True
@@ -402,8 +409,8 @@ class MQTTConnection:
                 -1 if placeholder is None else _packet_id_offset(header),
             )
         header, offset = entry
-        if not self._fits(len(header) + len(message.payload)):
-            return False
+        if len(header) + len(message.payload) > self.client_max_packet_size:
+            return self._dropped_too_big()
         out = self._out
         if packet_id is None:
             out += header
@@ -414,12 +421,10 @@ class MQTTConnection:
         out += message.payload
         return True
 
-    def _fits(self, size: int) -> bool:
-        if self.client_max_packet_size is not None and size > self.client_max_packet_size:
-            # [MQTT-3.1.2-25]: too big for this client: drop it for this client only
-            self.core.stats.messages_dropped += 1
-            return False
-        return True
+    def _dropped_too_big(self) -> bool:
+        """[MQTT-3.1.2-25]: a PUBLISH too big for this client is dropped for it alone."""
+        self.core.stats.messages_dropped += 1
+        return False
 
     def _outbound_alias(self, topic: str) -> int | None:
         """The Topic Alias to send ``topic`` with on this connection, or None for none.
