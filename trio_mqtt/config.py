@@ -377,8 +377,13 @@ class BrokerConfig:
     max_keepalive: int = attrs.field(default=65535, validator=_int_in(1, 65535))
     connect_timeout: float = attrs.field(default=10.0, validator=_seconds(allow_zero=False))
     receive_maximum: int = attrs.field(default=20, validator=_int_in(1, 65535))
+    # QoS 1/2 messages in flight to one client; 0: only its Receive Maximum limits them
+    max_inflight_messages: int = attrs.field(default=0, validator=_int_in(0, 65535))
     topic_alias_maximum: int = attrs.field(default=10, validator=_int_in(0, 65535))
+    # QoS 1/2 messages kept for an offline persistent session (mosquitto's meaning)
     max_queued_messages: int = attrs.field(default=1000, validator=_int_in(1))
+    # bytes waiting for one client, online or offline: the slow-client limit
+    max_queued_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_int_in(1))
     max_session_expiry: int = attrs.field(default=86400, validator=_int_in(0, MAX_SESSION_EXPIRY))
     retain_available: bool = attrs.field(default=True, validator=_bool)
     allow_anonymous: bool = attrs.field(default=True, validator=_bool)

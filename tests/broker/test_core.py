@@ -463,13 +463,28 @@ def test_outbound_window_respects_client_receive_maximum(
     assert [p.payload for p in client.publishes()] == [b"3", b"4"]
 
 
-def test_outbound_window_v311_uses_config(clock: FakeClock) -> None:
-    core = make_core(clock, receive_maximum=3)
+def test_outbound_window_v311_uses_max_inflight_messages(clock: FakeClock) -> None:
+    core = make_core(clock, max_inflight_messages=3)
     client = Client(core, V311)
     client.connect("slow")
     client.subscribe(("w", 2))
     publish_many(core, clock, "w", 5, qos=2)
     assert len(client.publishes()) == 3
+
+
+def test_outbound_window_by_default_is_not_a_count(core: BrokerCore, clock: FakeClock) -> None:
+    """No max_inflight_messages: a 3.1.1 client gets QoS 1/2 without waiting for acks.
+
+    A fixed window would cap a client that keeps up at one window per round trip, and
+    turn a busy broker's longer round trips into a growing queue (its byte budget
+    bounds what is in flight instead).
+    """
+    client = Client(core, V311)
+    client.connect("fast")
+    client.subscribe(("w", 1))
+    publish_many(core, clock, "w", 500, qos=1)
+    assert [p.payload for p in client.publishes()] == [str(n).encode() for n in range(500)]
+    assert len(core.sessions["fast"].inflight_out) == 500
 
 
 def test_qos0_not_limited_by_window(core: BrokerCore, clock: FakeClock) -> None:

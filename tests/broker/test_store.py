@@ -49,7 +49,9 @@ class Clock:
 
 def make_core(core_now: float = 100.0, **settings: object) -> tuple[BrokerCore, Clock]:
     clock = Clock(core_now)
-    return BrokerCore(config=BrokerConfig(**settings), clock=clock), clock  # type: ignore[arg-type]
+    core = BrokerCore(config=BrokerConfig(**settings), clock=clock)  # type: ignore[arg-type]
+    core.records_changes = True  # as open_broker does when a store is attached
+    return core, clock
 
 
 @pytest.fixture
@@ -105,7 +107,8 @@ def message(topic: str, **fields: object) -> Message:
 def persistent_session(core: BrokerCore, client_id: str, **fields: object) -> Session:
     values: dict[str, object] = {
         "protocol_version": ProtocolVersion.V5,
-        "max_queued": 1000,
+        "max_queued_messages": 1000,
+        "max_queued_bytes": 16 * 1024 * 1024,
         "expiry_interval": 300,
     }
     values.update(fields)
@@ -296,7 +299,8 @@ def test_session_round_trip_of_every_field(db_path: str) -> None:
     assert session.expiry_interval == 600
     assert session.next_packet_id == 4242
     assert session.dropped == 17
-    assert session.max_queued == restarted.config.max_queued_messages
+    assert session.max_queued_messages == restarted.config.max_queued_messages
+    assert session.max_queued_bytes == restarted.config.max_queued_bytes
     assert session.inflight_in == {1, 7, 65535}
     # 500 s were left at the save; 50 s passed while down
     assert session.expires_at == pytest.approx(1000.0 + 450)

@@ -632,7 +632,7 @@ async def test_empty_topic_filter_fails_only_that_filter(
 
 MESSAGE_SIZE = 64 * 1024
 MESSAGES = 320  # of 64 KiB: 20 MiB
-MAX_QUEUED = 100
+MAX_QUEUED_BYTES = 100 * MESSAGE_SIZE
 
 
 async def subscribed(broker: Broker, client_id: str, topic_filter: str) -> RawClient:
@@ -650,11 +650,11 @@ async def test_subscriber_that_stops_reading_does_not_block_anyone() -> None:
     ``slow`` subscribes to big/# and never reads again. 20 MiB of QoS 0 messages go
     through the broker from an MQTT publisher: the publisher is never held up, the
     MQTT subscriber ``fast`` and an in-process subscriber get every message in order,
-    the slow session's queue fills to max_queued_messages and never beyond, and the
+    the slow session's queue fills to max_queued_bytes and never beyond, and the
     broker's memory stays far below the 20 MiB that went through it.
     """
     payload = bytes(MESSAGE_SIZE - 16)
-    async with broker_checked(max_queued_messages=MAX_QUEUED) as broker:
+    async with broker_checked(max_queued_bytes=MAX_QUEUED_BYTES) as broker:
         slow = await subscribed(broker, "slow", "big/#")
         fast = await subscribed(broker, "fast", "big/#")
         publisher = await connected(broker, V311, "publisher")
@@ -690,7 +690,7 @@ async def test_subscriber_that_stops_reading_does_not_block_anyone() -> None:
                             assert isinstance(message, Publish)
                             assert message.topic == f"big/{i}"
                             assert len(message.payload) == len(payload)
-                            largest_queue = max(largest_queue, len(slow_session.pending))
+                            largest_queue = max(largest_queue, slow_session.queued_bytes)
                     peak = tracemalloc.get_traced_memory()[1] - baseline
                 finally:
                     tracemalloc.stop()
@@ -701,7 +701,8 @@ async def test_subscriber_that_stops_reading_does_not_block_anyone() -> None:
             assert in_process.dropped == 0
 
             assert publish_time < 5.0
-            assert largest_queue == MAX_QUEUED  # it filled up, and never went beyond
+            # it filled up, and never went beyond
+            assert MAX_QUEUED_BYTES - MESSAGE_SIZE < largest_queue <= MAX_QUEUED_BYTES
             assert broker.stats.messages_dropped > 0
             assert slow_session.dropped == broker.stats.messages_dropped
             assert peak < 12 * 1024 * 1024, f"peak traced memory {peak / 2**20:.1f} MiB"
@@ -715,7 +716,7 @@ async def test_subscriber_that_stops_reading_does_not_block_anyone() -> None:
 
 async def test_subscriber_that_falls_behind_gets_its_whole_queue_when_it_reads_again() -> None:
     payload = bytes(MESSAGE_SIZE - 16)
-    async with broker_checked(max_queued_messages=MAX_QUEUED) as broker:
+    async with broker_checked(max_queued_bytes=MAX_QUEUED_BYTES) as broker:
         behind = await subscribed(broker, "behind", "big/#")
         publisher = await connected(broker, V311, "publisher")
         session = broker.core.sessions["behind"]
@@ -724,7 +725,7 @@ async def test_subscriber_that_falls_behind_gets_its_whole_queue_when_it_reads_a
                 for i in range(MESSAGES):
                     await publisher.send_raw(publish_v311(f"big/{i}".encode(), payload))
             # everything is published; the subscriber now reads, and nothing else happens
-            assert len(session.pending) == MAX_QUEUED
+            assert MAX_QUEUED_BYTES - MESSAGE_SIZE < session.queued_bytes <= MAX_QUEUED_BYTES
             while session.pending:
                 assert isinstance(await behind.receive(2.0), Publish)
         finally:

@@ -264,7 +264,7 @@ async def test_second_connection_with_the_same_client_id_takes_over(
 
 @pytest.mark.parametrize("version", RAW_VERSIONS, ids=VERSION_IDS)
 async def test_in_flight_window_holds_back_qos1_until_an_ack(version: ProtocolVersion) -> None:
-    async with open_test_broker(receive_maximum=2) as broker:
+    async with open_test_broker(receive_maximum=2, max_inflight_messages=2) as broker:
         raw = await RawClient.open(broker.port, version)
         try:
             if version is ProtocolVersion.V5:
@@ -272,7 +272,7 @@ async def test_in_flight_window_holds_back_qos1_until_an_ack(version: ProtocolVe
                 connack = await raw.connect("slow", properties=Properties(receive_maximum=2))
                 assert connack.properties.receive_maximum == 2
             else:
-                # 3.1.1 has no way to say it: the broker's receive_maximum is used
+                # 3.1.1 has no way to say it: the broker's max_inflight_messages is used
                 connack = await raw.connect("slow")
             assert connack.reason_code == 0
             await raw_subscribe(raw, "window/t", 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -22,8 +23,10 @@ from trio_mqtt.broker.enhanced_auth import (
     AuthOutcome,
     AuthSuccess,
 )
-from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.mqtt_connection import (
+    CONGESTION_HIGH,
+    MAX_IN_FLIGHT,
     CloseReason,
     ConnectionState,
     MQTTConnection,
@@ -31,7 +34,13 @@ from trio_mqtt.broker.mqtt_connection import (
 )
 from trio_mqtt.broker.retained import RetainedStore
 from trio_mqtt.broker.router import Delivery, Router, SubscriptionOptions
-from trio_mqtt.broker.sessions import NEVER_EXPIRES, OutboundState, QueuedMessage, Session
+from trio_mqtt.broker.sessions import (
+    NEVER_EXPIRES,
+    OutboundState,
+    QueuedMessage,
+    RetainedReplay,
+    Session,
+)
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import RemoteProtocolError
@@ -97,7 +106,11 @@ class SubscribeHook(Protocol):
 
 @attrs.frozen
 class ClientSummary:
-    """What the embedding API reports about one connected client."""
+    """What the embedding API reports about one connected client.
+
+    ``queued_bytes`` is what counts against its ``max_queued_bytes`` now; ``dropped`` the
+    messages dropped for it so far (its session's count, across connections).
+    """
 
     client_id: str
     peer: PeerInfo
@@ -105,6 +118,12 @@ class ClientSummary:
     protocol_version: int
     keep_alive: int
     subscriptions: tuple[str, ...]
+    queued_bytes: int = 0
+    dropped: int = 0
+
+
+def _nothing() -> None:
+    pass
 
 
 @attrs.frozen
@@ -132,9 +151,17 @@ class BrokerCore:
     subscribe_hooks: list[SubscribeHook] = attrs.Factory(list)
     authenticators: dict[str, Authenticator] = attrs.Factory(dict)
     stats: BrokerStats = attrs.Factory(BrokerStats)
-    # What changed since the persistence store last saved (client ids / retained topics).
+    # What changed since the persistence store last saved (client ids / retained topics),
+    # recorded only while ``records_changes`` (a store is attached): nothing else would
+    # ever clear these sets.
+    records_changes: bool = False
     dirty_sessions: set[str] = attrs.Factory(set)
     dirty_retained: set[str] = attrs.Factory(set)
+    # Flow control (see MQTTConnection): the congested connections routed to since the
+    # publishing connection last took them, and the I/O layer's callback for "a
+    # connection stopped being congested" (it wakes the publishers held back).
+    congestion_hits: set[MQTTConnection] = attrs.Factory(set)
+    on_relief: Callable[[], None] = _nothing
     # retained topics whose message has an expiry interval (the only ones tick() checks)
     expiring_retained: set[str] = attrs.Factory(set)
     _local_counter: int = 0
@@ -150,6 +177,22 @@ class BrokerCore:
     def uptime(self) -> float:
         """Seconds since this core was made (the broker started)."""
         return self.clock() - self._started
+
+    def session_changed(self, client_id: str) -> None:
+        """Note that a session changed, for the persistence store (if one is attached)."""
+        if self.records_changes:
+            self.dirty_sessions.add(client_id)
+
+    def retained_changed(self, topic: str) -> None:
+        """Note that a retained topic changed, for the persistence store (if attached)."""
+        if self.records_changes:
+            self.dirty_retained.add(topic)
+
+    def take_congestion_hits(self) -> set[MQTTConnection]:
+        """The congested connections routed to since the last call (and forget them)."""
+        hits = self.congestion_hits
+        self.congestion_hits = set()
+        return hits
 
     def _is_online(self, client_id: str) -> bool:
         if client_id in self.local_subscribers:
@@ -180,6 +223,8 @@ class BrokerCore:
                 protocol_version=int(conn.version),
                 keep_alive=conn.keep_alive,
                 subscriptions=tuple(self.router.subscriptions_of(conn.client_id)),
+                queued_bytes=0 if conn.session is None else conn.session.queued_bytes,
+                dropped=0 if conn.session is None else conn.session.dropped,
             )
             for conn in self.connected_clients()
         ]
@@ -325,7 +370,9 @@ class BrokerCore:
             session = Session(
                 client_id=client_id,
                 protocol_version=version,
-                max_queued=config.max_queued_messages,
+                max_queued_messages=config.max_queued_messages,
+                max_queued_bytes=config.max_queued_bytes,
+                on_drop=self.session_dropped,
             )
             self.sessions[client_id] = session
         else:
@@ -338,7 +385,7 @@ class BrokerCore:
         session.expiry_interval = expiry
         session.expires_at = None
         session.connection = conn
-        self.dirty_sessions.add(client_id)
+        self.session_changed(client_id)
 
         conn.state = ConnectionState.CONNECTED
         conn.auth_plan = None
@@ -349,16 +396,18 @@ class BrokerCore:
         conn.username = username
         conn.keep_alive = keep_alive
         conn.will = connect.will
+        # In flight to the client: at most its Receive Maximum (5.0) and, if set,
+        # max_inflight_messages. Our receive_maximum is what it may send us. By default a
+        # client is bounded by its queue budget, not by a count: a fixed window makes a
+        # fast client slow (at most that many messages per round trip).
+        in_flight = config.max_inflight_messages or MAX_IN_FLIGHT
         if v5:
-            # our own receive_maximum caps what we send too ("each direction")
-            conn.client_receive_maximum = min(
-                props.receive_maximum or 65535, config.receive_maximum
-            )
+            conn.client_receive_maximum = min(props.receive_maximum or MAX_IN_FLIGHT, in_flight)
             if props.maximum_packet_size is not None:
                 conn.client_max_packet_size = props.maximum_packet_size
             conn.client_topic_alias_maximum = props.topic_alias_maximum or 0
         else:
-            conn.client_receive_maximum = config.receive_maximum
+            conn.client_receive_maximum = in_flight
 
         connack_props = NO_PROPERTIES
         if v5:
@@ -529,7 +578,9 @@ class BrokerCore:
         now = self.now()
         session.connection = None
         conn.session = None
-        self.dirty_sessions.add(session.client_id)
+        if conn.congested:
+            conn.update_congestion()  # without a session it is not: wake who waited
+        self.session_changed(session.client_id)
         will = conn.will
         conn.will = None
         if will is not None and publish_will:
@@ -552,7 +603,7 @@ class BrokerCore:
         self.publish(message)
 
     def _end_session(self, session: Session, *, publish_delayed_will: bool = True) -> None:
-        self.dirty_sessions.add(session.client_id)
+        self.session_changed(session.client_id)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         self.router.unsubscribe_all(session.client_id)
@@ -571,7 +622,7 @@ class BrokerCore:
                 will = session.delayed_will
                 session.delayed_will = None
                 session.will_due = None
-                self.dirty_sessions.add(session.client_id)
+                self.session_changed(session.client_id)
                 if will is not None:
                     self._publish_will(will, "will delay elapsed")
             if session.expires_at is not None and session.expires_at <= now:
@@ -583,7 +634,7 @@ class BrokerCore:
                 self.expiring_retained.discard(topic)
                 if message is not None:
                     self.retained.delete(topic)
-                    self.dirty_retained.add(topic)
+                    self.retained_changed(topic)
 
     def shutdown(self) -> None:
         """Ask every connection to close: 5.0 clients get DISCONNECT 0x8B."""
@@ -692,20 +743,23 @@ class BrokerCore:
                 self.set_retained(message)
             else:
                 self.retained.delete(message.topic)
-            self.dirty_retained.add(message.topic)
+            self.retained_changed(message.topic)
         deliveries, shares = self.router.routed_deliveries(message.topic, message.publisher)
+        if not deliveries:
+            return 0
+        size = publish_size(message)
         if len(deliveries) == 1 and not shares:
-            self._deliver(message, deliveries[0], None)  # one recipient: nothing to share
+            self._deliver(message, size, deliveries[0], None)  # one recipient: nothing to share
             return 1
         # subscribers that get the same QoS / retain / subscription ids share one item
         # (and so its encoded bytes)
         items: dict[_ItemKey, QueuedMessage] = {}
         if shares:
             for delivery in deliveries:
-                self._deliver(message, delivery, items, shares.get(delivery.client_id, ()))
+                self._deliver(message, size, delivery, items, shares.get(delivery.client_id, ()))
         else:
             for delivery in deliveries:
-                self._deliver(message, delivery, items)
+                self._deliver(message, size, delivery, items)
         return len(deliveries)
 
     def set_retained(self, message: Message) -> None:
@@ -717,13 +771,15 @@ class BrokerCore:
     def _deliver(
         self,
         message: Message,
+        size: int,
         delivery: Delivery,
         items: dict[_ItemKey, QueuedMessage] | None,
         shared_filters: tuple[str, ...] = (),
     ) -> None:
         """Queue ``message`` for one recipient; ``items`` shares queue entries among them.
 
-        The hot path of routing: runs once per message and recipient.
+        The hot path of routing: runs once per message and recipient. ``size`` is
+        ``publish_size(message)``, worked out once for all recipients.
         """
         client_id = delivery.client_id
         session = self.sessions.get(client_id)
@@ -736,24 +792,55 @@ class BrokerCore:
         retain = message.retain and delivery.retain_as_published
         if items is None:
             item = QueuedMessage(
-                message, qos, retain, delivery.subscription_identifiers, shared_filters
+                message, qos, retain, delivery.subscription_identifiers, shared_filters, None, size
             )
         else:
             key = (qos, retain, delivery.subscription_identifiers, shared_filters)
             shared_item = items.get(key)
             if shared_item is None:
-                item = items[key] = QueuedMessage(message, *key)
+                item = items[key] = QueuedMessage(message, *key, None, size)
             else:
                 item = shared_item
                 if item.encoded is None:
                     item.encoded = {}  # a second recipient: worth sharing the encoded header
         if not session.enqueue(item):
-            self.stats.messages_dropped += 1
+            if not item.qos and session.connection is None:
+                # offline sessions queue no QoS 0 (counted, though not the session's drop)
+                self.stats.messages_dropped += 1
             return
-        self.dirty_sessions.add(client_id)
+        if self.records_changes:
+            self.dirty_sessions.add(client_id)
         connection = session.connection
         if connection is not None:
             connection.on_output()
+            if session.pending_bytes > CONGESTION_HIGH and connection.update_congestion():
+                self.congestion_hits.add(connection)
+
+    def session_dropped(self, session: Session) -> None:
+        """A session dropped a message (its ``on_drop``): count it, log an episode's first."""
+        self.stats.messages_dropped += 1
+        if session.drop_episode != 1:
+            return  # the episode was already under way (and logged)
+        connection = session.connection
+        if connection is not None:
+            log.warning(
+                "client %r (%s) is too slow: %d bytes wait for it (max_queued_bytes %d); "
+                "dropping messages for it, QoS 0 first",
+                session.client_id,
+                connection.peer.describe(),
+                session.queued_bytes,
+                session.max_queued_bytes,
+            )
+        else:
+            log.warning(
+                "offline session %r has %d messages queued (max_queued_messages %d, "
+                "%d bytes of max_queued_bytes %d); dropping messages for it",
+                session.client_id,
+                len(session.pending),
+                session.max_queued_messages,
+                session.queued_bytes,
+                session.max_queued_bytes,
+            )
 
     def _redistribute_shared(self, session: Session) -> None:
         """Hand the unacknowledged shared-subscription messages of an ending session on.
@@ -771,7 +858,7 @@ class BrokerCore:
             for inflight in session.inflight_out.values()
             if inflight.item.qos == 1 and inflight.state is OutboundState.AWAIT_PUBACK
         ]
-        items += session.pending
+        items += session.clear_pending()  # (retained replays are never for shared ones)
         now = self.now()
         for item in items:
             if not item.shared_filters or item.message.expired(now):
@@ -795,7 +882,7 @@ class BrokerCore:
                     session.client_id,
                     member.client_id,
                 )
-                self._deliver(item.message, delivery, {}, (shared_filter,))
+                self._deliver(item.message, item.size, delivery, {}, (shared_filter,))
 
     # ------------------------------------------------------------------- subscribe
 
@@ -839,27 +926,32 @@ class BrokerCore:
             ):
                 retained_to_send.append((request.topic_filter, request.qos, options))
         conn._send(Suback(packet.packet_id, tuple(codes)))
+        queued = False
         for topic_filter, qos, options in retained_to_send:
-            self._send_retained(session, topic_filter, qos, options)
-        if retained_to_send:
+            queued = self._queue_retained(session, topic_filter, qos, options) or queued
+        if queued:
             conn.on_output()
 
-    def _send_retained(
+    def _queue_retained(
         self, session: Session, topic_filter: str, qos: int, options: SubscriptionOptions
-    ) -> None:
+    ) -> bool:
+        """Queue the retained messages matching a new subscription; False if none.
+
+        They go as one ``RetainedReplay`` entry, which the connection takes from as its
+        output drains: however many there are, they neither count against the client's
+        queue budget nor sit encoded in memory at once.
+        """
         now = self.now()
+        messages = deque(
+            message
+            for _topic, message in self.retained.match(topic_filter)
+            if not message.expired(now)
+        )
+        if not messages:
+            return False
         ids = () if options.subscription_identifier is None else (options.subscription_identifier,)
-        for _topic, message in self.retained.match(topic_filter):
-            if message.expired(now):
-                continue
-            item = QueuedMessage(
-                message=message,
-                qos=min(qos, message.qos),
-                retain=True,
-                subscription_identifiers=ids,
-            )
-            if not session.enqueue(item):
-                self.stats.messages_dropped += 1
+        session.append_replay(RetainedReplay(messages, qos, ids))
+        return True
 
     def handle_unsubscribe(
         self, conn: MQTTConnection, session: Session, packet: Unsubscribe

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import attrs
 
+from trio_mqtt.errors import LocalProtocolError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
+from trio_mqtt.mqtt.properties import PropertyContext, encode_properties
 from trio_mqtt.peer import LOCAL_PEER, PeerInfo
 
 
@@ -37,3 +41,19 @@ class Message:
         if interval is None:
             return None
         return max(0, interval - int(now - self.created))
+
+
+def publish_size(message: Message) -> int:
+    """About the bytes of ``message`` as one PUBLISH (what queue budgets count).
+
+    Payload, topic and the MQTT 5 properties, plus 7 for the fixed header, the topic's
+    length prefix and a packet identifier. Topic Alias and the per-subscriber
+    subscription identifiers are left out: a few bytes either way.
+    """
+    size = len(message.payload) + len(message.topic) + 7
+    properties = message.properties
+    if properties is not NO_PROPERTIES:
+        # properties not sendable as they are count nothing: encoding will refuse them
+        with contextlib.suppress(LocalProtocolError):
+            size += len(encode_properties(properties, PropertyContext.PUBLISH, "PUBLISH"))
+    return size

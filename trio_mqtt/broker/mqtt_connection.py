@@ -6,6 +6,15 @@ when time ran out (``keepalive_expired``) or the transport went away
 (``connection_lost``). It never touches a socket or a clock of its own; the broker core
 hands it the time. ``on_output`` is the one callback into the I/O layer: "there is
 something new to send" (for example a message published by another client).
+
+Flow control: the server layer also reports what the transport did with the bytes it
+was given (``bytes_written``, ``transport_blocked``). From that the connection knows
+whether it is *congested*: more than ``CONGESTION_HIGH`` bytes queued that its writer
+could send right now but has not had the time to. Publishers whose messages went to a
+congested connection are ``held_back()`` (the server stops reading from them) until it
+has caught up. A client that does not read (its socket is full) or does not acknowledge
+(its Receive Maximum is reached) is never congested: it holds nobody back, and only its
+own queue budget (``Session``) limits what waits for it.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from trio_mqtt.broker.message import Message
-from trio_mqtt.broker.sessions import OutboundInflight, OutboundState, QueuedMessage, Session
+from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, Session
 from trio_mqtt.errors import RemoteProtocolError
 from trio_mqtt.mqtt.codec import (
     MAX_PACKET_SIZE,
@@ -58,6 +67,15 @@ log = logging.getLogger("trio_mqtt.connection")
 
 # Upper bound of one data_to_send() batch; keeps a writer's buffer bounded.
 MAX_BATCH_BYTES = 256 * 1024
+# A connection is congested above CONGESTION_HIGH bytes queued for a writer that could
+# send them, and stays so until they are below CONGESTION_LOW. High enough that a read of
+# a few publishers fits without holding anyone back, low enough that what waits is a few
+# milliseconds of work (see docs/configuration.md, "Queues and flow control").
+CONGESTION_HIGH = 512 * 1024
+CONGESTION_LOW = 256 * 1024
+# The largest packet identifier: clients without a Receive Maximum of their own (3.1.1,
+# or 5.0 without the property) can have this many QoS 1/2 messages in flight.
+MAX_IN_FLIGHT = 65535
 
 
 class ConnectionState(enum.Enum):
@@ -96,7 +114,7 @@ class MQTTConnection:
     keep_alive: int = 0
     will: Will | None = None
     # limits the client asked for (5.0)
-    client_receive_maximum: int = 65535
+    client_receive_maximum: int = MAX_IN_FLIGHT
     # none given: the protocol's own limit (5.0 section 3.1.2.11.4)
     client_max_packet_size: int = MAX_PACKET_SIZE
     # Topic Alias Maximum from the client's CONNECT: how many aliases we may use (5.0)
@@ -113,6 +131,15 @@ class MQTTConnection:
     packets_received: int = 0  # complete Control Packets (the keep-alive timer counts these)
     close_reason: CloseReason | None = None
     close_detail: str = ""
+    # flow control (module docstring): bytes handed to the server layer by
+    # data_to_send() and not yet reported written; whether the transport is refusing
+    # bytes; whether QoS 1/2 messages wait for the client's Receive Maximum
+    in_transit: int = 0
+    congested: bool = False
+    _transport_blocked: bool = False
+    _window_full: bool = False
+    # congested connections this one published to in its last read (held_back())
+    _held_back_by: set[MQTTConnection] | None = None
     _out: bytearray = attrs.Factory(bytearray)
 
     # ------------------------------------------------------------------ I/O side API
@@ -135,6 +162,9 @@ class MQTTConnection:
         """Handle bytes read from the transport. Never raises for bad input."""
         if self.wants_close:
             return
+        hits = self.core.congestion_hits
+        if hits:
+            hits.clear()  # routed by someone else (a will, $SYS): not this client's doing
         try:
             packets = self.reader.feed(data)
         except UnsupportedProtocolVersion as exc:
@@ -144,7 +174,7 @@ class MQTTConnection:
             self._protocol_error(exc.reason_code, str(exc))
             return
         if self.session is not None:
-            self.core.dirty_sessions.add(self.client_id)
+            self.core.session_changed(self.client_id)
         self.packets_received += len(packets)
         for packet in packets:
             if self.close_reason is not None:  # an earlier packet of this batch ended it
@@ -160,16 +190,74 @@ class MQTTConnection:
                 self._refuse_unsupported_version(error)
             else:
                 self._protocol_error(error.reason_code, str(error))
+        if hits:
+            self._held_back_by = self.core.take_congestion_hits()
 
     def data_to_send(self) -> bytes:
-        """Everything ready to be written, batched into one buffer (bounded in size)."""
-        if self.state is ConnectionState.CONNECTED and self.session is not None:
-            if self.session.pending:
-                self.core.dirty_sessions.add(self.client_id)
-            self._fill_from_session(self.session)
+        """Everything ready to be written, batched into one buffer (bounded in size).
+
+        The bytes count as in transit until the server layer reports them written
+        (``bytes_written``).
+        """
+        session = self.session
+        if self.state is ConnectionState.CONNECTED and session is not None:
+            if session.pending:
+                self.core.session_changed(self.client_id)
+                self._fill_from_session(session)
+            if self.congested:
+                self.update_congestion()
+            if session.drop_episode and session.queued_bytes < session.max_queued_bytes // 2:
+                self._drop_episode_ended(session)
         data = bytes(self._out)
         self._out.clear()
+        self.in_transit += len(data)
         return data
+
+    def bytes_written(self, count: int) -> None:
+        """The transport took ``count`` bytes of what ``data_to_send`` returned."""
+        self.in_transit -= count
+
+    def transport_blocked(self, blocked: bool) -> None:
+        """The transport stopped taking bytes (the client does not read), or took again."""
+        self._transport_blocked = blocked
+        if blocked and self.congested:
+            self.update_congestion()
+
+    def update_congestion(self) -> bool:
+        """Re-decide ``congested`` (module docstring); True if it is.
+
+        Congested: more than CONGESTION_HIGH bytes queued, none of them waiting for the
+        client (its socket refusing bytes, its Receive Maximum reached). Leaving the state
+        calls the core's ``on_relief`` so that held-back publishers are read again.
+        """
+        session = self.session
+        could_send = (
+            session is not None
+            and not self._transport_blocked
+            and not self._window_full
+            and self.state is ConnectionState.CONNECTED
+        )
+        if self.congested:
+            if not could_send or session is None or session.pending_bytes < CONGESTION_LOW:
+                self.congested = False
+                self.core.on_relief()
+        elif could_send and session is not None and session.pending_bytes > CONGESTION_HIGH:
+            self.congested = True
+        return self.congested
+
+    def held_back(self) -> bool:
+        """True while a client this one last published to is congested.
+
+        The server layer reads no more from this client until it is False: the broker
+        takes messages no faster than it can hand them on.
+        """
+        held_back_by = self._held_back_by
+        if held_back_by is None:
+            return False
+        if any(conn.congested for conn in held_back_by):
+            return True
+        self._held_back_by = None
+        return False
 
     def keepalive_expired(self) -> None:
         """The server layer saw no packet within ``idle_timeout``."""
@@ -200,6 +288,9 @@ class MQTTConnection:
         self.core.open_connections.discard(self)
         was_connected = self.state is ConnectionState.CONNECTED
         self.state = ConnectionState.CLOSED
+        self._held_back_by = None
+        if self.congested:
+            self.update_congestion()  # CLOSED is never congested: wake who waited for it
         reason = self.close_reason or CloseReason.TRANSPORT_CLOSED
         if was_connected:
             self.core.connection_closed(self, reason, self.close_detail)
@@ -292,7 +383,8 @@ class MQTTConnection:
                 inflight = session.inflight_out.get(pid)
                 if inflight is not None and inflight.state is OutboundState.AWAIT_PUBREC:
                     if code >= 0x80:
-                        del session.inflight_out[pid]
+                        session.remove_inflight(pid)
+                        self._window_full = False
                     else:
                         inflight.state = OutboundState.AWAIT_PUBCOMP
                         self._send(Pubrel(pid))
@@ -330,7 +422,8 @@ class MQTTConnection:
     def _acked(self, session: Session, packet_id: int, expected: OutboundState) -> None:
         inflight = session.inflight_out.get(packet_id)
         if inflight is not None and inflight.state is expected:
-            del session.inflight_out[packet_id]
+            session.remove_inflight(packet_id)
+            self._window_full = False
             if session.pending:
                 self.on_output()
 
@@ -348,33 +441,59 @@ class MQTTConnection:
 
     def _fill_from_session(self, session: Session) -> None:
         pending = session.pending
-        if not pending:
-            return
+        inflight = session.inflight_out
         now = self.core.now()
         limit = self.client_receive_maximum
         out = self._out
-        stats = self.core.stats
+        taken = 0  # bytes of QueuedMessages taken off ``pending``
+        sent = 0
+        self._window_full = False
         while pending and len(out) < MAX_BATCH_BYTES:
-            item = pending[0]
+            item = pending.popleft()
+            if item is None:
+                # a retained replay's place: it stays first until its last message is out
+                replay = session.replays[0]
+                item = replay.next_item()
+                if item is None:
+                    session.replays.popleft()
+                    continue
+                pending.appendleft(None)
+                if item.qos and len(inflight) >= limit:
+                    self._window_full = True
+                    break
+                replay.messages.popleft()
+            else:
+                taken += item.size
             if item.message.expired(now):
-                pending.popleft()
                 continue
-            if item.qos == 0:
-                pending.popleft()
+            if not item.qos:
                 if self._append_delivery(item, None, now):
-                    stats.messages_sent += 1
+                    sent += 1
                 continue
-            if len(session.inflight_out) >= limit:
+            if len(inflight) >= limit:
+                pending.appendleft(item)  # waits for the client's acknowledgements
+                taken -= item.size
+                self._window_full = True
                 break
-            pending.popleft()
             packet_id = session.allocate_packet_id()
             if not self._append_delivery(item, packet_id, now):
                 continue
             state = OutboundState.AWAIT_PUBACK if item.qos == 1 else OutboundState.AWAIT_PUBREC
-            session.inflight_out[packet_id] = OutboundInflight(packet_id, item, state)
-            stats.messages_sent += 1
+            session.add_inflight(packet_id, item, state)
+            sent += 1
+        session.pending_bytes -= taken
+        self.core.stats.messages_sent += sent
         if pending and len(out) >= MAX_BATCH_BYTES:
             self.on_output()  # batch full: come back for the rest after this write
+
+    def _drop_episode_ended(self, session: Session) -> None:
+        dropped = session.end_drop_episode()
+        log.info(
+            "client %r (%s) has room in its queue again; %d message(s) were dropped for it",
+            self.client_id,
+            self.peer.describe(),
+            dropped,
+        )
 
     def _append_delivery(self, item: QueuedMessage, packet_id: int | None, now: float) -> bool:
         """Write one PUBLISH of ``item`` to the output; False if too big for this client.

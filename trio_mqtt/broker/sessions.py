@@ -6,27 +6,40 @@ client (``pending``), the QoS 1/2 messages sent but not yet acknowledged
 (``inflight_out``) and the QoS 2 packet ids received but not yet released
 (``inflight_in``). Subscriptions live in the router, keyed by client id.
 
-Queue policy (documented in docs/configuration.md): ``pending`` holds at most
-``max_queued`` messages. When it is full, a new QoS 0 message is dropped; a new QoS 1/2
-message evicts the oldest queued QoS 0 message, and is itself dropped when there is none.
-Every drop is counted in ``dropped``. Offline sessions do not queue QoS 0 at all.
+Queue policy (documented in docs/configuration.md):
+
+- An online client has a budget of ``max_queued_bytes``: the PUBLISH bytes waiting for
+  it (queued, plus encoded but not yet taken by its socket) and sent but not yet
+  acknowledged. A client that keeps up never comes near it; the broker slows down
+  publishers before its writers fall behind (see ``MQTTConnection.congested``).
+- An offline session keeps at most ``max_queued_messages`` QoS 1/2 messages (and at
+  most ``max_queued_bytes``); it queues no QoS 0 at all.
+- Over the limit, a new QoS 0 message is dropped; a new QoS 1/2 message evicts queued
+  QoS 0 messages, oldest first, and is itself dropped when that is not enough. Every
+  drop is counted in ``dropped`` and reported to ``on_drop`` (the core counts it in the
+  broker's statistics and logs the first of each episode).
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import attrs
 
-from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.mqtt.packets import ProtocolVersion
 
 if TYPE_CHECKING:
     from trio_mqtt.broker.mqtt_connection import MQTTConnection
 
 NEVER_EXPIRES = 0xFFFFFFFF
+
+
+def _ignore_drop(_session: Session) -> None:
+    pass
 
 
 @attrs.define(eq=False, slots=True)
@@ -48,6 +61,41 @@ class QueuedMessage:
     # protocol level -> (PUBLISH bytes up to the payload, offset of the packet id or -1);
     # None until a second recipient shares the item (one recipient: nothing to share)
     encoded: dict[int, tuple[bytes, int]] | None = None
+    # about the bytes of its PUBLISH: what the queue budget counts (``publish_size``)
+    size: int = attrs.field(
+        default=attrs.Factory(lambda self: publish_size(self.message), takes_self=True)
+    )
+
+
+@attrs.define(eq=False, slots=True)
+class RetainedReplay:
+    """The retained messages a new subscription is owed, in the queue as one entry.
+
+    A subscription to ``#`` on a broker with 100,000 retained topics must get all of
+    them, without a burst that fills the client's budget: the replay holds references to
+    the matching messages (a snapshot taken at SUBSCRIBE) and the connection takes them
+    one by one as its output drains. Its place in the queue is a ``None`` in
+    ``Session.pending`` (the replay itself waits in ``Session.replays``), so it goes out
+    in order with what was queued before and after it.
+    """
+
+    messages: deque[Message]
+    qos: int
+    subscription_identifiers: tuple[int, ...] = ()
+
+    def next_item(self) -> QueuedMessage | None:
+        """The next retained message as a delivery (not taken yet); None when done."""
+        if not self.messages:
+            return None
+        message = self.messages[0]
+        qos = self.qos if self.qos < message.qos else message.qos
+        return QueuedMessage(message, qos, True, self.subscription_identifiers)
+
+    def items(self) -> Iterator[QueuedMessage]:
+        """What is left, as deliveries (persistence saves them as queued messages)."""
+        for message in self.messages:
+            qos = self.qos if self.qos < message.qos else message.qos
+            yield QueuedMessage(message, qos, True, self.subscription_identifiers)
 
 
 class OutboundState(enum.Enum):
@@ -67,15 +115,25 @@ class OutboundInflight:
 class Session:
     client_id: str
     protocol_version: ProtocolVersion
-    max_queued: int
+    # the queue limits (module docstring): QoS 1/2 messages kept offline, bytes always
+    max_queued_messages: int
+    max_queued_bytes: int
     # seconds the session outlives its connection; NEVER_EXPIRES = forever, 0 = not at all
     expiry_interval: int = 0
     connection: MQTTConnection | None = None
-    pending: deque[QueuedMessage] = attrs.Factory(deque)
+    # messages waiting to be sent; None marks the place of the first of ``replays``
+    pending: deque[QueuedMessage | None] = attrs.Factory(deque)
+    pending_bytes: int = 0  # the sizes of the QueuedMessages in ``pending``
+    replays: deque[RetainedReplay] = attrs.Factory(deque)
     inflight_out: dict[int, OutboundInflight] = attrs.Factory(dict)
+    inflight_bytes: int = 0  # the sizes of the messages in ``inflight_out``
     inflight_in: set[int] = attrs.Factory(set)
     next_packet_id: int = 1
     dropped: int = 0
+    # messages dropped since the queue last had room to spare (0: not dropping now)
+    drop_episode: int = 0
+    # called after each drop (the broker's statistics and log)
+    on_drop: Callable[[Session], None] = _ignore_drop
     expires_at: float | None = None  # broker clock, set while offline
     # a will waiting for its Will Delay Interval (5.0), cancelled by a reconnect
     delayed_will: Message | None = None
@@ -85,26 +143,114 @@ class Session:
     def online(self) -> bool:
         return self.connection is not None
 
-    def enqueue(self, item: QueuedMessage) -> bool:
-        """Queue a message for this session per the module's policy; False if dropped.
+    @property
+    def queued_bytes(self) -> int:
+        """What counts against ``max_queued_bytes`` now."""
+        total = self.pending_bytes + self.inflight_bytes
+        if self.connection is not None:
+            total += self.connection.in_transit
+        return total
 
-        Runs once per message and recipient: attributes, not the ``online`` property.
+    def enqueue(self, item: QueuedMessage) -> bool:
+        """Queue a message for this session per the module's policy; False if not queued.
+
+        Runs once per message and recipient: the common case (online, within budget)
+        reads plain attributes and returns.
         """
-        if item.qos == 0 and self.connection is None:
-            return False
-        pending = self.pending
-        if len(pending) < self.max_queued:
-            pending.append(item)
+        connection = self.connection
+        if connection is not None:
+            pending_bytes = self.pending_bytes + item.size
+            if pending_bytes + self.inflight_bytes + connection.in_transit <= self.max_queued_bytes:
+                self.pending.append(item)
+                self.pending_bytes = pending_bytes
+                return True
+        elif item.qos == 0:
+            return False  # offline sessions do not queue QoS 0 (not a drop: MQTT allows it)
+        elif (
+            len(self.pending) < self.max_queued_messages
+            and self.pending_bytes + self.inflight_bytes + item.size <= self.max_queued_bytes
+        ):
+            self.pending.append(item)
+            self.pending_bytes += item.size
             return True
+        return self._enqueue_over_limit(item)
+
+    def _enqueue_over_limit(self, item: QueuedMessage) -> bool:
+        """The queue is full for ``item``: make room by dropping QoS 0, or drop ``item``."""
         if item.qos > 0:
-            for index, queued in enumerate(pending):
-                if queued.qos == 0:
-                    del pending[index]
-                    self.dropped += 1
-                    pending.append(item)
-                    return True
-        self.dropped += 1
+            pending = self.pending
+            while not self._fits(item):
+                index = next(
+                    (
+                        i
+                        for i, queued in enumerate(pending)
+                        if queued is not None and queued.qos == 0
+                    ),
+                    None,
+                )
+                if index is None:
+                    break
+                evicted = pending[index]
+                assert evicted is not None
+                del pending[index]
+                self.pending_bytes -= evicted.size
+                self._count_drop()
+            if self._fits(item):
+                self.pending.append(item)
+                self.pending_bytes += item.size
+                return True
+        self._count_drop()
         return False
+
+    def _fits(self, item: QueuedMessage) -> bool:
+        if self.queued_bytes + item.size > self.max_queued_bytes:
+            return False
+        return self.connection is not None or len(self.pending) < self.max_queued_messages
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        self.drop_episode += 1
+        self.on_drop(self)
+
+    def end_drop_episode(self) -> int:
+        """The queue has room again: how many were dropped in the episode that ends."""
+        dropped, self.drop_episode = self.drop_episode, 0
+        return dropped
+
+    def append_pending(self, item: QueuedMessage) -> None:
+        """Queue without the policy (restoring a saved session)."""
+        self.pending.append(item)
+        self.pending_bytes += item.size
+
+    def append_replay(self, replay: RetainedReplay) -> None:
+        """Queue the retained messages of a new subscription (no budget: see the class)."""
+        self.replays.append(replay)
+        self.pending.append(None)
+
+    def queued_items(self) -> Iterator[QueuedMessage]:
+        """Everything queued, in order, replays as the messages they still hold."""
+        replays = iter(self.replays)
+        for item in self.pending:
+            if item is None:
+                yield from next(replays).items()
+            else:
+                yield item
+
+    def clear_pending(self) -> list[QueuedMessage]:
+        """Take the queued messages (the session ends); replays are dropped."""
+        items = [item for item in self.pending if item is not None]
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.replays.clear()
+        return items
+
+    def add_inflight(self, packet_id: int, item: QueuedMessage, state: OutboundState) -> None:
+        self.inflight_out[packet_id] = OutboundInflight(packet_id, item, state)
+        self.inflight_bytes += item.size
+
+    def remove_inflight(self, packet_id: int) -> None:
+        inflight = self.inflight_out.pop(packet_id)
+        self.inflight_bytes -= inflight.item.size
 
     def allocate_packet_id(self) -> int:
         """The next packet id not in use by an outbound in-flight message."""

@@ -38,7 +38,6 @@ from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.router import SubscriptionOptions
 from trio_mqtt.broker.sessions import (
     NEVER_EXPIRES,
-    OutboundInflight,
     OutboundState,
     QueuedMessage,
     Session,
@@ -503,7 +502,9 @@ class SQLiteStore:
             session = Session(
                 client_id=client_id,
                 protocol_version=self._decode(ProtocolVersion, version, "protocol version"),
-                max_queued=core.config.max_queued_messages,
+                max_queued_messages=core.config.max_queued_messages,
+                max_queued_bytes=core.config.max_queued_bytes,
+                on_drop=core.session_dropped,
                 expiry_interval=interval,
                 next_packet_id=int(next_id),
                 dropped=int(dropped),
@@ -558,12 +559,10 @@ class SQLiteStore:
                 shared_filters=tuple(self._json_strings(shared, "shared subscription")),
             )
             if kind == _PENDING:
-                session.pending.append(item)
+                session.append_pending(item)
             elif kind == _INFLIGHT:
                 outbound = self._decode(OutboundState, state, "in-flight state")
-                session.inflight_out[int(packet_id)] = OutboundInflight(
-                    int(packet_id), item, outbound
-                )
+                session.add_inflight(int(packet_id), item, outbound)
             else:
                 raise PersistenceError(self.path, f"has an unknown session message kind {kind!r}")
 
@@ -748,7 +747,7 @@ class _RowWriter:
 
     def session_message_rows(self, session: Session) -> Iterator[Row]:
         client_id = session.client_id
-        for position, item in enumerate(session.pending):
+        for position, item in enumerate(session.queued_items()):
             yield (client_id, _PENDING, position, None, None, *self._item_columns(item))
         for position, inflight in enumerate(session.inflight_out.values()):
             yield (

@@ -28,6 +28,7 @@ from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolErro
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
 from trio_mqtt.mqtt.topics import validate_topic_name
 from trio_mqtt.peer import Endpoint
+from trio_mqtt.server.backpressure import relief_for
 from trio_mqtt.server.listener import ListenerHandle, serve_listener
 
 log = logging.getLogger("trio_mqtt")
@@ -153,7 +154,12 @@ class Broker:
         retain: bool = False,
         properties: Properties = NO_PROPERTIES,
     ) -> int:
-        """Publish from inside the process; returns how many subscribers it was routed to."""
+        """Publish from inside the process; returns how many subscribers it was routed to.
+
+        Returns once the message is queued for every subscriber; if that made a
+        subscriber's writer fall behind, it first waits for it to catch up (the
+        backpressure a network publisher gets by not being read from).
+        """
         try:
             validate_topic_name(topic)
         except RemoteProtocolError as exc:
@@ -171,7 +177,12 @@ class Broker:
             created=self.core.now(),
         )
         await trio.lowlevel.checkpoint()
-        return self.core.publish(message)
+        routed = self.core.publish(message)
+        congested = self.core.take_congestion_hits()
+        if congested:
+            # like a network publisher: go on once the subscribers have caught up
+            await relief_for(self.core).wait_while(lambda: any(c.congested for c in congested))
+        return routed
 
     @asynccontextmanager
     async def subscribe(
@@ -228,6 +239,7 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
     store: SQLiteStore | None = None
     if config.persistence:
         store = SQLiteStore.open(config.persistence)
+        core.records_changes = True
         store.load_into(core)
         log.info(
             "persistence: %s (%d sessions, %d retained messages restored)",

@@ -12,6 +12,13 @@ what the socket did not take at once. A request/response exchange (PUBLISH -> PU
 PINGREQ -> PINGRESP, a client's own subscription) then costs one pass through Trio's
 scheduler instead of two. The reader never waits for the socket to become writable: a
 client may be blocked writing to us until we read, so the reader must keep reading.
+
+Backpressure: after a read whose messages went to a congested connection (one whose
+writer has more queued than it has had the time to send), the reader waits until that
+connection has caught up before it reads again (``MQTTConnection.held_back``). The
+client's unread bytes then back up into its TCP window. The writer reports to the
+state machine what the transport took (``bytes_written``) and, through the
+``WatchedSocketStream`` under every transport, when the socket is full.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import trio
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.mqtt_connection import ConnectionState, MQTTConnection
 from trio_mqtt.peer import PeerInfo
+from trio_mqtt.server.backpressure import Relief, relief_for
 from trio_mqtt.server.prefixed_stream import PrefixedStream
+from trio_mqtt.server.watched_stream import WatchedSocketStream
 
 log = logging.getLogger("trio_mqtt.server")
 
@@ -106,6 +115,7 @@ class _Output:
             # would block, or the connection broke: the writer's send_all waits for
             # room, or meets the same error and ends the connection
             sent = 0
+        conn.bytes_written(sent)
         if sent < len(data):
             self.carry = data[sent:]
             self.wakeup()
@@ -115,19 +125,32 @@ def _socket_fd(stream: trio.abc.Stream) -> int:
     """The socket file descriptor under a plain TCP stream; -1 for TLS, WebSocket, ..."""
     while isinstance(stream, PrefixedStream):
         stream = stream.transport_stream  # sends go straight through to the transport
-    if isinstance(stream, trio.SocketStream) and sys.platform != "win32":
+    if isinstance(stream, WatchedSocketStream | trio.SocketStream) and sys.platform != "win32":
         return stream.socket.fileno()
     return -1
+
+
+def _watched_socket(stream: trio.abc.Stream) -> WatchedSocketStream | None:
+    """The ``WatchedSocketStream`` at the bottom of ``stream``'s layers, if there is one."""
+    layer: object = stream
+    while layer is not None:
+        if isinstance(layer, WatchedSocketStream):
+            return layer
+        layer = getattr(layer, "transport_stream", None)  # TLS, WebSocket, PROXY prefix
+    return None
 
 
 async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerInfo) -> None:
     """Serve MQTT on ``stream`` until either side closes it. Always closes ``stream``."""
     output = _Output(stream)
     conn = core.open_connection(peer, output.wakeup)
+    watched = _watched_socket(stream)
+    if watched is not None:
+        watched.on_blocked = conn.transport_blocked
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_write_loop, stream, conn, output, nursery.cancel_scope)
-            await _read_loop(stream, conn, output)
+            await _read_loop(stream, conn, output, relief_for(core))
             if conn.wants_close:
                 output.wakeup()  # the writer flushes the last packets, then ends
             else:
@@ -137,7 +160,9 @@ async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerIn
         await trio.aclose_forcefully(stream)
 
 
-async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, output: _Output) -> None:
+async def _read_loop(
+    stream: trio.abc.Stream, conn: MQTTConnection, output: _Output, relief: Relief
+) -> None:
     # The CONNECT deadline is absolute (from transport ready): trickled bytes don't move
     # it. Once connected, each complete Control Packet (not each read: a packet trickled
     # byte by byte must not keep the connection alive) restarts the keep-alive timer.
@@ -157,6 +182,16 @@ async def _read_loop(stream: trio.abc.Stream, conn: MQTTConnection, output: _Out
             if not data:
                 return  # EOF without DISCONNECT: an abnormal close (will is published)
             output.feed_and_answer(conn, data)
+            if conn.held_back():
+                # Read no more until the subscribers this read went to have caught up.
+                # The wait is the broker's doing, not the client's silence: it does not
+                # count towards the keep-alive timeout.
+                deadline, idle.deadline = idle.deadline, math.inf
+                started = trio.current_time()
+                try:
+                    await relief.wait_while(conn.held_back)
+                finally:
+                    idle.deadline = deadline + (trio.current_time() - started)
             if conn.packets_received != packets_seen and conn.state is ConnectionState.CONNECTED:
                 packets_seen = conn.packets_received
                 now = trio.current_time()
@@ -187,6 +222,7 @@ async def _write_loop(
                     await stream.send_all(data)
                 finally:
                     output.busy = False
+                conn.bytes_written(len(data))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:

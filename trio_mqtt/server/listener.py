@@ -22,6 +22,7 @@ from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.proxy_policy import PreambleRejected, read_proxy_preamble
 from trio_mqtt.server.tls import ServerTLS, TLSRejected, tls_handshake
+from trio_mqtt.server.watched_stream import WatchedSocketStream
 from trio_mqtt.server.websocket import WebSocketRejected, accept_websocket
 
 log = logging.getLogger("trio_mqtt.listener")
@@ -175,12 +176,13 @@ async def _handle_connection(
 
 
 async def _serve_connection(
-    core: BrokerCore, handle: ListenerHandle, stream: trio.SocketStream
+    core: BrokerCore, handle: ListenerHandle, socket_stream: trio.SocketStream
 ) -> None:
+    stream = WatchedSocketStream(socket_stream)  # flow control: is the client reading?
     try:
-        local = Endpoint.from_sockaddr(stream.socket.getsockname())
+        local = Endpoint.from_sockaddr(socket_stream.socket.getsockname())
         try:
-            remote = Endpoint.from_sockaddr(stream.socket.getpeername())
+            remote = Endpoint.from_sockaddr(socket_stream.socket.getpeername())
         except OSError:
             return  # the peer is already gone
         peer = PeerInfo.from_socket(handle.name, handle.config.transport.value, local, remote)

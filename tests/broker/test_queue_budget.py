@@ -1,0 +1,212 @@
+"""The queue policy of a session, in bytes: what waits for a client, and what is dropped.
+
+``Session`` alone (no core, no sockets) for the policy, then through the core for the
+counting and logging of drops (docs/configuration.md, "Queues and flow control").
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from trio_mqtt.broker.message import Message, publish_size
+from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, Session
+from trio_mqtt.mqtt.packets import Properties, ProtocolVersion, Puback, Publish
+
+from .test_core import Client, FakeClock, clock, make_core
+
+__all__ = ["clock"]  # the fixture
+
+V311 = ProtocolVersion.V311
+
+
+class Transport:
+    """Stands in for a connection as the session sees it: bytes handed to the socket."""
+
+    def __init__(self) -> None:
+        self.in_transit = 0
+
+
+def item(payload_size: int, qos: int = 0, topic: str = "t") -> QueuedMessage:
+    return QueuedMessage(Message(topic, bytes(payload_size), qos=qos), qos, False)
+
+
+def session(max_bytes: int = 1000, max_messages: int = 1000, *, online: bool = True) -> Session:
+    made = Session(
+        client_id="c",
+        protocol_version=V311,
+        max_queued_messages=max_messages,
+        max_queued_bytes=max_bytes,
+    )
+    if online:
+        made.connection = Transport()  # type: ignore[assignment]
+    return made
+
+
+def test_publish_size_counts_payload_topic_header_and_properties() -> None:
+    plain = Message("a/b", b"x" * 10)
+    assert publish_size(plain) == 10 + 3 + 7
+    with_props = Message("a/b", b"x" * 10, properties=Properties(content_type="json"))
+    # property length (1) + identifier (1) + string length (2) + "json"
+    assert publish_size(with_props) == publish_size(plain) + 1 + 1 + 2 + 4
+
+
+def test_online_queue_is_bounded_in_bytes_not_messages() -> None:
+    s = session(max_bytes=10_000, max_messages=3)
+    small = [item(10) for _ in range(100)]  # 18 bytes each
+    assert all(s.enqueue(i) for i in small)  # a hundred messages: far from 10,000 bytes
+    assert len(s.pending) == 100
+    assert s.pending_bytes == 100 * 18
+    assert s.dropped == 0
+
+
+def test_qos0_over_the_budget_is_dropped_and_counted() -> None:
+    s = session(max_bytes=100)
+    assert s.enqueue(item(40))  # 48
+    assert s.enqueue(item(40))  # 96
+    assert not s.enqueue(item(40))
+    assert (s.dropped, s.drop_episode, len(s.pending), s.pending_bytes) == (1, 1, 2, 96)
+
+
+def test_qos1_over_the_budget_evicts_the_oldest_qos0() -> None:
+    s = session(max_bytes=100)
+    first, second = item(40, topic="1"), item(40, topic="2")
+    s.enqueue(first)
+    s.enqueue(second)
+    important = item(40, qos=1)
+    assert s.enqueue(important)
+    assert list(s.pending) == [second, important]
+    assert (s.dropped, s.pending_bytes) == (1, 96)
+
+
+def test_qos1_evicts_as_many_qos0_as_it_needs() -> None:
+    s = session(max_bytes=100)
+    small = [item(5, topic=str(n)) for n in range(7)]  # 13 bytes each: 91
+    for queued in small:
+        s.enqueue(queued)
+    big = item(60, qos=2)  # 68 bytes: five must go (91 - 65 + 68 = 94)
+    assert s.enqueue(big)
+    assert list(s.pending) == [*small[5:], big]
+    assert s.dropped == 5
+    assert s.pending_bytes == 2 * 13 + 68
+
+
+def test_qos1_is_dropped_when_no_qos0_can_make_room() -> None:
+    s = session(max_bytes=100)
+    assert s.enqueue(item(40, qos=1))
+    assert s.enqueue(item(40, qos=1))
+    assert not s.enqueue(item(40, qos=2))
+    assert (s.dropped, len(s.pending)) == (1, 2)
+
+
+def test_bytes_in_flight_and_in_transit_count_against_the_budget() -> None:
+    s = session(max_bytes=100)
+    s.add_inflight(1, item(30, qos=1), OutboundState.AWAIT_PUBACK)  # 38, sent, not acked
+    transport = s.connection
+    assert isinstance(transport, Transport)
+    transport.in_transit = 40  # encoded, not yet taken by the socket
+    assert s.queued_bytes == 78
+    assert s.enqueue(item(10))  # 18: 96
+    assert not s.enqueue(item(10))
+    s.remove_inflight(1)  # acknowledged
+    assert s.queued_bytes == 58
+    assert s.enqueue(item(10))
+
+
+def test_offline_session_keeps_no_qos0_and_at_most_max_queued_messages() -> None:
+    s = session(max_bytes=10_000, max_messages=2, online=False)
+    assert not s.enqueue(item(1))  # QoS 0: not kept, and not a drop (MQTT allows it)
+    assert s.dropped == 0
+    assert s.enqueue(item(1, qos=1))
+    assert s.enqueue(item(1, qos=1))
+    assert not s.enqueue(item(1, qos=1))
+    assert (len(s.pending), s.dropped) == (2, 1)
+
+
+def test_offline_session_is_bounded_in_bytes_too() -> None:
+    s = session(max_bytes=100, max_messages=1000, online=False)
+    assert s.enqueue(item(80, qos=1))
+    assert not s.enqueue(item(80, qos=1))
+    assert s.dropped == 1
+
+
+def test_drop_episode_counts_until_it_ends() -> None:
+    dropped_by: list[int] = []
+    s = session(max_bytes=50)
+    s.on_drop = lambda session: dropped_by.append(session.drop_episode)
+    s.enqueue(item(40))
+    for _ in range(3):
+        s.enqueue(item(40))
+    assert dropped_by == [1, 2, 3]  # the core logs the first of an episode only
+    assert s.end_drop_episode() == 3
+    s.enqueue(item(40))
+    assert dropped_by == [1, 2, 3, 1]  # a new episode
+    assert s.dropped == 4
+
+
+# --------------------------------------------------------------- through the core
+
+
+def test_a_slow_client_is_logged_once_per_episode_with_its_address(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    core = make_core(clock, max_queued_bytes=1000)
+    slow = Client(core, V311)
+    slow.connect("slow")
+    slow.subscribe(("t", 0))
+    publisher = Client(core, V311)
+    publisher.connect("publisher")
+    caplog.set_level(logging.INFO, logger="trio_mqtt")
+    for n in range(100):  # 100 x 48 bytes for a budget of 1000: 80 are dropped
+        publisher.send(Publish("t", b"%040d" % n))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    text = warnings[0].getMessage()
+    assert "'slow'" in text and "192.0.2.10" in text and "max_queued_bytes 1000" in text
+    assert core.stats.messages_dropped == 80
+    (summary,) = [c for c in core.client_summaries() if c.client_id == "slow"]
+    assert summary.dropped == 80
+    assert 1000 - 48 < summary.queued_bytes <= 1000
+
+    # the client reads: the episode ends (one INFO line with the count), nothing is lost
+    caplog.clear()
+    delivered = []
+    while data := slow.conn.data_to_send():
+        slow.conn.bytes_written(len(data))
+        delivered += slow.reader.feed(data)
+    assert [p.payload for p in delivered if isinstance(p, Publish)] == [
+        b"%040d" % n for n in range(20)
+    ]
+    (ended,) = caplog.records
+    assert ended.levelno == logging.INFO
+    assert "80 message(s) were dropped" in ended.getMessage()
+    assert core.sessions["slow"].drop_episode == 0
+
+
+def test_an_acknowledged_qos1_message_waits_while_qos0_goes_first(clock: FakeClock) -> None:
+    """Over the budget, QoS 1 stays and QoS 0 makes room: what was PUBACKed is kept."""
+    core = make_core(clock, max_queued_bytes=600)  # 12 of these messages (48 bytes)
+    subscriber = Client(core, V311)
+    subscriber.connect("sub")
+    subscriber.subscribe(("t", 1))
+    publisher = Client(core, V311)
+    publisher.connect("pub")
+    for n in range(10):
+        publisher.send(Publish("t", b"%040d" % n, qos=0))
+        publisher.send(Publish("t", b"%040d" % n, qos=1, packet_id=n + 1))
+    assert publisher.packets() == [Puback(n + 1) for n in range(10)]
+    received = []
+    while data := subscriber.conn.data_to_send():
+        subscriber.conn.bytes_written(len(data))
+        for packet in subscriber.reader.feed(data):
+            assert isinstance(packet, Publish)
+            received.append((packet.qos, packet.payload))
+            if packet.qos:
+                subscriber.send(Puback(packet.packet_id or 0))
+    assert [payload for qos, payload in received if qos == 1] == [b"%040d" % n for n in range(10)]
+    qos0 = [payload for qos, payload in received if qos == 0]
+    # 12 fit. From the 13th on, each new QoS 0 was dropped and each QoS 1 took the place
+    # of the oldest QoS 0 left: the 10 acknowledged ones and QoS 0 numbers 4 and 5 stay
+    assert qos0 == [b"%040d" % 4, b"%040d" % 5]
+    assert core.stats.messages_dropped == 8

@@ -1,0 +1,126 @@
+"""The trio side of flow control: a reader that waits, and a socket that says it is full.
+
+The decisions are the core's (tests/broker/test_flow_control.py); these tests check that
+the server layer acts on them: a publisher whose messages went to a subscriber that has
+fallen behind is not read from until that subscriber caught up, and a subscriber whose
+socket is full (``WatchedSocketStream``) holds nobody back.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+import trio.testing
+from rawclient import RawClient
+
+from trio_mqtt.mqtt.codec import encode
+from trio_mqtt.mqtt.packets import (
+    Pingreq,
+    Pingresp,
+    ProtocolVersion,
+    Publish,
+    Suback,
+    Subscribe,
+    SubscriptionRequest,
+)
+from trio_mqtt.server.backpressure import Relief
+from trio_mqtt.server.watched_stream import WatchedSocketStream
+
+from .test_connection import GatedStream, make_core, open_client, serving
+
+V311 = ProtocolVersion.V311
+PAYLOAD = bytes(1000)
+
+
+async def test_relief_waits_until_the_condition_clears() -> None:
+    relief = Relief()
+    held = [True]
+    woke = trio.Event()
+
+    async def waiter() -> None:
+        await relief.wait_while(lambda: held[0])
+        woke.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        relief()  # something caught up, but not what this waiter waits for
+        await trio.testing.wait_all_tasks_blocked()
+        assert not woke.is_set()
+        held[0] = False
+        relief()
+        with trio.fail_after(1):
+            await woke.wait()
+    await relief.wait_while(lambda: False)  # nothing to wait for: returns at once
+
+
+async def test_reader_stops_while_its_subscriber_catches_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The subscriber's writer is held (a gate): the broker stops reading the publisher.
+
+    The publisher's bytes then wait in its transport, as they would in its TCP window;
+    once the subscriber's writer goes on, the publisher is read again and every message
+    arrives, in order. Nothing is dropped: the subscriber kept up, the broker did not.
+    """
+    core = make_core()
+    async with serving(core) as serve:
+        subscriber_stream, server_stream = trio.testing.memory_stream_pair()
+        gated = GatedStream(server_stream)
+        serve(gated)
+        subscriber = RawClient(subscriber_stream, V311)
+        await subscriber.connect("sub", keep_alive=0)
+        await subscriber.send(Subscribe(1, (SubscriptionRequest("t", 0),)))
+        assert isinstance(await subscriber.receive(), Suback)
+        publisher = await open_client(serve, V311)
+        await publisher.connect("pub", keep_alive=0)
+
+        gated.gate = trio.Event()  # the subscriber's writer is busy (a slow machine)
+        count = 3000  # 3 MB: far more than a writer may be behind
+        await publisher.send_raw(
+            b"".join(encode(Publish("t", b"%06d" % n + PAYLOAD), V311) for n in range(count))
+        )
+        await publisher.send(Pingreq())
+        await trio.testing.wait_all_tasks_blocked()
+        read_while_held = core.stats.messages_received
+        assert read_while_held < count // 2  # it stopped reading the publisher
+        assert core.sessions["sub"].pending_bytes < 2 * 1024 * 1024
+        assert core.stats.messages_dropped == 0
+
+        gated.gate.set()
+        gated.gate = None
+        payloads = []
+        with trio.fail_after(30):
+            while len(payloads) < count:
+                packet = await subscriber.receive()
+                assert isinstance(packet, Publish)
+                payloads.append(packet.payload[:6])
+            assert await publisher.receive() == Pingresp()
+    assert payloads == [b"%06d" % n for n in range(count)]
+    assert core.stats.messages_dropped == 0
+
+
+async def test_watched_socket_reports_a_full_socket_and_when_it_drains() -> None:
+    left, right = trio.socket.socketpair()
+    for sock in (left, right):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    watched = WatchedSocketStream(trio.SocketStream(left))
+    reader = trio.SocketStream(right)
+    reports: list[bool] = []
+    watched.on_blocked = reports.append
+    async with watched, reader:
+        await watched.send_all(b"x" * 100)
+        assert reports == []  # the socket took it at once: nothing to say
+
+        big = b"y" * 1_000_000
+        received = bytearray()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watched.send_all, big)
+            await trio.testing.wait_all_tasks_blocked()
+            assert reports == [True]  # the peer does not read: full
+            while len(received) < 100 + len(big):
+                received += await reader.receive_some(65536)
+        assert reports == [True, False]
+        assert bytes(received) == b"x" * 100 + big
