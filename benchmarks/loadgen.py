@@ -29,6 +29,7 @@ import attrs
 from benchmarks.wire import (
     CONNACK_ACCEPTED,
     DISCONNECT,
+    PAYLOAD,
     PINGREQ,
     PINGRESP,
     DeliveryParser,
@@ -91,6 +92,7 @@ class PublisherTask:
     qos: int = 0
     window: int = 1
     proxy: bool = False
+    payload_size: int = PAYLOAD.size
 
 
 @attrs.frozen
@@ -109,6 +111,7 @@ class SubscriberTask:
     source_topics: tuple[tuple[int, str], ...]
     deadline_s: float
     proxy: bool = False
+    payload_size: int = PAYLOAD.size
 
 
 @attrs.frozen
@@ -255,13 +258,19 @@ def _publisher(task: PublisherTask, pipe: Connection, go: Event, stop: Event) ->
     topic = task.topic.encode()
     if task.qos == 0:
         stream = b"".join(
-            publish_packet(topic, make_payload(task.source, seq)) for seq in range(task.count)
+            publish_packet(topic, make_payload(task.source, seq, task.payload_size))
+            for seq in range(task.count)
         )
         packets: list[bytes] = []
     else:
         stream = b""
         packets = [
-            publish_packet(topic, make_payload(task.source, seq), qos=1, packet_id=seq % 65535 + 1)
+            publish_packet(
+                topic,
+                make_payload(task.source, seq, task.payload_size),
+                qos=1,
+                packet_id=seq % 65535 + 1,
+            )
             for seq in range(task.count)
         ]
     pipe.send(("ready", None))
@@ -269,18 +278,20 @@ def _publisher(task: PublisherTask, pipe: Connection, go: Event, stop: Event) ->
     deadline = time.perf_counter() + task.deadline_s
     cpu_start = time.process_time()
     start = time.perf_counter()
+    sends: list[tuple[int, float]] = []
     if task.qos == 0:
         sock.settimeout(_remaining(deadline, "publishing"))
         sock.sendall(stream)
         written = time.perf_counter()
         acked = _ping(sock, deadline)
     else:
-        written = acked = _publish_windowed(sock, packets, task.window, deadline, stop)
+        written = acked = _publish_windowed(sock, packets, task.window, deadline, stop, sends)
     result = {
         "start": start,
         "written": written,
         "acked": acked,
         "sent": task.count,
+        "sends": sends,
         "cpu_s": time.process_time() - cpu_start,
     }
     _close(sock)
@@ -288,13 +299,22 @@ def _publisher(task: PublisherTask, pipe: Connection, go: Event, stop: Event) ->
 
 
 def _publish_windowed(
-    sock: socket.socket, packets: list[bytes], window: int, deadline: float, stop: Event
+    sock: socket.socket,
+    packets: list[bytes],
+    window: int,
+    deadline: float,
+    stop: Event,
+    sends: list[tuple[int, float]],
 ) -> float:
-    """Send QoS 1 *packets* with at most *window* unacknowledged; time of the last PUBACK."""
+    """Send QoS 1 *packets* with at most *window* unacknowledged; time of the last PUBACK.
+
+    *sends* gets (first sequence number, time) of every write, for end-to-end latency.
+    """
     total = len(packets)
     sent = min(window, total)
     batch = min(QOS1_BATCH, window)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 4 * min(batch, total))
+    sends.append((0, time.perf_counter()))
     sock.sendall(b"".join(packets[:sent]))
     acked = 0
     expected_id = 1
@@ -325,6 +345,7 @@ def _publish_windowed(
             )
         more = min(total, acked + window) - sent
         if more > 0:
+            sends.append((sent, time.perf_counter()))
             sock.sendall(b"".join(packets[sent : sent + more]))
             sent += more
     return time.perf_counter()
@@ -346,7 +367,9 @@ def _subscriber(task: SubscriberTask, pipe: Connection, go: Event, stop: Event) 
         sock = _open(task.port, client_id, deadline, proxy=task.proxy)
         _subscribe(sock, task.topic_filter, task.qos, deadline)
         sock.setblocking(False)
-        parser = DeliveryParser(topic_length, task.qos, source_topics=topics)
+        parser = DeliveryParser(
+            topic_length, task.qos, source_topics=topics, payload_size=task.payload_size
+        )
         parsers[sock] = parser
         _set_low_water_mark(sock, parser, task.expected_per_connection)
         selector.register(sock, selectors.EVENT_READ, sock)
@@ -358,6 +381,9 @@ def _subscriber(task: SubscriberTask, pipe: Connection, go: Event, stop: Event) 
     incomplete = set(parsers)
     first_rx = last_rx = 0.0
     stopped = False
+    # (time, next expected sequence number of each publisher) after each read: with the
+    # publishers' send times this gives every message's end-to-end latency
+    progress: list[tuple[float, dict[int, int]]] = []
     while incomplete:
         now = time.perf_counter()
         if now > deadline:
@@ -386,6 +412,8 @@ def _subscriber(task: SubscriberTask, pipe: Connection, go: Event, stop: Event) 
             if not first_rx:
                 first_rx = last_rx
             parser.feed(data)
+            if parser.qos and len(parsers) == 1:
+                progress.append((last_rx, dict(parser.next_seq)))
             if parser.pending_acks:
                 sock.setblocking(True)
                 sock.settimeout(_remaining(deadline, "sending PUBACKs"))
@@ -421,6 +449,7 @@ def _subscriber(task: SubscriberTask, pipe: Connection, go: Event, stop: Event) 
         "error_count": error_count,
         "errors": errors,
         "stopped": stopped,
+        "progress": progress,
         "cpu_s": cpu_s,
     }
 

@@ -8,8 +8,11 @@ verified (right count, right payload, right order). Sizes come from a :class:`Sc
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import multiprocessing
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,6 +61,8 @@ class Scale:
     latency_messages: int
     latency_warmup: int
     qos1_messages: int
+    qos1_fanin_per_publisher: int
+    sustained_per_publisher: int
     connections: int
     retained: int
     deadline_s: float
@@ -70,6 +75,8 @@ FULL = Scale(
     latency_messages=5_000,
     latency_warmup=200,
     qos1_messages=50_000,
+    qos1_fanin_per_publisher=50_000,
+    sustained_per_publisher=1_000_000,
     connections=10_000,
     retained=100_000,
     deadline_s=120.0,
@@ -81,6 +88,8 @@ QUICK = Scale(
     latency_messages=200,
     latency_warmup=20,
     qos1_messages=1_000,
+    qos1_fanin_per_publisher=1_000,
+    sustained_per_publisher=5_000,
     connections=500,
     retained=2_000,
     deadline_s=15.0,
@@ -205,6 +214,36 @@ def _split(items: Sequence[str], parts: int) -> list[tuple[str, ...]]:
 PUBLISHERS = 4
 FANOUT_SUBSCRIBERS = 50
 SUBSCRIBER_PROCESSES = 2
+#: QoS 1 publishers keep at most this many messages unacknowledged.
+QOS1_WINDOW = 100
+#: How often the broker's resident memory is sampled during a run.
+RSS_SAMPLE_S = 0.05
+
+
+class RssSampler:
+    """Samples a process's resident memory in a thread while the ``with`` block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.first_kib = read_rss_kib(pid)
+        self.peak_kib = self.first_kib
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(RSS_SAMPLE_S):
+            with contextlib.suppress(OSError, ValueError):
+                self.peak_kib = max(self.peak_kib, read_rss_kib(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+        with contextlib.suppress(OSError, ValueError):
+            self.peak_kib = max(self.peak_kib, read_rss_kib(self.pid))
 
 
 def _pubsub(
@@ -218,8 +257,16 @@ def _pubsub(
     topics: Sequence[str],
     proxy: bool,
     tag: str,
+    qos: int = 0,
+    window: int = 1,
+    deadline_s: float | None = None,
 ) -> RunOutcome:
-    """Publishers blast QoS 0, subscribers verify; rate = deliveries / elapsed time."""
+    """Publishers blast (QoS 0) or keep *window* unacknowledged (QoS 1); subscribers verify.
+
+    Rate = deliveries / elapsed time. The broker's resident memory is sampled during the
+    run: ``peak_rss_mib`` is its highest value.
+    """
+    deadline_s = scale.deadline_s if deadline_s is None else deadline_s
     port = broker.broker.proxy_port if proxy else broker.broker.port
     if port is None:
         raise ScenarioError(f"{broker.broker.kind.value} has no PROXY protocol listener")
@@ -233,10 +280,10 @@ def _pubsub(
                     port=port,
                     client_ids=group,
                     topic_filter=topic_filter,
-                    qos=0,
+                    qos=qos,
                     expected_per_connection=publishers * per_publisher,
                     source_topics=source_topics,
-                    deadline_s=scale.deadline_s,
+                    deadline_s=deadline_s,
                     proxy=proxy,
                 )
             )
@@ -250,8 +297,10 @@ def _pubsub(
                     topic=topics[source],
                     source=source,
                     count=per_publisher,
-                    deadline_s=scale.deadline_s,
+                    deadline_s=deadline_s,
                     proxy=proxy,
+                    qos=qos,
+                    window=window,
                 )
             )
             for source in range(publishers)
@@ -259,9 +308,10 @@ def _pubsub(
         _ready_all(sub_pipes + pub_pipes, 60.0)
         meter = CpuMeter(broker.process.pid)
         meter.start()
-        workers.go.set()
-        pub_results = _results(pub_pipes, scale.deadline_s + 30)
-        sub_results = _results(sub_pipes, scale.deadline_s + 30)
+        with RssSampler(broker.process.pid) as rss:
+            workers.go.set()
+            pub_results = _results(pub_pipes, deadline_s + 30)
+            sub_results = _results(sub_pipes, deadline_s + 30)
         cpu = meter.stop()
     start = min(result["start"] for result in pub_results)
     acked = max(result["acked"] for result in pub_results)
@@ -276,7 +326,15 @@ def _pubsub(
         "throughput": received / elapsed,
         "publish_rate": published / max(acked - start, 1e-9),
         "elapsed_s": elapsed,
+        "peak_rss_mib": rss.peak_kib / 1024,
     }
+    if qos and subscribers == 1:
+        latencies = end_to_end_latencies(
+            [result["sends"] for result in pub_results], sub_results[0]["progress"]
+        )
+        if latencies:
+            metrics["p50_ms"] = _percentile(latencies, 50) / 1e6
+            metrics["p99_ms"] = _percentile(latencies, 99) / 1e6
     return RunOutcome(
         metrics=metrics,
         verified=received == expected and error_count == 0,
@@ -289,8 +347,34 @@ def _pubsub(
             "publisher_cpu_s": sum(result["cpu_s"] for result in pub_results),
             "subscriber_cpu_s": sum(result["cpu_s"] for result in sub_results),
             "messages_published": published,
+            "rss_before_mib": round(rss.first_kib / 1024, 1),
         },
     )
+
+
+def end_to_end_latencies(
+    sends: Sequence[Sequence[tuple[int, float]]],
+    progress: Sequence[tuple[float, dict[int, int]]],
+) -> list[int]:
+    """Publish-to-delivery time of every message, in ns, sorted.
+
+    ``sends[source]`` lists (first sequence number, time) of each write of publisher
+    *source*; ``progress`` lists (time, next expected sequence number per source) after
+    each read of the subscriber. A message arrived at the first read after which its
+    publisher's next expected number is beyond it.
+    """
+    latencies: list[int] = []
+    for source, writes in enumerate(sends):
+        firsts = [first for first, _time in writes]
+        seq = 0
+        for arrived, next_seq in progress:
+            done = next_seq.get(source, 0)
+            while seq < done:
+                sent = writes[bisect.bisect_right(firsts, seq) - 1][1]
+                latencies.append(int((arrived - sent) * 1e9))
+                seq += 1
+    latencies.sort()
+    return latencies
 
 
 def fanin(broker: BrokerProcess, scale: Scale, *, proxy: bool = False) -> RunOutcome:
@@ -305,6 +389,43 @@ def fanin(broker: BrokerProcess, scale: Scale, *, proxy: bool = False) -> RunOut
         topics=[f"bench/p{source}" for source in range(PUBLISHERS)],
         proxy=proxy,
         tag="fanin",
+    )
+
+
+def fanin_sustained(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+    """QoS 0 fan-in kept up for long: 4 x 1,000,000 messages, and the broker's peak RSS.
+
+    A broker that reads publishers faster than it writes to the subscriber either loses
+    messages or grows a backlog; this run shows which, and how much memory it takes.
+    """
+    return _pubsub(
+        broker,
+        scale,
+        publishers=PUBLISHERS,
+        per_publisher=scale.sustained_per_publisher,
+        subscribers=1,
+        topic_filter="bench/#",
+        topics=[f"bench/p{source}" for source in range(PUBLISHERS)],
+        proxy=False,
+        tag="sustained",
+        deadline_s=scale.deadline_s * 4,
+    )
+
+
+def qos1_fanin(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+    """QoS 1 fan-in: 4 publishers, each with 100 unacknowledged -> 1 QoS 1 subscriber."""
+    return _pubsub(
+        broker,
+        scale,
+        publishers=PUBLISHERS,
+        per_publisher=scale.qos1_fanin_per_publisher,
+        subscribers=1,
+        topic_filter="bench/#",
+        topics=[f"bench/p{source}" for source in range(PUBLISHERS)],
+        proxy=False,
+        tag="qos1fanin",
+        qos=1,
+        window=QOS1_WINDOW,
     )
 
 
@@ -329,8 +450,6 @@ def fanout(broker: BrokerProcess, scale: Scale) -> RunOutcome:
 
 
 # --- QoS 1 --------------------------------------------------------------------------
-
-QOS1_WINDOW = 100
 
 
 def qos1_latency(broker: BrokerProcess, scale: Scale) -> RunOutcome:
@@ -599,6 +718,25 @@ SCENARIOS: tuple[Scenario, ...] = (
         "QoS 0 fan-out (1 publisher -> 50 subscribers)",
         (MetricSpec("throughput", "deliveries", "msg/s", higher_is_better=True),),
         fanout,
+    ),
+    Scenario(
+        "qos1_fanin",
+        "QoS 1 fan-in (4 publishers, 100 unacknowledged each -> 1 QoS 1 subscriber)",
+        (
+            MSG_RATE,
+            MetricSpec("p50_ms", "end-to-end p50 latency", "ms", higher_is_better=False),
+            MetricSpec("p99_ms", "end-to-end p99 latency", "ms", higher_is_better=False),
+        ),
+        qos1_fanin,
+    ),
+    Scenario(
+        "fanin_sustained",
+        "QoS 0 fan-in kept up: 4 x 1,000,000 messages -> 1 subscriber",
+        (
+            MSG_RATE,
+            MetricSpec("peak_rss_mib", "broker peak RSS", "MiB", higher_is_better=False),
+        ),
+        fanin_sustained,
     ),
     Scenario(
         "qos1_latency",

@@ -24,6 +24,7 @@ __all__ = [
     "DISCONNECT",
     "FILLER",
     "PAYLOAD",
+    "PAYLOAD_HEAD",
     "PINGREQ",
     "PINGRESP",
     "DeliveryParser",
@@ -32,6 +33,7 @@ __all__ = [
     "check_value",
     "connect_packet",
     "encode_remaining_length",
+    "filler",
     "make_payload",
     "proxy_v2_header",
     "puback_packet",
@@ -43,6 +45,8 @@ __all__ = [
 #: Payload: source (publisher number), sequence number, check value, fixed filler.
 PAYLOAD = struct.Struct(">III12s")
 FILLER = b"trio-mqtt-bm"
+#: The part of every payload before the filler (source, sequence number, check value).
+PAYLOAD_HEAD = struct.Struct(">III")
 
 PINGREQ = b"\xc0\x00"
 PINGRESP = b"\xd0\x00"
@@ -69,9 +73,19 @@ def check_value(source: int, seq: int) -> int:
     return (seq * 2654435761 + source * 40503 + 0x9E3779B9) & 0xFFFFFFFF
 
 
-def make_payload(source: int, seq: int) -> bytes:
-    """The 24-byte payload of message *seq* from publisher *source*."""
-    return PAYLOAD.pack(source, seq, check_value(source, seq), FILLER)
+def filler(payload_size: int) -> bytes:
+    """The fixed bytes after the head of a payload of *payload_size* bytes (>= 12)."""
+    if payload_size < PAYLOAD_HEAD.size:
+        raise ValueError(f"a benchmark payload has at least {PAYLOAD_HEAD.size} bytes")
+    length = payload_size - PAYLOAD_HEAD.size
+    return (FILLER * (length // len(FILLER) + 1))[:length]
+
+
+def make_payload(source: int, seq: int, size: int = PAYLOAD.size) -> bytes:
+    """The payload of message *seq* from publisher *source* (24 bytes unless *size*)."""
+    if size == PAYLOAD.size:
+        return PAYLOAD.pack(source, seq, check_value(source, seq), FILLER)
+    return PAYLOAD_HEAD.pack(source, seq, check_value(source, seq)) + filler(size)
 
 
 def encode_remaining_length(length: int) -> bytes:
@@ -209,10 +223,10 @@ class DeliveryParser:
     """Parse and verify the PUBLISH packets one subscriber connection receives.
 
     All benchmark deliveries on a connection have the same size (fixed-width topics, a
-    fixed payload), so the common case is a run of identical-length packets, unpacked in
-    one :func:`struct.iter_unpack` call and checked in a tight loop. Any other packet
-    (SUBACK, PINGRESP, a PUBLISH of another size) goes through the general splitter and
-    lands in ``other_packets`` (or is verified, if it is a PUBLISH).
+    payload of *payload_size* bytes), so the common case is a run of identical-length
+    packets, unpacked in one :func:`struct.iter_unpack` call and checked in a tight loop.
+    Any other packet (SUBACK, PINGRESP, a PUBLISH of another size) goes through the
+    general splitter and lands in ``other_packets`` (or is verified, if it is a PUBLISH).
 
     Two modes, chosen by which argument is given:
 
@@ -230,6 +244,7 @@ class DeliveryParser:
     qos: int
     source_topics: Mapping[int, bytes] | None = None
     topic_of_seq: Callable[[int], bytes] | None = None
+    payload_size: int = PAYLOAD.size
     received: int = 0
     error_count: int = 0
     errors: list[str] = attrs.Factory(list)
@@ -239,16 +254,20 @@ class DeliveryParser:
     seen: set[tuple[int, int]] = attrs.Factory(set)
     _buffer: bytearray = attrs.Factory(bytearray)
     _format: struct.Struct = attrs.field(init=False)
-    _remaining_length: int = attrs.field(init=False)
+    _remaining_length: bytes = attrs.field(init=False)
+    _filler: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         if (self.source_topics is None) == (self.topic_of_seq is None):
             raise ValueError("give exactly one of source_topics and topic_of_seq")
-        packet_id = "H" if self.qos else ""
-        self._format = struct.Struct(f">BBH{self.topic_length}s{packet_id}III12s")
-        self._remaining_length = self._format.size - 2
-        if self._remaining_length > 127:
-            raise ValueError("benchmark PUBLISH packets must fit a 1-byte remaining length")
+        self._filler = filler(self.payload_size)
+        packet_id = 2 if self.qos else 0
+        body = 2 + self.topic_length + packet_id + self.payload_size
+        self._remaining_length = encode_remaining_length(body)
+        self._format = struct.Struct(
+            f">B{len(self._remaining_length)}sH{self.topic_length}s{'H' if self.qos else ''}"
+            f"III{len(self._filler)}s"
+        )
 
     @property
     def packet_size(self) -> int:
@@ -268,7 +287,12 @@ class DeliveryParser:
         pos = 0
         while pos < len(buffer):
             count = (len(buffer) - pos) // size
-            if count and buffer[pos] >> 4 == PUBLISH and buffer[pos + 1] == self._remaining_length:
+            if (
+                count
+                and buffer[pos] >> 4 == PUBLISH
+                and buffer[pos + 1 : pos + 1 + len(self._remaining_length)]
+                == self._remaining_length
+            ):
                 done = self._verify_run(bytes(buffer[pos : pos + count * size]))
                 pos += done * size
                 if done == count:
@@ -291,6 +315,7 @@ class DeliveryParser:
         per delivered message and must stay far faster than the broker.
         """
         remaining_length = self._remaining_length
+        expected_filler = self._filler
         acks = self.pending_acks if self.qos else None
         next_seq = self.next_seq
         seen = self.seen
@@ -308,7 +333,7 @@ class DeliveryParser:
             done += 1
             if (
                 check == (seq * 2654435761 + source * 40503 + 0x9E3779B9) & 0xFFFFFFFF
-                and filler == FILLER
+                and filler == expected_filler
             ):
                 if source_topics is not None:
                     if next_seq.get(source, 0) == seq and topic == source_topics.get(source):
@@ -330,7 +355,7 @@ class DeliveryParser:
 
     def _check(self, topic: bytes, source: int, seq: int, check: int, filler: bytes) -> None:
         """Verify one message; record what is wrong with it."""
-        if check != check_value(source, seq) or filler != FILLER:
+        if check != check_value(source, seq) or filler != self._filler:
             self._error(f"bad payload check for source {source} seq {seq}")
             return
         if self.source_topics is not None:
@@ -354,8 +379,8 @@ class DeliveryParser:
         if packet_id is not None:
             self.pending_acks += puback_packet(packet_id)
         self.received += 1
-        if len(payload) != PAYLOAD.size:
+        if len(payload) != self.payload_size:
             self._error(f"payload of {len(payload)} bytes on topic {topic!r}")
             return
-        source, seq, check, filler = PAYLOAD.unpack(payload)
-        self._check(topic, source, seq, check, filler)
+        source, seq, check = PAYLOAD_HEAD.unpack_from(payload)
+        self._check(topic, source, seq, check, payload[PAYLOAD_HEAD.size :])

@@ -15,6 +15,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed; plain `pytest` ne
 
 from benchmarks.profiling import summarize_folded  # noqa: E402
 from benchmarks.report import records_from_json, summarize  # noqa: E402
+from benchmarks.scenarios import end_to_end_latencies  # noqa: E402
 from benchmarks.wire import (  # noqa: E402
     DeliveryParser,
     connect_packet,
@@ -158,6 +159,34 @@ def test_unordered_mode_flags_duplicates() -> None:
     assert parser.seen == {(0, 5), (0, 3)}
     assert parser.error_count == 1
     assert "twice" in parser.errors[0]
+
+
+def test_parser_verifies_large_payloads_with_a_longer_remaining_length() -> None:
+    size = 1000  # a two-byte Remaining Length: the fast path must still take them
+    data = b"".join(
+        publish_packet(TOPICS[0], make_payload(0, seq, size), qos=1, packet_id=seq + 1)
+        for seq in range(50)
+    )
+    parser = DeliveryParser(8, 1, source_topics=TOPICS, payload_size=size)
+    for index in range(0, len(data), 4096):
+        parser.feed(data[index : index + 4096])
+    assert (parser.received, parser.error_count) == (50, 0)
+    assert len(parser.pending_acks) == 50 * 4
+
+    corrupted = bytearray(data)
+    corrupted[24 * (len(data) // 50) + 500] ^= 0x01  # in the filler of the 25th message
+    parser = DeliveryParser(8, 1, source_topics=TOPICS, payload_size=size)
+    parser.feed(bytes(corrupted))
+    assert parser.received == 50
+    assert "bad payload check for source 0 seq 24" in parser.errors[0]
+
+
+def test_end_to_end_latency_of_every_message() -> None:
+    sends = [[(0, 10.0), (2, 11.0)], [(0, 10.5)]]  # publisher 0 wrote 0-1, then 2; 1 wrote 0
+    progress = [(10.25, {0: 1}), (11.5, {0: 3, 1: 1})]
+    latencies = end_to_end_latencies(sends, progress)
+    # 0/0 at 10.25 (sent 10.0), 0/1 and 0/2 at 11.5 (sent 10.0, 11.0), 1/0 at 11.5 (10.5)
+    assert latencies == [int(0.25e9), int(0.5e9), int(1.0e9), int(1.5e9)]
 
 
 def test_parser_needs_exactly_one_mode() -> None:
