@@ -32,6 +32,7 @@ from benchmarks.loadgen import (
     Task,
     run_worker,
 )
+from benchmarks.wire import PAYLOAD
 
 __all__ = [
     "FULL",
@@ -42,7 +43,9 @@ __all__ = [
     "Scale",
     "Scenario",
     "ScenarioError",
+    "end_to_end_latencies",
     "machine_busy",
+    "pubsub",
     "scenario_by_name",
 ]
 
@@ -246,7 +249,7 @@ class RssSampler:
             self.peak_kib = max(self.peak_kib, read_rss_kib(self.pid))
 
 
-def _pubsub(
+def pubsub(
     broker: BrokerProcess,
     scale: Scale,
     *,
@@ -259,6 +262,7 @@ def _pubsub(
     tag: str,
     qos: int = 0,
     window: int = 1,
+    payload_size: int = PAYLOAD.size,
     deadline_s: float | None = None,
 ) -> RunOutcome:
     """Publishers blast (QoS 0) or keep *window* unacknowledged (QoS 1); subscribers verify.
@@ -285,6 +289,7 @@ def _pubsub(
                     source_topics=source_topics,
                     deadline_s=deadline_s,
                     proxy=proxy,
+                    payload_size=payload_size,
                 )
             )
             for group in groups
@@ -301,6 +306,7 @@ def _pubsub(
                     proxy=proxy,
                     qos=qos,
                     window=window,
+                    payload_size=payload_size,
                 )
             )
             for source in range(publishers)
@@ -379,7 +385,7 @@ def end_to_end_latencies(
 
 def fanin(broker: BrokerProcess, scale: Scale, *, proxy: bool = False) -> RunOutcome:
     """QoS 0 fan-in: 4 publishers on bench/p0..p3 -> 1 subscriber on bench/#."""
-    return _pubsub(
+    return pubsub(
         broker,
         scale,
         publishers=PUBLISHERS,
@@ -398,7 +404,7 @@ def fanin_sustained(broker: BrokerProcess, scale: Scale) -> RunOutcome:
     A broker that reads publishers faster than it writes to the subscriber either loses
     messages or grows a backlog; this run shows which, and how much memory it takes.
     """
-    return _pubsub(
+    return pubsub(
         broker,
         scale,
         publishers=PUBLISHERS,
@@ -414,7 +420,7 @@ def fanin_sustained(broker: BrokerProcess, scale: Scale) -> RunOutcome:
 
 def qos1_fanin(broker: BrokerProcess, scale: Scale) -> RunOutcome:
     """QoS 1 fan-in: 4 publishers, each with 100 unacknowledged -> 1 QoS 1 subscriber."""
-    return _pubsub(
+    return pubsub(
         broker,
         scale,
         publishers=PUBLISHERS,
@@ -436,7 +442,7 @@ def fanin_proxy(broker: BrokerProcess, scale: Scale) -> RunOutcome:
 
 def fanout(broker: BrokerProcess, scale: Scale) -> RunOutcome:
     """QoS 0 fan-out: 1 publisher on bench/fo -> 50 subscribers of bench/fo."""
-    return _pubsub(
+    return pubsub(
         broker,
         scale,
         publishers=1,

@@ -148,6 +148,38 @@ async def test_retained_delivered_on_subscribe() -> None:
             assert only.topic == "r/b"
 
 
+async def test_in_process_subscriber_gets_a_burst_routed_before_it_runs() -> None:
+    """5,000 messages in one write: one read of the broker routes them all before the
+    consumer task runs again. With the defaults none is lost (a 1,000-message buffer
+    dropped 4,000); what waits is bounded in bytes, like a network client's queue."""
+    async with running_broker("main") as broker, broker.subscribe("burst/#") as messages:
+        client = await RawClient.open(broker.port, V311)
+        try:
+            await client.connect("burster")
+            count = 5000
+            await client.send_raw(
+                b"".join(encode(Publish("burst/x", b"%d" % n), V311) for n in range(count))
+            )
+            got = await receive_all(messages, count)
+        finally:
+            await client.aclose()
+        assert [m.payload for m in got] == [b"%d" % n for n in range(count)]
+        assert messages.dropped == 0
+        assert messages.buffered_bytes == 0
+
+
+async def test_in_process_subscriber_is_bounded_by_max_queued_bytes() -> None:
+    listener = ListenerConfig(host="127.0.0.1", port=0)
+    config = BrokerConfig(listeners=[listener], max_queued_bytes=1000)
+    async with open_broker(config) as broker, broker.subscribe("b/#") as messages:
+        for n in range(100):  # 13 bytes each (payload 3, topic 3, header 7): 76 fit
+            await broker.publish("b/x", b"%03d" % n)
+        assert messages.buffered_bytes <= 1000
+        assert messages.dropped == 100 - 1000 // 13
+        got = await receive_all(messages, 1000 // 13)
+        assert [m.payload for m in got] == [b"%03d" % n for n in range(1000 // 13)]
+
+
 async def test_slow_in_process_subscriber_drops_instead_of_blocking() -> None:
     async with (
         running_broker("main") as broker,

@@ -19,7 +19,7 @@ import trio
 from trio_mqtt.broker.auth import AuthFiles, install_auth
 from trio_mqtt.broker.core import BrokerCore, ClientSummary, ConnectHook, PublishHook, SubscribeHook
 from trio_mqtt.broker.enhanced_auth import Authenticator
-from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.broker.store import PersistenceWriteError, SQLiteStore
 from trio_mqtt.broker.sys_topics import publish_sys_topics
@@ -39,26 +39,50 @@ HOUSEKEEPING_INTERVAL = 1.0
 class MessageStream:
     """The async iterator of messages an in-process subscription receives.
 
-    Messages arrive through a bounded buffer; when the consumer falls behind by more
-    than ``max_buffer`` messages, new ones are dropped and counted in ``dropped`` rather
-    than stalling the publishers.
+    Messages wait in a buffer bounded like a network client's queue: at most
+    ``max_bytes`` of them (the broker's ``max_queued_bytes``; each counted as the size of
+    its PUBLISH), and at most ``max_messages`` if that is given. When the consumer falls
+    that far behind, new messages are dropped and counted in ``dropped`` rather than
+    stalling the publishers. ``buffered_bytes`` is what waits now.
     """
 
-    def __init__(self, receive: trio.MemoryReceiveChannel[Message]) -> None:
+    def __init__(
+        self,
+        receive: trio.MemoryReceiveChannel[Message],
+        *,
+        max_bytes: int,
+        max_messages: int | None = None,
+    ) -> None:
         self._receive = receive
+        self.max_bytes = max_bytes
+        self.max_messages = max_messages
+        self.buffered_bytes = 0
         self.dropped = 0
+
+    def admits(self, message: Message) -> bool:
+        """Whether ``message`` fits the buffer; counts it in if so."""
+        size = publish_size(message)
+        if self.buffered_bytes + size > self.max_bytes or (
+            self.max_messages is not None
+            and self._receive.statistics().current_buffer_used >= self.max_messages
+        ):
+            return False
+        self.buffered_bytes += size
+        return True
 
     def __aiter__(self) -> MessageStream:
         return self
 
     async def __anext__(self) -> Message:
         try:
-            return await self._receive.receive()
+            return await self.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
 
     async def receive(self) -> Message:
-        return await self._receive.receive()
+        message = await self._receive.receive()
+        self.buffered_bytes -= publish_size(message)
+        return message
 
 
 @attrs.define(eq=False)
@@ -186,16 +210,22 @@ class Broker:
 
     @asynccontextmanager
     async def subscribe(
-        self, topic_filter: str, *, max_buffer: int = 1000
+        self, topic_filter: str, *, max_buffer: int | None = None
     ) -> AsyncIterator[MessageStream]:
-        """Subscribe in-process: ``async with broker.subscribe("a/+") as messages:``."""
-        send, receive = trio.open_memory_channel[Message](max_buffer)
-        stream = MessageStream(receive)
+        """Subscribe in-process: ``async with broker.subscribe("a/+") as messages:``.
+
+        What waits for the consumer is bounded by ``max_queued_bytes`` like a network
+        client's queue, and by ``max_buffer`` messages if given (see ``MessageStream``).
+        """
+        send, receive = trio.open_memory_channel[Message](math.inf)
+        stream = MessageStream(
+            receive, max_bytes=self.config.max_queued_bytes, max_messages=max_buffer
+        )
 
         def on_message(message: Message) -> None:
-            try:
+            if stream.admits(message):
                 send.send_nowait(message)
-            except trio.WouldBlock:
+            else:
                 stream.dropped += 1
                 self.core.stats.messages_dropped += 1
 
