@@ -383,19 +383,24 @@ def end_to_end_latencies(
     return latencies
 
 
-def fanin(broker: BrokerProcess, scale: Scale, *, proxy: bool = False) -> RunOutcome:
-    """QoS 0 fan-in: 4 publishers on bench/p0..p3 -> 1 subscriber on bench/#."""
+def _fanin(broker: BrokerProcess, per_publisher: int, tag: str, **options: Any) -> RunOutcome:
+    """4 publishers on bench/p0..p3 -> 1 subscriber on bench/#; *options* go to pubsub."""
+    options.setdefault("proxy", False)
     return pubsub(
         broker,
-        scale,
         publishers=PUBLISHERS,
-        per_publisher=scale.fanin_per_publisher,
+        per_publisher=per_publisher,
         subscribers=1,
         topic_filter="bench/#",
         topics=[f"bench/p{source}" for source in range(PUBLISHERS)],
-        proxy=proxy,
-        tag="fanin",
+        tag=tag,
+        **options,
     )
+
+
+def fanin(broker: BrokerProcess, scale: Scale, *, proxy: bool = False) -> RunOutcome:
+    """QoS 0 fan-in: 4 publishers on bench/p0..p3 -> 1 subscriber on bench/#."""
+    return _fanin(broker, scale.fanin_per_publisher, "fanin", scale=scale, proxy=proxy)
 
 
 def fanin_sustained(broker: BrokerProcess, scale: Scale) -> RunOutcome:
@@ -404,34 +409,19 @@ def fanin_sustained(broker: BrokerProcess, scale: Scale) -> RunOutcome:
     A broker that reads publishers faster than it writes to the subscriber either loses
     messages or grows a backlog; this run shows which, and how much memory it takes.
     """
-    return pubsub(
+    return _fanin(
         broker,
-        scale,
-        publishers=PUBLISHERS,
-        per_publisher=scale.sustained_per_publisher,
-        subscribers=1,
-        topic_filter="bench/#",
-        topics=[f"bench/p{source}" for source in range(PUBLISHERS)],
-        proxy=False,
-        tag="sustained",
+        scale.sustained_per_publisher,
+        "sustained",
+        scale=scale,
         deadline_s=scale.deadline_s * 4,
     )
 
 
 def qos1_fanin(broker: BrokerProcess, scale: Scale) -> RunOutcome:
     """QoS 1 fan-in: 4 publishers, each with 100 unacknowledged -> 1 QoS 1 subscriber."""
-    return pubsub(
-        broker,
-        scale,
-        publishers=PUBLISHERS,
-        per_publisher=scale.qos1_fanin_per_publisher,
-        subscribers=1,
-        topic_filter="bench/#",
-        topics=[f"bench/p{source}" for source in range(PUBLISHERS)],
-        proxy=False,
-        tag="qos1fanin",
-        qos=1,
-        window=QOS1_WINDOW,
+    return _fanin(
+        broker, scale.qos1_fanin_per_publisher, "qos1fanin", scale=scale, qos=1, window=QOS1_WINDOW
     )
 
 

@@ -64,6 +64,28 @@ def connected(core: BrokerCore, client_id: str, *filters: str, **connect: object
     return client
 
 
+class Relieved:
+    """The core's ``on_relief`` callback, counting its calls."""
+
+    def __init__(self, core: BrokerCore) -> None:
+        self.calls = 0
+        core.on_relief = self
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+def congested_pair(core: BrokerCore) -> tuple[Relieved, Client, Client]:
+    """A subscriber of "t" that fell behind and the publisher it holds back."""
+    relieved = Relieved(core)
+    subscriber = connected(core, "sub", "t")
+    publisher = connected(core, "pub")
+    blast(publisher, "t", MESSAGES_OVER_HIGH)
+    assert subscriber.conn.congested
+    assert publisher.conn.held_back()
+    return relieved, subscriber, publisher
+
+
 def blast(publisher: Client, topic: str, count: int, qos: int = 0) -> None:
     """``count`` PUBLISH packets in one read, as a publisher writing flat out does."""
     publisher.conn.receive_data(
@@ -75,36 +97,27 @@ def blast(publisher: Client, topic: str, count: int, qos: int = 0) -> None:
 
 
 def test_a_writer_behind_holds_back_the_publishers_that_feed_it(clock: FakeClock) -> None:
-    relieved: list[int] = []
     core = make_core(clock)
-    core.on_relief = lambda: relieved.append(1)
-    subscriber = connected(core, "sub", "t")
-    publisher = connected(core, "pub")
+    relieved, subscriber, publisher = congested_pair(core)
     bystander = connected(core, "other")  # publishes elsewhere: never held back
-
-    blast(publisher, "t", MESSAGES_OVER_HIGH)
     blast(bystander, "nobody/listens", MESSAGES_OVER_HIGH)
-    assert subscriber.conn.congested
-    assert publisher.conn.held_back()
     assert not bystander.conn.held_back()
 
     # the subscriber's writer takes one batch: still more than CONGESTION_LOW left
     data = subscriber.conn.data_to_send()
     assert len(data) >= MAX_BATCH_BYTES
     assert core.sessions["sub"].pending_bytes >= CONGESTION_LOW
-    assert publisher.conn.held_back() and not relieved
+    assert publisher.conn.held_back() and not relieved.calls
     subscriber.conn.bytes_written(len(data))
     drain(subscriber)
     assert not subscriber.conn.congested
-    assert relieved == [1]
+    assert relieved.calls == 1
     assert not publisher.conn.held_back()
 
 
 def test_a_client_that_does_not_read_holds_nobody_back(clock: FakeClock) -> None:
     """Its socket refuses bytes: only its own budget limits what waits for it."""
-    relieved: list[int] = []
     core = make_core(clock, max_queued_bytes=2 * CONGESTION_HIGH)
-    core.on_relief = lambda: relieved.append(1)
     stalled = connected(core, "stalled", "t")
     healthy = connected(core, "healthy", "t")
     publisher = connected(core, "pub")
@@ -131,15 +144,9 @@ def test_a_client_that_does_not_read_holds_nobody_back(clock: FakeClock) -> None
 
 
 def test_blocking_while_congested_relieves_at_once(clock: FakeClock) -> None:
-    relieved: list[int] = []
-    core = make_core(clock)
-    core.on_relief = lambda: relieved.append(1)
-    subscriber = connected(core, "sub", "t")
-    publisher = connected(core, "pub")
-    blast(publisher, "t", MESSAGES_OVER_HIGH)
-    assert publisher.conn.held_back()
+    relieved, subscriber, publisher = congested_pair(make_core(clock))
     subscriber.conn.transport_blocked(True)
-    assert relieved == [1]
+    assert relieved.calls == 1
     assert not publisher.conn.held_back()
 
 
@@ -160,39 +167,32 @@ def test_a_client_at_its_receive_maximum_holds_nobody_back(clock: FakeClock) -> 
 
 
 def test_a_closed_connection_relieves_who_waited_for_it(clock: FakeClock) -> None:
-    relieved: list[int] = []
-    core = make_core(clock)
-    core.on_relief = lambda: relieved.append(1)
-    subscriber = connected(core, "sub", "t")
-    publisher = connected(core, "pub")
-    blast(publisher, "t", MESSAGES_OVER_HIGH)
-    assert publisher.conn.held_back()
+    relieved, subscriber, publisher = congested_pair(make_core(clock))
     subscriber.conn.connection_lost()
-    assert relieved == [1]
+    assert relieved.calls == 1
     assert not publisher.conn.held_back()
 
 
 def test_a_taken_over_connection_relieves_who_waited_for_it(clock: FakeClock) -> None:
     core = make_core(clock)
+    relieved = Relieved(core)
     old = Client(core, V311)
     old.connect("sub", clean_start=False)
     old.subscribe(("t", 0))
     publisher = connected(core, "pub")
     blast(publisher, "t", MESSAGES_OVER_HIGH)
-    assert publisher.conn.held_back()
+    assert old.conn.congested and publisher.conn.held_back()
     new = Client(core, V311)
-    new.connect("sub", clean_start=False)
+    new.connect("sub", clean_start=False)  # the session and its queue move to it
     assert not old.conn.congested
-    # the session (and its queue) moved to the new connection, which may send it
-    assert not publisher.conn.held_back() or new.conn.congested
+    assert relieved.calls == 1
+    assert not publisher.conn.held_back()
+    assert core.sessions["sub"].connection is new.conn
 
 
 def test_a_publisher_is_held_back_only_by_its_own_last_read(clock: FakeClock) -> None:
     core = make_core(clock)
-    subscriber = connected(core, "sub", "t")
-    publisher = connected(core, "pub")
-    blast(publisher, "t", MESSAGES_OVER_HIGH)
-    assert publisher.conn.held_back()
+    _relieved, subscriber, publisher = congested_pair(core)
     # a will, a $SYS update, an in-process publish: routed by nobody's read
     core.publish(Message("t", PAYLOAD))
     other = connected(core, "other")

@@ -156,6 +156,22 @@ def subscribe_raw(port: int, client_id: str, *, receive_buffer: int) -> socket.s
     return sock
 
 
+def fanin_of_1kb_messages(broker: BrokerProcess, per_publisher: int, tag: str) -> RunOutcome:
+    """4 publishers x *per_publisher* messages of 1,000 bytes -> 1 verifying subscriber."""
+    return scenarios.pubsub(
+        broker,
+        TABLE,
+        publishers=4,
+        per_publisher=per_publisher,
+        subscribers=1,
+        topic_filter="bench/#",
+        topics=TOPICS,
+        proxy=False,
+        tag=tag,
+        payload_size=1000,
+    )
+
+
 def _read_exactly(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -173,18 +189,7 @@ def test_a_stalled_subscriber_costs_bounded_memory_and_nobody_else_a_message(
     stalled one's drops are logged (once, with its address)."""
     stalled = subscribe_raw(broker.broker.port, "stalled", receive_buffer=4096)
     try:
-        outcome = scenarios.pubsub(
-            broker,
-            TABLE,
-            publishers=4,
-            per_publisher=37_500,  # 4 x 37,500 x 1,000 bytes: 150 MB
-            subscribers=1,
-            topic_filter="bench/#",
-            topics=TOPICS,
-            proxy=False,
-            tag="stalled",
-            payload_size=1000,
-        )
+        outcome = fanin_of_1kb_messages(broker, 37_500, "stalled")  # 150 MB
         assert outcome.error_count == 0, outcome.errors
         assert outcome.received == outcome.expected == 150_000
         growth = outcome.metrics["peak_rss_mib"] - outcome.details["rss_before_mib"]
@@ -245,18 +250,7 @@ def test_a_slow_subscriber_gets_messages_without_slowing_the_publishers(
     slow.start()
     try:
         started = time.monotonic()
-        outcome = scenarios.pubsub(
-            broker,
-            TABLE,
-            publishers=4,
-            per_publisher=25_000,  # 100 MB: 100 s for the slow subscriber
-            subscribers=1,
-            topic_filter="bench/#",
-            topics=TOPICS,
-            proxy=False,
-            tag="slow",
-            payload_size=1000,
-        )
+        outcome = fanin_of_1kb_messages(broker, 25_000, "slow")  # 100 MB: 100 s at 1 MB/s
         elapsed = time.monotonic() - started
         assert outcome.error_count == 0, outcome.errors
         assert outcome.received == outcome.expected == 100_000

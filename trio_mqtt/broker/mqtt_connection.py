@@ -162,6 +162,7 @@ class MQTTConnection:
         """Handle bytes read from the transport. Never raises for bad input."""
         if self.wants_close:
             return
+        # the set the core adds congested recipients to while this read is handled
         hits = self.core.congestion_hits
         if hits:
             hits.clear()  # routed by someone else (a will, $SYS): not this client's doing

@@ -182,7 +182,7 @@ async def _read_loop(
             if not data:
                 return  # EOF without DISCONNECT: an abnormal close (will is published)
             output.feed_and_answer(conn, data)
-            if conn.held_back():
+            if conn.held_back() and not conn.wants_close:
                 # Read no more until the subscribers this read went to have caught up.
                 # The wait is the broker's doing, not the client's silence: it does not
                 # count towards the keep-alive timeout.
