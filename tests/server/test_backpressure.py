@@ -9,11 +9,13 @@ socket is full (``WatchedSocketStream``) holds nobody back.
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import trio
 import trio.testing
 from rawclient import RawClient
 
+from trio_mqtt.config import ListenerConfig
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
     Pingreq,
@@ -26,7 +28,9 @@ from trio_mqtt.mqtt.packets import (
 )
 from trio_mqtt.server.backpressure import Relief
 from trio_mqtt.server.watched_stream import WatchedSocketStream
+from trio_mqtt.testing import open_test_broker
 
+from .certs import TestPKI
 from .test_connection import GatedStream, make_core, open_client, serving
 
 V311 = ProtocolVersion.V311
@@ -124,3 +128,51 @@ async def test_watched_socket_reports_a_full_socket_and_when_it_drains() -> None
                 received += await reader.receive_some(65536)
         assert reports == [True, False]
         assert bytes(received) == b"x" * 100 + big
+
+
+async def test_a_tls_subscriber_that_does_not_read_holds_nobody_back(tmp_path: Path) -> None:
+    """The full-socket report comes from under TLS too: a stalled TLS subscriber is not a
+    writer behind (or the publisher would wait for it for ever), only its budget fills."""
+    pki = TestPKI.create(tmp_path)
+    listeners = (
+        ListenerConfig(name="tcp", host="127.0.0.1", port=0),
+        ListenerConfig(name="tls", host="127.0.0.1", port=0, transport="tls", tls=pki.tls_config()),
+    )
+    budget = 2 * 1024 * 1024
+    async with open_test_broker(listeners=listeners, max_queued_bytes=budget) as broker:
+        tcp_port, tls_port = (broker.addresses(name)[0].port for name in ("tcp", "tls"))
+        tcp = await trio.open_tcp_stream("127.0.0.1", tls_port)
+        tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        tls = trio.SSLStream(tcp, pki.client_context(), server_hostname="localhost")
+        stalled = RawClient(tls, V311)
+        healthy = await RawClient.open(tcp_port, V311)
+        publisher = await RawClient.open(tcp_port, V311)
+        try:
+            for client, name in ((stalled, "stalled"), (healthy, "healthy")):
+                await client.connect(name, keep_alive=0)
+                await client.send(Subscribe(1, (SubscriptionRequest("t", 0),)))
+                assert isinstance(await client.receive(), Suback)
+            await publisher.connect("publisher", keep_alive=0)
+            count = 2000
+            payload = bytes(10_000)  # 20 MB: ten times the stalled one's budget
+
+            async def publish() -> None:
+                for n in range(count):
+                    await publisher.send(Publish("t", b"%06d" % n + payload))
+
+            received = []
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(publish)
+                    while len(received) < count:
+                        packet = await healthy.receive()
+                        assert isinstance(packet, Publish)
+                        received.append(packet.payload[:6])
+            assert received == [b"%06d" % n for n in range(count)]
+            stalled_session = broker.core.sessions["stalled"]
+            assert stalled_session.dropped > 0
+            assert stalled_session.queued_bytes <= budget
+            assert broker.core.sessions["healthy"].dropped == 0
+        finally:
+            for client in (stalled, healthy, publisher):
+                await client.aclose()
