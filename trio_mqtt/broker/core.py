@@ -747,7 +747,10 @@ class BrokerCore:
         deliveries, shares = self.router.routed_deliveries(message.topic, message.publisher)
         if not deliveries:
             return 0
-        size = publish_size(message)
+        if message.properties is NO_PROPERTIES:  # publish_size() without the call
+            size = len(message.payload) + len(message.topic) + 7
+        else:
+            size = publish_size(message)
         if len(deliveries) == 1 and not shares:
             self._deliver(message, size, deliveries[0], None)  # one recipient: nothing to share
             return 1
