@@ -816,7 +816,9 @@ class BrokerCore:
         connection = session.connection
         if connection is not None:
             connection.on_output()
-            if session.pending_bytes > CONGESTION_HIGH and connection.update_congestion():
+            if session.pending_bytes > CONGESTION_HIGH and (
+                connection.congested or connection.update_congestion()
+            ):
                 self.congestion_hits.add(connection)
 
     def session_dropped(self, session: Session) -> None:
