@@ -33,7 +33,9 @@ from trio_mqtt.mqtt.packets import (
     Unsubscribe,
     Will,
 )
+from trio_mqtt.mqtt.properties import MAX_PROPERTIES
 from trio_mqtt.mqtt.reason_codes import ReasonCode
+from trio_mqtt.mqtt.wire import encode_varint
 
 from .strategies import VERSIONS, client_packets, connects, server_packets
 
@@ -875,3 +877,27 @@ def test_mutated_connect_raises_only_remote_protocol_errors(
         index = data.draw(st.integers(0, len(stream) - 1))
         stream[index] = data.draw(st.integers(0, 255))
     _feed_safely(PacketReader(), [bytes(stream)])
+
+
+def test_more_than_max_properties_is_refused_as_too_large() -> None:
+    """One PUBLISH of 40,000 user properties held the event loop for 200 ms: the decoder
+    stops after MAX_PROPERTIES (0x95), and the encoder never writes more."""
+    at_limit = Properties(user_properties=tuple(("k", "v") for _ in range(MAX_PROPERTIES)))
+    (decoded,) = PacketReader(protocol_version=V5).feed(
+        encode(Publish("t", b"", properties=at_limit), V5)
+    )
+    assert isinstance(decoded, Publish)
+    assert len(decoded.properties.user_properties) == MAX_PROPERTIES
+
+    # 40,000 of them, by hand: the encoder refuses to write such a packet (below)
+    props = b"\x26\x00\x01k\x00\x01v" * 40_000
+    body = b"\x00\x01t" + encode_varint(len(props)) + props
+    with pytest.raises(RemoteProtocolError) as info:
+        PacketReader(protocol_version=V5).feed(b"\x30" + encode_varint(len(body)) + body)
+    assert info.value.reason_code == ReasonCode.PACKET_TOO_LARGE
+    assert f"more than {MAX_PROPERTIES} properties" in str(info.value)
+
+    over = Properties(user_properties=tuple(("k", "v") for _ in range(MAX_PROPERTIES + 1)))
+    with pytest.raises(LocalProtocolError) as local:
+        encode(Publish("t", b"", properties=over), V5)
+    assert local.value.reason_code == ReasonCode.PACKET_TOO_LARGE

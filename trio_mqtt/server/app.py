@@ -26,6 +26,7 @@ from trio_mqtt.broker.sys_topics import publish_sys_topics
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
+from trio_mqtt.mqtt.properties import PropertyContext, encode_properties
 from trio_mqtt.mqtt.topics import validate_topic_name
 from trio_mqtt.peer import Endpoint
 from trio_mqtt.server.backpressure import relief_for
@@ -190,6 +191,7 @@ class Broker:
             raise LocalProtocolError(str(exc), exc.reason_code) from None
         if qos not in (0, 1, 2):
             raise LocalProtocolError(f"qos must be 0, 1 or 2, not {qos!r}")
+        encode_properties(properties, PropertyContext.PUBLISH, "PUBLISH")  # raises if unsendable
         if isinstance(payload, str):
             payload = payload.encode()
         message = Message(
