@@ -52,6 +52,8 @@ class ListenerHandle:
     # being cancelled) must not cut connections off before they are asked to close
     # (MQTT 5 clients get DISCONNECT 0x8B); shutdown cancels these after its grace time.
     _connection_scopes: set[trio.CancelScope] = attrs.Factory(set)
+    # connections closed at max_connections since the limit was last reached (0: below)
+    _refused_at_limit: int = 0
 
     @property
     def name(self) -> str:
@@ -122,6 +124,16 @@ async def serve_listener(
         config.transport.value,
         ", ".join(str(a) for a in handle.addresses),
     )
+    proxy = config.proxy_protocol
+    if proxy.use_cn_as_username and not proxy.trusted_sources:
+        # The CN and its "verified" flag are in the header itself: whoever may send a
+        # header may claim any certificate (docs/load-balancers.md, security notes).
+        log.warning(
+            "listener %r: use_cn_as_username with an empty trusted_sources lets anyone "
+            "who reaches the port log in as any certificate CN; list the proxies' "
+            "addresses in proxy_protocol.trusted_sources",
+            config.name,
+        )
     async with trio.open_nursery() as nursery:
         with handle._accept_scope:
             task_status.started(handle)
@@ -151,13 +163,23 @@ async def _accept_loop(
                 raise
             if handle.connections >= handle.config.max_connections:
                 handle.rejections["max-connections"] += 1
-                log.warning(
-                    "listener %r: max_connections (%d) reached, closing new connection",
-                    handle.name,
-                    handle.config.max_connections,
-                )
+                if not handle._refused_at_limit:  # once per episode, not per connection
+                    log.warning(
+                        "listener %r: max_connections (%d) reached; closing new connections "
+                        "until one ends",
+                        handle.name,
+                        handle.config.max_connections,
+                    )
+                handle._refused_at_limit += 1
                 await trio.aclose_forcefully(stream)
                 continue
+            if handle._refused_at_limit:
+                log.warning(
+                    "listener %r: below max_connections again; %d connection(s) were closed",
+                    handle.name,
+                    handle._refused_at_limit,
+                )
+                handle._refused_at_limit = 0
             handle.connections += 1
             nursery.start_soon(_handle_connection, core, handle, stream)
 
