@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import trio
 
 from trio_mqtt._version import __version__
 from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.sys_topics import publish_sys_topics, sys_values
-from trio_mqtt.mqtt.packets import Properties, Publish
+from trio_mqtt.mqtt.packets import Properties, Puback, Publish
+from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.testing import open_test_broker
 
-from .helpers import CoreClient, FakeClock, make_core, raw_client, receive_publish, subscribe
+from .helpers import (
+    V5,
+    V311,
+    CoreClient,
+    FakeClock,
+    make_core,
+    raw_client,
+    receive_publish,
+    subscribe,
+)
 
 TOPICS = {
     "$SYS/broker/version",
@@ -103,3 +116,46 @@ async def test_zero_interval_disables_sys() -> None:
     async with open_test_broker(sys_interval=0) as broker:
         await trio.sleep(0.05)
         assert broker.retained("$SYS/broker/version") is None
+
+
+def test_clients_may_not_publish_to_sys(caplog: pytest.LogCaptureFixture) -> None:
+    """$SYS belongs to the broker: a client's PUBLISH there is refused and not routed,
+    retained or not (MQTT 5: 0x87; 3.1.1 has no way to say it: PUBACK, then dropped),
+    and logged once per connection."""
+    core = make_core()
+    watcher = CoreClient(core, V5)
+    watcher.connect("watcher")
+    watcher.subscribe(("$SYS/#", 0))
+    publish_sys_topics(core)
+    assert len(watcher.packets()) == len(TOPICS)
+    caplog.set_level(logging.INFO, logger="trio_mqtt")
+    spoofer = CoreClient(core, V5)
+    spoofer.connect("spoofer")
+    for packet_id in (1, 2):
+        spoofer.send(
+            Publish("$SYS/broker/version", b"SPOOFED 0.0", qos=1, retain=True, packet_id=packet_id)
+        )
+    assert spoofer.packets() == [
+        Puback(1, ReasonCode.NOT_AUTHORIZED),
+        Puback(2, ReasonCode.NOT_AUTHORIZED),
+    ]
+    old_style = CoreClient(core, V311)
+    old_style.connect("old")
+    old_style.send(Publish("$SYS/anything", b"x", qos=1, packet_id=7))
+    old_style.send(Publish("$SYS", b"x"))
+    assert old_style.packets() == [Puback(7)]
+
+    assert watcher.packets() == []  # nothing was routed
+    stored = core.retained.get("$SYS/broker/version")
+    assert stored is not None and stored.payload == f"trio-mqtt {__version__}".encode()
+    assert core.retained.get("$SYS/anything") is None
+    refusals = [r.getMessage() for r in caplog.records if "may not publish" in r.getMessage()]
+    assert len(refusals) == 2, refusals  # one for each client, not one per PUBLISH
+    assert "'spoofer'" in refusals[0] and "'old'" in refusals[1]
+
+
+def test_the_broker_itself_may_publish_to_sys() -> None:
+    core = make_core()
+    core.publish(Message("$SYS/broker/custom", b"from the broker", retain=True))
+    stored = core.retained.get("$SYS/broker/custom")
+    assert stored is not None and stored.payload == b"from the broker"

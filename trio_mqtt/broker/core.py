@@ -73,6 +73,10 @@ _SHORT_TOPIC = 65535 // 4
 # Prefix of in-process subscriber ids: U+0000 can never appear in an MQTT client id.
 LOCAL_PREFIX = "\x00local/"
 
+# Topics only the broker publishes to ($SYS/broker/... statistics): a client's PUBLISH
+# there is refused (MQTT 5: 0x87), as mosquitto does, so nobody can spoof them.
+SYS_TOPICS = "$SYS"
+
 # What subscribers share one QueuedMessage by: QoS, retain flag, subscription ids and
 # the shared subscriptions the delivery was chosen for
 _ItemKey = tuple[int, bool, tuple[int, ...], tuple[str, ...]]
@@ -683,7 +687,18 @@ class BrokerCore:
                 )
 
         code: ReasonCode = ReasonCode.SUCCESS
-        if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
+        if topic[0] == "$" and topic.startswith(SYS_TOPICS):
+            # the broker's own topics: clients may read them, never write them
+            code = ReasonCode.NOT_AUTHORIZED
+            if conn.first_time("publish to $SYS"):
+                log.info(
+                    "%s client_id=%r may not publish to %r (and further $SYS topics): "
+                    "refused, not routed",
+                    conn.peer.describe(),
+                    conn.client_id,
+                    topic,
+                )
+        elif props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
             code = ReasonCode.PAYLOAD_FORMAT_INVALID
         elif self.publish_hooks and not all(
             hook(conn.peer, conn.client_id, conn.username, topic) for hook in self.publish_hooks

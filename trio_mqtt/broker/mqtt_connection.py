@@ -140,6 +140,8 @@ class MQTTConnection:
     _window_full: bool = False
     # congested connections this one published to in its last read (held_back())
     _held_back_by: set[MQTTConnection] | None = None
+    # what was already logged about this connection (log once, not per packet)
+    _logged: set[str] = attrs.Factory(set)
     _out: bytearray = attrs.Factory(bytearray)
 
     # ------------------------------------------------------------------ I/O side API
@@ -259,6 +261,13 @@ class MQTTConnection:
             return True
         self._held_back_by = None
         return False
+
+    def first_time(self, note: str) -> bool:
+        """True the first time ``note`` is asked about on this connection (log it once)."""
+        if note in self._logged:
+            return False
+        self._logged.add(note)
+        return True
 
     def keepalive_expired(self) -> None:
         """The server layer saw no packet within ``idle_timeout``."""
