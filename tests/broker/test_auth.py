@@ -35,7 +35,7 @@ from trio_mqtt.broker.auth import (
     install_auth,
     password_connect_hook,
 )
-from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.core import BrokerCore, OffloadedCheck
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import ConfigError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import Connect, ProtocolVersion, Will
@@ -359,15 +359,32 @@ def test_password_connect_hook(
     expected: ReasonCode | None,
 ) -> None:
     hook = password_connect_hook(PasswordFile.parse(make_line("alice", b"alice-pw")))
-    assert hook(peer, connect(username, password)) == expected
+    assert decide(hook(peer, connect(username, password))) == expected
+
+
+def decide(answer: ReasonCode | OffloadedCheck | None) -> ReasonCode | None:
+    """A connect hook's decision: run its offloaded check (here, not in a thread)."""
+    return answer.work() if isinstance(answer, OffloadedCheck) else answer
+
+
+def test_password_check_is_offloaded_unless_the_password_verified_before() -> None:
+    """PBKDF2 never runs on the event loop; a known-good password costs one SHA-256."""
+    hook = password_connect_hook(PasswordFile.parse(make_line("alice", b"alice-pw")))
+    first = hook(PEER, connect("alice", b"alice-pw"))
+    assert isinstance(first, OffloadedCheck)
+    assert first.work() is None
+    assert hook(PEER, connect("alice", b"alice-pw")) is None  # verified before: at once
+    wrong = hook(PEER, connect("alice", b"wrong"))
+    assert isinstance(wrong, OffloadedCheck)
+    assert wrong.work() == ReasonCode.BAD_USER_NAME_OR_PASSWORD
 
 
 def test_password_hook_logs_why(caplog: pytest.LogCaptureFixture) -> None:
     hook = password_connect_hook(PasswordFile.parse(make_line("alice", b"alice-pw")))
     with caplog.at_level(logging.INFO, logger="trio_mqtt.auth"):
-        hook(PEER, connect("alice", b"nope"))
-        hook(PEER, connect("bob", b"nope"))
-        hook(PEER, connect("alice", None))
+        decide(hook(PEER, connect("alice", b"nope")))
+        decide(hook(PEER, connect("bob", b"nope")))
+        decide(hook(PEER, connect("alice", None)))
     messages = [record.getMessage() for record in caplog.records]
     assert [m.rsplit(": ", 1)[1] for m in messages] == [
         "wrong password",
@@ -833,8 +850,8 @@ def test_install_auth_registers_both(tmp_path: Path) -> None:
     assert hook_names(core.publish_hooks) == ["acl_file_publish"]
     assert hook_names(core.subscribe_hooks) == ["acl_file_subscribe"]
     check_password = core.connect_hooks[0]
-    assert check_password(PEER, connect("alice", b"pw")) is None
-    assert check_password(PEER, connect("alice", b"no")) == ReasonCode.BAD_USER_NAME_OR_PASSWORD
+    assert decide(check_password(PEER, connect("alice", b"pw"))) is None
+    assert decide(check_password(PEER, connect("alice", b"no"))) == ReasonCode.BAD_USER_NAME_OR_PASSWORD
     assert core.publish_hooks[0](PEER, "a1", "alice", "sensors/alice/x")
     assert not core.subscribe_hooks[0](PEER, "a1", "alice", "sensors/#")
 

@@ -30,7 +30,13 @@ from pathlib import Path
 
 import attrs
 
-from trio_mqtt.broker.core import BrokerCore, ConnectHook, PublishHook, SubscribeHook
+from trio_mqtt.broker.core import (
+    BrokerCore,
+    ConnectHook,
+    OffloadedCheck,
+    PublishHook,
+    SubscribeHook,
+)
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import ConfigError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import Connect
@@ -181,10 +187,11 @@ def split_password_line(line: str) -> tuple[str, str]:
 class PasswordFile:
     """The users of a password file, with a cache of recently verified passwords.
 
-    PBKDF2 is slow on purpose (about 0.1-0.2 s of CPU at the default 210,000 rounds), and
-    the check runs on the event loop. So a successful check is remembered: for each user
-    we keep ``sha256(random per-process key + stored hash + password)`` of the last
-    password that verified, and a reconnect with the same password costs one SHA-256.
+    PBKDF2 is slow on purpose (about 0.1-0.2 s of CPU at the default 210,000 rounds), so
+    the broker runs ``check`` in a worker thread (see ``AuthFiles.password_file``). A
+    successful check is remembered: for each user we keep ``sha256(random per-process
+    key + stored hash + password)`` of the last password that verified, and a reconnect
+    with the same password costs one SHA-256 (``verified_before``, on the event loop).
     No plaintext is kept, but whoever can read the broker's memory can attack that
     digest much faster than the PBKDF2 hash in the file; see docs/authentication.md.
     """
@@ -249,8 +256,16 @@ class PasswordFile:
             return True
         if not stored.verify(password):
             return False
-        self._verified[username] = fast
+        self._verified[username] = fast  # one dict store: safe from a worker thread
         return True
+
+    def verified_before(self, username: str, password: bytes) -> bool:
+        """True if *password* is the last one that verified for *username* (cheap)."""
+        stored = self.users.get(username)
+        known = self._verified.get(username)
+        if stored is None or known is None:
+            return False
+        return hmac.compare_digest(known, self._fast_digest(stored, password))
 
     def _fast_digest(self, stored: PasswordHash, password: bytes) -> bytes:
         # Binding the stored hash means a changed entry never matches an old cache entry.
@@ -636,26 +651,33 @@ class AuthFiles:
 
     # The hooks (their names are what a refusal's log line shows).
 
-    def password_file(self, peer: PeerInfo, connect: Connect) -> ReasonCode | None:
-        """Connect hook: see ``password_connect_hook``."""
+    def password_file(self, peer: PeerInfo, connect: Connect) -> ReasonCode | OffloadedCheck | None:
+        """Connect hook: see ``password_connect_hook``.
+
+        A password that verified before is accepted at once; any other check is
+        PBKDF2, far too slow for the event loop, so it is handed back as an
+        ``OffloadedCheck`` that the server runs in a worker thread.
+        """
         passwords = self.passwords
-        if passwords is None or peer.username is not None or connect.username is None:
+        username, password = connect.username, connect.password
+        if passwords is None or peer.username is not None or username is None:
             return None
-        if passwords.check(connect.username, connect.password):
+        if password is not None and passwords.verified_before(username, password):
             return None
-        if connect.password is None:
-            why = "no password"
-        elif connect.username in passwords.users:
-            why = "wrong password"
-        else:
-            why = "unknown user"
-        log.info(
-            "password check failed for %s username=%r: %s",
-            peer.describe(),
-            connect.username,
-            why,
-        )
-        return ReasonCode.BAD_USER_NAME_OR_PASSWORD
+
+        def check() -> ReasonCode | None:
+            if passwords.check(username, password):
+                return None
+            if password is None:
+                why = "no password"
+            elif username in passwords.users:
+                why = "wrong password"
+            else:
+                why = "unknown user"
+            log.info("password check failed for %s username=%r: %s", peer.describe(), username, why)
+            return ReasonCode.BAD_USER_NAME_OR_PASSWORD
+
+        return OffloadedCheck(check)
 
     def acl_file_will(self, peer: PeerInfo, connect: Connect) -> ReasonCode | None:
         """Connect hook: see ``acl_connect_hook``."""

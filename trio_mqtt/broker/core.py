@@ -82,14 +82,27 @@ SYS_TOPICS = "$SYS"
 _ItemKey = tuple[int, bool, tuple[int, ...], tuple[str, ...]]
 
 
+@attrs.frozen
+class OffloadedCheck:
+    """What a connect hook answers when its decision is too slow for the event loop.
+
+    ``work`` (a password hash, say) runs in a worker thread; what it returns decides as the
+    hook's answer would: None to accept, a reason code to refuse. It must not touch the
+    broker's state.
+    """
+
+    work: Callable[[], ReasonCode | None]
+
+
 class ConnectHook(Protocol):
     """Decides whether a CONNECT may proceed. Return None to accept, a reason code to refuse.
 
     It sees the ``PeerInfo`` (real client address, proxy, TLS facts, certificate-derived
-    username) and the CONNECT packet as the client sent it.
+    username) and the CONNECT packet as the client sent it. A slow decision is returned as
+    an ``OffloadedCheck``: the CONNECT waits for it without holding up other clients.
     """
 
-    def __call__(self, peer: PeerInfo, connect: Connect) -> ReasonCode | None: ...
+    def __call__(self, peer: PeerInfo, connect: Connect) -> ReasonCode | OffloadedCheck | None: ...
 
 
 class PublishHook(Protocol):
@@ -128,6 +141,18 @@ class ClientSummary:
 
 def _nothing() -> None:
     pass
+
+
+@attrs.frozen
+class PendingConnect:
+    """A CONNECT waiting for an ``OffloadedCheck``: where to go on once it has run."""
+
+    check: OffloadedCheck
+    hook_name: str
+    connect: Connect
+    plan: _ConnectPlan
+    auth_done: AuthSuccess | None
+    next_hook: int  # the index of the connect hook after the one that offloaded
 
 
 @attrs.frozen
@@ -318,8 +343,14 @@ class BrokerCore:
         connect: Connect,
         plan: _ConnectPlan,
         auth_done: AuthSuccess | None,
+        first_hook: int = 0,
     ) -> None:
-        """The rest of CONNECT, once enhanced authentication (if any) has succeeded."""
+        """The rest of CONNECT, once enhanced authentication (if any) has succeeded.
+
+        A connect hook may answer with an ``OffloadedCheck``; the connection then waits
+        for it (``MQTTConnection.pending_check``) and ``resume_connect`` comes back here
+        at the next hook (``first_hook``).
+        """
         config = self.config
         version = connect.protocol_version
         v5 = version is ProtocolVersion.V5
@@ -336,10 +367,16 @@ class BrokerCore:
         if username is None and not config.allow_anonymous and auth_done is None:
             refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is disabled")
             return
-        for hook in self.connect_hooks:
+        hooks = self.connect_hooks
+        for index in range(first_hook, len(hooks)):
+            hook = hooks[index]
+            name = getattr(hook, "__name__", type(hook).__name__)
             code = hook(conn.peer, connect)
+            if isinstance(code, OffloadedCheck):
+                conn.wait_for_check(PendingConnect(code, name, connect, plan, auth_done, index + 1))
+                return
             if code is not None and code.is_error:
-                refuse(code, f"refused by {getattr(hook, '__name__', type(hook).__name__)}")
+                refuse(code, f"refused by {name}")
                 return
 
         # Session: takeover, resume or start fresh.
@@ -446,6 +483,17 @@ class BrokerCore:
         )
         if session_present:
             conn.resend_inflight(session)
+
+    def resume_connect(
+        self, conn: MQTTConnection, pending: PendingConnect, code: ReasonCode | None
+    ) -> None:
+        """An offloaded check of ``pending`` answered ``code``: refuse, or go on."""
+        if code is not None and code.is_error:
+            self._refuse(conn, pending.connect, code, f"refused by {pending.hook_name}")
+            return
+        self._accept_connect(
+            conn, pending.connect, pending.plan, pending.auth_done, pending.next_hook
+        )
 
     def _auth_outcome(
         self,

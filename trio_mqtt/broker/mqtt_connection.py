@@ -60,7 +60,7 @@ from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 
 if TYPE_CHECKING:
-    from trio_mqtt.broker.core import BrokerCore, _ConnectPlan
+    from trio_mqtt.broker.core import BrokerCore, PendingConnect, _ConnectPlan
     from trio_mqtt.broker.enhanced_auth import AuthExchange
 
 log = logging.getLogger("trio_mqtt.connection")
@@ -81,6 +81,7 @@ MAX_IN_FLIGHT = 65535
 class ConnectionState(enum.Enum):
     AWAIT_CONNECT = "await-connect"
     AUTHENTICATING = "authenticating"  # CONNECT received, AUTH exchange under way (5.0)
+    CHECKING = "checking"  # CONNECT received, a slow check (password hash) under way
     CONNECTED = "connected"
     CLOSED = "closed"
 
@@ -142,6 +143,10 @@ class MQTTConnection:
     _held_back_by: set[MQTTConnection] | None = None
     # what was already logged about this connection (log once, not per packet)
     _logged: set[str] = attrs.Factory(set)
+    # a CONNECT waiting for an offloaded check, and the packets that came after it (3.1.1
+    # allows a client to send more before CONNACK): handled once the check is done
+    pending_check: PendingConnect | None = None
+    _held_packets: list[Packet] = attrs.Factory(list)
     _out: bytearray = attrs.Factory(bytearray)
 
     # ------------------------------------------------------------------ I/O side API
@@ -179,13 +184,7 @@ class MQTTConnection:
         if self.session is not None:
             self.core.session_changed(self.client_id)
         self.packets_received += len(packets)
-        for packet in packets:
-            if self.close_reason is not None:  # an earlier packet of this batch ended it
-                break
-            try:
-                self._handle(packet)
-            except RemoteProtocolError as exc:
-                self._protocol_error(exc.reason_code, str(exc))
+        self._handle_all(packets)
         error = self.reader.error
         if error is not None and not self.wants_close:
             # the packets before the bad bytes were handled above; now the error
@@ -193,6 +192,42 @@ class MQTTConnection:
                 self._refuse_unsupported_version(error)
             else:
                 self._protocol_error(error.reason_code, str(error))
+        if hits:
+            self._held_back_by = self.core.take_congestion_hits()
+
+    def _handle_all(self, packets: list[Packet]) -> None:
+        for index, packet in enumerate(packets):
+            if self.close_reason is not None:  # an earlier packet of this batch ended it
+                break
+            if self.pending_check is not None:
+                self._held_packets += packets[index:]  # after the check (check_done)
+                break
+            try:
+                self._handle(packet)
+            except RemoteProtocolError as exc:
+                self._protocol_error(exc.reason_code, str(exc))
+
+    def wait_for_check(self, pending: PendingConnect) -> None:
+        """The core offloaded a check of this CONNECT: wait for it (see ``check_done``)."""
+        self.state = ConnectionState.CHECKING
+        self.pending_check = pending
+
+    def check_done(self, code: ReasonCode | None) -> None:
+        """The server layer ran ``pending_check.check.work``, which answered ``code``.
+
+        The CONNECT goes on (CONNACK, or a refusal), then the packets that came after it.
+        """
+        pending = self.pending_check
+        self.pending_check = None
+        if pending is None or self.wants_close or self.state is not ConnectionState.CHECKING:
+            return  # timed out or closed meanwhile: nothing to say any more
+        self.state = ConnectionState.AWAIT_CONNECT  # as before CONNECT completes
+        self.core.resume_connect(self, pending, code)
+        held, self._held_packets = self._held_packets, []
+        hits = self.core.congestion_hits
+        if hits:
+            hits.clear()
+        self._handle_all(held)
         if hits:
             self._held_back_by = self.core.take_congestion_hits()
 
@@ -278,6 +313,9 @@ class MQTTConnection:
             return
         if self.state is ConnectionState.AUTHENTICATING:
             self._close(CloseReason.PROTOCOL_ERROR, "authentication exchange timed out")
+            return
+        if self.state is ConnectionState.CHECKING:
+            self._close(CloseReason.PROTOCOL_ERROR, "CONNECT check did not end in time")
             return
         self._send_disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
         self._close(CloseReason.KEEPALIVE_TIMEOUT, f"no packet for {self.idle_timeout:g}s")

@@ -32,8 +32,10 @@ import trio
 
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.mqtt_connection import ConnectionState, MQTTConnection
+from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.backpressure import Relief, relief_for
+from trio_mqtt.server.offload import run_offloaded
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.watched_stream import WatchedSocketStream
 
@@ -82,6 +84,15 @@ class _Output:
         self._reading = True
         try:
             conn.receive_data(data)
+        finally:
+            self._reading = False
+        self.write_now(conn)
+
+    def check_done_and_answer(self, conn: MQTTConnection, code: ReasonCode | None) -> None:
+        """Like ``feed_and_answer``, for the answer of an offloaded check."""
+        self._reading = True
+        try:
+            conn.check_done(code)
         finally:
             self._reading = False
         self.write_now(conn)
@@ -182,6 +193,10 @@ async def _read_loop(
             if not data:
                 return  # EOF without DISCONNECT: an abnormal close (will is published)
             output.feed_and_answer(conn, data)
+            pending = conn.pending_check
+            if pending is not None and not conn.wants_close:
+                # e.g. a password hash: in a worker thread, while the loop serves the rest
+                output.check_done_and_answer(conn, await run_offloaded(pending.check))
             if conn.held_back() and not conn.wants_close:
                 # Read no more until the subscribers this read went to have caught up.
                 # The wait is the broker's doing, not the client's silence: it does not
