@@ -215,3 +215,18 @@ def test_profile_summary_counts_own_lines_and_inclusive_time() -> None:
         "  81.8%        9  work (b.py)",
         "  54.5%        6  parse (c.py)",
     ]
+
+
+def test_auth_flood_measures_round_trips_during_wrong_passwords() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.auth_flood", "--connects", "4", "--concurrency", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "QoS 1 round trip, during the flood:" in completed.stdout
+    assert "4 wrong passwords, 2 at a time" in completed.stdout
+    assert "BAD_USER_NAME_OR_PASSWORD: 134>: 4}" in completed.stdout
