@@ -851,7 +851,8 @@ def test_install_auth_registers_both(tmp_path: Path) -> None:
     assert hook_names(core.subscribe_hooks) == ["acl_file_subscribe"]
     check_password = core.connect_hooks[0]
     assert decide(check_password(PEER, connect("alice", b"pw"))) is None
-    assert decide(check_password(PEER, connect("alice", b"no"))) == ReasonCode.BAD_USER_NAME_OR_PASSWORD
+    refused = decide(check_password(PEER, connect("alice", b"no")))
+    assert refused == ReasonCode.BAD_USER_NAME_OR_PASSWORD
     assert core.publish_hooks[0](PEER, "a1", "alice", "sensors/alice/x")
     assert not core.subscribe_hooks[0](PEER, "a1", "alice", "sensors/#")
 
