@@ -523,6 +523,13 @@ class AclFile:
             for rule in self.rules_for(username, client_id)
         )
 
+    def can_read(self, username: str | None, client_id: str, topic: str) -> bool:
+        """Whether a rule granting read matches *topic* (a message about to be delivered)."""
+        return any(
+            rule.grants(Access.READ) and topic_matches(rule.topic_filter, topic)
+            for rule in self.rules_for(username, client_id)
+        )
+
     def can_subscribe(self, username: str | None, client_id: str, topic_filter: str) -> bool:
         """Whether a rule granting read covers all of *topic_filter*.
 
@@ -610,8 +617,9 @@ class AuthFiles:
 
     ``install_auth`` registers this object's methods as the broker's hooks, and they
     read the files loaded last: after ``reload()`` every later CONNECT, PUBLISH and
-    SUBSCRIBE is checked against the new files. Connected clients stay connected and
-    keep their subscriptions (as with mosquitto, nothing granted earlier is re-checked).
+    SUBSCRIBE is checked against the new files, and every delivery too (read access is
+    checked per message, ``acl_file_read``). Connected clients stay connected and keep
+    their subscriptions; one they may no longer read delivers nothing.
     """
 
     password_path: str | None = None
@@ -716,6 +724,15 @@ class AuthFiles:
         effective = peer.username if peer.username is not None else username
         return self.acl.can_publish(effective, client_id, topic)
 
+    def acl_file_read(
+        self, peer: PeerInfo, client_id: str, username: str | None, topic: str
+    ) -> bool:
+        """Read hook: the ACL file's read grants, checked on every delivery."""
+        if self.acl is None:
+            return True
+        effective = peer.username if peer.username is not None else username
+        return self.acl.can_read(effective, client_id, topic)
+
     def acl_file_subscribe(
         self, peer: PeerInfo, client_id: str, username: str | None, topic_filter: str
     ) -> bool:
@@ -743,4 +760,5 @@ def install_auth(core: BrokerCore, config: BrokerConfig) -> AuthFiles | None:
         core.connect_hooks.append(files.acl_file_will)
         core.publish_hooks.append(files.acl_file_publish)
         core.subscribe_hooks.append(files.acl_file_subscribe)
+        core.read_hooks.append(files.acl_file_read)
     return files

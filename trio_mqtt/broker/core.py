@@ -113,6 +113,19 @@ class PublishHook(Protocol):
     ) -> bool: ...
 
 
+class ReadHook(Protocol):
+    """Decides whether a client may receive a message on a topic: True allows it.
+
+    Asked on every delivery (the answer is cached per connection and topic until the
+    client reconnects or ``BrokerCore.auth_changed()``), so that a session taken over by
+    another user, or an ACL reloaded without a grant, delivers nothing it may not read.
+    """
+
+    def __call__(
+        self, peer: PeerInfo, client_id: str, username: str | None, topic: str
+    ) -> bool: ...
+
+
 class SubscribeHook(Protocol):
     """Decides whether a client may subscribe to a topic filter: True allows it."""
 
@@ -178,6 +191,9 @@ class BrokerCore:
     connect_hooks: list[ConnectHook] = attrs.Factory(list)
     publish_hooks: list[PublishHook] = attrs.Factory(list)
     subscribe_hooks: list[SubscribeHook] = attrs.Factory(list)
+    read_hooks: list[ReadHook] = attrs.Factory(list)
+    # changes whenever what the hooks decide may change (a reload): cached answers expire
+    auth_epoch: int = 0
     authenticators: dict[str, Authenticator] = attrs.Factory(dict)
     stats: BrokerStats = attrs.Factory(BrokerStats)
     # What changed since the persistence store last saved (client ids / retained topics),
@@ -206,6 +222,10 @@ class BrokerCore:
     def uptime(self) -> float:
         """Seconds since this core was made (the broker started)."""
         return self.clock() - self._started
+
+    def auth_changed(self) -> None:
+        """The hooks may decide differently now (an ACL reload): forget cached answers."""
+        self.auth_epoch += 1
 
     def session_changed(self, client_id: str) -> None:
         """Note that a session changed, for the persistence store (if one is attached)."""

@@ -76,6 +76,8 @@ CONGESTION_LOW = 256 * 1024
 # The largest packet identifier: clients without a Receive Maximum of their own (3.1.1,
 # or 5.0 without the property) can have this many QoS 1/2 messages in flight.
 MAX_IN_FLIGHT = 65535
+# Topics whose read access one connection remembers (then it starts again).
+READ_CACHE_SIZE = 4096
 
 
 class ConnectionState(enum.Enum):
@@ -147,6 +149,9 @@ class MQTTConnection:
     # allows a client to send more before CONNACK): handled once the check is done
     pending_check: PendingConnect | None = None
     _held_packets: list[Packet] = attrs.Factory(list)
+    # read access per topic (may_read), valid while core.auth_epoch is _read_epoch
+    _read_cache: dict[str, bool] = attrs.Factory(dict)
+    _read_epoch: int = -1
     _out: bytearray = attrs.Factory(bytearray)
 
     # ------------------------------------------------------------------ I/O side API
@@ -296,6 +301,36 @@ class MQTTConnection:
             return True
         self._held_back_by = None
         return False
+
+    def may_read(self, topic: str) -> bool:
+        """Whether this client may receive a message on ``topic`` (the core's read hooks).
+
+        Asked for every message sent, so cached per topic; the cache lives as long as
+        this connection (a session taken over by another user starts afresh) and the
+        core's ``auth_epoch`` (a reloaded ACL starts afresh).
+        """
+        core = self.core
+        cache = self._read_cache
+        if self._read_epoch != core.auth_epoch:
+            cache.clear()
+            self._read_epoch = core.auth_epoch
+        allowed = cache.get(topic)
+        if allowed is None:
+            allowed = all(
+                hook(self.peer, self.client_id, self.username, topic) for hook in core.read_hooks
+            )
+            if len(cache) >= READ_CACHE_SIZE:
+                cache.clear()
+            cache[topic] = allowed
+            if not allowed and self.first_time("read denied"):
+                log.info(
+                    "client %r (%s) may not read %r (nor maybe other topics) under the "
+                    "access rules: such messages are not delivered",
+                    self.client_id,
+                    self.peer.describe(),
+                    topic,
+                )
+        return allowed
 
     def first_time(self, note: str) -> bool:
         """True the first time ``note`` is asked about on this connection (log it once)."""
@@ -480,9 +515,12 @@ class MQTTConnection:
     def resend_inflight(self, session: Session) -> None:
         """On resuming a session: resend unacknowledged PUBLISH (DUP) and PUBREL."""
         now = self.core.now()
+        check_read = self.core.read_hooks
         for inflight in list(session.inflight_out.values()):
             if inflight.state is OutboundState.AWAIT_PUBCOMP:
                 self._send(Pubrel(inflight.packet_id))
+            elif check_read and not self.may_read(inflight.item.message.topic):
+                session.remove_inflight(inflight.packet_id)  # sent to someone who could
             else:
                 self._out += self._encode_fresh(inflight.item, inflight.packet_id, now, dup=True)
                 self._commit_alias()
@@ -495,6 +533,7 @@ class MQTTConnection:
         out = self._out
         taken = 0  # bytes of QueuedMessages taken off ``pending``
         sent = 0
+        may_read = self.may_read if self.core.read_hooks else None
         self._window_full = False
         while pending and len(out) < MAX_BATCH_BYTES:
             item = pending.popleft()
@@ -512,7 +551,9 @@ class MQTTConnection:
                 replay.messages.popleft()
             else:
                 taken += item.size
-            if item.message.expired(now):
+            if item.message.expired(now) or (
+                may_read is not None and not may_read(item.message.topic)
+            ):
                 continue
             if not item.qos:
                 if self._append_delivery(item, None, now):

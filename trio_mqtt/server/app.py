@@ -17,7 +17,14 @@ import attrs
 import trio
 
 from trio_mqtt.broker.auth import AuthFiles, install_auth
-from trio_mqtt.broker.core import BrokerCore, ClientSummary, ConnectHook, PublishHook, SubscribeHook
+from trio_mqtt.broker.core import (
+    BrokerCore,
+    ClientSummary,
+    ConnectHook,
+    PublishHook,
+    ReadHook,
+    SubscribeHook,
+)
 from trio_mqtt.broker.enhanced_auth import Authenticator
 from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.stats import BrokerStats
@@ -138,14 +145,16 @@ class Broker:
     def reload_auth(self) -> bool:
         """Re-read ``password_file`` and ``acl_file`` (SIGHUP does this too).
 
-        Later CONNECT, PUBLISH and SUBSCRIBE packets are checked against the new files;
-        connected clients stay connected. If either file fails to load, ConfigError
-        names it and both files stay as they were. Returns False when the config names
-        neither file (nothing to reload).
+        Later CONNECT, PUBLISH and SUBSCRIBE packets are checked against the new files,
+        and so is every message delivered from now on (a subscription whose read grant
+        was removed delivers nothing more); connected clients stay connected. If either
+        file fails to load, ConfigError names it and both files stay as they were.
+        Returns False when the config names neither file (nothing to reload).
         """
         if self.auth_files is None:
             return False
         self.auth_files.reload()
+        self.core.auth_changed()
         return True
 
     def add_connect_hook(self, hook: ConnectHook) -> None:
@@ -156,6 +165,11 @@ class Broker:
 
     def add_subscribe_hook(self, hook: SubscribeHook) -> None:
         self.core.subscribe_hooks.append(hook)
+
+    def add_read_hook(self, hook: ReadHook) -> None:
+        """Check every delivery: a message on a topic the hook refuses is not sent."""
+        self.core.read_hooks.append(hook)
+        self.core.auth_changed()
 
     def add_authenticator(self, authenticator: Authenticator) -> None:
         """Serve one MQTT 5 enhanced Authentication Method (see ``enhanced_auth``)."""
