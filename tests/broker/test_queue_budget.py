@@ -11,7 +11,7 @@ import logging
 import pytest
 
 from trio_mqtt.broker.message import Message, publish_size
-from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, Session
+from trio_mqtt.broker.sessions import EVICTED, OutboundState, QueuedMessage, Session
 from trio_mqtt.mqtt.packets import Properties, ProtocolVersion, Puback, Publish
 
 from .test_core import Client, FakeClock, clock, make_core
@@ -76,7 +76,7 @@ def test_qos1_over_the_budget_evicts_the_oldest_qos0() -> None:
     s.enqueue(second)
     important = item(40, qos=1)
     assert s.enqueue(important)
-    assert list(s.pending) == [second, important]
+    assert list(s.queued_items()) == [second, important]
     assert (s.dropped, s.pending_bytes) == (1, 96)
 
 
@@ -87,7 +87,7 @@ def test_qos1_evicts_as_many_qos0_as_it_needs() -> None:
         s.enqueue(queued)
     big = item(60, qos=2)  # 68 bytes: five must go (91 - 65 + 68 = 94)
     assert s.enqueue(big)
-    assert list(s.pending) == [*small[5:], big]
+    assert list(s.queued_items()) == [*small[5:], big]
     assert s.dropped == 5
     assert s.pending_bytes == 2 * 13 + 68
 
@@ -210,3 +210,34 @@ def test_an_acknowledged_qos1_message_waits_while_qos0_goes_first(clock: FakeClo
     # of the oldest QoS 0 left: the 10 acknowledged ones and QoS 0 numbers 4 and 5 stay
     assert qos0 == [b"%040d" % 4, b"%040d" % 5]
     assert core.stats.messages_dropped == 8
+
+
+def test_a_full_queue_finds_its_oldest_qos0_without_searching() -> None:
+    """A full queue is asked for a QoS 0 to evict on every further QoS 1 message: the
+    first time lists where its QoS 0 messages are, and later messages keep the list, so
+    no eviction searches; evicted entries become EVICTED in place, and the writer skips
+    them. Once the queue is half empty the list goes."""
+    size = 19  # every item below: 10 bytes of payload, a 2-character topic, 7
+    s = session(max_bytes=100 * size)
+    for n in range(100):
+        s.enqueue(item(10, qos=0 if n in (50, 99) else 1, topic=f"{n:02d}"))
+    assert s.qos0_index is None  # not needed yet
+
+    assert s.enqueue(item(10, qos=1, topic="xa"))  # evicts 50, the oldest QoS 0
+    assert list(s.qos0_index or ()) == [99]
+    assert s.pending[50] is EVICTED
+    assert s.enqueue(item(10, qos=0, topic="q0")) is False  # QoS 0 over the limit: dropped
+    assert s.enqueue(item(10, qos=1, topic="xb"))  # evicts 99
+    assert not s.enqueue(item(10, qos=1, topic="xc"))  # nothing left to evict
+    assert s.dropped == 4  # 50, q0, 99, xc
+
+    # the writer takes 60 entries (the first EVICTED among them); a QoS 0 fits again
+    taken = [s.pending.popleft() for _ in range(60)]
+    s.pending_bytes -= sum(t.size for t in taken if t is not None)
+    assert EVICTED in taken
+    s.took_from_front(60)
+    assert s.qos0_index is None  # less than half full: the fast path again
+    assert s.enqueue(item(10, qos=0, topic="q1"))
+    topics = [q.message.topic for q in s.queued_items()]
+    assert topics[-3:] == ["xa", "xb", "q1"]
+    assert "99" not in topics and "" not in topics  # nothing evicted comes back

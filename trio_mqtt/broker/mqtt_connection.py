@@ -532,6 +532,7 @@ class MQTTConnection:
         limit = self.client_receive_maximum
         out = self._out
         taken = 0  # bytes of QueuedMessages taken off ``pending``
+        entries = len(pending)
         sent = 0
         may_read = self.may_read if self.core.read_hooks else None
         self._window_full = False
@@ -571,6 +572,7 @@ class MQTTConnection:
             session.add_inflight(packet_id, item, state)
             sent += 1
         session.pending_bytes -= taken
+        session.took_from_front(entries - len(pending))
         self.core.stats.messages_sent += sent
         if pending and len(out) >= MAX_BATCH_BYTES:
             self.on_output()  # batch full: come back for the rest after this write

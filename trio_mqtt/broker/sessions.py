@@ -23,6 +23,7 @@ Queue policy (documented in docs/configuration.md):
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from trio_mqtt.broker.message import Message, publish_size
-from trio_mqtt.mqtt.packets import ProtocolVersion
+from trio_mqtt.mqtt.packets import Properties, ProtocolVersion
 
 if TYPE_CHECKING:
     from trio_mqtt.broker.mqtt_connection import MQTTConnection
@@ -65,6 +66,16 @@ class QueuedMessage:
     size: int = attrs.field(
         default=attrs.Factory(lambda self: publish_size(self.message), takes_self=True)
     )
+
+
+# What an evicted QoS 0 message leaves in its place in a queue (Session._take_oldest_qos0):
+# a message that has always expired, so a writer skips it like any expired message.
+EVICTED = QueuedMessage(
+    Message("", properties=Properties(message_expiry_interval=0), created=-math.inf),
+    0,
+    False,
+    size=0,
+)
 
 
 @attrs.define(eq=False, slots=True)
@@ -125,6 +136,15 @@ class Session:
     pending: deque[QueuedMessage | None] = attrs.Factory(deque)
     pending_bytes: int = 0  # the sizes of the QueuedMessages in ``pending``
     replays: deque[RetainedReplay] = attrs.Factory(deque)
+    # positions counted from the first entry ever queued (see _take_oldest_qos0): how
+    # many entries left the front, where the QoS 0 messages are (while kept), and which
+    # entries are EVICTED
+    taken_from_front: int = 0
+    qos0_index: deque[int] | None = None
+    evicted_positions: deque[int] = attrs.Factory(deque)
+    fast_limit: int = attrs.field(
+        default=attrs.Factory(lambda self: self.max_queued_bytes, takes_self=True)
+    )
     inflight_out: dict[int, OutboundInflight] = attrs.Factory(dict)
     inflight_bytes: int = 0  # the sizes of the messages in ``inflight_out``
     inflight_in: set[int] = attrs.Factory(set)
@@ -155,57 +175,90 @@ class Session:
         """Queue a message for this session per the module's policy; False if not queued.
 
         Runs once per message and recipient: the common case (online, within budget)
-        reads plain attributes and returns.
+        reads plain attributes and returns. ``fast_limit`` is ``max_queued_bytes``, or -1
+        while the queue keeps an index of its QoS 0 messages (``_take_oldest_qos0``):
+        then every message takes the slow path, which keeps the index.
         """
         connection = self.connection
         if connection is not None:
             pending_bytes = self.pending_bytes + item.size
-            if pending_bytes + self.inflight_bytes + connection.in_transit <= self.max_queued_bytes:
+            if pending_bytes + self.inflight_bytes + connection.in_transit <= self.fast_limit:
                 self.pending.append(item)
                 self.pending_bytes = pending_bytes
                 return True
         elif item.qos == 0:
             return False  # offline sessions do not queue QoS 0 (not a drop: MQTT allows it)
-        elif (
-            len(self.pending) < self.max_queued_messages
-            and self.pending_bytes + self.inflight_bytes + item.size <= self.max_queued_bytes
-        ):
-            self.pending.append(item)
-            self.pending_bytes += item.size
-            return True
-        return self._enqueue_over_limit(item)
+        return self._enqueue_slowly(item)
 
-    def _enqueue_over_limit(self, item: QueuedMessage) -> bool:
-        """The queue is full for ``item``: make room by dropping QoS 0, or drop ``item``."""
-        if item.qos > 0:
-            pending = self.pending
+    def _enqueue_slowly(self, item: QueuedMessage) -> bool:
+        """``enqueue`` near or over the limits: make room by evicting QoS 0, or drop."""
+        if not self._fits(item) and item.qos > 0:
             while not self._fits(item):
-                index = next(
-                    (
-                        i
-                        for i, queued in enumerate(pending)
-                        if queued is not None and queued.qos == 0
-                    ),
-                    None,
-                )
-                if index is None:
+                evicted = self._take_oldest_qos0()
+                if evicted is None:
                     break
-                evicted = pending[index]
-                assert evicted is not None
-                del pending[index]
                 self.pending_bytes -= evicted.size
                 self._count_drop()
-            if self._fits(item):
-                self.pending.append(item)
-                self.pending_bytes += item.size
-                return True
-        self._count_drop()
-        return False
+        if not self._fits(item):
+            self._count_drop()
+            return False
+        index = self.qos0_index
+        if index is not None and not item.qos:
+            index.append(self.taken_from_front + len(self.pending))
+        self.pending.append(item)
+        self.pending_bytes += item.size
+        return True
+
+    def _take_oldest_qos0(self) -> QueuedMessage | None:
+        """Take the oldest queued QoS 0 message out of the queue, if there is one.
+
+        A full queue is asked this for every further QoS 1/2 message, so it must not
+        search: the first time, one pass lists where the QoS 0 messages are
+        (``qos0_index``, positions counted from the first entry ever queued, which do
+        not move as the writer takes entries off the front); from then on every message
+        queued keeps the list up to date (the slow path of ``enqueue``), until the
+        queue is half empty again. The evicted entry becomes ``EVICTED`` in place: a
+        deque cannot delete from its middle without moving what follows.
+        """
+        index = self.qos0_index
+        if index is None:
+            first = self.taken_from_front
+            index = self.qos0_index = deque(
+                first + offset
+                for offset, queued in enumerate(self.pending)
+                if queued is not None and queued is not EVICTED and not queued.qos
+            )
+            self.fast_limit = -1
+        taken = self.taken_from_front
+        while index and index[0] < taken:
+            index.popleft()  # sent since it was listed
+        if not index:
+            return None
+        position = index.popleft()
+        evicted = self.pending[position - taken]
+        assert evicted is not None and evicted is not EVICTED
+        self.pending[position - taken] = EVICTED
+        self.evicted_positions.append(position)
+        return evicted
+
+    def took_from_front(self, count: int) -> None:
+        """The connection took ``count`` entries off the front of ``pending``."""
+        self.taken_from_front += count
+        if self.qos0_index is not None and self.pending_bytes < self.max_queued_bytes // 2:
+            self.qos0_index = None  # room again: back to the fast path
+            self.fast_limit = self.max_queued_bytes
+
+    def _entries(self) -> int:
+        """How many messages (and replays) are queued, the evicted ones left out."""
+        evicted = self.evicted_positions
+        while evicted and evicted[0] < self.taken_from_front:
+            evicted.popleft()
+        return len(self.pending) - len(evicted)
 
     def _fits(self, item: QueuedMessage) -> bool:
         if self.queued_bytes + item.size > self.max_queued_bytes:
             return False
-        return self.connection is not None or len(self.pending) < self.max_queued_messages
+        return self.connection is not None or self._entries() < self.max_queued_messages
 
     def _count_drop(self) -> None:
         self.dropped += 1
@@ -233,14 +286,18 @@ class Session:
         for item in self.pending:
             if item is None:
                 yield from next(replays).items()
-            else:
+            elif item is not EVICTED:
                 yield item
 
     def clear_pending(self) -> list[QueuedMessage]:
         """Take the queued messages (the session ends); replays are dropped."""
-        items = [item for item in self.pending if item is not None]
+        items = [item for item in self.pending if item is not None and item is not EVICTED]
+        self.taken_from_front += len(self.pending)
         self.pending.clear()
         self.pending_bytes = 0
+        self.qos0_index = None
+        self.evicted_positions.clear()
+        self.fast_limit = self.max_queued_bytes
         self.replays.clear()
         return items
 
