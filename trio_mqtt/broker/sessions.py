@@ -188,6 +188,14 @@ class Session:
                 return True
         elif item.qos == 0:
             return False  # offline sessions do not queue QoS 0 (not a drop: MQTT allows it)
+        elif (
+            not self.evicted_positions  # else len(pending) is not what counts
+            and len(self.pending) < self.max_queued_messages
+            and self.pending_bytes + self.inflight_bytes + item.size <= self.max_queued_bytes
+        ):
+            self.pending.append(item)  # QoS 1/2: no position to note, even for the index
+            self.pending_bytes += item.size
+            return True
         return self._enqueue_slowly(item)
 
     def _enqueue_slowly(self, item: QueuedMessage) -> bool:
