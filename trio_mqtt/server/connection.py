@@ -27,6 +27,8 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 
@@ -40,6 +42,7 @@ from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.watched_stream import WatchedSocketStream
 
 log = logging.getLogger("trio_mqtt.server")
+_A = TypeVar("_A")
 
 RECEIVE_SIZE = 65536
 # How late a keep-alive timeout may fire, so that busy connections need not move their
@@ -81,18 +84,16 @@ class _Output:
         reader writes the answer right after (or wakes the writer if it cannot), and a
         writer woken for it would only find nothing left to send.
         """
-        self._reading = True
-        try:
-            conn.receive_data(data)
-        finally:
-            self._reading = False
-        self.write_now(conn)
+        self._step_and_answer(conn, conn.receive_data, data)
 
     def check_done_and_answer(self, conn: MQTTConnection, code: ReasonCode | None) -> None:
         """Like ``feed_and_answer``, for the answer of an offloaded check."""
+        self._step_and_answer(conn, conn.check_done, code)
+
+    def _step_and_answer(self, conn: MQTTConnection, step: Callable[[_A], None], arg: _A) -> None:
         self._reading = True
         try:
-            conn.check_done(code)
+            step(arg)
         finally:
             self._reading = False
         self.write_now(conn)
