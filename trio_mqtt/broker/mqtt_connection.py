@@ -144,13 +144,14 @@ class MQTTConnection:
     # congested connections this one published to in its last read (held_back())
     _held_back_by: set[MQTTConnection] | None = None
     # what was already logged about this connection (log once, not per packet)
-    _logged: set[str] = attrs.Factory(set)
+    _logged: frozenset[str] = frozenset()  # replaced, not grown: most stay empty
     # a CONNECT waiting for an offloaded check, and the packets that came after it (3.1.1
     # allows a client to send more before CONNACK): handled once the check is done
     pending_check: PendingConnect | None = None
-    _held_packets: list[Packet] = attrs.Factory(list)
-    # read access per topic (may_read), valid while core.auth_epoch is _read_epoch
-    _read_cache: dict[str, bool] = attrs.Factory(dict)
+    _held_packets: tuple[Packet, ...] = ()
+    # read access per topic (may_read), valid while core.auth_epoch is _read_epoch; made
+    # on first use (an idle connection costs no empty dict)
+    _read_cache: dict[str, bool] | None = None
     _read_epoch: int = -1
     _out: bytearray = attrs.Factory(bytearray)
 
@@ -205,7 +206,7 @@ class MQTTConnection:
             if self.close_reason is not None:  # an earlier packet of this batch ended it
                 break
             if self.pending_check is not None:
-                self._held_packets += packets[index:]  # after the check (check_done)
+                self._held_packets += tuple(packets[index:])  # after the check (check_done)
                 break
             try:
                 self._handle(packet)
@@ -228,7 +229,7 @@ class MQTTConnection:
             return  # timed out or closed meanwhile: nothing to say any more
         self.state = ConnectionState.AWAIT_CONNECT  # as before CONNECT completes
         self.core.resume_connect(self, pending, code)
-        held, self._held_packets = self._held_packets, []
+        held, self._held_packets = list(self._held_packets), ()
         hits = self.core.congestion_hits
         if hits:
             hits.clear()
@@ -311,8 +312,8 @@ class MQTTConnection:
         """
         core = self.core
         cache = self._read_cache
-        if self._read_epoch != core.auth_epoch:
-            cache.clear()
+        if cache is None or self._read_epoch != core.auth_epoch:
+            cache = self._read_cache = {}
             self._read_epoch = core.auth_epoch
         allowed = cache.get(topic)
         if allowed is None:
@@ -336,7 +337,7 @@ class MQTTConnection:
         """True the first time ``note`` is asked about on this connection (log it once)."""
         if note in self._logged:
             return False
-        self._logged.add(note)
+        self._logged |= {note}
         return True
 
     def keepalive_expired(self) -> None:
