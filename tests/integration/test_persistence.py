@@ -16,7 +16,6 @@ import pytest
 import trio
 from rawclient import RawClient
 
-from trio_mqtt.broker.store import SQLiteStore
 from trio_mqtt.mqtt.packets import (
     Connack,
     Disconnect,
@@ -29,6 +28,7 @@ from trio_mqtt.mqtt.packets import (
     SubscriptionRequest,
 )
 from trio_mqtt.peer import Endpoint
+from trio_mqtt.persistence.sqlite import SQLiteStore
 from trio_mqtt.server.app import Broker
 from trio_mqtt.testing import open_test_broker
 

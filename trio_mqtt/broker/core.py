@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import attrs
@@ -39,6 +39,7 @@ from trio_mqtt.broker.sessions import (
     OutboundState,
     QueuedMessage,
     RetainedReplay,
+    SavedSession,
     Session,
 )
 from trio_mqtt.broker.stats import BrokerStats
@@ -157,6 +158,16 @@ def _nothing() -> None:
 
 
 @attrs.frozen
+class Restored:
+    """What ``BrokerCore.restore`` did with what a persistence backend kept."""
+
+    sessions: tuple[str, ...]  # restored, offline
+    expired_sessions: tuple[str, ...]  # ended instead (their due wills were published)
+    expired_topics: tuple[str, ...]  # retained messages that expired meanwhile
+    skipped_sessions: tuple[str, ...]  # already live here: the live one stays
+
+
+@attrs.frozen
 class PendingConnect:
     """A CONNECT waiting for an ``OffloadedCheck``: where to go on once it has run."""
 
@@ -248,6 +259,76 @@ class BrokerCore:
             return True
         session = self.sessions.get(client_id)
         return session is not None and session.online
+
+    # ---------------------------------------------------------------- persistence
+
+    def restore(self, sessions: Iterable[SavedSession], retained: Iterable[Message]) -> Restored:
+        """Take back what a persistence backend kept, at startup (or on a cluster join).
+
+        Retained messages and sessions that expired while the broker was down are not
+        restored; the delayed will of an expired session is published, after every other
+        session is back (the session ended, so its will is due). Restored sessions are
+        offline; their expiry counts from now for a session saved while online, and no
+        session outlives ``max_session_expiry`` from now. Restoring is not a change to
+        record.
+        """
+        now = self.now()
+        expired_topics: list[str] = []
+        for message in retained:
+            if message.expired(now):
+                expired_topics.append(message.topic)
+            else:
+                self.set_retained(message)
+        restored: list[str] = []
+        expired: list[str] = []
+        skipped: list[str] = []
+        due_wills: list[Message] = []
+        max_expiry = self.config.max_session_expiry
+        for saved in sessions:
+            if saved.client_id in self.sessions:
+                log.warning(
+                    "session %r is already live; not restoring the stored one", saved.client_id
+                )
+                skipped.append(saved.client_id)
+                continue
+            interval = min(saved.expiry_interval, max_expiry)
+            expires_at = saved.expires_at
+            if expires_at is None and interval != NEVER_EXPIRES:
+                expires_at = now + interval  # online when saved: it counts from now
+            if max_expiry != NEVER_EXPIRES:
+                expires_at = (
+                    now + max_expiry if expires_at is None else min(expires_at, now + max_expiry)
+                )
+            if interval == 0 or (expires_at is not None and expires_at <= now):
+                expired.append(saved.client_id)
+                if saved.delayed_will is not None:
+                    due_wills.append(saved.delayed_will)
+                continue
+            session = Session(
+                client_id=saved.client_id,
+                protocol_version=saved.protocol_version,
+                max_queued_messages=self.config.max_queued_messages,
+                max_queued_bytes=self.config.max_queued_bytes,
+                on_drop=self.session_dropped,
+                expiry_interval=interval,
+                next_packet_id=saved.next_packet_id,
+                dropped=saved.dropped,
+                expires_at=expires_at,
+                delayed_will=saved.delayed_will,
+                will_due=None if saved.delayed_will is None else saved.will_due,
+            )
+            session.inflight_in.update(saved.inflight_in)
+            for topic_filter, options in saved.subscriptions:
+                self.router.subscribe(saved.client_id, topic_filter, options)
+            for item in saved.pending:
+                session.append_pending(item)
+            for packet_id, item, state in saved.inflight:
+                session.add_inflight(packet_id, item, state)
+            self.sessions[saved.client_id] = session
+            restored.append(saved.client_id)
+        for will in due_wills:
+            self._publish_will(will, "session expired")
+        return Restored(tuple(restored), tuple(expired), tuple(expired_topics), tuple(skipped))
 
     # ----------------------------------------------------------------- connections
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from trio_mqtt.broker.message import Message, publish_size
+from trio_mqtt.broker.router import SubscriptionOptions
 from trio_mqtt.mqtt.packets import Properties, ProtocolVersion
 
 if TYPE_CHECKING:
@@ -325,3 +326,25 @@ class Session:
             if packet_id not in self.inflight_out:
                 return packet_id
         raise RuntimeError("all 65535 packet identifiers are in flight")  # pragma: no cover
+
+
+@attrs.frozen
+class SavedSession:
+    """A persistent session as a persistence backend kept it (``BrokerCore.restore``).
+
+    Times are on the broker's clock. ``expires_at`` is None for a session that was online
+    when it was saved (its expiry counts from the restore) or one that never expires.
+    """
+
+    client_id: str
+    protocol_version: ProtocolVersion
+    expiry_interval: int
+    expires_at: float | None
+    next_packet_id: int = 1
+    dropped: int = 0
+    inflight_in: tuple[int, ...] = ()
+    subscriptions: tuple[tuple[str, SubscriptionOptions], ...] = ()
+    pending: tuple[QueuedMessage, ...] = ()
+    inflight: tuple[tuple[int, QueuedMessage, OutboundState], ...] = ()
+    delayed_will: Message | None = None
+    will_due: float | None = None

@@ -28,7 +28,6 @@ from trio_mqtt.broker.core import (
 from trio_mqtt.broker.enhanced_auth import Authenticator
 from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.stats import BrokerStats
-from trio_mqtt.broker.store import PersistenceWriteError, SQLiteStore
 from trio_mqtt.broker.sys_topics import publish_sys_topics
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError
@@ -36,6 +35,7 @@ from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
 from trio_mqtt.mqtt.properties import PropertyContext, encode_properties
 from trio_mqtt.mqtt.topics import validate_topic_name
 from trio_mqtt.peer import Endpoint
+from trio_mqtt.persistence.sqlite import PersistenceWriteError, SQLiteStore
 from trio_mqtt.server.backpressure import relief_for
 from trio_mqtt.server.listener import ListenerHandle, serve_listener
 

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -42,14 +41,15 @@ from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.router import SubscriptionOptions
 from trio_mqtt.broker.sessions import (
     EVICTED,
-    NEVER_EXPIRES,
     OutboundState,
     QueuedMessage,
+    SavedSession,
     Session,
 )
 from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError, TrioMQTTError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties, ProtocolVersion
 from trio_mqtt.mqtt.properties import PropertyContext, decode_properties, encode_properties
+from trio_mqtt.mqtt.topics import validate_topic_filter
 from trio_mqtt.peer import Endpoint, PeerInfo
 
 if TYPE_CHECKING:
@@ -329,7 +329,6 @@ class SQLiteStore:
     path: str
     _db: sqlite3.Connection
     _wall_clock: Callable[[], float] = time.time
-    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     # how far the file holds each session's queue (collect writes only what changed)
     _saved_queues: dict[str, _SavedQueue] = attrs.field(factory=dict, init=False)
 
@@ -352,8 +351,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Close the file (idempotent). Call ``flush`` first to keep the latest changes."""
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def __enter__(self) -> SQLiteStore:
         return self
@@ -494,7 +492,7 @@ class SQLiteStore:
         if not batch.session_ids and not batch.topics:
             return 0
         try:
-            with self._lock, self._transaction():
+            with self._transaction():
                 db = self._db
                 deleted = _delete(db, "sessions", "client_id", batch.gone_sessions)
                 gone_or_rewritten = batch.gone_sessions + batch.rewritten
@@ -567,20 +565,25 @@ class SQLiteStore:
     def load_into(self, core: BrokerCore) -> None:
         """Restore retained messages and persistent sessions into a freshly started core.
 
-        Every restored session is offline. Sessions and retained messages that expired while
-        the broker was down are deleted instead of restored; the delayed will of an expired
-        session is published (the session ended, so its will is due). A session id already
-        present in the core (a client that connected first) keeps its live session.
+        The store only reads its rows into values (``SavedSession``, ``Message``); the
+        core decides what to make of them (``BrokerCore.restore``: what expired while the
+        broker was down is not restored, and the delayed will of an expired session is
+        published). What expired is deleted from the file. A session id already present in
+        the core (a client that connected first) keeps its live session.
         """
-        now = core.now()
-        offset = self._wall_clock() - now  # wall clock = core clock + offset
+        offset = self._wall_clock() - core.now()  # wall clock = core clock + offset
         try:
-            with self._lock, self._transaction():
+            with self._transaction():
                 reader = _RowReader(self.path, offset)
-                expired_topics = self._load_retained(core, reader, now)
-                expired_ids, due_wills = self._load_sessions(core, reader, now)
+                retained = self._read_retained(reader)
+                sessions = self._read_sessions(reader)
+                restored = core.restore(sessions, retained)
                 db = self._db
-                db.executemany("DELETE FROM retained WHERE topic = ?", expired_topics)
+                db.executemany(
+                    "DELETE FROM retained WHERE topic = ?",
+                    [(topic,) for topic in restored.expired_topics],
+                )
+                expired_ids = [(client_id,) for client_id in restored.expired_sessions]
                 for table in ("sessions", "subscriptions", "session_messages"):
                     db.executemany(f"DELETE FROM {table} WHERE client_id = ?", expired_ids)
         except sqlite3.Error as exc:
@@ -591,79 +594,48 @@ class SQLiteStore:
             "restored %d retained message(s) and %d session(s) from %s; "
             "dropped %d expired session(s) and %d expired retained message(s)",
             len(core.retained),
-            len(core.sessions),
+            len(restored.sessions),
             self.path,
-            len(expired_ids),
-            len(expired_topics),
+            len(restored.expired_sessions),
+            len(restored.expired_topics),
         )
-        for will in due_wills:
-            log.info("publishing will of %r to %r (session expired)", will.publisher, will.topic)
-            core.stats.wills_published += 1
-            core.publish(will)
 
-    def _load_retained(self, core: BrokerCore, reader: _RowReader, now: float) -> list[tuple[str]]:
-        expired: list[tuple[str]] = []
+    def _read_retained(self, reader: _RowReader) -> list[Message]:
         query = f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM retained"
-        for row in self._db.execute(query):
-            message = reader.message(row)
-            if message.expired(now):
-                expired.append((message.topic,))
-            else:
-                core.set_retained(message)
-        return expired
+        return [reader.message(row) for row in self._db.execute(query)]
 
-    def _load_sessions(
-        self, core: BrokerCore, reader: _RowReader, now: float
-    ) -> tuple[list[tuple[str]], list[Message]]:
+    def _read_sessions(self, reader: _RowReader) -> list[SavedSession]:
         db = self._db
         offset = reader.offset
-        sessions: dict[str, Session] = {}
-        expired: dict[str, Session] = {}
-        max_expiry = core.config.max_session_expiry
+        fields: dict[str, dict[str, Any]] = {}
         for row in db.execute(
             "SELECT client_id, protocol_version, expiry_interval, expires_at, next_packet_id, "
             "dropped, inflight_in, will_due FROM sessions"
         ):
             client_id, version, interval, expires_wall, next_id, dropped, inflight_in, due = row
-            if client_id in core.sessions:
-                log.warning("session %r is already live; not restoring the stored one", client_id)
-                continue
-            interval = min(int(interval), max_expiry)
-            if expires_wall is not None:
-                expires_at: float | None = float(expires_wall) - offset
-            elif interval != NEVER_EXPIRES:
-                expires_at = now + interval  # online at the last save: counts from now
-            else:
-                expires_at = None
-            if max_expiry != NEVER_EXPIRES:
-                cap = now + max_expiry
-                expires_at = cap if expires_at is None else min(expires_at, cap)
-            session = Session(
-                client_id=client_id,
-                protocol_version=self._decode(ProtocolVersion, version, "protocol version"),
-                max_queued_messages=core.config.max_queued_messages,
-                max_queued_bytes=core.config.max_queued_bytes,
-                on_drop=core.session_dropped,
-                expiry_interval=interval,
-                next_packet_id=int(next_id),
-                dropped=int(dropped),
-                expires_at=expires_at,
-                will_due=None if due is None else float(due) - offset,
-            )
-            session.inflight_in.update(self._json_ints(inflight_in, "inflight_in"))
-            if interval == 0 or (expires_at is not None and expires_at <= now):
-                expired[client_id] = session
-            else:
-                sessions[client_id] = session
+            fields[client_id] = {
+                "client_id": client_id,
+                "protocol_version": self._decode(ProtocolVersion, version, "protocol version"),
+                "expiry_interval": int(interval),
+                "expires_at": None if expires_wall is None else float(expires_wall) - offset,
+                "next_packet_id": int(next_id),
+                "dropped": int(dropped),
+                "inflight_in": tuple(self._json_ints(inflight_in, "inflight_in")),
+                "will_due": None if due is None else float(due) - offset,
+                "subscriptions": [],
+                "pending": [],
+                "inflight": [],
+            }
 
         for row in db.execute(
             "SELECT client_id, topic_filter, qos, no_local, retain_as_published, "
             "retain_handling, subscription_identifier FROM subscriptions"
         ):
             client_id, topic_filter, qos, no_local, as_published, handling, sub_id = row
-            if client_id not in sessions:
+            if client_id not in fields:
                 continue
             try:
+                validate_topic_filter(topic_filter)
                 options = SubscriptionOptions(
                     qos=qos,
                     no_local=bool(no_local),
@@ -671,24 +643,23 @@ class SQLiteStore:
                     retain_handling=handling,
                     subscription_identifier=sub_id,
                 )
-                core.router.subscribe(client_id, topic_filter, options)
             except (ValueError, RemoteProtocolError) as exc:
                 raise PersistenceError(
                     self.path, f"has an invalid subscription {topic_filter!r} ({exc})"
                 ) from exc
+            fields[client_id]["subscriptions"].append((topic_filter, options))
 
         columns = ", ".join(_SESSION_MESSAGE_HEAD + _MESSAGE_COLUMNS)
         for row in db.execute(
             f"SELECT {columns} FROM session_messages ORDER BY client_id, kind, position"
         ):
             client_id, kind, _position, packet_id, state, qos, retain, sub_ids, shared = row[:9]
-            session_or_none = sessions.get(client_id) or expired.get(client_id)
-            if session_or_none is None:
+            values = fields.get(client_id)
+            if values is None:
                 continue
-            session = session_or_none
             message = reader.message(row[9:])
             if kind == _WILL:
-                session.delayed_will = message
+                values["delayed_will"] = message
                 continue
             item = QueuedMessage(
                 message=message,
@@ -698,19 +669,19 @@ class SQLiteStore:
                 shared_filters=tuple(self._json_strings(shared, "shared subscription")),
             )
             if kind == _PENDING:
-                session.append_pending(item)
+                values["pending"].append(item)
             elif kind == _INFLIGHT:
                 outbound = self._decode(OutboundState, state, "in-flight state")
-                session.add_inflight(int(packet_id), item, outbound)
+                values["inflight"].append((int(packet_id), item, outbound))
             else:
                 raise PersistenceError(self.path, f"has an unknown session message kind {kind!r}")
 
-        for client_id, session in sessions.items():
-            if session.delayed_will is None:
-                session.will_due = None
-            core.sessions[client_id] = session
-        due_wills = [s.delayed_will for s in expired.values() if s.delayed_will is not None]
-        return [(client_id,) for client_id in expired], due_wills
+        saved: list[SavedSession] = []
+        for values in fields.values():
+            for name in ("subscriptions", "pending", "inflight"):
+                values[name] = tuple(values[name])
+            saved.append(SavedSession(**values))
+        return saved
 
     def _json_ints(self, text: str | None, what: str) -> list[int]:
         return self._json_list(text, what, int, "integers")

@@ -24,16 +24,16 @@ from trio_mqtt.broker.sessions import (
     QueuedMessage,
     Session,
 )
-from trio_mqtt.broker.store import (
+from trio_mqtt.config import BrokerConfig
+from trio_mqtt.errors import ConfigError
+from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties, ProtocolVersion
+from trio_mqtt.peer import Endpoint, PeerInfo
+from trio_mqtt.persistence.sqlite import (
     SCHEMA_VERSION,
     PersistenceError,
     PersistenceWriteError,
     SQLiteStore,
 )
-from trio_mqtt.config import BrokerConfig
-from trio_mqtt.errors import ConfigError
-from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties, ProtocolVersion
-from trio_mqtt.peer import Endpoint, PeerInfo
 
 WALL_START = 1_700_000_000.0
 
