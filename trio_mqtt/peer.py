@@ -79,6 +79,27 @@ class PeerInfo:
     def client_host(self) -> str | None:
         return None if self.client is None else self.client.host
 
+    def username_for(self, claimed: str | None) -> str | None:
+        """The username a client goes by: the certificate's, else the one it claimed.
+
+        The one place that says it: a certificate-derived username overrides whatever the
+        CONNECT packet carried, which is never trusted alongside it.
+        """
+        return self.username if self.username is not None else claimed
+
+    def with_certificate_identity(self, cn: str | None, verified: bool, why_not: str) -> PeerInfo:
+        """The certificate's CN as the username, but only if the certificate was verified.
+
+        Otherwise ``why_not`` becomes ``identity_error`` and the CONNECT is refused as not
+        authorized. An identity problem found earlier (by the PROXY policy, before TLS)
+        is kept: the CONNECT is then refused whatever this certificate says.
+        """
+        if verified and cn:
+            return attrs.evolve(self, username=cn)
+        if self.identity_error is not None:
+            return self
+        return attrs.evolve(self, identity_error=why_not)
+
     def describe(self) -> str:
         """The form used in logs: ``client=203.0.113.7:51234 via proxy 127.0.0.1:40000``."""
         text = f"client={self.client if self.client is not None else '?'}"

@@ -17,7 +17,8 @@ import trio.testing
 from trio_mqtt.config import ProxyMode, ProxyPolicy
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.proxy import Command
-from trio_mqtt.server.proxy_policy import Preamble, PreambleRejected, read_proxy_preamble
+from trio_mqtt.server.proxy_policy import Preamble, read_proxy_preamble
+from trio_mqtt.server.rejection import ConnectionRejected
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 # 3.1.1 CONNECT, clean session, keep alive 60, client id "c1" (MQTT 3.1.1 section 3.1)
@@ -81,8 +82,8 @@ async def preamble_of(data: bytes, pol: ProxyPolicy, remote: Endpoint = TRUSTED_
 
 async def refusal_of(
     data: bytes, pol: ProxyPolicy, remote: Endpoint = TRUSTED_REMOTE
-) -> PreambleRejected:
-    with pytest.raises(PreambleRejected) as info:
+) -> ConnectionRejected:
+    with pytest.raises(ConnectionRejected) as info:
         await preamble_of(data, pol, remote)
     return info.value
 
@@ -118,7 +119,7 @@ async def test_trickling_peer_is_refused_at_exactly_the_timeout(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trickle)
         start = trio.current_time()
-        with pytest.raises(PreambleRejected) as info:
+        with pytest.raises(ConnectionRejected) as info:
             await read_proxy_preamble(server, policy(timeout=2.5), peer_from(TRUSTED_REMOTE))
         elapsed = trio.current_time() - start
         nursery.cancel_scope.cancel()
@@ -155,7 +156,7 @@ async def test_slow_but_complete_header_within_the_timeout_is_accepted(
 async def test_silent_peer_is_refused_at_the_timeout(autojump_clock: trio.abc.Clock) -> None:
     _client, server = trio.testing.memory_stream_pair()
     start = trio.current_time()
-    with pytest.raises(PreambleRejected) as info:
+    with pytest.raises(ConnectionRejected) as info:
         await read_proxy_preamble(server, policy(timeout=3.0), peer_from(TRUSTED_REMOTE))
     assert trio.current_time() - start == pytest.approx(3.0, abs=1e-9)
     assert info.value.reason == "timeout"
@@ -244,7 +245,7 @@ async def test_optional_spoofing_is_detected_by_the_first_byte_alone(first: byte
 
 async def test_required_from_untrusted_source_is_refused_without_reading() -> None:
     stream = UntouchableStream()
-    with pytest.raises(PreambleRejected) as info:
+    with pytest.raises(ConnectionRejected) as info:
         await read_proxy_preamble(stream, policy(), peer_from(UNTRUSTED_REMOTE))
     assert stream.receive_calls == 0
     assert info.value.reason == "untrusted-source"
@@ -282,7 +283,7 @@ async def test_required_refusals(data: bytes, reason: str) -> None:
     if data:
         await client.send_all(data)
     await client.send_eof()
-    with pytest.raises(PreambleRejected) as info:
+    with pytest.raises(ConnectionRejected) as info:
         await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
     assert info.value.reason == reason
     assert info.value.detail
@@ -401,12 +402,12 @@ async def test_authority_becomes_the_sni() -> None:
     assert peer.username == "device-42"
 
 
-async def closed_refusal(data: bytes) -> PreambleRejected:
+async def closed_refusal(data: bytes) -> ConnectionRejected:
     client, server = trio.testing.memory_stream_pair()
     if data:
         await client.send_all(data)
     await client.aclose()
-    with pytest.raises(PreambleRejected) as info:
+    with pytest.raises(ConnectionRejected) as info:
         await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
     return info.value
 

@@ -464,7 +464,7 @@ class BrokerCore:
 
         # Authentication: the certificate-derived username, when the listener set one,
         # overrides whatever the client sent; the CONNECT username is never trusted with it.
-        username = conn.peer.username if conn.peer.username is not None else connect.username
+        username = conn.peer.username_for(connect.username)
         if username is None and not config.allow_anonymous and auth_done is None:
             refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is disabled")
             return

@@ -20,10 +20,11 @@ from trio_mqtt.errors import ConfigError
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.prefixed_stream import PrefixedStream
-from trio_mqtt.server.proxy_policy import PreambleRejected, read_proxy_preamble
-from trio_mqtt.server.tls import ServerTLS, TLSRejected, tls_handshake
+from trio_mqtt.server.proxy_policy import read_proxy_preamble
+from trio_mqtt.server.rejection import ConnectionRejected
+from trio_mqtt.server.tls import ServerTLS, tls_handshake
 from trio_mqtt.server.watched_stream import WatchedSocketStream
-from trio_mqtt.server.websocket import WebSocketRejected, accept_websocket
+from trio_mqtt.server.websocket import accept_websocket
 
 log = logging.getLogger("trio_mqtt.listener")
 
@@ -208,32 +209,23 @@ async def _serve_connection(
         except OSError:
             return  # the peer is already gone
         peer = PeerInfo.from_socket(handle.name, handle.config.transport.value, local, remote)
+        who = str(remote) if remote is not None else "?"  # until a PROXY header says more
         try:
             preamble = await read_proxy_preamble(stream, handle.config.proxy_protocol, peer)
-        except PreambleRejected as exc:
-            handle.rejections[exc.reason] += 1
-            log.log(
-                exc.level,
-                "listener %r: refused connection from %s: %s",
-                handle.name,
-                remote if remote is not None else "?",
-                exc.detail,
-            )
-            return
-        peer = preamble.peer
-        if peer.proxy_header is not None:
-            log.debug("listener %r: PROXY header: %s", handle.name, peer.describe())
-        try:
+            peer = preamble.peer
+            who = peer.describe()
+            if peer.proxy_header is not None:
+                log.debug("listener %r: PROXY header: %s", handle.name, who)
             mqtt_stream, peer = await _open_transport(
                 core, handle, PrefixedStream(stream, preamble.leftover), peer
             )
-        except (TLSRejected, WebSocketRejected) as exc:
+        except ConnectionRejected as exc:
             handle.rejections[exc.reason] += 1
             log.log(
                 exc.level,
                 "listener %r: refused connection from %s: %s",
                 handle.name,
-                peer.describe(),
+                who,
                 exc.detail,
             )
             return

@@ -12,7 +12,7 @@
   header from anyone else is a spoofing attempt and refused; no header means the
   socket's addresses stand.
 
-A refusal raises ``PreambleRejected``; the listener logs it once and counts it, and the
+A refusal raises ``ConnectionRejected``; the listener logs it once and counts it, and the
 connection never reaches MQTT code.
 """
 
@@ -27,25 +27,12 @@ from trio_mqtt.config import ProxyMode, ProxyPolicy
 from trio_mqtt.errors import ProxyProtocolError
 from trio_mqtt.peer import Endpoint, PeerInfo, TLSInfo
 from trio_mqtt.proxy import Address, ProxyHeader, ProxyParser
+from trio_mqtt.server.rejection import ConnectionRejected
 
 RECEIVE_SIZE = 4096
 # 'P' begins "PROXY " (v1), '\r' the v2 signature. An MQTT CONNECT begins 0x10 and a TLS
 # record 0x16, so the first byte alone tells a header from a client that sent none.
 _HEADER_FIRST_BYTES = frozenset(b"P\r")
-
-
-class PreambleRejected(Exception):
-    """The connection is refused by the listener's PROXY policy; ``reason`` is a short key.
-
-    ``level`` is the log level: a peer that connects and closes without sending a byte
-    (a load balancer's plain TCP health check) is INFO; everything else is WARNING.
-    """
-
-    def __init__(self, reason: str, detail: str, *, level: int = logging.WARNING) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.level = level
 
 
 @attrs.frozen
@@ -63,7 +50,7 @@ async def read_proxy_preamble(
     host = peer.remote.host if peer.remote is not None else ""
     trusted = policy.is_trusted(host)
     if policy.mode is ProxyMode.REQUIRED and not trusted:
-        raise PreambleRejected(
+        raise ConnectionRejected(
             "untrusted-source", f"{host} is not in trusted_sources; closed before reading"
         )
     parser = ProxyParser(max_header_size=policy.max_header_size)
@@ -74,7 +61,7 @@ async def read_proxy_preamble(
                 if first[0] not in _HEADER_FIRST_BYTES:
                     return Preamble(peer, first)  # no header: the socket's addresses stand
                 if not trusted:
-                    raise PreambleRejected(
+                    raise ConnectionRejected(
                         "spoofed-header",
                         f"PROXY header from {host}, which is not in trusted_sources",
                     )
@@ -82,13 +69,13 @@ async def read_proxy_preamble(
             while header is None:
                 header = parser.feed(await _receive(stream))
     except trio.TooSlowError:
-        raise PreambleRejected(
+        raise ConnectionRejected(
             "timeout",
             f"no complete PROXY header within {policy.timeout:g}s "
             f"({parser.buffered} bytes received)",
         ) from None
     except ProxyProtocolError as exc:
-        raise PreambleRejected("invalid-header", str(exc)) from None
+        raise ConnectionRejected("invalid-header", str(exc)) from None
     return Preamble(apply_header(peer, header, policy), parser.leftover)
 
 
@@ -97,7 +84,7 @@ async def _receive(stream: trio.abc.ReceiveStream, *, nothing_yet: bool = False)
     try:
         data = await stream.receive_some(RECEIVE_SIZE)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise PreambleRejected(
+        raise ConnectionRejected(
             "closed", f"connection lost before the PROXY header: {exc}", level=level
         ) from None
     if not data:
@@ -106,7 +93,7 @@ async def _receive(stream: trio.abc.ReceiveStream, *, nothing_yet: bool = False)
             if nothing_yet
             else "connection closed before a complete PROXY header"
         )
-        raise PreambleRejected("closed", detail, level=level)
+        raise ConnectionRejected("closed", detail, level=level)
     return bytes(data)
 
 
@@ -129,12 +116,12 @@ def apply_header(peer: PeerInfo, header: ProxyHeader, policy: ProxyPolicy) -> Pe
             sni=header.authority,
             terminated_by_proxy=True,
         )
+    peer = attrs.evolve(peer, **changes)  # type: ignore[arg-type]
     if policy.use_cn_as_username:
-        if ssl is not None and ssl.cert_verified and ssl.cn:
-            changes["username"] = ssl.cn
-        else:
-            changes["identity_error"] = _why_no_cn(header)
-    return attrs.evolve(peer, **changes)  # type: ignore[arg-type]
+        verified = ssl is not None and ssl.cert_verified
+        cn = None if ssl is None else ssl.cn
+        peer = peer.with_certificate_identity(cn, verified, _why_no_cn(header))
+    return peer
 
 
 def _why_no_cn(header: ProxyHeader) -> str:

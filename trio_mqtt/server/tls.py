@@ -7,7 +7,7 @@ the context for new connections (connections already open keep theirs).
 ``tls_handshake`` wraps a stream (the socket, or what the PROXY preamble left of it) in a
 server-side ``trio.SSLStream``, completes the handshake within a timeout, and returns the
 PeerInfo refined with the TLS facts and, with ``use_identity_as_username``, the username
-taken from the verified client certificate. A failed handshake raises ``TLSRejected``:
+taken from the verified client certificate. A failed handshake raises ``ConnectionRejected``:
 the listener logs it once and counts it; nothing else sees the connection.
 """
 
@@ -24,11 +24,11 @@ import trio
 from trio_mqtt.config import TLSConfig
 from trio_mqtt.errors import ConfigError
 from trio_mqtt.peer import PeerInfo, TLSInfo
+from trio_mqtt.server.rejection import ConnectionRejected
 
 __all__ = [
     "MIN_TLS_VERSION",
     "ServerTLS",
-    "TLSRejected",
     "build_server_context",
     "peer_certificate_cn",
     "tls_handshake",
@@ -36,20 +36,6 @@ __all__ = [
 
 #: TLS 1.0 and 1.1 are deprecated (RFC 8996); every current MQTT client speaks 1.2.
 MIN_TLS_VERSION = ssl.TLSVersion.TLSv1_2
-
-
-class TLSRejected(Exception):
-    """The TLS handshake failed; ``reason`` is the rejection counter key.
-
-    ``level`` is the log level: a peer that just went away (load balancer health checks
-    open and close TCP connections) is INFO, anything else WARNING.
-    """
-
-    def __init__(self, detail: str, *, level: int = logging.WARNING) -> None:
-        super().__init__(detail)
-        self.reason = "tls-handshake"
-        self.detail = detail
-        self.level = level
 
 
 # ----------------------------------------------------------------------------- contexts
@@ -151,7 +137,7 @@ async def tls_handshake(
 
     Returns the SSLStream to speak the next layer over and *peer* with ``tls`` set (and
     ``username`` or ``identity_error`` when the listener uses the certificate identity).
-    Raises TLSRejected if the handshake fails or takes too long.
+    Raises ConnectionRejected if the handshake fails or takes too long.
     """
     ssl_stream = trio.SSLStream(stream, tls.context, server_side=True, https_compatible=False)
     server_names: list[str] = []
@@ -160,12 +146,14 @@ async def tls_handshake(
         with trio.fail_after(handshake_timeout):
             await ssl_stream.do_handshake()
     except trio.TooSlowError:
-        raise TLSRejected(f"no TLS handshake within {handshake_timeout:g}s") from None
+        raise ConnectionRejected(
+            "tls-handshake", f"no TLS handshake within {handshake_timeout:g}s"
+        ) from None
     except trio.BrokenResourceError as exc:
         raise _rejection(exc) from None
     except trio.ClosedResourceError:
-        raise TLSRejected(
-            "connection closed during the TLS handshake", level=logging.INFO
+        raise ConnectionRejected(
+            "tls-handshake", "connection closed during the TLS handshake", level=logging.INFO
         ) from None
     finally:
         _sni_sink.reset(token)
@@ -173,18 +161,24 @@ async def tls_handshake(
     return ssl_stream, apply_tls(peer, info, tls.config)
 
 
-def _rejection(exc: trio.BrokenResourceError) -> TLSRejected:
+def _rejection(exc: trio.BrokenResourceError) -> ConnectionRejected:
     cause = exc.__cause__
     if isinstance(cause, ssl.SSLEOFError) or cause is None:
-        return TLSRejected("connection closed during the TLS handshake", level=logging.INFO)
+        return ConnectionRejected(
+            "tls-handshake", "connection closed during the TLS handshake", level=logging.INFO
+        )
     if isinstance(cause, ssl.SSLError):
         reason = _ssl_reason(cause)
         if cause.reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"):
             reason += " (not a TLS client?)"
-        return TLSRejected(f"TLS handshake failed: {reason}")
+        return ConnectionRejected("tls-handshake", f"TLS handshake failed: {reason}")
     if isinstance(cause, OSError):
-        return TLSRejected(f"connection lost during the TLS handshake: {cause}", level=logging.INFO)
-    return TLSRejected(f"TLS handshake failed: {cause}")
+        return ConnectionRejected(
+            "tls-handshake",
+            f"connection lost during the TLS handshake: {cause}",
+            level=logging.INFO,
+        )
+    return ConnectionRejected("tls-handshake", f"TLS handshake failed: {cause}")
 
 
 def tls_info(ssl_stream: trio.SSLStream[Any], sni: str | None) -> TLSInfo:
@@ -219,13 +213,12 @@ def apply_tls(peer: PeerInfo, info: TLSInfo, config: TLSConfig) -> PeerInfo:
     An identity problem found earlier (e.g. by the PROXY policy) is kept: the CONNECT is
     then refused, whatever the certificate says.
     """
-    changes: dict[str, object] = {"tls": info}
+    peer = attrs.evolve(peer, tls=info)
     if config.use_identity_as_username:
-        if info.peer_verified and info.peer_cn:
-            changes["username"] = info.peer_cn
-        elif peer.identity_error is None:
-            changes["identity_error"] = _why_no_identity(info)
-    return attrs.evolve(peer, **changes)  # type: ignore[arg-type]
+        peer = peer.with_certificate_identity(
+            info.peer_cn, info.peer_verified, _why_no_identity(info)
+        )
+    return peer
 
 
 def _why_no_identity(info: TLSInfo) -> str:

@@ -27,11 +27,11 @@ from wsproto.utilities import LocalProtocolError
 
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.prefixed_stream import take_front
+from trio_mqtt.server.rejection import ConnectionRejected
 
 __all__ = [
     "MAX_UPGRADE_REQUEST_SIZE",
     "MQTT_SUBPROTOCOLS",
-    "WebSocketRejected",
     "WebSocketStream",
     "accept_websocket",
 ]
@@ -58,16 +58,6 @@ _REASONS = {
 }
 
 
-class WebSocketRejected(Exception):
-    """The HTTP upgrade was refused or never completed; ``reason`` is the counter key."""
-
-    def __init__(self, detail: str, *, level: int = logging.WARNING) -> None:
-        super().__init__(detail)
-        self.reason = "ws-upgrade"
-        self.detail = detail
-        self.level = level
-
-
 class _Refusal(Exception):
     """An HTTP error response to send before closing."""
 
@@ -92,7 +82,7 @@ async def accept_websocket(
 ) -> WebSocketStream:
     """Complete the server side of a WebSocket upgrade on *stream* within *upgrade_timeout* seconds.
 
-    Raises WebSocketRejected (after sending an HTTP error when one applies) if the
+    Raises ConnectionRejected (after sending an HTTP error when one applies) if the
     request is not a WebSocket upgrade to *path* that the MQTT subprotocol can serve.
     """
     http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_UPGRADE_REQUEST_SIZE)
@@ -103,12 +93,14 @@ async def accept_websocket(
                 subprotocol = _check_request(request, path)
             except _Refusal as refusal:
                 await _send_refusal(stream, refusal)
-                raise WebSocketRejected(
-                    f"WebSocket upgrade refused ({refusal.status}): {refusal.detail}"
+                raise ConnectionRejected(
+                    "ws-upgrade", f"WebSocket upgrade refused ({refusal.status}): {refusal.detail}"
                 ) from None
             await _send(stream, _switching_protocols(request, subprotocol))
     except trio.TooSlowError:
-        raise WebSocketRejected(f"no WebSocket upgrade within {upgrade_timeout:g}s") from None
+        raise ConnectionRejected(
+            "ws-upgrade", f"no WebSocket upgrade within {upgrade_timeout:g}s"
+        ) from None
     trailing, _closed = http.trailing_data
     connection = Connection(ConnectionType.SERVER, trailing_data=bytes(trailing))
     return WebSocketStream(stream, connection, peer=peer)
@@ -123,7 +115,8 @@ async def _read_request(stream: trio.abc.Stream, http: h11.Connection) -> h11.Re
             event = http.next_event()
         except h11.RemoteProtocolError as exc:
             if eof:
-                raise WebSocketRejected(
+                raise ConnectionRejected(
+                    "ws-upgrade",
                     "connection closed in the middle of the WebSocket upgrade request",
                     level=logging.INFO,
                 ) from None
@@ -135,15 +128,17 @@ async def _read_request(stream: trio.abc.Stream, http: h11.Connection) -> h11.Re
             try:
                 data = await stream.receive_some(size)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise WebSocketRejected(
-                    f"connection lost before the WebSocket upgrade: {exc}", level=logging.INFO
+                raise ConnectionRejected(
+                    "ws-upgrade",
+                    f"connection lost before the WebSocket upgrade: {exc}",
+                    level=logging.INFO,
                 ) from None
             eof = not data
             received += len(data)
             http.receive_data(bytes(data))
         elif isinstance(event, h11.ConnectionClosed):
-            raise WebSocketRejected(
-                "connection closed before the WebSocket upgrade", level=logging.INFO
+            raise ConnectionRejected(
+                "ws-upgrade", "connection closed before the WebSocket upgrade", level=logging.INFO
             )
         elif isinstance(event, h11.Request):
             request = event
@@ -236,7 +231,7 @@ async def _send_refusal(stream: trio.abc.Stream, refusal: _Refusal) -> None:
         *(f"{name}: {value}" for name, value in refusal.headers),
     ]
     response = "\r\n".join(lines).encode() + b"\r\n\r\n" + body
-    with contextlib.suppress(WebSocketRejected):  # the client is gone; the refusal is logged
+    with contextlib.suppress(ConnectionRejected):  # the client is gone; the refusal is logged
         await _send(stream, response)
 
 
@@ -244,8 +239,8 @@ async def _send(stream: trio.abc.Stream, data: bytes) -> None:
     try:
         await stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise WebSocketRejected(
-            f"connection lost during the WebSocket upgrade: {exc}", level=logging.INFO
+        raise ConnectionRejected(
+            "ws-upgrade", f"connection lost during the WebSocket upgrade: {exc}", level=logging.INFO
         ) from None
 
 
