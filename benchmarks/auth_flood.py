@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.brokers import HOST, free_port
-from trio_mqtt.broker.auth import hash_password
+from trio_mqtt.auth import hash_password
 from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import (
     Connack,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from trio_mqtt.broker.auth import (
+from trio_mqtt.auth.passwords import (
     DEFAULT_ITERATIONS,
     MAX_ITERATIONS,
     hash_password,

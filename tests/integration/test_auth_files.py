@@ -18,7 +18,7 @@ import pytest
 import trio
 from rawclient import RawClient
 
-from trio_mqtt.broker.auth import hash_password
+from trio_mqtt.auth import hash_password
 from trio_mqtt.errors import ConfigError
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (

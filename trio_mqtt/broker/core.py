@@ -107,7 +107,11 @@ class ConnectHook(Protocol):
 
 
 class PublishHook(Protocol):
-    """Decides whether a client may publish to a topic: True allows it."""
+    """Decides whether a client may publish to a topic: True allows it.
+
+    ``username`` is the one the client goes by (``PeerInfo.username_for``: the
+    certificate's if the listener took one, else the CONNECT's); so for the other hooks.
+    """
 
     def __call__(
         self, peer: PeerInfo, client_id: str, username: str | None, topic: str

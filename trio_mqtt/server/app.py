@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from trio_mqtt.broker.auth import AuthFiles, install_auth
+from trio_mqtt.auth import AuthFiles, install_auth
 from trio_mqtt.broker.core import (
     BrokerCore,
     ClientSummary,

@@ -1,4 +1,4 @@
-"""Password file and ACL file (trio_mqtt.broker.auth): hashing, loading, matching, hooks.
+"""Password file and ACL file (trio_mqtt.auth): hashing, loading, matching, hooks.
 
 Hash vectors are the published PBKDF2-HMAC-SHA512 test vectors, not our own output.
 Tests hash with a few thousand rounds at most, so the whole file stays fast.
@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import pytest
 
-from trio_mqtt.broker.auth import (
+from trio_mqtt.auth import (
     DEFAULT_ITERATIONS,
     MAX_ITERATIONS,
     Access,

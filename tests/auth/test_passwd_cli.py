@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_mqtt.broker.auth import PasswordFile, PasswordHash
+from trio_mqtt.auth import PasswordFile, PasswordHash
 from trio_mqtt.passwd import main
 
 FAST = ["--iterations", "1000"]

@@ -1,0 +1,1 @@
+"""Tests of authentication and authorization from files."""
