@@ -1,6 +1,6 @@
 """BrokerCore driven through MQTTConnection objects with bytes only: no sockets, no trio.
 
-Each test client is an ``MQTTConnection`` from ``core.open_connection``; it is fed bytes
+Each test client is an ``MQTTConnection`` from ``open_connection``; it is fed bytes
 from our encoder and its output (``data_to_send``) is checked either as raw bytes
 (hand-computed from the spec) or decoded with a client-side ``PacketReader``. Time is a
 mutable float that the tests move forward before calling ``core.tick()``.
@@ -13,7 +13,7 @@ import pytest
 
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
-from trio_mqtt.broker.mqtt_connection import CloseReason, MQTTConnection
+from trio_mqtt.broker.mqtt_connection import CloseReason, MQTTConnection, open_connection
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import (
@@ -63,7 +63,7 @@ class Client:
     def __init__(self, core: BrokerCore, version: ProtocolVersion) -> None:
         self.version = version
         self.wakeups = 0
-        self.conn: MQTTConnection = core.open_connection(PEER, self._on_output)
+        self.conn: MQTTConnection = open_connection(core, PEER, self._on_output)
         self.reader = PacketReader(protocol_version=version, server_side=False)
         self._held: list[Packet] = []  # decoded but not yet returned by packets()
 

@@ -9,6 +9,7 @@ import attrs
 from rawclient import RawClient
 
 from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.mqtt_connection import open_connection
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import (
@@ -103,7 +104,7 @@ class CoreClient:
         self.core = core
         self.version = version
         self.reader = PacketReader(protocol_version=version, server_side=False)
-        self.conn = core.open_connection(PEER, lambda: None)
+        self.conn = open_connection(core, PEER, lambda: None)
         self._held: list[Packet] = []  # decoded after CONNACK by connect(), not yet returned
 
     def send(self, packet: Packet) -> None:

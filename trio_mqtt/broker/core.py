@@ -1,6 +1,6 @@
 """BrokerCore: sessions, routing, retained messages and auth, with no I/O at all.
 
-The core is driven by ``MQTTConnection`` objects (one per network connection) and by
+The core is driven by connections (``ClientConnection``: one per network connection) and by
 the embedding API. Time comes from an injected ``clock`` so that tests can run it
 without a real clock and the trio layer can hand it ``trio.current_time``.
 """
@@ -11,10 +11,16 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import attrs
 
+from trio_mqtt.broker.connection_view import (
+    CONGESTION_HIGH,
+    MAX_IN_FLIGHT,
+    ClientConnection,
+    CloseReason,
+)
 from trio_mqtt.broker.enhanced_auth import (
     AuthContinue,
     Authenticator,
@@ -23,15 +29,7 @@ from trio_mqtt.broker.enhanced_auth import (
     AuthOutcome,
     AuthSuccess,
 )
-from trio_mqtt.broker.message import Message, publish_size
-from trio_mqtt.broker.mqtt_connection import (
-    CONGESTION_HIGH,
-    MAX_IN_FLIGHT,
-    CloseReason,
-    ConnectionState,
-    MQTTConnection,
-    build_will_message,
-)
+from trio_mqtt.broker.message import Message, publish_size, will_message
 from trio_mqtt.broker.retained import RetainedStore
 from trio_mqtt.broker.router import Delivery, Router, SubscriptionOptions
 from trio_mqtt.broker.sessions import (
@@ -45,7 +43,7 @@ from trio_mqtt.broker.sessions import (
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import RemoteProtocolError
-from trio_mqtt.mqtt.codec import DISCONNECT_REASON_CODES, PacketReader
+from trio_mqtt.mqtt.codec import DISCONNECT_REASON_CODES
 from trio_mqtt.mqtt.packets import (
     NO_PROPERTIES,
     Auth,
@@ -61,6 +59,7 @@ from trio_mqtt.mqtt.packets import (
     Subscribe,
     Unsuback,
     Unsubscribe,
+    Will,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.mqtt.topics import parse_shared_filter, validate_topic_filter, validate_topic_name
@@ -172,25 +171,85 @@ class Restored:
 
 
 @attrs.frozen
-class PendingConnect:
-    """A CONNECT waiting for an ``OffloadedCheck``: where to go on once it has run."""
-
-    check: OffloadedCheck
-    hook_name: str
-    connect: Connect
-    plan: _ConnectPlan
-    auth_done: AuthSuccess | None
-    next_hook: int  # the index of the connect hook after the one that offloaded
-
-
-@attrs.frozen
-class _ConnectPlan:
+class ConnectPlan:
     """What CONNECT processing settled before enhanced authentication ran."""
 
     client_id: str
     assigned: str | None  # the Assigned Client Identifier (5.0), if the server chose it
     keep_alive: int
     server_keep_alive: int | None
+
+
+# The core's answers to CONNECT and AUTH: the connection applies them to itself (its
+# state, its packets); the core never sets a connection's fields.
+
+
+@attrs.frozen
+class Accepted:
+    """The CONNECT is accepted: what the connection takes on, and its CONNACK."""
+
+    session: Session
+    client_id: str
+    username: str | None
+    keep_alive: int
+    will: Will | None
+    receive_maximum: int  # QoS 1/2 in flight to the client
+    max_packet_size: int | None  # the client's Maximum Packet Size, if it gave one
+    topic_alias_maximum: int  # aliases we may use towards the client
+    connack: Connack
+    session_present: bool
+    authenticated: Connect | None  # the CONNECT of an enhanced authentication
+
+
+@attrs.frozen
+class Refused:
+    """The CONNECT is refused: CONNACK with ``code``, then close (already logged)."""
+
+    code: ReasonCode
+    why: str
+
+
+@attrs.frozen
+class PendingConnect:
+    """The CONNECT waits for an ``OffloadedCheck``; ``resume_connect`` goes on after it."""
+
+    check: OffloadedCheck
+    hook_name: str
+    connect: Connect
+    plan: ConnectPlan
+    auth_done: AuthSuccess | None
+    next_hook: int  # the index of the connect hook after the one that offloaded
+
+
+@attrs.frozen
+class Challenge:
+    """Enhanced authentication goes on: send ``auth`` (0x18) and wait for the answer.
+
+    ``plan`` is what the CONNECT settled (None when re-authenticating).
+    """
+
+    exchange: AuthExchange
+    plan: ConnectPlan | None
+    auth: Auth
+
+
+@attrs.frozen
+class Reauthenticated:
+    """Re-authentication succeeded: send ``auth`` (0x00)."""
+
+    auth: Auth
+
+
+@attrs.frozen
+class ReauthFailed:
+    """Re-authentication failed: DISCONNECT with ``code``, then close."""
+
+    code: ReasonCode
+    why: str
+
+
+ConnectDecision: TypeAlias = Accepted | Refused | PendingConnect | Challenge
+AuthDecision: TypeAlias = ConnectDecision | Reauthenticated | ReauthFailed
 
 
 @attrs.define(eq=False)
@@ -201,7 +260,7 @@ class BrokerCore:
     retained: RetainedStore[Message] = attrs.Factory(RetainedStore)
     sessions: dict[str, Session] = attrs.Factory(dict)
     # every live connection, CONNECTed or not yet (shutdown closes them all)
-    open_connections: set[MQTTConnection] = attrs.Factory(set)
+    open_connections: set[ClientConnection] = attrs.Factory(set)
     local_subscribers: dict[str, Callable[[Message], None]] = attrs.Factory(dict)
     connect_hooks: list[ConnectHook] = attrs.Factory(list)
     publish_hooks: list[PublishHook] = attrs.Factory(list)
@@ -217,10 +276,10 @@ class BrokerCore:
     records_changes: bool = False
     dirty_sessions: set[str] = attrs.Factory(set)
     dirty_retained: set[str] = attrs.Factory(set)
-    # Flow control (see MQTTConnection): the congested connections routed to since the
+    # Flow control (see mqtt_connection): the congested connections routed to since the
     # publishing connection last took them, and the I/O layer's callback for "a
     # connection stopped being congested" (it wakes the publishers held back).
-    congestion_hits: set[MQTTConnection] = attrs.Factory(set)
+    congestion_hits: set[ClientConnection] = attrs.Factory(set)
     on_relief: Callable[[], None] = _nothing
     # retained topics whose message has an expiry interval (the only ones tick() checks)
     expiring_retained: set[str] = attrs.Factory(set)
@@ -252,7 +311,7 @@ class BrokerCore:
         if self.records_changes:
             self.dirty_retained.add(topic)
 
-    def take_congestion_hits(self) -> set[MQTTConnection]:
+    def take_congestion_hits(self) -> set[ClientConnection]:
         """The congested connections routed to since the last call (and forget them)."""
         hits = self.congestion_hits
         self.congestion_hits = set()
@@ -336,14 +395,11 @@ class BrokerCore:
 
     # ----------------------------------------------------------------- connections
 
-    def open_connection(self, peer: PeerInfo, on_output: Callable[[], None]) -> MQTTConnection:
-        """A new transport is ready: make its protocol state machine."""
-        reader = PacketReader(max_packet_size=self.config.max_packet_size, server_side=True)
-        conn = MQTTConnection(core=self, peer=peer, on_output=on_output, reader=reader)
+    def connection_opened(self, conn: ClientConnection) -> None:
+        """A new transport is ready (``shutdown`` will ask it to close)."""
         self.open_connections.add(conn)
-        return conn
 
-    def connected_clients(self) -> Iterator[MQTTConnection]:
+    def connected_clients(self) -> Iterator[ClientConnection]:
         for session in self.sessions.values():
             if session.connection is not None:
                 yield session.connection
@@ -357,31 +413,32 @@ class BrokerCore:
                 protocol_version=int(conn.version),
                 keep_alive=conn.keep_alive,
                 subscriptions=tuple(self.router.subscriptions_of(conn.client_id)),
-                queued_bytes=0 if conn.session is None else conn.session.queued_bytes,
-                dropped=0 if conn.session is None else conn.session.dropped,
+                queued_bytes=session.queued_bytes,
+                dropped=session.dropped,
             )
-            for conn in self.connected_clients()
+            for session in self.sessions.values()
+            if (conn := session.connection) is not None
         ]
 
-    def _refuse(self, conn: MQTTConnection, connect: Connect, code: ReasonCode, why: str) -> None:
+    def _refuse(self, peer: PeerInfo, connect: Connect, code: ReasonCode, why: str) -> Refused:
         log.info(
             "refused CONNECT from %s (client id %r): %s [%s]",
-            conn.peer.describe(),
+            peer.describe(),
             connect.client_id,
             why,
             code.name,
         )
         self.stats.connects_refused += 1
-        conn._send(Connack(reason_code=code))
-        conn._close(CloseReason.CONNECT_REFUSED, why)
+        return Refused(code, why)
 
-    def handle_connect(self, conn: MQTTConnection, connect: Connect) -> None:
+    def handle_connect(self, conn: ClientConnection, connect: Connect) -> ConnectDecision:
+        """A CONNECT: accepted, refused, or waiting (AUTH exchange, offloaded check)."""
         config = self.config
         version = connect.protocol_version
         v5 = version is ProtocolVersion.V5
 
-        def refuse(code: ReasonCode, why: str) -> None:
-            self._refuse(conn, connect, code, why)
+        def refuse(code: ReasonCode, why: str) -> Refused:
+            return self._refuse(conn.peer, connect, code, why)
 
         # Client identifier rules [MQTT-3.1.3-7], [MQTT-3.1.3-8], 5.0 3.1.3.1.
         client_id = connect.client_id
@@ -392,30 +449,26 @@ class BrokerCore:
             elif version is ProtocolVersion.V311 and connect.clean_start:
                 client_id = f"auto-{uuid.uuid4()}"
             else:
-                refuse(
+                return refuse(
                     ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
                     "empty client id needs clean session (3.1.1) or MQTT 5",
                 )
-                return
         if connect.will is not None:
             try:
                 validate_topic_name(connect.will.topic)
             except RemoteProtocolError as exc:
-                refuse(ReasonCode.TOPIC_NAME_INVALID, f"will topic: {exc}")
-                return
+                return refuse(ReasonCode.TOPIC_NAME_INVALID, f"will topic: {exc}")
             if connect.will.retain and not config.retain_available:
-                refuse(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain but retain unavailable")
-                return
+                return refuse(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain but retain unavailable")
         props = connect.properties
         authenticator: Authenticator | None = None
         if v5 and props.authentication_method is not None:
             authenticator = self.authenticators.get(props.authentication_method)
             if authenticator is None:
-                refuse(
+                return refuse(
                     ReasonCode.BAD_AUTHENTICATION_METHOD,
                     f"authentication method {props.authentication_method!r} is not supported",
                 )
-                return
 
         # Keep alive: 5.0 clients are told the server's value; older ones cannot be, so
         # a value above max_keepalive (0 counts as infinite) is refused.
@@ -426,35 +479,37 @@ class BrokerCore:
             if v5:
                 server_keep_alive = keep_alive = config.max_keepalive
             else:
-                refuse(
+                return refuse(
                     ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
                     f"keep alive {connect.keep_alive} above max_keepalive {config.max_keepalive}",
                 )
-                return
 
         if conn.peer.identity_error is not None:
-            refuse(ReasonCode.NOT_AUTHORIZED, conn.peer.identity_error)
-            return
-        plan = _ConnectPlan(client_id, assigned, keep_alive, server_keep_alive)
+            return refuse(ReasonCode.NOT_AUTHORIZED, conn.peer.identity_error)
+        plan = ConnectPlan(client_id, assigned, keep_alive, server_keep_alive)
         if authenticator is not None:
             exchange = AuthExchange(authenticator, connect)
-            self._auth_outcome(conn, exchange, plan, authenticator.start(conn.peer, connect))
-            return
-        self._accept_connect(conn, connect, plan, None)
+            decision = self._auth_outcome(
+                conn, exchange, plan, authenticator.start(conn.peer, connect)
+            )
+            assert not isinstance(decision, Reauthenticated | ReauthFailed)  # not re-authenticating
+            return decision
+        return self._accept_connect(conn, connect, plan, None)
 
     def _accept_connect(
         self,
-        conn: MQTTConnection,
+        conn: ClientConnection,
         connect: Connect,
-        plan: _ConnectPlan,
+        plan: ConnectPlan,
         auth_done: AuthSuccess | None,
         first_hook: int = 0,
-    ) -> None:
+    ) -> ConnectDecision:
         """The rest of CONNECT, once enhanced authentication (if any) has succeeded.
 
-        A connect hook may answer with an ``OffloadedCheck``; the connection then waits
-        for it (``MQTTConnection.pending_check``) and ``resume_connect`` comes back here
-        at the next hook (``first_hook``).
+        A connect hook may answer with an ``OffloadedCheck``; the CONNECT then waits for
+        it (``PendingConnect``) and ``resume_connect`` comes back here at the next hook
+        (``first_hook``). Accepting attaches ``conn`` to the session (taking it over from
+        another connection if needed); the connection applies the rest (``Accepted``).
         """
         config = self.config
         version = connect.protocol_version
@@ -463,26 +518,21 @@ class BrokerCore:
         client_id = plan.client_id
         keep_alive = plan.keep_alive
 
-        def refuse(code: ReasonCode, why: str) -> None:
-            self._refuse(conn, connect, code, why)
+        def refuse(code: ReasonCode, why: str) -> Refused:
+            return self._refuse(conn.peer, connect, code, why)
 
-        # Authentication: the certificate-derived username, when the listener set one,
-        # overrides whatever the client sent; the CONNECT username is never trusted with it.
         username = conn.peer.username_for(connect.username)
         if username is None and not config.allow_anonymous and auth_done is None:
-            refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is disabled")
-            return
+            return refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is disabled")
         hooks = self.connect_hooks
         for index in range(first_hook, len(hooks)):
             hook = hooks[index]
             name = getattr(hook, "__name__", type(hook).__name__)
             code = hook(conn.peer, connect)
             if isinstance(code, OffloadedCheck):
-                conn.wait_for_check(PendingConnect(code, name, connect, plan, auth_done, index + 1))
-                return
+                return PendingConnect(code, name, connect, plan, auth_done, index + 1)
             if code is not None and code.is_error:
-                refuse(code, f"refused by {name}")
-                return
+                return refuse(code, f"refused by {name}")
 
         # Session: takeover, resume or start fresh.
         now = self.now()
@@ -495,7 +545,8 @@ class BrokerCore:
                 conn.peer.describe(),
                 old.peer.describe(),
             )
-            self._detach(old, existing, CloseReason.TAKEN_OVER, publish_will=True)
+            will = old.release_session()
+            self._detach(existing, will, old.peer, CloseReason.TAKEN_OVER)
             old.request_close(CloseReason.TAKEN_OVER, ReasonCode.SESSION_TAKEN_OVER)
             existing = self.sessions.get(client_id)
         if existing is not None and existing.expires_at is not None and existing.expires_at <= now:
@@ -533,30 +584,14 @@ class BrokerCore:
         session.connection = conn
         self.session_changed(client_id)
 
-        conn.state = ConnectionState.CONNECTED
-        conn.auth_plan = None
-        if auth_done is not None:
-            conn.auth_connect = connect  # re-authentication goes by its method
-        conn.session = session
-        conn.client_id = client_id
-        conn.username = username
-        conn.keep_alive = keep_alive
-        conn.will = connect.will
         # In flight to the client: at most its Receive Maximum (5.0) and, if set,
         # max_inflight_messages. Our receive_maximum is what it may send us. By default a
         # client is bounded by its queue budget, not by a count: a fixed window makes a
         # fast client slow (at most that many messages per round trip).
         in_flight = config.max_inflight_messages or MAX_IN_FLIGHT
-        if v5:
-            conn.client_receive_maximum = min(props.receive_maximum or MAX_IN_FLIGHT, in_flight)
-            if props.maximum_packet_size is not None:
-                conn.client_max_packet_size = props.maximum_packet_size
-            conn.client_topic_alias_maximum = props.topic_alias_maximum or 0
-        else:
-            conn.client_receive_maximum = in_flight
-
         connack_props = NO_PROPERTIES
         if v5:
+            in_flight = min(props.receive_maximum or MAX_IN_FLIGHT, in_flight)
             connack_props = Properties(
                 assigned_client_identifier=plan.assigned,
                 server_keep_alive=plan.server_keep_alive,
@@ -572,7 +607,6 @@ class BrokerCore:
                 subscription_identifier_available=1,
                 shared_subscription_available=1,
             )
-        conn._send(Connack(session_present=session_present, properties=connack_props))
         self.stats.connects += 1
         log.info(
             "connected %s client_id=%r username=%r protocol=%s keepalive=%d clean=%s "
@@ -586,77 +620,83 @@ class BrokerCore:
             session_present,
             conn.peer.listener,
         )
-        if session_present:
-            conn.resend_inflight(session)
+        return Accepted(
+            session=session,
+            client_id=client_id,
+            username=username,
+            keep_alive=keep_alive,
+            will=connect.will,
+            receive_maximum=in_flight,
+            max_packet_size=props.maximum_packet_size if v5 else None,
+            topic_alias_maximum=(props.topic_alias_maximum or 0) if v5 else 0,
+            connack=Connack(session_present=session_present, properties=connack_props),
+            session_present=session_present,
+            authenticated=None if auth_done is None else connect,
+        )
 
     def resume_connect(
-        self, conn: MQTTConnection, pending: PendingConnect, code: ReasonCode | None
-    ) -> None:
+        self, conn: ClientConnection, pending: PendingConnect, code: ReasonCode | None
+    ) -> ConnectDecision:
         """An offloaded check of ``pending`` answered ``code``: refuse, or go on."""
         if code is not None and code.is_error:
-            self._refuse(conn, pending.connect, code, f"refused by {pending.hook_name}")
-            return
-        self._accept_connect(
+            return self._refuse(conn.peer, pending.connect, code, f"refused by {pending.hook_name}")
+        return self._accept_connect(
             conn, pending.connect, pending.plan, pending.auth_done, pending.next_hook
         )
 
     def _auth_outcome(
         self,
-        conn: MQTTConnection,
+        conn: ClientConnection,
         exchange: AuthExchange,
-        plan: _ConnectPlan | None,
+        plan: ConnectPlan | None,
         outcome: AuthOutcome,
-    ) -> None:
-        """Act on what an authenticator said: AUTH 0x18, accept, or refuse."""
+    ) -> AuthDecision:
+        """What an authenticator said, as a decision: AUTH 0x18, accept, or refuse."""
         method = exchange.authenticator.method
         connect = exchange.connect
         match outcome:
             case AuthContinue(data=data, state=state):
                 exchange.state = state
-                conn.auth_exchange = exchange
-                if plan is not None:
-                    conn.auth_plan = plan
-                    conn.state = ConnectionState.AUTHENTICATING
-                conn._send(
-                    Auth(
-                        ReasonCode.CONTINUE_AUTHENTICATION,
-                        Properties(authentication_method=method, authentication_data=data),
-                    )
+                auth = Auth(
+                    ReasonCode.CONTINUE_AUTHENTICATION,
+                    Properties(authentication_method=method, authentication_data=data),
                 )
+                return Challenge(exchange, plan, auth)
             case AuthSuccess():
-                conn.auth_exchange = None
                 if exchange.reauthentication:
                     log.info("client %r re-authenticated (%s)", conn.client_id, method)
-                    conn._send(
-                        Auth(
-                            ReasonCode.SUCCESS,
-                            Properties(
-                                authentication_method=method, authentication_data=outcome.data
-                            ),
-                        )
+                    props = Properties(
+                        authentication_method=method, authentication_data=outcome.data
                     )
-                else:
-                    assert plan is not None
-                    conn.state = ConnectionState.AWAIT_CONNECT  # as before CONNECT completes
-                    self._accept_connect(conn, connect, plan, outcome)
+                    return Reauthenticated(Auth(ReasonCode.SUCCESS, props))
+                assert plan is not None
+                return self._accept_connect(conn, connect, plan, outcome)
             case AuthFailure(reason_code=code, reason=why):
-                conn.auth_exchange = None
                 if exchange.reauthentication:
                     log.info("re-authentication of %r failed: %s", conn.client_id, why)
                     if code not in DISCONNECT_REASON_CODES:  # e.g. 0x86: CONNACK only
                         code = ReasonCode.NOT_AUTHORIZED
-                    conn._send_disconnect(code, why)
-                    conn._close(CloseReason.PROTOCOL_ERROR, f"re-authentication failed: {why}")
-                else:
-                    self._refuse(conn, connect, code, why)
+                    return ReauthFailed(code, why)
+                return self._refuse(conn.peer, connect, code, why)
+        raise AssertionError(f"not an AuthOutcome: {outcome!r}")  # pragma: no cover
 
-    def handle_auth(self, conn: MQTTConnection, packet: Auth) -> None:
-        """An AUTH from the client: a step of an exchange, or a re-authentication request."""
+    def handle_auth(
+        self,
+        conn: ClientConnection,
+        packet: Auth,
+        exchange: AuthExchange | None,
+        plan: ConnectPlan | None,
+        authenticated: Connect | None,
+    ) -> AuthDecision:
+        """An AUTH from the client: a step of ``exchange``, or a re-authentication request.
+
+        ``plan`` is set while a CONNECT waits for the exchange; ``authenticated`` is the
+        CONNECT that authenticated the connection (None: no enhanced authentication, so
+        no re-authentication either).
+        """
         props = packet.properties
-        exchange = conn.auth_exchange
-        if conn.state is ConnectionState.CONNECTED and exchange is None:
-            first = conn.auth_connect
-            if first is None:
+        if exchange is None and plan is None:
+            if authenticated is None:
                 # 5.0 section 4.12: only a CONNECT with an Authentication Method allows AUTH
                 raise RemoteProtocolError(
                     "AUTH without an authentication method in CONNECT", ReasonCode.PROTOCOL_ERROR
@@ -666,17 +706,18 @@ class BrokerCore:
                     f"AUTH {packet.reason_code:#04x} outside an authentication exchange",
                     ReasonCode.PROTOCOL_ERROR,
                 )
-            self._check_auth_method(first, props.authentication_method)
-            authenticator = self.authenticators[first.properties.authentication_method or ""]
+            self._check_auth_method(authenticated, props.authentication_method)
+            authenticator = self.authenticators[
+                authenticated.properties.authentication_method or ""
+            ]
             again = attrs.evolve(
-                first,
+                authenticated,
                 properties=attrs.evolve(
-                    first.properties, authentication_data=props.authentication_data
+                    authenticated.properties, authentication_data=props.authentication_data
                 ),
             )
             exchange = AuthExchange(authenticator, again, reauthentication=True)
-            self._auth_outcome(conn, exchange, None, authenticator.start(conn.peer, again))
-            return
+            return self._auth_outcome(conn, exchange, None, authenticator.start(conn.peer, again))
         if exchange is None or packet.reason_code != ReasonCode.CONTINUE_AUTHENTICATION:
             raise RemoteProtocolError(
                 f"AUTH {packet.reason_code:#04x} is not a continuation of the exchange",
@@ -684,8 +725,8 @@ class BrokerCore:
             )
         self._check_auth_method(exchange.connect, props.authentication_method)
         outcome = exchange.authenticator.step(conn.peer, exchange.state, props.authentication_data)
-        self._auth_outcome(
-            conn, exchange, None if exchange.reauthentication else conn.auth_plan, outcome
+        return self._auth_outcome(
+            conn, exchange, None if exchange.reauthentication else plan, outcome
         )
 
     @staticmethod
@@ -698,7 +739,8 @@ class BrokerCore:
                 ReasonCode.PROTOCOL_ERROR,
             )
 
-    def handle_disconnect(self, conn: MQTTConnection, session: Session, packet: Disconnect) -> None:
+    def handle_disconnect(self, session: Session, packet: Disconnect) -> None:
+        """A DISCONNECT's effect on the session (its expiry); the connection closes itself."""
         props = packet.properties
         if props.session_expiry_interval is not None:
             if session.expiry_interval == 0 and props.session_expiry_interval != 0:
@@ -710,13 +752,17 @@ class BrokerCore:
             session.expiry_interval = min(
                 props.session_expiry_interval, self.config.max_session_expiry
             )
-        if packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE:
-            conn.will = None  # [MQTT-3.1.2-10]: a normal DISCONNECT discards the will
-        conn._close(CloseReason.CLIENT_DISCONNECT, f"reason {packet.reason_code:#04x}")
 
-    def connection_closed(self, conn: MQTTConnection, reason: CloseReason, detail: str) -> None:
-        """Called once by a connection that had been CONNECTED when it closes."""
-        session = conn.session
+    def connection_closed(
+        self,
+        conn: ClientConnection,
+        session: Session | None,
+        will: Will | None,
+        reason: CloseReason,
+        detail: str,
+    ) -> None:
+        """A connection that had been CONNECTED closed: it left ``session`` and ``will``."""
+        self.open_connections.discard(conn)
         log.info(
             "disconnected %s client_id=%r reason=%s%s",
             conn.peer.describe(),
@@ -727,21 +773,21 @@ class BrokerCore:
         self.stats.disconnects += 1
         if session is None or session.connection is not conn:
             return  # already detached (session taken over)
-        self._detach(conn, session, reason, publish_will=conn.will is not None)
+        self._detach(session, will, conn.peer, reason)
+
+    def connection_gone(self, conn: ClientConnection) -> None:
+        """A connection that never got CONNECTED closed."""
+        self.open_connections.discard(conn)
 
     def _detach(
-        self, conn: MQTTConnection, session: Session, reason: CloseReason, *, publish_will: bool
+        self, session: Session, will: Will | None, peer: PeerInfo, reason: CloseReason
     ) -> None:
+        """The session's connection is gone: its will, then expiry or the end of it."""
         now = self.now()
         session.connection = None
-        conn.session = None
-        if conn.congested:
-            conn.update_congestion()  # without a session it is not: wake who waited
         self.session_changed(session.client_id)
-        will = conn.will
-        conn.will = None
-        if will is not None and publish_will:
-            message = build_will_message(will, conn.client_id, conn.peer, now)
+        if will is not None:
+            message = will_message(will, session.client_id, peer, now)
             delay = will.properties.will_delay_interval or 0
             if delay > 0 and session.expiry_interval > 0:
                 session.delayed_will = message
@@ -800,12 +846,15 @@ class BrokerCore:
 
     # --------------------------------------------------------------------- publish
 
-    def handle_publish(self, conn: MQTTConnection, session: Session, packet: Publish) -> None:
+    def handle_publish(
+        self, conn: ClientConnection, session: Session, packet: Publish
+    ) -> Puback | Pubrec | None:
+        """A PUBLISH: route it; the acknowledgement for the connection to send, if any."""
         props = packet.properties
         topic = packet.topic
         if props is not NO_PROPERTIES:  # the per-PUBLISH cost of 5.0 properties: only if any
             if props.topic_alias is not None:
-                topic = self._resolve_topic_alias(conn, topic, props.topic_alias)
+                topic = conn.resolve_topic_alias(topic, props.topic_alias)
                 props = attrs.evolve(props, topic_alias=None)  # per hop, never stored
             if props.subscription_identifiers:
                 raise RemoteProtocolError(
@@ -830,8 +879,7 @@ class BrokerCore:
 
         if qos == 2:
             if packet_id in session.inflight_in:
-                conn._send(Pubrec(packet_id))  # duplicate of a QoS 2 message we already have
-                return
+                return Pubrec(packet_id)  # duplicate of a QoS 2 message we already have
             if v5 and len(session.inflight_in) >= self.config.receive_maximum:
                 raise RemoteProtocolError(
                     f"more than Receive Maximum ({self.config.receive_maximum}) QoS 2 "
@@ -867,39 +915,12 @@ class BrokerCore:
                 code = ReasonCode.NO_MATCHING_SUBSCRIBERS
 
         if packet_id is None:
-            return
+            return None
         if qos == 1:
-            conn._send(Puback(packet_id, code))
-        else:
-            if not code.is_error:
-                session.inflight_in.add(packet_id)
-            conn._send(Pubrec(packet_id, code))
-
-    def _resolve_topic_alias(self, conn: MQTTConnection, topic: str, alias: int) -> str:
-        """Apply a Topic Alias of an incoming PUBLISH; returns the topic it stands for.
-
-        A PUBLISH with a topic name (re)binds the alias on this connection; one with an
-        empty topic name uses the binding [MQTT-3.3.2-12]. Aliases live only as long as
-        the network connection (5.0 section 3.3.2.3.4).
-        """
-        maximum = self.config.topic_alias_maximum
-        if not 1 <= alias <= maximum:
-            # [MQTT-3.3.2-8] (0 is not permitted), [MQTT-3.3.2-9] (above our maximum)
-            raise RemoteProtocolError(
-                f"Topic Alias {alias} is outside 1..{maximum}",
-                ReasonCode.TOPIC_ALIAS_INVALID,
-            )
-        if topic:
-            validate_topic_name(topic)
-            conn.inbound_topic_aliases[alias] = topic
-            return topic
-        bound = conn.inbound_topic_aliases.get(alias)
-        if bound is None:
-            raise RemoteProtocolError(
-                f"empty topic name with Topic Alias {alias}, which this connection never set",
-                ReasonCode.PROTOCOL_ERROR,
-            )
-        return bound
+            return Puback(packet_id, code)
+        if not code.is_error:
+            session.inflight_in.add(packet_id)
+        return Pubrec(packet_id, code)
 
     def publish(self, message: Message) -> int:
         """Route a message to every matching subscriber; store it if retained.
@@ -1059,7 +1080,10 @@ class BrokerCore:
 
     # ------------------------------------------------------------------- subscribe
 
-    def handle_subscribe(self, conn: MQTTConnection, session: Session, packet: Subscribe) -> None:
+    def handle_subscribe(
+        self, conn: ClientConnection, session: Session, packet: Subscribe
+    ) -> Suback:
+        """A SUBSCRIBE: subscribe (queueing the retained messages owed); the SUBACK."""
         v5 = conn.version is ProtocolVersion.V5
         sub_id: int | None = None
         if packet.properties.subscription_identifiers:
@@ -1098,12 +1122,9 @@ class BrokerCore:
                 request.retain_handling == 0 or (request.retain_handling == 1 and not existed)
             ):
                 retained_to_send.append((request.topic_filter, request.qos, options))
-        conn._send(Suback(packet.packet_id, tuple(codes)))
-        queued = False
         for topic_filter, qos, options in retained_to_send:
-            queued = self._queue_retained(session, topic_filter, qos, options) or queued
-        if queued:
-            conn.on_output()
+            self._queue_retained(session, topic_filter, qos, options)
+        return Suback(packet.packet_id, tuple(codes))
 
     def _queue_retained(
         self, session: Session, topic_filter: str, qos: int, options: SubscriptionOptions
@@ -1126,9 +1147,8 @@ class BrokerCore:
         session.append_replay(RetainedReplay(messages, qos, ids))
         return True
 
-    def handle_unsubscribe(
-        self, conn: MQTTConnection, session: Session, packet: Unsubscribe
-    ) -> None:
+    def handle_unsubscribe(self, session: Session, packet: Unsubscribe) -> Unsuback:
+        """An UNSUBSCRIBE: unsubscribe; the UNSUBACK for the connection to send."""
         codes: list[int] = []
         for topic_filter in packet.topic_filters:
             try:
@@ -1138,7 +1158,7 @@ class BrokerCore:
                 continue
             existed = self.router.unsubscribe(session.client_id, topic_filter)
             codes.append(ReasonCode.SUCCESS if existed else ReasonCode.NO_SUBSCRIPTION_EXISTED)
-        conn._send(Unsuback(packet.packet_id, tuple(codes)))
+        return Unsuback(packet.packet_id, tuple(codes))
 
     # ------------------------------------------------------------ in-process clients
 

@@ -7,7 +7,7 @@ import contextlib
 import attrs
 
 from trio_mqtt.errors import LocalProtocolError
-from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
+from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties, Will
 from trio_mqtt.mqtt.properties import PropertyContext, encode_properties
 from trio_mqtt.peer import LOCAL_PEER, PeerInfo
 
@@ -57,3 +57,20 @@ def publish_size(message: Message) -> int:
         with contextlib.suppress(LocalProtocolError):
             size += len(encode_properties(properties, PropertyContext.PUBLISH, "PUBLISH"))
     return size
+
+
+def will_message(will: Will, client_id: str, peer: PeerInfo, now: float) -> Message:
+    """The message a will becomes when it is published (its delay is not forwarded)."""
+    props = will.properties
+    if props.will_delay_interval is not None:
+        props = attrs.evolve(props, will_delay_interval=None)
+    return Message(
+        topic=will.topic,
+        payload=will.payload,
+        qos=will.qos,
+        retain=will.retain,
+        properties=props,
+        publisher=client_id,
+        peer=peer,
+        created=now,
+    )

@@ -22,11 +22,28 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import attrs
 
-from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.connection_view import (
+    CONGESTION_HIGH,
+    CONGESTION_LOW,
+    MAX_IN_FLIGHT,
+    ClientConnection,
+    CloseReason,
+)
+from trio_mqtt.broker.core import (
+    Accepted,
+    AuthDecision,
+    BrokerCore,
+    Challenge,
+    ConnectPlan,
+    PendingConnect,
+    Reauthenticated,
+    ReauthFailed,
+    Refused,
+)
+from trio_mqtt.broker.enhanced_auth import AuthExchange
 from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, Session
 from trio_mqtt.errors import RemoteProtocolError
 from trio_mqtt.mqtt.codec import (
@@ -57,25 +74,13 @@ from trio_mqtt.mqtt.packets import (
     Will,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
+from trio_mqtt.mqtt.topics import validate_topic_name
 from trio_mqtt.peer import PeerInfo
-
-if TYPE_CHECKING:
-    from trio_mqtt.broker.core import BrokerCore, PendingConnect, _ConnectPlan
-    from trio_mqtt.broker.enhanced_auth import AuthExchange
 
 log = logging.getLogger("trio_mqtt.connection")
 
 # Upper bound of one data_to_send() batch; keeps a writer's buffer bounded.
 MAX_BATCH_BYTES = 256 * 1024
-# A connection is congested above CONGESTION_HIGH bytes queued for a writer that could
-# send them, and stays so until they are below CONGESTION_LOW. High enough that a read of
-# a few publishers fits without holding anyone back, low enough that what waits is a few
-# milliseconds of work (see docs/configuration.md, "Queues and flow control").
-CONGESTION_HIGH = 512 * 1024
-CONGESTION_LOW = 256 * 1024
-# The largest packet identifier: clients without a Receive Maximum of their own (3.1.1,
-# or 5.0 without the property) can have this many QoS 1/2 messages in flight.
-MAX_IN_FLIGHT = 65535
 # Topics whose read access one connection remembers (then it starts again).
 READ_CACHE_SIZE = 4096
 
@@ -89,18 +94,6 @@ class ConnectionState(enum.Enum):
 
 
 _V5 = ProtocolVersion.V5
-
-
-class CloseReason(enum.Enum):
-    """Why the server side ends a connection (drives logging and the will)."""
-
-    CLIENT_DISCONNECT = "client sent DISCONNECT"
-    PROTOCOL_ERROR = "protocol error"
-    KEEPALIVE_TIMEOUT = "keep alive timeout"
-    CONNECT_REFUSED = "CONNECT refused"
-    TAKEN_OVER = "session taken over"
-    SHUTDOWN = "server shutting down"
-    TRANSPORT_CLOSED = "connection lost"
 
 
 @attrs.define(eq=False)
@@ -129,7 +122,7 @@ class MQTTConnection:
     # enhanced authentication (5.0): the exchange under way, what CONNECT settled before
     # it, and the CONNECT that authenticated (re-authentication uses its method)
     auth_exchange: AuthExchange | None = None
-    auth_plan: _ConnectPlan | None = None
+    auth_plan: ConnectPlan | None = None
     auth_connect: Connect | None = None
     packets_received: int = 0  # complete Control Packets (the keep-alive timer counts these)
     close_reason: CloseReason | None = None
@@ -142,7 +135,7 @@ class MQTTConnection:
     _transport_blocked: bool = False
     _window_full: bool = False
     # congested connections this one published to in its last read (held_back())
-    _held_back_by: set[MQTTConnection] | None = None
+    _held_back_by: set[ClientConnection] | None = None
     # what was already logged about this connection (log once, not per packet)
     _logged: frozenset[str] = frozenset()  # replaced, not grown: most stay empty
     # a CONNECT waiting for an offloaded check, and the packets that came after it (3.1.1
@@ -213,10 +206,51 @@ class MQTTConnection:
             except RemoteProtocolError as exc:
                 self._protocol_error(exc.reason_code, str(exc))
 
-    def wait_for_check(self, pending: PendingConnect) -> None:
-        """The core offloaded a check of this CONNECT: wait for it (see ``check_done``)."""
-        self.state = ConnectionState.CHECKING
-        self.pending_check = pending
+    def _apply(self, decision: AuthDecision) -> None:
+        """Take on what the core decided about a CONNECT or AUTH: state, then packets."""
+        match decision:
+            case Accepted():
+                self._connected(decision)
+            case Refused(code=code, why=why):
+                self.auth_exchange = None
+                self._send(Connack(reason_code=code))
+                self._close(CloseReason.CONNECT_REFUSED, why)
+            case PendingConnect():
+                # an offloaded check (a password hash): see check_done
+                self.state = ConnectionState.CHECKING
+                self.pending_check = decision
+            case Challenge(exchange=exchange, plan=plan, auth=auth):
+                self.auth_exchange = exchange
+                if plan is not None:
+                    self.auth_plan = plan
+                    self.state = ConnectionState.AUTHENTICATING
+                self._send(auth)
+            case Reauthenticated(auth=auth):
+                self.auth_exchange = None
+                self._send(auth)
+            case ReauthFailed(code=code, why=why):
+                self.auth_exchange = None
+                self._send_disconnect(code, why)
+                self._close(CloseReason.PROTOCOL_ERROR, f"re-authentication failed: {why}")
+
+    def _connected(self, accepted: Accepted) -> None:
+        self.state = ConnectionState.CONNECTED
+        self.auth_exchange = None
+        self.auth_plan = None
+        if accepted.authenticated is not None:
+            self.auth_connect = accepted.authenticated  # re-authentication goes by it
+        self.session = accepted.session
+        self.client_id = accepted.client_id
+        self.username = accepted.username
+        self.keep_alive = accepted.keep_alive
+        self.will = accepted.will
+        self.client_receive_maximum = accepted.receive_maximum
+        if accepted.max_packet_size is not None:
+            self.client_max_packet_size = accepted.max_packet_size
+        self.client_topic_alias_maximum = accepted.topic_alias_maximum
+        self._send(accepted.connack)
+        if accepted.session_present:
+            self.resend_inflight(accepted.session)
 
     def check_done(self, code: ReasonCode | None) -> None:
         """The server layer ran ``pending_check.check.work``, which answered ``code``.
@@ -228,7 +262,7 @@ class MQTTConnection:
         if pending is None or self.wants_close or self.state is not ConnectionState.CHECKING:
             return  # timed out or closed meanwhile: nothing to say any more
         self.state = ConnectionState.AWAIT_CONNECT  # as before CONNECT completes
-        self.core.resume_connect(self, pending, code)
+        self._apply(self.core.resume_connect(self, pending, code))
         held, self._held_packets = list(self._held_packets), ()
         hits = self.core.congestion_hits
         if hits:
@@ -356,6 +390,44 @@ class MQTTConnection:
         self._send_disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
         self._close(CloseReason.KEEPALIVE_TIMEOUT, f"no packet for {self.idle_timeout:g}s")
 
+    def release_session(self) -> Will | None:
+        """Another connection takes the session over: let go of it; the will, if any.
+
+        This connection closes soon after (``request_close``); until then it handles
+        nothing more for the session.
+        """
+        will, self.will = self.will, None
+        self.session = None
+        if self.congested:
+            self.update_congestion()  # without a session it is not: wake who waited
+        return will
+
+    def resolve_topic_alias(self, topic: str, alias: int) -> str:
+        """Apply a Topic Alias of an incoming PUBLISH; returns the topic it stands for.
+
+        A PUBLISH with a topic name (re)binds the alias on this connection; one with an
+        empty topic name uses the binding [MQTT-3.3.2-12]. Aliases live only as long as
+        the network connection (5.0 section 3.3.2.3.4).
+        """
+        maximum = self.core.config.topic_alias_maximum
+        if not 1 <= alias <= maximum:
+            # [MQTT-3.3.2-8] (0 is not permitted), [MQTT-3.3.2-9] (above our maximum)
+            raise RemoteProtocolError(
+                f"Topic Alias {alias} is outside 1..{maximum}",
+                ReasonCode.TOPIC_ALIAS_INVALID,
+            )
+        if topic:
+            validate_topic_name(topic)
+            self.inbound_topic_aliases[alias] = topic
+            return topic
+        bound = self.inbound_topic_aliases.get(alias)
+        if bound is None:
+            raise RemoteProtocolError(
+                f"empty topic name with Topic Alias {alias}, which this connection never set",
+                ReasonCode.PROTOCOL_ERROR,
+            )
+        return bound
+
     def request_close(self, reason: CloseReason, code: ReasonCode, detail: str = "") -> None:
         """Server-initiated close (takeover, shutdown): DISCONNECT on 5.0, then close."""
         if self.close_reason is not None:
@@ -369,15 +441,19 @@ class MQTTConnection:
         """The transport is gone (or we closed it). Idempotent."""
         if self.state is ConnectionState.CLOSED:
             return
-        self.core.open_connections.discard(self)
         was_connected = self.state is ConnectionState.CONNECTED
         self.state = ConnectionState.CLOSED
         self._held_back_by = None
         if self.congested:
             self.update_congestion()  # CLOSED is never congested: wake who waited for it
+        if not was_connected:
+            self.core.connection_gone(self)
+            return
+        # the session stays readable here (``session`` is kept once CLOSED); the will
+        # goes to the core, which publishes or delays it
+        will, self.will = self.will, None
         reason = self.close_reason or CloseReason.TRANSPORT_CLOSED
-        if was_connected:
-            self.core.connection_closed(self, reason, self.close_detail)
+        self.core.connection_closed(self, self.session, will, reason, self.close_detail)
 
     # ------------------------------------------------------------------ internals
 
@@ -435,7 +511,9 @@ class MQTTConnection:
         # The hot path first. A connection has a session only once CONNECTED (it keeps it
         # when CLOSED), the states where every PUBLISH goes to the core.
         if session is not None and type(packet) is Publish:
-            self.core.handle_publish(self, session, packet)
+            ack = self.core.handle_publish(self, session, packet)
+            if ack is not None:
+                self._send(ack)
             return
         if self.state is ConnectionState.AWAIT_CONNECT:
             if not isinstance(packet, Connect):
@@ -444,12 +522,12 @@ class MQTTConnection:
                     ReasonCode.PROTOCOL_ERROR,
                 )
             self.version = packet.protocol_version
-            self.core.handle_connect(self, packet)
+            self._apply(self.core.handle_connect(self, packet))
             return
         if self.state is ConnectionState.AUTHENTICATING:
             # until CONNACK only AUTH and DISCONNECT may come (5.0 section 4.12)
             if isinstance(packet, Auth):
-                self.core.handle_auth(self, packet)
+                self._handle_auth(packet)
             elif isinstance(packet, Disconnect):
                 self._close(CloseReason.CLIENT_DISCONNECT, "during authentication")
             else:
@@ -486,15 +564,20 @@ class MQTTConnection:
             case Pubcomp(packet_id=pid):
                 self._acked(session, pid, OutboundState.AWAIT_PUBCOMP)
             case Subscribe():
-                self.core.handle_subscribe(self, session, packet)
+                self._send(self.core.handle_subscribe(self, session, packet))
+                if session.pending:  # retained messages owed to the new subscriptions
+                    self.on_output()
             case Unsubscribe():
-                self.core.handle_unsubscribe(self, session, packet)
+                self._send(self.core.handle_unsubscribe(session, packet))
             case Pingreq():
                 self._send(Pingresp())
             case Disconnect():
-                self.core.handle_disconnect(self, session, packet)
+                self.core.handle_disconnect(session, packet)
+                if packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE:
+                    self.will = None  # [MQTT-3.1.2-10]: a normal DISCONNECT discards the will
+                self._close(CloseReason.CLIENT_DISCONNECT, f"reason {packet.reason_code:#04x}")
             case Auth():
-                self.core.handle_auth(self, packet)
+                self._handle_auth(packet)
             case Connect():
                 raise RemoteProtocolError("second CONNECT", ReasonCode.PROTOCOL_ERROR)
             case _:
@@ -502,6 +585,12 @@ class MQTTConnection:
                     f"{type(packet).__name__.upper()} is a server-to-client packet",
                     ReasonCode.PROTOCOL_ERROR,
                 )
+
+    def _handle_auth(self, packet: Auth) -> None:
+        decision = self.core.handle_auth(
+            self, packet, self.auth_exchange, self.auth_plan, self.auth_connect
+        )
+        self._apply(decision)
 
     def _acked(self, session: Session, packet_id: int, expected: OutboundState) -> None:
         inflight = session.inflight_out.get(packet_id)
@@ -697,6 +786,16 @@ class MQTTConnection:
         )
 
 
+def open_connection(
+    core: BrokerCore, peer: PeerInfo, on_output: Callable[[], None]
+) -> MQTTConnection:
+    """A new transport is ready: its protocol state machine, known to ``core``."""
+    reader = PacketReader(max_packet_size=core.config.max_packet_size, server_side=True)
+    conn = MQTTConnection(core=core, peer=peer, on_output=on_output, reader=reader)
+    core.connection_opened(conn)
+    return conn
+
+
 def _packet_id_offset(publish: bytes) -> int:
     """Where the packet identifier sits in an encoded QoS 1/2 PUBLISH."""
     index = 1
@@ -704,19 +803,3 @@ def _packet_id_offset(publish: bytes) -> int:
         index += 1
     topic_length = int.from_bytes(publish[index + 1 : index + 3], "big")
     return index + 3 + topic_length
-
-
-def build_will_message(will: Will, client_id: str, peer: PeerInfo, now: float) -> Message:
-    props = will.properties
-    if props.will_delay_interval is not None:
-        props = attrs.evolve(props, will_delay_interval=None)
-    return Message(
-        topic=will.topic,
-        payload=will.payload,
-        qos=will.qos,
-        retain=will.retain,
-        properties=props,
-        publisher=client_id,
-        peer=peer,
-        created=now,
-    )

@@ -11,7 +11,7 @@ Queue policy (documented in docs/configuration.md):
 - An online client has a budget of ``max_queued_bytes``: the PUBLISH bytes waiting for
   it (queued, plus encoded but not yet taken by its socket) and sent but not yet
   acknowledged. A client that keeps up never comes near it; the broker slows down
-  publishers before its writers fall behind (see ``MQTTConnection.congested``).
+  publishers before its writers fall behind (``ClientConnection.congested``).
 - An offline session keeps at most ``max_queued_messages`` QoS 1/2 messages (and at
   most ``max_queued_bytes``); it queues no QoS 0 at all.
 - Over the limit, a new QoS 0 message is dropped; a new QoS 1/2 message evicts queued
@@ -26,16 +26,13 @@ import enum
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import attrs
 
+from trio_mqtt.broker.connection_view import ClientConnection
 from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.router import SubscriptionOptions
 from trio_mqtt.mqtt.packets import Properties, ProtocolVersion
-
-if TYPE_CHECKING:
-    from trio_mqtt.broker.mqtt_connection import MQTTConnection
 
 NEVER_EXPIRES = 0xFFFFFFFF
 
@@ -50,7 +47,7 @@ class QueuedMessage:
 
     Never changed once made, so one instance is shared by every subscriber that gets
     the message with the same QoS, retain flag and subscription identifiers; ``encoded``
-    then lets them share its PUBLISH bytes too (see ``MQTTConnection``).
+    then lets them share its PUBLISH bytes too (see ``mqtt_connection``).
     """
 
     message: Message
@@ -132,7 +129,7 @@ class Session:
     max_queued_bytes: int
     # seconds the session outlives its connection; NEVER_EXPIRES = forever, 0 = not at all
     expiry_interval: int = 0
-    connection: MQTTConnection | None = None
+    connection: ClientConnection | None = None
     # messages waiting to be sent; None marks the place of the first of ``replays``
     pending: deque[QueuedMessage | None] = attrs.Factory(deque)
     pending_bytes: int = 0  # the sizes of the QueuedMessages in ``pending``

@@ -33,7 +33,7 @@ from typing import TypeVar
 import trio
 
 from trio_mqtt.broker.core import BrokerCore
-from trio_mqtt.broker.mqtt_connection import ConnectionState, MQTTConnection
+from trio_mqtt.broker.mqtt_connection import ConnectionState, MQTTConnection, open_connection
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.backpressure import Relief, relief_for
@@ -155,7 +155,7 @@ def _watched_socket(stream: trio.abc.Stream) -> WatchedSocketStream | None:
 async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerInfo) -> None:
     """Serve MQTT on ``stream`` until either side closes it. Always closes ``stream``."""
     output = _Output(stream)
-    conn = core.open_connection(peer, output.wakeup)
+    conn = open_connection(core, peer, output.wakeup)
     watched = _watched_socket(stream)
     if watched is not None:
         watched.on_blocked = conn.transport_blocked
