@@ -1,0 +1,216 @@
+"""The layering rules of docs/architecture.md, checked on the source.
+
+- No import cycle among ``trio_mqtt`` modules, counting imports under ``TYPE_CHECKING``
+  and inside functions: a cycle there is still a two-way dependency.
+- The sans-IO packages (``mqtt``, ``proxy``, ``broker``) do no I/O: they import no
+  trio, sockets, sqlite3, threads or file-system modules, and call no ``open()``.
+- The broker core decides and the connection applies: ``broker/core.py`` never assigns
+  an attribute of a connection object nor calls its private methods.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "trio_mqtt"
+
+SANS_IO_PACKAGES = ("mqtt", "proxy", "broker")
+IO_MODULES = frozenset(
+    {
+        "trio",
+        "anyio",
+        "asyncio",
+        "socket",
+        "ssl",
+        "selectors",
+        "sqlite3",
+        "threading",
+        "concurrent",
+        "multiprocessing",
+        "subprocess",
+        "os",
+        "io",
+        "pathlib",
+        "shutil",
+        "tempfile",
+    }
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {
+        _module_name(path): ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+
+
+MODULES = _modules()
+
+
+def _imported(module: str, tree: ast.Module) -> Iterator[str]:
+    """Every module name ``module`` imports, absolute, wherever the import statement is."""
+    is_package = (PACKAGE.parent / module.replace(".", "/")).is_dir()
+    package = module if is_package else module.rpartition(".")[0]  # what "." means
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = parts[: len(parts) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            yield base
+            for alias in node.names:  # ``from pkg import module`` imports the module
+                if f"{base}.{alias.name}" in MODULES:
+                    yield f"{base}.{alias.name}"
+
+
+def _internal_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, tree in MODULES.items():
+        targets = set()
+        for name in _imported(module, tree):
+            # ``import trio_mqtt.a.b`` depends on trio_mqtt.a.b (the package inits are
+            # re-export surfaces and are checked as modules of their own)
+            if name in MODULES and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle in ``graph`` (as a path that returns to its start), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state:
+                found = visit(target)
+                if found is not None:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start)
+            if found is not None:
+                return found
+    return None
+
+
+def test_the_checker_sees_the_package() -> None:
+    # guards the checks below against passing on an empty or misparsed tree
+    graph = _internal_graph()
+    assert "trio_mqtt.broker.core" in graph
+    assert "trio_mqtt.broker.sessions" in graph["trio_mqtt.broker.core"]
+    assert "trio_mqtt.broker.core" in graph["trio_mqtt.broker.mqtt_connection"]
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles() -> None:
+    cycle = _find_cycle(_internal_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_broker_package_does_not_import_the_connection_except_where_it_is_made() -> None:
+    importers = {
+        module
+        for module, targets in _internal_graph().items()
+        if "trio_mqtt.broker.mqtt_connection" in targets
+    }
+    assert {m for m in importers if m.startswith("trio_mqtt.broker")} == set()
+
+
+@pytest.mark.parametrize("package", SANS_IO_PACKAGES)
+def test_sans_io_packages_do_no_io(package: str) -> None:
+    prefix = f"trio_mqtt.{package}"
+    offenders = []
+    for module, tree in MODULES.items():
+        if module != prefix and not module.startswith(prefix + "."):
+            continue
+        for name in _imported(module, tree):
+            if name.split(".")[0] in IO_MODULES:
+                offenders.append(f"{module} imports {name}")
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "open"
+            ):
+                offenders.append(f"{module} calls open() on line {node.lineno}")
+    assert offenders == []
+
+
+def _connection_names(function: ast.FunctionDef) -> set[str]:
+    """Parameters and locals of ``function`` that hold a connection object."""
+    names = set()
+    for arg in [*function.args.args, *function.args.kwonlyargs]:
+        if arg.annotation is not None and "Connection" in ast.unparse(arg.annotation):
+            names.add(arg.arg)
+    for node in ast.walk(function):
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr, ast.For)):
+            value = node.iter if isinstance(node, ast.For) else node.value
+            if value is not None and "connection" in ast.unparse(value).lower():
+                targets = (
+                    [node.target]
+                    if isinstance(node, (ast.AnnAssign, ast.NamedExpr, ast.For))
+                    else node.targets
+                )
+                names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def _touches_connection(node: ast.expr, names: set[str]) -> bool:
+    """Whether ``node`` is (an attribute of) a connection object."""
+    text = ast.unparse(node)
+    return text.split(".")[0] in names or ".connection" in text
+
+
+def test_the_core_neither_sets_connection_fields_nor_calls_their_private_methods() -> None:
+    tree = MODULES["trio_mqtt.broker.core"]
+    offences = []
+    functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+    assert len(functions) > 20
+    seen_connection_names = set()
+    for function in functions:
+        names = _connection_names(function)
+        seen_connection_names |= names
+        for node in ast.walk(function):
+            targets: list[ast.expr] = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                targets = [node.target]
+            for target in targets:
+                if isinstance(target, ast.Attribute) and _touches_connection(target.value, names):
+                    offences.append(f"line {node.lineno}: assigns {ast.unparse(target)}")
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and _touches_connection(node.value, names)
+            ):
+                offences.append(f"line {node.lineno}: uses {ast.unparse(node)}")
+    assert {"conn", "old"} <= seen_connection_names  # the check looks at the right names
+    assert offences == []
