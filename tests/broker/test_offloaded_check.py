@@ -108,7 +108,8 @@ def test_a_check_that_does_not_end_in_time_closes_the_connection(clock: FakeCloc
     core, _ran = offloading_core(clock, None)
     client = Client(core, V311)
     connect_subscribe_publish(client)
-    client.conn.keepalive_expired()  # the CONNECT timeout, with the check still waiting
+    clock.now += core.config.connect_timeout  # the CONNECT timeout, the check still waiting
+    client.conn.handle_timer()
     assert client.conn.wants_close
     assert client.conn.close_detail == "CONNECT check did not end in time"
     client.conn.check_done(None)  # too late: ignored

@@ -2,10 +2,13 @@
 
 Like h11's ``Connection``: the server layer feeds it the bytes it read
 (``receive_data``), asks it for the bytes to write (``data_to_send``), and tells it
-when time ran out (``keepalive_expired``) or the transport went away
-(``connection_lost``). It never touches a socket or a clock of its own; the broker core
-hands it the time. ``on_output`` is the one callback into the I/O layer: "there is
-something new to send" (for example a message published by another client).
+when the transport went away (``connection_lost``). It never touches a socket, and its
+time is the broker core's clock (which the server layer runs on trio's). Like aioquic's
+``get_timer()``/``handle_timer()``, it says when it next needs the time
+(``next_deadline``: the CONNECT timeout, then the keep-alive timeout) and the server
+calls ``handle_timer`` once that time has come. ``on_output`` is the one callback into
+the I/O layer: "there is something new to send" (for example a message published by
+another client).
 
 Flow control: the server layer also reports what the transport did with the bytes it
 was given (``bytes_written``, ``transport_blocked``). From that the connection knows
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Callable
 
 import attrs
@@ -124,7 +128,10 @@ class MQTTConnection:
     auth_exchange: AuthExchange | None = None
     auth_plan: ConnectPlan | None = None
     auth_connect: Connect | None = None
-    packets_received: int = 0  # complete Control Packets (the keep-alive timer counts these)
+    # when the timer of next_deadline() started: the transport ready (the CONNECT timeout
+    # counts from there), then the last complete Control Packet (keep alive) [MQTT-3.1.2-24]
+    _timer_start: float = attrs.field(init=False)
+    _held_since: float = 0.0  # when held_back() began to hold this client back
     close_reason: CloseReason | None = None
     close_detail: str = ""
     # flow control (module docstring): bytes handed to the server layer by
@@ -148,6 +155,9 @@ class MQTTConnection:
     _read_epoch: int = -1
     _out: bytearray = attrs.Factory(bytearray)
 
+    def __attrs_post_init__(self) -> None:
+        self._timer_start = self.core.now()
+
     # ------------------------------------------------------------------ I/O side API
 
     @property
@@ -155,14 +165,37 @@ class MQTTConnection:
         """True once the connection must be closed after ``data_to_send()`` is flushed."""
         return self.close_reason is not None
 
-    @property
-    def idle_timeout(self) -> float | None:
-        """Seconds of silence after which the server layer calls ``keepalive_expired``."""
-        if self.state is not ConnectionState.CONNECTED:
-            return self.core.config.connect_timeout
-        if self.keep_alive == 0:
-            return None
-        return self.keep_alive * 1.5
+    def next_deadline(self) -> float:
+        """When the server layer must call ``handle_timer`` (core clock); inf for never.
+
+        Before CONNACK: ``connect_timeout`` after the transport was ready, however the
+        CONNECT trickles in. Once connected: 1.5 times the keep alive after the last
+        complete Control Packet (a packet sent byte by byte does not keep it alive).
+        """
+        state = self.state
+        if state is ConnectionState.CONNECTED:
+            keep_alive = self.keep_alive
+            return self._timer_start + keep_alive * 1.5 if keep_alive else math.inf
+        if state is ConnectionState.CLOSED:
+            return math.inf
+        return self._timer_start + self.core.config.connect_timeout
+
+    def handle_timer(self) -> None:
+        """The time of ``next_deadline`` may have come: close the connection if it has."""
+        if self.close_reason is not None or self.core.now() < self.next_deadline():
+            return  # closing anyway, or a packet came meanwhile: ask next_deadline again
+        match self.state:
+            case ConnectionState.AWAIT_CONNECT:
+                self._close(CloseReason.PROTOCOL_ERROR, "no CONNECT within connect_timeout")
+            case ConnectionState.AUTHENTICATING:
+                self._close(CloseReason.PROTOCOL_ERROR, "authentication exchange timed out")
+            case ConnectionState.CHECKING:
+                self._close(CloseReason.PROTOCOL_ERROR, "CONNECT check did not end in time")
+            case _:
+                self._send_disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
+                self._close(
+                    CloseReason.KEEPALIVE_TIMEOUT, f"no packet for {self.keep_alive * 1.5:g}s"
+                )
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Handle bytes read from the transport. Never raises for bad input."""
@@ -182,8 +215,9 @@ class MQTTConnection:
             return
         if self.session is not None:
             self.core.session_changed(self.client_id)
-        self.packets_received += len(packets)
         self._handle_all(packets)
+        if packets and self.state is ConnectionState.CONNECTED:
+            self._timer_start = self.core.now()  # keep alive: counts from the last packet
         error = self.reader.error
         if error is not None and not self.wants_close:
             # the packets before the bad bytes were handled above; now the error
@@ -192,7 +226,11 @@ class MQTTConnection:
             else:
                 self._protocol_error(error.reason_code, str(error))
         if hits:
-            self._held_back_by = self.core.take_congestion_hits()
+            self._hold_back()
+
+    def _hold_back(self) -> None:
+        self._held_back_by = self.core.take_congestion_hits()
+        self._held_since = self.core.now()
 
     def _handle_all(self, packets: list[Packet]) -> None:
         for index, packet in enumerate(packets):
@@ -235,6 +273,7 @@ class MQTTConnection:
 
     def _connected(self, accepted: Accepted) -> None:
         self.state = ConnectionState.CONNECTED
+        self._timer_start = self.core.now()  # keep alive counts from CONNACK
         self.auth_exchange = None
         self.auth_plan = None
         if accepted.authenticated is not None:
@@ -269,7 +308,7 @@ class MQTTConnection:
             hits.clear()
         self._handle_all(held)
         if hits:
-            self._held_back_by = self.core.take_congestion_hits()
+            self._hold_back()
 
     def data_to_send(self) -> bytes:
         """Everything ready to be written, batched into one buffer (bounded in size).
@@ -335,6 +374,9 @@ class MQTTConnection:
         if any(conn.congested for conn in held_back_by):
             return True
         self._held_back_by = None
+        # the wait was the broker's doing, not the client's silence: it does not count
+        # towards the keep-alive timeout
+        self._timer_start += self.core.now() - self._held_since
         return False
 
     def may_read(self, topic: str) -> bool:
@@ -373,22 +415,6 @@ class MQTTConnection:
             return False
         self._logged |= {note}
         return True
-
-    def keepalive_expired(self) -> None:
-        """The server layer saw no packet within ``idle_timeout``."""
-        if self.close_reason is not None:
-            return
-        if self.state is ConnectionState.AWAIT_CONNECT:
-            self._close(CloseReason.PROTOCOL_ERROR, "no CONNECT within connect_timeout")
-            return
-        if self.state is ConnectionState.AUTHENTICATING:
-            self._close(CloseReason.PROTOCOL_ERROR, "authentication exchange timed out")
-            return
-        if self.state is ConnectionState.CHECKING:
-            self._close(CloseReason.PROTOCOL_ERROR, "CONNECT check did not end in time")
-            return
-        self._send_disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
-        self._close(CloseReason.KEEPALIVE_TIMEOUT, f"no packet for {self.idle_timeout:g}s")
 
     def release_session(self) -> Will | None:
         """Another connection takes the session over: let go of it; the will, if any.

@@ -1,10 +1,11 @@
 """Drive one MQTTConnection over a trio stream: a reader task and a writer task.
 
-The reader feeds received bytes to the sans-IO state machine under the idle timeout
-(CONNECT timeout before CONNECT, 1.5x keep alive after). The writer sleeps until the
-state machine has output, then writes everything queued in one ``send_all`` (acks and
-messages from other clients are batched). When the state machine wants the connection
-closed, the writer flushes what is left, within a bound, and both tasks end.
+The reader feeds received bytes to the sans-IO state machine under the deadline the
+state machine gives (CONNECT timeout before CONNECT, 1.5x keep alive after). The
+writer sleeps until the state machine has output, then writes everything queued in
+one ``send_all`` (acks and messages from other clients are batched). When the state
+machine wants the connection closed, the writer flushes what is left, within a bound,
+and both tasks end.
 
 One shortcut (plain TCP only): when the writer is idle, the reader writes the answer to
 what it just read itself, with one non-blocking write, and leaves to the writer only
@@ -33,7 +34,7 @@ from typing import TypeVar
 import trio
 
 from trio_mqtt.broker.core import BrokerCore
-from trio_mqtt.broker.mqtt_connection import ConnectionState, MQTTConnection, open_connection
+from trio_mqtt.broker.mqtt_connection import MQTTConnection, open_connection
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.backpressure import Relief, relief_for
@@ -153,7 +154,10 @@ def _watched_socket(stream: trio.abc.Stream) -> WatchedSocketStream | None:
 
 
 async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerInfo) -> None:
-    """Serve MQTT on ``stream`` until either side closes it. Always closes ``stream``."""
+    """Serve MQTT on ``stream`` until either side closes it. Always closes ``stream``.
+
+    ``core`` must run on trio's clock: the connection's deadlines are in its time.
+    """
     output = _Output(stream)
     conn = open_connection(core, peer, output.wakeup)
     watched = _watched_socket(stream)
@@ -175,49 +179,39 @@ async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerIn
 async def _read_loop(
     stream: trio.abc.Stream, conn: MQTTConnection, output: _Output, relief: Relief
 ) -> None:
-    # The CONNECT deadline is absolute (from transport ready): trickled bytes don't move
-    # it. Once connected, each complete Control Packet (not each read: a packet trickled
-    # byte by byte must not keep the connection alive) restarts the keep-alive timer.
-    # One cancel scope for the whole loop, its deadline moved as packets arrive: cheaper
-    # than a new scope per read. Moving a deadline is itself a deadline-heap update (7%
-    # of the broker's CPU in the QoS 1 latency benchmark when done for every packet), so
-    # a busy connection moves it at most once per IDLE_SLACK, IDLE_SLACK later than
-    # exact: the timeout never fires early and at most IDLE_SLACK late.
-    packets_seen = 0
-    moved_at = -math.inf
-    with trio.CancelScope(deadline=trio.current_time() + (conn.idle_timeout or math.inf)) as idle:
-        while not conn.wants_close:
-            try:
-                data = await stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            if not data:
-                return  # EOF without DISCONNECT: an abnormal close (will is published)
-            output.feed_and_answer(conn, data)
-            pending = conn.pending_check
-            if pending is not None and not conn.wants_close:
-                # e.g. a password hash: in a worker thread, while the loop serves the rest
-                output.check_done_and_answer(conn, await run_offloaded(pending.check))
-            if conn.held_back() and not conn.wants_close:
-                # Read no more until the subscribers this read went to have caught up.
-                # The wait is the broker's doing, not the client's silence: it does not
-                # count towards the keep-alive timeout.
-                deadline, idle.deadline = idle.deadline, math.inf
-                started = trio.current_time()
+    # The connection says when it needs the time (next_deadline: the CONNECT timeout,
+    # then the keep-alive timeout); a cancel scope around the reads fires then, and the
+    # connection decides what it means (handle_timer). One scope for many reads, its
+    # deadline moved as packets arrive: cheaper than a new scope per read. Moving a
+    # deadline is itself a deadline-heap update (7% of the broker's CPU in the QoS 1
+    # latency benchmark when done for every packet), so a busy connection moves it at
+    # most once per IDLE_SLACK: the scope fires never before the connection's deadline
+    # and at most IDLE_SLACK after it (exactly on it when the deadline never moved).
+    while not conn.wants_close:
+        with trio.CancelScope(deadline=conn.next_deadline()) as timer:
+            while not conn.wants_close:
                 try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if not data:
+                    return  # EOF without DISCONNECT: an abnormal close (will is published)
+                output.feed_and_answer(conn, data)
+                pending = conn.pending_check
+                if pending is not None and not conn.wants_close:
+                    # e.g. a password hash: in a worker thread, while the loop serves the rest
+                    output.check_done_and_answer(conn, await run_offloaded(pending.check))
+                if conn.held_back() and not conn.wants_close:
+                    # Read no more until the subscribers this read went to have caught up.
+                    # The connection does not count the wait towards its keep alive.
+                    timer.deadline = math.inf
                     await relief.wait_while(conn.held_back)
-                finally:
-                    idle.deadline = deadline + (trio.current_time() - started)
-            if conn.packets_received != packets_seen and conn.state is ConnectionState.CONNECTED:
-                packets_seen = conn.packets_received
-                now = trio.current_time()
-                if now - moved_at > IDLE_SLACK:
-                    moved_at = now
-                    timeout = conn.idle_timeout
-                    idle.deadline = math.inf if timeout is None else now + timeout + IDLE_SLACK
-    if idle.cancelled_caught:
-        conn.keepalive_expired()
-        output.wakeup()
+                deadline = conn.next_deadline()
+                if deadline > timer.deadline or deadline + IDLE_SLACK < timer.deadline:
+                    timer.deadline = deadline + IDLE_SLACK
+        if timer.cancelled_caught:
+            conn.handle_timer()  # closes, or a packet came in time: a new scope
+            output.wakeup()
 
 
 async def _write_loop(
