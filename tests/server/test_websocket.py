@@ -23,7 +23,7 @@ from trio_mqtt.config import ListenerConfig
 from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import Connack, Connect, Disconnect, ProtocolVersion, Publish
 from trio_mqtt.server.app import Broker
-from trio_mqtt.server.websocket import MAX_UPGRADE_REQUEST_SIZE, accept_token
+from trio_mqtt.server.websocket import MAX_UPGRADE_REQUEST_SIZE
 from trio_mqtt.testing import open_test_broker
 
 # Opcodes (RFC 6455 section 5.2)
@@ -193,10 +193,6 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> Non
 
 
 # ----------------------------------------------------------------------------- handshake
-
-
-def test_accept_token_matches_rfc_6455_example() -> None:
-    assert accept_token(KEY.encode()) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
 async def test_upgrade_answers_the_mqtt_subprotocol_and_carries_mqtt() -> None:

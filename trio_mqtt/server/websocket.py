@@ -1,13 +1,15 @@
 """MQTT over WebSockets (``ws`` and ``wss`` listeners), as MQTT 5.0 section 6 describes.
 
 ``accept_websocket`` reads the HTTP upgrade request (h11 parses it, with a bound on its
-size and a deadline), checks path, method, version and subprotocol, answers 101 or an
-HTTP error, and returns a ``WebSocketStream``: a ``trio.abc.Stream`` whose
-``receive_some`` returns the payload bytes of binary frames (MQTT packets may span frames
-and a frame may hold several packets: the MQTT layer just sees a byte stream) and whose
-``send_all`` sends one binary message. wsproto does the framing (sans-IO, like our own
-protocol layers); partial frames are passed on as they arrive, so memory stays bounded
-by the read size whatever length a frame header announces.
+size and a deadline), checks path, method, version and subprotocol (our policy, with the
+HTTP status each refusal deserves), then lets wsproto's own handshake accept it (the 101
+response and its Sec-WebSocket-Accept), and returns a ``WebSocketStream``: a
+``trio.abc.Stream`` whose ``receive_some`` returns the payload bytes of binary frames
+(MQTT packets may span frames and a frame may hold several packets: the MQTT layer just
+sees a byte stream) and whose ``send_all`` sends one binary message. wsproto does the
+framing (sans-IO, like our own protocol layers); partial frames are passed on as they
+arrive, so memory stays bounded by the read size whatever length a frame header
+announces.
 """
 
 from __future__ import annotations
@@ -15,15 +17,23 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import logging
+from http import HTTPStatus
 
 import h11
 import trio
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    TextMessage,
+)
 from wsproto.frame_protocol import CloseReason
-from wsproto.utilities import LocalProtocolError
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.prefixed_stream import take_front
@@ -48,15 +58,6 @@ RECEIVE_SIZE = 65536
 #: just closes the socket.
 CLOSE_FRAME_TIMEOUT = 0.5
 
-_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
-_REASONS = {
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
-}
-
 
 class _Refusal(Exception):
     """An HTTP error response to send before closing."""
@@ -66,11 +67,6 @@ class _Refusal(Exception):
         self.status = status
         self.detail = detail
         self.headers = headers
-
-
-def accept_token(key: bytes) -> bytes:
-    """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 section 4.2.2)."""
-    return base64.b64encode(hashlib.sha1(key + _ACCEPT_GUID).digest())
 
 
 async def accept_websocket(
@@ -91,19 +87,35 @@ async def accept_websocket(
             try:
                 request = await _read_request(stream, http)
                 subprotocol = _check_request(request, path)
+                websocket, response = _accept(request, subprotocol)
             except _Refusal as refusal:
-                await _send_refusal(stream, refusal)
+                await _send_refusal(stream, http, refusal)
                 raise ConnectionRejected(
                     "ws-upgrade", f"WebSocket upgrade refused ({refusal.status}): {refusal.detail}"
                 ) from None
-            await _send(stream, _switching_protocols(request, subprotocol))
+            await _send(stream, response)
     except trio.TooSlowError:
         raise ConnectionRejected(
             "ws-upgrade", f"no WebSocket upgrade within {upgrade_timeout:g}s"
         ) from None
     trailing, _closed = http.trailing_data
-    connection = Connection(ConnectionType.SERVER, trailing_data=bytes(trailing))
-    return WebSocketStream(stream, connection, peer=peer)
+    if trailing:  # the client's first frames, sent right behind its request
+        websocket.receive_data(bytes(trailing))
+    return WebSocketStream(stream, websocket, peer=peer)
+
+
+def _accept(request: h11.Request, subprotocol: str | None) -> tuple[WSConnection, bytes]:
+    """wsproto's server handshake for the request h11 read: the WebSocket, and its 101."""
+    websocket = WSConnection(ConnectionType.SERVER)
+    try:
+        websocket.initiate_upgrade_connection(list(request.headers), request.target)
+    except RemoteProtocolError as exc:  # what our checks let through and wsproto does not
+        hint = exc.event_hint
+        status = hint.status_code if isinstance(hint, RejectConnection) else 400
+        raise _Refusal(status, str(exc)) from None
+    for _request in websocket.events():
+        pass  # the request again, as wsproto's Request event: already checked
+    return websocket, websocket.send(AcceptConnection(subprotocol=subprotocol))
 
 
 async def _read_request(stream: trio.abc.Stream, http: h11.Connection) -> h11.Request:
@@ -208,29 +220,23 @@ def _headers(request: h11.Request) -> dict[bytes, bytes]:
     return joined
 
 
-def _switching_protocols(request: h11.Request, subprotocol: str | None) -> bytes:
-    key = _headers(request)[b"sec-websocket-key"].strip()
-    lines = [
-        b"HTTP/1.1 101 Switching Protocols",
-        b"Upgrade: websocket",
-        b"Connection: Upgrade",
-        b"Sec-WebSocket-Accept: " + accept_token(key),
-    ]
-    if subprotocol is not None:
-        lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("ascii"))
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-async def _send_refusal(stream: trio.abc.Stream, refusal: _Refusal) -> None:
+async def _send_refusal(stream: trio.abc.Stream, http: h11.Connection, refusal: _Refusal) -> None:
+    """The HTTP error response, written by h11 (it may answer even a request it could not
+    parse), with the detail as a plain-text body."""
     body = f"{refusal.detail}\n".encode()
-    lines = [
-        f"HTTP/1.1 {refusal.status} {_REASONS.get(refusal.status, 'Error')}",
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-        *(f"{name}: {value}" for name, value in refusal.headers),
-    ]
-    response = "\r\n".join(lines).encode() + b"\r\n\r\n" + body
+    head = h11.Response(
+        status_code=refusal.status,
+        reason=HTTPStatus(refusal.status).phrase,
+        headers=[
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+            *refusal.headers,
+        ],
+    )
+    response = b"".join(
+        http.send(event) or b"" for event in (head, h11.Data(data=body), h11.EndOfMessage())
+    )
     with contextlib.suppress(ConnectionRejected):  # the client is gone; the refusal is logged
         await _send(stream, response)
 
@@ -262,7 +268,7 @@ class WebSocketStream(trio.abc.Stream):
     def __init__(
         self,
         transport_stream: trio.abc.Stream,
-        connection: Connection,
+        connection: WSConnection,
         *,
         peer: PeerInfo,
     ) -> None:
