@@ -178,3 +178,52 @@ async def test_cancelling_serve_does_not_wait_for_gone_connections() -> None:
     await client.aclose()
     assert broker.listeners[LISTENER.name].connections == 0
     assert elapsed < shutdown_timeout / 2
+
+
+async def test_code_inside_open_broker_stays_cancellable() -> None:
+    """The connections' shield covers the connections only, not the embedding app."""
+    with trio.fail_after(10):
+        with trio.move_on_after(0.2) as scope:
+            async with open_broker(config(shutdown_timeout=5)) as broker:
+                client = await RawClient.open(broker.port, V5)
+                await client.connect("inside", keep_alive=0)
+                await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert await read_to_eof(client) in DISCONNECT_SHUTTING_DOWN  # and still graceful
+
+
+async def test_stopping_a_listener_leaves_its_connections_served() -> None:
+    async with open_broker(config()) as broker:
+        client = await RawClient.open(broker.port, V311)
+        await client.connect("stays", keep_alive=0)
+        port = broker.port
+        handle = broker.listeners[LISTENER.name]
+        handle.stop_accepting()
+        with trio.fail_after(5):
+            while True:  # the accept loop ends and closes its socket
+                try:
+                    late = await trio.open_tcp_stream("127.0.0.1", port)
+                except OSError:
+                    break
+                await late.aclose()
+                await trio.sleep(0.01)
+        await client.send(Subscribe(1, (SubscriptionRequest("still/here", 0),)))
+        assert isinstance(await client.receive(), Suback)
+        assert [c.client_id for c in broker.clients()] == ["stays"]
+        assert handle.connections == 1
+    assert await read_to_eof(client) == b""
+
+
+async def test_connections_left_at_the_deadline_are_cancelled_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(20):
+        async with open_broker(config(shutdown_timeout=0.3, max_queued_messages=32)) as broker:
+            stuck = await connect_never_reading(broker)
+    assert broker.clients() == []
+    assert broker.listeners[LISTENER.name].connections == 0
+    assert any(
+        "connections still open after 0.3s were cancelled" in r.getMessage()
+        for r in caplog.records
+    )
+    await stuck.aclose()

@@ -1,9 +1,11 @@
 """The running broker: ``open_broker`` / ``serve`` and the embedding API ``Broker``.
 
-``open_broker`` opens one nursery that holds every listener and the housekeeping task.
-Leaving it shuts down gracefully: listeners stop accepting, every client is asked to
-close (MQTT 5 clients get DISCONNECT 0x8B), and whatever is still open after
-``shutdown_timeout`` seconds is cancelled.
+``open_broker`` opens one nursery for the broker's services (the listeners' accept
+loops, housekeeping, persistence, $SYS) and one, shielded, for the connections: the
+listeners' handler nursery. Leaving it, or cancelling it, shuts down gracefully: the
+listeners stop accepting, every client is asked to close (MQTT 5 clients get DISCONNECT
+0x8B), and the connection nursery gets ``shutdown_timeout`` seconds as its deadline, after
+which trio cancels whatever is still open.
 """
 
 from __future__ import annotations
@@ -261,21 +263,12 @@ class Broker:
         finally:
             self.core.local_unsubscribe(local_id)
 
-    async def _shutdown(self) -> None:
-        """Stop accepting, ask every client to leave, wait at most shutdown_timeout."""
+    def _begin_shutdown(self, connections: trio.Nursery) -> None:
+        """Stop accepting, ask every client to leave, give them shutdown_timeout to go."""
         for handle in self.listeners.values():
             handle.stop_accepting()
         self.core.shutdown()
-        with trio.move_on_after(self.config.shutdown_timeout) as scope:
-            for handle in self.listeners.values():
-                await handle.wait_idle()
-        if scope.cancelled_caught:
-            log.warning(
-                "shutdown: connections still open after %.1fs; closing them",
-                self.config.shutdown_timeout,
-            )
-        for handle in self.listeners.values():
-            handle.cancel_connections()
+        connections.cancel_scope.deadline = trio.current_time() + self.config.shutdown_timeout
 
 
 @asynccontextmanager
@@ -299,21 +292,27 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
             len(core.sessions),
             len(core.retained),
         )
+    closing = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
-            for listener_config in config.listeners:
-                handle = await nursery.start(serve_listener, core, listener_config)
-                broker.listeners[listener_config.name] = handle
-            nursery.start_soon(_housekeeping, core)
-            if store is not None:
-                nursery.start_soon(_persist, core, store)
-            if config.sys_interval > 0:
-                nursery.start_soon(_sys_topics, core, config.sys_interval)
+            connections: trio.Nursery = await nursery.start(
+                _hold_connections, closing, config.shutdown_timeout
+            )
             try:
+                for listener_config in config.listeners:
+                    handle = await nursery.start(serve_listener, core, listener_config, connections)
+                    broker.listeners[listener_config.name] = handle
+                nursery.start_soon(_housekeeping, core)
+                if store is not None:
+                    nursery.start_soon(_persist, core, store)
+                if config.sys_interval > 0:
+                    nursery.start_soon(_sys_topics, core, config.sys_interval)
                 yield broker
             finally:
-                with trio.CancelScope(shield=True):
-                    await broker._shutdown()
+                # the nursery waits for _hold_connections, which waits for the
+                # connections (shielded) until the deadline set here
+                broker._begin_shutdown(connections)
+                closing.set()
                 nursery.cancel_scope.cancel()
     finally:
         if store is not None:
@@ -334,7 +333,28 @@ async def serve(
     """Run a broker until cancelled (``nursery.start(serve, config)`` gives the Broker)."""
     async with open_broker(config) as broker:
         task_status.started(broker)
-        await trio.sleep(math.inf)
+        await trio.sleep_forever()
+
+
+async def _hold_connections(
+    closing: trio.Event,
+    shutdown_timeout: float,
+    *,
+    task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Own the nursery every connection task runs in: the listeners' handler nursery.
+
+    It is shielded: cancelling the broker does not cut clients off before they are asked
+    to close. It lives in a task of its own so that the shield covers only the
+    connections, never the code inside ``async with open_broker()``. Once ``closing`` is
+    set it waits for the connections to end, until the deadline the shutdown gave it.
+    """
+    async with trio.open_nursery() as connections:
+        connections.cancel_scope.shield = True
+        task_status.started(connections)
+        await closing.wait()
+    if connections.cancel_scope.cancelled_caught:
+        log.warning("shutdown: connections still open after %.1fs were cancelled", shutdown_timeout)
 
 
 async def _housekeeping(core: BrokerCore) -> None:

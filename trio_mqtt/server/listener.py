@@ -1,15 +1,17 @@
-"""serve_listener: one nursery per listener; one task per accepted connection.
+"""serve_listener: one listener's accept loops; one task per accepted connection.
 
-Each connection goes: accept -> PeerInfo from the socket -> (PROXY preamble, TLS,
-WebSocket: per the listener's config) -> MQTT. A listener can stop accepting while its
-connections finish (graceful shutdown).
+The accept loops are ``trio.serve_listeners`` under the listener's own cancel scope
+(``stop_accepting`` cancels only that); the connection tasks run in the handler nursery
+the broker owns (``server/app.py``), so they outlive the accept loops during a graceful
+shutdown. Each connection goes: accept -> the listener's limit -> PeerInfo from the
+socket -> (PROXY preamble, TLS, WebSocket: per the listener's config) -> MQTT.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections import Counter
+from functools import partial
 
 import attrs
 import trio
@@ -28,9 +30,6 @@ from trio_mqtt.server.websocket import accept_websocket
 
 log = logging.getLogger("trio_mqtt.listener")
 
-# accept() errors that mean "out of resources right now", not "this listener is broken"
-_TRANSIENT_ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_ACCEPT_BACKOFF = 0.1
 _TLS_TRANSPORTS = frozenset({Transport.TLS, Transport.WSS})
 _WEBSOCKET_TRANSPORTS = frozenset({Transport.WS, Transport.WSS})
 
@@ -48,11 +47,6 @@ class ListenerHandle:
     # the certificates of a tls/wss listener (None for tcp/ws); reload_tls() swaps them
     tls: ServerTLS | None = None
     _accept_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    _idle: trio.Event = attrs.Factory(trio.Event)
-    # One shielded scope per connection task: cancelling the listener (e.g. the broker
-    # being cancelled) must not cut connections off before they are asked to close
-    # (MQTT 5 clients get DISCONNECT 0x8B); shutdown cancels these after its grace time.
-    _connection_scopes: set[trio.CancelScope] = attrs.Factory(set)
     # connections closed at max_connections since the limit was last reached (0: below)
     _refused_at_limit: int = 0
 
@@ -80,35 +74,49 @@ class ListenerHandle:
         return True
 
     def stop_accepting(self) -> None:
+        """Accept no more connections; those open stay (the broker's shutdown ends them)."""
         self._accept_scope.cancel()
 
-    def cancel_connections(self) -> None:
-        """Cut every remaining connection off now (the end of a graceful shutdown)."""
-        for scope in self._connection_scopes:
-            scope.cancel()
+    def admit(self) -> bool:
+        """Count a new connection in, or refuse it at ``max_connections`` (logged once)."""
+        limit = self.config.max_connections
+        if self.connections >= limit:
+            self.rejections["max-connections"] += 1
+            if not self._refused_at_limit:  # once per episode, not per connection
+                log.warning(
+                    "listener %r: max_connections (%d) reached; closing new connections "
+                    "until one ends",
+                    self.name,
+                    limit,
+                )
+            self._refused_at_limit += 1
+            return False
+        if self._refused_at_limit:
+            log.warning(
+                "listener %r: below max_connections again; %d connection(s) were closed",
+                self.name,
+                self._refused_at_limit,
+            )
+            self._refused_at_limit = 0
+        self.connections += 1
+        return True
 
-    async def wait_idle(self) -> None:
-        """Return once no connection of this listener is left."""
-        while self.connections:
-            self._idle = trio.Event()
-            await self._idle.wait()
-
-    def _connection_ended(self) -> None:
+    def connection_ended(self) -> None:
         self.connections -= 1
-        if self.connections == 0:
-            self._idle.set()
 
 
 async def serve_listener(
     core: BrokerCore,
     config: ListenerConfig,
+    handler_nursery: trio.Nursery,
     *,
     task_status: trio.TaskStatus[ListenerHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Bind, report the handle through ``task_status``, and serve until cancelled.
+    """Bind, report the handle through ``task_status``, and accept until cancelled.
 
-    A ``tls``/``wss`` listener loads its certificates first: a bad file is a ConfigError
-    before anything is bound.
+    Connection tasks start in ``handler_nursery``: stopping or cancelling the accept
+    loops leaves them running. A ``tls``/``wss`` listener loads its certificates first:
+    a bad file is a ConfigError before anything is bound.
     """
     tls = None
     if config.transport in _TLS_TRANSPORTS and config.tls is not None:
@@ -135,67 +143,32 @@ async def serve_listener(
             "addresses in proxy_protocol.trusted_sources",
             config.name,
         )
-    async with trio.open_nursery() as nursery:
+    try:
         with handle._accept_scope:
             task_status.started(handle)
-            async with trio.open_nursery() as accept_nursery:
-                for listener in listeners:
-                    accept_nursery.start_soon(_accept_loop, core, handle, listener, nursery)
-        for listener in listeners:
+            # trio's accept loops: they close the listeners when they end, and back off
+            # and retry when accept() runs out of file descriptors or memory
+            await trio.serve_listeners(
+                partial(_handle_connection, core, handle),
+                listeners,
+                handler_nursery=handler_nursery,
+            )
+    finally:
+        for listener in listeners:  # cancelled before the loops began: close here
             await trio.aclose_forcefully(listener)
-        log.info("listener %r stopped accepting", config.name)
-
-
-async def _accept_loop(
-    core: BrokerCore,
-    handle: ListenerHandle,
-    listener: trio.SocketListener,
-    nursery: trio.Nursery,
-) -> None:
-    async with listener:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno in _TRANSIENT_ACCEPT_ERRNOS:
-                    log.error("listener %r: accept failed: %s; retrying", handle.name, exc)
-                    await trio.sleep(_ACCEPT_BACKOFF)
-                    continue
-                raise
-            if handle.connections >= handle.config.max_connections:
-                handle.rejections["max-connections"] += 1
-                if not handle._refused_at_limit:  # once per episode, not per connection
-                    log.warning(
-                        "listener %r: max_connections (%d) reached; closing new connections "
-                        "until one ends",
-                        handle.name,
-                        handle.config.max_connections,
-                    )
-                handle._refused_at_limit += 1
-                await trio.aclose_forcefully(stream)
-                continue
-            if handle._refused_at_limit:
-                log.warning(
-                    "listener %r: below max_connections again; %d connection(s) were closed",
-                    handle.name,
-                    handle._refused_at_limit,
-                )
-                handle._refused_at_limit = 0
-            handle.connections += 1
-            nursery.start_soon(_handle_connection, core, handle, stream)
+    log.info("listener %r stopped accepting", config.name)
 
 
 async def _handle_connection(
     core: BrokerCore, handle: ListenerHandle, stream: trio.SocketStream
 ) -> None:
-    scope = trio.CancelScope(shield=True)
-    handle._connection_scopes.add(scope)
+    # serve_listeners closes ``stream`` after this returns (aclose_forcefully)
+    if not handle.admit():
+        return
     try:
-        with scope:
-            await _serve_connection(core, handle, stream)
+        await _serve_connection(core, handle, stream)
     finally:
-        handle._connection_scopes.discard(scope)
-        handle._connection_ended()
+        handle.connection_ended()
 
 
 async def _serve_connection(
