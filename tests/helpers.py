@@ -1,0 +1,124 @@
+"""Shared test helpers: the broker core without sockets, and its clock.
+
+- ``FakeClock`` and ``make_core``: a real ``BrokerCore`` on a clock the test moves by hand
+  (the ``clock`` fixture of tests/conftest.py gives a fresh ``FakeClock``).
+- ``Client``: one ``MQTTConnection`` driven with bytes from our encoder, its output read
+  back with a client-side ``PacketReader``: no sockets, no trio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.mqtt_connection import MQTTConnection, open_connection
+from trio_mqtt.config import BrokerConfig
+from trio_mqtt.mqtt.codec import PacketReader, encode
+from trio_mqtt.mqtt.packets import (
+    NO_PROPERTIES,
+    Connack,
+    Connect,
+    Packet,
+    Properties,
+    ProtocolVersion,
+    Publish,
+    Suback,
+    Subscribe,
+    SubscriptionRequest,
+)
+from trio_mqtt.peer import Endpoint, PeerInfo
+
+V31 = ProtocolVersion.V31
+V311 = ProtocolVersion.V311
+V5 = ProtocolVersion.V5
+
+#: The peer of every test connection (192.0.2.0/24 is TEST-NET-1, RFC 5737).
+PEER = PeerInfo.from_socket(
+    "test", "tcp", Endpoint("127.0.0.1", 1883), Endpoint("192.0.2.10", 50000)
+)
+
+
+# ------------------------------------------------------------------ the core, sans IO
+
+
+@attrs.define
+class FakeClock:
+    """The broker's clock: tests move ``now`` by hand."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_core(clock: Callable[[], float] | None = None, **settings: Any) -> BrokerCore:
+    """A core with ``BrokerConfig(**settings)``, on ``clock`` (a new ``FakeClock`` if None).
+
+    The server-layer tests pass ``trio.current_time``: virtual time with autojump_clock.
+    """
+    return BrokerCore(
+        config=BrokerConfig(**settings), clock=FakeClock() if clock is None else clock
+    )
+
+
+class Client:
+    """One network connection as the core sees it, with a client-side decoder.
+
+    ``wakeups`` counts how often the connection told its I/O layer that it has output.
+    ``connect`` and ``subscribe`` return the CONNACK / SUBACK and keep whatever came with
+    it (a resumed session's messages, retained messages) for the next ``packets()``.
+    """
+
+    def __init__(self, core: BrokerCore, version: ProtocolVersion = V5) -> None:
+        self.version = version
+        self.wakeups = 0
+        self.conn: MQTTConnection = open_connection(core, PEER, self._on_output)
+        self.reader = PacketReader(protocol_version=version, server_side=False)
+        self._held: list[Packet] = []  # decoded but not yet returned by packets()
+
+    def _on_output(self) -> None:
+        self.wakeups += 1
+
+    def send(self, packet: Packet) -> None:
+        self.conn.receive_data(encode(packet, self.version))
+
+    def raw(self) -> bytes:
+        """Everything the server wants to write now, undecoded."""
+        return self.conn.data_to_send()
+
+    def packets(self) -> list[Packet]:
+        """Everything the server wants to write now, decoded."""
+        held, self._held = self._held, []
+        return held + self.reader.feed(self.conn.data_to_send())
+
+    def publishes(self) -> list[Publish]:
+        out = self.packets()
+        assert all(isinstance(p, Publish) for p in out), out
+        return [p for p in out if isinstance(p, Publish)]
+
+    def connect(self, client_id: str, **fields: Any) -> Connack:
+        """Send CONNECT (``fields`` are ``Connect`` fields); the CONNACK."""
+        self.send(Connect(client_id=client_id, protocol_version=self.version, **fields))
+        connack, *self._held = self.packets()
+        assert isinstance(connack, Connack), connack
+        return connack
+
+    def subscribe(
+        self, *filters: tuple[str, int], packet_id: int = 1, sub_id: int | None = None
+    ) -> Suback:
+        """SUBSCRIBE to ``(filter, qos)`` pairs, with Subscription Identifier ``sub_id``."""
+        requests = tuple(SubscriptionRequest(f, qos) for f, qos in filters)
+        properties = (
+            NO_PROPERTIES if sub_id is None else Properties(subscription_identifiers=(sub_id,))
+        )
+        self.send(Subscribe(packet_id, requests, properties))
+        suback, *self._held = self.packets()
+        assert isinstance(suback, Suback), suback
+        return suback
+
+    def drop(self) -> None:
+        """The transport is gone (no DISCONNECT)."""
+        self.conn.connection_lost()
