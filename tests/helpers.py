@@ -1,17 +1,23 @@
-"""Shared test helpers: the broker core without sockets, and its clock.
+"""Shared test helpers: the broker core without sockets, its clock, and memory streams.
 
 - ``FakeClock`` and ``make_core``: a real ``BrokerCore`` on a clock the test moves by hand
   (the ``clock`` fixture of tests/conftest.py gives a fresh ``FakeClock``).
 - ``Client``: one ``MQTTConnection`` driven with bytes from our encoder, its output read
   back with a client-side ``PacketReader``: no sockets, no trio.
+- ``serving``, ``open_client``, ``GatedStream``: ``run_connection`` over trio memory
+  streams, for the server layer in virtual time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import trio
+import trio.testing
+from rawclient import RawClient
 
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.mqtt_connection import MQTTConnection, open_connection
@@ -30,6 +36,7 @@ from trio_mqtt.mqtt.packets import (
     SubscriptionRequest,
 )
 from trio_mqtt.peer import Endpoint, PeerInfo
+from trio_mqtt.server.connection import run_connection
 
 V31 = ProtocolVersion.V31
 V311 = ProtocolVersion.V311
@@ -122,3 +129,51 @@ class Client:
     def drop(self) -> None:
         """The transport is gone (no DISCONNECT)."""
         self.conn.connection_lost()
+
+
+# ------------------------------------------------------------ the server, in memory
+
+
+class GatedStream(trio.abc.Stream):
+    """Wraps the server's end: records every send_all and can hold writes at a gate."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+        self.gate: trio.Event | None = None  # while set to an unset Event, writes wait
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        if self.gate is not None:
+            await self.gate.wait()
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@asynccontextmanager
+async def serving(core: BrokerCore) -> AsyncIterator[Callable[[trio.abc.Stream], None]]:
+    """Yields ``serve(server_stream)``, which runs a connection on it in the background."""
+    async with trio.open_nursery() as nursery:
+
+        def serve(stream: trio.abc.Stream) -> None:
+            nursery.start_soon(run_connection, stream, core, PEER)
+
+        yield serve
+        nursery.cancel_scope.cancel()
+
+
+async def open_client(
+    serve: Callable[[trio.abc.Stream], None], version: ProtocolVersion = V311
+) -> RawClient:
+    """A RawClient on a memory stream whose other end ``serve`` runs a connection on."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    serve(server_stream)
+    return RawClient(client_stream, version)
