@@ -1,4 +1,4 @@
-"""Shared test helpers: the broker core without sockets, its clock, and memory streams.
+"""Shared test helpers: the broker core without sockets, its clock, and bounded waits.
 
 - ``FakeClock`` and ``make_core``: a real ``BrokerCore`` on a clock the test moves by hand
   (the ``clock`` fixture of tests/conftest.py gives a fresh ``FakeClock``).
@@ -6,6 +6,7 @@
   back with a client-side ``PacketReader``: no sockets, no trio.
 - ``serving``, ``open_client``, ``GatedStream``: ``run_connection`` over trio memory
   streams, for the server layer in virtual time.
+- ``wait_until``: poll in-process state from a trio test, bounded.
 """
 
 from __future__ import annotations
@@ -177,3 +178,20 @@ async def open_client(
     client_stream, server_stream = trio.testing.memory_stream_pair()
     serve(server_stream)
     return RawClient(client_stream, version)
+
+
+# ------------------------------------------------------------------------ waiting
+
+
+async def wait_until(
+    condition: Callable[[], object], what: str = "true", timeout: float = 5.0
+) -> None:
+    """Poll ``condition`` (cheap in-process state) until it holds; fail after ``timeout``.
+
+    For broker state that has no event to wait on (counters, sessions going offline).
+    """
+    with trio.move_on_after(timeout):
+        while not condition():  # noqa: ASYNC110 - broker counters have no event to wait on
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"still not {what} after {timeout}s")
