@@ -7,13 +7,17 @@
 - ``serving``, ``open_client``, ``GatedStream``: ``run_connection`` over trio memory
   streams, for the server layer in virtual time.
 - ``wait_until``: poll in-process state from a trio test, bounded.
+- ``lines_executed``: the work a call does, counted in lines of Python, so that a test can
+  assert an algorithmic bound without a wall clock.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -38,6 +42,9 @@ from trio_mqtt.mqtt.packets import (
 )
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.server.connection import run_connection
+
+if TYPE_CHECKING:
+    from _typeshed import TraceFunction
 
 V31 = ProtocolVersion.V31
 V311 = ProtocolVersion.V311
@@ -195,3 +202,30 @@ async def wait_until(
             await trio.sleep(0.01)
         return
     raise AssertionError(f"still not {what} after {timeout}s")
+
+
+# --------------------------------------------------------------------- work counts
+
+
+def lines_executed(call: Callable[[], object]) -> int:
+    """How many lines of Python ``call()`` runs, in every frame it enters.
+
+    A count of the work done, for tests of algorithmic bounds ("does not grow with the
+    number of subscriptions"): exact and repeatable where a wall clock is neither. It is
+    blind to loops that run inside C code (a ``dict`` lookup counts as one line).
+    """
+    count = 0
+
+    def trace(frame: FrameType, event: str, arg: Any) -> TraceFunction:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(previous)
+    return count
