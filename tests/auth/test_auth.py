@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 import pytest
+from helpers import PEER, make_core
 
 from trio_mqtt.auth import (
     DEFAULT_ITERATIONS,
@@ -35,8 +36,7 @@ from trio_mqtt.auth import (
     install_auth,
     password_connect_hook,
 )
-from trio_mqtt.broker.core import BrokerCore, OffloadedCheck
-from trio_mqtt.config import BrokerConfig
+from trio_mqtt.broker.core import OffloadedCheck
 from trio_mqtt.errors import ConfigError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import Connect, ProtocolVersion, Will
 from trio_mqtt.mqtt.reason_codes import ReasonCode
@@ -62,9 +62,6 @@ VECTOR_LINE = f"$pbkdf2-sha512$4096${b64(VECTOR_SALT)}${b64(VECTOR_DIGEST)}"
 GOOD_SALT = b64(bytes(range(16)))
 GOOD_DIGEST = b64(bytes(64))
 
-PEER = PeerInfo.from_socket(
-    "test", "tcp", Endpoint("127.0.0.1", 1883), Endpoint("192.0.2.10", 50000)
-)
 CERT_PEER = PeerInfo(listener="tls", transport="tls", username="cert-user")
 
 FAST = 1000  # rounds for hashes made in tests
@@ -822,10 +819,6 @@ def test_acl_connect_hook_checks_the_will(
 
 
 # --------------------------------------------------------------------------- install_auth
-
-
-def make_core(**settings: Any) -> BrokerCore:
-    return BrokerCore(config=BrokerConfig(**settings), clock=lambda: 0.0)
 
 
 def hook_names(hooks: Sequence[object]) -> list[str]:

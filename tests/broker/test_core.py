@@ -1,113 +1,37 @@
 """BrokerCore driven through MQTTConnection objects with bytes only: no sockets, no trio.
 
-Each test client is an ``MQTTConnection`` from ``open_connection``; it is fed bytes
-from our encoder and its output (``data_to_send``) is checked either as raw bytes
-(hand-computed from the spec) or decoded with a client-side ``PacketReader``. Time is a
-mutable float that the tests move forward before calling ``core.tick()``.
+Each test client (``helpers.Client``) is an ``MQTTConnection`` from ``open_connection``;
+it is fed bytes from our encoder and its output (``data_to_send``) is checked either as
+raw bytes (hand-computed from the spec) or decoded with a client-side ``PacketReader``.
+Time is a mutable float (``helpers.FakeClock``) that the tests move forward before
+calling ``core.tick()``.
 """
 
 from __future__ import annotations
 
 import attrs
 import pytest
+from helpers import V5, V31, V311, Client, FakeClock, make_core
 
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
-from trio_mqtt.broker.mqtt_connection import CloseReason, MQTTConnection, open_connection
-from trio_mqtt.config import BrokerConfig
-from trio_mqtt.mqtt.codec import PacketReader, encode
+from trio_mqtt.broker.mqtt_connection import CloseReason
 from trio_mqtt.mqtt.packets import (
     Connack,
     Connect,
     Disconnect,
-    Packet,
     Properties,
     ProtocolVersion,
     Puback,
     Publish,
     Pubrel,
-    Suback,
-    Subscribe,
-    SubscriptionRequest,
     Will,
-)
-from trio_mqtt.peer import Endpoint, PeerInfo
-
-V31 = ProtocolVersion.V31
-V311 = ProtocolVersion.V311
-V5 = ProtocolVersion.V5
-
-PEER = PeerInfo.from_socket(
-    "test", "tcp", Endpoint("127.0.0.1", 1883), Endpoint("192.0.2.10", 50000)
 )
 
 # CONNACK bytes by hand (3.1.1 section 3.2): type 2, remaining length 2, flags, return code
 CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
 CONNACK_ACCEPTED_SESSION_PRESENT = b"\x20\x02\x01\x00"
 CONNACK_IDENTIFIER_REJECTED = b"\x20\x02\x00\x02"
-
-
-@attrs.define
-class FakeClock:
-    """The broker's clock: tests move ``now`` by hand."""
-
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Client:
-    """One network connection as the core sees it, with a client-side decoder."""
-
-    def __init__(self, core: BrokerCore, version: ProtocolVersion) -> None:
-        self.version = version
-        self.wakeups = 0
-        self.conn: MQTTConnection = open_connection(core, PEER, self._on_output)
-        self.reader = PacketReader(protocol_version=version, server_side=False)
-        self._held: list[Packet] = []  # decoded but not yet returned by packets()
-
-    def _on_output(self) -> None:
-        self.wakeups += 1
-
-    def send(self, packet: Packet) -> None:
-        self.conn.receive_data(encode(packet, self.version))
-
-    def raw(self) -> bytes:
-        """Everything the server wants to write now, undecoded."""
-        return self.conn.data_to_send()
-
-    def packets(self) -> list[Packet]:
-        """Everything the server wants to write now, decoded."""
-        held, self._held = self._held, []
-        return held + self.reader.feed(self.conn.data_to_send())
-
-    def publishes(self) -> list[Publish]:
-        out = self.packets()
-        assert all(isinstance(p, Publish) for p in out), out
-        return [p for p in out if isinstance(p, Publish)]
-
-    def connect(self, client_id: str, **kwargs: object) -> Connack:
-        self.send(Connect(client_id=client_id, protocol_version=self.version, **kwargs))  # type: ignore[arg-type]
-        connack, *self._held = self.packets()
-        assert isinstance(connack, Connack), connack
-        return connack
-
-    def subscribe(self, *filters: tuple[str, int], packet_id: int = 1) -> Suback:
-        requests = tuple(SubscriptionRequest(f, qos) for f, qos in filters)
-        self.send(Subscribe(packet_id, requests))
-        suback, *self._held = self.packets()
-        assert isinstance(suback, Suback), suback
-        return suback
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-def make_core(clock: FakeClock, **settings: object) -> BrokerCore:
-    return BrokerCore(config=BrokerConfig(**settings), clock=clock)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ import gc
 import sys
 import uuid
 
+from helpers import V5, V311, Client, FakeClock, make_core
+
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.mqtt_connection import CONGESTION_HIGH, CONGESTION_LOW, MAX_BATCH_BYTES
@@ -21,7 +23,6 @@ from trio_mqtt.mqtt.packets import (
     Disconnect,
     Packet,
     Properties,
-    ProtocolVersion,
     Puback,
     Publish,
     Suback,
@@ -29,12 +30,6 @@ from trio_mqtt.mqtt.packets import (
     SubscriptionRequest,
 )
 
-from .test_core import Client, FakeClock, clock, make_core
-
-__all__ = ["clock"]  # the fixture
-
-V311 = ProtocolVersion.V311
-V5 = ProtocolVersion.V5
 PAYLOAD = bytes(1000)  # about 1 KiB a message
 MESSAGES_OVER_HIGH = CONGESTION_HIGH // len(PAYLOAD) + 10
 

@@ -8,6 +8,8 @@ allows them before CONNACK). Sans-IO here: the test plays the server layer.
 
 from __future__ import annotations
 
+from helpers import V311, Client, FakeClock, make_core
+
 from trio_mqtt.broker.core import BrokerCore, OffloadedCheck
 from trio_mqtt.broker.mqtt_connection import ConnectionState
 from trio_mqtt.mqtt.codec import encode
@@ -15,7 +17,6 @@ from trio_mqtt.mqtt.packets import (
     Connack,
     Connect,
     Packet,
-    ProtocolVersion,
     Publish,
     Suback,
     Subscribe,
@@ -23,12 +24,6 @@ from trio_mqtt.mqtt.packets import (
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
-
-from .test_core import Client, FakeClock, clock, make_core
-
-__all__ = ["clock"]  # the fixture
-
-V311 = ProtocolVersion.V311
 
 
 def offloading_core(clock: FakeClock, answer: ReasonCode | None) -> tuple[BrokerCore, list[str]]:

@@ -9,16 +9,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+from helpers import V311, Client, FakeClock, make_core
 
 from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.sessions import EVICTED, OutboundState, QueuedMessage, Session
-from trio_mqtt.mqtt.packets import Properties, ProtocolVersion, Puback, Publish
-
-from .test_core import Client, FakeClock, clock, make_core
-
-__all__ = ["clock"]  # the fixture
-
-V311 = ProtocolVersion.V311
+from trio_mqtt.mqtt.packets import Properties, Puback, Publish
 
 
 class Transport:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
+from helpers import V311, Client, FakeClock, make_core
+
 from trio_mqtt.broker.message import Message
-from trio_mqtt.mqtt.packets import ProtocolVersion
 from trio_mqtt.peer import PeerInfo
-
-from .test_core import Client, FakeClock, clock, make_core
-
-__all__ = ["clock"]  # the fixture
-
-V311 = ProtocolVersion.V311
 
 
 def test_read_hook_is_asked_once_per_topic_until_auth_changes(clock: FakeClock) -> None:

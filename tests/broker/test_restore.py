@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+from helpers import V311, FakeClock, make_core
+
 from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.router import SubscriptionOptions
 from trio_mqtt.broker.sessions import NEVER_EXPIRES, QueuedMessage, SavedSession
-from trio_mqtt.mqtt.packets import Properties, ProtocolVersion
-
-from .test_core import FakeClock, clock, make_core
-
-__all__ = ["clock"]  # the fixture
-
-V311 = ProtocolVersion.V311
+from trio_mqtt.mqtt.packets import Properties
 
 
 def test_restore_brings_back_what_did_not_expire_and_publishes_due_wills(

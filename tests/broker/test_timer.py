@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from helpers import V5, V311, Client, FakeClock, make_core
+
 from trio_mqtt.broker.mqtt_connection import CloseReason
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
@@ -15,17 +17,9 @@ from trio_mqtt.mqtt.packets import (
     Disconnect,
     Pingreq,
     Pingresp,
-    ProtocolVersion,
     Publish,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
-
-from .test_core import Client, FakeClock, clock, make_core
-
-__all__ = ["clock"]  # the fixture
-
-V311 = ProtocolVersion.V311
-V5 = ProtocolVersion.V5
 
 
 def test_the_connect_deadline_counts_from_the_transport_and_trickled_bytes_do_not_move_it(

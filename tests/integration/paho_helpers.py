@@ -49,16 +49,6 @@ _CONNACK_LOG = re.compile(r"Received CONNACK \((\d+), (\d+)\)")
 T = TypeVar("T")
 
 
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll *condition* (broker state) until it holds; fails the test after *timeout*."""
-    with trio.move_on_after(timeout):
-        while True:
-            if condition():
-                return
-            await trio.sleep(0.01)
-    raise AssertionError(f"still not {what} after {timeout}s")
-
-
 async def blocking(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking paho call in a worker thread, so the trio broker keeps serving."""
     return await trio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
@@ -440,6 +430,5 @@ __all__ = [
     "blocking",
     "disconnect_reason",
     "paho_client",
-    "wait_until",
     "properties",
 ]

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from server.certs import TestPKI
 from tools import require_tool
 
@@ -24,7 +25,7 @@ from trio_mqtt.server.app import Broker
 from trio_mqtt.testing import open_test_broker
 
 from .haproxy_helpers import RunningHAProxy, run_haproxy
-from .transport_clients import paho, run, wait_until
+from .transport_clients import paho, run
 
 CLIENT_HOST = "127.0.0.3"
 PROXY_HOST = "127.0.0.2"

@@ -5,17 +5,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-import trio
+from helpers import wait_until
 from rawclient import RawClient
 
 from trio_mqtt.config import ListenerConfig, ProxyPolicy
 from trio_mqtt.testing import open_test_broker
-
-
-async def wait_until_true(condition: object, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():  # type: ignore[operator]  # noqa: ASYNC110 - no event to wait on
-            await trio.sleep(0.01)
 
 
 def messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -40,7 +34,7 @@ async def test_max_connections_is_logged_once_per_episode(
         assert "'small'" in reached
 
         await first.aclose()
-        await wait_until_true(lambda: handle.connections == 0)
+        await wait_until(lambda: handle.connections == 0)
         second = await RawClient.open(broker.port)
         await second.connect("second")
         (again,) = messages(caplog, "below max_connections again")

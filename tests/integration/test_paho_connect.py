@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+from helpers import wait_until
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 
@@ -26,7 +27,6 @@ from .paho_helpers import (
     blocking,
     paho_client,
     properties,
-    wait_until,
 )
 
 # The CONNACK return codes of MQTT 3.1.1 (section 3.2.2.3)

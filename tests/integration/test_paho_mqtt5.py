@@ -20,6 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import trio
+from helpers import wait_until
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode as PahoReasonCode
@@ -32,7 +33,7 @@ from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.app import Broker
 from trio_mqtt.testing import open_test_broker
 
-from .paho_helpers import V5, Connack, PahoClient, blocking, paho_client, properties, wait_until
+from .paho_helpers import V5, Connack, PahoClient, blocking, paho_client, properties
 
 # --------------------------------------------------------------------------- helpers
 

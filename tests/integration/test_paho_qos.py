@@ -12,6 +12,7 @@ import itertools
 
 import pytest
 import trio
+from helpers import wait_until
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 
@@ -27,7 +28,6 @@ from .paho_helpers import (
     blocking,
     paho_client,
     properties,
-    wait_until,
 )
 
 QOS_LEVELS = [0, 1, 2]

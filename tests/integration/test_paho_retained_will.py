@@ -13,6 +13,7 @@ import time
 
 import pytest
 import trio
+from helpers import wait_until
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from trio_mqtt.peer import Endpoint
@@ -29,7 +30,6 @@ from .paho_helpers import (
     Received,
     blocking,
     paho_client,
-    wait_until,
 )
 
 WILL_TOPIC = "status/device"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+from helpers import wait_until
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from rawclient import RawClient
@@ -39,7 +40,6 @@ from .paho_helpers import (
     blocking,
     paho_client,
     properties,
-    wait_until,
 )
 
 RAW_VERSIONS = [ProtocolVersion.V311, ProtocolVersion.V5]

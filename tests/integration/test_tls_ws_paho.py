@@ -13,13 +13,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from helpers import wait_until
 from server.certs import TestPKI
 
 from trio_mqtt.config import ListenerConfig, TLSConfig
 from trio_mqtt.server.app import Broker
 from trio_mqtt.testing import open_test_broker
 
-from .transport_clients import Paho, paho, run, wait_until
+from .transport_clients import Paho, paho, run
 
 NOT_AUTHORIZED = 0x87  # paho maps 3.1.1's return code 5 onto the 5.0 reason code
 

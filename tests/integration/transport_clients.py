@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -116,12 +116,6 @@ class Paho:
         sock = self.client.socket()
         if sock is not None:
             sock.close()
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(WAIT):
-        while not condition():  # noqa: ASYNC110 - broker counters have no event to wait on
-            await trio.sleep(0.01)
 
 
 async def run(function: Any, *args: Any) -> Any:

@@ -1,7 +1,7 @@
 """MQTT 5.0 conformance: one test per normative statement the broker implements.
 
 Each test name or docstring cites its statement ([MQTT-x.y.z-n], OASIS MQTT 5.0). Most
-drive the core through ``MQTTConnection`` with bytes (``CoreClient``: deterministic, no
+drive the core through ``MQTTConnection`` with bytes (``Client``: deterministic, no
 sockets, a fake clock); the ones about closing connections or timing use real TCP and
 ``RawClient``. Expected raw bytes are written out by hand from the spec. Statements
 covered in depth elsewhere: topic aliases (test_topic_aliases.py), shared subscription
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+from helpers import V5, Client, FakeClock, make_core
 
 from trio_mqtt.broker.message import Message
 from trio_mqtt.mqtt.packets import (
@@ -39,25 +40,25 @@ from trio_mqtt.mqtt.packets import (
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.testing import open_test_broker
 
-from .helpers import V5, CoreClient, FakeClock, make_core, raw_client
+from .raw_helpers import raw_client
 
 RC = ReasonCode
 SESSION = Properties(session_expiry_interval=300)
 
 
-def client(core: object, client_id: str, **connect: object) -> CoreClient:
-    c = CoreClient(core)  # type: ignore[arg-type]
+def client(core: object, client_id: str, **connect: object) -> Client:
+    c = Client(core)  # type: ignore[arg-type]
     connack = c.connect(client_id, **connect)
     assert connack.reason_code == 0, connack
     return c
 
 
-def only(c: CoreClient) -> object:
+def only(c: Client) -> object:
     (packet,) = c.packets()
     return packet
 
 
-def disconnected_with(c: CoreClient, code: int) -> bool:
+def disconnected_with(c: Client, code: int) -> bool:
     packets = c.packets()
     return (
         c.conn.wants_close
@@ -71,7 +72,7 @@ def disconnected_with(c: CoreClient, code: int) -> bool:
 
 
 def test_mqtt_3_1_0_1_first_packet_must_be_connect() -> None:
-    c = CoreClient(make_core())
+    c = Client(make_core())
     c.conn.receive_data(b"\xc0\x00")  # PINGREQ
     assert c.raw() == b""  # no CONNACK, no DISCONNECT before CONNACK [MQTT-3.14.0-1]
     assert c.conn.wants_close
@@ -84,7 +85,7 @@ def test_mqtt_3_1_0_2_second_connect_is_protocol_error() -> None:
 
 
 def test_mqtt_3_1_2_3_reserved_connect_flag_is_malformed() -> None:
-    c = CoreClient(make_core())
+    c = Client(make_core())
     # CONNECT: 10 0E, "MQTT", level 5, flags 0x03 (reserved bit 0 set), keep alive 60,
     # property length 0, client id "c"
     c.conn.receive_data(b"\x10\x0e\x00\x04MQTT\x05\x03\x00\x3c\x00\x00\x01c")
@@ -101,7 +102,7 @@ def test_mqtt_3_1_2_4_clean_start_discards_session() -> None:
     a.subscribe(("cs/t", 1))
     a.send(Disconnect())
     a.conn.connection_lost()
-    b = CoreClient(core)
+    b = Client(core)
     connack = b.connect("cs", clean_start=True, properties=SESSION)
     assert not connack.session_present  # [MQTT-3.2.2-2]
     core.publish(Message("cs/t", b"x", qos=1))
@@ -114,7 +115,7 @@ def test_mqtt_3_1_2_5_resume_session_and_3_2_2_3_session_present() -> None:
     a.subscribe(("rs/t", 1))
     a.drop()
     core.publish(Message("rs/t", b"while away", qos=1))
-    b = CoreClient(core)
+    b = Client(core)
     connack = b.connect("rs", clean_start=False, properties=SESSION)
     assert connack.session_present
     (got,) = b.publishes()
@@ -122,7 +123,7 @@ def test_mqtt_3_1_2_5_resume_session_and_3_2_2_3_session_present() -> None:
 
 
 def test_mqtt_3_1_2_6_no_session_gives_new_one() -> None:
-    c = CoreClient(make_core())
+    c = Client(make_core())
     connack = c.connect("fresh", clean_start=False, properties=SESSION)
     assert connack.reason_code == 0
     assert not connack.session_present  # [MQTT-3.2.2-3] "otherwise ... 0"
@@ -132,7 +133,7 @@ def test_mqtt_3_2_2_1_connack_flags_reserved_bits_zero() -> None:
     core = make_core()
     a = client(core, "f", properties=SESSION)
     a.drop()
-    b = CoreClient(core)
+    b = Client(core)
     b.send(Connect("f", V5, clean_start=False, properties=SESSION))
     data = b.raw()
     assert data[0] == 0x20
@@ -159,7 +160,7 @@ def test_mqtt_3_1_3_6_and_3_2_2_16_empty_client_id_gets_unique_assigned_id() -> 
     core = make_core()
     ids = set()
     for _ in range(2):
-        c = CoreClient(core)
+        c = Client(core)
         connack = c.connect("")
         assigned = connack.properties.assigned_client_identifier
         assert assigned
@@ -229,7 +230,7 @@ def test_mqtt_3_3_1_1_dup_set_on_redelivery() -> None:
     (first,) = a.publishes()
     assert not first.dup  # [MQTT-3.3.1-3]: the first send is no retransmission
     a.drop()
-    b = CoreClient(core)
+    b = Client(core)
     b.connect("dup", clean_start=False, properties=SESSION)
     (again,) = b.publishes()
     assert again.dup
@@ -331,7 +332,7 @@ def test_mqtt_3_3_2_5_expired_message_not_delivered() -> None:
     props = Properties(message_expiry_interval=10)
     core.publish(Message("e", b"stale", qos=1, properties=props, created=clock.now))
     clock.now += 11
-    b = CoreClient(core)
+    b = Client(core)
     b.connect("ex", clean_start=False, properties=SESSION)
     assert b.raw() == b""
 
@@ -345,7 +346,7 @@ def test_mqtt_3_3_2_6_expiry_interval_reduced_by_waiting_time() -> None:
     props = Properties(message_expiry_interval=60)
     core.publish(Message("e", b"fresh", qos=1, properties=props, created=clock.now))
     clock.now += 25
-    b = CoreClient(core)
+    b = Client(core)
     b.connect("ew", clean_start=False, properties=SESSION)
     (got,) = b.publishes()
     assert got.properties.message_expiry_interval == 35
@@ -452,7 +453,7 @@ def test_mqtt_4_4_0_1_pubrel_resent_on_resume() -> None:
     a.send(Pubrec(packet_id))
     assert only(a) == Pubrel(packet_id)
     a.drop()
-    b = CoreClient(core)
+    b = Client(core)
     b.connect("rr", clean_start=False, properties=SESSION)
     assert b.packets() == [Pubrel(packet_id)]  # [MQTT-4.3.3-6]: not the PUBLISH again
 
@@ -587,7 +588,7 @@ def test_disconnect_session_expiry_after_zero_is_protocol_error() -> None:
 
 
 def test_mqtt_4_12_0_1_unsupported_authentication_method() -> None:
-    c = CoreClient(make_core())
+    c = Client(make_core())
     c.send(Connect("am", V5, properties=Properties(authentication_method="NOPE")))
     connack = only(c)
     assert isinstance(connack, Connack)
@@ -596,7 +597,7 @@ def test_mqtt_4_12_0_1_unsupported_authentication_method() -> None:
 
 
 def test_mqtt_4_12_0_6_no_method_no_auth_in_connack() -> None:
-    c = CoreClient(make_core())
+    c = Client(make_core())
     connack = c.connect("plain")
     assert connack.properties.authentication_method is None
     assert connack.properties.authentication_data is None

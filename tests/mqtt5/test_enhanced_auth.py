@@ -10,6 +10,7 @@ import hashlib
 
 import attrs
 import pytest
+from helpers import V5
 from rawclient import RawClient
 
 from trio_mqtt.broker.enhanced_auth import (
@@ -33,7 +34,7 @@ from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.testing import open_test_broker
 
-from .helpers import V5, expect_disconnect
+from .raw_helpers import expect_disconnect
 
 METHOD = "TOY"
 SECRETS = {b"alice": b"s3cret"}

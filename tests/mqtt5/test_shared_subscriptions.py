@@ -10,20 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+from helpers import Client, FakeClock, make_core
 
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
 from trio_mqtt.mqtt.packets import Connect, Properties, Puback, Publish, Pubrec
 from trio_mqtt.testing import open_test_broker
 
-from .helpers import (
-    CoreClient,
-    FakeClock,
-    make_core,
-    raw_client,
-    receive_publish,
-    subscribe,
-)
+from .raw_helpers import raw_client, receive_publish, subscribe
 
 GROUP = "$share/g/s/x"
 
@@ -34,9 +28,9 @@ def member(
     *filters: tuple[str, int],
     sub_id: int | None = None,
     **connect: Any,
-) -> CoreClient:
+) -> Client:
     """A client connected as ``client_id`` (CONNECT options in ``connect``) and subscribed."""
-    client = CoreClient(core)
+    client = Client(core)
     client.connect(client_id, **connect)
     client.subscribe(*filters, sub_id=sub_id)
     return client
@@ -51,7 +45,7 @@ async def test_connack_says_shared_wildcard_and_subscription_ids_available() -> 
 
 
 def test_connack_bytes_carry_the_availability_properties() -> None:
-    client = CoreClient(make_core())
+    client = Client(make_core())
     client.send(Connect("c", client.version))
     data = client.raw()
     # property id then value: 0x28 Wildcard, 0x29 Subscription Identifier, 0x2A Shared

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import trio
+from helpers import V5, V311, Client, FakeClock, make_core
 
 from trio_mqtt._version import __version__
 from trio_mqtt.broker.message import Message
@@ -14,16 +15,7 @@ from trio_mqtt.mqtt.packets import Properties, Puback, Publish
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.testing import open_test_broker
 
-from .helpers import (
-    V5,
-    V311,
-    CoreClient,
-    FakeClock,
-    make_core,
-    raw_client,
-    receive_publish,
-    subscribe,
-)
+from .raw_helpers import raw_client, receive_publish, subscribe
 
 TOPICS = {
     "$SYS/broker/version",
@@ -41,11 +33,11 @@ def test_values_from_the_core() -> None:
     clock = FakeClock(now=50.0)
     core = make_core(clock)
     core.set_retained(Message("r/1", b"x", retain=True))
-    client = CoreClient(core)
+    client = Client(core)
     client.connect("c")
     client.send(Publish("a", b"1"))
     # an offline persistent session that a QoS 0 message cannot reach: one drop
-    away = CoreClient(core)
+    away = Client(core)
     away.connect("away", properties=Properties(session_expiry_interval=600))
     away.subscribe(("a", 0))
     away.drop()
@@ -123,13 +115,13 @@ def test_clients_may_not_publish_to_sys(caplog: pytest.LogCaptureFixture) -> Non
     retained or not (MQTT 5: 0x87; 3.1.1 has no way to say it: PUBACK, then dropped),
     and logged once per connection."""
     core = make_core()
-    watcher = CoreClient(core, V5)
+    watcher = Client(core, V5)
     watcher.connect("watcher")
     watcher.subscribe(("$SYS/#", 0))
     publish_sys_topics(core)
     assert len(watcher.packets()) == len(TOPICS)
     caplog.set_level(logging.INFO, logger="trio_mqtt")
-    spoofer = CoreClient(core, V5)
+    spoofer = Client(core, V5)
     spoofer.connect("spoofer")
     for packet_id in (1, 2):
         spoofer.send(
@@ -139,7 +131,7 @@ def test_clients_may_not_publish_to_sys(caplog: pytest.LogCaptureFixture) -> Non
         Puback(1, ReasonCode.NOT_AUTHORIZED),
         Puback(2, ReasonCode.NOT_AUTHORIZED),
     ]
-    old_style = CoreClient(core, V311)
+    old_style = Client(core, V311)
     old_style.connect("old")
     old_style.send(Publish("$SYS/anything", b"x", qos=1, packet_id=7))
     old_style.send(Publish("$SYS", b"x"))

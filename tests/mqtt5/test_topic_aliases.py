@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+from helpers import V5, Client, make_core
 from integration.paho_helpers import V5 as PAHO_V5
 from integration.paho_helpers import blocking, paho_client, properties
 from paho.mqtt.packettypes import PacketTypes
@@ -29,15 +30,7 @@ from trio_mqtt.mqtt.packets import (
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.testing import open_test_broker
 
-from .helpers import (
-    V5,
-    CoreClient,
-    expect_disconnect,
-    make_core,
-    raw_client,
-    receive_publish,
-    subscribe,
-)
+from .raw_helpers import expect_disconnect, raw_client, receive_publish, subscribe
 
 
 def alias(n: int) -> Properties:
@@ -224,7 +217,7 @@ async def test_resent_message_rebinds_alias_on_new_connection() -> None:
 
 def test_outbound_alias_bytes() -> None:
     core = make_core()
-    client = CoreClient(core)
+    client = Client(core)
     client.send(Connect("b", V5, properties=Properties(topic_alias_maximum=1)))
     client.send(Subscribe(1, (SubscriptionRequest("ab", 0),)))
     connack, suback = client.packets()
@@ -241,7 +234,7 @@ def test_outbound_alias_bytes() -> None:
 
 def test_too_big_message_does_not_bind_an_alias() -> None:
     core = make_core()
-    client = CoreClient(core)
+    client = Client(core)
     props = Properties(topic_alias_maximum=4, maximum_packet_size=20)
     client.send(Connect("m", V5, properties=props))
     client.send(Subscribe(1, (SubscriptionRequest("ab", 0),)))

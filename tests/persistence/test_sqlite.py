@@ -7,9 +7,10 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import attrs
 import pytest
+from helpers import FakeClock, make_core
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,6 @@ from trio_mqtt.broker.sessions import (
     QueuedMessage,
     Session,
 )
-from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import ConfigError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties, ProtocolVersion
 from trio_mqtt.peer import Endpoint, PeerInfo
@@ -38,20 +38,12 @@ from trio_mqtt.persistence.sqlite import (
 WALL_START = 1_700_000_000.0
 
 
-@attrs.define
-class Clock:
-    """A settable clock, used both as the core's clock and as the store's wall clock."""
-
-    now: float
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_core(core_now: float = 100.0, **settings: object) -> tuple[BrokerCore, Clock]:
-    clock = Clock(core_now)
-    core = BrokerCore(config=BrokerConfig(**settings), clock=clock)  # type: ignore[arg-type]
-    core.records_changes = True  # as open_broker does when a store is attached
+def recording_core(core_now: float = 100.0, **settings: Any) -> tuple[BrokerCore, FakeClock]:
+    """A core on its own clock, starting at ``core_now``, that records its changes for a
+    store (as ``open_broker`` makes it when a store is attached)."""
+    clock = FakeClock(core_now)
+    core = make_core(clock, **settings)
+    core.records_changes = True
     return core, clock
 
 
@@ -61,12 +53,13 @@ def db_path(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def wall() -> Clock:
-    return Clock(WALL_START)
+def wall() -> FakeClock:
+    """The store's wall clock: settable, like the core's clock."""
+    return FakeClock(WALL_START)
 
 
 @pytest.fixture
-def store(db_path: str, wall: Clock) -> Iterator[SQLiteStore]:
+def store(db_path: str, wall: FakeClock) -> Iterator[SQLiteStore]:
     with SQLiteStore.open(db_path, wall_clock=wall) as opened:
         yield opened
 
@@ -146,14 +139,14 @@ def test_open_creates_versioned_schema_in_wal_mode(store: SQLiteStore, db_path: 
     assert store._db.execute("PRAGMA synchronous").fetchone() == (1,)  # 1 = NORMAL
 
 
-def test_reopening_keeps_data_and_schema(db_path: str, wall: Clock) -> None:
-    core, _ = make_core()
+def test_reopening_keeps_data_and_schema(db_path: str, wall: FakeClock) -> None:
+    core, _ = recording_core()
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         core.retained.set("a", message("a", retain=True))
         core.dirty_retained.add("a")
         store.flush(core)
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
-        fresh, _ = make_core()
+        fresh, _ = recording_core()
         store.load_into(fresh)
     assert fresh.retained.get("a") is not None
     assert query(db_path, "SELECT count(*) FROM schema_version") == [(1,)]
@@ -163,8 +156,8 @@ def test_reopening_keeps_data_and_schema(db_path: str, wall: Clock) -> None:
 
 
 def test_retained_round_trip_with_publisher_and_proxy_peer(db_path: str) -> None:
-    wall = Clock(WALL_START)
-    core, _ = make_core(core_now=100.0)
+    wall = FakeClock(WALL_START)
+    core, _ = recording_core(core_now=100.0)
     proxied = message(
         "sensors/1",
         payload=b"\x00binary\xff",
@@ -185,7 +178,7 @@ def test_retained_round_trip_with_publisher_and_proxy_peer(db_path: str) -> None
 
     # the broker restarts 30 s later (wall clock) with a core clock that starts at 7
     wall.now += 30
-    restarted, _ = make_core(core_now=7.0)
+    restarted, _ = recording_core(core_now=7.0)
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.load_into(restarted)
     assert len(restarted.retained) == 3
@@ -281,15 +274,15 @@ def assert_same_item(restored: QueuedMessage, original: QueuedMessage, shift: fl
 
 
 def test_session_round_trip_of_every_field(db_path: str) -> None:
-    wall = Clock(WALL_START)
-    core, _ = make_core(core_now=100.0)
+    wall = FakeClock(WALL_START)
+    core, _ = recording_core(core_now=100.0)
     original = build_full_session(core)
     subscriptions = core.router.subscriptions_of("full")
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         assert store.flush(core) == 1
 
     wall.now += 50  # down for 50 s; the new core clock starts at 1000
-    restarted, _ = make_core(core_now=1000.0)
+    restarted, _ = recording_core(core_now=1000.0)
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.load_into(restarted)
     shift = 1000.0 - 100.0 - 50
@@ -329,13 +322,13 @@ def test_session_round_trip_of_every_field(db_path: str) -> None:
 
 
 def test_session_saved_while_online_restores_offline_with_full_expiry(db_path: str) -> None:
-    wall = Clock(WALL_START)
-    core, _ = make_core()
+    wall = FakeClock(WALL_START)
+    core, _ = recording_core()
     persistent_session(core, "online", expiry_interval=120, expires_at=None)
     persistent_session(core, "forever", expiry_interval=NEVER_EXPIRES, expires_at=None)
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.flush(core)
-    restarted, _ = make_core(core_now=5.0, max_session_expiry=NEVER_EXPIRES)
+    restarted, _ = recording_core(core_now=5.0, max_session_expiry=NEVER_EXPIRES)
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.load_into(restarted)
     assert restarted.sessions["online"].expires_at == pytest.approx(125.0)
@@ -344,12 +337,12 @@ def test_session_saved_while_online_restores_offline_with_full_expiry(db_path: s
 
 
 def test_load_caps_expiry_at_the_configured_maximum(db_path: str) -> None:
-    wall = Clock(WALL_START)
-    core, _ = make_core()
+    wall = FakeClock(WALL_START)
+    core, _ = recording_core()
     persistent_session(core, "long", expiry_interval=10_000, expires_at=100.0 + 9_000)
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.flush(core)
-    restarted, _ = make_core(core_now=0.0, max_session_expiry=60)
+    restarted, _ = recording_core(core_now=0.0, max_session_expiry=60)
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.load_into(restarted)
     assert restarted.sessions["long"].expiry_interval == 60
@@ -387,13 +380,13 @@ def stored_messages(draw: st.DrawFn) -> Message:
 @given(original=stored_messages())
 def test_any_retained_message_round_trips(original: Message) -> None:
     path = ":memory:"  # one fresh database per example
-    wall = Clock(WALL_START)
-    core, _ = make_core(core_now=2e6)
+    wall = FakeClock(WALL_START)
+    core, _ = recording_core(core_now=2e6)
     core.retained.set(original.topic, original)
     core.dirty_retained.add(original.topic)
     with SQLiteStore.open(path, wall_clock=wall) as store:
         store.flush(core)
-        restarted, _ = make_core(core_now=2e6)
+        restarted, _ = recording_core(core_now=2e6)
         store.load_into(restarted)
     restored = restarted.retained.get(original.topic)
     if original.expired(2e6):
@@ -407,7 +400,7 @@ def test_any_retained_message_round_trips(original: Message) -> None:
 
 
 def test_flush_writes_only_dirty_rows_and_clears_the_sets(db_path: str, store: SQLiteStore) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     for name in ("a", "b", "c"):
         persistent_session(core, name)
         core.retained.set(f"r/{name}", message(f"r/{name}", retain=True))
@@ -438,7 +431,7 @@ def test_flush_writes_only_dirty_rows_and_clears_the_sets(db_path: str, store: S
 
 
 def test_dirty_session_saves_its_queue_and_subscriptions(db_path: str, store: SQLiteStore) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     session = persistent_session(core, "s")
     core.router.subscribe("s", "x/#", SubscriptionOptions(qos=1))
     session.pending.append(QueuedMessage(message("x/1"), qos=1, retain=False))
@@ -459,7 +452,7 @@ def test_dirty_session_saves_its_queue_and_subscriptions(db_path: str, store: SQ
 def test_a_queue_is_saved_by_what_changed_not_all_again(db_path: str, store: SQLiteStore) -> None:
     """A long queue: a flush writes the messages queued since the last one and deletes
     those sent or evicted since, and what is loaded is exactly the queue."""
-    core, _ = make_core(max_queued_bytes=1_000_000)
+    core, _ = recording_core(max_queued_bytes=1_000_000)
     session = persistent_session(core, "s", max_queued_bytes=1_000_000)
     core.router.subscribe("s", "x/#", SubscriptionOptions(qos=1))
     for n in range(1000):
@@ -477,7 +470,7 @@ def test_a_queue_is_saved_by_what_changed_not_all_again(db_path: str, store: SQL
     # the session row, its subscription (both replaced), 2 messages deleted, 1 inserted
     assert store._db.total_changes - changes < 10
 
-    restarted, _ = make_core()
+    restarted, _ = recording_core()
     store.load_into(restarted)
     loaded = [item.message.topic for item in restarted.sessions["s"].queued_items()]
     expected = [f"x/{n}" for n in range(1, 1000) if n != 11] + ["x/new"]
@@ -487,7 +480,7 @@ def test_a_queue_is_saved_by_what_changed_not_all_again(db_path: str, store: SQL
 def test_ended_session_is_deleted_with_everything_it_owned(
     db_path: str, store: SQLiteStore
 ) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     build_full_session(core)
     persistent_session(core, "other")
     store.flush(core)
@@ -502,7 +495,7 @@ def test_ended_session_is_deleted_with_everything_it_owned(
 
 
 def test_sessions_with_expiry_zero_are_never_stored(db_path: str, store: SQLiteStore) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     persistent_session(core, "clean", expiry_interval=0)
     assert store.flush(core) == 0
     assert query(db_path, "SELECT count(*) FROM sessions") == [(0,)]
@@ -519,7 +512,7 @@ def test_sessions_with_expiry_zero_are_never_stored(db_path: str, store: SQLiteS
 
 
 def test_cleared_retained_topic_is_deleted(db_path: str, store: SQLiteStore) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     core.publish(message("keep", retain=True))
     core.publish(message("drop", retain=True))
     assert store.flush(core) == 2
@@ -532,7 +525,7 @@ def test_cleared_retained_topic_is_deleted(db_path: str, store: SQLiteStore) -> 
 def test_failed_flush_writes_nothing_and_keeps_the_change_sets(
     db_path: str, store: SQLiteStore
 ) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     persistent_session(core, "s")
     core.publish(message("r", retain=True))
     with sqlite3.connect(db_path) as db:
@@ -556,8 +549,8 @@ def test_failed_flush_writes_nothing_and_keeps_the_change_sets(
 
 
 def test_expired_session_is_not_restored_and_its_delayed_will_goes_out(db_path: str) -> None:
-    wall = Clock(WALL_START)
-    core, _ = make_core(core_now=100.0)
+    wall = FakeClock(WALL_START)
+    core, _ = recording_core(core_now=100.0)
     persistent_session(
         core,
         "gone",
@@ -572,7 +565,7 @@ def test_expired_session_is_not_restored_and_its_delayed_will_goes_out(db_path: 
         store.flush(core)
 
     wall.now += 60  # "gone" expired 50 s ago, "alive" has 40 s left
-    restarted, _ = make_core(core_now=0.0)
+    restarted, _ = recording_core(core_now=0.0)
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.load_into(restarted)
         assert set(restarted.sessions) == {"alive"}
@@ -590,15 +583,15 @@ def test_expired_session_is_not_restored_and_its_delayed_will_goes_out(db_path: 
 
 
 def test_expired_retained_message_is_not_restored(db_path: str) -> None:
-    wall = Clock(WALL_START)
-    core, _ = make_core(core_now=100.0)
+    wall = FakeClock(WALL_START)
+    core, _ = recording_core(core_now=100.0)
     short = Properties(message_expiry_interval=20)
     core.publish(message("short", retain=True, properties=short, created=95.0))
     core.publish(message("long", retain=True, properties=Properties(message_expiry_interval=99)))
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.flush(core)
     wall.now += 30
-    restarted, _ = make_core(core_now=0.0)
+    restarted, _ = recording_core(core_now=0.0)
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.load_into(restarted)
     assert restarted.retained.get("short") is None
@@ -625,8 +618,10 @@ def test_a_file_that_is_not_sqlite_is_refused_by_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("intact_pages", [1, 20], ids=["schema-damaged", "data-damaged"])
-def test_a_corrupted_store_is_refused_by_name(db_path: str, wall: Clock, intact_pages: int) -> None:
-    core, _ = make_core()
+def test_a_corrupted_store_is_refused_by_name(
+    db_path: str, wall: FakeClock, intact_pages: int
+) -> None:
+    core, _ = recording_core()
     for index in range(200):
         core.publish(message(f"t/{index}", payload=b"x" * 500, retain=True))
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
@@ -642,7 +637,7 @@ def test_a_corrupted_store_is_refused_by_name(db_path: str, wall: Clock, intact_
         pytest.raises(PersistenceError, match="is damaged") as info,
         SQLiteStore.open(db_path, wall_clock=wall) as store,
     ):
-        store.load_into(make_core()[0])
+        store.load_into(recording_core()[0])
     assert_names_file(info.value, db_path)
 
 
@@ -666,8 +661,8 @@ def test_a_different_schema_version_is_refused(db_path: str) -> None:
 
 def test_a_version_1_store_is_upgraded_in_place(db_path: str) -> None:
     # version 1 had no shared_filters column: make one from a fresh store, with a row
-    wall = Clock(WALL_START)
-    core, _ = make_core()
+    wall = FakeClock(WALL_START)
+    core, _ = recording_core()
     build_full_session(core).pending[2].shared_filters = ()  # nothing version 1 can hold
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.flush(core)
@@ -675,7 +670,7 @@ def test_a_version_1_store_is_upgraded_in_place(db_path: str) -> None:
         db.execute("ALTER TABLE session_messages DROP COLUMN shared_filters")
         db.execute("UPDATE schema_version SET version = 1")
 
-    restarted, _ = make_core()
+    restarted, _ = recording_core()
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.load_into(restarted)
     assert query(db_path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
@@ -685,14 +680,14 @@ def test_a_version_1_store_is_upgraded_in_place(db_path: str) -> None:
 
 
 def test_an_invalid_shared_filter_list_is_reported_by_name(db_path: str) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     build_full_session(core)
     with SQLiteStore.open(db_path) as store:
         store.flush(core)
     with sqlite3.connect(db_path) as db:
         db.execute("UPDATE session_messages SET shared_filters = '[1, 2]' WHERE kind = 'pending'")
     with pytest.raises(PersistenceError, match="invalid shared subscription list") as info:
-        SQLiteStore.open(db_path).load_into(make_core()[0])
+        SQLiteStore.open(db_path).load_into(recording_core()[0])
     assert_names_file(info.value, db_path)
 
 
@@ -712,13 +707,13 @@ def test_a_missing_directory_is_reported_by_name(tmp_path: Path) -> None:
 
 
 def test_unreadable_properties_are_reported_by_name(db_path: str, store: SQLiteStore) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     core.publish(message("t", retain=True, properties=Properties(content_type="c")))
     store.flush(core)
     with sqlite3.connect(db_path) as db:
         db.execute("UPDATE retained SET properties = x'05FF00000000'")
     with pytest.raises(PersistenceError, match="unreadable properties for topic 't'") as info:
-        store.load_into(make_core()[0])
+        store.load_into(recording_core()[0])
     assert_names_file(info.value, db_path)
 
 
@@ -736,19 +731,19 @@ def test_unreadable_properties_are_reported_by_name(db_path: str, store: SQLiteS
 def test_an_invalid_value_in_a_row_is_reported_by_name(
     db_path: str, store: SQLiteStore, table: str, change: str
 ) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     build_full_session(core)
     core.publish(message("t", retain=True, peer=DIRECT_PEER))
     store.flush(core)
     with sqlite3.connect(db_path) as db:
         db.execute(f"UPDATE {table} SET {change}")
     with pytest.raises(PersistenceError, match="has an") as info:
-        store.load_into(make_core()[0])
+        store.load_into(recording_core()[0])
     assert_names_file(info.value, db_path)
 
 
 def test_messages_without_properties_store_null(db_path: str, store: SQLiteStore) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     core.publish(message("t", retain=True, properties=NO_PROPERTIES))
     store.flush(core)
     assert query(db_path, "SELECT properties FROM retained") == [(None,)]
@@ -760,7 +755,7 @@ def test_messages_without_properties_store_null(db_path: str, store: SQLiteStore
 def test_collect_snapshots_and_write_runs_in_another_thread(
     db_path: str, store: SQLiteStore
 ) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     session = persistent_session(core, "s")
     session.pending.append(QueuedMessage(message("q/1"), qos=1, retain=False))
     core.publish(message("r", payload=b"v1", retain=True))
@@ -789,7 +784,7 @@ def test_collect_snapshots_and_write_runs_in_another_thread(
 
 
 def test_failed_write_can_be_requeued(db_path: str, store: SQLiteStore) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     persistent_session(core, "s")
     batch = store.collect(core)
     with sqlite3.connect(db_path) as db:
@@ -804,7 +799,7 @@ def test_failed_write_can_be_requeued(db_path: str, store: SQLiteStore) -> None:
 
 
 def test_an_empty_batch_writes_nothing(store: SQLiteStore) -> None:
-    core, _ = make_core()
+    core, _ = recording_core()
     assert store.write(store.collect(core)) == 0
 
 
@@ -812,7 +807,7 @@ def test_an_empty_batch_writes_nothing(store: SQLiteStore) -> None:
 
 
 def test_a_will_published_by_tick_is_not_stored_again(db_path: str, store: SQLiteStore) -> None:
-    core, clock = make_core(core_now=100.0)
+    core, clock = recording_core(core_now=100.0)
     persistent_session(
         core,
         "w",
@@ -831,7 +826,7 @@ def test_a_will_published_by_tick_is_not_stored_again(db_path: str, store: SQLit
 
 
 def test_a_retained_message_expired_by_tick_is_deleted(db_path: str, store: SQLiteStore) -> None:
-    core, clock = make_core(core_now=100.0)
+    core, clock = recording_core(core_now=100.0)
     core.publish(message("t", retain=True, properties=Properties(message_expiry_interval=5)))
     store.flush(core)
     clock.now = 200.0

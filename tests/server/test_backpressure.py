@@ -13,6 +13,7 @@ from pathlib import Path
 
 import trio
 import trio.testing
+from helpers import V311, GatedStream, make_core, open_client, serving
 from rawclient import RawClient
 
 from trio_mqtt.config import ListenerConfig
@@ -20,7 +21,6 @@ from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
     Pingreq,
     Pingresp,
-    ProtocolVersion,
     Publish,
     Suback,
     Subscribe,
@@ -31,9 +31,7 @@ from trio_mqtt.server.watched_stream import WatchedSocketStream
 from trio_mqtt.testing import open_test_broker
 
 from .certs import TestPKI
-from .test_connection import GatedStream, make_core, open_client, serving
 
-V311 = ProtocolVersion.V311
 PAYLOAD = bytes(1000)
 
 
@@ -68,7 +66,7 @@ async def test_reader_stops_while_its_subscriber_catches_up(
     once the subscriber's writer goes on, the publisher is read again and every message
     arrives, in order. Nothing is dropped: the subscriber kept up, the broker did not.
     """
-    core = make_core()
+    core = make_core(trio.current_time)
     async with serving(core) as serve:
         subscriber_stream, server_stream = trio.testing.memory_stream_pair()
         gated = GatedStream(server_stream)

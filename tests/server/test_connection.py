@@ -7,23 +7,18 @@ batching and back-pressure can be observed by wrapping the server's end of the s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-
 import trio
 import trio.testing
+from helpers import V5, V311, GatedStream, make_core, open_client, serving
 from rawclient import RawClient
 
-from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
-from trio_mqtt.config import BrokerConfig
 from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import (
     Connect,
     Disconnect,
     Pingreq,
     Pingresp,
-    ProtocolVersion,
     Puback,
     Publish,
     Suback,
@@ -31,64 +26,10 @@ from trio_mqtt.mqtt.packets import (
     SubscriptionRequest,
     Will,
 )
-from trio_mqtt.peer import Endpoint, PeerInfo
-from trio_mqtt.server.connection import IDLE_SLACK, run_connection
+from trio_mqtt.server.connection import IDLE_SLACK
 
-V311 = ProtocolVersion.V311
-V5 = ProtocolVersion.V5
-PEER = PeerInfo.from_socket(
-    "memory", "tcp", Endpoint("127.0.0.1", 1883), Endpoint("127.0.0.1", 40000)
-)
 # Virtual time is exact, but leave room for a scheduling round or two.
 EPSILON = 0.001
-
-
-class GatedStream(trio.abc.Stream):
-    """Wraps the server's end: records every send_all and can hold writes at a gate."""
-
-    def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
-        self.writes: list[bytes] = []
-        self.gate: trio.Event | None = None  # while set to an unset Event, writes wait
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.writes.append(bytes(data))
-        if self.gate is not None:
-            await self.gate.wait()
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-def make_core(**settings: object) -> BrokerCore:
-    return BrokerCore(config=BrokerConfig(**settings), clock=trio.current_time)  # type: ignore[arg-type]
-
-
-@asynccontextmanager
-async def serving(core: BrokerCore) -> AsyncIterator[Callable[[trio.abc.Stream], None]]:
-    """Yields ``serve(server_stream)``, which runs a connection on it in the background."""
-    async with trio.open_nursery() as nursery:
-
-        def serve(stream: trio.abc.Stream) -> None:
-            nursery.start_soon(run_connection, stream, core, PEER)
-
-        yield serve
-        nursery.cancel_scope.cancel()
-
-
-async def open_client(
-    serve: Callable[[trio.abc.Stream], None], version: ProtocolVersion = V311
-) -> RawClient:
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    serve(server_stream)
-    return RawClient(client_stream, version)
 
 
 # --------------------------------------------------------------------------- timeouts
@@ -97,7 +38,7 @@ async def open_client(
 async def test_connect_timeout_closes_at_exactly_connect_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    core = make_core(connect_timeout=7)
+    core = make_core(trio.current_time, connect_timeout=7)
     async with serving(core) as serve:
         client = await open_client(serve)
         start = trio.current_time()
@@ -111,7 +52,7 @@ async def test_connect_timeout_not_reset_by_trickled_bytes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A client may not hold a connection open by sending its CONNECT a byte at a time."""
-    core = make_core(connect_timeout=7)
+    core = make_core(trio.current_time, connect_timeout=7)
     connect = encode(Connect("slowloris", V311), V311)
     async with serving(core) as serve:
         client = await open_client(serve)
@@ -134,7 +75,7 @@ async def test_connect_timeout_not_reset_by_trickled_bytes(
 
 
 async def test_connect_in_time_is_accepted(autojump_clock: trio.testing.MockClock) -> None:
-    core = make_core(connect_timeout=7)
+    core = make_core(trio.current_time, connect_timeout=7)
     async with serving(core) as serve:
         client = await open_client(serve)
         await trio.sleep(6.9)
@@ -147,7 +88,7 @@ async def test_connect_in_time_is_accepted(autojump_clock: trio.testing.MockCloc
 async def test_keepalive_enforced_at_one_and_a_half(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    core = make_core()
+    core = make_core(trio.current_time)
     wills: list[tuple[float, Message]] = []
     core.local_subscribe("will/#", lambda m: wills.append((trio.current_time(), m)))
     async with serving(core) as serve:
@@ -174,7 +115,7 @@ async def test_keepalive_enforced_at_one_and_a_half(
 async def test_keepalive_will_seen_by_other_connection(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    core = make_core()
+    core = make_core(trio.current_time)
     async with serving(core) as serve:
         watcher = await open_client(serve, V311)
         await watcher.connect("watcher", keep_alive=0)
@@ -192,7 +133,7 @@ async def test_keepalive_will_seen_by_other_connection(
 
 
 async def test_pingreq_resets_keepalive(autojump_clock: trio.testing.MockClock) -> None:
-    core = make_core()
+    core = make_core(trio.current_time)
     async with serving(core) as serve:
         client = await open_client(serve, V311)
         await client.connect("pinger", keep_alive=10)
@@ -213,7 +154,7 @@ async def test_busy_connection_timeout_never_early_and_at_most_idle_slack_late(
     # Packets every 0.1 ms (inside IDLE_SLACK): the reader moves its deadline only now
     # and then; the timeout must still count from the last packet, never from an
     # earlier one.
-    core = make_core()
+    core = make_core(trio.current_time)
     async with serving(core) as serve:
         client = await open_client(serve, V311)
         await client.connect("busy", keep_alive=2)
@@ -233,7 +174,7 @@ async def test_busy_connection_timeout_never_early_and_at_most_idle_slack_late(
 async def test_output_queued_while_writer_blocked_goes_in_one_send_all(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    core = make_core()
+    core = make_core(trio.current_time)
     client_stream, server_stream = trio.testing.memory_stream_pair()
     gated = GatedStream(server_stream)
     async with serving(core) as serve:
@@ -271,7 +212,7 @@ async def test_output_queued_while_writer_blocked_goes_in_one_send_all(
 
 async def test_acks_batched_with_messages(autojump_clock: trio.testing.MockClock) -> None:
     """Several packets read in one chunk are answered in one write."""
-    core = make_core()
+    core = make_core(trio.current_time)
     client_stream, server_stream = trio.testing.memory_stream_pair()
     gated = GatedStream(server_stream)
     async with serving(core) as serve:
@@ -292,7 +233,7 @@ async def test_subscriber_that_stops_reading_does_not_block_publisher(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     max_bytes = 200  # a dozen of these messages
-    core = make_core(max_queued_bytes=max_bytes)
+    core = make_core(trio.current_time, max_queued_bytes=max_bytes)
     async with serving(core) as serve:
         stuck_stream, stuck_server = trio.testing.lockstep_stream_pair()
         serve(stuck_server)

@@ -12,30 +12,23 @@ from __future__ import annotations
 import socket
 
 import trio
+from helpers import PEER, V311, make_core
 
-from trio_mqtt.broker.core import BrokerCore
-from trio_mqtt.config import BrokerConfig
 from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import (
     Connack,
     Connect,
     Pingreq,
     Pingresp,
-    ProtocolVersion,
     Puback,
     Publish,
     Suback,
     Subscribe,
     SubscriptionRequest,
 )
-from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 
-V311 = ProtocolVersion.V311
-PEER = PeerInfo.from_socket(
-    "socketpair", "tcp", Endpoint("127.0.0.1", 1883), Endpoint("127.0.0.1", 40000)
-)
 SMALL_BUFFER = 4096  # the kernel rounds it up a little; far below what the tests send
 
 
@@ -70,10 +63,6 @@ async def connect_and_subscribe(
     ]
 
 
-def make_core() -> BrokerCore:
-    return BrokerCore(config=BrokerConfig(), clock=trio.current_time)
-
-
 async def test_pipelining_client_that_reads_only_at_the_end_gets_every_ack_in_order() -> None:
     # 30,000 QoS 1 PUBLISHes (~0.5 MB) sent before reading anything: their PUBACKs
     # (~120 KB) fill the server's small send buffer long before the client is done.
@@ -88,7 +77,9 @@ async def test_pipelining_client_that_reads_only_at_the_end_gets_every_ack_in_or
     )
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_connection, PrefixedStream(server, b""), make_core(), PEER)
+            nursery.start_soon(
+                run_connection, PrefixedStream(server, b""), make_core(trio.current_time), PEER
+            )
             await client.send_all(encode(Connect(client_id="pipeliner", keep_alive=60), V311))
             await client.send_all(publishes)  # would hang if the server stopped reading
             packets = await read_packets(client, reader, count + 1)
@@ -107,7 +98,7 @@ async def test_own_subscription_messages_and_acks_arrive_in_order_under_back_pre
     reader = PacketReader(protocol_version=V311, server_side=False)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_connection, server, make_core(), PEER)
+            nursery.start_soon(run_connection, server, make_core(trio.current_time), PEER)
             await connect_and_subscribe(client, reader, "p/#")
             publishes = b"".join(
                 encode(
@@ -149,7 +140,7 @@ async def test_request_response_exchanges_go_out_without_the_writer_task() -> No
     reader = PacketReader(protocol_version=V311, server_side=False)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_connection, counting, make_core(), PEER)
+            nursery.start_soon(run_connection, counting, make_core(trio.current_time), PEER)
             await connect_and_subscribe(client, reader, "e/#")
             for n in range(1, 101):
                 publish = Publish(topic="e/t", payload=b"%d" % n, qos=1, packet_id=n)

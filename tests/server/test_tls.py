@@ -12,7 +12,7 @@ import shutil
 import signal
 import ssl
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from helpers import wait_until
 from rawclient import RawClient
 
 from trio_mqtt import cli
@@ -94,13 +95,6 @@ async def mqtt_over_tls(
     packet = await client.receive_or_eof()
     assert packet is None or isinstance(packet, Connack), packet
     return client, packet
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll *condition* (cheap, in-process state) until it holds; fail after *timeout*."""
-    with trio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110 - broker counters have no event to wait on
-            await trio.sleep(0.01)
 
 
 def only_client(broker: Broker) -> PeerInfo:

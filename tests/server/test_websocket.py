@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 import pytest
 import trio
+from helpers import wait_until
 
 from trio_mqtt.config import ListenerConfig
 from trio_mqtt.mqtt.codec import PacketReader, encode
@@ -184,12 +185,6 @@ async def ws_broker(**settings: Any) -> AsyncIterator[Broker]:
     listener = ListenerConfig(name="ws", host="127.0.0.1", port=0, transport="ws", ws_path=ws_path)
     async with open_test_broker(listeners=(listener,), **settings) as broker:
         yield broker
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110 - broker counters have no event to wait on
-            await trio.sleep(0.01)
 
 
 # ----------------------------------------------------------------------------- handshake

@@ -1,0 +1,231 @@
+"""Shared test helpers: the broker core without sockets, its clock, and bounded waits.
+
+- ``FakeClock`` and ``make_core``: a real ``BrokerCore`` on a clock the test moves by hand
+  (the ``clock`` fixture of tests/conftest.py gives a fresh ``FakeClock``).
+- ``Client``: one ``MQTTConnection`` driven with bytes from our encoder, its output read
+  back with a client-side ``PacketReader``: no sockets, no trio.
+- ``serving``, ``open_client``, ``GatedStream``: ``run_connection`` over trio memory
+  streams, for the server layer in virtual time.
+- ``wait_until``: poll in-process state from a trio test, bounded.
+- ``lines_executed``: the work a call does, counted in lines of Python, so that a test can
+  assert an algorithmic bound without a wall clock.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+import trio.testing
+from rawclient import RawClient
+
+from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.mqtt_connection import MQTTConnection, open_connection
+from trio_mqtt.config import BrokerConfig
+from trio_mqtt.mqtt.codec import PacketReader, encode
+from trio_mqtt.mqtt.packets import (
+    NO_PROPERTIES,
+    Connack,
+    Connect,
+    Packet,
+    Properties,
+    ProtocolVersion,
+    Publish,
+    Suback,
+    Subscribe,
+    SubscriptionRequest,
+)
+from trio_mqtt.peer import Endpoint, PeerInfo
+from trio_mqtt.server.connection import run_connection
+
+if TYPE_CHECKING:
+    from _typeshed import TraceFunction
+
+V31 = ProtocolVersion.V31
+V311 = ProtocolVersion.V311
+V5 = ProtocolVersion.V5
+
+#: The peer of every test connection (192.0.2.0/24 is TEST-NET-1, RFC 5737).
+PEER = PeerInfo.from_socket(
+    "test", "tcp", Endpoint("127.0.0.1", 1883), Endpoint("192.0.2.10", 50000)
+)
+
+
+# ------------------------------------------------------------------ the core, sans IO
+
+
+@attrs.define
+class FakeClock:
+    """The broker's clock: tests move ``now`` by hand."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_core(clock: Callable[[], float] | None = None, **settings: Any) -> BrokerCore:
+    """A core with ``BrokerConfig(**settings)``, on ``clock`` (a new ``FakeClock`` if None).
+
+    The server-layer tests pass ``trio.current_time``: virtual time with autojump_clock.
+    """
+    return BrokerCore(
+        config=BrokerConfig(**settings), clock=FakeClock() if clock is None else clock
+    )
+
+
+class Client:
+    """One network connection as the core sees it, with a client-side decoder.
+
+    ``wakeups`` counts how often the connection told its I/O layer that it has output.
+    ``connect`` and ``subscribe`` return the CONNACK / SUBACK and keep whatever came with
+    it (a resumed session's messages, retained messages) for the next ``packets()``.
+    """
+
+    def __init__(self, core: BrokerCore, version: ProtocolVersion = V5) -> None:
+        self.version = version
+        self.wakeups = 0
+        self.conn: MQTTConnection = open_connection(core, PEER, self._on_output)
+        self.reader = PacketReader(protocol_version=version, server_side=False)
+        self._held: list[Packet] = []  # decoded but not yet returned by packets()
+
+    def _on_output(self) -> None:
+        self.wakeups += 1
+
+    def send(self, packet: Packet) -> None:
+        self.conn.receive_data(encode(packet, self.version))
+
+    def raw(self) -> bytes:
+        """Everything the server wants to write now, undecoded."""
+        return self.conn.data_to_send()
+
+    def packets(self) -> list[Packet]:
+        """Everything the server wants to write now, decoded."""
+        held, self._held = self._held, []
+        return held + self.reader.feed(self.conn.data_to_send())
+
+    def publishes(self) -> list[Publish]:
+        out = self.packets()
+        assert all(isinstance(p, Publish) for p in out), out
+        return [p for p in out if isinstance(p, Publish)]
+
+    def connect(self, client_id: str, **fields: Any) -> Connack:
+        """Send CONNECT (``fields`` are ``Connect`` fields); the CONNACK."""
+        self.send(Connect(client_id=client_id, protocol_version=self.version, **fields))
+        connack, *self._held = self.packets()
+        assert isinstance(connack, Connack), connack
+        return connack
+
+    def subscribe(
+        self, *filters: tuple[str, int], packet_id: int = 1, sub_id: int | None = None
+    ) -> Suback:
+        """SUBSCRIBE to ``(filter, qos)`` pairs, with Subscription Identifier ``sub_id``."""
+        requests = tuple(SubscriptionRequest(f, qos) for f, qos in filters)
+        properties = (
+            NO_PROPERTIES if sub_id is None else Properties(subscription_identifiers=(sub_id,))
+        )
+        self.send(Subscribe(packet_id, requests, properties))
+        suback, *self._held = self.packets()
+        assert isinstance(suback, Suback), suback
+        return suback
+
+    def drop(self) -> None:
+        """The transport is gone (no DISCONNECT)."""
+        self.conn.connection_lost()
+
+
+# ------------------------------------------------------------ the server, in memory
+
+
+class GatedStream(trio.abc.Stream):
+    """Wraps the server's end: records every send_all and can hold writes at a gate."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+        self.gate: trio.Event | None = None  # while set to an unset Event, writes wait
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        if self.gate is not None:
+            await self.gate.wait()
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@asynccontextmanager
+async def serving(core: BrokerCore) -> AsyncIterator[Callable[[trio.abc.Stream], None]]:
+    """Yields ``serve(server_stream)``, which runs a connection on it in the background."""
+    async with trio.open_nursery() as nursery:
+
+        def serve(stream: trio.abc.Stream) -> None:
+            nursery.start_soon(run_connection, stream, core, PEER)
+
+        yield serve
+        nursery.cancel_scope.cancel()
+
+
+async def open_client(
+    serve: Callable[[trio.abc.Stream], None], version: ProtocolVersion = V311
+) -> RawClient:
+    """A RawClient on a memory stream whose other end ``serve`` runs a connection on."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    serve(server_stream)
+    return RawClient(client_stream, version)
+
+
+# ------------------------------------------------------------------------ waiting
+
+
+async def wait_until(
+    condition: Callable[[], object], what: str = "true", timeout: float = 5.0
+) -> None:
+    """Poll ``condition`` (cheap in-process state) until it holds; fail after ``timeout``.
+
+    For broker state that has no event to wait on (counters, sessions going offline).
+    """
+    with trio.move_on_after(timeout):
+        while not condition():  # noqa: ASYNC110 - broker counters have no event to wait on
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"still not {what} after {timeout}s")
+
+
+# --------------------------------------------------------------------- work counts
+
+
+def lines_executed(call: Callable[[], object]) -> int:
+    """How many lines of Python ``call()`` runs, in every frame it enters.
+
+    A count of the work done, for tests of algorithmic bounds ("does not grow with the
+    number of subscriptions"): exact and repeatable where a wall clock is neither. It is
+    blind to loops that run inside C code (a ``dict`` lookup counts as one line).
+    """
+    count = 0
+
+    def trace(frame: FrameType, event: str, arg: Any) -> TraceFunction:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(previous)
+    return count
