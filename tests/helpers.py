@@ -134,6 +134,12 @@ class Client:
         assert isinstance(suback, Suback), suback
         return suback
 
+    def subscribe_alone(self, *filters: tuple[str, int], sub_id: int | None = None) -> Suback:
+        """``subscribe``, and nothing but the SUBACK comes back (no retained message)."""
+        suback = self.subscribe(*filters, sub_id=sub_id)
+        assert self._held == [], self._held
+        return suback
+
     def drop(self) -> None:
         """The transport is gone (no DISCONNECT)."""
         self.conn.connection_lost()

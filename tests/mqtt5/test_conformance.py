@@ -99,7 +99,7 @@ def test_mqtt_3_1_2_3_reserved_connect_flag_is_malformed() -> None:
 def test_mqtt_3_1_2_4_clean_start_discards_session() -> None:
     core = make_core()
     a = client(core, "cs", properties=SESSION)
-    a.subscribe(("cs/t", 1))
+    a.subscribe_alone(("cs/t", 1))
     a.send(Disconnect())
     a.conn.connection_lost()
     b = Client(core)
@@ -112,7 +112,7 @@ def test_mqtt_3_1_2_4_clean_start_discards_session() -> None:
 def test_mqtt_3_1_2_5_resume_session_and_3_2_2_3_session_present() -> None:
     core = make_core()
     a = client(core, "rs", properties=SESSION)
-    a.subscribe(("rs/t", 1))
+    a.subscribe_alone(("rs/t", 1))
     a.drop()
     core.publish(Message("rs/t", b"while away", qos=1))
     b = Client(core)
@@ -216,7 +216,7 @@ def test_mqtt_3_14_4_3_normal_disconnect_discards_will_0x04_keeps_it() -> None:
 def test_mqtt_3_3_1_2_qos0_dup_is_zero() -> None:
     core = make_core()
     c = client(core, "q0")
-    c.subscribe(("t", 0))
+    c.subscribe_alone(("t", 0))
     core.publish(Message("t", b"p"))
     # 0x30: PUBLISH, DUP 0, QoS 0, RETAIN 0; length 5; topic "t"; property length 0
     assert c.raw() == b"\x30\x05\x00\x01t\x00p"
@@ -225,7 +225,7 @@ def test_mqtt_3_3_1_2_qos0_dup_is_zero() -> None:
 def test_mqtt_3_3_1_1_dup_set_on_redelivery() -> None:
     core = make_core()
     a = client(core, "dup", properties=SESSION)
-    a.subscribe(("t", 1))
+    a.subscribe_alone(("t", 1))
     core.publish(Message("t", b"once", qos=1))
     (first,) = a.publishes()
     assert not first.dup  # [MQTT-3.3.1-3]: the first send is no retransmission
@@ -299,7 +299,7 @@ def test_mqtt_3_3_2_2_wildcard_in_topic_name() -> None:
 def test_mqtt_3_3_2_3_topic_matches_filter_and_4_7_2_1_dollar_topics() -> None:
     core = make_core()
     c = client(core, "m")
-    c.subscribe(("+/b", 0), ("#", 0))
+    c.subscribe_alone(("+/b", 0), ("#", 0))
     core.publish(Message("a/b", b"1"))
     core.publish(Message("$SYS/b", b"2"))  # [MQTT-4.7.2-1]: wildcards never match it
     assert [(p.topic, p.payload) for p in c.publishes()] == [("a/b", b"1")]
@@ -308,7 +308,7 @@ def test_mqtt_3_3_2_3_topic_matches_filter_and_4_7_2_1_dollar_topics() -> None:
 def test_mqtt_3_3_2_4_and_15_to_20_properties_forwarded_unaltered() -> None:
     core = make_core()
     sub = client(core, "ps")
-    sub.subscribe(("p", 1))
+    sub.subscribe_alone(("p", 1))
     props = Properties(
         payload_format_indicator=1,
         content_type="text/plain; charset=utf-8",
@@ -327,7 +327,7 @@ def test_mqtt_3_3_2_5_expired_message_not_delivered() -> None:
     clock = FakeClock()
     core = make_core(clock)
     a = client(core, "ex", properties=SESSION)
-    a.subscribe(("e", 1))
+    a.subscribe_alone(("e", 1))
     a.drop()
     props = Properties(message_expiry_interval=10)
     core.publish(Message("e", b"stale", qos=1, properties=props, created=clock.now))
@@ -341,7 +341,7 @@ def test_mqtt_3_3_2_6_expiry_interval_reduced_by_waiting_time() -> None:
     clock = FakeClock()
     core = make_core(clock)
     a = client(core, "ew", properties=SESSION)
-    a.subscribe(("e", 1))
+    a.subscribe_alone(("e", 1))
     a.drop()
     props = Properties(message_expiry_interval=60)
     core.publish(Message("e", b"fresh", qos=1, properties=props, created=clock.now))
@@ -355,7 +355,7 @@ def test_mqtt_3_3_2_6_expiry_interval_reduced_by_waiting_time() -> None:
 def test_mqtt_3_1_2_27_no_topic_alias_when_client_allows_none() -> None:
     core = make_core()
     c = client(core, "na")
-    c.subscribe(("t", 0))
+    c.subscribe_alone(("t", 0))
     for _ in range(3):
         core.publish(Message("t", b"x"))
     assert all(p.topic == "t" and p.properties.topic_alias is None for p in c.publishes())
@@ -364,7 +364,7 @@ def test_mqtt_3_1_2_27_no_topic_alias_when_client_allows_none() -> None:
 def test_mqtt_3_3_2_11_and_3_1_2_26_alias_never_above_client_maximum() -> None:
     core = make_core()
     c = client(core, "am", properties=Properties(topic_alias_maximum=1))
-    c.subscribe(("t/+", 0))
+    c.subscribe_alone(("t/+", 0))
     for topic in ("t/1", "t/2", "t/1", "t/2"):
         core.publish(Message(topic, b"x"))
     aliases = [p.properties.topic_alias for p in c.publishes()]
@@ -396,7 +396,7 @@ def test_mqtt_3_3_4_6_client_publish_with_subscription_identifier() -> None:
 def test_mqtt_3_3_4_9_and_10_receive_maximum_respected() -> None:
     core = make_core()
     c = client(core, "rm", properties=Properties(receive_maximum=2))
-    c.subscribe(("r", 1))
+    c.subscribe_alone(("r", 1))
     for n in range(3):
         core.publish(Message("r", str(n).encode(), qos=1))
     first = c.publishes()
@@ -410,7 +410,7 @@ def test_mqtt_3_3_4_9_and_10_receive_maximum_respected() -> None:
 def test_mqtt_3_1_2_24_and_25_packet_above_client_maximum_is_skipped() -> None:
     core = make_core()
     c = client(core, "mp", properties=Properties(maximum_packet_size=30))
-    c.subscribe(("m", 1))
+    c.subscribe_alone(("m", 1))
     core.publish(Message("m", b"x" * 40, qos=1))
     core.publish(Message("m", b"small", qos=1))
     got = c.publishes()
@@ -446,7 +446,7 @@ def test_mqtt_4_3_3_10_and_11_qos2_duplicate_not_delivered_twice() -> None:
 def test_mqtt_4_4_0_1_pubrel_resent_on_resume() -> None:
     core = make_core()
     a = client(core, "rr", properties=SESSION)
-    a.subscribe(("t", 2))
+    a.subscribe_alone(("t", 2))
     core.publish(Message("t", b"x", qos=2))
     (sent,) = a.publishes()
     packet_id = sent.packet_id or 0
@@ -461,7 +461,7 @@ def test_mqtt_4_4_0_1_pubrel_resent_on_resume() -> None:
 def test_mqtt_4_6_0_6_order_kept_per_topic() -> None:
     core = make_core()
     c = client(core, "ord")
-    c.subscribe(("o", 1))
+    c.subscribe_alone(("o", 1))
     pub = client(core, "op")
     for n in range(1, 16):
         pub.send(
@@ -519,8 +519,8 @@ def test_mqtt_3_8_4_1_2_5_6_and_3_9_3_1_one_suback_in_order() -> None:
 def test_mqtt_3_8_4_3_identical_filter_replaces_subscription() -> None:
     core = make_core()
     c = client(core, "rep")
-    c.subscribe(("r", 0))
-    c.subscribe(("r", 2))
+    c.subscribe_alone(("r", 0))
+    c.subscribe_alone(("r", 2))
     assert core.router.subscriptions_of("rep")["r"].qos == 2
     core.publish(Message("r", b"x", qos=2))
     (got,) = c.publishes()  # one subscription, so one copy
@@ -530,7 +530,7 @@ def test_mqtt_3_8_4_3_identical_filter_replaces_subscription() -> None:
 def test_mqtt_3_8_4_8_qos_is_minimum_of_published_and_granted() -> None:
     core = make_core()
     c = client(core, "mq")
-    c.subscribe(("m", 1))
+    c.subscribe_alone(("m", 1))
     core.publish(Message("m", b"2", qos=2))
     core.publish(Message("m", b"0", qos=0))
     assert [(p.payload, p.qos) for p in c.publishes()] == [(b"2", 1), (b"0", 0)]
@@ -543,7 +543,7 @@ def test_mqtt_3_8_4_8_qos_is_minimum_of_published_and_granted() -> None:
 )
 def test_invalid_filters_fail_only_that_filter(topic_filter: str) -> None:
     c = client(make_core(), "inv")
-    assert c.subscribe((topic_filter, 0), ("ok", 0)).reason_codes == (
+    assert c.subscribe_alone((topic_filter, 0), ("ok", 0)).reason_codes == (
         RC.TOPIC_FILTER_INVALID,
         0,
     )
@@ -552,7 +552,7 @@ def test_invalid_filters_fail_only_that_filter(topic_filter: str) -> None:
 def test_mqtt_4_8_2_3_shared_subscription_granted_qos() -> None:
     core = make_core()
     c = client(core, "sq")
-    c.subscribe(("$share/g/s", 0))
+    c.subscribe_alone(("$share/g/s", 0))
     core.publish(Message("s", b"x", qos=2))
     (got,) = c.publishes()
     assert got.qos == 0
@@ -564,7 +564,7 @@ def test_mqtt_4_8_2_3_shared_subscription_granted_qos() -> None:
 def test_mqtt_3_10_4_1_4_5_and_3_11_3_1_unsuback() -> None:
     core = make_core()
     c = client(core, "un")
-    c.subscribe(("u/+", 1))
+    c.subscribe_alone(("u/+", 1))
     c.send(Unsubscribe(31, ("nothing", "u/+")))
     assert only(c) == Unsuback(31, (RC.NO_SUBSCRIPTION_EXISTED, RC.SUCCESS))
     core.publish(Message("u/1", b"x"))

@@ -32,7 +32,7 @@ def member(
     """A client connected as ``client_id`` (CONNECT options in ``connect``) and subscribed."""
     client = Client(core)
     client.connect(client_id, **connect)
-    client.subscribe(*filters, sub_id=sub_id)
+    client.subscribe_alone(*filters, sub_id=sub_id)
     return client
 
 

@@ -39,7 +39,7 @@ def test_values_from_the_core() -> None:
     # an offline persistent session that a QoS 0 message cannot reach: one drop
     away = Client(core)
     away.connect("away", properties=Properties(session_expiry_interval=600))
-    away.subscribe(("a", 0))
+    away.subscribe_alone(("a", 0))
     away.drop()
     client.send(Publish("a", b"2"))
     clock.now += 12.7
@@ -117,7 +117,7 @@ def test_clients_may_not_publish_to_sys(caplog: pytest.LogCaptureFixture) -> Non
     core = make_core()
     watcher = Client(core, V5)
     watcher.connect("watcher")
-    watcher.subscribe(("$SYS/#", 0))
+    watcher.subscribe_alone(("$SYS/#", 0))
     publish_sys_topics(core)
     assert len(watcher.packets()) == len(TOPICS)
     caplog.set_level(logging.INFO, logger="trio_mqtt")

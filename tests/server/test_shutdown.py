@@ -223,7 +223,6 @@ async def test_connections_left_at_the_deadline_are_cancelled_and_logged(
     assert broker.clients() == []
     assert broker.listeners[LISTENER.name].connections == 0
     assert any(
-        "connections still open after 0.3s were cancelled" in r.getMessage()
-        for r in caplog.records
+        "connections still open after 0.3s were cancelled" in r.getMessage() for r in caplog.records
     )
     await stuck.aclose()
