@@ -28,6 +28,7 @@ from trio_mqtt.networks import IPNetwork, address_in, parse_network
 
 __all__ = [
     "BrokerConfig",
+    "ClusterConfig",
     "IPNetwork",
     "ListenerConfig",
     "ProxyMode",
@@ -342,6 +343,60 @@ class ListenerConfig:
         return cls(host=host, port=port, **kwargs)
 
 
+_NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NATS_URL = re.compile(r"(nats|tls)://[^\s/]+:[0-9]{1,5}")
+
+
+def _node_name(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _str(instance, attribute, value)
+    if value and not _NODE_NAME.fullmatch(value):
+        raise _fail(
+            attribute,
+            f"{_show(value)} is not a node name (allowed: 1 to 64 of A-Z, a-z, 0-9, '_', '-')",
+        )
+
+
+def _to_nats_urls(value: Iterable[str] | str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise ConfigError(
+            f"{_show(value)} is not a list of URLs (write nats_urls = [{_show(value)}])",
+            key="nats_urls",
+        )
+    urls = tuple(value)
+    for url in urls:
+        if not isinstance(url, str) or not _NATS_URL.fullmatch(url):
+            raise ConfigError(
+                f"{_show(url)} is not a NATS URL (expected nats://HOST:PORT, "
+                "e.g. 'nats://127.0.0.1:4222')",
+                key="nats_urls",
+            )
+    return urls
+
+
+@attrs.frozen
+class ClusterConfig:
+    """Join a cluster of trio-mqtt nodes that share traffic and state through NATS.
+
+    ``node_name`` must be unique per node; empty means "derive one from the host name and
+    process id" at startup. ``nats_urls`` are the NATS servers (with JetStream) to use.
+    ``replicas`` is the JetStream replica count of the cluster's buckets and streams
+    (at most the number of NATS servers).
+    """
+
+    node_name: str = attrs.field(default="", validator=_node_name)
+    nats_urls: tuple[str, ...] = attrs.field(
+        default=("nats://127.0.0.1:4222",), converter=_to_nats_urls
+    )
+    replicas: int = attrs.field(default=1, validator=_int_in(1, 5))
+
+    def __attrs_post_init__(self) -> None:
+        if not self.nats_urls:
+            raise ConfigError(
+                "is empty: name at least one NATS server, e.g. ['nats://127.0.0.1:4222']",
+                key="nats_urls",
+            )
+
+
 def _unique_listeners(_instance: Any, _attribute: Any, value: tuple[ListenerConfig, ...]) -> None:
     first_with_name: dict[str, int] = {}
     first_with_bind: dict[tuple[str, int], int] = {}
@@ -397,6 +452,11 @@ class BrokerConfig:
         converter=_to_listeners,
         validator=_unique_listeners,
     )
+    # None: a single node, nothing shared
+    cluster: ClusterConfig | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_instance_of(ClusterConfig, "a ClusterConfig")),
+    )
 
 
 # --------------------------------------------------------------------------- bind strings
@@ -439,8 +499,9 @@ def parse_bind(bind: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------- TOML loading
 
 _BROKER_KEYS = tuple(
-    field.name for field in attrs.fields(BrokerConfig) if field.name != "listeners"
+    field.name for field in attrs.fields(BrokerConfig) if field.name not in ("listeners", "cluster")
 )
+_CLUSTER_KEYS = tuple(field.name for field in attrs.fields(ClusterConfig))
 _LISTENER_KEYS = ("name", "bind", "transport", "max_connections", "ws_path")
 _LISTENER_TABLES = ("proxy_protocol", "tls")
 _PROXY_KEYS = tuple(field.name for field in attrs.fields(ProxyPolicy))
@@ -505,7 +566,7 @@ class _Loader:
         return str(resolved)
 
     def config(self, data: Mapping[str, Any]) -> BrokerConfig:
-        document = self.table(data, "", ("broker", "listeners"))
+        document = self.table(data, "", ("broker", "listeners", "cluster"))
         broker = dict(self.table(document.get("broker", {}), "broker", _BROKER_KEYS))
         for name, must_exist in _BROKER_FILE_KEYS.items():
             if name in broker:
@@ -519,6 +580,8 @@ class _Loader:
             broker["listeners"] = [
                 self.listener(item, index) for index, item in enumerate(listeners)
             ]
+        if "cluster" in document:
+            broker["cluster"] = self.cluster(document["cluster"])
 
         def key_of(key: str | None) -> str | None:
             if key is None or key.startswith("listeners"):
@@ -557,6 +620,11 @@ class _Loader:
         table = self.table(data, prefix, _PROXY_KEYS)
         with self.keyed(_under(prefix)):
             return ProxyPolicy(**table)
+
+    def cluster(self, data: Any) -> ClusterConfig:
+        table = self.table(data, "cluster", _CLUSTER_KEYS)
+        with self.keyed(_under("cluster")):
+            return ClusterConfig(**table)
 
     def tls(self, data: Any, listener_prefix: str) -> TLSConfig:
         prefix = f"{listener_prefix}.tls"

@@ -15,6 +15,7 @@ from typing import Protocol, TypeAlias
 
 import attrs
 
+from trio_mqtt.broker.cluster_view import ClusterLink
 from trio_mqtt.broker.connection_view import (
     CONGESTION_HIGH,
     MAX_IN_FLIGHT,
@@ -283,6 +284,8 @@ class BrokerCore:
     on_relief: Callable[[], None] = _nothing
     # retained topics whose message has an expiry interval (the only ones tick() checks)
     expiring_retained: set[str] = attrs.Factory(set)
+    # The node's link to the rest of the cluster (trio_mqtt.cluster); None: one node.
+    cluster: ClusterLink | None = None
     _local_counter: int = 0
     _started: float = 0.0
 
@@ -608,6 +611,8 @@ class BrokerCore:
                 shared_subscription_available=1,
             )
         self.stats.connects += 1
+        if self.cluster is not None:
+            self.cluster.connected(client_id)
         log.info(
             "connected %s client_id=%r username=%r protocol=%s keepalive=%d clean=%s "
             "session_present=%s listener=%s",
@@ -933,6 +938,17 @@ class BrokerCore:
             else:
                 self.retained.delete(message.topic)
             self.retained_changed(message.topic)
+        if self.cluster is not None and not message.topic.startswith(SYS_TOPICS):
+            self.cluster.forward(message)  # each node has its own $SYS
+        return self.publish_remote(message)
+
+    def publish_remote(self, message: Message) -> int:
+        """Route a message to this node's subscribers only (it came from the cluster).
+
+        Its retained copy, if any, reaches this node through the cluster's retained
+        store (``retained_from_cluster``), not through here. Returns what ``publish``
+        returns.
+        """
         deliveries, shares = self.router.routed_deliveries(message.topic, message.publisher)
         if not deliveries:
             return 0
@@ -953,6 +969,51 @@ class BrokerCore:
             for delivery in deliveries:
                 self._deliver(message, size, delivery, items)
         return len(deliveries)
+
+    def publish_shared_remote(self, message: Message, shared_filter: str) -> bool:
+        """The cluster chose this node's member of share group ``shared_filter`` for
+        ``message``: queue it for the next member in turn; False if none is left."""
+        member = self.router.pick_shared_member(shared_filter)
+        if member is None:
+            return False
+        self._deliver(message, publish_size(message), member.delivery(), None, (shared_filter,))
+        return True
+
+    def retained_from_cluster(self, topic: str, message: Message | None) -> None:
+        """The cluster's retained store changed ``topic``: keep this node's copy in step.
+
+        ``None`` clears it. Nothing is routed: live subscribers got the message itself.
+        """
+        if message is None:
+            if self.retained.get(topic) is None:
+                return
+            self.retained.delete(topic)
+        else:
+            self.set_retained(message)
+        self.retained_changed(topic)
+
+    def taken_over_elsewhere(self, client_id: str, where: str) -> bool:
+        """Another node took ``client_id`` over: close it here; True if it was online.
+
+        Its session here ends (the node that owns the client id now holds the session)
+        and its will, if any, is published as for a takeover on this node.
+        """
+        session = self.sessions.get(client_id)
+        if session is None or session.connection is None:
+            return False
+        old = session.connection
+        log.info(
+            "client %r connected on node %s: closing its connection here (%s)",
+            client_id,
+            where,
+            old.peer.describe(),
+        )
+        will = old.release_session()
+        self._detach(session, will, old.peer, CloseReason.TAKEN_OVER)
+        old.request_close(CloseReason.TAKEN_OVER, ReasonCode.SESSION_TAKEN_OVER)
+        if self.sessions.get(client_id) is session:
+            self._end_session(session, publish_delayed_will=False)
+        return True
 
     def set_retained(self, message: Message) -> None:
         """Store ``message`` as the retained message of its topic (no routing)."""
@@ -1061,14 +1122,7 @@ class BrokerCore:
                 member = self.router.pick_shared_member(shared_filter)
                 if member is None:
                     continue  # the group is gone: nobody left to take it
-                options = member.options
-                identifier = options.subscription_identifier
-                delivery = Delivery(
-                    client_id=member.client_id,
-                    qos=options.qos,
-                    retain_as_published=options.retain_as_published,
-                    subscription_identifiers=() if identifier is None else (identifier,),
-                )
+                delivery = member.delivery()
                 log.info(
                     "shared subscription %r: message on %r from ended session %r goes to %r",
                     shared_filter,

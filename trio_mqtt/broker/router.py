@@ -68,6 +68,16 @@ class Subscription:
     options: SubscriptionOptions
     share_group: str | None
 
+    def delivery(self) -> Delivery:
+        """The delivery of a message to this subscription alone."""
+        identifier = self.options.subscription_identifier
+        return Delivery(
+            client_id=self.client_id,
+            qos=self.options.qos,
+            retain_as_published=self.options.retain_as_published,
+            subscription_identifiers=() if identifier is None else (identifier,),
+        )
+
 
 @attrs.frozen
 class Delivery:
@@ -281,6 +291,14 @@ class Router:
 
     is_available: Callable[[str], bool] | None = None
     cache_size: int = 4096
+    # Called when a filter gains its first or loses its last subscriber (the cluster
+    # layer holds one NATS subscription per filter; it takes the changes with
+    # take_interest_changes). None: nothing is noted.
+    on_interest: Callable[[], None] | None = None
+    # Whether shared subscriptions are served by someone else (the cluster: one member
+    # across every node gets each message): routed_deliveries then leaves them out.
+    shared_elsewhere: bool = False
+    _interest: dict[str, bool] = attrs.field(init=False, factory=dict)
     _root: _FilterNode = attrs.field(init=False, factory=_FilterNode)
     _by_client: dict[str, dict[str, Subscription]] = attrs.field(init=False, factory=dict)
     _count: int = attrs.field(init=False, default=0)
@@ -317,10 +335,14 @@ class Router:
         if group is None:
             replaced = client_id in node.subscriptions
             node.subscriptions[client_id] = subscription
+            if self.on_interest is not None and len(node.subscriptions) == 1 and not replaced:
+                self._note_interest(topic_filter, True)
         else:
             share = node.groups.get(group)
             if share is None:
                 share = node.groups[group] = _ShareGroup()
+                if self.on_interest is not None:
+                    self._note_interest(topic_filter, True)
             replaced = share.add(subscription)
         self._by_client.setdefault(client_id, {})[topic_filter] = subscription
         if not replaced:
@@ -344,11 +366,15 @@ class Router:
             node = child
         if group is None:
             del node.subscriptions[client_id]
+            if self.on_interest is not None and not node.subscriptions:
+                self._note_interest(topic_filter, False)
         else:
             share = node.groups[group]
             share.remove(client_id)
             if not share.members:
                 del node.groups[group]
+                if self.on_interest is not None:
+                    self._note_interest(topic_filter, False)
         for parent, level in reversed(path):
             child = parent.child(level)
             if child is None or not child.is_empty():
@@ -365,6 +391,36 @@ class Router:
         """Remove every subscription of ``client_id`` (session ended)."""
         for topic_filter in list(self._by_client.get(client_id, ())):
             self.unsubscribe(client_id, topic_filter)
+
+    def _note_interest(self, topic_filter: str, present: bool) -> None:
+        self._interest[topic_filter] = present
+        assert self.on_interest is not None
+        self.on_interest()
+
+    def take_interest_changes(self) -> dict[str, bool]:
+        """``{filter: has subscribers now}`` for the filters whose first subscriber came
+        or last one went since the last call (noted only while ``on_interest`` is set)."""
+        changes = self._interest
+        self._interest = {}
+        return changes
+
+    def filters(self) -> list[str]:
+        """Every filter with at least one subscriber (shared ones as ``$share/g/f``)."""
+        found: list[str] = []
+        stack: list[tuple[_FilterNode, str]] = [(self._root, "")]
+        while stack:
+            node, path = stack.pop()
+            if node.subscriptions:
+                found.append(path)
+            found.extend(f"$share/{group}/{path}" for group in node.groups)
+            children = [*node.children.items()]
+            if node.plus is not None:
+                children.append(("+", node.plus))
+            if node.hash is not None:
+                children.append(("#", node.hash))
+            for level, child in children:
+                stack.append((child, level if node is self._root else f"{path}/{level}"))
+        return found
 
     def subscriptions_of(self, client_id: str) -> dict[str, SubscriptionOptions]:
         """``{topic_filter: options}`` of one client (a new dict; empty if none)."""
@@ -473,7 +529,10 @@ class Router:
         """
         plan = self._plan(topic)
         skip_own = publisher_client_id is not None and publisher_client_id in plan.no_local
-        if not plan.groups and not skip_own:
+        groups = plan.groups
+        if groups and self.shared_elsewhere:
+            groups = ()  # the cluster picks the member (share_delivery)
+        if not groups and not skip_own:
             return plan.delivery_list, NO_SHARES
         result = dict(plan.deliveries)
         if skip_own:
@@ -482,7 +541,7 @@ class Router:
             kept = [s for s in plan.no_local[publisher_client_id] if not s.options.no_local]
             result.update(_aggregate(kept))
         shared: dict[str, list[str]] = {}
-        for group in plan.groups:
+        for group in groups:
             chosen = group.pick(self.is_available)
             if chosen.options.no_local and chosen.client_id == publisher_client_id:
                 continue

@@ -1,0 +1,164 @@
+"""The core's side of the cluster: what it tells its node, and what it takes back.
+
+The node itself (NATS traffic) is tested against a real nats-server elsewhere; here the
+core talks to a recording ``ClusterLink`` so each decision is checked on its own.
+"""
+
+from __future__ import annotations
+
+import attrs
+from helpers import V5, V311, Client, make_core
+
+from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.message import Message
+from trio_mqtt.mqtt.packets import Disconnect, Publish, Subscribe, SubscriptionRequest, Will
+from trio_mqtt.mqtt.reason_codes import ReasonCode
+
+
+@attrs.define
+class RecordingLink:
+    forwarded: list[Message] = attrs.Factory(list)
+    claimed: list[str] = attrs.Factory(list)
+
+    def forward(self, message: Message) -> None:
+        self.forwarded.append(message)
+
+    def connected(self, client_id: str) -> None:
+        self.claimed.append(client_id)
+
+
+def clustered_core() -> tuple[BrokerCore, RecordingLink]:
+    core = make_core()
+    link = RecordingLink()
+    core.cluster = link
+    return core, link
+
+
+def test_a_client_publish_is_forwarded_once_and_delivered_locally() -> None:
+    core, link = clustered_core()
+    subscriber = Client(core)
+    subscriber.connect("sub")
+    subscriber.subscribe(("a/+", 1))
+    publisher = Client(core)
+    publisher.connect("pub")
+    publisher.send(Publish(topic="a/b", payload=b"x", qos=1, packet_id=7))
+    assert [(m.topic, m.payload, m.qos, m.publisher) for m in link.forwarded] == [
+        ("a/b", b"x", 1, "pub")
+    ]
+    assert [p.payload for p in subscriber.publishes()] == [b"x"]
+
+
+def test_messages_without_local_subscribers_are_forwarded_too() -> None:
+    core, link = clustered_core()
+    publisher = Client(core, V311)
+    publisher.connect("pub")
+    publisher.send(Publish(topic="nobody/here", payload=b"x"))
+    assert [m.topic for m in link.forwarded] == ["nobody/here"]
+
+
+def test_sys_topics_stay_on_their_node() -> None:
+    core, link = clustered_core()
+    core.publish(Message("$SYS/broker/uptime", b"1", retain=True))
+    assert link.forwarded == []
+
+
+def test_a_message_from_the_cluster_is_routed_here_and_not_forwarded_back() -> None:
+    core, link = clustered_core()
+    subscriber = Client(core)
+    subscriber.connect("sub")
+    subscriber.subscribe(("a/#", 2))
+    routed = core.publish_remote(Message("a/b", b"remote", qos=1, retain=True, publisher="p"))
+    assert routed == 1
+    assert link.forwarded == []
+    (publish,) = subscriber.publishes()
+    assert (publish.payload, publish.qos) == (b"remote", 1)
+    # its retained copy comes through retained_from_cluster, not through routing
+    assert core.retained.get("a/b") is None
+
+
+def test_no_local_holds_across_nodes_by_client_id() -> None:
+    core, _link = clustered_core()
+    client = Client(core, V5)
+    client.connect("same")
+    client.send(Subscribe(1, (SubscriptionRequest("t", 1, no_local=True),)))
+    client.packets()
+    assert core.publish_remote(Message("t", b"own", qos=1, publisher="same")) == 0
+    assert core.publish_remote(Message("t", b"other", qos=1, publisher="else")) == 1
+    assert [p.payload for p in client.publishes()] == [b"other"]
+
+
+def test_a_connect_claims_the_client_id() -> None:
+    core, link = clustered_core()
+    Client(core).connect("c1")
+    Client(core, V311).connect("c2")
+    assert link.claimed == ["c1", "c2"]
+
+
+def test_retained_from_the_cluster_sets_and_clears_this_nodes_copy() -> None:
+    core, _link = clustered_core()
+    core.retained_from_cluster("r/1", Message("r/1", b"v", retain=True))
+    subscriber = Client(core)
+    subscriber.connect("sub")
+    subscriber.subscribe(("r/#", 0))
+    assert [p.payload for p in subscriber.packets() if isinstance(p, Publish)] == [b"v"]
+    core.retained_from_cluster("r/1", None)
+    assert core.retained.get("r/1") is None
+
+
+def test_taken_over_elsewhere_closes_with_0x8e_and_publishes_the_will() -> None:
+    core, link = clustered_core()
+    watcher = Client(core)
+    watcher.connect("watcher")
+    watcher.subscribe(("wills/#", 0))
+    client = Client(core, V5)
+    client.connect("moving", will=Will(topic="wills/moving", payload=b"gone"))
+    assert core.taken_over_elsewhere("moving", "n2") is True
+    (disconnect,) = client.packets()
+    assert isinstance(disconnect, Disconnect)
+    assert disconnect.reason_code == ReasonCode.SESSION_TAKEN_OVER
+    assert "moving" not in core.sessions
+    assert [p.payload for p in watcher.publishes()] == [b"gone"]
+    assert [m.topic for m in link.forwarded] == ["wills/moving"]
+    assert core.taken_over_elsewhere("moving", "n2") is False
+    assert core.taken_over_elsewhere("never-here", "n2") is False
+
+
+def test_router_notes_first_and_last_subscriber_of_each_filter() -> None:
+    core = make_core()
+    calls: list[None] = []
+    core.router.on_interest = lambda: calls.append(None)
+    first, second = Client(core), Client(core)
+    first.connect("one")
+    second.connect("two")
+    first.subscribe(("a/+", 0), ("$share/g/b", 0))
+    assert core.router.take_interest_changes() == {"a/+": True, "$share/g/b": True}
+    second.subscribe(("a/+", 1), ("$share/g/b", 1))  # not the first: nothing new
+    assert core.router.take_interest_changes() == {}
+    first.subscribe(("a/+", 2))  # a replaced subscription is not new interest
+    assert core.router.take_interest_changes() == {}
+    first.drop()  # clean session: its subscriptions go
+    second.drop()
+    assert core.router.take_interest_changes() == {"a/+": False, "$share/g/b": False}
+    assert len(calls) == 4
+
+
+def test_router_lists_every_filter_with_subscribers() -> None:
+    core = make_core()
+    client = Client(core)
+    client.connect("c")
+    filters = ("a/+/c", "#", "/", "/x", "$share/g/q/#", "+")
+    client.subscribe(*((f, 0) for f in filters))
+    assert sorted(core.router.filters()) == sorted(filters)
+
+
+def test_shared_members_are_chosen_by_the_cluster_when_it_says_so() -> None:
+    core, _link = clustered_core()
+    core.router.shared_elsewhere = True
+    member = Client(core)
+    member.connect("m")
+    member.subscribe(("$share/g/s", 1))
+    assert core.publish(Message("s", b"local publish", qos=1)) == 0
+    assert member.packets() == []
+    assert core.publish_shared_remote(Message("s", b"chosen", qos=1), "$share/g/s") is True
+    assert [p.payload for p in member.publishes()] == [b"chosen"]
+    assert core.publish_shared_remote(Message("s", b"x"), "$share/other/s") is False

@@ -1,0 +1,25 @@
+"""The cluster as the core sees it: what the core tells its node (no I/O here).
+
+A broker that is part of a cluster (``trio_mqtt.cluster``) hands the core a
+:class:`ClusterLink`. The core calls it synchronously from its own decisions; the link
+turns them into NATS traffic. What arrives from the cluster comes back through the
+core's own methods (``publish_remote``, ``retained_from_cluster``,
+``taken_over_elsewhere``): the core stays the only owner of sessions, routes and the
+retained store.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from trio_mqtt.broker.message import Message
+
+
+class ClusterLink(Protocol):
+    """What the core tells the rest of the cluster."""
+
+    def forward(self, message: Message) -> None:
+        """A message was published on this node: the other nodes' subscribers want it."""
+
+    def connected(self, client_id: str) -> None:
+        """A client connected here: this node claims its client id cluster-wide."""
