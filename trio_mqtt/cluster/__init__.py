@@ -1,0 +1,1 @@
+"""The cluster layer: trio-mqtt nodes sharing traffic and state through NATS JetStream."""
