@@ -1,0 +1,380 @@
+"""How an MQTT message travels between nodes over NATS (pure code, no I/O).
+
+The topic is the NATS subject (``trio_mqtt.cluster.subjects``) and the payload is the
+NATS payload, untouched. Everything else goes in a few NATS headers with one-letter names,
+present only when they say something:
+
+=====  =========================================================================
+``o``  origin: the sending node's id, unique per process incarnation (required)
+``n``  the origin's sequence number of this message, decimal (required)
+``q``  QoS, ``1`` or ``2`` (absent: 0)
+``r``  ``1`` for a retained message (absent: not retained)
+``c``  the publisher's client id, %-escaped (absent: published in-process)
+``e``  Message Expiry Interval left when sent, seconds (absent: no expiry)
+``p``  the other MQTT 5 properties, as a PUBLISH encodes them, in base64
+``a``  the publisher's peer (:func:`encode_peer`; absent: ``LOCAL_PEER``)
+=====  =========================================================================
+
+Header values are printable ASCII without spaces (``%`` and two hex digits stand for
+any other byte of UTF-8, and for ``%`` and ``|``, which separates the fields of ``a``),
+so no header parser can trim, fold or split them; ``%`` alone is the empty string (an
+empty header value might be dropped). Clocks are node-local: the sender writes the
+expiry *left* and the receiver counts from its own now.
+Other headers (``Nats-Sequence`` from a JetStream RePublish, ...) are ignored.
+
+A message matching two of a node's subscriptions arrives once per subscription;
+:class:`RepeatFilter` drops the repeats by (origin, sequence).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from trio_mqtt.broker.message import Message
+from trio_mqtt.errors import MQTTProtocolError, TrioMQTTError
+from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
+from trio_mqtt.mqtt.properties import PropertyContext, decode_properties, encode_properties
+from trio_mqtt.peer import LOCAL_PEER, Endpoint, PeerInfo
+
+__all__ = [
+    "EnvelopeError",
+    "Origin",
+    "RepeatFilter",
+    "decode_peer",
+    "encode_peer",
+    "message_from_nats",
+    "message_headers",
+]
+
+ORIGIN = "o"
+SEQUENCE = "n"
+QOS = "q"
+RETAIN = "r"
+PUBLISHER = "c"
+EXPIRY = "e"
+PROPERTIES = "p"
+PEER = "a"
+
+_QOS_TEXT = ("0", "1", "2")
+_QOS_VALUE = {"0": 0, "1": 1, "2": 2}
+_MAX_UINT32 = 0xFFFF_FFFF
+
+# %-escaping for header values: printable ASCII stays, except "%" and the "|" separator
+_SAFE_VALUE = re.compile(r"[!-$&-{}~]*")
+_ESCAPE = tuple(chr(b) if 0x21 <= b <= 0x7E and b not in b"%|" else f"%{b:02X}" for b in range(256))
+_EMPTY_VALUE = "%"  # the empty string: "%" alone is no escape, and no header is empty
+
+
+class EnvelopeError(TrioMQTTError, ValueError):
+    """NATS headers that do not describe a message: the message says which and why."""
+
+
+@attrs.frozen
+class Origin:
+    """Where a message entered the cluster: the node and that node's sequence number."""
+
+    node: str
+    sequence: int
+
+
+def _escape(text: str) -> str:
+    if _SAFE_VALUE.fullmatch(text):
+        return text or _EMPTY_VALUE
+    return "".join([_ESCAPE[b] for b in text.encode("utf-8")])
+
+
+def _unescape(value: str, what: str) -> str:
+    if "%" not in value:
+        if not _SAFE_VALUE.fullmatch(value):
+            raise EnvelopeError(f"{what} {value[:100]!r} has characters that must be escaped")
+        return value
+    if value == _EMPTY_VALUE:
+        return ""
+    head, *escapes = value.split("%")
+    try:
+        out = bytearray(head.encode("ascii"))
+        for part in escapes:
+            out += bytes.fromhex(part[:2])
+            out += part[2:].encode("ascii")
+        text = out.decode("utf-8")
+    except ValueError as exc:
+        raise EnvelopeError(f"{what} {value[:100]!r} is badly escaped ({exc})") from None
+    if _escape(text) != value:
+        raise EnvelopeError(f"{what} {value[:100]!r} is not canonically escaped")
+    return text
+
+
+def _endpoint_text(endpoint: Endpoint | None) -> str:
+    return "" if endpoint is None else _escape(str(endpoint))
+
+
+def _parse_endpoint(value: str) -> Endpoint | None:
+    if not value:
+        return None
+    text = _unescape(value, "peer address")
+    host, colon, port = text.rpartition(":")
+    if not colon or not (port.isascii() and port.isdigit()) or len(port) > 5 or int(port) > 65535:
+        raise EnvelopeError(f"peer address {text[:100]!r} is not host:port")
+    if ":" in host:  # Endpoint brackets exactly the hosts that contain ":"
+        if not (host.startswith("[") and host.endswith("]")):
+            raise EnvelopeError(f"peer address {text[:100]!r}: an IPv6 host needs brackets")
+        host = host[1:-1]
+    return Endpoint(host, int(port))
+
+
+# id(peer) -> (peer, text): connections publish through one PeerInfo object each, so an
+# identity lookup saves hashing and formatting it per message. The entry holds the peer,
+# so its id cannot be reused while it is cached.
+_peer_texts: dict[int, tuple[PeerInfo, str]] = {}
+_PEER_CACHE_SIZE = 4096
+
+
+def encode_peer(peer: PeerInfo) -> str:
+    """``transport|listener|client|proxy``, each %-escaped; an absent endpoint is empty.
+
+    What the SQLite store keeps of a peer, too: who published (the real client address)
+    and through which proxy and listener. The socket's own endpoints, the PROXY header
+    and TLS details stay on the node that accepted the connection.
+    """
+    entry = _peer_texts.get(id(peer))
+    if entry is not None and entry[0] is peer:
+        return entry[1]
+    text = "|".join(
+        (
+            _escape(peer.transport),
+            _escape(peer.listener),
+            _endpoint_text(peer.client),
+            _endpoint_text(peer.proxy),
+        )
+    )
+    if len(_peer_texts) >= _PEER_CACHE_SIZE:
+        _peer_texts.clear()
+    _peer_texts[id(peer)] = (peer, text)
+    return text
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_peer(value: str) -> PeerInfo:
+    fields = value.split("|")
+    if len(fields) < 4:  # later versions may add fields: ignored here
+        raise EnvelopeError(f"peer {value[:100]!r} has {len(fields)} fields, expected 4")
+    transport, listener, client_text, proxy_text = fields[:4]
+    client = _parse_endpoint(client_text)
+    proxy = _parse_endpoint(proxy_text)
+    return PeerInfo(
+        listener=_unescape(listener, "listener"),
+        transport=_unescape(transport, "transport"),
+        remote=proxy if proxy is not None else client,
+        client=client,
+        proxy=proxy,
+    )
+
+
+def decode_peer(value: str) -> PeerInfo:
+    """The :class:`PeerInfo` that :func:`encode_peer` wrote; ``EnvelopeError`` if malformed.
+
+    The remote end of the socket is the proxy when there is one, else the client.
+    """
+    if len(value) > 512:
+        return _decode_peer.__wrapped__(value)
+    return _decode_peer(value)
+
+
+def message_headers(message: Message, *, origin: str, sequence: int, now: float) -> dict[str, str]:
+    """The NATS headers that carry ``message`` (all but its topic and payload).
+
+    ``origin`` must be unique per sending process incarnation (a node restarting with the
+    same id would have its new, low sequence numbers dropped as repeats), and ``sequence``
+    must increase with each message it sends. Raises ``LocalProtocolError`` if the
+    message's properties cannot be encoded in a PUBLISH.
+    """
+    headers = {ORIGIN: origin, SEQUENCE: str(sequence)}
+    if message.qos:
+        headers[QOS] = _QOS_TEXT[message.qos]
+    if message.retain:
+        headers[RETAIN] = "1"
+    if message.publisher is not None:
+        headers[PUBLISHER] = _escape(message.publisher)
+    properties = message.properties
+    if properties is not NO_PROPERTIES:
+        expiry = message.remaining_expiry(now)
+        if expiry is not None:
+            headers[EXPIRY] = str(expiry)
+            properties = attrs.evolve(properties, message_expiry_interval=None)
+        if properties:
+            encoded = encode_properties(properties, PropertyContext.PUBLISH, "PUBLISH")
+            headers[PROPERTIES] = base64.b64encode(encoded).decode("ascii")
+    if message.peer is not LOCAL_PEER:
+        headers[PEER] = encode_peer(message.peer)
+    return headers
+
+
+def _decode_properties(value: str) -> Properties:
+    try:
+        blob = base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise EnvelopeError(f"properties header is not base64 ({exc})") from None
+    try:
+        properties, end = decode_properties(blob, 0, len(blob), PropertyContext.PUBLISH, "NATS")
+    except MQTTProtocolError as exc:
+        raise EnvelopeError(f"properties header: {exc}") from None
+    if end != len(blob):
+        raise EnvelopeError(f"properties header has {len(blob) - end} stray byte(s)")
+    if properties.topic_alias is not None or properties.subscription_identifiers:
+        raise EnvelopeError("properties header carries per-hop properties (topic alias, ...)")
+    if properties.message_expiry_interval is not None:
+        raise EnvelopeError("properties header carries the expiry: it belongs in header 'e'")
+    return properties
+
+
+# equal property blocks decode to one shared (immutable) value: less work and memory
+_cached_decode_properties = functools.lru_cache(maxsize=1024)(_decode_properties)
+
+
+def _number(value: str, what: str, limit: int) -> int:
+    if value.isdigit() and value.isascii() and len(value) <= 20:
+        number = int(value)
+        if number <= limit:
+            return number
+    raise EnvelopeError(f"{what} {value[:100]!r} is not an integer from 0 to {limit}")
+
+
+def message_from_nats(
+    topic: str,
+    payload: bytes,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+    *,
+    now: float,
+) -> tuple[Message, Origin]:
+    """The message and its origin from what NATS delivered (``topic`` from the subject).
+
+    ``headers`` is a mapping (nats-py) or (name, value) pairs (``trio_mqtt.nats.Headers``);
+    names are matched exactly, as written. The message's clock starts at ``now``, this
+    node's time. Raises ``EnvelopeError`` for missing or malformed headers, never
+    anything else.
+    """
+    if headers is None:
+        raise EnvelopeError("message has no headers: not sent by a trio-mqtt node")
+    if type(headers) is not dict and not isinstance(headers, Mapping):
+        headers = dict(headers)  # one pass, then a dict lookup per name
+    node = headers.get(ORIGIN)
+    sequence = headers.get(SEQUENCE)
+    if not node or sequence is None:
+        raise EnvelopeError(
+            f"message lacks its origin: headers {ORIGIN!r} and {SEQUENCE!r} are required"
+        )
+    origin = Origin(node, _number(sequence, "sequence", 2**64 - 1))
+    qos = 0
+    value = headers.get(QOS)
+    if value is not None:
+        qos = _QOS_VALUE.get(value, -1)
+        if qos < 0:
+            raise EnvelopeError(f"QoS {value[:100]!r} is not 0, 1 or 2")
+    retain = False
+    value = headers.get(RETAIN)
+    if value is not None:
+        if value != "1":
+            raise EnvelopeError(f"retain flag {value[:100]!r} is not '1'")
+        retain = True
+    publisher = headers.get(PUBLISHER)
+    if publisher is not None:
+        publisher = _unescape(publisher, "client id")
+    properties = NO_PROPERTIES
+    value = headers.get(PROPERTIES)
+    if value is not None:
+        if len(value) > 4096:
+            properties = _decode_properties(value)
+        else:
+            properties = _cached_decode_properties(value)
+    value = headers.get(EXPIRY)
+    if value is not None:
+        expiry = _number(value, "expiry", _MAX_UINT32)
+        properties = attrs.evolve(properties, message_expiry_interval=expiry)
+    value = headers.get(PEER)
+    peer = LOCAL_PEER if value is None else decode_peer(value)
+    message = Message(
+        topic=topic,
+        payload=payload,
+        qos=qos,
+        retain=retain,
+        properties=properties,
+        publisher=publisher,
+        peer=peer,
+        created=now,
+    )
+    return message, origin
+
+
+@attrs.define
+class _Seen:
+    """One origin's recent sequences: the highest, and bit i for ``highest - i``."""
+
+    highest: int
+    mask: int
+
+
+def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1, got {value}")
+
+
+@attrs.define
+class RepeatFilter:
+    """Drops the repeats of a message that reached this node through several subscriptions.
+
+    A message matching two of the node's NATS subscriptions arrives twice, with one
+    (origin, sequence). Per origin it keeps the highest sequence and a bitmap of the
+    ``window`` sequences below it. A sequence older than the window counts as seen: NATS
+    delivers one publisher's messages to one connection in order, across all its
+    subscriptions, so a copy that far behind is a repeat. At most ``max_origins`` origins
+    are remembered, least recently heard from forgotten first (a repeat of a forgotten
+    origin's message passes: at worst a duplicate, which QoS 0 and 1 allow).
+    """
+
+    window: int = attrs.field(default=4096, validator=_positive)
+    max_origins: int = attrs.field(default=1024, validator=_positive)
+    _origins: OrderedDict[str, _Seen] = attrs.field(factory=OrderedDict, init=False)
+    _full: int = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._full = (1 << self.window) - 1
+
+    def seen(self, origin: Origin) -> bool:
+        """Whether ``origin`` was seen before (a repeat, to drop); records it if not."""
+        origins = self._origins
+        node = origin.node
+        sequence = origin.sequence
+        state = origins.get(node)
+        if state is None:
+            if len(origins) >= self.max_origins:
+                origins.popitem(last=False)
+            origins[node] = _Seen(sequence, 1)
+            return False
+        origins.move_to_end(node)
+        ahead = sequence - state.highest
+        if ahead > 0:
+            state.mask = ((state.mask << ahead) | 1) & self._full if ahead < self.window else 1
+            state.highest = sequence
+            return False
+        if -ahead >= self.window:
+            return True
+        bit = 1 << -ahead
+        if state.mask & bit:
+            return True
+        state.mask |= bit
+        return False
+
+    def forget(self, node: str) -> None:
+        """Drop what is remembered of ``node`` (it left the cluster)."""
+        self._origins.pop(node, None)
+
+    def __len__(self) -> int:
+        """How many origins are remembered."""
+        return len(self._origins)
