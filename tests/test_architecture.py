@@ -2,8 +2,9 @@
 
 - No import cycle among ``trio_mqtt`` modules, counting imports under ``TYPE_CHECKING``
   and inside functions: a cycle there is still a two-way dependency.
-- The sans-IO packages (``mqtt``, ``proxy``, ``broker``) do no I/O: they import no
-  trio, sockets, sqlite3, threads or file-system modules, and call no ``open()``.
+- The sans-IO packages (``mqtt``, ``proxy``, ``broker``) and modules (the NATS protocol,
+  the cluster's subjects, envelope and records) do no I/O: they import no trio, sockets,
+  sqlite3, threads or file-system modules, and call no ``open()``.
 - The broker core decides and the connection applies: ``broker/core.py`` never assigns
   an attribute of a connection object nor calls its private methods.
 """
@@ -18,7 +19,15 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "trio_mqtt"
 
-SANS_IO_PACKAGES = ("mqtt", "proxy", "broker")
+SANS_IO_PACKAGES = (
+    "mqtt",
+    "proxy",
+    "broker",
+    "nats.protocol",
+    "cluster.subjects",
+    "cluster.envelope",
+    "cluster.records",
+)
 IO_MODULES = frozenset(
     {
         "trio",
