@@ -259,7 +259,8 @@ def test_missing_certificate_names_the_tls_key(tmp_path: Path) -> None:
         (
             listener(ports=3),
             "broker.toml: listeners[0].ports: unknown key; allowed keys: "
-            "'name', 'bind', 'transport', 'max_connections', 'ws_path', 'proxy_protocol', 'tls'",
+            "'name', 'bind', 'transport', 'max_connections', 'ws_path', 'reuse_port', "
+            "'proxy_protocol', 'tls'",
         ),
         (
             proxy(mode="required", trusted=["10.0.0.0/8"]),
@@ -717,3 +718,49 @@ def test_topic_alias_maximum_setting() -> None:
     assert parse_config({"broker": {"topic_alias_maximum": 0}}).topic_alias_maximum == 0
     with pytest.raises(ConfigError, match=r"broker\.topic_alias_maximum.*65535"):
         parse_config({"broker": {"topic_alias_maximum": 65536}}, file="b.toml")
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def test_reuse_port_setting() -> None:
+    assert ListenerConfig().reuse_port is False
+    loaded = parse_config(listener(reuse_port=True))
+    assert loaded.listeners[0].reuse_port is True
+    assert config_error(listener(reuse_port="yes")) == (
+        "broker.toml: listeners[0].reuse_port: 'yes' is not a boolean (allowed: true, false)"
+    )
+
+
+def test_workers_setting() -> None:
+    assert BrokerConfig().workers == 1
+    assert parse_config({"broker": {"workers": 4}}).workers == 4
+    assert config_error({"broker": {"workers": 0}}) == (
+        "broker.toml: broker.workers: 0 is out of range (allowed: 1..256)"
+    )
+    assert config_error({"broker": {"workers": 257}}).endswith("out of range (allowed: 1..256)")
+    assert config_error({"broker": {"workers": True}}) == (
+        "broker.toml: broker.workers: true is not an integer (allowed: 1..256)"
+    )
+
+
+def test_empty_nats_urls_means_the_workers_start_a_nats_server() -> None:
+    data: dict[str, Any] = {"broker": {"workers": 2}, "cluster": {"nats_urls": []}}
+    loaded = parse_config(data)
+    assert loaded.cluster is not None and loaded.cluster.nats_urls == ()
+    # a single broker has no supervisor to start one
+    alone = {"cluster": {"nats_urls": []}}
+    assert config_error(alone).startswith(
+        "broker.toml: cluster.nats_urls: is empty, which means 'start a nats-server for the "
+        "workers': that needs workers > 1"
+    )
+
+
+def test_load_config_overrides_replace_broker_keys_before_the_checks(tmp_path: Path) -> None:
+    file = tmp_path / "broker.toml"
+    file.write_text("[broker]\nworkers = 1\n[cluster]\nnats_urls = []\n")
+    with pytest.raises(ConfigError, match="needs workers > 1"):
+        load_config(file)
+    assert load_config(file, overrides={"workers": 3}).workers == 3
+    with pytest.raises(ConfigError, match=r"broker\.nope: unknown key"):
+        load_config(file, overrides={"nope": 1})

@@ -48,6 +48,7 @@ MAX_MQTT_PACKET_SIZE = 268_435_455 + 5
 MAX_PROXY_HEADER_SIZE = 16 + 65_535
 MIN_PROXY_HEADER_SIZE = 16 + 216
 MAX_SESSION_EXPIRY = 0xFFFF_FFFF
+MAX_WORKERS = 256
 
 
 class Transport(enum.Enum):
@@ -320,6 +321,9 @@ class ListenerConfig:
         validator=attrs.validators.optional(_instance_of(TLSConfig, "a TLSConfig")),
     )
     ws_path: str = attrs.field(default="/mqtt", validator=_ws_path)
+    # SO_REUSEPORT: several processes accept on one port and the kernel spreads the
+    # connections (what ``--workers`` uses); with port 0 each process gets its own port
+    reuse_port: bool = attrs.field(default=False, validator=_bool)
 
     def __attrs_post_init__(self) -> None:
         if self.transport in (Transport.TLS, Transport.WSS) and self.tls is None:
@@ -378,7 +382,9 @@ class ClusterConfig:
     """Join a cluster of trio-mqtt nodes that share traffic and state through NATS.
 
     ``node_name`` must be unique per node; empty means "derive one from the host name and
-    process id" at startup. ``nats_urls`` are the NATS servers (with JetStream) to use.
+    process id" at startup. ``nats_urls`` are the NATS servers (with JetStream) to use;
+    empty means "the ``--workers`` supervisor starts a nats-server for its workers", so
+    it needs ``BrokerConfig.workers`` > 1.
     ``replicas`` is the JetStream replica count of the cluster's buckets and streams
     (at most the number of NATS servers).
     """
@@ -388,13 +394,6 @@ class ClusterConfig:
         default=("nats://127.0.0.1:4222",), converter=_to_nats_urls
     )
     replicas: int = attrs.field(default=1, validator=_int_in(1, 5))
-
-    def __attrs_post_init__(self) -> None:
-        if not self.nats_urls:
-            raise ConfigError(
-                "is empty: name at least one NATS server, e.g. ['nats://127.0.0.1:4222']",
-                key="nats_urls",
-            )
 
 
 def _unique_listeners(_instance: Any, _attribute: Any, value: tuple[ListenerConfig, ...]) -> None:
@@ -457,6 +456,18 @@ class BrokerConfig:
         default=None,
         validator=attrs.validators.optional(_instance_of(ClusterConfig, "a ClusterConfig")),
     )
+    # processes of the ``trio-mqtt`` command (> 1: a supervisor and N cluster nodes on
+    # one port, see trio_mqtt/supervisor.py); embedding with open_broker ignores it
+    workers: int = attrs.field(default=1, validator=_int_in(1, MAX_WORKERS))
+
+    def __attrs_post_init__(self) -> None:
+        if self.cluster is not None and not self.cluster.nats_urls and self.workers == 1:
+            raise ConfigError(
+                "is empty, which means 'start a nats-server for the workers': that needs "
+                "workers > 1 ([broker] workers or --workers); a single broker must name at "
+                "least one NATS server, e.g. ['nats://127.0.0.1:4222']",
+                key="cluster.nats_urls",
+            )
 
 
 # --------------------------------------------------------------------------- bind strings
@@ -502,7 +513,7 @@ _BROKER_KEYS = tuple(
     field.name for field in attrs.fields(BrokerConfig) if field.name not in ("listeners", "cluster")
 )
 _CLUSTER_KEYS = tuple(field.name for field in attrs.fields(ClusterConfig))
-_LISTENER_KEYS = ("name", "bind", "transport", "max_connections", "ws_path")
+_LISTENER_KEYS = ("name", "bind", "transport", "max_connections", "ws_path", "reuse_port")
 _LISTENER_TABLES = ("proxy_protocol", "tls")
 _PROXY_KEYS = tuple(field.name for field in attrs.fields(ProxyPolicy))
 _TLS_KEYS = tuple(field.name for field in attrs.fields(TLSConfig))
@@ -565,9 +576,12 @@ class _Loader:
             raise self.error(key, f"{value!r} does not exist (looked for {str(resolved)!r})")
         return str(resolved)
 
-    def config(self, data: Mapping[str, Any]) -> BrokerConfig:
+    def config(
+        self, data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+    ) -> BrokerConfig:
         document = self.table(data, "", ("broker", "listeners", "cluster"))
         broker = dict(self.table(document.get("broker", {}), "broker", _BROKER_KEYS))
+        broker.update(self.table(overrides or {}, "broker", _BROKER_KEYS))
         for name, must_exist in _BROKER_FILE_KEYS.items():
             if name in broker:
                 broker[name] = self.path(broker[name], f"broker.{name}", must_exist=must_exist)
@@ -584,7 +598,7 @@ class _Loader:
             broker["cluster"] = self.cluster(document["cluster"])
 
         def key_of(key: str | None) -> str | None:
-            if key is None or key.startswith("listeners"):
+            if key is None or key.startswith(("listeners", "cluster")):
                 return key
             return f"broker.{key}"
 
@@ -647,12 +661,16 @@ def parse_config(data: Mapping[str, Any], *, file: str = "<config>") -> BrokerCo
     return _Loader(file=file, base_dir=None).config(data)
 
 
-def load_config(path: str | os.PathLike[str]) -> BrokerConfig:
+def load_config(
+    path: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None
+) -> BrokerConfig:
     """Read and validate a TOML config file.
 
     Relative file paths inside it (certificates, password and ACL files, persistence)
     are resolved against the directory of the config file, and files that must already
-    exist are checked, so a mistake is reported at startup with its key.
+    exist are checked, so a mistake is reported at startup with its key. *overrides*
+    are ``[broker]`` keys given elsewhere (the command line's ``--workers``) that replace
+    the file's before anything is checked.
     """
     file = os.fspath(path)
     try:
@@ -670,4 +688,4 @@ def load_config(path: str | os.PathLike[str]) -> BrokerConfig:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}", file=file) from None
-    return _Loader(file=file, base_dir=Path(file).parent).config(data)
+    return _Loader(file=file, base_dir=Path(file).parent).config(data, overrides)

@@ -9,6 +9,7 @@ socket -> (PROXY preamble, TLS, WebSocket: per the listener's config) -> MQTT.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections import Counter
 from functools import partial
@@ -105,6 +106,59 @@ class ListenerHandle:
         self.connections -= 1
 
 
+#: The listen backlog trio.open_tcp_listeners uses: "as large as possible" (the kernel
+#: truncates it to its configured maximum, e.g. net.core.somaxconn).
+LISTEN_BACKLOG = 0xFFFF
+
+
+async def open_reuse_port_listeners(port: int, *, host: str) -> list[trio.SocketListener]:
+    """Like ``trio.open_tcp_listeners``, with SO_REUSEPORT set before bind.
+
+    Several processes (or brokers) may then listen on the same address and the kernel
+    spreads new connections across them (on Linux: by a hash of the connection's
+    addresses). One socket per address *host* resolves to; with port 0 each one gets its
+    own port, as with trio. A port another socket holds without SO_REUSEPORT still fails
+    with EADDRINUSE, as without.
+    """
+    reuse_port: int | None = getattr(trio.socket, "SO_REUSEPORT", None)
+    if reuse_port is None:
+        raise ConfigError("reuse_port = true: this platform has no SO_REUSEPORT")
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    listeners: list[trio.SocketListener] = []
+    unsupported: OSError | None = None
+    try:
+        for family, type_, proto, _, sockaddr in addresses:
+            try:
+                sock = trio.socket.socket(family, type_, proto)
+            except OSError as exc:
+                # e.g. "localhost" gives ::1 too on a host without IPv6: as trio does,
+                # skip a family the system lacks if another one works
+                if exc.errno != errno.EAFNOSUPPORT:
+                    raise
+                unsupported = exc
+                continue
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, reuse_port, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(sockaddr)
+                sock.listen(LISTEN_BACKLOG)
+                listeners.append(trio.SocketListener(sock))
+            except BaseException:
+                sock.close()
+                raise
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    if not listeners and unsupported is not None:
+        raise unsupported
+    return listeners
+
+
 async def serve_listener(
     core: BrokerCore,
     config: ListenerConfig,
@@ -121,7 +175,10 @@ async def serve_listener(
     tls = None
     if config.transport in _TLS_TRANSPORTS and config.tls is not None:
         tls = ServerTLS.load(config.tls)
-    listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    if config.reuse_port:
+        listeners = await open_reuse_port_listeners(config.port, host=config.host)
+    else:
+        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     handle = ListenerHandle(config, tls=tls)
     for listener in listeners:
         address = Endpoint.from_sockaddr(listener.socket.getsockname())
