@@ -264,3 +264,104 @@ async def test_signal_during_startup_also_stops(caplog: pytest.LogCaptureFixture
 
     assert serve.events == ["serving", "cancelled"]
     assert "shutting down (SIGTERM)" in caplog.messages
+
+
+# --------------------------------------------------------------------------- --workers
+
+
+@pytest.fixture
+def supervised(monkeypatch: pytest.MonkeyPatch) -> list[tuple[BrokerConfig, str]]:
+    """Replace the --workers supervisor: record what main() would supervise."""
+    from trio_mqtt import supervisor
+
+    calls: list[tuple[BrokerConfig, str]] = []
+
+    def fake_run_workers(config: BrokerConfig, *, log_level: str) -> int:
+        calls.append((config, log_level))
+        return 0
+
+    monkeypatch.setattr(supervisor, "run_workers", fake_run_workers)
+    return calls
+
+
+def test_workers_option_runs_the_supervisor(
+    started: list[BrokerConfig], supervised: list[tuple[BrokerConfig, str]]
+) -> None:
+    assert cli.main(["--workers", "3", "--listen", "127.0.0.1:1900"]) == 0
+    assert started == []
+    [(config, log_level)] = supervised
+    assert (config.workers, config.listeners[0].port, log_level) == (3, 1900, "info")
+
+
+def test_workers_1_is_the_plain_broker(
+    started: list[BrokerConfig], supervised: list[tuple[BrokerConfig, str]]
+) -> None:
+    assert cli.main(["--workers", "1"]) == 0
+    assert (len(started), supervised) == (1, [])
+
+
+def test_workers_from_the_config_file_and_the_option_wins(
+    tmp_path: Path, supervised: list[tuple[BrokerConfig, str]]
+) -> None:
+    config = tmp_path / "broker.toml"
+    # nats_urls = [] needs workers > 1: --workers counts before the file is checked
+    config.write_text("[broker]\nworkers = 4\n[cluster]\nnats_urls = []\n")
+    assert cli.main(["--config", str(config)]) == 0
+    assert cli.main(["--config", str(config), "--workers", "2"]) == 0
+    assert [c.workers for c, _ in supervised] == [4, 2]
+    config.write_text("[cluster]\nnats_urls = []\n")
+    assert cli.main(["--config", str(config), "--workers", "2"]) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "257", "two"])
+def test_bad_workers_count_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str], started: list[BrokerConfig]
+) -> None:
+    assert cli.main(["--workers", value]) == 2
+    assert "argument --workers: " in capsys.readouterr().err
+    assert started == []
+
+
+def test_supervisor_errors_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trio_mqtt import supervisor
+
+    def fail(config: BrokerConfig, *, log_level: str) -> int:
+        raise ExceptionGroup("x", [supervisor.SupervisorError("no nats-server: pip install it")])
+
+    monkeypatch.setattr(supervisor, "run_workers", fail)
+    assert cli.main(["--workers", "2"]) == 1
+    assert capsys.readouterr().err == "trio-mqtt: error: no nats-server: pip install it\n"
+
+
+def test_log_name_goes_into_every_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fake_run_broker(config: BrokerConfig) -> None:
+        logging.getLogger("trio_mqtt.test").warning("hello")
+
+    monkeypatch.setattr(cli, "run_broker", fake_run_broker)
+    assert cli.main(["--log-name", "edge-w1"]) == 0
+    assert capsys.readouterr().err.strip().endswith(" WARNING [edge-w1] trio_mqtt.test: hello")
+
+
+def test_supervisor_pid_reaches_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    pids: list[int | None] = []
+
+    def fake_run_broker(config: BrokerConfig, *, supervisor_pid: int | None = None) -> None:
+        pids.append(supervisor_pid)
+
+    monkeypatch.setattr(cli, "run_broker", fake_run_broker)
+    assert cli.main(["--supervisor-pid", "4242"]) == 0
+    assert pids == [4242]
+
+
+async def test_a_worker_stops_when_its_supervisor_is_gone(caplog: pytest.LogCaptureFixture) -> None:
+    serve = FakeServe()
+    caplog.set_level(logging.INFO, logger="trio_mqtt.cli")
+    gone = 2**22 + 17  # not our parent: as if the supervisor had died
+    with trio.fail_after(5):
+        await cli._run(BrokerConfig(), serve=serve, supervisor_pid=gone)
+    assert serve.events == ["serving", "cancelled"]
+    assert caplog.messages == [f"shutting down: the supervisor (pid {gone}) is gone"]

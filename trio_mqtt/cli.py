@@ -4,6 +4,9 @@ The broker runs until SIGINT or SIGTERM, then shuts down gracefully (bounded by
 ``broker.shutdown_timeout``) and the command exits 0. SIGHUP re-reads the certificate
 files of the TLS listeners (for new connections) and the password and ACL files, and
 keeps the broker running.
+
+``--workers N`` (or ``[broker] workers``) with N > 1 runs N broker processes on the same
+port instead, as nodes of one cluster, under a supervisor (trio_mqtt/supervisor.py).
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from typing import Any, Protocol, TextIO
 
 import attrs
 import trio
 
 from trio_mqtt._version import __version__
-from trio_mqtt.config import BrokerConfig, ListenerConfig, load_config
+from trio_mqtt.config import MAX_WORKERS, BrokerConfig, ListenerConfig, load_config
 from trio_mqtt.errors import ConfigError
 
 __all__ = ["build_config", "build_parser", "configure_logging", "main", "run_broker"]
@@ -65,13 +70,41 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         help="log level (default: info)",
     )
+    parser.add_argument(
+        "--workers",
+        metavar="N",
+        type=_workers,
+        help=f"run N broker processes (1..{MAX_WORKERS}) on the same port(s), as nodes of "
+        "one cluster, e.g. one per core; replaces [broker] workers (default: 1)",
+    )
+    parser.add_argument(
+        "--log-name",
+        metavar="NAME",
+        help="put NAME in every log line (what --workers gives each worker: its node name)",
+    )
+    # The --workers supervisor's pid, given to its workers: they exit when it is gone.
+    parser.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser
 
 
+def _workers(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{count} is out of range (allowed: 1..{MAX_WORKERS})")
+    return count
+
+
 def build_config(args: argparse.Namespace) -> BrokerConfig:
     """The BrokerConfig that *args* ask for; raises ConfigError naming the bad input."""
-    config = load_config(args.config) if args.config else BrokerConfig()
+    overrides = {} if args.workers is None else {"workers": args.workers}
+    if args.config:
+        config = load_config(args.config, overrides=overrides)
+    else:
+        config = BrokerConfig(**overrides)
     if args.listen:
         listeners = []
         for index, bind in enumerate(args.listen):
@@ -83,10 +116,18 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
     return config
 
 
-def configure_logging(level: str, stream: TextIO | None = None) -> logging.Handler:
-    """Send log records at *level* and above to *stream* (stderr); returns the handler."""
+def configure_logging(
+    level: str, stream: TextIO | None = None, *, name: str | None = None
+) -> logging.Handler:
+    """Send log records at *level* and above to *stream* (stderr); returns the handler.
+
+    A *name* (a worker's node name) goes into every line, in brackets after the level.
+    """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    log_format = LOG_FORMAT
+    if name:
+        log_format = LOG_FORMAT.replace("%(name)s", "[" + name.replace("%", "%%") + "] %(name)s", 1)
+    handler.setFormatter(logging.Formatter(log_format))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())
@@ -153,10 +194,29 @@ class ServeFunction(Protocol):
     ) -> None: ...
 
 
-async def _run(config: BrokerConfig, *, serve: ServeFunction | None = None) -> None:
+async def _watch_supervisor(pid: int, cancel_scope: trio.CancelScope) -> None:
+    """Stop the broker (gracefully) once the process *pid*, our parent, is gone."""
+    # No event tells us a parent died: once it has, we are someone else's child.
+    while os.getppid() == pid:  # noqa: ASYNC110
+        await trio.sleep(SUPERVISOR_CHECK_INTERVAL)
+    logger.warning("shutting down: the supervisor (pid %d) is gone", pid)
+    cancel_scope.cancel()
+
+
+#: How often a worker checks that its supervisor still runs, in seconds.
+SUPERVISOR_CHECK_INTERVAL = 1.0
+
+
+async def _run(
+    config: BrokerConfig,
+    *,
+    serve: ServeFunction | None = None,
+    supervisor_pid: int | None = None,
+) -> None:
     """Serve *config* until the first SIGINT or SIGTERM; SIGHUP reloads TLS and auth files.
 
-    *serve* is replaceable for tests.
+    *serve* is replaceable for tests. With *supervisor_pid* (a ``--workers`` worker) the
+    broker also stops when that process, its parent, is gone.
     """
     if serve is None:
         # Imported late so that the CLI (and --version) loads without the server.
@@ -170,6 +230,8 @@ async def _run(config: BrokerConfig, *, serve: ServeFunction | None = None) -> N
         async with trio.open_nursery() as nursery:
             # Started first, so a signal during startup also stops the broker.
             nursery.start_soon(_handle_signals, signals, nursery.cancel_scope, running)
+            if supervisor_pid is not None:
+                nursery.start_soon(_watch_supervisor, supervisor_pid, nursery.cancel_scope)
             running.broker = await nursery.start(serve, config)
 
 
@@ -182,11 +244,14 @@ async def _run(config: BrokerConfig, *, serve: ServeFunction | None = None) -> N
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-def run_broker(config: BrokerConfig) -> None:
-    """Run the broker in a new Trio event loop until SIGINT or SIGTERM."""
+def run_broker(config: BrokerConfig, *, supervisor_pid: int | None = None) -> None:
+    """Run the broker in a new Trio event loop until SIGINT or SIGTERM.
+
+    A ``--workers`` worker gives its *supervisor_pid*: it also stops when that is gone.
+    """
     gc.freeze()  # what startup allocated is long-lived: keep it out of every collection
     gc.set_threshold(*GC_THRESHOLDS)
-    trio.run(_run, config)
+    trio.run(partial(_run, config, supervisor_pid=supervisor_pid))
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -216,20 +281,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(exc)
         return EXIT_USAGE
 
-    handler = configure_logging(args.log_level)
+    handler = configure_logging(args.log_level, name=args.log_name)
     try:
-        run_broker(config)
+        if config.workers > 1:
+            return _run_workers(config, args.log_level)
+        if args.supervisor_pid is None:
+            run_broker(config)
+        else:
+            run_broker(config, supervisor_pid=args.supervisor_pid)
+        return EXIT_OK
     except Exception as exc:
-        # Startup failures the user can fix (bad certificate, port in use) get one line
-        # each instead of a traceback; anything else is a bug and keeps its traceback.
-        leaves = _leaves(exc)
-        if not all(isinstance(leaf, ConfigError | OSError) for leaf in leaves):
-            raise
-        for leaf in leaves:
-            _error(leaf)
-        if all(isinstance(leaf, ConfigError) for leaf in leaves):
-            return EXIT_USAGE
-        return EXIT_STARTUP_FAILED
+        return _startup_failure(exc, expected=(ConfigError, OSError))
     finally:
         logging.getLogger().removeHandler(handler)
-    return EXIT_OK
+
+
+def _run_workers(config: BrokerConfig, log_level: str) -> int:
+    """The ``--workers`` supervisor (imported late, like the server)."""
+    from trio_mqtt.supervisor import SupervisorError, run_workers
+
+    try:
+        return run_workers(config, log_level=log_level)
+    except Exception as exc:
+        return _startup_failure(exc, expected=(ConfigError, OSError, SupervisorError))
+
+
+def _startup_failure(exc: Exception, *, expected: tuple[type[Exception], ...]) -> int:
+    """Startup failures the user can fix (bad certificate, port in use) get one line each
+    instead of a traceback: the exit code; anything else is a bug: raised again."""
+    leaves = _leaves(exc)
+    if not all(isinstance(leaf, expected) for leaf in leaves):
+        raise exc
+    for leaf in leaves:
+        _error(leaf)
+    if all(isinstance(leaf, ConfigError) for leaf in leaves):
+        return EXIT_USAGE
+    return EXIT_STARTUP_FAILED
