@@ -1,4 +1,53 @@
 """A Trio-native NATS client for the cluster layer: sans-IO protocol, thin trio layer.
 
-``protocol`` parses and serializes the NATS client protocol without I/O.
+``protocol`` parses and serializes the NATS client protocol without I/O; ``client``
+runs it over a trio socket (:func:`open_nats_client`).
 """
+
+from trio_mqtt.nats.client import (
+    NATSClient,
+    NATSConnectionClosed,
+    NATSConnectionError,
+    NATSTimeoutError,
+    NoRespondersError,
+    open_nats_client,
+)
+from trio_mqtt.nats.protocol import (
+    NEED_DATA,
+    Closed,
+    Err,
+    Event,
+    Headers,
+    Info,
+    Msg,
+    NATSConnection,
+    NATSError,
+    NATSLocalError,
+    NATSProtocolError,
+    Ok,
+    Ping,
+    Pong,
+)
+
+__all__ = [
+    "NEED_DATA",
+    "Closed",
+    "Err",
+    "Event",
+    "Headers",
+    "Info",
+    "Msg",
+    "NATSClient",
+    "NATSConnection",
+    "NATSConnectionClosed",
+    "NATSConnectionError",
+    "NATSError",
+    "NATSLocalError",
+    "NATSProtocolError",
+    "NATSTimeoutError",
+    "NoRespondersError",
+    "Ok",
+    "Ping",
+    "Pong",
+    "open_nats_client",
+]

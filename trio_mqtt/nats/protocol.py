@@ -96,6 +96,12 @@ class Headers:
         folded = name.lower()
         return [value for key, value in self.items if key.lower() == folded]
 
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 
