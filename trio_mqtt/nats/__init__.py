@@ -1,7 +1,8 @@
 """A Trio-native NATS client for the cluster layer: sans-IO protocol, thin trio layer.
 
 ``protocol`` parses and serializes the NATS client protocol without I/O; ``client``
-runs it over a trio socket (:func:`open_nats_client`).
+runs it over a trio socket (:func:`open_nats_client`); ``jetstream`` adds streams,
+acknowledged publishing and key-value buckets as JSON request/reply on top.
 """
 
 from trio_mqtt.nats.client import (
@@ -11,6 +12,19 @@ from trio_mqtt.nats.client import (
     NATSTimeoutError,
     NoRespondersError,
     open_nats_client,
+)
+from trio_mqtt.nats.jetstream import (
+    Entry,
+    InvalidKeyError,
+    JetStreamError,
+    KeyExistsError,
+    KeyValue,
+    PubAck,
+    Watcher,
+    WrongRevisionError,
+    api_request,
+    ensure_stream,
+    publish_acked,
 )
 from trio_mqtt.nats.protocol import (
     NEED_DATA,
@@ -32,10 +46,15 @@ from trio_mqtt.nats.protocol import (
 __all__ = [
     "NEED_DATA",
     "Closed",
+    "Entry",
     "Err",
     "Event",
     "Headers",
     "Info",
+    "InvalidKeyError",
+    "JetStreamError",
+    "KeyExistsError",
+    "KeyValue",
     "Msg",
     "NATSClient",
     "NATSConnection",
@@ -49,5 +68,11 @@ __all__ = [
     "Ok",
     "Ping",
     "Pong",
+    "PubAck",
+    "Watcher",
+    "WrongRevisionError",
+    "api_request",
+    "ensure_stream",
     "open_nats_client",
+    "publish_acked",
 ]
