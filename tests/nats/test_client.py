@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from functools import partial
 
 import pytest
 import trio
@@ -17,6 +14,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg as PyMsg
 from nats_peer import NatsPyPeer, run_nats_py
 from nats_server import NatsServer
+from scripted_server import INFO, fake_server, greet, read_until
 
 from trio_mqtt.nats import (
     Msg,
@@ -320,37 +318,6 @@ async def test_nats_py_responder_answers_our_request(nats_server: NatsServer) ->
 
 
 # -- a scripted fake server -------------------------------------------------------------
-
-INFO = b'INFO {"server_id":"FAKE","version":"0.0.0","headers":true,"max_payload":1048576}\r\n'
-
-Handler = Callable[[trio.SocketStream], Awaitable[None]]
-
-
-@asynccontextmanager
-async def fake_server(handler: Handler) -> AsyncIterator[str]:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(trio.serve_listeners, handler, listeners))
-        yield f"nats://127.0.0.1:{port}"
-        nursery.cancel_scope.cancel()
-
-
-async def read_until(stream: trio.SocketStream, marker: bytes, buffer: bytearray) -> None:
-    while marker not in buffer:
-        data = await stream.receive_some(4096)
-        if not data:
-            raise EOFError
-        buffer += data
-
-
-async def greet(stream: trio.SocketStream) -> bytearray:
-    """INFO, then read CONNECT and PING and answer PONG (a successful handshake)."""
-    await stream.send_all(INFO)
-    buffer = bytearray()
-    await read_until(stream, b"PING\r\n", buffer)
-    await stream.send_all(b"PONG\r\n")
-    return buffer
 
 
 async def test_connect_options_sent() -> None:

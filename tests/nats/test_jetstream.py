@@ -13,6 +13,7 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 from nats_peer import run_nats_py
 from nats_server import NatsServer
+from scripted_server import ScriptedJetStream, fake_server, greet
 
 from trio_mqtt.nats import (
     Entry,
@@ -439,3 +440,48 @@ async def test_nats_py_sees_our_delete_and_purge(nats_server: NatsServer) -> Non
         await kv.purge("purged")
         result = await run_nats_py(nats_server.url, py_side)
     assert result == [("gone", "not found", "DEL"), ("purged", "not found", "PURGE")]
+
+
+# -- the ordered-consumer rules, against a scripted server ------------------------------
+
+
+async def test_a_delivery_gap_restarts_after_the_last_entry() -> None:
+    """Consumer sequence 1 then 3: the second delivery is dropped and the consumer is
+    recreated at the stream sequence after the last entry passed on."""
+    seen: list[Entry] = []
+    done = trio.Event()
+    servers: list[ScriptedJetStream] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await greet(stream)
+        server = ScriptedJetStream(stream)
+        servers.append(server)
+        reply, config = await server.until_consumer_create()
+        assert config["deliver_policy"] == "last_per_subject"
+        info = {"name": "C1", "num_pending": 3, "delivered": {"consumer_seq": 0, "stream_seq": 0}}
+        await server.send(reply, None, json.dumps(info).encode())
+        await server.deliver(config, "C1", sseq=10, cseq=1)
+        await server.deliver(config, "C1", sseq=12, cseq=3)  # cseq 2 was lost
+        reply, config = await server.until_consumer_create()
+        info = {"name": "C2", "num_pending": 2, "delivered": {"consumer_seq": 0, "stream_seq": 10}}
+        await server.send(reply, None, json.dumps(info).encode())
+        await server.deliver(config, "C2", sseq=11, cseq=1)
+        await server.deliver(config, "C2", sseq=12, cseq=2)
+        done.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(5):
+        async with fake_server(handler) as url, open_nats_client(url, name="t") as client:
+            kv = KeyValue(client, "b", "KV_b", "$KV.b.")
+            watcher = await kv.watch(">", seen.append)
+            await done.wait()
+            await wait_for(lambda: len(seen) == 3, "three entries")
+            assert watcher.resets == 1
+            assert watcher.initial_done.is_set()  # the last delivery said 0 pending
+    assert [(e.revision, e.value) for e in seen] == [(10, b"v10"), (11, b"v11"), (12, b"v12")]
+    first, second = servers[0].creates
+    assert second["deliver_policy"] == "by_start_sequence"
+    assert second["opt_start_seq"] == 11
+    assert second["deliver_subject"] != first["deliver_subject"]
+    assert second["filter_subject"] == first["filter_subject"] == "$KV.b.>"
+    assert (second["ack_policy"], second["flow_control"]) == ("none", True)
