@@ -175,6 +175,18 @@ async def test_leaving_the_context_sends_what_is_buffered(nats_server: NatsServe
     assert [int(m.data) for m in received] == list(range(50))
 
 
+class _BodyError(Exception):
+    pass
+
+
+async def test_an_error_in_the_body_leaves_the_context(nats_server: NatsServer) -> None:
+    # with pending output to flush on the way out (the close path awaits)
+    with trio.fail_after(5), pytest.RaisesGroup(_BodyError):
+        async with open_nats_client(nats_server.url, name="t") as client:
+            client.publish("a", b"x" * 100_000)
+            raise _BodyError
+
+
 async def test_invalid_arguments_raise_at_once(nats_server: NatsServer) -> None:
     with trio.fail_after(5):
         async with open_nats_client(nats_server.url, name="t") as client:
