@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import attrs
 import trio
@@ -31,6 +31,7 @@ from trio_mqtt.broker.enhanced_auth import Authenticator
 from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.broker.sys_topics import publish_sys_topics
+from trio_mqtt.cluster.node import ClusterNode, open_cluster_node
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
@@ -110,6 +111,8 @@ class Broker:
     listeners: dict[str, ListenerHandle] = attrs.Factory(dict)
     # the password and ACL files (None when the config names neither)
     auth_files: AuthFiles | None = None
+    # this broker's membership of a cluster (None without [cluster])
+    cluster: ClusterNode | None = None
 
     @property
     def stats(self) -> BrokerStats:
@@ -294,26 +297,35 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
         )
     closing = trio.Event()
     try:
-        async with trio.open_nursery() as nursery:
-            connections: trio.Nursery = await nursery.start(
-                _hold_connections, closing, config.shutdown_timeout
-            )
-            try:
-                for listener_config in config.listeners:
-                    handle = await nursery.start(serve_listener, core, listener_config, connections)
-                    broker.listeners[listener_config.name] = handle
-                nursery.start_soon(_housekeeping, core)
-                if store is not None:
-                    nursery.start_soon(_persist, core, store)
-                if config.sys_interval > 0:
-                    nursery.start_soon(_sys_topics, core, config.sys_interval)
-                yield broker
-            finally:
-                # the nursery waits for _hold_connections, which waits for the
-                # connections (shielded) until the deadline set here
-                broker._begin_shutdown(connections)
-                closing.set()
-                nursery.cancel_scope.cancel()
+        async with AsyncExitStack() as cluster_scope:
+            if config.cluster is not None:
+                # joined before the listeners open, left after the last client went (so
+                # its will still reaches the other nodes)
+                broker.cluster = await cluster_scope.enter_async_context(
+                    open_cluster_node(core, config.cluster)
+                )
+            async with trio.open_nursery() as nursery:
+                connections: trio.Nursery = await nursery.start(
+                    _hold_connections, closing, config.shutdown_timeout
+                )
+                try:
+                    for listener_config in config.listeners:
+                        handle = await nursery.start(
+                            serve_listener, core, listener_config, connections
+                        )
+                        broker.listeners[listener_config.name] = handle
+                    nursery.start_soon(_housekeeping, core)
+                    if store is not None:
+                        nursery.start_soon(_persist, core, store)
+                    if config.sys_interval > 0:
+                        nursery.start_soon(_sys_topics, core, config.sys_interval)
+                    yield broker
+                finally:
+                    # the nursery waits for _hold_connections, which waits for the
+                    # connections (shielded) until the deadline set here
+                    broker._begin_shutdown(connections)
+                    closing.set()
+                    nursery.cancel_scope.cancel()
     finally:
         if store is not None:
             try:

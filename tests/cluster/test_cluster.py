@@ -1,0 +1,275 @@
+"""Several brokers in one process, one cluster through a real nats-server.
+
+Each node is a full ``open_broker`` with its own TCP listener and its own NATS
+connections, so everything between nodes crosses the real NATS server; clients are raw
+MQTT clients on 127.0.0.1. ``node.cluster.sync()`` waits until NATS has what a node
+decided (a subscription, a retained write), where the test needs that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import trio
+from helpers import V5, V311, wait_until
+from nats_server import NatsServer
+from rawclient import RawClient
+
+from trio_mqtt import Broker, open_broker
+from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
+from trio_mqtt.mqtt.packets import (
+    Disconnect,
+    Properties,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    SubscriptionRequest,
+    Will,
+)
+from trio_mqtt.mqtt.reason_codes import ReasonCode
+
+
+@asynccontextmanager
+async def open_nodes(nats: NatsServer, count: int = 3) -> AsyncIterator[list[Broker]]:
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for index in range(1, count + 1):
+            config = BrokerConfig(
+                listeners=[ListenerConfig(port=0)],
+                sys_interval=0,
+                shutdown_timeout=1,
+                cluster=ClusterConfig(node_name=f"n{index}", nats_urls=[nats.url]),
+            )
+            nodes.append(await stack.enter_async_context(open_broker(config)))
+        yield nodes
+
+
+async def client(node: Broker, client_id: str, version=V5, **connect: object) -> RawClient:  # type: ignore[no-untyped-def]
+    raw = await RawClient.open(node.port, version)
+    connack = await raw.connect(client_id, **connect)
+    assert connack.reason_code == 0, connack
+    return raw
+
+
+async def subscribe(
+    raw: RawClient, node: Broker, *requests: SubscriptionRequest, sub_id: int | None = None
+) -> Suback:
+    props = Properties() if sub_id is None else Properties(subscription_identifiers=(sub_id,))
+    await raw.send(Subscribe(1, tuple(requests), props))
+    suback = await raw.receive()
+    assert isinstance(suback, Suback), suback
+    assert node.cluster is not None
+    await node.cluster.sync()
+    return suback
+
+
+async def publishes(raw: RawClient, count: int, timeout: float = 5.0) -> list[Publish]:
+    out = []
+    for _ in range(count):
+        packet = await raw.receive(timeout)
+        assert isinstance(packet, Publish), packet
+        out.append(packet)
+    return out
+
+
+async def nothing_more(raw: RawClient, wait: float = 0.3) -> None:
+    with trio.move_on_after(wait):
+        packet = await raw.receive(wait + 1)
+        raise AssertionError(f"unexpected {packet}")
+
+
+async def test_qos_0_1_2_cross_nodes_with_downgrade(nats_server: NatsServer) -> None:
+    async with open_nodes(nats_server, 2) as (n1, n2):
+        sub = await client(n1, "sub")
+        await subscribe(
+            sub, n1, SubscriptionRequest("q/#", 1), sub_id=7
+        )  # at most QoS 1 for this subscriber
+        pub = await client(n2, "pub", V311)
+        await pub.send(Publish(topic="q/0", payload=b"zero", qos=0))
+        await pub.send(Publish(topic="q/1", payload=b"one", qos=1, packet_id=1))
+        assert await pub.receive() == Puback(1)
+        await pub.send(Publish(topic="q/2", payload=b"two", qos=2, packet_id=2))
+        assert await pub.receive() == Pubrec(2)
+        await pub.send(Pubrel(2))
+        assert await pub.receive() == Pubcomp(2)
+        got = await publishes(sub, 3)
+        assert [(p.topic, p.payload, p.qos) for p in got] == [
+            ("q/0", b"zero", 0),
+            ("q/1", b"one", 1),
+            ("q/2", b"two", 1),
+        ]
+        assert all(p.properties.subscription_identifiers == (7,) for p in got)
+        for p in got[1:]:
+            await sub.send(Puback(p.packet_id))  # type: ignore[arg-type]
+        assert n1.cluster is not None and n1.cluster.received == 3
+        assert n2.cluster is not None and n2.cluster.forwarded == 3
+
+
+async def test_overlapping_filters_on_one_node_deliver_once(nats_server: NatsServer) -> None:
+    async with open_nodes(nats_server, 2) as (n1, n2):
+        a = await client(n1, "a")
+        b = await client(n1, "b")
+        await subscribe(a, n1, SubscriptionRequest("o/#", 0), SubscriptionRequest("o/+/x", 0))
+        await subscribe(b, n1, SubscriptionRequest("o/y/+", 0), SubscriptionRequest("+/y/x", 0))
+        pub = await client(n2, "pub")
+        for index in range(5):
+            await pub.send(Publish(topic="o/y/x", payload=b"%d" % index))
+        assert [p.payload for p in await publishes(a, 5)] == [b"0", b"1", b"2", b"3", b"4"]
+        assert [p.payload for p in await publishes(b, 5)] == [b"0", b"1", b"2", b"3", b"4"]
+        await nothing_more(a)
+        await nothing_more(b, 0)
+
+
+async def test_no_local_and_plain_subscribers_across_nodes(nats_server: NatsServer) -> None:
+    async with open_nodes(nats_server, 2) as (n1, n2):
+        talker = await client(n1, "talker")
+        await subscribe(talker, n1, SubscriptionRequest("chat", 0, no_local=True))
+        listener = await client(n2, "listener")
+        await subscribe(listener, n2, SubscriptionRequest("chat", 0, no_local=True))
+        await talker.send(Publish(topic="chat", payload=b"from talker"))
+        await listener.send(Publish(topic="chat", payload=b"from listener"))
+        assert [p.payload for p in await publishes(listener, 1)] == [b"from talker"]
+        assert [p.payload for p in await publishes(talker, 1)] == [b"from listener"]
+        await nothing_more(talker)
+        await nothing_more(listener, 0)
+
+
+async def test_shared_subscription_delivers_each_message_once_across_nodes(
+    nats_server: NatsServer,
+) -> None:
+    async with open_nodes(nats_server, 3) as nodes:
+        members = []
+        for index, node in enumerate(nodes):
+            member = await client(node, f"worker{index}")
+            await subscribe(member, node, SubscriptionRequest("$share/g/jobs/+", 0))
+            members.append(member)
+        pub = await client(nodes[1], "pub")
+        total = 60
+        for index in range(total):
+            await pub.send(Publish(topic=f"jobs/{index % 3}", payload=b"%d" % index))
+        received: list[list[bytes]] = [[] for _ in members]
+
+        async def drain(index: int, member: RawClient) -> None:
+            with trio.move_on_after(1.5):
+                while True:
+                    packet = await member.receive(5)
+                    assert isinstance(packet, Publish)
+                    received[index].append(packet.payload)
+
+        async with trio.open_nursery() as nursery:
+            for index, member in enumerate(members):
+                nursery.start_soon(drain, index, member)
+        everything = sorted(int(p) for got in received for p in got)
+        assert everything == list(range(total))  # each once, none lost
+        assert sum(1 for got in received if got) >= 2  # spread over the nodes
+
+
+async def test_retained_set_on_one_node_is_read_and_cleared_on_others(
+    nats_server: NatsServer,
+) -> None:
+    async with open_nodes(nats_server, 3) as (n1, n2, n3):
+        setter = await client(n1, "setter")
+        await setter.send(Publish(topic="r/a/c", payload=b"kept", retain=True))
+        await setter.send(Publish(topic="r/b", payload=b"also", retain=True))
+        assert n1.cluster is not None
+        await n1.cluster.sync()
+        await wait_until(lambda: n2.core.retained.get("r/b") is not None, "retained on n2")
+        await wait_until(lambda: n3.core.retained.get("r/b") is not None, "retained on n3")
+        reader2 = await client(n2, "reader2")
+        await subscribe(reader2, n2, SubscriptionRequest("r/+/c", 0))
+        (one,) = await publishes(reader2, 1)
+        assert (one.topic, one.payload, one.retain) == ("r/a/c", b"kept", True)
+        reader3 = await client(n3, "reader3")
+        await subscribe(reader3, n3, SubscriptionRequest("r/#", 0))
+        got = await publishes(reader3, 2)
+        assert sorted((p.topic, p.payload) for p in got) == [("r/a/c", b"kept"), ("r/b", b"also")]
+        # the publisher's real address travels with the retained message
+        copy = n2.core.retained.get("r/a/c")
+        assert copy is not None and copy.publisher == "setter"
+        assert copy.peer.remote is not None and copy.peer.remote.host == "127.0.0.1"
+        # cleared on n3: gone on n1
+        clearer = await client(n3, "clearer")
+        await clearer.send(Publish(topic="r/a/c", payload=b"", retain=True))
+        assert n3.cluster is not None
+        await n3.cluster.sync()
+        await wait_until(lambda: n1.core.retained.get("r/a/c") is None, "cleared on n1")
+        late = await client(n1, "late")
+        await subscribe(late, n1, SubscriptionRequest("r/#", 0))
+        assert [(p.topic, p.payload) for p in await publishes(late, 1)] == [("r/b", b"also")]
+        await nothing_more(late)
+
+
+async def test_a_will_published_on_one_node_reaches_another(nats_server: NatsServer) -> None:
+    async with open_nodes(nats_server, 2) as (n1, n2):
+        watcher = await client(n2, "watcher")
+        await subscribe(watcher, n2, SubscriptionRequest("wills/#", 1))
+        await client(n1, "mortal", V311, will=Will(topic="wills/mortal", payload=b"bye", qos=1))
+        mortal_conn = next(iter(n1.core.open_connections))
+        mortal_conn.connection_lost()  # type: ignore[attr-defined]
+        (will,) = await publishes(watcher, 1)
+        assert (will.topic, will.payload) == ("wills/mortal", b"bye")
+
+
+async def test_connecting_on_another_node_takes_the_client_id_over(
+    nats_server: NatsServer,
+) -> None:
+    async with open_nodes(nats_server, 2) as (n1, n2):
+        first = await client(n1, "roamer")
+        assert n1.cluster is not None
+        await n1.cluster.sync()
+        second = await client(n2, "roamer")
+        packets = await first.expect_closed()
+        assert [type(p) for p in packets] == [Disconnect]
+        assert packets[0].reason_code == ReasonCode.SESSION_TAKEN_OVER  # type: ignore[union-attr]
+        await wait_until(lambda: "roamer" not in n1.core.sessions, "session gone on n1")
+        assert n2.core.sessions["roamer"].connection is not None
+        old_311 = await client(n1, "roamer311", V311)
+        await n1.cluster.sync()
+        new_311 = await client(n2, "roamer311", V311)
+        assert await old_311.expect_closed() == []  # 3.1.1: closed without a packet
+        await second.aclose()
+        await new_311.aclose()
+
+
+def online(nodes: list[Broker], client_id: str) -> list[Broker]:
+    """The nodes where ``client_id`` has a connected session."""
+    return [
+        node
+        for node in nodes
+        if (session := node.core.sessions.get(client_id)) is not None
+        and session.connection is not None
+    ]
+
+
+async def connect_everywhere_at_once(nodes: list[Broker], client_id: str) -> list[RawClient]:
+    clients: list[RawClient] = []
+
+    async def connect(node: Broker) -> None:
+        clients.append(await client(node, client_id))
+
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            nursery.start_soon(connect, node)
+    return clients  # (kept open by the caller: a dropped client would close its socket)
+
+
+async def test_simultaneous_connects_leave_exactly_one(nats_server: NatsServer) -> None:
+    async with open_nodes(nats_server, 3) as nodes:
+        for round_ in range(3):
+            client_id = f"racer{round_}"
+            clients = await connect_everywhere_at_once(nodes, client_id)
+            assert len(clients) == 3
+            for node in nodes:
+                assert node.cluster is not None
+                await node.cluster.sync()
+            await wait_until(
+                lambda: len(online(nodes, client_id)) == 1,  # noqa: B023 - awaited here
+                "exactly one connection left",
+            )
+            await trio.sleep(0.3)  # and it stays so
+            assert len(online(nodes, client_id)) == 1

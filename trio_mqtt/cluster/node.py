@@ -1,0 +1,318 @@
+"""One broker's membership of a cluster: its NATS traffic, in a nursery it owns.
+
+``open_cluster_node(core, config)`` connects to NATS, hands the core a
+:class:`ClusterNode` as its ``ClusterLink`` and keeps this node in step with the others
+until the block ends:
+
+- **Routing**: one NATS subscription per distinct topic filter the node's clients hold
+  (the router says when a filter gains its first or loses its last subscriber), on a
+  connection with ``no_echo`` so that the node never gets its own messages back; every
+  message published here goes to NATS once, on the subject of its topic, with the
+  envelope headers (origin node and sequence, publisher, QoS, properties). A message that
+  matches several filters of one node arrives once per filter and is routed once
+  (``RepeatFilter``).
+- **Shared subscriptions**: ``$share/g/f`` is a NATS queue group on a second connection
+  (with echo), so that exactly one member across all nodes, this one included, gets each
+  message; the router leaves share groups out of local routing (``shared_elsewhere``).
+- **Retained messages** live in the JetStream key-value bucket ``RETAINED_BUCKET``
+  (key: the topic's subject). Every node watches it and keeps a full copy in its core's
+  retained store, so a SUBSCRIBE's retained lookup stays local and synchronous.
+- **Client ids**: a CONNECT puts ``{node, client}`` under the client id's key in
+  ``OWNERS_BUCKET``; every node watches the bucket and closes its own connection of a
+  client id that a later write (higher revision) gave to another node (MQTT 5
+  DISCONNECT 0x8E). The last writer wins on every node alike, so of simultaneous
+  CONNECTs exactly one stays.
+
+The core never waits for NATS: what the core decides is written to NATS in order, by
+the client's writer task (publishes) or by this node's own task (key-value writes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.message import Message
+from trio_mqtt.cluster.envelope import (
+    EnvelopeError,
+    Origin,
+    RepeatFilter,
+    message_from_nats,
+    message_headers,
+)
+from trio_mqtt.cluster.records import decode_retained, encode_retained
+from trio_mqtt.cluster.subjects import (
+    filter_to_subjects,
+    queue_group_name,
+    subject_to_topic,
+    topic_to_subject,
+)
+from trio_mqtt.config import ClusterConfig
+from trio_mqtt.mqtt.topics import parse_shared_filter
+from trio_mqtt.nats import Entry, KeyValue, Msg, NATSClient, open_nats_client
+
+log = logging.getLogger("trio_mqtt.cluster")
+
+RETAINED_BUCKET = "mqtt_retained"
+OWNERS_BUCKET = "mqtt_owners"
+# How long the last key-value writes may take when the node leaves.
+CLOSE_TIMEOUT = 2.0
+
+
+def default_node_name() -> str:
+    """A node name from the host name and the process id (valid as a config value)."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "node"
+    return f"{host}-{os.getpid()}"
+
+
+def owner_key(client_id: str) -> str:
+    """The owners bucket's key for ``client_id`` (client ids may hold any character)."""
+    return hashlib.sha256(client_id.encode()).hexdigest()[:40]
+
+
+@attrs.define(eq=False)
+class ClusterNode:
+    """This broker's side of the cluster (the core's ``ClusterLink``)."""
+
+    core: BrokerCore
+    name: str
+    nats: NATSClient
+    shared_nats: NATSClient
+    retained: KeyValue
+    owners: KeyValue
+    # filter -> the NATS subscription ids that carry it
+    _routes: dict[str, list[int]] = attrs.Factory(dict)
+    _sequence: int = 0
+    _repeats: RepeatFilter = attrs.Factory(RepeatFilter)
+    # key-value writes waiting for _write_loop: the latest per topic / per client id
+    _retained_writes: dict[str, Message] = attrs.Factory(dict)
+    _claims_due: set[str] = attrs.Factory(set)
+    # our latest acknowledged claim of a client id (its revision in the owners bucket);
+    # and the highest revision another node wrote for it while ours was in the air
+    _claimed: dict[str, int] = attrs.Factory(dict)
+    _contested: dict[str, tuple[int, str]] = attrs.Factory(dict)
+    _wake: trio.Event = attrs.Factory(trio.Event)
+    _idle: trio.Event = attrs.Factory(trio.Event)
+    # what other nodes see as this node's messages' origin: unique per process run, so
+    # that a restarted node's new sequence numbers are not taken for repeats
+    origin: str = attrs.Factory(lambda self: f"{self.name}~{secrets.token_hex(4)}", takes_self=True)
+    received: int = 0
+    forwarded: int = 0
+
+    # ------------------------------------------------------------ ClusterLink (core)
+
+    def forward(self, message: Message) -> None:
+        self._sequence += 1
+        self.forwarded += 1
+        headers = message_headers(
+            message, origin=self.origin, sequence=self._sequence, now=self.core.now()
+        )
+        self.nats.publish(topic_to_subject(message.topic), message.payload, headers=headers)
+        if message.retain:
+            self._retained_writes[message.topic] = message
+            self._wake.set()
+
+    def connected(self, client_id: str) -> None:
+        self._claims_due.add(client_id)
+        self._wake.set()
+
+    # --------------------------------------------------------------- routing (NATS)
+
+    def interest_changed(self) -> None:
+        """The router's ``on_interest``: (un)subscribe in NATS at once, in order."""
+        for topic_filter, present in self.core.router.take_interest_changes().items():
+            if present and topic_filter not in self._routes:
+                self._routes[topic_filter] = self._subscribe(topic_filter)
+            elif not present and topic_filter in self._routes:
+                group, _plain = parse_shared_filter(topic_filter)
+                client = self.nats if group is None else self.shared_nats
+                for sid in self._routes.pop(topic_filter):
+                    client.unsubscribe(sid)
+
+    def _subscribe(self, topic_filter: str) -> list[int]:
+        group, plain = parse_shared_filter(topic_filter)
+        subjects = filter_to_subjects(plain)
+        if group is None:
+            return [self.nats.subscribe(subject, self._on_message) for subject in subjects]
+
+        def on_shared(msg: Msg) -> None:
+            self._on_shared(msg, topic_filter)
+
+        queue = queue_group_name(group, plain)
+        return [self.shared_nats.subscribe(subject, on_shared, queue=queue) for subject in subjects]
+
+    def _decode(self, msg: Msg) -> tuple[Message, Origin] | None:
+        """The message in ``msg`` and where it comes from; None (logged) if malformed."""
+        try:
+            topic = subject_to_topic(msg.subject)
+            return message_from_nats(topic, msg.payload, msg.headers, now=self.core.now())
+        except (EnvelopeError, ValueError) as exc:
+            log.warning("cluster: dropped a message on %r: %s", msg.subject, exc)
+            return None
+
+    def _on_message(self, msg: Msg) -> None:
+        decoded = self._decode(msg)
+        if decoded is None or self._repeats.seen(decoded[1]):
+            return  # (a repeat: it matched several of this node's filters)
+        self.received += 1
+        self.core.publish_remote(decoded[0])
+        # Cross-node traffic is not held back per publisher: a slow subscriber here is
+        # bounded by its queue budget (drops counted), as for in-process publishes.
+        self.core.take_congestion_hits()
+
+    def _on_shared(self, msg: Msg, shared_filter: str) -> None:
+        # no repeat check: one message matches at most one subject of a share group's
+        # filter, and its plain copy (if any) must not be taken for a repeat
+        decoded = self._decode(msg)
+        if decoded is None:
+            return
+        self.received += 1
+        self.core.publish_shared_remote(decoded[0], shared_filter)
+        self.core.take_congestion_hits()
+
+    # ----------------------------------------------------- retained and client ids
+
+    def _on_retained(self, entry: Entry) -> None:
+        try:
+            topic = subject_to_topic(entry.key)
+            if entry.operation != "PUT":
+                self.core.retained_from_cluster(topic, None)
+                return
+            self.core.retained_from_cluster(
+                topic, decode_retained(topic, entry.value, self.core.now())
+            )
+        except (EnvelopeError, ValueError) as exc:
+            log.warning("cluster: ignored retained entry %r: %s", entry.key, exc)
+
+    def _on_owner(self, entry: Entry) -> None:
+        if entry.operation != "PUT":
+            return
+        try:
+            owner = json.loads(entry.value)
+            node, client_id = owner["node"], owner["client"]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("cluster: ignored owner entry %r: %s", entry.key, exc)
+            return
+        if node == self.name:
+            return
+        ours = self._claimed.get(client_id)
+        if ours is None and client_id in self._claims_due:
+            # our own claim is still in the air: decide when its revision is known
+            seen = self._contested.get(client_id)
+            if seen is None or seen[0] < entry.revision:
+                self._contested[client_id] = (entry.revision, node)
+            return
+        if ours is None or ours < entry.revision:
+            self._claimed.pop(client_id, None)
+            self.core.taken_over_elsewhere(client_id, node)
+
+    async def _claim(self, client_id: str) -> None:
+        value = json.dumps({"node": self.name, "client": client_id}).encode()
+        revision = await self.owners.put(owner_key(client_id), value)
+        contested = self._contested.pop(client_id, None)
+        if contested is not None and contested[0] > revision:
+            self.core.taken_over_elsewhere(client_id, contested[1])
+            return
+        self._claimed[client_id] = revision
+
+    async def _write_retained(self, topic: str, message: Message) -> None:
+        key = topic_to_subject(topic)
+        if message.payload:
+            value = encode_retained(message, self.origin, self.core.now())
+            await self.retained.put(key, value)
+        else:
+            await self.retained.delete(key)
+
+    async def write_loop(self) -> None:
+        """Write what the core decided to the key-value buckets, in order, one at a time."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            self._idle = trio.Event()
+            while self._retained_writes or self._claims_due:
+                if self._claims_due:
+                    client_id = next(iter(self._claims_due))
+                    try:
+                        await self._claim(client_id)
+                    finally:
+                        self._claims_due.discard(client_id)
+                if self._retained_writes:
+                    topic = next(iter(self._retained_writes))
+                    message = self._retained_writes.pop(topic)
+                    await self._write_retained(topic, message)
+            self._idle.set()
+
+    async def settled(self) -> None:
+        """Wait until every key-value write decided so far is done (tests, shutdown)."""
+        while self._retained_writes or self._claims_due or not self._idle.is_set():
+            await self._idle.wait()
+            await trio.lowlevel.checkpoint()
+
+    async def sync(self) -> None:
+        """Wait until NATS has everything this node decided so far: its (un)subscriptions
+        and publishes (a PING/PONG on each connection) and its key-value writes."""
+        await self.nats.flush()
+        await self.shared_nats.flush()
+        await self.settled()
+
+    def subscribe_existing(self) -> None:
+        """Subscribe in NATS for the filters that exist already (restored sessions)."""
+        self.core.router.take_interest_changes()
+        for topic_filter in self.core.router.filters():
+            if topic_filter not in self._routes:
+                self._routes[topic_filter] = self._subscribe(topic_filter)
+
+
+@asynccontextmanager
+async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIterator[ClusterNode]:
+    """Join the cluster for the duration of the block (see the module docstring)."""
+    name = config.node_name or default_node_name()
+    urls = list(config.nats_urls)
+    async with (
+        open_nats_client(urls, name=f"trio-mqtt {name}", no_echo=True) as nats,
+        open_nats_client(urls, name=f"trio-mqtt {name} shared") as shared_nats,
+    ):
+        retained = await KeyValue.open(nats, RETAINED_BUCKET, replicas=config.replicas)
+        owners = await KeyValue.open(nats, OWNERS_BUCKET, replicas=config.replicas)
+        node = ClusterNode(
+            core=core,
+            name=name,
+            nats=nats,
+            shared_nats=shared_nats,
+            retained=retained,
+            owners=owners,
+        )
+        node._idle.set()
+        async with trio.open_nursery() as nursery:
+            retained_watch = await retained.watch(">", node._on_retained, include_current=True)
+            owners_watch = await owners.watch(">", node._on_owner, include_current=False)
+            core.cluster = node
+            core.router.shared_elsewhere = True
+            core.router.on_interest = node.interest_changed
+            node.subscribe_existing()
+            nursery.start_soon(node.write_loop)
+            log.info("cluster: node %s joined through %s", name, ", ".join(urls))
+            try:
+                yield node
+            finally:
+                core.cluster = None
+                core.router.on_interest = None
+                core.router.shared_elsewhere = False
+                with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                    scope.shield = True
+                    await node.settled()
+                    await retained_watch.stop()
+                    await owners_watch.stop()
+                nursery.cancel_scope.cancel()
+        log.info("cluster: node %s left", name)
