@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -229,9 +230,14 @@ def lines_executed(call: Callable[[], object]) -> int:
         return trace
 
     previous = sys.gettrace()
+    # a garbage collection during the call would run other objects' finalizers (left
+    # by earlier tests) and count their lines: collect now, and not during the call
+    gc.collect()
+    gc.disable()
     sys.settrace(trace)
     try:
         call()
     finally:
         sys.settrace(previous)
+        gc.enable()
     return count
