@@ -11,7 +11,14 @@ from helpers import V5, V311, Client, make_core
 
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
-from trio_mqtt.mqtt.packets import Disconnect, Publish, Subscribe, SubscriptionRequest, Will
+from trio_mqtt.mqtt.packets import (
+    Disconnect,
+    Properties,
+    Publish,
+    Subscribe,
+    SubscriptionRequest,
+    Will,
+)
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 
 
@@ -19,12 +26,19 @@ from trio_mqtt.mqtt.reason_codes import ReasonCode
 class RecordingLink:
     forwarded: list[Message] = attrs.Factory(list)
     claimed: list[str] = attrs.Factory(list)
+    wills: dict[str, tuple[Message, int]] = attrs.Factory(dict)
+    gone: list[str] = attrs.Factory(list)
 
     def forward(self, message: Message) -> None:
         self.forwarded.append(message)
 
-    def connected(self, client_id: str) -> None:
+    def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
         self.claimed.append(client_id)
+        if will is not None:
+            self.wills[client_id] = (will, will_delay)
+
+    def disconnected(self, client_id: str) -> None:
+        self.gone.append(client_id)
 
 
 def clustered_core() -> tuple[BrokerCore, RecordingLink]:
@@ -87,11 +101,24 @@ def test_no_local_holds_across_nodes_by_client_id() -> None:
     assert [p.payload for p in client.publishes()] == [b"other"]
 
 
-def test_a_connect_claims_the_client_id() -> None:
+def test_a_connect_claims_the_client_id_and_arms_its_will_until_it_ends() -> None:
     core, link = clustered_core()
-    Client(core).connect("c1")
-    Client(core, V311).connect("c2")
+    first = Client(core)
+    first.connect(
+        "c1",
+        will=Will(topic="w/c1", payload=b"x", properties=Properties(will_delay_interval=30)),
+    )
+    second = Client(core, V311)
+    second.connect("c2")
     assert link.claimed == ["c1", "c2"]
+    will, delay = link.wills["c1"]
+    assert (will.topic, will.payload, will.publisher, delay) == ("w/c1", b"x", "c1", 30)
+    assert will.properties.will_delay_interval is None  # not forwarded with the message
+    assert "c2" not in link.wills
+    first.send(Disconnect())
+    first.drop()  # (the transport closes after a DISCONNECT)
+    second.drop()
+    assert link.gone == ["c1", "c2"]
 
 
 def test_retained_from_the_cluster_sets_and_clears_this_nodes_copy() -> None:

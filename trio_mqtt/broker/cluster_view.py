@@ -21,5 +21,12 @@ class ClusterLink(Protocol):
     def forward(self, message: Message) -> None:
         """A message was published on this node: the other nodes' subscribers want it."""
 
-    def connected(self, client_id: str) -> None:
-        """A client connected here: this node claims its client id cluster-wide."""
+    def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
+        """A client connected here: this node claims its client id cluster-wide.
+
+        ``will`` is the message to publish if this node dies while the client is
+        connected to it (after ``will_delay`` seconds); None if it has no will.
+        """
+
+    def disconnected(self, client_id: str) -> None:
+        """The client's connection here ended; this node has dealt with its will."""

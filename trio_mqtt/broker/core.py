@@ -612,7 +612,12 @@ class BrokerCore:
             )
         self.stats.connects += 1
         if self.cluster is not None:
-            self.cluster.connected(client_id)
+            will = connect.will
+            self.cluster.connected(
+                client_id,
+                None if will is None else will_message(will, client_id, conn.peer, now),
+                0 if will is None else will.properties.will_delay_interval or 0,
+            )
         log.info(
             "connected %s client_id=%r username=%r protocol=%s keepalive=%d clean=%s "
             "session_present=%s listener=%s",
@@ -791,6 +796,8 @@ class BrokerCore:
         now = self.now()
         session.connection = None
         self.session_changed(session.client_id)
+        if self.cluster is not None:
+            self.cluster.disconnected(session.client_id)
         if will is not None:
             message = will_message(will, session.client_id, peer, now)
             delay = will.properties.will_delay_interval or 0

@@ -38,6 +38,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import trio
@@ -60,12 +61,18 @@ from trio_mqtt.cluster.subjects import (
 )
 from trio_mqtt.config import ClusterConfig
 from trio_mqtt.mqtt.topics import parse_shared_filter
-from trio_mqtt.nats import Entry, KeyValue, Msg, NATSClient, open_nats_client
+from trio_mqtt.nats import Entry, KeyExistsError, KeyValue, Msg, NATSClient, open_nats_client
 
 log = logging.getLogger("trio_mqtt.cluster")
 
 RETAINED_BUCKET = "mqtt_retained"
 OWNERS_BUCKET = "mqtt_owners"
+# the will of every client connected anywhere, under "<node id>.<client key>"
+WILLS_BUCKET = "mqtt_wills"
+# one heartbeat key per live node (its id), with a short TTL; and "reaped.<id>" markers
+NODES_BUCKET = "mqtt_nodes"
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_TTL = 5.0
 # How long the last key-value writes may take when the node leaves.
 CLOSE_TIMEOUT = 2.0
 
@@ -91,6 +98,8 @@ class ClusterNode:
     shared_nats: NATSClient
     retained: KeyValue
     owners: KeyValue
+    wills: KeyValue
+    nodes: KeyValue
     # filter -> the NATS subscription ids that carry it
     _routes: dict[str, list[int]] = attrs.Factory(dict)
     _sequence: int = 0
@@ -98,15 +107,22 @@ class ClusterNode:
     # key-value writes waiting for _write_loop: the latest per topic / per client id
     _retained_writes: dict[str, Message] = attrs.Factory(dict)
     _claims_due: set[str] = attrs.Factory(set)
+    # client id -> its will to keep in the wills bucket (None: delete it)
+    _wills_due: dict[str, tuple[Message, int] | None] = attrs.Factory(dict)
     # our latest acknowledged claim of a client id (its revision in the owners bucket);
     # and the highest revision another node wrote for it while ours was in the air
     _claimed: dict[str, int] = attrs.Factory(dict)
     _contested: dict[str, tuple[int, str]] = attrs.Factory(dict)
+    # the clients whose will this node has put in the wills bucket
+    _armed_wills: set[str] = attrs.Factory(set)
+    # runs the reaping of dead nodes' wills (set by open_cluster_node)
+    _nursery: trio.Nursery | None = None
     _wake: trio.Event = attrs.Factory(trio.Event)
     _idle: trio.Event = attrs.Factory(trio.Event)
     # what other nodes see as this node's messages' origin: unique per process run, so
     # that a restarted node's new sequence numbers are not taken for repeats
-    origin: str = attrs.Factory(lambda self: f"{self.name}~{secrets.token_hex(4)}", takes_self=True)
+    # (also its key in the nodes bucket: only [-_A-Za-z0-9])
+    origin: str = attrs.Factory(lambda self: f"{self.name}-{secrets.token_hex(4)}", takes_self=True)
     received: int = 0
     forwarded: int = 0
 
@@ -123,8 +139,14 @@ class ClusterNode:
             self._retained_writes[message.topic] = message
             self._wake.set()
 
-    def connected(self, client_id: str) -> None:
+    def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
         self._claims_due.add(client_id)
+        if will is not None or client_id in self._wills_due:
+            self._wills_due[client_id] = None if will is None else (will, will_delay)
+        self._wake.set()
+
+    def disconnected(self, client_id: str) -> None:
+        self._wills_due[client_id] = None
         self._wake.set()
 
     # --------------------------------------------------------------- routing (NATS)
@@ -218,8 +240,8 @@ class ClusterNode:
             self.core.taken_over_elsewhere(client_id, node)
 
     async def _claim(self, client_id: str) -> None:
-        value = json.dumps({"node": self.name, "client": client_id}).encode()
-        revision = await self.owners.put(owner_key(client_id), value)
+        value = json.dumps({"node": self.name, "origin": self.origin, "client": client_id})
+        revision = await self.owners.put(owner_key(client_id), value.encode())
         contested = self._contested.pop(client_id, None)
         if contested is not None and contested[0] > revision:
             self.core.taken_over_elsewhere(client_id, contested[1])
@@ -234,13 +256,94 @@ class ClusterNode:
         else:
             await self.retained.delete(key)
 
+    async def _write_will(self, client_id: str, will: tuple[Message, int] | None) -> None:
+        key = f"{self.origin}.{owner_key(client_id)}"
+        if will is None:
+            if client_id in self._armed_wills:
+                self._armed_wills.discard(client_id)
+                await self.wills.delete(key)
+            return
+        message, delay = will
+        head = f"{delay} {topic_to_subject(message.topic)}\n".encode()
+        await self.wills.put(key, head + encode_retained(message, self.origin, self.core.now()))
+        self._armed_wills.add(client_id)
+
+    def _spawn(self, *args: Any) -> None:
+        assert self._nursery is not None, "the node runs inside open_cluster_node"
+        self._nursery.start_soon(*args)
+
+    async def heartbeat(self) -> None:
+        """Keep this node's key alive; when it expires, the others take its wills."""
+        value = json.dumps({"node": self.name}).encode()
+        while True:
+            await self.nodes.put(self.origin, value, ttl=HEARTBEAT_TTL)
+            await trio.sleep(HEARTBEAT_INTERVAL)
+
+    def _on_node(self, entry: Entry) -> None:
+        if entry.operation == "PUT" or entry.key == self.origin or "." in entry.key:
+            return
+        if entry.reason != "MaxAge":
+            return  # deleted by the node itself: it left cleanly and saw to its wills
+        log.warning("cluster: node %s stopped heartbeating", entry.key)
+        self._spawn(self._reap, entry.key)
+
+    async def _reap(self, dead: str) -> None:
+        """Publish the wills of node ``dead`` (if this node wins the race to do it)."""
+        try:
+            await self.nodes.create(f"reaped.{dead}", self.origin.encode())
+        except KeyExistsError:
+            return  # another survivor does it
+        wills = [
+            entry for entry in await self.wills.entries(f"{dead}.>") if entry.operation == "PUT"
+        ]
+        log.warning("cluster: publishing the %d wills of dead node %s", len(wills), dead)
+        for entry in wills:
+            try:
+                head, _newline, record = entry.value.partition(b"\n")
+                delay_text, _space, subject = head.decode().partition(" ")
+                delay = int(delay_text)
+                message = decode_retained(subject_to_topic(subject), record, self.core.now())
+            except (EnvelopeError, ValueError) as exc:
+                log.warning("cluster: ignored will %r of dead node %s: %s", entry.key, dead, exc)
+                continue
+            self._spawn(self._publish_orphan_will, dead, entry.key, message, delay)
+
+    async def _publish_orphan_will(self, dead: str, key: str, message: Message, delay: int) -> None:
+        """Publish the will of a client of dead node ``dead``, after its delay, unless
+        the client has connected elsewhere meanwhile ([MQTT-3.1.3-9])."""
+        if delay:
+            await trio.sleep(delay)
+        alive = await self.nodes.get(dead)
+        if alive is not None and alive.operation == "PUT":
+            log.warning("cluster: node %s is back (it was only slow): its wills stay", dead)
+            return
+        client_id = message.publisher
+        if client_id is not None:
+            owner = await self.owners.get(owner_key(client_id))
+            if owner is not None and owner.operation == "PUT":
+                try:
+                    moved = json.loads(owner.value).get("origin") != dead
+                except ValueError:
+                    moved = False
+                if moved:
+                    log.info("cluster: will of %r dropped: it reconnected elsewhere", client_id)
+                    await self.wills.delete(key)
+                    return
+        log.info("cluster: publishing will of %r to %r (its node died)", client_id, message.topic)
+        self.core.stats.wills_published += 1
+        self.core.publish(message)
+        await self.wills.delete(key)
+
     async def write_loop(self) -> None:
         """Write what the core decided to the key-value buckets, in order, one at a time."""
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
             self._idle = trio.Event()
-            while self._retained_writes or self._claims_due:
+            while self._retained_writes or self._claims_due or self._wills_due:
+                if self._wills_due:
+                    client_id = next(iter(self._wills_due))
+                    await self._write_will(client_id, self._wills_due.pop(client_id))
                 if self._claims_due:
                     client_id = next(iter(self._claims_due))
                     try:
@@ -255,7 +358,9 @@ class ClusterNode:
 
     async def settled(self) -> None:
         """Wait until every key-value write decided so far is done (tests, shutdown)."""
-        while self._retained_writes or self._claims_due or not self._idle.is_set():
+        while (
+            self._retained_writes or self._claims_due or self._wills_due or not self._idle.is_set()
+        ):
             await self._idle.wait()
             await trio.lowlevel.checkpoint()
 
@@ -285,6 +390,10 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
     ):
         retained = await KeyValue.open(nats, RETAINED_BUCKET, replicas=config.replicas)
         owners = await KeyValue.open(nats, OWNERS_BUCKET, replicas=config.replicas)
+        wills = await KeyValue.open(nats, WILLS_BUCKET, replicas=config.replicas)
+        nodes = await KeyValue.open(
+            nats, NODES_BUCKET, replicas=config.replicas, per_key_ttl=True, ttl=24 * 3600
+        )
         node = ClusterNode(
             core=core,
             name=name,
@@ -292,11 +401,17 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
             shared_nats=shared_nats,
             retained=retained,
             owners=owners,
+            wills=wills,
+            nodes=nodes,
         )
         node._idle.set()
         async with trio.open_nursery() as nursery:
             retained_watch = await retained.watch(">", node._on_retained, include_current=True)
             owners_watch = await owners.watch(">", node._on_owner, include_current=False)
+            node._nursery = nursery
+            await nodes.put(node.origin, b"{}", ttl=HEARTBEAT_TTL)
+            nodes_watch = await nodes.watch(">", node._on_node, include_current=False)
+            nursery.start_soon(node.heartbeat)
             core.cluster = node
             core.router.shared_elsewhere = True
             core.router.on_interest = node.interest_changed
@@ -314,5 +429,7 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
                     await node.settled()
                     await retained_watch.stop()
                     await owners_watch.stop()
+                    await nodes_watch.stop()
+                    await nodes.delete(node.origin)  # a clean leave: nobody reaps it
                 nursery.cancel_scope.cancel()
         log.info("cluster: node %s left", name)
