@@ -189,3 +189,47 @@ def test_shared_members_are_chosen_by_the_cluster_when_it_says_so() -> None:
     assert core.publish_shared_remote(Message("s", b"chosen", qos=1), "$share/g/s") is True
     assert [p.payload for p in member.publishes()] == [b"chosen"]
     assert core.publish_shared_remote(Message("s", b"x"), "$share/other/s") is False
+
+
+def test_hand_over_closes_the_connection_and_lets_go_of_the_session() -> None:
+    core, _link = clustered_core()
+    client = Client(core, V311)
+    client.connect("mover", clean_start=False)
+    client.subscribe(("m/#", 1))
+    core.publish(Message("m/1", b"queued", qos=1))  # in flight to the client
+    client.packets()
+    session = core.hand_over("mover", "n2")
+    assert session is not None and session.client_id == "mover"
+    assert len(session.inflight_out) == 1
+    assert "mover" not in core.sessions
+    assert core.router.subscriptions_of("mover") == {}
+    assert client.conn.wants_close
+    assert core.hand_over("mover", "n2") is None
+
+
+def test_hand_over_of_a_session_that_ends_with_its_connection_is_none() -> None:
+    core, _link = clustered_core()
+    client = Client(core, V5)
+    client.connect("brief")  # 5.0, session expiry 0
+    assert core.hand_over("brief", "n2") is None
+    assert "brief" not in core.sessions
+
+
+def test_an_awaited_check_holds_the_connect_until_it_answers() -> None:
+    from trio_mqtt.broker.core import AwaitedCheck
+    from trio_mqtt.mqtt.packets import Connect
+
+    core, _link = clustered_core()
+
+    async def never_called() -> None:  # the server awaits it; here the test answers
+        raise AssertionError
+
+    core.connect_hooks.append(lambda peer, connect: AwaitedCheck(never_called))
+    client = Client(core, V311)
+    client.send(Connect(client_id="waits", protocol_version=V311))
+    assert client.packets() == []
+    assert client.conn.pending_check is not None
+    assert isinstance(client.conn.pending_check.check, AwaitedCheck)
+    client.conn.check_done(None)
+    (connack,) = client.packets()
+    assert connack.reason_code == 0  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Protocol, TypeAlias
 
 import attrs
@@ -95,6 +95,19 @@ class OffloadedCheck:
     work: Callable[[], ReasonCode | None]
 
 
+@attrs.frozen
+class AwaitedCheck:
+    """What a connect hook answers when it must ask someone else first (another node).
+
+    The server awaits ``wait()`` in the connection's reader task, then goes on as with an
+    ``OffloadedCheck``: None to accept, a reason code to refuse. It may change the
+    broker's state only through the core's own methods (a cluster node restores a
+    session handed over by another node this way).
+    """
+
+    wait: Callable[[], Awaitable[ReasonCode | None]]
+
+
 class ConnectHook(Protocol):
     """Decides whether a CONNECT may proceed. Return None to accept, a reason code to refuse.
 
@@ -103,7 +116,9 @@ class ConnectHook(Protocol):
     an ``OffloadedCheck``: the CONNECT waits for it without holding up other clients.
     """
 
-    def __call__(self, peer: PeerInfo, connect: Connect) -> ReasonCode | OffloadedCheck | None: ...
+    def __call__(
+        self, peer: PeerInfo, connect: Connect
+    ) -> ReasonCode | OffloadedCheck | AwaitedCheck | None: ...
 
 
 class PublishHook(Protocol):
@@ -214,7 +229,7 @@ class Refused:
 class PendingConnect:
     """The CONNECT waits for an ``OffloadedCheck``; ``resume_connect`` goes on after it."""
 
-    check: OffloadedCheck
+    check: OffloadedCheck | AwaitedCheck
     hook_name: str
     connect: Connect
     plan: ConnectPlan
@@ -532,7 +547,7 @@ class BrokerCore:
             hook = hooks[index]
             name = getattr(hook, "__name__", type(hook).__name__)
             code = hook(conn.peer, connect)
-            if isinstance(code, OffloadedCheck):
+            if isinstance(code, (OffloadedCheck, AwaitedCheck)):
                 return PendingConnect(code, name, connect, plan, auth_done, index + 1)
             if code is not None and code.is_error:
                 return refuse(code, f"refused by {name}")
@@ -998,6 +1013,35 @@ class BrokerCore:
         else:
             self.set_retained(message)
         self.retained_changed(topic)
+
+    def hand_over(self, client_id: str, where: str) -> Session | None:
+        """Another node resumes ``client_id``'s session: let go of it and return it.
+
+        A live connection is closed as in a takeover (MQTT 5: DISCONNECT 0x8E; its will
+        follows the takeover rules). The session leaves this node with its
+        subscriptions, queue and in-flight messages, for the other node to restore.
+        None if there is no session here (or it ended with its connection).
+        """
+        session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        old = session.connection
+        if old is not None:
+            log.info(
+                "client %r resumes its session on node %s: closing its connection here (%s)",
+                client_id,
+                where,
+                old.peer.describe(),
+            )
+            will = old.release_session()
+            self._detach(session, will, old.peer, CloseReason.TAKEN_OVER)
+            old.request_close(CloseReason.TAKEN_OVER, ReasonCode.SESSION_TAKEN_OVER)
+            if self.sessions.get(client_id) is not session:
+                return None  # it ended with its connection (session expiry 0)
+        del self.sessions[client_id]
+        self.router.unsubscribe_all(client_id)
+        self.session_changed(client_id)
+        return session
 
     def taken_over_elsewhere(self, client_id: str, where: str) -> bool:
         """Another node took ``client_id`` over: close it here; True if it was online.

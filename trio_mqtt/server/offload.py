@@ -17,7 +17,7 @@ import os
 
 import trio
 
-from trio_mqtt.broker.core import OffloadedCheck
+from trio_mqtt.broker.core import AwaitedCheck, OffloadedCheck
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 
 #: Checks that may wait for a thread at once (beyond that: 0x89 Server busy).
@@ -35,8 +35,13 @@ def _limiter() -> trio.CapacityLimiter:
         return limiter
 
 
-async def run_offloaded(check: OffloadedCheck) -> ReasonCode | None:
-    """Run ``check.work`` in a worker thread; its answer, or 0x89 if too many wait."""
+async def run_offloaded(check: OffloadedCheck | AwaitedCheck) -> ReasonCode | None:
+    """Run ``check.work`` in a worker thread; its answer, or 0x89 if too many wait.
+
+    An ``AwaitedCheck`` (asking another node) is awaited here, in the reader task.
+    """
+    if isinstance(check, AwaitedCheck):
+        return await check.wait()
     limiter = _limiter()
     if limiter.statistics().tasks_waiting >= MAX_WAITING:
         return ReasonCode.SERVER_BUSY
