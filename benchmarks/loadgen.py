@@ -119,7 +119,9 @@ class LatencyTask:
     """One client subscribed to *topic* publishes QoS 1 there, one message at a time.
 
     Latency is the time from writing the PUBLISH to reading its delivery; the next
-    PUBLISH goes out once both the delivery and the PUBACK are in (window 1).
+    PUBLISH goes out once both the delivery and the PUBACK are in (window 1). With a
+    *publish_port*, a second connection (client id ``<client_id>-pub``, to that port:
+    another node of a cluster, or the same broker) publishes instead.
     """
 
     port: int
@@ -128,6 +130,7 @@ class LatencyTask:
     count: int
     warmup: int
     deadline_s: float
+    publish_port: int = 0
 
 
 @attrs.frozen
@@ -472,6 +475,9 @@ def _latency(task: LatencyTask, pipe: Connection, go: Event) -> dict[str, Any]:
     deadline = time.perf_counter() + task.deadline_s
     sock = _open(task.port, task.client_id, deadline)
     _subscribe(sock, task.topic, 1, deadline)
+    publisher = sock
+    if task.publish_port:
+        publisher = _open(task.publish_port, f"{task.client_id}-pub", deadline)
     topic = task.topic.encode()
     total = task.warmup + task.count
     packets = [
@@ -483,31 +489,69 @@ def _latency(task: LatencyTask, pipe: Connection, go: Event) -> dict[str, Any]:
     deadline = time.perf_counter() + task.deadline_s
     latencies_ns: list[int] = []
     errors: list[str] = []
-    buffer = bytearray()
+    # one buffer per connection (the subscriber's first: deliveries and their PUBACKs
+    # from us; then the publisher's, if it is another connection: its PUBACKs)
+    connections = [(sock, bytearray())]
+    if publisher is not sock:
+        connections.append((publisher, bytearray()))
     # Busy-poll: a client that sleeps in poll() adds its own wake-up time (tens of us on
     # an idle VM) to every sample; spinning on a non-blocking recv keeps that out, so
     # what is measured is the broker's turnaround plus the loopback.
-    sock.setblocking(False)
+    for conn, _buffer in connections:
+        conn.setblocking(False)
     for seq in range(total):
         packet_id = seq % 65535 + 1
         start = time.perf_counter_ns()
-        if sock.send(packets[seq]) != len(packets[seq]):  # tiny: the send buffer is empty
+        if publisher.send(packets[seq]) != len(packets[seq]):  # tiny: the buffer is empty
             raise WireError("short send of a 30-byte PUBLISH")
         delivered_at = 0
         got_puback = False
         while not (delivered_at and got_puback):
-            data = _spin_recv(sock, deadline, f"waiting for message {seq}")
+            what = f"waiting for message {seq}"
+            if len(connections) == 1:
+                data = _spin_recv(sock, deadline, what)
+                ready = [(sock, connections[0][1], data)]
+            else:
+                ready = _spin_recv_any(connections, deadline, what)
             now = time.perf_counter_ns()
-            buffer += data
-            for packet in split_packets(buffer):
-                got_puback |= _latency_packet(packet, seq, packet_id, topic, sock, errors)
-                if packet.packet_type == 0x3 and not delivered_at:
-                    delivered_at = now
+            for conn, buffer, data in ready:
+                buffer.extend(data)
+                for packet in split_packets(buffer):
+                    if packet.packet_type == 0x3 and conn is sock:
+                        _latency_packet(packet, seq, packet_id, topic, sock, errors)
+                        delivered_at = delivered_at or now
+                    elif packet.packet_type == 0x4 and conn is publisher:
+                        got_puback |= _latency_packet(packet, seq, packet_id, topic, sock, errors)
+                    else:
+                        errors.append(f"unexpected packet {packet.first_byte:#04x}")
         if seq >= task.warmup:
             latencies_ns.append(delivered_at - start)
-    sock.setblocking(True)
-    _close(sock)
+    for conn, _buffer in connections:
+        conn.setblocking(True)
+        _close(conn)
     return {"latencies_ns": latencies_ns, "errors": errors, "error_count": len(errors)}
+
+
+def _spin_recv_any(
+    connections: list[tuple[socket.socket, bytearray]], deadline: float, what: str
+) -> list[tuple[socket.socket, bytearray, bytes]]:
+    """Spin over non-blocking sockets until at least one has data; what each had."""
+    spins = 0
+    while True:
+        ready = []
+        for conn, buffer in connections:
+            try:
+                data = conn.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise WireError(f"connection closed while {what}")
+            ready.append((conn, buffer, data))
+        if ready:
+            return ready
+        spins += 1
+        if spins % 1024 == 0:
+            _remaining(deadline, what)
 
 
 def _spin_recv(sock: socket.socket, deadline: float, what: str) -> bytes:

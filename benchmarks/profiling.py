@@ -15,6 +15,7 @@ Two profilers, both from the ``bench`` extra:
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import attrs
@@ -30,7 +31,14 @@ import attrs
 from benchmarks.brokers import BrokerKind, BrokerProcess, start_broker
 from benchmarks.scenarios import RunOutcome, Scale, Scenario
 
-__all__ = ["PROFILERS", "ProfileError", "profile_scenario", "summarize_folded"]
+__all__ = [
+    "PROFILERS",
+    "ProfileError",
+    "profile_scenario",
+    "py_spy_recording",
+    "summarize_folded",
+    "summarize_folded_file",
+]
 
 PROFILERS = ("py-spy", "pyinstrument")
 PY_SPY_RATE = 250
@@ -117,50 +125,65 @@ def _run_repeatedly(
     return attrs.evolve(last, verified=False)
 
 
+@contextlib.contextmanager
+def py_spy_recording(pid: int, folded: Path) -> Iterator[None]:
+    """Record folded stacks of process *pid* with py-spy while the block runs.
+
+    Samples without stopping the process (``--nonblocking``), PY_SPY_RATE per second;
+    writes *folded* when the block ends. ProfileError if py-spy is missing or fails.
+    """
+    command = [
+        _py_spy(),
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--rate",
+        str(PY_SPY_RATE),
+        "--output",
+        str(folded),
+    ]
+    recorder = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    time.sleep(1.0)  # let py-spy attach before the load starts
+    if recorder.poll() is not None:
+        output = recorder.stdout.read().decode(errors="replace") if recorder.stdout else ""
+        raise ProfileError(f"py-spy exited with status {recorder.returncode}:\n{output}")
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        try:
+            recorder.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            recorder.communicate()
+    if not folded.exists():
+        raise ProfileError("py-spy wrote no profile")
+
+
+def summarize_folded_file(folded: Path, *, top: int = TOP) -> str:
+    """:func:`summarize_folded` of a file, with the repository's path left out."""
+    root = str(Path(__file__).resolve().parent.parent) + os.sep
+    with open(folded, encoding="utf-8", errors="replace") as lines:
+        return summarize_folded(lines, root=root, top=top)
+
+
 def _profile_py_spy(
     scenario: Scenario, scale: Scale, output_dir: Path, runs: int
 ) -> tuple[RunOutcome, list[Path]]:
-    py_spy = _py_spy()
     folded = output_dir / f"profile-{scenario.name}.folded"
     report = output_dir / f"profile-{scenario.name}.txt"
     broker = start_broker(BrokerKind.TRIO_MQTT)
     try:
-        command = [
-            py_spy,
-            "record",
-            "--pid",
-            str(broker.process.pid),
-            "--format",
-            "raw",
-            "--nonblocking",
-            "--rate",
-            str(PY_SPY_RATE),
-            "--output",
-            str(folded),
-        ]
-        recorder = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        time.sleep(1.0)  # let py-spy attach before the load starts
-        if recorder.poll() is not None:
-            output = recorder.stdout.read().decode(errors="replace") if recorder.stdout else ""
-            raise ProfileError(f"py-spy exited with status {recorder.returncode}:\n{output}")
-        try:
+        with py_spy_recording(broker.process.pid, folded):
             outcome = _run_repeatedly(scenario, broker, scale, runs)
-        finally:
-            recorder.send_signal(signal.SIGINT)
-            try:
-                recorder.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                recorder.kill()
-                recorder.communicate()
     finally:
         broker.stop()
-    if not folded.exists():
-        raise ProfileError("py-spy wrote no profile")
-    root = str(Path(__file__).resolve().parent.parent) + os.sep
-    with open(folded, encoding="utf-8", errors="replace") as lines:
-        summary = summarize_folded(lines, root=root)
+    summary = summarize_folded_file(folded)
     report.write_text(
         f"py-spy profile of trio-mqtt, scenario {scenario.name} ({scale.name} scale, "
         f"{runs} run(s) on one broker, {PY_SPY_RATE} samples/s)\n"

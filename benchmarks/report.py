@@ -388,14 +388,17 @@ def write_json(
     records: Sequence[RunRecord],
     rows: Sequence[SummaryRow],
     targets: Sequence[TargetResult],
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Everything about a benchmark run, as JSON."""
+    """Everything about a benchmark run, as JSON (*extra*: more top-level keys, e.g. the
+    cluster scenarios' summary)."""
     document = {
         "schema": 1,
         "machine": machine,
         "settings": settings,
         "summary": [row.to_json() for row in rows],
         "targets": [result.to_json() for result in targets],
+        **(extra or {}),
         "runs": [record.to_json() for record in records],
     }
     path.write_text(json.dumps(document, indent=2) + "\n")

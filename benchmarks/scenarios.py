@@ -14,7 +14,7 @@ import multiprocessing
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -38,7 +38,9 @@ __all__ = [
     "FULL",
     "QUICK",
     "SCENARIOS",
+    "CpuMeter",
     "MetricSpec",
+    "ProcessCpu",
     "RunOutcome",
     "Scale",
     "Scenario",
@@ -264,16 +266,29 @@ def pubsub(
     window: int = 1,
     payload_size: int = PAYLOAD.size,
     deadline_s: float | None = None,
+    subscriber_broker: BrokerProcess | None = None,
+    before_go: Callable[[], None] | None = None,
+    cpu_pids: Mapping[str, int] | None = None,
 ) -> RunOutcome:
     """Publishers blast (QoS 0) or keep *window* unacknowledged (QoS 1); subscribers verify.
 
     Rate = deliveries / elapsed time. The broker's resident memory is sampled during the
     run: ``peak_rss_mib`` is its highest value.
+
+    Cluster runs: the subscribers connect to *subscriber_broker* (default: *broker*, where
+    the publishers connect); *before_go* runs once every worker is connected and
+    subscribed, before the clock starts; the CPU time of each process in *cpu_pids* is
+    reported as ``<name>_cpu_s`` in the details (the broker's own is ``broker_cpu_s``).
     """
     deadline_s = scale.deadline_s if deadline_s is None else deadline_s
     port = broker.broker.proxy_port if proxy else broker.broker.port
     if port is None:
         raise ScenarioError(f"{broker.broker.kind.value} has no PROXY protocol listener")
+    sub_port = port
+    if subscriber_broker is not None:
+        sub_port = subscriber_broker.broker.proxy_port if proxy else subscriber_broker.broker.port
+        if sub_port is None:
+            raise ScenarioError("the subscribers' broker has no PROXY protocol listener")
     source_topics = tuple(enumerate(topics))
     client_ids = [f"{tag}-sub{index}" for index in range(subscribers)]
     groups = _split(client_ids, min(SUBSCRIBER_PROCESSES, subscribers))
@@ -281,7 +296,7 @@ def pubsub(
         sub_pipes = [
             workers.start(
                 SubscriberTask(
-                    port=port,
+                    port=sub_port,
                     client_ids=group,
                     topic_filter=topic_filter,
                     qos=qos,
@@ -312,13 +327,19 @@ def pubsub(
             for source in range(publishers)
         ]
         _ready_all(sub_pipes + pub_pipes, 60.0)
+        if before_go is not None:
+            before_go()
         meter = CpuMeter(broker.process.pid)
+        others = {name: ProcessCpu(pid) for name, pid in (cpu_pids or {}).items()}
         meter.start()
         with RssSampler(broker.process.pid) as rss:
             workers.go.set()
             pub_results = _results(pub_pipes, deadline_s + 30)
             sub_results = _results(sub_pipes, deadline_s + 30)
-        cpu = meter.stop()
+        cpu: dict[str, float] = {
+            **meter.stop(),
+            **{f"{name}_cpu_s": other.seconds() for name, other in others.items()},
+        }
     start = min(result["start"] for result in pub_results)
     acked = max(result["acked"] for result in pub_results)
     last_rx = max(result["last_rx"] for result in sub_results)
@@ -686,6 +707,18 @@ class CpuMeter:
             "broker_cpu_s": round(_cpu_seconds(self.pid) - self._broker_start, 3),
             "machine_busy": round(busy / total, 3) if total else 0.0,
         }
+
+
+class ProcessCpu:
+    """CPU time a process uses from now on (utime + stime from /proc/PID/stat)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = _cpu_seconds(pid)
+
+    def seconds(self) -> float:
+        """CPU seconds used since this object was made, rounded to the clock tick."""
+        return round(_cpu_seconds(self.pid) - self.start, 3)
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -13,9 +13,16 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # benchmarks/ is not installed; plain `pytest` needs this
     sys.path.insert(0, str(REPO))
 
+from nats_server import nats_server_binary  # noqa: E402
+
+from benchmarks.cluster_report import (  # noqa: E402
+    evaluate_cluster_targets,
+    summarize_cluster,
+)
+from benchmarks.nats_ceiling import cluster_message, delivered_size  # noqa: E402
 from benchmarks.profiling import summarize_folded  # noqa: E402
-from benchmarks.report import records_from_json, summarize  # noqa: E402
-from benchmarks.scenarios import end_to_end_latencies  # noqa: E402
+from benchmarks.report import RunRecord, records_from_json, summarize  # noqa: E402
+from benchmarks.scenarios import RunOutcome, end_to_end_latencies  # noqa: E402
 from benchmarks.wire import (  # noqa: E402
     DeliveryParser,
     connect_packet,
@@ -57,6 +64,123 @@ def test_quick_fanin_against_trio_mqtt_is_verified(tmp_path: Path) -> None:
     # --replot rebuilds the same summary from the JSON alone.
     (rebuilt,) = summarize(records_from_json(document))
     assert rebuilt.to_json() == row
+
+
+# --- the cluster scenarios: one node vs. two nodes through a real nats-server -------
+
+#: messages each subscriber connection must get at --quick size
+QUICK_CLUSTER_EXPECTED = {
+    "cluster_fanin": 4 * 1_000,  # 4 publishers x 1,000 -> 1 subscriber
+    "cluster_fanout": 50 * 100,  # 1 publisher x 100 -> 50 subscribers
+    "cluster_qos1_latency": 200,  # measured round trips (after 20 warm-up)
+}
+
+
+def test_quick_cluster_scenarios_are_verified(tmp_path: Path) -> None:
+    binary = nats_server_binary()  # skips (or fails under TRIO_MQTT_REQUIRE_TOOLS=1)
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks", "--quick", "--cluster", "--nats-server", binary,
+            "--output-dir", str(tmp_path), "--no-chart",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    document = json.loads((tmp_path / "quick.json").read_text())
+    runs = {(run["scenario"], run["broker"]): run for run in document["runs"]}
+    assert set(runs) == {
+        (scenario, setup)
+        for scenario in QUICK_CLUSTER_EXPECTED
+        for setup in ("one-node", "cross-node")
+    }
+    for (scenario, setup), run in runs.items():
+        assert run["verified"] is True, (scenario, setup, run["errors"])
+        assert run["received"] == run["expected"] == QUICK_CLUSTER_EXPECTED[scenario]
+        assert run["error_count"] == 0
+    # cross-node: the subscribers' node and nats-server did the work, and were measured
+    fanin = runs["cluster_fanin", "cross-node"]
+    assert fanin["details"]["receiver_cpu_s"] > 0
+    assert "nats_cpu_s" in fanin["details"]
+    assert fanin["metrics"]["receiver_us_per_msg"] > 0
+    assert runs["cluster_qos1_latency", "cross-node"]["metrics"]["p50_us"] > 0
+    # the summary has both setups and their ratio; the four targets are evaluated
+    rows = {(row["scenario"], row["metric"]): row for row in document["cluster_summary"]}
+    fanin_row = rows["cluster_fanin", "throughput"]
+    assert fanin_row["ratio"] == fanin_row["cross-node"] / fanin_row["one-node"]
+    assert [target["met"] is not None for target in document["cluster_targets"]] == [True] * 4
+    assert document["summary"] == []  # no mosquitto comparison in a --cluster run
+    assert "| cluster_fanin | throughput |" in (tmp_path / "quick.md").read_text()
+    # --replot rebuilds the same cluster summary from the JSON alone
+    rebuilt = summarize_cluster(records_from_json(document))
+    assert [row.to_json() for row in rebuilt] == document["cluster_summary"]
+
+
+def test_nats_ceiling_quick_run_delivers_everything(tmp_path: Path) -> None:
+    binary = nats_server_binary()
+    output = tmp_path / "nats.json"
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks.nats_ceiling", "--quick", "--nats-server", binary,
+            "--output", str(output),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    document = json.loads(output.read_text())
+    assert [run["pattern"] for run in document["core_runs"]] == ["1 -> 1", "4 -> 1", "1 -> 4"]
+    assert all(run["verified"] for run in document["core_runs"])
+    assert document["core_runs"][2]["delivered"] == 4 * 20_000  # 1 -> 4 subscribers
+    assert document["jetstream"]["one_at_a_time"]["p50_us"] > 0
+    assert document["jetstream"]["window_20"]["count"] == 1_000
+
+
+def test_nats_message_shape_is_the_clusters() -> None:
+    hpub = cluster_message()
+    line, _, rest = hpub.partition(b"\r\n")
+    op, subject, header_size, total = line.split()
+    assert (op, subject) == (b"HPUB", b"m.bench.p0")
+    assert len(rest) == int(total) + 2  # headers + payload + CRLF
+    headers = rest[: int(header_size)]
+    assert headers.startswith(b"NATS/1.0\r\n") and b"\r\nc: cfanin-pub0\r\n" in headers
+    # the server's HMSG adds the subscription id: "HMSG m.bench.p0 1 ..." is 2 bytes more
+    assert delivered_size(hpub) == len(hpub) + 2
+
+
+def _record(scenario: str, setup: str, verified: bool = True, **metrics: float) -> RunRecord:
+    outcome = RunOutcome(metrics=metrics, verified=verified, expected=1, received=1)
+    return RunRecord(scenario, setup, 0, outcome, 1.0, 0.0)
+
+
+def test_cluster_summary_ratios_and_targets() -> None:
+    records = [
+        _record("cluster_fanin", "one-node", throughput=100.0, receiver_us_per_msg=6.0),
+        _record("cluster_fanin", "one-node", throughput=120.0, receiver_us_per_msg=7.0),
+        _record("cluster_fanin", "cross-node", throughput=40.0, receiver_us_per_msg=16.0),
+        _record("cluster_fanin", "cross-node", verified=False, throughput=900.0),
+        _record("cluster_qos1_latency", "one-node", p50_us=90.0, p99_us=130.0),
+        _record("cluster_qos1_latency", "cross-node", p50_us=330.0, p99_us=900.0),
+    ]
+    rows = {(row.scenario.name, row.metric.key): row for row in summarize_cluster(records)}
+    fanin = rows["cluster_fanin", "throughput"]
+    assert (fanin.one, fanin.cross) == (110.0, 40.0)  # the unverified run is left out...
+    assert fanin.ratio == pytest.approx(40 / 110)
+    assert fanin.all_verified is False  # ...but marks the row
+    latency = rows["cluster_qos1_latency", "p50_us"]
+    assert latency.difference == 240.0
+    results = {r.target.description: r for r in evaluate_cluster_targets(list(rows.values()))}
+    assert results["cross-node QoS 1 p50 <= one node + 0.4 ms"].met is True
+    assert results["cross-node QoS 0 fan-out >= 0.5x one node"].met is None  # not run
+    # a row with a failed run is reported, never counted as met or missed
+    assert results["cross-node QoS 0 fan-in >= 0.5x one node"].met is None
+    assert results["cross-node QoS 0 fan-in >= 0.5x one node"].value == pytest.approx(40 / 110)
 
 
 # --- the packets the load generator sends (hand-computed from the MQTT 3.1.1 spec) ---
