@@ -27,6 +27,7 @@ SANS_IO_PACKAGES = (
     "cluster.subjects",
     "cluster.envelope",
     "cluster.records",
+    "cluster.handover",
 )
 IO_MODULES = frozenset(
     {
