@@ -273,3 +273,59 @@ async def test_simultaneous_connects_leave_exactly_one(nats_server: NatsServer) 
             )
             await trio.sleep(0.3)  # and it stays so
             assert len(online(nodes, client_id)) == 1
+
+
+async def test_a_persistent_session_moves_to_the_node_the_client_reconnects_to(
+    nats_server: NatsServer,
+) -> None:
+    async with open_nodes(nats_server, 2) as (n1, n2):
+        first = await client(n1, "keeper", V311, clean_start=False)
+        await subscribe(first, n1, SubscriptionRequest("k/#", 1))
+        await first.aclose()  # offline: its session stays on n1
+        await wait_until(lambda: n1.core.sessions["keeper"].connection is None, "offline")
+        pub = await client(n2, "pub")
+        for index in range(3):
+            await pub.send(
+                Publish(topic=f"k/{index}", payload=b"%d" % index, qos=1, packet_id=index + 1)
+            )
+            assert await pub.receive() == Puback(index + 1)
+        await wait_until(lambda: len(n1.core.sessions["keeper"].pending) == 3, "queued on n1")
+        again = await RawClient.open(n2.port, V311)
+        connack = await again.connect("keeper", clean_start=False)
+        assert connack.session_present
+        got = await publishes(again, 3)
+        assert [(p.topic, p.payload, p.qos) for p in got] == [
+            ("k/0", b"0", 1),
+            ("k/1", b"1", 1),
+            ("k/2", b"2", 1),
+        ]
+        assert "keeper" not in n1.core.sessions
+        # its subscription now lives on n2: a publish on n1 reaches it there
+        assert n2.cluster is not None
+        await n2.cluster.sync()
+        local = await client(n1, "local")
+        await local.send(Publish(topic="k/after", payload=b"moved", qos=1, packet_id=9))
+        assert await local.receive() == Puback(9)
+        (after,) = await publishes(again, 1)
+        assert after.payload == b"moved"
+
+
+async def test_a_live_session_is_taken_over_with_its_unacknowledged_messages(
+    nats_server: NatsServer,
+) -> None:
+    async with open_nodes(nats_server, 2) as (n1, n2):
+        expiry = Properties(session_expiry_interval=300)
+        first = await client(n1, "busy", V5, clean_start=False, properties=expiry)
+        await subscribe(first, n1, SubscriptionRequest("b/#", 1))
+        pub = await client(n1, "pub")
+        await pub.send(Publish(topic="b/1", payload=b"unacked", qos=1, packet_id=1))
+        (sent,) = await publishes(first, 1)  # never acknowledged
+        assert not sent.dup
+        second = await RawClient.open(n2.port, V5)
+        connack = await second.connect("busy", clean_start=False, properties=expiry)
+        assert connack.session_present
+        (again,) = await publishes(second, 1)
+        assert (again.payload, again.dup) == (b"unacked", True)
+        packets = await first.expect_closed()
+        assert [type(p) for p in packets] == [Disconnect]
+        assert packets[0].reason_code == ReasonCode.SESSION_TAKEN_OVER  # type: ignore[union-attr]

@@ -233,3 +233,13 @@ def test_an_awaited_check_holds_the_connect_until_it_answers() -> None:
     client.conn.check_done(None)
     (connack,) = client.packets()
     assert connack.reason_code == 0  # type: ignore[union-attr]
+
+
+def test_no_matching_subscribers_is_not_claimed_in_a_cluster() -> None:
+    from trio_mqtt.mqtt.packets import Puback
+
+    core, _link = clustered_core()
+    publisher = Client(core, V5)
+    publisher.connect("pub")
+    publisher.send(Publish(topic="elsewhere", payload=b"x", qos=1, packet_id=3))
+    assert publisher.packets() == [Puback(3)]  # not 0x10: another node may have them

@@ -938,7 +938,8 @@ class BrokerCore:
             message = Message(
                 topic, packet.payload, qos, retain, props, conn.client_id, conn.peer, self.clock()
             )
-            if not self.publish(message) and v5:
+            if not self.publish(message) and v5 and self.cluster is None:
+                # (in a cluster, subscribers on other nodes are not known here)
                 code = ReasonCode.NO_MATCHING_SUBSCRIBERS
 
         if packet_id is None:

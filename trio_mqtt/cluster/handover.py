@@ -56,6 +56,7 @@ from trio_mqtt.mqtt.topics import validate_topic_filter, validate_topic_name
 __all__ = [
     "DEFAULT_MAX_CHUNK",
     "HandoverError",
+    "chunk_position",
     "decode_session",
     "encode_session",
     "saved_session",
@@ -431,6 +432,19 @@ def _subscription(fields: dict[str, Any], what: str) -> tuple[str, SubscriptionO
             None if identifier is None else _int(fields, "id", what, 1, MAX_SUBSCRIPTION_IDENTIFIER)
         ),
     )
+
+
+def chunk_position(chunk: bytes) -> tuple[int, int]:
+    """``(index, total)`` that a chunk's header gives, so a receiver knows when it has
+    them all; ``HandoverError`` if it is not a chunk of a handover."""
+    if not chunk.startswith(_MAGIC):
+        raise HandoverError(f"does not start with {_MAGIC!r}: not a session handover")
+    fields, _start = _load_line(chunk, len(_MAGIC), "the chunk's header")
+    index = _int(fields, "i", "the chunk's header", 0, 2**63)
+    total = _int(fields, "n", "the chunk's header", 1, 2**63)
+    if index >= total:
+        raise HandoverError(f"the chunk's header says chunk {index} of {total}")
+    return index, total
 
 
 def decode_session(chunks: Sequence[bytes], *, now: float) -> SavedSession:

@@ -29,6 +29,7 @@ the client's writer task (publishes) or by this node's own task (key-value write
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ from typing import Any
 import attrs
 import trio
 
-from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.core import AwaitedCheck, BrokerCore
 from trio_mqtt.broker.message import Message
 from trio_mqtt.cluster.envelope import (
     EnvelopeError,
@@ -51,6 +52,13 @@ from trio_mqtt.cluster.envelope import (
     RepeatFilter,
     message_from_nats,
     message_headers,
+)
+from trio_mqtt.cluster.handover import (
+    HandoverError,
+    chunk_position,
+    decode_session,
+    encode_session,
+    saved_session,
 )
 from trio_mqtt.cluster.records import decode_retained, encode_retained
 from trio_mqtt.cluster.subjects import (
@@ -60,8 +68,18 @@ from trio_mqtt.cluster.subjects import (
     topic_to_subject,
 )
 from trio_mqtt.config import ClusterConfig
+from trio_mqtt.mqtt.packets import Connect
 from trio_mqtt.mqtt.topics import parse_shared_filter
-from trio_mqtt.nats import Entry, KeyExistsError, KeyValue, Msg, NATSClient, open_nats_client
+from trio_mqtt.nats import (
+    Entry,
+    KeyExistsError,
+    KeyValue,
+    Msg,
+    NATSClient,
+    NATSError,
+    open_nats_client,
+)
+from trio_mqtt.peer import PeerInfo
 
 log = logging.getLogger("trio_mqtt.cluster")
 
@@ -73,6 +91,10 @@ WILLS_BUCKET = "mqtt_wills"
 NODES_BUCKET = "mqtt_nodes"
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_TTL = 5.0
+# where a node asks another for a client's session: "<prefix>.<node id>"
+HANDOVER_SUBJECT = "mqtt.handover"
+# how long a CONNECT waits for the node that has its session (then starts a new one)
+HANDOVER_TIMEOUT = 3.0
 # How long the last key-value writes may take when the node leaves.
 CLOSE_TIMEOUT = 2.0
 
@@ -272,6 +294,100 @@ class ClusterNode:
         assert self._nursery is not None, "the node runs inside open_cluster_node"
         self._nursery.start_soon(*args)
 
+    # ---------------------------------------------------------- session handover
+
+    def connect_hook(self, peer: PeerInfo, connect: Connect) -> AwaitedCheck | None:
+        """Fetch the session of a resuming client from the node that has it, if any."""
+        client_id = connect.client_id
+        if connect.clean_start or not client_id or client_id in self.core.sessions:
+            return None
+        return AwaitedCheck(functools.partial(self._fetch_session, client_id))
+
+    async def _fetch_session(self, client_id: str) -> None:
+        """Ask the client id's last owner for its session and restore it here.
+
+        A failure to get it is logged, never a refusal: the client starts a new session,
+        as it would if its node had died.
+        """
+        try:
+            owner = await self.owners.get(owner_key(client_id))
+            if owner is None or owner.operation != "PUT":
+                return
+            origin = json.loads(owner.value).get("origin")
+            if not isinstance(origin, str) or origin == self.origin:
+                return
+            chunks = await self._request_chunks(f"{HANDOVER_SUBJECT}.{origin}", client_id)
+            if not chunks:
+                return
+            saved = decode_session(chunks, now=self.core.now())
+        except (NATSError, HandoverError, ValueError, trio.TooSlowError) as exc:
+            log.warning("cluster: could not fetch the session of %r: %s", client_id, exc)
+            return
+        if saved.client_id != client_id or client_id in self.core.sessions:
+            return
+        restored = self.core.restore([saved], [])
+        if restored.sessions:
+            self.core.session_changed(client_id)
+            log.info(
+                "cluster: session of %r handed over by node %s (%d queued, %d in flight)",
+                client_id,
+                origin,
+                len(saved.pending),
+                len(saved.inflight),
+            )
+        return
+
+    async def _request_chunks(self, subject: str, client_id: str) -> list[bytes]:
+        """Send one request, collect the reply chunks (none: no session there)."""
+        inbox = self.nats.new_inbox()
+        chunks: dict[int, bytes] = {}
+        total: list[int] = []
+        done = trio.Event()
+
+        def on_chunk(msg: Msg) -> None:
+            if not msg.payload:
+                done.set()  # "no session here"
+                return
+            try:
+                index, count = chunk_position(msg.payload)
+            except HandoverError:
+                done.set()
+                return
+            chunks[index] = msg.payload
+            total[:] = [count]
+            if len(chunks) == count:
+                done.set()
+
+        sid = self.nats.subscribe(inbox, on_chunk)
+        try:
+            self.nats.publish(subject, client_id.encode(), reply=inbox)
+            with trio.fail_after(HANDOVER_TIMEOUT):
+                await done.wait()
+        finally:
+            self.nats.unsubscribe(sid)
+        if not total or len(chunks) != total[0]:
+            return []
+        return [chunks[index] for index in range(total[0])]
+
+    def _on_handover(self, msg: Msg) -> None:
+        """Another node resumes one of our clients' sessions: hand it over."""
+        if msg.reply is None:
+            return
+        try:
+            client_id = msg.payload.decode()
+        except UnicodeDecodeError:
+            return
+        now = self.core.now()
+        subscriptions = self.core.router.subscriptions_of(client_id)
+        session = self.core.hand_over(client_id, msg.subject)
+        if session is None:
+            self.nats.publish(msg.reply, b"")
+            return
+        self._claimed.pop(client_id, None)
+        saved = saved_session(session, now, subscriptions=subscriptions)
+        for chunk in encode_session(saved, origin=self.origin, now=now):
+            self.nats.publish(msg.reply, chunk)
+
     async def heartbeat(self) -> None:
         """Keep this node's key alive; when it expires, the others take its wills."""
         value = json.dumps({"node": self.name}).encode()
@@ -409,6 +525,8 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
             retained_watch = await retained.watch(">", node._on_retained, include_current=True)
             owners_watch = await owners.watch(">", node._on_owner, include_current=False)
             node._nursery = nursery
+            nats.subscribe(f"{HANDOVER_SUBJECT}.{node.origin}", node._on_handover)
+            core.connect_hooks.append(node.connect_hook)
             await nodes.put(node.origin, b"{}", ttl=HEARTBEAT_TTL)
             nodes_watch = await nodes.watch(">", node._on_node, include_current=False)
             nursery.start_soon(node.heartbeat)
@@ -422,6 +540,8 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
                 yield node
             finally:
                 core.cluster = None
+                if node.connect_hook in core.connect_hooks:
+                    core.connect_hooks.remove(node.connect_hook)
                 core.router.on_interest = None
                 core.router.shared_elsewhere = False
                 with trio.move_on_after(CLOSE_TIMEOUT) as scope:
