@@ -480,10 +480,11 @@ def decode_session(chunks: Sequence[bytes], *, now: float) -> SavedSession:
         raise HandoverError("the first record is not the session's")
     session, _payload = records[0]
     what = "the session record"
+    level = _int(session, "pv", what, 0, 255)  # (a HandoverError is a ValueError too)
     try:
-        version = ProtocolVersion(_int(session, "pv", what, 0, 255))
+        version = ProtocolVersion(level)
     except ValueError:
-        raise HandoverError(f"{what}: unknown protocol version {session['pv']!r}") from None
+        raise HandoverError(f"{what}: unknown protocol version {level!r}") from None
     expires_left = _time_left(session, "el", what)
     will_left = _time_left(session, "wl", what)
     expiry_interval = _int(session, "ei", what, 0, _MAX_UINT32)
