@@ -8,6 +8,7 @@ decided (a subscription, a retained write), where the test needs that order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -32,6 +33,7 @@ from trio_mqtt.mqtt.packets import (
     Will,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
+from trio_mqtt.nats import open_nats_client
 
 
 @asynccontextmanager
@@ -329,3 +331,41 @@ async def test_a_live_session_is_taken_over_with_its_unacknowledged_messages(
         packets = await first.expect_closed()
         assert [type(p) for p in packets] == [Disconnect]
         assert packets[0].reason_code == ReasonCode.SESSION_TAKEN_OVER  # type: ignore[union-attr]
+
+
+async def test_qos_1_and_2_are_in_the_stream_before_they_are_acknowledged(
+    nats_server: NatsServer,
+) -> None:
+    async with open_nodes(nats_server, 2) as (n1, _n2):
+        pub = await client(n1, "pub", V311)
+        await pub.send(Publish(topic="d/1", payload=b"durable one", qos=1, packet_id=1))
+        assert await pub.receive() == Puback(1)
+        await pub.send(Publish(topic="d/2", payload=b"durable two", qos=2, packet_id=2))
+        assert await pub.receive() == Pubrec(2)
+        async with open_nats_client(nats_server.url, name="checker") as checker:
+            for subject, payload in (("q.d.1", b"durable one"), ("q.d.2", b"durable two")):
+                reply = await checker.request(
+                    "$JS.API.DIRECT.GET.MQTT_MESSAGES",
+                    json.dumps({"last_by_subj": subject}).encode(),
+                )
+                assert reply.payload == payload
+                assert reply.headers is not None and reply.headers.get("c") == "pub"
+
+
+async def test_a_message_the_stream_cannot_take_is_not_acknowledged(
+    nats_server: NatsServer,
+) -> None:
+    async with open_nodes(nats_server, 1) as (n1,):
+        sub = await client(n1, "sub")
+        await subscribe(sub, n1, SubscriptionRequest("s/#", 1))
+        async with open_nats_client(nats_server.url, name="admin") as admin:
+            await admin.request("$JS.API.STREAM.DELETE.MQTT_MESSAGES", b"")
+        pub = await client(n1, "pub", V5)
+        await pub.send(Publish(topic="s/0", payload=b"at most once", qos=0))
+        await pub.send(Publish(topic="s/1", payload=b"unstored", qos=1, packet_id=1))
+        packets = await pub.expect_closed()
+        assert [type(p) for p in packets] == [Disconnect]
+        assert packets[0].reason_code == ReasonCode.SERVER_BUSY  # type: ignore[union-attr]
+        (only,) = await publishes(sub, 1)
+        assert only.payload == b"at most once"
+        await nothing_more(sub)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import attrs
 from helpers import V5, V311, Client, make_core
 
+from trio_mqtt.broker.connection_view import ClientConnection
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
 from trio_mqtt.mqtt.packets import (
     Disconnect,
     Properties,
+    Puback,
     Publish,
+    Pubrec,
     Subscribe,
     SubscriptionRequest,
     Will,
@@ -28,9 +31,19 @@ class RecordingLink:
     claimed: list[str] = attrs.Factory(list)
     wills: dict[str, tuple[Message, int]] = attrs.Factory(dict)
     gone: list[str] = attrs.Factory(list)
+    stores: list[tuple[Message, ClientConnection, int]] = attrs.Factory(list)
 
     def forward(self, message: Message) -> None:
         self.forwarded.append(message)
+
+    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
+        self.stores.append((message, conn, packet_id))
+
+    def answer_stores(self, core: BrokerCore, first_sequence: int = 1) -> None:
+        """The stream took every message sent to it, in order."""
+        stores, self.stores = self.stores, []
+        for offset, (message, conn, packet_id) in enumerate(stores):
+            core.stored(conn, packet_id, message, first_sequence + offset)
 
     def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
         self.claimed.append(client_id)
@@ -56,10 +69,17 @@ def test_a_client_publish_is_forwarded_once_and_delivered_locally() -> None:
     publisher = Client(core)
     publisher.connect("pub")
     publisher.send(Publish(topic="a/b", payload=b"x", qos=1, packet_id=7))
-    assert [(m.topic, m.payload, m.qos, m.publisher) for m in link.forwarded] == [
-        ("a/b", b"x", 1, "pub")
+    # stored first: nothing routed, forwarded or acknowledged until the stream answers
+    assert [(m.topic, m.payload, m.qos) for m, _conn, pid in link.stores] == [("a/b", b"x", 1)]
+    assert link.forwarded == []
+    assert subscriber.packets() == []
+    assert publisher.packets() == []
+    link.answer_stores(core, first_sequence=41)
+    assert [(m.topic, m.payload, m.qos, m.publisher, m.sequence) for m in link.forwarded] == [
+        ("a/b", b"x", 1, "pub", 41)
     ]
     assert [p.payload for p in subscriber.publishes()] == [b"x"]
+    assert publisher.packets() == [Puback(7)]
 
 
 def test_messages_without_local_subscribers_are_forwarded_too() -> None:
@@ -236,10 +256,39 @@ def test_an_awaited_check_holds_the_connect_until_it_answers() -> None:
 
 
 def test_no_matching_subscribers_is_not_claimed_in_a_cluster() -> None:
-    from trio_mqtt.mqtt.packets import Puback
-
-    core, _link = clustered_core()
+    core, link = clustered_core()
     publisher = Client(core, V5)
     publisher.connect("pub")
     publisher.send(Publish(topic="elsewhere", payload=b"x", qos=1, packet_id=3))
+    link.answer_stores(core)
     assert publisher.packets() == [Puback(3)]  # not 0x10: another node may have them
+
+
+def test_qos_2_is_stored_then_pubrec_and_a_failed_store_disconnects_with_0x89() -> None:
+    core, link = clustered_core()
+    publisher = Client(core, V5)
+    publisher.connect("pub")
+    publisher.send(Publish(topic="t", payload=b"two", qos=2, packet_id=5))
+    assert publisher.packets() == []
+    link.answer_stores(core)
+    assert publisher.packets() == [Pubrec(5)]
+    publisher.send(Publish(topic="t", payload=b"lost", qos=1, packet_id=6))
+    ((message, conn, packet_id),) = link.stores
+    core.stored(conn, packet_id, message, None)
+    (disconnect,) = publisher.packets()
+    assert isinstance(disconnect, Disconnect)
+    assert disconnect.reason_code == ReasonCode.SERVER_BUSY
+    assert link.forwarded[-1].payload == b"two"  # the lost one was not routed
+
+
+def test_an_answer_for_a_closed_connection_routes_but_sends_nothing() -> None:
+    core, link = clustered_core()
+    subscriber = Client(core)
+    subscriber.connect("sub")
+    subscriber.subscribe(("t", 1))
+    publisher = Client(core, V311)
+    publisher.connect("pub")
+    publisher.send(Publish(topic="t", payload=b"durable", qos=1, packet_id=1))
+    publisher.drop()
+    link.answer_stores(core)
+    assert [p.payload for p in subscriber.publishes()] == [b"durable"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from trio_mqtt.broker.connection_view import ClientConnection
 from trio_mqtt.broker.message import Message
 
 
@@ -20,6 +21,13 @@ class ClusterLink(Protocol):
 
     def forward(self, message: Message) -> None:
         """A message was published on this node: the other nodes' subscribers want it."""
+
+    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
+        """Store a client's QoS 1/2 message in the cluster's stream before anything else.
+
+        The link answers with ``BrokerCore.stored`` once the stream has it (or could
+        not take it); only then is the message routed and acknowledged.
+        """
 
     def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
         """A client connected here: this node claims its client id cluster-wide.

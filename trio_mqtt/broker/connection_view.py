@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Protocol
 
-from trio_mqtt.mqtt.packets import ProtocolVersion, Will
+from trio_mqtt.mqtt.packets import ProtocolVersion, Puback, Pubrec, Will
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 
@@ -36,6 +36,7 @@ class CloseReason(enum.Enum):
     KEEPALIVE_TIMEOUT = "keep alive timeout"
     CONNECT_REFUSED = "CONNECT refused"
     TAKEN_OVER = "session taken over"
+    CLUSTER_UNAVAILABLE = "the cluster could not store a message"
     SHUTDOWN = "server shutting down"
     TRANSPORT_CLOSED = "connection lost"
 
@@ -77,6 +78,9 @@ class ClientConnection(Protocol):
 
     def request_close(self, reason: CloseReason, code: ReasonCode, detail: str = "") -> None:
         """Close it from the server side (MQTT 5: DISCONNECT ``code`` first)."""
+
+    def acknowledge(self, packet: Puback | Pubrec) -> None:
+        """Send the acknowledgement of a PUBLISH decided after it was read."""
 
     def release_session(self) -> Will | None:
         """Another connection takes its session over: let go of it; its will, if any."""

@@ -938,6 +938,14 @@ class BrokerCore:
             message = Message(
                 topic, packet.payload, qos, retain, props, conn.client_id, conn.peer, self.clock()
             )
+            cluster = self.cluster
+            if cluster is not None and packet_id is not None:
+                # a cluster stores QoS 1/2 messages first: routed and acknowledged in
+                # stored(), once its stream has them
+                if qos == 2:
+                    session.inflight_in.add(packet_id)
+                cluster.store(message, conn, packet_id)
+                return None
             if not self.publish(message) and v5 and self.cluster is None:
                 # (in a cluster, subscribers on other nodes are not known here)
                 code = ReasonCode.NO_MATCHING_SUBSCRIBERS
@@ -964,6 +972,32 @@ class BrokerCore:
         if self.cluster is not None and not message.topic.startswith(SYS_TOPICS):
             self.cluster.forward(message)  # each node has its own $SYS
         return self.publish_remote(message)
+
+    def stored(
+        self, conn: ClientConnection, packet_id: int, message: Message, sequence: int | None
+    ) -> None:
+        """The cluster's stream answered for a QoS 1/2 message that ``conn`` published.
+
+        ``sequence`` is its place in the stream: route it (with that sequence) and
+        acknowledge it. None: it could not be stored; it is not routed, and the client
+        is disconnected (MQTT 5: 0x89 Server busy) so that it sends it again, as an
+        unacknowledged message, once it reconnects.
+        """
+        if sequence is None:
+            session = self.sessions.get(conn.client_id)
+            if session is not None and session.connection is conn:
+                session.inflight_in.discard(packet_id)
+            conn.request_close(
+                CloseReason.CLUSTER_UNAVAILABLE,
+                ReasonCode.SERVER_BUSY,
+                "the cluster could not store a message",
+            )
+            return
+        self.publish(attrs.evolve(message, sequence=sequence))
+        if message.qos == 1:
+            conn.acknowledge(Puback(packet_id))
+        else:
+            conn.acknowledge(Pubrec(packet_id))
 
     def publish_remote(self, message: Message) -> int:
         """Route a message to this node's subscribers only (it came from the cluster).

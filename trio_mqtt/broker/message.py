@@ -20,6 +20,7 @@ class Message:
     subscription identifiers are per hop, so they are never stored here). ``publisher`` and
     ``peer`` say who published it: an operator can answer "who set this retained value".
     ``created`` is the broker clock (seconds) when the message arrived, for expiry.
+    ``sequence`` is its place in a cluster's stream of QoS 1/2 messages (0: none).
     """
 
     topic: str
@@ -30,6 +31,9 @@ class Message:
     publisher: str | None = None
     peer: PeerInfo = LOCAL_PEER
     created: float = 0.0
+    # its sequence number in a cluster's message stream (JetStream) once stored there;
+    # 0 when it is not stored (QoS 0, a single node)
+    sequence: int = 0
 
     def expired(self, now: float) -> bool:
         interval = self.properties.message_expiry_interval

@@ -463,6 +463,13 @@ class MQTTConnection:
         self._close(reason, detail)
         self.on_output()
 
+    def acknowledge(self, packet: Puback | Pubrec) -> None:
+        """Send an acknowledgement the core decided after the PUBLISH was read (a
+        cluster stored the message first); nothing once the connection is closing."""
+        if self.state is ConnectionState.CONNECTED and self.close_reason is None:
+            self._send(packet)
+            self.on_output()
+
     def connection_lost(self) -> None:
         """The transport is gone (or we closed it). Idempotent."""
         if self.state is ConnectionState.CLOSED:

@@ -13,6 +13,7 @@ present only when they say something:
 ``e``  Message Expiry Interval left when sent, seconds (absent: no expiry)
 ``p``  the other MQTT 5 properties, as a PUBLISH encodes them, in base64
 ``a``  the publisher's peer (:func:`encode_peer`; absent: ``LOCAL_PEER``)
+``s``  its sequence in the cluster's message stream (absent: not stored, 0)
 =====  =========================================================================
 
 Header values are printable ASCII without spaces (``%`` and two hex digits stand for
@@ -61,6 +62,7 @@ PUBLISHER = "c"
 EXPIRY = "e"
 PROPERTIES = "p"
 PEER = "a"
+STREAM_SEQUENCE = "s"
 
 _QOS_TEXT = ("0", "1", "2")
 _QOS_VALUE = {"0": 0, "1": 1, "2": 2}
@@ -213,6 +215,8 @@ def message_headers(message: Message, *, origin: str, sequence: int, now: float)
             headers[PROPERTIES] = base64.b64encode(encoded).decode("ascii")
     if message.peer is not LOCAL_PEER:
         headers[PEER] = encode_peer(message.peer)
+    if message.sequence:
+        headers[STREAM_SEQUENCE] = str(message.sequence)
     return headers
 
 
@@ -299,6 +303,8 @@ def message_from_nats(
         properties = attrs.evolve(properties, message_expiry_interval=expiry)
     value = headers.get(PEER)
     peer = LOCAL_PEER if value is None else decode_peer(value)
+    value = headers.get(STREAM_SEQUENCE)
+    stream_sequence = 0 if value is None else _number(value, "stream sequence", 2**64 - 1)
     message = Message(
         topic=topic,
         payload=payload,
@@ -308,6 +314,7 @@ def message_from_nats(
         publisher=publisher,
         peer=peer,
         created=now,
+        sequence=stream_sequence,
     )
     return message, origin
 

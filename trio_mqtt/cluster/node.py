@@ -44,6 +44,7 @@ from typing import Any
 import attrs
 import trio
 
+from trio_mqtt.broker.connection_view import ClientConnection
 from trio_mqtt.broker.core import AwaitedCheck, BrokerCore
 from trio_mqtt.broker.message import Message
 from trio_mqtt.cluster.envelope import (
@@ -77,6 +78,7 @@ from trio_mqtt.nats import (
     Msg,
     NATSClient,
     NATSError,
+    ensure_stream,
     open_nats_client,
 )
 from trio_mqtt.peer import PeerInfo
@@ -95,6 +97,11 @@ HEARTBEAT_TTL = 5.0
 HANDOVER_SUBJECT = "mqtt.handover"
 # how long a CONNECT waits for the node that has its session (then starts a new one)
 HANDOVER_TIMEOUT = 3.0
+# the stream of clients' QoS 1/2 messages, stored before they are acknowledged
+MESSAGES_STREAM = "MQTT_MESSAGES"
+STREAM_PREFIX = "q"
+# how long a QoS 1/2 message may wait for the stream before its publisher is disconnected
+STORE_TIMEOUT = 5.0
 # How long the last key-value writes may take when the node leaves.
 CLOSE_TIMEOUT = 2.0
 
@@ -135,6 +142,10 @@ class ClusterNode:
     # and the highest revision another node wrote for it while ours was in the air
     _claimed: dict[str, int] = attrs.Factory(dict)
     _contested: dict[str, tuple[int, str]] = attrs.Factory(dict)
+    # QoS 1/2 messages sent to the stream, waiting for its answer: token -> what to do
+    _stores: dict[int, tuple[ClientConnection, int, Message, float]] = attrs.Factory(dict)
+    _store_token: int = 0
+    _ack_prefix: str = ""
     # the clients whose will this node has put in the wills bucket
     _armed_wills: set[str] = attrs.Factory(set)
     # runs the reaping of dead nodes' wills (set by open_cluster_node)
@@ -160,6 +171,50 @@ class ClusterNode:
         if message.retain:
             self._retained_writes[message.topic] = message
             self._wake.set()
+
+    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
+        self._store_token += 1
+        token = self._store_token
+        self._stores[token] = (conn, packet_id, message, self.core.now())
+        headers = message_headers(message, origin=self.origin, sequence=0, now=self.core.now())
+        self.nats.publish(
+            topic_to_subject(message.topic, STREAM_PREFIX),
+            message.payload,
+            headers=headers,
+            reply=f"{self._ack_prefix}{token}",
+        )
+
+    def _on_stored(self, msg: Msg) -> None:
+        """The stream's answer to one ``store``: the core routes and acknowledges."""
+        try:
+            token = int(msg.subject.rsplit(".", 1)[1])
+        except ValueError:
+            return
+        pending = self._stores.pop(token, None)
+        if pending is None:
+            return  # it timed out already
+        conn, packet_id, message, _sent = pending
+        sequence: int | None = None
+        try:
+            reply = json.loads(msg.payload) if msg.payload else {}
+            if isinstance(reply, dict) and isinstance(reply.get("seq"), int):
+                sequence = reply["seq"]
+            else:
+                log.error("cluster: the stream refused a message: %s", reply.get("error", reply))
+        except ValueError:
+            log.error("cluster: the stream answered %r (status %s)", msg.payload[:100], msg.status)
+        self.core.stored(conn, packet_id, message, sequence)
+
+    def _expire_stores(self) -> None:
+        """Give up on stores the stream has not answered within STORE_TIMEOUT."""
+        limit = self.core.now() - STORE_TIMEOUT
+        while self._stores:
+            token, (conn, packet_id, message, sent) = next(iter(self._stores.items()))
+            if sent > limit:
+                break
+            del self._stores[token]
+            log.error("cluster: no answer from the message stream in %.0f s", STORE_TIMEOUT)
+            self.core.stored(conn, packet_id, message, None)
 
     def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
         self._claims_due.add(client_id)
@@ -393,6 +448,7 @@ class ClusterNode:
         value = json.dumps({"node": self.name}).encode()
         while True:
             await self.nodes.put(self.origin, value, ttl=HEARTBEAT_TTL)
+            self._expire_stores()
             await trio.sleep(HEARTBEAT_INTERVAL)
 
     def _on_node(self, entry: Entry) -> None:
@@ -510,6 +566,20 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
         nodes = await KeyValue.open(
             nats, NODES_BUCKET, replicas=config.replicas, per_key_ttl=True, ttl=24 * 3600
         )
+        await ensure_stream(
+            nats,
+            {
+                "name": MESSAGES_STREAM,
+                "subjects": [f"{STREAM_PREFIX}.>", f"{STREAM_PREFIX}_d.>"],
+                "retention": "limits",
+                "storage": "file",
+                "num_replicas": config.replicas,
+                "discard": "old",
+                # kept as long as a session may wait for them, at least a minute
+                "max_age": int(max(60, min(core.config.max_session_expiry, 7 * 86400)) * 1e9),
+                "allow_direct": True,
+            },
+        )
         node = ClusterNode(
             core=core,
             name=name,
@@ -525,6 +595,8 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
             retained_watch = await retained.watch(">", node._on_retained, include_current=True)
             owners_watch = await owners.watch(">", node._on_owner, include_current=False)
             node._nursery = nursery
+            node._ack_prefix = nats.new_inbox() + "."
+            nats.subscribe(node._ack_prefix + "*", node._on_stored)
             nats.subscribe(f"{HANDOVER_SUBJECT}.{node.origin}", node._on_handover)
             core.connect_hooks.append(node.connect_hook)
             await nodes.put(node.origin, b"{}", ttl=HEARTBEAT_TTL)
