@@ -44,6 +44,7 @@ from benchmarks.cluster import (
     describe,
     run_cluster_scenario,
     setup_order,
+    wait_for_stops,
 )
 from benchmarks.cluster_profile import profile_cluster
 from benchmarks.cluster_report import (
@@ -322,6 +323,7 @@ def run_cluster_benchmarks(
                     f"{describe(outcome, scenario.metrics)} [{wall:.1f} s]{warning}",
                     flush=True,
                 )
+    wait_for_stops()
     return records
 
 

@@ -25,6 +25,7 @@ import contextlib
 import enum
 import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -65,6 +66,7 @@ __all__ = [
     "cluster_scenario_by_name",
     "running_setup",
     "wait_for_route",
+    "wait_for_stops",
 ]
 
 
@@ -123,25 +125,46 @@ def running_setup(setup: Setup, nats_binary: str | None) -> Iterator[Nodes]:
         return
     if nats_binary is None:
         raise BrokerStartError("nats-server is not installed")
-    with contextlib.ExitStack() as stack:
-        nats = start_nats_server(nats_binary)
-        stack.callback(nats.stop)
-        nodes: list[BrokerProcess] = []
-        stack.callback(_stop_all, nodes)
+    nats = start_nats_server(nats_binary)
+    nodes: list[BrokerProcess] = []
+    try:
         for name in ("a", "b"):
             nodes.append(launch_broker(BrokerKind.TRIO_MQTT, cluster=ClusterJoin(name, nats.url)))
         for node in nodes:
             wait_until_ready(node)
         yield Nodes(nodes[0], nodes[1], nats)
+    finally:
+        _stop_in_background(nodes, nats)
 
 
-def _stop_all(nodes: Sequence[BrokerProcess]) -> None:
-    """SIGTERM every node at once (each takes seconds to leave the cluster), then wait."""
+#: Clusters still leaving (see _stop_in_background); wait_for_stops() joins them.
+_stopping: list[threading.Thread] = []
+
+
+def _stop_in_background(nodes: Sequence[BrokerProcess], nats: NatsProcess) -> None:
+    """SIGTERM the nodes now; wait for them, then stop nats-server, in a thread.
+
+    A node takes about 3 s to leave the cluster, nearly all of it waiting (for replies
+    to its last NATS requests) rather than computing: the next run need not wait for it.
+    """
     for node in nodes:
         if node.process.poll() is None:
             node.process.send_signal(signal.SIGTERM)
-    for node in nodes:
-        node.stop()
+
+    def stop() -> None:
+        for node in nodes:
+            node.stop()
+        nats.stop()
+
+    thread = threading.Thread(target=stop, name="stop-cluster")
+    thread.start()
+    _stopping.append(thread)
+
+
+def wait_for_stops() -> None:
+    """Wait until every cluster started here has stopped."""
+    while _stopping:
+        _stopping.pop().join()
 
 
 # --- the route barrier --------------------------------------------------------------

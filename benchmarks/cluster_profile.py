@@ -29,7 +29,14 @@ from pathlib import Path
 import attrs
 
 from benchmarks.brokers import BrokerKind, BrokerStartError, start_broker
-from benchmarks.cluster import ClusterScenario, Nodes, Setup, describe, running_setup
+from benchmarks.cluster import (
+    ClusterScenario,
+    Nodes,
+    Setup,
+    describe,
+    running_setup,
+    wait_for_stops,
+)
 from benchmarks.profiling import PY_SPY_RATE, py_spy_recording, summarize_folded_file
 from benchmarks.scenarios import RunOutcome, Scale
 
@@ -152,6 +159,7 @@ def profile_cluster(
         stack.enter_context(py_spy_recording(nodes.publisher.process.pid, folded["a"]))
         stack.enter_context(py_spy_recording(nodes.subscriber.process.pid, folded["b"]))
         profiled = [scenario.run(nodes, scale) for _ in range(runs)]
+    wait_for_stops()
     outcomes += profiled
     last = profiled[-1]
     if not all(outcome.verified for outcome in outcomes):

@@ -209,7 +209,8 @@ def _number(value: float | None, unit: str) -> str:
 def _cells(row: ClusterRow) -> list[str]:
     ratio = "-" if row.ratio is None else f"{row.ratio:.2f}x"
     if row.difference is not None and row.metric.unit == "us":
-        ratio += f" ({row.difference:+,.0f} us)"
+        spec = "+,.1f" if abs(row.difference) < 10 else "+,.0f"
+        ratio += f" ({row.difference:{spec}} us)"
     return [
         row.scenario.name,
         row.metric.label,
@@ -249,7 +250,7 @@ def _target_cells(result: ClusterTargetResult) -> list[str]:
     elif kind == "ratio_min":
         value = f"{result.value:.2f}x"
     elif kind == "difference_max":
-        value = f"{result.value:+,.0f} us"
+        value = f"{result.value:+,.0f} us ({result.value / 1000:+.2f} ms)"
     else:
         value = f"{result.value:.2f} us"
     status = {True: "met", False: "missed", None: "not measured"}[result.met]
