@@ -9,7 +9,6 @@ if a test leaves early, every process it saw is killed.
 
 from __future__ import annotations
 
-import codecs
 import os
 import re
 import signal
@@ -24,6 +23,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+from integration.test_cli_process import BrokerProcess
 from nats_server import nats_server_binary
 from rawclient import RawClient
 
@@ -63,20 +63,8 @@ def is_running(pid: int) -> bool:
 
 
 @attrs.define
-class Supervisor:
+class Supervisor(BrokerProcess):
     """The running ``--workers`` command and what it (and its workers) wrote to stderr."""
-
-    process: trio.Process
-    stderr: trio.abc.ReceiveStream
-    output: str = ""
-    _decoder: codecs.IncrementalDecoder = attrs.Factory(
-        lambda: codecs.getincrementaldecoder("utf-8")("replace")
-    )
-
-    async def _read_more(self) -> bool:
-        data = await self.stderr.receive_some(65536)
-        self.output += self._decoder.decode(data, final=not data)
-        return bool(data)
 
     async def wait_for(
         self, pattern: re.Pattern[str], count: int = 1, *, timeout: float = STARTUP_TIMEOUT

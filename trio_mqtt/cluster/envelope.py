@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from trio_mqtt.broker.message import Message
+from trio_mqtt.cluster.subjects import unescape_marked
 from trio_mqtt.errors import MQTTProtocolError, TrioMQTTError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
 from trio_mqtt.mqtt.properties import PropertyContext, decode_properties, encode_properties
@@ -99,13 +100,8 @@ def _unescape(value: str, what: str) -> str:
         return value
     if value == _EMPTY_VALUE:
         return ""
-    head, *escapes = value.split("%")
     try:
-        out = bytearray(head.encode("ascii"))
-        for part in escapes:
-            out += bytes.fromhex(part[:2])
-            out += part[2:].encode("ascii")
-        text = out.decode("utf-8")
+        text = unescape_marked(value, "%")
     except ValueError as exc:
         raise EnvelopeError(f"{what} {value[:100]!r} is badly escaped ({exc})") from None
     if _escape(text) != value:

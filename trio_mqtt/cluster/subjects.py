@@ -68,6 +68,7 @@ __all__ = [
     "queue_group_name",
     "subject_to_topic",
     "topic_to_subject",
+    "unescape_marked",
     "unescape_token",
 ]
 
@@ -101,17 +102,27 @@ def escape_token(text: str) -> str:
     return "".join([_ESCAPE[b] for b in text.encode("utf-8")])
 
 
+def unescape_marked(text: str, marker: str) -> str:
+    """``text`` with every ``marker`` + two hex digits turned back into that UTF-8 byte.
+
+    The decoding shared by topic levels (``=``) and the envelope's header values
+    (``%``); ``ValueError`` if an escape or the UTF-8 is bad. Callers check that the
+    text was canonical by escaping the result again.
+    """
+    head, *escapes = text.split(marker)
+    out = bytearray(head.encode("ascii"))
+    for part in escapes:
+        out += bytes.fromhex(part[:2])
+        out += part[2:].encode("ascii")
+    return out.decode("utf-8")
+
+
 def unescape_token(token: str) -> str:
     """The inverse of :func:`escape_token`; ``ValueError`` unless ``token`` is canonical."""
     if token == EMPTY_TOKEN:
         return ""
-    head, *escapes = token.split("=")
     try:
-        out = bytearray(head.encode("ascii"))
-        for part in escapes:
-            out += bytes.fromhex(part[:2])
-            out += part[2:].encode("ascii")
-        text = out.decode("utf-8")
+        text = unescape_marked(token, "=")
     except ValueError as exc:
         raise ValueError(f"{token!r} is not an escaped topic level ({exc})") from None
     if escape_token(text) != token:
