@@ -1060,23 +1060,29 @@ class BrokerCore:
         session = self.sessions.get(client_id)
         if session is None:
             return None
-        old = session.connection
-        if old is not None:
-            log.info(
-                "client %r resumes its session on node %s: closing its connection here (%s)",
-                client_id,
-                where,
-                old.peer.describe(),
-            )
-            will = old.release_session()
-            self._detach(session, will, old.peer, CloseReason.TAKEN_OVER)
-            old.request_close(CloseReason.TAKEN_OVER, ReasonCode.SESSION_TAKEN_OVER)
+        if session.connection is not None:
+            self._close_for_takeover(session, f"resumes its session on node {where}")
             if self.sessions.get(client_id) is not session:
                 return None  # it ended with its connection (session expiry 0)
         del self.sessions[client_id]
         self.router.unsubscribe_all(client_id)
         self.session_changed(client_id)
         return session
+
+    def _close_for_takeover(self, session: Session, why: str) -> None:
+        """Close the session's connection for a takeover (5.0: DISCONNECT 0x8E); its
+        will follows the takeover rules (``_detach``)."""
+        old = session.connection
+        assert old is not None
+        log.info(
+            "client %r %s: closing its connection here (%s)",
+            session.client_id,
+            why,
+            old.peer.describe(),
+        )
+        will = old.release_session()
+        self._detach(session, will, old.peer, CloseReason.TAKEN_OVER)
+        old.request_close(CloseReason.TAKEN_OVER, ReasonCode.SESSION_TAKEN_OVER)
 
     def taken_over_elsewhere(self, client_id: str, where: str) -> bool:
         """Another node took ``client_id`` over: close it here; True if it was online.
@@ -1087,16 +1093,7 @@ class BrokerCore:
         session = self.sessions.get(client_id)
         if session is None or session.connection is None:
             return False
-        old = session.connection
-        log.info(
-            "client %r connected on node %s: closing its connection here (%s)",
-            client_id,
-            where,
-            old.peer.describe(),
-        )
-        will = old.release_session()
-        self._detach(session, will, old.peer, CloseReason.TAKEN_OVER)
-        old.request_close(CloseReason.TAKEN_OVER, ReasonCode.SESSION_TAKEN_OVER)
+        self._close_for_takeover(session, f"connected on node {where}")
         if self.sessions.get(client_id) is session:
             self._end_session(session, publish_delayed_will=False)
         return True
