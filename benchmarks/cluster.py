@@ -46,6 +46,7 @@ from benchmarks.loadgen import LatencyTask, _open, _subscribe
 from benchmarks.scenarios import (
     FANOUT_SUBSCRIBERS,
     PUBLISHERS,
+    QOS1_WINDOW,
     MetricSpec,
     RunOutcome,
     Scale,
@@ -247,6 +248,29 @@ def cluster_fanin(nodes: Nodes, scale: Scale) -> RunOutcome:
     return _with_logs(_receiver_cost(outcome), nodes)
 
 
+def cluster_qos1_fanin(nodes: Nodes, scale: Scale) -> RunOutcome:
+    """QoS 1 fan-in: 4 publishers (node a), each with 100 unacknowledged -> 1 QoS 1
+    subscriber (node b). In a cluster each QoS 1 PUBLISH is stored in the JetStream
+    stream before it is routed and acknowledged."""
+    outcome = pubsub(
+        nodes.publisher,
+        scale,
+        publishers=PUBLISHERS,
+        per_publisher=scale.qos1_fanin_per_publisher,
+        subscribers=1,
+        topic_filter="bench/#",
+        topics=[f"bench/p{source}" for source in range(PUBLISHERS)],
+        proxy=False,
+        tag="cqos1fanin",
+        qos=1,
+        window=QOS1_WINDOW,
+        subscriber_broker=nodes.subscriber,
+        before_go=lambda: wait_for_route(nodes),
+        cpu_pids=nodes.cpu_pids(),
+    )
+    return _with_logs(_receiver_cost(outcome), nodes)
+
+
 def cluster_fanout(nodes: Nodes, scale: Scale) -> RunOutcome:
     """QoS 0 fan-out: 1 publisher (node a) on bench/fo -> 50 subscribers (node b)."""
     outcome = pubsub(
@@ -336,6 +360,16 @@ CLUSTER_SCENARIOS: tuple[ClusterScenario, ...] = (
         "QoS 0 fan-out: 1 publisher on node a -> 50 subscribers on node b",
         (MetricSpec("throughput", "deliveries", "msg/s", True), RECEIVER_COST),
         cluster_fanout,
+    ),
+    ClusterScenario(
+        "cluster_qos1_fanin",
+        "QoS 1 fan-in: 4 publishers on node a, 100 unacknowledged each -> 1 subscriber on b",
+        (
+            MetricSpec("throughput", "throughput", "msg/s", True),
+            MetricSpec("p50_ms", "end-to-end p50 latency", "ms", False),
+            RECEIVER_COST,
+        ),
+        cluster_qos1_fanin,
     ),
     ClusterScenario(
         "cluster_qos1_latency",

@@ -72,6 +72,7 @@ def test_quick_fanin_against_trio_mqtt_is_verified(tmp_path: Path) -> None:
 QUICK_CLUSTER_EXPECTED = {
     "cluster_fanin": 4 * 1_000,  # 4 publishers x 1,000 -> 1 subscriber
     "cluster_fanout": 50 * 100,  # 1 publisher x 100 -> 50 subscribers
+    "cluster_qos1_fanin": 4 * 1_000,  # QoS 1, through the JetStream stream across nodes
     "cluster_qos1_latency": 200,  # measured round trips (after 20 warm-up)
 }
 
