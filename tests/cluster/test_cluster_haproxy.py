@@ -19,9 +19,20 @@ from integration.haproxy_helpers import RunningHAProxy, run_haproxy
 from integration.paho_helpers import V5, V311, PahoClient, Received, blocking, paho_client
 from integration.test_cli_process import PYTHON_M, BrokerProcess, broker_process
 from nats_server import NatsServer
+from rawclient import RawClient
 from tools import require_tool
 
+from trio_mqtt.mqtt.packets import (
+    ProtocolVersion,
+    Puback,
+    Publish,
+    Suback,
+    Subscribe,
+    SubscriptionRequest,
+)
+
 NODES = ("n1", "n2", "n3")
+V311_RAW = ProtocolVersion.V311
 
 
 @attrs.frozen
@@ -210,3 +221,59 @@ async def test_a_dead_nodes_will_is_published_once_by_a_survivor(
             will = await blocking(watcher.wait_message, 20)
             assert (will.topic, will.payload, will.qos) == ("wills/mortal", b"gone", 1)
             assert await blocking(watcher.extra_messages, 1.0) == []  # one survivor sent it
+
+
+async def connect_through(cluster: Cluster, client_id: str, **fields: object) -> RawClient:
+    """A raw 3.1.1 client through HAProxy, retrying past dead nodes (no health checks)."""
+    with trio.fail_after(15):
+        while True:
+            raw = await RawClient.open(cluster.haproxy.port, V311_RAW)
+            try:
+                connack = await raw.connect(client_id, **fields)
+            except (EOFError, trio.BrokenResourceError, trio.TooSlowError):
+                await raw.aclose()
+                continue
+            assert connack.reason_code == 0, connack
+            return raw
+
+
+async def test_a_dead_nodes_session_resumes_elsewhere_from_the_stream(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with three_nodes_behind_haproxy(tmp_path, nats_server) as cluster:
+        sub = await connect_through(cluster, "durable", clean_start=False)
+        await sub.send(Subscribe(1, (SubscriptionRequest("d/#", 1),)))
+        assert isinstance(await sub.receive(), Suback)
+        pub = await connect_through(cluster, "pub")
+        where = {c: (await cluster.node_of(c))[0] for c in ("durable", "pub")}
+        assert where["durable"] != where["pub"], where
+        with trio.fail_after(10):  # until the subscriber's node has its NATS subscription
+            while True:
+                await pub.send(Publish(topic="d/probe", payload=b"probe"))
+                with trio.move_on_after(0.2):
+                    await sub.receive()
+                    break
+        with trio.move_on_after(0.3):
+            while True:
+                await sub.receive()  # the probes still on their way
+        for index in range(5):
+            await pub.send(
+                Publish(topic=f"d/{index}", payload=b"%d" % index, qos=1, packet_id=index + 1)
+            )
+            assert await pub.receive() == Puback(index + 1)
+        withheld = [await sub.receive() for _ in range(5)]
+        assert [p.payload for p in withheld] == [b"0", b"1", b"2", b"3", b"4"]  # type: ignore[union-attr]
+        await trio.sleep(0.5)  # the session's record (cursor) is saved every 0.2 s
+        cluster.nodes[where["durable"]].process.kill()  # kill -9, PUBACKs never sent
+        for index in range(5, 10):
+            await pub.send(
+                Publish(topic=f"d/{index}", payload=b"%d" % index, qos=1, packet_id=index + 1)
+            )
+            assert await pub.receive() == Puback(index + 1)
+        await sub.aclose()
+        again = await connect_through(cluster, "durable", clean_start=False)
+        got = [await again.receive() for _ in range(10)]
+        assert all(isinstance(p, Publish) for p in got), got
+        assert [(p.payload, p.dup) for p in got] == [  # type: ignore[union-attr]
+            (b"%d" % index, index < 5) for index in range(10)
+        ]

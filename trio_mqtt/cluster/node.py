@@ -45,8 +45,10 @@ import attrs
 import trio
 
 from trio_mqtt.broker.connection_view import ClientConnection
-from trio_mqtt.broker.core import AwaitedCheck, BrokerCore
+from trio_mqtt.broker.core import LOCAL_PREFIX, AwaitedCheck, BrokerCore
 from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.router import Router, SubscriptionOptions
+from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, SavedSession, Session
 from trio_mqtt.cluster.envelope import (
     EnvelopeError,
     Origin,
@@ -69,7 +71,7 @@ from trio_mqtt.cluster.subjects import (
     topic_to_subject,
 )
 from trio_mqtt.config import ClusterConfig
-from trio_mqtt.mqtt.packets import Connect
+from trio_mqtt.mqtt.packets import Connect, ProtocolVersion
 from trio_mqtt.mqtt.topics import parse_shared_filter
 from trio_mqtt.nats import (
     Entry,
@@ -78,6 +80,7 @@ from trio_mqtt.nats import (
     Msg,
     NATSClient,
     NATSError,
+    NoRespondersError,
     ensure_stream,
     open_nats_client,
 )
@@ -102,6 +105,12 @@ MESSAGES_STREAM = "MQTT_MESSAGES"
 STREAM_PREFIX = "q"
 # how long a QoS 1/2 message may wait for the stream before its publisher is disconnected
 STORE_TIMEOUT = 5.0
+# each node's persistent sessions, under "<node id>.<client key>": subscriptions and the
+# stream cursor, so that a survivor can rebuild a session of a dead node
+SESSIONS_BUCKET = "mqtt_sessions"
+SESSION_SAVE_INTERVAL = 0.2
+# at most this many stream messages are replayed into one recovered session
+MAX_REPLAY = 100_000
 # How long the last key-value writes may take when the node leaves.
 CLOSE_TIMEOUT = 2.0
 
@@ -129,6 +138,7 @@ class ClusterNode:
     owners: KeyValue
     wills: KeyValue
     nodes: KeyValue
+    sessions: KeyValue
     # filter -> the NATS subscription ids that carry it
     _routes: dict[str, list[int]] = attrs.Factory(dict)
     _sequence: int = 0
@@ -146,6 +156,9 @@ class ClusterNode:
     _stores: dict[int, tuple[ClientConnection, int, Message, float]] = attrs.Factory(dict)
     _store_token: int = 0
     _ack_prefix: str = ""
+    # per persistent session: what its record last said (to skip unchanged ones) and the
+    # highest stream sequence seen outstanding in it
+    _session_records: dict[str, tuple[object, int]] = attrs.Factory(dict)
     # the clients whose will this node has put in the wills bucket
     _armed_wills: set[str] = attrs.Factory(set)
     # runs the reaping of dead nodes' wills (set by open_cluster_node)
@@ -371,11 +384,26 @@ class ClusterNode:
             origin = json.loads(owner.value).get("origin")
             if not isinstance(origin, str) or origin == self.origin:
                 return
-            chunks = await self._request_chunks(f"{HANDOVER_SUBJECT}.{origin}", client_id)
-            if not chunks:
-                return
-            saved = decode_session(chunks, now=self.core.now())
-        except (NATSError, HandoverError, ValueError, trio.TooSlowError) as exc:
+            try:
+                chunks = await self._request_chunks(f"{HANDOVER_SUBJECT}.{origin}", client_id)
+            except NoRespondersError:
+                # its node is gone: rebuild the session from its record and the stream
+                recovered = await self._recover_session(client_id, origin)
+                if recovered is None:
+                    return
+                saved = recovered
+            else:
+                if not chunks:
+                    return
+                saved = decode_session(chunks, now=self.core.now())
+        except (
+            NATSError,
+            HandoverError,
+            ValueError,
+            KeyError,
+            TypeError,
+            trio.TooSlowError,
+        ) as exc:
             log.warning("cluster: could not fetch the session of %r: %s", client_id, exc)
             return
         if saved.client_id != client_id or client_id in self.core.sessions:
@@ -384,7 +412,7 @@ class ClusterNode:
         if restored.sessions:
             self.core.session_changed(client_id)
             log.info(
-                "cluster: session of %r handed over by node %s (%d queued, %d in flight)",
+                "cluster: session of %r taken from node %s (%d queued, %d in flight)",
                 client_id,
                 origin,
                 len(saved.pending),
@@ -392,16 +420,168 @@ class ClusterNode:
             )
         return
 
+    # ------------------------------------------------ session records and recovery
+
+    def _session_record(self, session: Session) -> tuple[object, bytes, int] | None:
+        """(signature, record, highest sequence seen) of a persistent session; None
+        for one that needs no record. The record's cursor ``acked`` is a stream
+        sequence below every QoS 1/2 message still owed to the client; ``sent`` the
+        highest one sent to it."""
+        client_id = session.client_id
+        if session.expiry_interval == 0 or client_id.startswith(LOCAL_PREFIX):
+            return None
+        subscriptions = self.core.router.subscriptions_of(client_id)
+        signature = (
+            len(session.pending),
+            len(session.inflight_out),
+            session.next_packet_id,
+            session.dropped,
+            session.expiry_interval,
+            tuple(sorted((f, attrs.astuple(o)) for f, o in subscriptions.items())),
+        )
+        previous = self._session_records.get(client_id)
+        seen = 0 if previous is None else previous[1]
+        sent = [i.item.message.sequence for i in session.inflight_out.values()]
+        queued = [item.message.sequence for item in session.queued_items()]
+        outstanding = [seq for seq in (*sent, *queued) if seq]
+        if outstanding:
+            seen = max(seen, *outstanding)
+            acked = min(outstanding) - 1
+        else:
+            acked = seen  # everything seen was acknowledged; later ones were not seen
+        record = {
+            "client": client_id,
+            "version": int(session.protocol_version),
+            "expiry": session.expiry_interval,
+            "subscriptions": [[f, *attrs.astuple(o)] for f, o in subscriptions.items()],
+            "acked": acked,
+            "sent": max((seq for seq in sent if seq), default=acked),
+        }
+        return signature, json.dumps(record).encode(), seen
+
+    async def save_sessions(self) -> None:
+        """Keep this node's persistent sessions' records current (every 0.2 s)."""
+        while True:
+            await trio.sleep(SESSION_SAVE_INTERVAL)
+            await self.save_sessions_once()
+
+    async def save_sessions_once(self) -> None:
+        live: set[str] = set()
+        for client_id, session in list(self.core.sessions.items()):
+            made = self._session_record(session)
+            if made is None:
+                continue
+            live.add(client_id)
+            signature, record, seen = made
+            previous = self._session_records.get(client_id)
+            if previous is not None and previous[0] == signature:
+                continue
+            await self.sessions.put(f"{self.origin}.{owner_key(client_id)}", record)
+            self._session_records[client_id] = (signature, seen)
+        for client_id in set(self._session_records) - live:
+            del self._session_records[client_id]
+            await self.sessions.delete(f"{self.origin}.{owner_key(client_id)}")
+
+    async def _recover_session(self, client_id: str, dead: str) -> SavedSession | None:
+        """The session ``client_id`` had on dead node ``dead``: its record, and the QoS
+        1/2 messages the stream holds for it after its cursor (those it had been sent
+        go out again with DUP)."""
+        entry = await self.sessions.get(f"{dead}.{owner_key(client_id)}")
+        if entry is None or entry.operation != "PUT":
+            return None
+        record = json.loads(entry.value)
+        if record.get("client") != client_id:
+            return None
+        subscriptions = tuple(
+            (item[0], SubscriptionOptions(*item[1:])) for item in record["subscriptions"]
+        )
+        acked, sent = int(record["acked"]), int(record["sent"])
+        messages = await self._replay(subscriptions, acked + 1)
+        router = Router()
+        for topic_filter, options in subscriptions:
+            router.subscribe(client_id, topic_filter, options)
+        inflight: list[tuple[int, QueuedMessage, OutboundState]] = []
+        pending: list[QueuedMessage] = []
+        for message in messages:
+            for delivery in router.deliveries(message.topic):
+                qos = min(message.qos, delivery.qos)
+                retain = message.retain and delivery.retain_as_published
+                item = QueuedMessage(message, qos, retain, delivery.subscription_identifiers)
+                if qos and message.sequence <= sent and len(inflight) < 65535:
+                    state = OutboundState.AWAIT_PUBACK if qos == 1 else OutboundState.AWAIT_PUBREC
+                    inflight.append((len(inflight) + 1, item, state))
+                else:
+                    pending.append(item)
+        log.warning(
+            "cluster: recovered the session of %r from dead node %s: %d to send again "
+            "(DUP), %d queued",
+            client_id,
+            dead,
+            len(inflight),
+            len(pending),
+        )
+        return SavedSession(
+            client_id=client_id,
+            protocol_version=ProtocolVersion(int(record["version"])),
+            expiry_interval=int(record["expiry"]),
+            expires_at=None,
+            next_packet_id=len(inflight) + 1,
+            subscriptions=subscriptions,
+            pending=tuple(pending),
+            inflight=tuple(inflight),
+        )
+
+    async def _replay(
+        self, subscriptions: tuple[tuple[str, SubscriptionOptions], ...], first: int
+    ) -> list[Message]:
+        """The stream's messages from sequence ``first`` on that match ``subscriptions``,
+        in stream order, each once."""
+        subjects: set[str] = set()
+        for topic_filter, _options in subscriptions:
+            _group, plain = parse_shared_filter(topic_filter)
+            subjects.update(filter_to_subjects(plain, STREAM_PREFIX))
+        found: dict[int, Message] = {}
+        now = self.core.now()
+        for subject in subjects:
+            start = first
+            while len(found) < MAX_REPLAY:
+                request = {"seq": start, "next_by_subj": subject, "batch": 1000}
+                replies = await self.nats.request_many(
+                    f"$JS.API.DIRECT.GET.{MESSAGES_STREAM}", json.dumps(request).encode()
+                )
+                got = 0
+                for reply in replies:
+                    if reply.status is not None or reply.headers is None:
+                        continue
+                    sequence = int(reply.headers.get("Nats-Sequence") or 0)
+                    stream_subject = reply.headers.get("Nats-Subject") or ""
+                    topic = subject_to_topic(stream_subject, STREAM_PREFIX)
+                    message, _origin = message_from_nats(
+                        topic, reply.payload, reply.headers.as_dict(), now=now
+                    )
+                    found[sequence] = attrs.evolve(message, sequence=sequence)
+                    start = max(start, sequence + 1)
+                    got += 1
+                if got < 1000:
+                    break
+        return [found[sequence] for sequence in sorted(found)]
+
     async def _request_chunks(self, subject: str, client_id: str) -> list[bytes]:
-        """Send one request, collect the reply chunks (none: no session there)."""
+        """Send one request, collect the reply chunks (none: no session there).
+
+        ``NoRespondersError`` if no node listens on ``subject`` (it died).
+        """
         inbox = self.nats.new_inbox()
         chunks: dict[int, bytes] = {}
         total: list[int] = []
+        nobody: list[bool] = []
         done = trio.Event()
 
         def on_chunk(msg: Msg) -> None:
+            if msg.status == 503:
+                nobody.append(True)  # no node listens there: that node is gone
             if not msg.payload:
-                done.set()  # "no session here"
+                done.set()  # "no session here" (or nobody to ask)
                 return
             try:
                 index, count = chunk_position(msg.payload)
@@ -420,6 +600,8 @@ class ClusterNode:
                 await done.wait()
         finally:
             self.nats.unsubscribe(sid)
+        if nobody:
+            raise NoRespondersError(subject)
         if not total or len(chunks) != total[0]:
             return []
         return [chunks[index] for index in range(total[0])]
@@ -563,6 +745,7 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
         retained = await KeyValue.open(nats, RETAINED_BUCKET, replicas=config.replicas)
         owners = await KeyValue.open(nats, OWNERS_BUCKET, replicas=config.replicas)
         wills = await KeyValue.open(nats, WILLS_BUCKET, replicas=config.replicas)
+        sessions = await KeyValue.open(nats, SESSIONS_BUCKET, replicas=config.replicas)
         nodes = await KeyValue.open(
             nats, NODES_BUCKET, replicas=config.replicas, per_key_ttl=True, ttl=24 * 3600
         )
@@ -589,6 +772,7 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
             owners=owners,
             wills=wills,
             nodes=nodes,
+            sessions=sessions,
         )
         node._idle.set()
         async with trio.open_nursery() as nursery:
@@ -602,6 +786,7 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
             await nodes.put(node.origin, b"{}", ttl=HEARTBEAT_TTL)
             nodes_watch = await nodes.watch(">", node._on_node, include_current=False)
             nursery.start_soon(node.heartbeat)
+            nursery.start_soon(node.save_sessions)
             core.cluster = node
             core.router.shared_elsewhere = True
             core.router.on_interest = node.interest_changed
