@@ -17,7 +17,8 @@ from helpers import V5, V311, wait_until
 from nats_server import NatsServer
 from rawclient import RawClient
 
-from trio_mqtt import Broker, open_broker
+from trio_mqtt import Broker, open_broker, serve
+from trio_mqtt.cluster.node import NODES_BUCKET, WILLS_BUCKET
 from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
 from trio_mqtt.mqtt.packets import (
     Disconnect,
@@ -33,7 +34,7 @@ from trio_mqtt.mqtt.packets import (
     Will,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
-from trio_mqtt.nats import open_nats_client
+from trio_mqtt.nats import KeyValue, open_nats_client
 
 
 @asynccontextmanager
@@ -369,3 +370,36 @@ async def test_a_message_the_stream_cannot_take_is_not_acknowledged(
         (only,) = await publishes(sub, 1)
         assert only.payload == b"at most once"
         await nothing_more(sub)
+
+
+async def test_a_cancelled_broker_leaves_the_cluster_cleanly_and_quickly(
+    nats_server: NatsServer,
+) -> None:
+    async with open_nodes(nats_server, 1) as (n2,):
+        watcher = await client(n2, "watcher")
+        await subscribe(watcher, n2, SubscriptionRequest("wills/#", 0))
+        config = BrokerConfig(
+            listeners=[ListenerConfig(port=0)],
+            sys_interval=0,
+            shutdown_timeout=1,
+            cluster=ClusterConfig(node_name="leaver", nats_urls=[nats_server.url]),
+        )
+        async with trio.open_nursery() as nursery:
+            n1: Broker = await nursery.start(serve, config)
+            assert n1.cluster is not None
+            origin = n1.cluster.origin
+            mortal = await client(n1, "mortal", V311, will=Will(topic="wills/m", payload=b"bye"))
+            started = trio.current_time()
+            nursery.cancel_scope.cancel()  # as SIGTERM does
+        assert trio.current_time() - started < 2.0
+        # the will went out once, through NATS, as the broker closed its clients
+        (will,) = await publishes(watcher, 1)
+        assert will.payload == b"bye"
+        # and the node said goodbye: no heartbeat key left for survivors to reap
+        async with open_nats_client(nats_server.url, name="checker") as checker:
+            nodes = await KeyValue.open(checker, NODES_BUCKET, per_key_ttl=True, ttl=86400)
+            entry = await nodes.get(origin)
+            assert entry is None or entry.operation != "PUT"
+            wills = await KeyValue.open(checker, WILLS_BUCKET)
+            assert [e for e in await wills.entries(f"{origin}.>") if e.operation == "PUT"] == []
+        await mortal.aclose()

@@ -463,7 +463,10 @@ class ClusterNode:
         """Keep this node's persistent sessions' records current (every 0.2 s)."""
         while True:
             await trio.sleep(SESSION_SAVE_INTERVAL)
-            await self.save_sessions_once()
+            try:
+                await self.save_sessions_once()
+            except (NATSError, trio.TooSlowError) as exc:
+                log.warning("cluster: session records not saved (will retry): %s", exc)
 
     async def save_sessions_once(self) -> None:
         live: set[str] = set()
@@ -629,8 +632,12 @@ class ClusterNode:
         """Keep this node's key alive; when it expires, the others take its wills."""
         value = json.dumps({"node": self.name}).encode()
         while True:
-            await self.nodes.put(self.origin, value, ttl=HEARTBEAT_TTL)
             self._expire_stores()
+            try:
+                await self.nodes.put(self.origin, value, ttl=HEARTBEAT_TTL)
+            except (NATSError, trio.TooSlowError) as exc:
+                # one slow answer is no reason to die; HEARTBEAT_TTL allows a few misses
+                log.warning("cluster: heartbeat not written: %s", exc)
             await trio.sleep(HEARTBEAT_INTERVAL)
 
     def _on_node(self, entry: Entry) -> None:
@@ -689,32 +696,45 @@ class ClusterNode:
         await self.wills.delete(key)
 
     async def write_loop(self) -> None:
-        """Write what the core decided to the key-value buckets, in order, one at a time."""
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            self._idle = trio.Event()
-            while self._retained_writes or self._claims_due or self._wills_due:
-                if self._wills_due:
-                    client_id = next(iter(self._wills_due))
-                    await self._write_will(client_id, self._wills_due.pop(client_id))
-                if self._claims_due:
-                    client_id = next(iter(self._claims_due))
+        """Write what the core decided to the key-value buckets, in order, one at a time.
+
+        A write NATS does not answer in time is logged and not retried: the next write
+        of the same key says the newer truth anyway.
+        """
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                self._idle = trio.Event()
+                while self._retained_writes or self._claims_due or self._wills_due:
                     try:
-                        await self._claim(client_id)
-                    finally:
-                        self._claims_due.discard(client_id)
-                if self._retained_writes:
-                    topic = next(iter(self._retained_writes))
-                    message = self._retained_writes.pop(topic)
-                    await self._write_retained(topic, message)
-            self._idle.set()
+                        await self._write_one()
+                    except (NATSError, trio.TooSlowError) as exc:
+                        log.warning("cluster: a key-value write failed: %s", exc)
+                self._idle.set()
+        finally:
+            self._idle.set()  # (cancelled: nobody may wait for writes that will not come)
+
+    async def _write_one(self) -> None:
+        if self._wills_due:
+            client_id = next(iter(self._wills_due))
+            await self._write_will(client_id, self._wills_due.pop(client_id))
+        if self._claims_due:
+            client_id = next(iter(self._claims_due))
+            try:
+                await self._claim(client_id)
+            finally:
+                self._claims_due.discard(client_id)
+        if self._retained_writes:
+            topic = next(iter(self._retained_writes))
+            message = self._retained_writes.pop(topic)
+            await self._write_retained(topic, message)
 
     async def settled(self) -> None:
         """Wait until every key-value write decided so far is done (tests, shutdown)."""
         while (
             self._retained_writes or self._claims_due or self._wills_due or not self._idle.is_set()
-        ):
+        ) and not self.nats.is_closed:
             await self._idle.wait()
             await trio.lowlevel.checkpoint()
 
@@ -803,10 +823,15 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
                 core.router.shared_elsewhere = False
                 with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                     scope.shield = True
-                    await node.settled()
-                    await retained_watch.stop()
-                    await owners_watch.stop()
-                    await nodes_watch.stop()
-                    await nodes.delete(node.origin)  # a clean leave: nobody reaps it
+                    try:
+                        await node.settled()
+                        # kept, not deleted: another node resumes these sessions
+                        await node.save_sessions_once()
+                        await retained_watch.stop()
+                        await owners_watch.stop()
+                        await nodes_watch.stop()
+                        await nodes.delete(node.origin)  # a clean leave: nobody reaps it
+                    except (NATSError, trio.TooSlowError) as exc:
+                        log.warning("cluster: node %s left without a clean goodbye: %s", name, exc)
                 nursery.cancel_scope.cancel()
         log.info("cluster: node %s left", name)

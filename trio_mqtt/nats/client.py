@@ -423,6 +423,9 @@ class NATSClient:
         except (NATSConnectionClosed, NATSProtocolError) as exc:
             self._mark_closed(NATSConnectionClosed(str(exc)))
             raise
+        finally:
+            # (cancelled too: nobody reads the answers any more, so fail at once)
+            self._mark_closed(NATSConnectionClosed("the client stopped reading"))
 
     async def _writer(self) -> None:
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 
 import attrs
 import trio
@@ -32,7 +32,7 @@ from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.broker.sys_topics import publish_sys_topics
 from trio_mqtt.cluster.node import ClusterNode, open_cluster_node
-from trio_mqtt.config import BrokerConfig
+from trio_mqtt.config import BrokerConfig, ClusterConfig
 from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
 from trio_mqtt.mqtt.properties import PropertyContext, encode_properties
@@ -49,6 +49,8 @@ HOUSEKEEPING_INTERVAL = 1.0
 # plus the save under way (docs/persistence.md). Saves are one SQLite transaction each,
 # without an fsync (WAL, synchronous=NORMAL), so frequent small ones are cheap.
 SAVE_INTERVAL = 0.2
+# How long a cluster node may take to leave (its last writes) once the clients are gone.
+LEAVE_TIMEOUT = 3.0
 # A save longer than this is logged: it adds to what a crash can lose.
 SLOW_SAVE = 0.5
 
@@ -296,36 +298,40 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
             len(core.retained),
         )
     closing = trio.Event()
+    leaving = trio.Event()
     try:
-        async with AsyncExitStack() as cluster_scope:
+        async with trio.open_nursery() as cluster_nursery:
             if config.cluster is not None:
                 # joined before the listeners open, left after the last client went (so
-                # its will still reaches the other nodes)
-                broker.cluster = await cluster_scope.enter_async_context(
-                    open_cluster_node(core, config.cluster)
+                # that its will and session still reach the other nodes)
+                broker.cluster = await cluster_nursery.start(
+                    _be_cluster_node, core, config.cluster, leaving
                 )
-            async with trio.open_nursery() as nursery:
-                connections: trio.Nursery = await nursery.start(
-                    _hold_connections, closing, config.shutdown_timeout
-                )
-                try:
-                    for listener_config in config.listeners:
-                        handle = await nursery.start(
-                            serve_listener, core, listener_config, connections
-                        )
-                        broker.listeners[listener_config.name] = handle
-                    nursery.start_soon(_housekeeping, core)
-                    if store is not None:
-                        nursery.start_soon(_persist, core, store)
-                    if config.sys_interval > 0:
-                        nursery.start_soon(_sys_topics, core, config.sys_interval)
-                    yield broker
-                finally:
-                    # the nursery waits for _hold_connections, which waits for the
-                    # connections (shielded) until the deadline set here
-                    broker._begin_shutdown(connections)
-                    closing.set()
-                    nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    connections: trio.Nursery = await nursery.start(
+                        _hold_connections, closing, config.shutdown_timeout
+                    )
+                    try:
+                        for listener_config in config.listeners:
+                            handle = await nursery.start(
+                                serve_listener, core, listener_config, connections
+                            )
+                            broker.listeners[listener_config.name] = handle
+                        nursery.start_soon(_housekeeping, core)
+                        if store is not None:
+                            nursery.start_soon(_persist, core, store)
+                        if config.sys_interval > 0:
+                            nursery.start_soon(_sys_topics, core, config.sys_interval)
+                        yield broker
+                    finally:
+                        # the nursery waits for _hold_connections, which waits for the
+                        # connections (shielded) until the deadline set here
+                        broker._begin_shutdown(connections)
+                        closing.set()
+                        nursery.cancel_scope.cancel()
+            finally:
+                leaving.set()
     finally:
         if store is not None:
             try:
@@ -367,6 +373,26 @@ async def _hold_connections(
         await closing.wait()
     if connections.cancel_scope.cancelled_caught:
         log.warning("shutdown: connections still open after %.1fs were cancelled", shutdown_timeout)
+
+
+async def _be_cluster_node(
+    core: BrokerCore,
+    config: ClusterConfig,
+    leaving: trio.Event,
+    *,
+    task_status: trio.TaskStatus[ClusterNode] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Be a node of the cluster from before the listeners open until the broker leaves.
+
+    Shielded, like the connections: cancelling the broker must not cut the node off NATS
+    while its clients are still being closed (their wills and sessions go to the other
+    nodes). It leaves once ``leaving`` is set, within LEAVE_TIMEOUT.
+    """
+    with trio.CancelScope(shield=True) as scope:
+        async with open_cluster_node(core, config) as node:
+            task_status.started(node)
+            await leaving.wait()
+            scope.deadline = trio.current_time() + LEAVE_TIMEOUT
 
 
 async def _housekeeping(core: BrokerCore) -> None:
