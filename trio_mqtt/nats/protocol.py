@@ -206,8 +206,22 @@ def encode_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]] | Head
     return "".join(parts).encode("utf-8", "surrogateescape")
 
 
+# One "Name: value" line of a header block without a status (the common case), where
+# no name or value ends in blanks (checked before: those take the careful path).
+_HEADER_LINE = re.compile(r"([^:\r\n \t][^:\r\n]*):[ \t]*([^\r\n]*)\r\n")
+_PLAIN_BLOCK_START = HEADER_VERSION.encode() + b"\r\n"
+
+
 def decode_headers(block: bytes) -> tuple[Headers, int | None, str]:
     """Parse a header block: ``(headers, status or None, description)``."""
+    if block.startswith(_PLAIN_BLOCK_START) and block.endswith(b"\r\n\r\n"):
+        # fast path (every message between cluster nodes): one regex pass, checked to
+        # have covered every line; anything odd takes the careful path below
+        body = block[len(_PLAIN_BLOCK_START) : -2].decode("utf-8", "surrogateescape")
+        if not (" \r" in body or "\t\r" in body or " :" in body or "\t:" in body):
+            items = _HEADER_LINE.findall(body)
+            if len(items) == body.count("\r\n") == body.count("\n"):
+                return Headers(tuple(items)), None, ""
     text = block.decode("utf-8", "surrogateescape")
     lines = text.split("\r\n")
     # "NATS/1.0[ status...]", the header lines, then the empty line: two "" at the end.
@@ -348,6 +362,29 @@ class NATSConnection:
                                 int(parts[2]),
                                 parts[3].decode() if count == 5 else None,
                                 buf[end + 2 : stop],
+                            )
+                    except (ValueError, UnicodeDecodeError):
+                        pass  # _parse_msg says what is wrong
+                elif parts[0] == b"HMSG" and count in (5, 6):  # cluster traffic, inline
+                    try:
+                        header_size = int(parts[-2])
+                        start = end + 2
+                        stop = start + int(parts[-1])
+                        if (
+                            0 <= header_size <= stop - start <= self.max_payload
+                            and buf[stop : stop + 2] == b"\r\n"
+                        ):
+                            split = start + header_size
+                            headers, status, description = decode_headers(buf[start:split])
+                            self._pos = stop + 2
+                            return Msg(
+                                parts[1].decode(),
+                                int(parts[2]),
+                                parts[3].decode() if count == 6 else None,
+                                buf[split:stop],
+                                headers,
+                                status,
+                                description,
                             )
                     except (ValueError, UnicodeDecodeError):
                         pass  # _parse_msg says what is wrong
