@@ -18,7 +18,9 @@ from trio_mqtt.cluster.envelope import (
     Origin,
     RepeatFilter,
     decode_peer,
+    decode_wire,
     encode_peer,
+    encode_wire,
     message_from_nats,
     message_headers,
 )
@@ -336,6 +338,31 @@ def test_messages_round_trip(
     back, origin = message_from_nats(topic, payload, headers, now=9.0)
     assert origin == Origin("n1", sequence)
     assert back == attrs.evolve(message, created=9.0, peer=expected_peer(peer))
+    # the same fields as one line in front of the payload (live traffic between nodes)
+    wire = encode_wire(message, origin="n1", sequence=sequence, now=5.0)
+    assert wire.endswith(b"\n" + payload)
+    assert decode_wire(topic, wire, now=9.0) == (back, origin)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"no line at all", "no envelope line"),
+        (b"o\xffx n1\npayload", "not ASCII"),
+        (b"n1\npayload", "lacks its origin"),
+        (b"on1 nx\npayload", "sequence"),
+        (b"on1 n1 q7\npayload", "QoS"),
+    ],
+)
+def test_malformed_wire_payloads(data: bytes, match: str) -> None:
+    with pytest.raises(EnvelopeError, match=match):
+        decode_wire("t", data, now=0.0)
+
+
+@given(data=st.binary(max_size=60))
+def test_any_wire_payload_gives_a_message_or_an_envelope_error(data: bytes) -> None:
+    with contextlib.suppress(EnvelopeError):
+        decode_wire("t", data, now=0.0)
 
 
 def test_repeats_are_dropped() -> None:

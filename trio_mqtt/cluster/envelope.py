@@ -1,8 +1,10 @@
 """How an MQTT message travels between nodes over NATS (pure code, no I/O).
 
-The topic is the NATS subject (``trio_mqtt.cluster.subjects``) and the payload is the
-NATS payload, untouched. Everything else goes in a few NATS headers with one-letter names,
-present only when they say something:
+The topic is the NATS subject (``trio_mqtt.cluster.subjects``). Everything else is a
+few fields with one-letter names, present only when they say something: as NATS headers
+(:func:`message_headers`, for what is stored in JetStream) or, for live traffic, as one
+line in front of the payload (:func:`encode_wire`: a NATS MSG without a header block
+parses in less than half the time):
 
 =====  =========================================================================
 ``o``  origin: the sending node's id, unique per process incarnation (required)
@@ -51,7 +53,9 @@ __all__ = [
     "Origin",
     "RepeatFilter",
     "decode_peer",
+    "decode_wire",
     "encode_peer",
+    "encode_wire",
     "message_from_nats",
     "message_headers",
 ]
@@ -65,6 +69,13 @@ EXPIRY = "e"
 PROPERTIES = "p"
 PEER = "a"
 STREAM_SEQUENCE = "s"
+# where each field goes in the list _build takes
+_SLOTS = {
+    name: slot
+    for slot, name in enumerate(
+        (ORIGIN, SEQUENCE, QOS, RETAIN, PUBLISHER, PROPERTIES, EXPIRY, PEER, STREAM_SEQUENCE)
+    )
+}
 
 _QOS_TEXT = ("0", "1", "2")
 _QOS_VALUE = {"0": 0, "1": 1, "2": 2}
@@ -253,50 +264,13 @@ def _number(value: str, what: str, limit: int) -> int:
     raise EnvelopeError(f"{what} {value[:100]!r} is not an integer from 0 to {limit}")
 
 
-def message_from_nats(
-    topic: str,
-    payload: bytes,
-    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
-    *,
-    now: float,
+def _build(
+    topic: str, payload: bytes, now: float, fields: list[str | None]
 ) -> tuple[Message, Origin]:
-    """The message and its origin from what NATS delivered (``topic`` from the subject).
-
-    ``headers`` is a mapping (nats-py) or (name, value) pairs (``trio_mqtt.nats.Headers``);
-    names are matched exactly, as written. The message's clock starts at ``now``, this
-    node's time. Raises ``EnvelopeError`` for missing or malformed headers, never
-    anything else.
-    """
-    if headers is None:
-        raise EnvelopeError("message has no headers: not sent by a trio-mqtt node")
-    if type(headers) is Headers:
-        pairs: Iterable[tuple[str, str]] = headers.items
-    elif isinstance(headers, Mapping):
-        pairs = headers.items()
-    else:
-        pairs = headers
-    # one pass over the few headers present (a later repeat of a name wins, as in a dict)
-    node = sequence = qos_text = retain_text = publisher = None
-    blob = expiry_text = peer_text = stream_text = None
-    for name, value in pairs:
-        if name == ORIGIN:
-            node = value
-        elif name == SEQUENCE:
-            sequence = value
-        elif name == PUBLISHER:
-            publisher = value
-        elif name == PEER:
-            peer_text = value
-        elif name == QOS:
-            qos_text = value
-        elif name == RETAIN:
-            retain_text = value
-        elif name == PROPERTIES:
-            blob = value
-        elif name == EXPIRY:
-            expiry_text = value
-        elif name == STREAM_SEQUENCE:
-            stream_text = value
+    """The message and origin from the envelope's fields, by ``_SLOTS`` (None: absent)."""
+    node, sequence, qos_text, retain_text, publisher, blob, expiry_text, peer_text, stream_text = (
+        fields
+    )
     if not node or sequence is None:
         raise EnvelopeError(
             f"message lacks its origin: headers {ORIGIN!r} and {SEQUENCE!r} are required"
@@ -336,6 +310,67 @@ def message_from_nats(
         topic, payload, qos, retain, properties, publisher, peer, now, stream_sequence
     )
     return message, origin
+
+
+def message_from_nats(
+    topic: str,
+    payload: bytes,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+    *,
+    now: float,
+) -> tuple[Message, Origin]:
+    """The message and its origin from what NATS delivered (``topic`` from the subject).
+
+    ``headers`` is a mapping (nats-py) or (name, value) pairs (``trio_mqtt.nats.Headers``);
+    names are matched exactly, as written. The message's clock starts at ``now``, this
+    node's time. Raises ``EnvelopeError`` for missing or malformed headers, never
+    anything else.
+    """
+    if headers is None:
+        raise EnvelopeError("message has no headers: not sent by a trio-mqtt node")
+    if type(headers) is Headers:
+        pairs: Iterable[tuple[str, str]] = headers.items
+    elif isinstance(headers, Mapping):
+        pairs = headers.items()
+    else:
+        pairs = headers
+    # one pass over the few headers present (a later repeat of a name wins, as in a dict)
+    fields: list[str | None] = [None] * len(_SLOTS)
+    for name, value in pairs:
+        slot = _SLOTS.get(name)
+        if slot is not None:
+            fields[slot] = value
+    return _build(topic, payload, now, fields)
+
+
+def encode_wire(message: Message, *, origin: str, sequence: int, now: float) -> bytes:
+    """``message`` as one NATS payload: the envelope on one line, then its payload.
+
+    What live traffic between nodes uses: a plain NATS MSG is parsed in less than half
+    the time of an HMSG with a header block. The line holds the same fields as
+    :func:`message_headers`, each as its one-letter name followed by its value,
+    separated by spaces (values never contain spaces or newlines).
+    """
+    headers = message_headers(message, origin=origin, sequence=sequence, now=now)
+    line = " ".join([name + value for name, value in headers.items()])
+    return line.encode("ascii") + b"\n" + message.payload
+
+
+def decode_wire(topic: str, data: bytes, *, now: float) -> tuple[Message, Origin]:
+    """The message and its origin from an :func:`encode_wire` payload."""
+    end = data.find(b"\n")
+    if end < 0:
+        raise EnvelopeError("no envelope line: not sent by a trio-mqtt node")
+    try:
+        line = data[:end].decode("ascii")
+    except UnicodeDecodeError:
+        raise EnvelopeError("the envelope line is not ASCII") from None
+    fields: list[str | None] = [None] * len(_SLOTS)
+    for field in line.split(" "):
+        slot = _SLOTS.get(field[:1])
+        if slot is not None:
+            fields[slot] = field[1:]
+    return _build(topic, data[end + 1 :], now, fields)
 
 
 @attrs.define

@@ -53,6 +53,8 @@ from trio_mqtt.cluster.envelope import (
     EnvelopeError,
     Origin,
     RepeatFilter,
+    decode_wire,
+    encode_wire,
     message_from_nats,
     message_headers,
 )
@@ -177,10 +179,10 @@ class ClusterNode:
     def forward(self, message: Message) -> None:
         self._sequence += 1
         self.forwarded += 1
-        headers = message_headers(
+        data = encode_wire(
             message, origin=self.origin, sequence=self._sequence, now=self.core.now()
         )
-        self.nats.publish(topic_to_subject(message.topic), message.payload, headers=headers)
+        self.nats.publish(topic_to_subject(message.topic), data)
         if message.retain:
             self._retained_writes[message.topic] = message
             self._wake.set()
@@ -268,7 +270,7 @@ class ClusterNode:
         """The message in ``msg`` and where it comes from; None (logged) if malformed."""
         try:
             topic = subject_to_topic(msg.subject)
-            return message_from_nats(topic, msg.payload, msg.headers, now=self.core.now())
+            return decode_wire(topic, msg.payload, now=self.core.now())
         except (EnvelopeError, ValueError) as exc:
             log.warning("cluster: dropped a message on %r: %s", msg.subject, exc)
             return None
