@@ -101,7 +101,9 @@ def test_a_message_from_the_cluster_is_routed_here_and_not_forwarded_back() -> N
     subscriber = Client(core)
     subscriber.connect("sub")
     subscriber.subscribe(("a/#", 2))
-    routed = core.publish_remote(Message("a/b", b"remote", qos=1, retain=True, publisher="p"))
+    routed = core.publish(
+        Message("a/b", b"remote", qos=1, retain=True, publisher="p"), from_cluster=True
+    )
     assert routed == 1
     assert link.forwarded == []
     (publish,) = subscriber.publishes()
@@ -116,8 +118,8 @@ def test_no_local_holds_across_nodes_by_client_id() -> None:
     client.connect("same")
     client.send(Subscribe(1, (SubscriptionRequest("t", 1, no_local=True),)))
     client.packets()
-    assert core.publish_remote(Message("t", b"own", qos=1, publisher="same")) == 0
-    assert core.publish_remote(Message("t", b"other", qos=1, publisher="else")) == 1
+    assert core.publish(Message("t", b"own", qos=1, publisher="same"), from_cluster=True) == 0
+    assert core.publish(Message("t", b"other", qos=1, publisher="else"), from_cluster=True) == 1
     assert [p.payload for p in client.publishes()] == [b"other"]
 
 

@@ -3,7 +3,7 @@
 A broker that is part of a cluster (``trio_mqtt.cluster``) hands the core a
 :class:`ClusterLink`. The core calls it synchronously from its own decisions; the link
 turns them into NATS traffic. What arrives from the cluster comes back through the
-core's own methods (``publish_remote``, ``retained_from_cluster``,
+core's own methods (``publish(..., from_cluster=True)``, ``retained_from_cluster``,
 ``taken_over_elsewhere``): the core stays the only owner of sessions, routes and the
 retained store.
 """

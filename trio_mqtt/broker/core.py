@@ -30,7 +30,7 @@ from trio_mqtt.broker.enhanced_auth import (
     AuthOutcome,
     AuthSuccess,
 )
-from trio_mqtt.broker.message import Message, publish_size, will_message
+from trio_mqtt.broker.message import Message, StoredMessage, publish_size, will_message
 from trio_mqtt.broker.retained import RetainedStore
 from trio_mqtt.broker.router import Delivery, Router, SubscriptionOptions
 from trio_mqtt.broker.sessions import (
@@ -958,20 +958,44 @@ class BrokerCore:
             session.inflight_in.add(packet_id)
         return Pubrec(packet_id, code)
 
-    def publish(self, message: Message) -> int:
+    def publish(self, message: Message, from_cluster: bool = False) -> int:
         """Route a message to every matching subscriber; store it if retained.
 
         Returns the number of sessions (and in-process subscribers) it was routed to.
+        ``from_cluster``: it came from another node, so it is routed to this node's
+        subscribers only (not forwarded back), and its retained copy, if any, reaches
+        this node through the cluster's retained store (``retained_from_cluster``).
+        One method for both: a second call per message measurably slows the hot path.
         """
-        if message.retain:
-            if message.payload:
-                self.set_retained(message)
-            else:
-                self.retained.delete(message.topic)
-            self.retained_changed(message.topic)
-        if self.cluster is not None and not message.topic.startswith(SYS_TOPICS):
-            self.cluster.forward(message)  # each node has its own $SYS
-        return self.publish_remote(message)
+        if not from_cluster:
+            if message.retain:
+                if message.payload:
+                    self.set_retained(message)
+                else:
+                    self.retained.delete(message.topic)
+                self.retained_changed(message.topic)
+            if self.cluster is not None and not message.topic.startswith(SYS_TOPICS):
+                self.cluster.forward(message)  # each node has its own $SYS
+        deliveries, shares = self.router.routed_deliveries(message.topic, message.publisher)
+        if not deliveries:
+            return 0
+        if message.properties is NO_PROPERTIES:  # publish_size() without the call
+            size = len(message.payload) + len(message.topic) + 7
+        else:
+            size = publish_size(message)
+        if len(deliveries) == 1 and not shares:
+            self._deliver(message, size, deliveries[0], None)  # one recipient: nothing to share
+            return 1
+        # subscribers that get the same QoS / retain / subscription ids share one item
+        # (and so its encoded bytes)
+        items: dict[_ItemKey, QueuedMessage] = {}
+        if shares:
+            for delivery in deliveries:
+                self._deliver(message, size, delivery, items, shares.get(delivery.client_id, ()))
+        else:
+            for delivery in deliveries:
+                self._deliver(message, size, delivery, items)
+        return len(deliveries)
 
     def stored(
         self, conn: ClientConnection, packet_id: int, message: Message, sequence: int | None
@@ -993,39 +1017,11 @@ class BrokerCore:
                 "the cluster could not store a message",
             )
             return
-        self.publish(attrs.evolve(message, sequence=sequence))
+        self.publish(StoredMessage.of(message, sequence))
         if message.qos == 1:
             conn.acknowledge(Puback(packet_id))
         else:
             conn.acknowledge(Pubrec(packet_id))
-
-    def publish_remote(self, message: Message) -> int:
-        """Route a message to this node's subscribers only (it came from the cluster).
-
-        Its retained copy, if any, reaches this node through the cluster's retained
-        store (``retained_from_cluster``), not through here. Returns what ``publish``
-        returns.
-        """
-        deliveries, shares = self.router.routed_deliveries(message.topic, message.publisher)
-        if not deliveries:
-            return 0
-        if message.properties is NO_PROPERTIES:  # publish_size() without the call
-            size = len(message.payload) + len(message.topic) + 7
-        else:
-            size = publish_size(message)
-        if len(deliveries) == 1 and not shares:
-            self._deliver(message, size, deliveries[0], None)  # one recipient: nothing to share
-            return 1
-        # subscribers that get the same QoS / retain / subscription ids share one item
-        # (and so its encoded bytes)
-        items: dict[_ItemKey, QueuedMessage] = {}
-        if shares:
-            for delivery in deliveries:
-                self._deliver(message, size, delivery, items, shares.get(delivery.client_id, ()))
-        else:
-            for delivery in deliveries:
-                self._deliver(message, size, delivery, items)
-        return len(deliveries)
 
     def publish_shared_remote(self, message: Message, shared_filter: str) -> bool:
         """The cluster chose this node's member of share group ``shared_filter`` for

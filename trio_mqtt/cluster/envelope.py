@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.message import Message, StoredMessage
 from trio_mqtt.cluster.subjects import unescape_marked
 from trio_mqtt.errors import MQTTProtocolError, TrioMQTTError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
@@ -302,13 +302,14 @@ def _build(
         expiry = _number(expiry_text, "expiry", _MAX_UINT32)
         properties = attrs.evolve(properties, message_expiry_interval=expiry)
     peer = LOCAL_PEER if peer_text is None else decode_peer(peer_text)
-    stream_sequence = (
-        0 if stream_text is None else _number(stream_text, "stream sequence", 2**64 - 1)
-    )
     # positional: measurably cheaper than keywords, per received message
-    message = Message(
-        topic, payload, qos, retain, properties, publisher, peer, now, stream_sequence
-    )
+    if stream_text is None:
+        message = Message(topic, payload, qos, retain, properties, publisher, peer, now)
+    else:
+        stream_sequence = _number(stream_text, "stream sequence", 2**64 - 1)
+        message = StoredMessage(
+            topic, payload, qos, retain, properties, publisher, peer, now, stream_sequence
+        )
     return message, origin
 
 

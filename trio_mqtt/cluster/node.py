@@ -46,7 +46,7 @@ import trio
 
 from trio_mqtt.broker.connection_view import ClientConnection
 from trio_mqtt.broker.core import LOCAL_PREFIX, AwaitedCheck, BrokerCore
-from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.message import Message, StoredMessage
 from trio_mqtt.broker.router import Router, SubscriptionOptions
 from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, SavedSession, Session
 from trio_mqtt.cluster.envelope import (
@@ -280,7 +280,7 @@ class ClusterNode:
         if decoded is None or self._repeats.seen(decoded[1]):
             return  # (a repeat: it matched several of this node's filters)
         self.received += 1
-        self.core.publish_remote(decoded[0])
+        self.core.publish(decoded[0], from_cluster=True)
         # Cross-node traffic is not held back per publisher: a slow subscriber here is
         # bounded by its queue budget (drops counted), as for in-process publishes.
         self.core.take_congestion_hits()
@@ -564,7 +564,7 @@ class ClusterNode:
                     message, _origin = message_from_nats(
                         topic, reply.payload, reply.headers.as_dict(), now=now
                     )
-                    found[sequence] = attrs.evolve(message, sequence=sequence)
+                    found[sequence] = StoredMessage.of(message, sequence)
                     start = max(start, sequence + 1)
                     got += 1
                 if got < 1000:
