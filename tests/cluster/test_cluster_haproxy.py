@@ -25,7 +25,10 @@ from tools import require_tool
 from trio_mqtt.mqtt.packets import (
     ProtocolVersion,
     Puback,
+    Pubcomp,
     Publish,
+    Pubrec,
+    Pubrel,
     Suback,
     Subscribe,
     SubscriptionRequest,
@@ -277,3 +280,42 @@ async def test_a_dead_nodes_session_resumes_elsewhere_from_the_stream(
         assert [(p.payload, p.dup) for p in got] == [  # type: ignore[union-attr]
             (b"%d" % index, index < 5) for index in range(10)
         ]
+
+
+async def test_a_qos_2_retransmission_after_a_node_death_is_delivered_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with three_nodes_behind_haproxy(tmp_path, nats_server) as cluster:
+        pub = await connect_through(cluster, "sender", clean_start=False)
+        sub = await connect_through(cluster, "receiver")
+        where = {c: (await cluster.node_of(c))[0] for c in ("sender", "receiver")}
+        assert where["sender"] != where["receiver"], where
+        await sub.send(Subscribe(1, (SubscriptionRequest("x2/#", 2),)))
+        assert isinstance(await sub.receive(), Suback)
+        with trio.fail_after(10):  # until the receiver's node has its NATS subscription
+            while True:
+                await pub.send(Publish(topic="x2/probe", payload=b"probe"))
+                with trio.move_on_after(0.2):
+                    await sub.receive()
+                    break
+        with trio.move_on_after(0.3):
+            while True:
+                await sub.receive()
+        await pub.send(Publish(topic="x2/once", payload=b"exactly once", qos=2, packet_id=7))
+        assert await pub.receive() == Pubrec(7)
+        (first,) = [await sub.receive()]
+        assert first.payload == b"exactly once"  # type: ignore[union-attr]
+        await trio.sleep(0.5)  # the sender's session record is saved every 0.2 s
+        cluster.nodes[where["sender"]].process.kill()
+        await pub.aclose()
+        # the sender never saw the PUBREC (as far as it knows): it sends the PUBLISH again
+        again = await connect_through(cluster, "sender", clean_start=False)
+        await again.send(
+            Publish(topic="x2/once", payload=b"exactly once", qos=2, packet_id=7, dup=True)
+        )
+        assert await again.receive() == Pubrec(7)
+        await again.send(Pubrel(7))
+        assert await again.receive() == Pubcomp(7)
+        with trio.move_on_after(0.5):
+            extra = await sub.receive()
+            raise AssertionError(f"delivered twice: {extra}")

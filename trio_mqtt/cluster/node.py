@@ -439,6 +439,7 @@ class ClusterNode:
             session.next_packet_id,
             session.dropped,
             session.expiry_interval,
+            tuple(sorted(session.inflight_in)),
             tuple(sorted((f, attrs.astuple(o)) for f, o in subscriptions.items())),
         )
         previous = self._session_records.get(client_id)
@@ -458,6 +459,9 @@ class ClusterNode:
             "subscriptions": [[f, *attrs.astuple(o)] for f, o in subscriptions.items()],
             "acked": acked,
             "sent": max((seq for seq in sent if seq), default=acked),
+            # QoS 2 messages it published that were stored and answered with PUBREC:
+            # a retransmission of one of them is not delivered twice
+            "received": sorted(session.inflight_in),
         }
         return signature, json.dumps(record).encode(), seen
 
@@ -531,6 +535,7 @@ class ClusterNode:
             expiry_interval=int(record["expiry"]),
             expires_at=None,
             next_packet_id=len(inflight) + 1,
+            inflight_in=tuple(int(packet_id) for packet_id in record.get("received", ())),
             subscriptions=subscriptions,
             pending=tuple(pending),
             inflight=tuple(inflight),
