@@ -240,6 +240,19 @@ async def connect_through(cluster: Cluster, client_id: str, **fields: object) ->
             return raw
 
 
+async def raw_until_routed(publisher: RawClient, subscriber: RawClient, topic: str) -> None:
+    """``until_routed`` for raw clients: probes until one arrives, then the stragglers."""
+    with trio.fail_after(10):
+        while True:
+            await publisher.send(Publish(topic=topic, payload=b"probe"))
+            with trio.move_on_after(0.2):
+                await subscriber.receive()
+                break
+    with trio.move_on_after(0.3):
+        while True:
+            await subscriber.receive()  # the probes still on their way
+
+
 async def test_a_dead_nodes_session_resumes_elsewhere_from_the_stream(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
@@ -250,15 +263,7 @@ async def test_a_dead_nodes_session_resumes_elsewhere_from_the_stream(
         pub = await connect_through(cluster, "pub")
         where = {c: (await cluster.node_of(c))[0] for c in ("durable", "pub")}
         assert where["durable"] != where["pub"], where
-        with trio.fail_after(10):  # until the subscriber's node has its NATS subscription
-            while True:
-                await pub.send(Publish(topic="d/probe", payload=b"probe"))
-                with trio.move_on_after(0.2):
-                    await sub.receive()
-                    break
-        with trio.move_on_after(0.3):
-            while True:
-                await sub.receive()  # the probes still on their way
+        await raw_until_routed(pub, sub, "d/probe")
         for index in range(5):
             await pub.send(
                 Publish(topic=f"d/{index}", payload=b"%d" % index, qos=1, packet_id=index + 1)
@@ -292,15 +297,7 @@ async def test_a_qos_2_retransmission_after_a_node_death_is_delivered_once(
         assert where["sender"] != where["receiver"], where
         await sub.send(Subscribe(1, (SubscriptionRequest("x2/#", 2),)))
         assert isinstance(await sub.receive(), Suback)
-        with trio.fail_after(10):  # until the receiver's node has its NATS subscription
-            while True:
-                await pub.send(Publish(topic="x2/probe", payload=b"probe"))
-                with trio.move_on_after(0.2):
-                    await sub.receive()
-                    break
-        with trio.move_on_after(0.3):
-            while True:
-                await sub.receive()
+        await raw_until_routed(pub, sub, "x2/probe")
         await pub.send(Publish(topic="x2/once", payload=b"exactly once", qos=2, packet_id=7))
         assert await pub.receive() == Pubrec(7)
         (first,) = [await sub.receive()]
