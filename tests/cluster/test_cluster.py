@@ -18,7 +18,7 @@ from nats_server import NatsServer
 from rawclient import RawClient
 
 from trio_mqtt import Broker, open_broker, serve
-from trio_mqtt.cluster.node import NODES_BUCKET, WILLS_BUCKET
+from trio_mqtt.cluster.node import NODES_BUCKET, RETAINED_BUCKET, WILLS_BUCKET
 from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
 from trio_mqtt.mqtt.packets import (
     Disconnect,
@@ -403,3 +403,21 @@ async def test_a_cancelled_broker_leaves_the_cluster_cleanly_and_quickly(
             wills = await KeyValue.open(checker, WILLS_BUCKET)
             assert [e for e in await wills.entries(f"{origin}.>") if e.operation == "PUT"] == []
         await mortal.aclose()
+
+
+async def test_a_retained_messages_expiry_is_its_keys_ttl(nats_server: NatsServer) -> None:
+    async with open_nodes(nats_server, 2) as (n1, n2):
+        setter = await client(n1, "setter")
+        expiring = Properties(message_expiry_interval=1)
+        await setter.send(Publish(topic="e/1", payload=b"brief", retain=True, properties=expiring))
+        await setter.send(Publish(topic="e/2", payload=b"lasting", retain=True))
+        assert n1.cluster is not None
+        await n1.cluster.sync()
+        await wait_until(lambda: n2.core.retained.get("e/1") is not None, "on n2")
+        async with open_nats_client(nats_server.url, name="checker") as checker:
+            bucket = await KeyValue.open(checker, RETAINED_BUCKET, per_key_ttl=True)
+            await wait_until(lambda: n2.core.retained.get("e/1") is None, "expired on n2")
+            entry = await bucket.get("m.e.1")
+            assert entry is None or entry.operation != "PUT"  # gone from the bucket too
+            lasting = await bucket.get("m.e.2")
+            assert lasting is not None and lasting.operation == "PUT"

@@ -343,8 +343,12 @@ class ClusterNode:
     async def _write_retained(self, topic: str, message: Message) -> None:
         key = topic_to_subject(topic)
         if message.payload:
-            value = encode_retained(message, self.origin, self.core.now())
-            await self.retained.put(key, value)
+            now = self.core.now()
+            # an MQTT 5 Message Expiry Interval is the key's TTL: when it runs out, the
+            # server deletes the key and every node's copy goes with it
+            left = message.remaining_expiry(now)
+            value = encode_retained(message, self.origin, now)
+            await self.retained.put(key, value, ttl=None if left is None else max(1, left))
         else:
             await self.retained.delete(key)
 
@@ -769,7 +773,9 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
         open_nats_client(urls, name=f"trio-mqtt {name}", no_echo=True) as nats,
         open_nats_client(urls, name=f"trio-mqtt {name} shared") as shared_nats,
     ):
-        retained = await KeyValue.open(nats, RETAINED_BUCKET, replicas=config.replicas)
+        retained = await KeyValue.open(
+            nats, RETAINED_BUCKET, replicas=config.replicas, per_key_ttl=True
+        )
         owners = await KeyValue.open(nats, OWNERS_BUCKET, replicas=config.replicas)
         wills = await KeyValue.open(nats, WILLS_BUCKET, replicas=config.replicas)
         sessions = await KeyValue.open(nats, SESSIONS_BUCKET, replicas=config.replicas)
