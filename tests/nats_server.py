@@ -63,13 +63,18 @@ class NatsServer:
 
 
 @contextmanager
-def running_nats_server(directory: Path, *, jetstream: bool = True) -> Iterator[NatsServer]:
-    """A nats-server on a free port of 127.0.0.1 with its store under *directory*."""
+def running_nats_server(
+    directory: Path, *, jetstream: bool = True, port: int = -1
+) -> Iterator[NatsServer]:
+    """A nats-server on *port* of 127.0.0.1 (-1: a free one), its store under *directory*.
+
+    Started again on the same port and directory, it is the same server after a restart.
+    """
     binary = nats_server_binary()
     directory.mkdir(parents=True, exist_ok=True)
     store = directory / "store"
     log = directory / "nats-server.log"
-    args = [binary, "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(directory)]
+    args = [binary, "-a", "127.0.0.1", "-p", str(port), "--ports_file_dir", str(directory)]
     if jetstream:
         args += ["-js", "-sd", str(store)]
     with log.open("wb") as log_file:

@@ -9,16 +9,25 @@ decided (a subscription, a retained write), where the test needs that order.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
+import pytest
 import trio
 from helpers import V5, V311, wait_until
-from nats_server import NatsServer
+from nats_server import NatsServer, running_nats_server
 from rawclient import RawClient
 
 from trio_mqtt import Broker, open_broker, serve
-from trio_mqtt.cluster.node import NODES_BUCKET, RETAINED_BUCKET, WILLS_BUCKET
+from trio_mqtt.cluster.node import (
+    NODES_BUCKET,
+    RETAINED_BUCKET,
+    WILLS_BUCKET,
+    ClusterNode,
+    DetachedLink,
+)
 from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
 from trio_mqtt.mqtt.packets import (
     Disconnect,
@@ -34,7 +43,7 @@ from trio_mqtt.mqtt.packets import (
     Will,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
-from trio_mqtt.nats import KeyValue, open_nats_client
+from trio_mqtt.nats import KeyValue, NATSConnectionError, open_nats_client
 
 
 @asynccontextmanager
@@ -421,3 +430,54 @@ async def test_a_retained_messages_expiry_is_its_keys_ttl(nats_server: NatsServe
             assert entry is None or entry.operation != "PUT"  # gone from the bucket too
             lasting = await bucket.get("m.e.2")
             assert lasting is not None and lasting.operation == "PUT"
+
+
+async def test_a_node_serves_alone_while_nats_is_gone_and_joins_again(tmp_path: Path) -> None:
+    directory = tmp_path / "nats"
+    with running_nats_server(directory) as first_server:
+        port = first_server.port
+        async with open_nodes(first_server, 2) as (n1, n2):
+            local = await client(n1, "local-sub")
+            await subscribe(local, n1, SubscriptionRequest("l/#", 1))
+            remote = await client(n2, "remote-sub")
+            await subscribe(remote, n2, SubscriptionRequest("l/#", 1))
+            first_server.kill()
+            await wait_until(lambda: isinstance(n1.core.cluster, DetachedLink), "n1 detached")
+            # alone: QoS 0 reaches local subscribers; QoS 1 cannot be stored: 0x89
+            pub = await client(n1, "pub")
+            await pub.send(Publish(topic="l/0", payload=b"local only"))
+            (only,) = await publishes(local, 1)
+            assert only.payload == b"local only"
+            await pub.send(Publish(topic="l/1", payload=b"unstorable", qos=1, packet_id=1))
+            packets = await pub.expect_closed()
+            assert [type(p) for p in packets] == [Disconnect]
+            assert packets[0].reason_code == ReasonCode.SERVER_BUSY  # type: ignore[union-attr]
+            with running_nats_server(directory, port=port):
+                await wait_until(
+                    lambda: (
+                        all(isinstance(n.cluster, ClusterNode) for n in (n1, n2))
+                        and n1.core.cluster is n1.cluster
+                    ),
+                    "both joined again",
+                    timeout=15,
+                )
+                assert n2.cluster is not None
+                await n2.cluster.sync()
+                again = await client(n1, "pub2")
+                await again.send(Publish(topic="l/2", payload=b"across again", qos=1, packet_id=2))
+                assert await again.receive() == Puback(2)
+                (back,) = await publishes(remote, 1)
+                assert back.payload == b"across again"
+
+
+async def test_a_broker_that_cannot_reach_nats_does_not_start() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = BrokerConfig(
+        listeners=[ListenerConfig(port=0)],
+        cluster=ClusterConfig(node_name="lonely", nats_urls=[f"nats://127.0.0.1:{port}"]),
+    )
+    with pytest.RaisesGroup(NATSConnectionError, flatten_subgroups=True):
+        async with open_broker(config):
+            raise AssertionError("started without its cluster")

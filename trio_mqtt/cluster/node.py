@@ -764,6 +764,32 @@ class ClusterNode:
                 self._routes[topic_filter] = self._subscribe(topic_filter)
 
 
+@attrs.define(eq=False)
+class DetachedLink:
+    """The core's ``ClusterLink`` while its node is cut off from NATS.
+
+    The node serves its own clients alone: messages reach local subscribers only, and a
+    QoS 1/2 message, which cannot be stored, is refused as ``store`` refuses it when the
+    stream does not answer (the publisher is disconnected, 5.0: 0x89, and sends it again
+    once it reconnects).
+    """
+
+    core: BrokerCore
+    dropped: int = 0
+
+    def forward(self, message: Message) -> None:
+        self.dropped += 1
+
+    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
+        self.core.stored(conn, packet_id, message, None)
+
+    def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
+        pass
+
+    def disconnected(self, client_id: str) -> None:
+        pass
+
+
 @asynccontextmanager
 async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIterator[ClusterNode]:
     """Join the cluster for the duration of the block (see the module docstring)."""

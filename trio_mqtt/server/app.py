@@ -31,12 +31,13 @@ from trio_mqtt.broker.enhanced_auth import Authenticator
 from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.broker.sys_topics import publish_sys_topics
-from trio_mqtt.cluster.node import ClusterNode, open_cluster_node
+from trio_mqtt.cluster.node import ClusterNode, DetachedLink, open_cluster_node
 from trio_mqtt.config import BrokerConfig, ClusterConfig
 from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
 from trio_mqtt.mqtt.properties import PropertyContext, encode_properties
 from trio_mqtt.mqtt.topics import validate_topic_name
+from trio_mqtt.nats import NATSError
 from trio_mqtt.peer import Endpoint
 from trio_mqtt.persistence.sqlite import PersistenceWriteError, SQLiteStore
 from trio_mqtt.server.backpressure import relief_for
@@ -51,6 +52,9 @@ HOUSEKEEPING_INTERVAL = 1.0
 SAVE_INTERVAL = 0.2
 # How long a cluster node may take to leave (its last writes) once the clients are gone.
 LEAVE_TIMEOUT = 3.0
+# After losing NATS: the first wait before joining again, and the longest.
+REJOIN_DELAY = 0.5
+MAX_REJOIN_DELAY = 10.0
 # A save longer than this is logged: it adds to what a crash can lose.
 SLOW_SAVE = 0.5
 
@@ -304,9 +308,7 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
             if config.cluster is not None:
                 # joined before the listeners open, left after the last client went (so
                 # that its will and session still reach the other nodes)
-                broker.cluster = await cluster_nursery.start(
-                    _be_cluster_node, core, config.cluster, leaving
-                )
+                await cluster_nursery.start(_be_cluster_node, broker, config.cluster, leaving)
             try:
                 async with trio.open_nursery() as nursery:
                     connections: trio.Nursery = await nursery.start(
@@ -376,23 +378,53 @@ async def _hold_connections(
 
 
 async def _be_cluster_node(
-    core: BrokerCore,
+    broker: Broker,
     config: ClusterConfig,
     leaving: trio.Event,
     *,
-    task_status: trio.TaskStatus[ClusterNode] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Be a node of the cluster from before the listeners open until the broker leaves.
 
     Shielded, like the connections: cancelling the broker must not cut the node off NATS
     while its clients are still being closed (their wills and sessions go to the other
     nodes). It leaves once ``leaving`` is set, within LEAVE_TIMEOUT.
+
+    Losing NATS later does not stop the broker: it serves its own clients alone
+    (``DetachedLink``: QoS 1/2 publishers are disconnected with 0x89, to send again
+    later) and joins again, with a growing delay, until it is back.
     """
+    core = broker.core
+    started = False
+    delay = REJOIN_DELAY
     with trio.CancelScope(shield=True) as scope:
-        async with open_cluster_node(core, config) as node:
-            task_status.started(node)
-            await leaving.wait()
-            scope.deadline = trio.current_time() + LEAVE_TIMEOUT
+        while not leaving.is_set():
+            try:
+                async with open_cluster_node(core, config) as node:
+                    broker.cluster = node
+                    if not started:
+                        task_status.started()
+                        started = True
+                    else:
+                        log.warning("cluster: joined again")
+                    delay = REJOIN_DELAY
+                    await leaving.wait()
+                    scope.deadline = trio.current_time() + LEAVE_TIMEOUT
+            except* (NATSError, trio.TooSlowError, OSError) as group:
+                if not started:
+                    raise  # cannot join at startup: the broker does not start
+                broker.cluster = None
+                core.cluster = DetachedLink(core)
+                log.error(
+                    "cluster: lost NATS (%s): serving this node's clients alone, joining "
+                    "again in %.0f s",
+                    "; ".join(str(exc) for exc in group.exceptions),
+                    delay,
+                )
+                with trio.move_on_after(delay):
+                    await leaving.wait()
+                delay = min(delay * 2, MAX_REJOIN_DELAY)
+        core.cluster = None
 
 
 async def _housekeeping(core: BrokerCore) -> None:
