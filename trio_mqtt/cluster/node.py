@@ -100,8 +100,10 @@ HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_TTL = 5.0
 # where a node asks another for a client's session: "<prefix>.<node id>"
 HANDOVER_SUBJECT = "mqtt.handover"
-# how long a CONNECT waits for the node that has its session (then starts a new one)
-HANDOVER_TIMEOUT = 3.0
+# how long a CONNECT waits for the node that has its session, per attempt: a node that
+# was just killed may still look subscribed to NATS for a moment (its request then goes
+# unanswered), so one more attempt follows; after both, the session starts anew
+HANDOVER_TIMEOUTS = (1.0, 2.0)
 # the stream of clients' QoS 1/2 messages, stored before they are acknowledged
 MESSAGES_STREAM = "MQTT_MESSAGES"
 STREAM_PREFIX = "q"
@@ -595,7 +597,8 @@ class ClusterNode:
             if msg.status == 503:
                 nobody.append(True)  # no node listens there: that node is gone
             if not msg.payload:
-                done.set()  # "no session here" (or nobody to ask)
+                if not chunks:  # (an answer to a repeated request may follow the chunks)
+                    done.set()  # "no session here" (or nobody to ask)
                 return
             try:
                 index, count = chunk_position(msg.payload)
@@ -609,9 +612,16 @@ class ClusterNode:
 
         sid = self.nats.subscribe(inbox, on_chunk)
         try:
-            self.nats.publish(subject, client_id.encode(), reply=inbox)
-            with trio.fail_after(HANDOVER_TIMEOUT):
-                await done.wait()
+            # the same inbox for every attempt: a late answer to the first still counts
+            for attempt, timeout in enumerate(HANDOVER_TIMEOUTS, 1):
+                self.nats.publish(subject, client_id.encode(), reply=inbox)
+                with trio.move_on_after(timeout):
+                    await done.wait()
+                if done.is_set():
+                    break
+                if attempt == len(HANDOVER_TIMEOUTS):
+                    raise trio.TooSlowError(f"no answer on {subject}")
+                log.info("cluster: no answer on %s for %r yet: asking again", subject, client_id)
         finally:
             self.nats.unsubscribe(sid)
         if nobody:
