@@ -119,6 +119,15 @@ def _read_line(sock: socket.socket, buffer: bytearray) -> bytes:
     return line
 
 
+def _read_until_pong(sock: socket.socket, buffer: bytearray, what: str) -> None:
+    """Read lines until PONG; the server may send an INFO update (or +OK) at any time."""
+    while (line := _read_line(sock, buffer)) != b"PONG":
+        if not (line.startswith((b"INFO ", b"+OK")) or line == b"PING"):
+            raise ConnectionError(f"expected PONG {what}, got {line[:80]!r}")
+        if line == b"PING":
+            sock.sendall(b"PONG\r\n")
+
+
 def _nats_open(port: int, deadline_s: float) -> socket.socket:
     """Connect, read INFO, CONNECT (headers on, no echo of +OK), PING until PONG."""
     sock = socket.create_connection((HOST, port), timeout=deadline_s)
@@ -129,9 +138,7 @@ def _nats_open(port: int, deadline_s: float) -> socket.socket:
         raise ConnectionError(f"expected INFO, got {info[:80]!r}")
     options = {"verbose": False, "pedantic": False, "headers": True, "protocol": 1}
     sock.sendall(b"CONNECT " + json.dumps(options).encode() + b"\r\nPING\r\n")
-    line = _read_line(sock, buffer)
-    if line != b"PONG":
-        raise ConnectionError(f"expected PONG, got {line[:80]!r}")
+    _read_until_pong(sock, buffer, "after CONNECT")
     return sock
 
 
@@ -160,9 +167,7 @@ def _subscriber(task: NatsTask, pipe: Connection, go: Event) -> dict[str, Any]:
     sock = _nats_open(task.port, task.deadline_s)
     sock.sendall(f"SUB {SUBJECT} 1\r\nPING\r\n".encode())
     buffer = bytearray()
-    line = _read_line(sock, buffer)
-    if line != b"PONG":
-        raise ConnectionError(f"expected PONG after SUB, got {line[:80]!r}")
+    _read_until_pong(sock, buffer, "after SUB")
     size = delivered_size(task.message)
     expected = task.count * size
     pipe.send(("ready", None))
