@@ -6,7 +6,7 @@ import pytest
 
 from trio_mqtt.broker.message import Message
 from trio_mqtt.cluster.envelope import EnvelopeError
-from trio_mqtt.cluster.records import decode_retained, encode_retained
+from trio_mqtt.cluster.records import decode_retained, decode_will, encode_retained, encode_will
 from trio_mqtt.mqtt.packets import Properties
 from trio_mqtt.peer import Endpoint, PeerInfo
 
@@ -52,3 +52,22 @@ def test_round_trip_keeps_publisher_properties_and_real_address() -> None:
 def test_malformed_values_are_envelope_errors(value: bytes) -> None:
     with pytest.raises(EnvelopeError):
         decode_retained("t", value, now=0.0)
+
+
+def test_a_will_round_trips_with_its_delay_and_topic() -> None:
+    will = Message("wills/a b.c", b"gone", qos=1, publisher="c1", created=0.0)
+    message, delay = decode_will(encode_will(will, 30, "n1~x", now=0.0), now=7.0)
+    assert (message.topic, message.payload, message.qos, message.publisher) == (
+        "wills/a b.c",
+        b"gone",
+        1,
+        "c1",
+    )
+    assert delay == 30
+    assert message.created == 7.0
+
+
+@pytest.mark.parametrize("value", [b"x m.t\no:n\nn:0\n\np", b"-1 m.t\no:n\nn:0\n\np", b"5\n"])
+def test_malformed_wills_are_value_errors(value: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_will(value, now=0.0)

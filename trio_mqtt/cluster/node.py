@@ -65,7 +65,7 @@ from trio_mqtt.cluster.handover import (
     encode_session,
     saved_session,
 )
-from trio_mqtt.cluster.records import decode_retained, encode_retained
+from trio_mqtt.cluster.records import decode_retained, decode_will, encode_retained, encode_will
 from trio_mqtt.cluster.subjects import (
     filter_to_subjects,
     queue_group_name,
@@ -192,8 +192,9 @@ class ClusterNode:
     def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
         self._store_token += 1
         token = self._store_token
-        self._stores[token] = (conn, packet_id, message, self.core.now())
-        headers = message_headers(message, origin=self.origin, sequence=0, now=self.core.now())
+        now = self.core.now()
+        self._stores[token] = (conn, packet_id, message, now)
+        headers = message_headers(message, origin=self.origin, sequence=0, now=now)
         self.nats.publish(
             topic_to_subject(message.topic, STREAM_PREFIX),
             message.payload,
@@ -217,7 +218,8 @@ class ClusterNode:
             if isinstance(reply, dict) and isinstance(reply.get("seq"), int):
                 sequence = reply["seq"]
             else:
-                log.error("cluster: the stream refused a message: %s", reply.get("error", reply))
+                why = reply.get("error", reply) if isinstance(reply, dict) else reply
+                log.error("cluster: the stream refused a message (status %s): %s", msg.status, why)
         except ValueError:
             log.error("cluster: the stream answered %r (status %s)", msg.payload[:100], msg.status)
         self.core.stored(conn, packet_id, message, sequence)
@@ -316,12 +318,12 @@ class ClusterNode:
             return
         try:
             owner = json.loads(entry.value)
-            node, client_id = owner["node"], owner["client"]
+            node, origin, client_id = owner["node"], owner["origin"], owner["client"]
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("cluster: ignored owner entry %r: %s", entry.key, exc)
             return
-        if node == self.name:
-            return
+        if origin == self.origin:
+            return  # our own claim (a restarted node of the same name is another owner)
         ours = self._claimed.get(client_id)
         if ours is None and client_id in self._claims_due:
             # our own claim is still in the air: decide when its revision is known
@@ -362,8 +364,7 @@ class ClusterNode:
                 await self.wills.delete(key)
             return
         message, delay = will
-        head = f"{delay} {topic_to_subject(message.topic)}\n".encode()
-        await self.wills.put(key, head + encode_retained(message, self.origin, self.core.now()))
+        await self.wills.put(key, encode_will(message, delay, self.origin, self.core.now()))
         self._armed_wills.add(client_id)
 
     def _spawn(self, *args: Any) -> None:
@@ -430,16 +431,11 @@ class ClusterNode:
 
     # ------------------------------------------------ session records and recovery
 
-    def _session_record(self, session: Session) -> tuple[object, bytes, int] | None:
-        """(signature, record, highest sequence seen) of a persistent session; None
-        for one that needs no record. The record's cursor ``acked`` is a stream
-        sequence below every QoS 1/2 message still owed to the client; ``sent`` the
-        highest one sent to it."""
-        client_id = session.client_id
-        if session.expiry_interval == 0 or client_id.startswith(LOCAL_PREFIX):
-            return None
-        subscriptions = self.core.router.subscriptions_of(client_id)
-        signature = (
+    def _session_signature(
+        self, session: Session, subscriptions: dict[str, SubscriptionOptions]
+    ) -> object:
+        """What changes whenever a session's record would (cheap: no queue scan)."""
+        return (
             len(session.pending),
             len(session.inflight_out),
             session.next_packet_id,
@@ -448,8 +444,17 @@ class ClusterNode:
             tuple(sorted(session.inflight_in)),
             tuple(sorted((f, attrs.astuple(o)) for f, o in subscriptions.items())),
         )
-        previous = self._session_records.get(client_id)
-        seen = 0 if previous is None else previous[1]
+
+    def _session_record(
+        self, session: Session, subscriptions: dict[str, SubscriptionOptions], seen: int
+    ) -> tuple[bytes, int]:
+        """(record, highest stream sequence seen outstanding) of a persistent session.
+
+        The record's cursor ``acked`` is a stream sequence below every QoS 1/2 message
+        still owed to the client; ``sent`` the highest one sent to it. ``seen`` is what
+        the last record saw.
+        """
+        client_id = session.client_id
         sent = [i.item.message.sequence for i in session.inflight_out.values()]
         queued = [item.message.sequence for item in session.queued_items()]
         outstanding = [seq for seq in (*sent, *queued) if seq]
@@ -469,7 +474,7 @@ class ClusterNode:
             # a retransmission of one of them is not delivered twice
             "received": sorted(session.inflight_in),
         }
-        return signature, json.dumps(record).encode(), seen
+        return json.dumps(record).encode(), seen
 
     async def save_sessions(self) -> None:
         """Keep this node's persistent sessions' records current (every 0.2 s)."""
@@ -483,14 +488,17 @@ class ClusterNode:
     async def save_sessions_once(self) -> None:
         live: set[str] = set()
         for client_id, session in list(self.core.sessions.items()):
-            made = self._session_record(session)
-            if made is None:
-                continue
+            if session.expiry_interval == 0 or client_id.startswith(LOCAL_PREFIX):
+                continue  # nothing to resume
             live.add(client_id)
-            signature, record, seen = made
+            subscriptions = self.core.router.subscriptions_of(client_id)
+            signature = self._session_signature(session, subscriptions)
             previous = self._session_records.get(client_id)
             if previous is not None and previous[0] == signature:
-                continue
+                continue  # unchanged: no queue scan, no write
+            record, seen = self._session_record(
+                session, subscriptions, 0 if previous is None else previous[1]
+            )
             await self.sessions.put(f"{self.origin}.{owner_key(client_id)}", record)
             self._session_records[client_id] = (signature, seen)
         for client_id in set(self._session_records) - live:
@@ -673,26 +681,34 @@ class ClusterNode:
         """Publish the wills of node ``dead`` (if this node wins the race to do it)."""
         try:
             await self.nodes.create(f"reaped.{dead}", self.origin.encode())
+            entries = await self.wills.entries(f"{dead}.>")
         except KeyExistsError:
             return  # another survivor does it
-        wills = [
-            entry for entry in await self.wills.entries(f"{dead}.>") if entry.operation == "PUT"
-        ]
+        except (NATSError, trio.TooSlowError) as exc:
+            log.error("cluster: could not take over the wills of node %s: %s", dead, exc)
+            return
+        wills = [entry for entry in entries if entry.operation == "PUT"]
         log.warning("cluster: publishing the %d wills of dead node %s", len(wills), dead)
         for entry in wills:
             try:
-                head, _newline, record = entry.value.partition(b"\n")
-                delay_text, _space, subject = head.decode().partition(" ")
-                delay = int(delay_text)
-                message = decode_retained(subject_to_topic(subject), record, self.core.now())
-            except (EnvelopeError, ValueError) as exc:
+                message, delay = decode_will(entry.value, self.core.now())
+            except ValueError as exc:
                 log.warning("cluster: ignored will %r of dead node %s: %s", entry.key, dead, exc)
                 continue
             self._spawn(self._publish_orphan_will, dead, entry.key, message, delay)
 
     async def _publish_orphan_will(self, dead: str, key: str, message: Message, delay: int) -> None:
         """Publish the will of a client of dead node ``dead``, after its delay, unless
-        the client has connected elsewhere meanwhile ([MQTT-3.1.3-9])."""
+        the client has connected elsewhere meanwhile ([MQTT-3.1.3-9]).
+
+        NATS failing to answer is logged, not fatal to the node.
+        """
+        try:
+            await self._settle_orphan_will(dead, key, message, delay)
+        except (NATSError, trio.TooSlowError) as exc:
+            log.error("cluster: will of %r (dead node %s): %s", message.publisher, dead, exc)
+
+    async def _settle_orphan_will(self, dead: str, key: str, message: Message, delay: int) -> None:
         if delay:
             await trio.sleep(delay)
         alive = await self.nodes.get(dead)

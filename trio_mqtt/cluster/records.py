@@ -1,4 +1,4 @@
-"""A retained message as one value of the cluster's retained bucket (pure, no I/O).
+"""A retained message or a will as one value of a cluster bucket (pure, no I/O).
 
 The value carries the same fields as a message between nodes
 (``trio_mqtt.cluster.envelope``), so a retained message keeps its publisher, its
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from trio_mqtt.broker.message import Message
 from trio_mqtt.cluster.envelope import EnvelopeError, message_from_nats, message_headers
+from trio_mqtt.cluster.subjects import subject_to_topic, topic_to_subject
 
-__all__ = ["decode_retained", "encode_retained"]
+__all__ = ["decode_retained", "decode_will", "encode_retained", "encode_will"]
 
 _SEPARATOR = b"\n\n"
 
@@ -41,3 +42,21 @@ def decode_retained(topic: str, value: bytes, now: float) -> Message:
         pairs.append((name, text))
     message, _origin = message_from_nats(topic, payload, pairs, now=now)
     return message
+
+
+def encode_will(message: Message, delay: int, origin: str, now: float) -> bytes:
+    """The wills bucket value: ``<delay> <topic's subject>``, a newline, then the message
+    as :func:`encode_retained` writes it (the key names the client, not the topic)."""
+    head = f"{delay} {topic_to_subject(message.topic)}\n".encode()
+    return head + encode_retained(message, origin, now)
+
+
+def decode_will(value: bytes, now: float) -> tuple[Message, int]:
+    """``(will message, will delay)`` from :func:`encode_will`; ``ValueError`` if bad
+    (``EnvelopeError`` is one)."""
+    head, _newline, record = value.partition(b"\n")
+    delay_text, _space, subject = head.decode("ascii").partition(" ")
+    delay = int(delay_text)
+    if delay < 0:
+        raise EnvelopeError(f"will delay {delay} is negative")
+    return decode_retained(subject_to_topic(subject), record, now), delay
