@@ -556,16 +556,7 @@ class BrokerCore:
         now = self.now()
         existing = self.sessions.get(client_id)
         if existing is not None and existing.connection is not None:
-            old = existing.connection
-            log.info(
-                "client %r reconnected from %s: taking over the session from %s",
-                client_id,
-                conn.peer.describe(),
-                old.peer.describe(),
-            )
-            will = old.release_session()
-            self._detach(existing, will, old.peer, CloseReason.TAKEN_OVER)
-            old.request_close(CloseReason.TAKEN_OVER, ReasonCode.SESSION_TAKEN_OVER)
+            self._close_for_takeover(existing, f"reconnected from {conn.peer.describe()}")
             existing = self.sessions.get(client_id)
         if existing is not None and existing.expires_at is not None and existing.expires_at <= now:
             self._end_session(existing)
@@ -1066,8 +1057,9 @@ class BrokerCore:
         return session
 
     def _close_for_takeover(self, session: Session, why: str) -> None:
-        """Close the session's connection for a takeover (5.0: DISCONNECT 0x8E); its
-        will follows the takeover rules (``_detach``)."""
+        """Close the session's connection because another connection, here or on another
+        node, takes the client id over (5.0: DISCONNECT 0x8E); its will follows the
+        takeover rules (``_detach``)."""
         old = session.connection
         assert old is not None
         log.info(
