@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import signal
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,10 +50,10 @@ from benchmarks.scenarios import (
     RunOutcome,
     Scale,
     ScenarioError,
-    _percentile,
     _ready_all,
     _results,
     _workers,
+    latency_outcome,
     pubsub,
 )
 from benchmarks.wire import WireError, publish_packet, split_packets
@@ -311,23 +310,7 @@ def cluster_qos1_latency(nodes: Nodes, scale: Scale) -> RunOutcome:
         wait_for_route(nodes)
         workers.go.set()
         (result,) = _results([pipe], scale.deadline_s + 30)
-    latencies = sorted(result["latencies_ns"])
-    received = len(latencies)
-    metrics: dict[str, float] = {}
-    if latencies:
-        metrics = {
-            "p50_us": _percentile(latencies, 50) / 1000,
-            "p99_us": _percentile(latencies, 99) / 1000,
-            "mean_us": statistics.fmean(latencies) / 1000,
-        }
-    outcome = RunOutcome(
-        metrics=metrics,
-        verified=received == scale.latency_messages and result["error_count"] == 0,
-        expected=scale.latency_messages,
-        received=received,
-        error_count=result["error_count"],
-        errors=tuple(result["errors"][:10]),
-    )
+    outcome = latency_outcome(result, scale.latency_messages)
     return _with_logs(outcome, nodes)
 
 
