@@ -57,7 +57,7 @@ class RecordingLink:
 def clustered_core() -> tuple[BrokerCore, RecordingLink]:
     core = make_core()
     link = RecordingLink()
-    core.cluster = link
+    core.join_cluster(link, lambda: None)
     return core, link
 
 
@@ -202,7 +202,7 @@ def test_router_lists_every_filter_with_subscribers() -> None:
 
 def test_shared_members_are_chosen_by_the_cluster_when_it_says_so() -> None:
     core, _link = clustered_core()
-    core.router.shared_elsewhere = True
+    assert core.router.shared_elsewhere  # (join_cluster hands share groups to the cluster)
     member = Client(core)
     member.connect("m")
     member.subscribe(("$share/g/s", 1))
@@ -294,3 +294,14 @@ def test_an_answer_for_a_closed_connection_routes_but_sends_nothing() -> None:
     publisher.drop()
     link.answer_stores(core)
     assert [p.payload for p in subscriber.publishes()] == [b"durable"]
+
+
+def test_leaving_the_cluster_makes_a_single_node_again() -> None:
+    core, link = clustered_core()
+    stand_in = RecordingLink()
+    core.leave_cluster(stand_in=stand_in)
+    assert core.cluster is stand_in
+    assert not core.router.shared_elsewhere
+    assert core.router.on_interest is None
+    core.leave_cluster()
+    assert core.cluster is None

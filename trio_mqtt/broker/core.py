@@ -329,6 +329,21 @@ class BrokerCore:
         if self.records_changes:
             self.dirty_retained.add(topic)
 
+    def join_cluster(self, link: ClusterLink, on_interest: Callable[[], None]) -> None:
+        """Become a node of a cluster: tell ``link`` what happens here, let the cluster
+        pick the member of each share group, and call ``on_interest`` when a filter
+        gains its first or loses its last subscriber (``router.take_interest_changes``)."""
+        self.cluster = link
+        self.router.shared_elsewhere = True
+        self.router.on_interest = on_interest
+
+    def leave_cluster(self, stand_in: ClusterLink | None = None) -> None:
+        """Be a single node again; ``stand_in`` takes the link's calls meanwhile (a node
+        cut off from NATS refuses what it cannot store)."""
+        self.cluster = stand_in
+        self.router.shared_elsewhere = False
+        self.router.on_interest = None
+
     def take_congestion_hits(self) -> set[ClientConnection]:
         """The congested connections routed to since the last call (and forget them)."""
         hits = self.congestion_hits

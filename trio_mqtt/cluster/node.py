@@ -872,20 +872,16 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
             nodes_watch = await nodes.watch(">", node._on_node, include_current=False)
             nursery.start_soon(node.heartbeat)
             nursery.start_soon(node.save_sessions)
-            core.cluster = node
-            core.router.shared_elsewhere = True
-            core.router.on_interest = node.interest_changed
+            core.join_cluster(node, node.interest_changed)
             node.subscribe_existing()
             nursery.start_soon(node.write_loop)
             log.info("cluster: node %s joined through %s", name, ", ".join(urls))
             try:
                 yield node
             finally:
-                core.cluster = None
+                core.leave_cluster()
                 if node.connect_hook in core.connect_hooks:
                     core.connect_hooks.remove(node.connect_hook)
-                core.router.on_interest = None
-                core.router.shared_elsewhere = False
                 with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                     scope.shield = True
                     try:

@@ -414,7 +414,7 @@ async def _be_cluster_node(
                 if not started:
                     raise  # cannot join at startup: the broker does not start
                 broker.cluster = None
-                core.cluster = DetachedLink(core)
+                core.leave_cluster(stand_in=DetachedLink(core))
                 log.error(
                     "cluster: lost NATS (%s): serving this node's clients alone, joining "
                     "again in %.0f s",
@@ -424,7 +424,7 @@ async def _be_cluster_node(
                 with trio.move_on_after(delay):
                     await leaving.wait()
                 delay = min(delay * 2, MAX_REJOIN_DELAY)
-        core.cluster = None
+        core.leave_cluster()
 
 
 async def _housekeeping(core: BrokerCore) -> None:
