@@ -297,7 +297,7 @@ def test_an_answer_for_a_closed_connection_routes_but_sends_nothing() -> None:
 
 
 def test_leaving_the_cluster_makes_a_single_node_again() -> None:
-    core, link = clustered_core()
+    core, _link = clustered_core()
     stand_in = RecordingLink()
     core.leave_cluster(stand_in=stand_in)
     assert core.cluster is stand_in
