@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from trio_mqtt.mqtt.packets import (
 )
 from trio_mqtt.peer import Endpoint
 from trio_mqtt.persistence.sqlite import SQLiteStore
-from trio_mqtt.server.app import Broker
+from trio_mqtt.server.app import SAVE_SHARING_BUDGET, Broker, _save
 from trio_mqtt.testing import open_test_broker
 
 V311 = ProtocolVersion.V311
@@ -229,3 +229,48 @@ async def test_running_broker_saves_within_seconds_without_a_shutdown(db_path: s
         with trio.fail_after(5):
             while rows(db_path, "SELECT topic FROM retained"):  # noqa: ASYNC110 (a file)
                 await trio.sleep(0.1)
+
+
+class _SlowBatch:
+    session_ids = frozenset({"s"})
+    topics: frozenset[str] = frozenset()
+
+
+class _StoreOfManySteps:
+    """A store whose every save is 100 steps (``write_steps``), counted as they run."""
+
+    def __init__(self) -> None:
+        self.steps_done = 0
+
+    def collect(self, core: object) -> _SlowBatch:
+        return _SlowBatch()
+
+    def write_steps(self, batch: _SlowBatch) -> Iterator[None]:
+        for _ in range(100):
+            self.steps_done += 1
+            yield
+
+
+async def test_a_save_under_load_stops_sharing_the_loop_after_its_budget(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A client task that is always ready (flat-out publishing) and costs 10 ms a turn:
+    the save lets it run between its first steps, then writes the rest in one go, so
+    the save, and what a crash can lose, does not stretch with the load."""
+    store = _StoreOfManySteps()
+    turns = 0
+
+    async def busy_client() -> None:
+        nonlocal turns
+        while store.steps_done < 100:
+            turns += 1
+            mock_clock.jump(0.01)
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(busy_client)
+        started = trio.current_time()
+        await _save(None, store)  # type: ignore[arg-type]
+        took = trio.current_time() - started
+    assert took <= SAVE_SHARING_BUDGET + 0.02
+    assert 2 <= turns <= SAVE_SHARING_BUDGET / 0.01 + 2  # shared at first, then not

@@ -42,7 +42,7 @@ from trio_mqtt.mqtt.packets import (
 V311 = ProtocolVersion.V311
 HOST = "127.0.0.1"
 SESSIONS = ("offline-a", "offline-b")
-#: What docs/persistence.md promises a crash loses at most (measured: 0.17 to 0.75 s in 10
+#: What docs/persistence.md promises a crash loses at most (measured: 0.16 to 0.46 s in 14
 #: runs with this load on a 2-core machine).
 LOSS_BOUND = 1.0
 RUNS = int(os.environ.get("TRIO_MQTT_CRASH_RUNS", "3"))

@@ -477,6 +477,67 @@ def test_a_queue_is_saved_by_what_changed_not_all_again(db_path: str, store: SQL
     assert loaded == expected
 
 
+def test_after_a_restart_a_queue_is_still_saved_by_what_changed(
+    db_path: str, store: SQLiteStore
+) -> None:
+    """The restored queue goes on from the positions in the file: the first save after a
+    restart does not write a long backlog again (it stalled every client for most of a
+    second), and what is loaded after it is exactly the queue."""
+    core, _ = recording_core(max_queued_bytes=1_000_000)
+    session = persistent_session(core, "s", max_queued_bytes=1_000_000)
+    for n in range(1000):
+        session.append_pending(QueuedMessage(message(f"x/{n}"), qos=1, retain=False))
+    store.flush(core)
+    session.pending.popleft()  # positions in the file now start at 1
+    session.took_from_front(1)
+    core.dirty_sessions.add("s")
+    store.flush(core)
+
+    restarted, _ = recording_core(max_queued_bytes=1_000_000)
+    store.load_into(restarted)
+    again = restarted.sessions["s"]
+    again.pending.popleft()  # one sent after the restart, one more queued
+    again.took_from_front(1)
+    again.append_pending(QueuedMessage(message("x/new"), qos=1, retain=False))
+    restarted.dirty_sessions.add("s")
+    changes = store._db.total_changes
+    store.flush(restarted)
+    assert store._db.total_changes - changes < 10
+
+    third, _ = recording_core(max_queued_bytes=1_000_000)
+    store.load_into(third)
+    loaded = [item.message.topic for item in third.sessions["s"].queued_items()]
+    assert loaded == [f"x/{n}" for n in range(2, 1000)] + ["x/new"]
+
+
+def test_a_restored_queue_with_gaps_is_written_in_full_and_stays_exact(
+    db_path: str, store: SQLiteStore
+) -> None:
+    core, _ = recording_core(max_queued_bytes=1_000_000)
+    session = persistent_session(core, "s", max_queued_bytes=1_000_000)
+    for n in range(20):
+        session.append_pending(QueuedMessage(message(f"x/{n}"), qos=1, retain=False))
+    store.flush(core)
+    session.pending[5] = EVICTED  # a gap in the file's positions
+    session.evicted_positions.append(5)
+    core.dirty_sessions.add("s")
+    store.flush(core)
+
+    restarted, _ = recording_core(max_queued_bytes=1_000_000)
+    store.load_into(restarted)
+    again = restarted.sessions["s"]
+    again.pending.popleft()
+    again.took_from_front(1)
+    again.append_pending(QueuedMessage(message("x/new"), qos=1, retain=False))
+    restarted.dirty_sessions.add("s")
+    store.flush(restarted)
+
+    third, _ = recording_core(max_queued_bytes=1_000_000)
+    store.load_into(third)
+    loaded = [item.message.topic for item in third.sessions["s"].queued_items()]
+    assert loaded == [f"x/{n}" for n in range(1, 20) if n != 5] + ["x/new"]
+
+
 def test_ended_session_is_deleted_with_everything_it_owned(
     db_path: str, store: SQLiteStore
 ) -> None:

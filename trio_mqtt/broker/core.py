@@ -412,6 +412,7 @@ class BrokerCore:
                 expires_at=expires_at,
                 delayed_will=saved.delayed_will,
                 will_due=None if saved.delayed_will is None else saved.will_due,
+                taken_from_front=saved.first_position,
             )
             session.inflight_in.update(saved.inflight_in)
             for topic_filter, options in saved.subscriptions:

@@ -345,3 +345,7 @@ class SavedSession:
     inflight: tuple[tuple[int, QueuedMessage, OutboundState], ...] = ()
     delayed_will: Message | None = None
     will_due: float | None = None
+    # the position of ``pending[0]`` as the backend counted it: the restored queue goes on
+    # counting from there (``Session.taken_from_front``), so that a backend that numbers
+    # queued messages can keep writing only what changes
+    first_position: int = 0

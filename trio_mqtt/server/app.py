@@ -46,10 +46,11 @@ from trio_mqtt.server.listener import ListenerHandle, serve_listener
 log = logging.getLogger("trio_mqtt")
 
 HOUSEKEEPING_INTERVAL = 1.0
-# How often what changed is saved (persistence): a crash loses at most about this much,
-# plus the save under way (docs/persistence.md). Saves are one SQLite transaction each,
-# without an fsync (WAL, synchronous=NORMAL), so frequent small ones are cheap.
-SAVE_INTERVAL = 0.2
+# How often what changed is saved (persistence): a crash loses about this much plus twice
+# a save's length (the one under way and the next; docs/persistence.md). Saves are one
+# SQLite transaction each, without an fsync (WAL, synchronous=NORMAL), so frequent small
+# ones are cheap.
+SAVE_INTERVAL = 0.1
 # How long a cluster node may take to leave (its last writes) once the clients are gone.
 LEAVE_TIMEOUT = 3.0
 # After losing NATS: the first wait before joining again, and the longest.
@@ -57,6 +58,11 @@ REJOIN_DELAY = 0.5
 MAX_REJOIN_DELAY = 10.0
 # A save longer than this is logged: it adds to what a crash can lose.
 SLOW_SAVE = 0.5
+# A save lets clients be served between its steps for this long; then it writes the rest in
+# one go. Under load that stalls the event loop for a few ms and so pushes back on the
+# publishers, keeping the crash window bounded (docs/persistence.md) instead of letting a
+# save stretch out while new, unsaved messages keep being acknowledged.
+SAVE_SHARING_BUDGET = 0.05
 
 
 class MessageStream:
@@ -452,7 +458,8 @@ async def _save(core: BrokerCore, store: SQLiteStore) -> None:
 
     Not in a worker thread: under load the GIL changes hands for every row there, and a
     save of 20,000 rows took 6 s instead of 30 ms, so a crash lost far more than the
-    documented second. Here each step writes about ROWS_PER_STEP rows (a few ms).
+    documented second. Here each step writes about ROWS_PER_STEP rows (a few ms); after
+    SAVE_SHARING_BUDGET the remaining steps run without yielding.
     """
     batch = store.collect(core)
     if not batch.session_ids and not batch.topics:
@@ -461,7 +468,8 @@ async def _save(core: BrokerCore, store: SQLiteStore) -> None:
     steps = store.write_steps(batch)
     try:
         for _step in steps:
-            await trio.lowlevel.checkpoint()
+            if trio.current_time() - started < SAVE_SHARING_BUDGET:
+                await trio.lowlevel.checkpoint()
     except PersistenceWriteError as exc:
         log.error("persistence: save failed, will retry: %s", exc)
         batch.requeue(core)
