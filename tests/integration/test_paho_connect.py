@@ -324,6 +324,16 @@ async def test_mqtt311_keep_alive_above_max_keepalive_is_refused_with_rc_2() -> 
             assert [s.keep_alive for s in broker.clients()] == [10]
 
 
+async def test_mqtt311_keep_alive_zero_is_accepted_under_max_keepalive() -> None:
+    # 3.1.1 section 3.1.2.10: 0 turns keep alive off, a server cannot refuse it
+    async with (
+        open_test_broker(max_keepalive=60) as broker,
+        paho_client(broker.port, "forever", keepalive=0) as forever,
+    ):
+        assert forever.client.is_connected()
+        assert [s.keep_alive for s in broker.clients()] == [0]
+
+
 @pytest.mark.parametrize(
     ("protocol", "return_code"),
     [(V31, RC_NOT_AUTHORIZED), (V311, RC_NOT_AUTHORIZED), (V5, None)],

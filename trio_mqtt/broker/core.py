@@ -504,15 +504,18 @@ class BrokerCore:
                     f"authentication method {props.authentication_method!r} is not supported",
                 )
 
-        # Keep alive: 5.0 clients are told the server's value; older ones cannot be, so
-        # a value above max_keepalive (0 counts as infinite) is refused.
+        # Keep alive: a 5.0 client asking for more than max_keepalive, or for none (0),
+        # is told the server's value (Server Keep Alive, [MQTT-3.2.2-21]). An older one
+        # cannot be told: 0 means "no keep alive" (3.1.1 section 3.1.2.10), which it may
+        # ask for, and a value above max_keepalive is refused with return code 2
+        # (identifier rejected), as mosquitto does.
         keep_alive = connect.keep_alive
         server_keep_alive: int | None = None
-        too_long = keep_alive == 0 or keep_alive > config.max_keepalive
-        if config.max_keepalive < 65535 and too_long:
+        if config.max_keepalive < 65535:
             if v5:
-                server_keep_alive = keep_alive = config.max_keepalive
-            else:
+                if keep_alive == 0 or keep_alive > config.max_keepalive:
+                    server_keep_alive = keep_alive = config.max_keepalive
+            elif keep_alive > config.max_keepalive:
                 return refuse(
                     ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
                     f"keep alive {connect.keep_alive} above max_keepalive {config.max_keepalive}",
