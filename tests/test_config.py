@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_mqtt.config import (
+    AclTopicsBeforeUser,
     BrokerConfig,
     ListenerConfig,
     ProxyMode,
@@ -305,6 +306,24 @@ def test_bad_transport_lists_the_allowed_values() -> None:
 
 def test_enum_values_are_case_sensitive() -> None:
     assert "'TCP' is not one of" in config_error(listener(transport="TCP"))
+
+
+def test_acl_topics_before_user_defaults_to_everyone_and_takes_anonymous() -> None:
+    assert BrokerConfig().acl_topics_before_user is AclTopicsBeforeUser.EVERYONE
+    config = parse_config({"broker": {"acl_topics_before_user": "anonymous"}})
+    assert config.acl_topics_before_user is AclTopicsBeforeUser.ANONYMOUS
+    embedded = BrokerConfig(acl_topics_before_user="everyone")
+    assert embedded.acl_topics_before_user is AclTopicsBeforeUser.EVERYONE
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("mosquitto", "'mosquitto'"), ("Anonymous", "'Anonymous'"), (True, "true"), (1, "1")],
+)
+def test_bad_acl_topics_before_user_lists_the_allowed_values(value: object, shown: str) -> None:
+    assert config_error({"broker": {"acl_topics_before_user": value}}) == (
+        f"broker.toml: broker.acl_topics_before_user: {shown} is not one of 'everyone', 'anonymous'"
+    )
 
 
 # ----------------------------------------------------------------------------- types and ranges

@@ -27,6 +27,7 @@ from trio_mqtt.errors import ConfigError
 from trio_mqtt.networks import IPNetwork, address_in, parse_network
 
 __all__ = [
+    "AclTopicsBeforeUser",
     "BrokerConfig",
     "ClusterConfig",
     "IPNetwork",
@@ -66,6 +67,13 @@ class ProxyMode(enum.Enum):
     OFF = "off"
     REQUIRED = "required"
     OPTIONAL = "optional"
+
+
+class AclTopicsBeforeUser(enum.Enum):
+    """Whom the ACL file's rules before its first ``user`` line apply to."""
+
+    EVERYONE = "everyone"  # every client, anonymous or not (trio-mqtt's meaning)
+    ANONYMOUS = "anonymous"  # clients without a username only (mosquitto's meaning)
 
 
 # --------------------------------------------------------------------------- validators
@@ -200,6 +208,16 @@ def _to_proxy_mode(value: ProxyMode | str) -> ProxyMode:
     except ValueError:
         message = f"{_show(value)} is not one of {_enum_choices(ProxyMode)}"
         raise ConfigError(message, key="mode") from None
+
+
+def _to_acl_topics_before_user(value: AclTopicsBeforeUser | str) -> AclTopicsBeforeUser:
+    if isinstance(value, AclTopicsBeforeUser):
+        return value
+    try:
+        return AclTopicsBeforeUser(value)
+    except ValueError:
+        message = f"{_show(value)} is not one of {_enum_choices(AclTopicsBeforeUser)}"
+        raise ConfigError(message, key="acl_topics_before_user") from None
 
 
 def _parse_network(text: str, key: str) -> IPNetwork:
@@ -443,6 +461,9 @@ class BrokerConfig:
     allow_anonymous: bool = attrs.field(default=True, validator=_bool)
     password_file: str = attrs.field(default="", validator=_str)
     acl_file: str = attrs.field(default="", validator=_str)
+    acl_topics_before_user: AclTopicsBeforeUser = attrs.field(
+        default=AclTopicsBeforeUser.EVERYONE, converter=_to_acl_topics_before_user
+    )
     persistence: str = attrs.field(default="", validator=_str)
     shutdown_timeout: float = attrs.field(default=5.0, validator=_seconds(allow_zero=True))
     sys_interval: float = attrs.field(default=10.0, validator=_seconds(allow_zero=True))

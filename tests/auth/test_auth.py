@@ -675,11 +675,202 @@ def test_user_sections_merge() -> None:
     assert [rule.topic_filter for rule in acl.user_rules["b"]] == ["y"]
 
 
+# ------------------------------------------------------------ deny rules (issue 14)
+
+DENY_ACL = """\
+topic readwrite #
+topic deny test/nosubscribe
+topic deny private/+/secret     # deny: read and write
+topic read $SYS/#
+topic deny $SYS/broker/clients/#
+
+user alice
+topic readwrite alice/#
+topic deny alice/locked/#
+topic deny public/#             # a user's deny wins over the rule for everyone
+
+pattern readwrite clients/%c/#
+pattern deny clients/%c/admin/#
+pattern deny inbox/%u           # a deny for every user, on their own topic
+"""
+
+
+@pytest.fixture
+def deny_acl() -> AclFile:
+    return AclFile.parse(DENY_ACL, source="deny.acl")
+
+
+def test_deny_rules_are_parsed(deny_acl: AclFile) -> None:
+    assert deny_acl.global_rules == (
+        AclRule(Access.READWRITE, "#", 1),
+        AclRule(Access.READWRITE, "test/nosubscribe", 2, deny=True),
+        AclRule(Access.READWRITE, "private/+/secret", 3, deny=True),
+        AclRule(Access.READ, "$SYS/#", 4),
+        AclRule(Access.READWRITE, "$SYS/broker/clients/#", 5, deny=True),
+    )
+    assert deny_acl.user_rules["alice"] == (
+        AclRule(Access.READWRITE, "alice/#", 8),
+        AclRule(Access.READWRITE, "alice/locked/#", 9, deny=True),
+        AclRule(Access.READWRITE, "public/#", 10, deny=True),
+    )
+    assert deny_acl.patterns == (
+        AclRule(Access.READWRITE, "clients/%c/#", 12),
+        AclRule(Access.READWRITE, "clients/%c/admin/#", 13, deny=True),
+        AclRule(Access.READWRITE, "inbox/%u", 14, deny=True),
+    )
+    denied = deny_acl.global_rules[1]
+    assert not denied.grants(Access.READ) and not denied.grants(Access.WRITE)
+    assert denied.denies(Access.READ) and denied.denies(Access.WRITE)
+
+
+# (username, client id, topic, may publish, may read)
+DENY_TOPIC_CASES = [
+    (None, "anon", "test/other", True, True),
+    (None, "anon", "test/nosubscribe", False, False),
+    (None, "anon", "test/nosubscribe/below", True, True),  # the deny has no '#'
+    (None, "anon", "private/a/secret", False, False),
+    (None, "anon", "private/a/public", True, True),
+    (None, "anon", "$SYS/broker/uptime", False, True),
+    (None, "anon", "$SYS/broker/clients/connected", False, False),
+    ("alice", "a1", "test/nosubscribe", False, False),  # rules for everyone
+    ("alice", "a1", "alice/locked/door", False, False),  # her own deny over her grant
+    ("alice", "a1", "alice/open", True, True),
+    ("alice", "a1", "public/news", False, False),  # her deny over the grant for everyone
+    ("bob", "b1", "public/news", True, True),  # alice's deny is hers only
+    # patterns
+    ("bob", "b1", "clients/b1/status", True, True),
+    ("bob", "b1", "clients/b1/admin/reset", False, False),
+    ("bob", "b1", "clients/a1/admin/reset", True, True),  # another client's: only '#'
+    ("bob", "b1", "inbox/bob", False, False),
+    ("bob", "b1", "inbox/alice", True, True),
+    (None, "anon", "inbox/bob", True, True),  # %u never applies without a username
+]
+
+
+@pytest.mark.parametrize(("username", "client_id", "topic", "publish", "read"), DENY_TOPIC_CASES)
+def test_deny_wins_over_grants_for_publish_and_read(
+    deny_acl: AclFile, username: str | None, client_id: str, topic: str, publish: bool, read: bool
+) -> None:
+    assert deny_acl.can_publish(username, client_id, topic) is publish
+    assert deny_acl.can_read(username, client_id, topic) is read
+
+
+# (username, client id, topic filter, may subscribe)
+DENY_SUBSCRIBE_CASES = [
+    # a filter that only overlaps denied topics is allowed (can_read filters them out)
+    (None, "anon", "#", True),
+    (None, "anon", "test/#", True),
+    (None, "anon", "test/+", True),
+    (None, "anon", "private/+/+", True),
+    (None, "anon", "$SYS/#", True),
+    ("alice", "a1", "alice/#", True),
+    # a filter entirely inside denied space is refused
+    (None, "anon", "test/nosubscribe", False),
+    (None, "anon", "private/a/secret", False),
+    (None, "anon", "private/+/secret", False),
+    (None, "anon", "$SYS/broker/clients/#", False),
+    (None, "anon", "$SYS/broker/clients/+/x", False),
+    (None, "anon", "$share/g/test/nosubscribe", False),
+    ("alice", "a1", "alice/locked/#", False),
+    ("alice", "a1", "alice/locked/+", False),
+    ("alice", "a1", "public/#", False),
+    ("bob", "b1", "public/#", True),
+    ("bob", "b1", "clients/b1/admin/#", False),
+    ("bob", "b1", "clients/b1/#", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("username", "client_id", "topic_filter", "expected"), DENY_SUBSCRIBE_CASES
+)
+def test_deny_refuses_subscriptions_entirely_inside_it(
+    deny_acl: AclFile, username: str | None, client_id: str, topic_filter: str, expected: bool
+) -> None:
+    assert deny_acl.can_subscribe(username, client_id, topic_filter) is expected
+
+
+def test_deny_is_order_independent() -> None:
+    # a deny before the grant it restricts, and one in an earlier section of the same user
+    before = AclFile.parse("topic deny a/b\ntopic a/#\n")
+    assert not before.can_publish(None, "c", "a/b")
+    assert before.can_publish(None, "c", "a/c")
+    sections = AclFile.parse("user u\ntopic deny a/b\nuser v\ntopic a/#\nuser u\ntopic a/#\n")
+    assert not sections.can_read("u", "c", "a/b")
+    assert sections.can_read("v", "c", "a/b")
+
+
+def test_deny_alone_grants_nothing_and_a_bare_deny_word_is_still_a_topic() -> None:
+    acl = AclFile.parse("topic deny secret\ntopic deny\npattern deny\n")
+    assert not acl.can_publish(None, "c", "other")
+    assert not acl.can_subscribe(None, "c", "other")
+    # as before deny rules existed: with no word after it, "deny" is the topic (readwrite)
+    assert acl.global_rules == (
+        AclRule(Access.READWRITE, "secret", 1, deny=True),
+        AclRule(Access.READWRITE, "deny", 2),
+    )
+    assert acl.patterns == (AclRule(Access.READWRITE, "deny", 3),)
+    assert acl.can_publish(None, "c", "deny")
+
+
+def test_deny_hash_denies_every_topic_but_dollar_topics() -> None:
+    acl = AclFile.parse("topic readwrite #\ntopic read $SYS/#\ntopic deny #\n")
+    assert not acl.can_publish(None, "c", "a")
+    assert not acl.can_subscribe(None, "c", "#")
+    assert acl.can_read(None, "c", "$SYS/broker/uptime")  # '#' does not match $ topics
+
+
+# ----------------------------------- rules before the first "user" line, mosquitto's way
+
+SECTIONS_ACL = """\
+topic read public/#
+topic deny public/secret
+address 10.0.0.0/8
+user alice
+topic readwrite alice/#
+pattern write clients/%c/out
+"""
+
+
+def test_global_rules_apply_to_everyone_by_default() -> None:
+    acl = AclFile.parse(SECTIONS_ACL)
+    assert not acl.global_rules_anonymous_only
+    assert acl.can_read(None, "c", "public/news")
+    assert acl.can_read("alice", "c", "public/news")
+    assert acl.can_read("carol", "c", "public/news")
+    assert not acl.can_read("carol", "c", "public/secret")
+
+
+def test_global_rules_for_anonymous_clients_only(tmp_path: Path) -> None:
+    path = tmp_path / "mosquitto.acl"
+    path.write_text(SECTIONS_ACL)
+    acl = AclFile.load(path, global_rules_anonymous_only=True)
+    assert acl.global_rules_anonymous_only
+    # anonymous clients get the rules before the first "user" line, deny included ...
+    assert acl.can_read(None, "c", "public/news")
+    assert not acl.can_read(None, "c", "public/secret")
+    assert acl.can_subscribe(None, "c", "public/#")
+    # ... clients with a username do not: their section and the patterns only
+    assert not acl.can_read("alice", "c", "public/news")
+    assert not acl.can_subscribe("alice", "c", "public/#")
+    assert acl.can_publish("alice", "c", "alice/x")
+    assert not acl.can_read("carol", "c", "public/news")
+    assert acl.can_publish("carol", "c", "clients/c/out")
+    assert acl.can_publish(None, "c", "clients/c/out")
+    # address lines (not mosquitto's) still apply to everyone
+    assert not acl.can_connect_from("alice", "192.168.1.1")
+    assert acl.can_connect_from("alice", "10.1.2.3")
+
+
 @pytest.mark.parametrize(
     ("lines", "line_number", "message"),
     [
         (["topic read a", "toppic read b"], 2, "unknown keyword 'toppic'"),
-        (["# c", "topic deny secret/#"], 2, "unknown access 'deny'"),
+        (["# c", "topic denied secret/#"], 2, "unknown access 'denied'"),
+        (["topic nope a"], 1, "(allowed: read, write, readwrite, deny;"),
+        (["topic deny # everything"], 1, "unexpected 'everything' after the rule"),
+        (["pattern deny a/%x"], 1, "unknown placeholder '%x'"),
+        (["topic deny a/#/b"], 1, "'#' must be the last level"),
+        (["topic deny $share/g/a"], 1, "without the '$share/<group>/' prefix"),
         (["topic"], 1, "expected a topic filter"),
         (["topic # only a comment"], 1, "expected a topic filter"),
         (["user"], 1, "'user' needs a username"),
@@ -868,6 +1059,24 @@ def test_install_auth_registers_nothing_when_a_file_is_bad(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"broker\.acl: line 2: unknown keyword 'bogus'"):
         install_auth(core, core.config)
     assert (core.connect_hooks, core.publish_hooks, core.subscribe_hooks) == ([], [], [])
+
+
+@pytest.mark.parametrize(
+    ("setting", "alice_reads_public"), [("everyone", True), ("anonymous", False)]
+)
+def test_install_auth_applies_acl_topics_before_user(
+    tmp_path: Path, setting: str, alice_reads_public: bool
+) -> None:
+    acl_path = tmp_path / "broker.acl"
+    acl_path.write_text(SECTIONS_ACL)
+    core = make_core(acl_file=str(acl_path), acl_topics_before_user=setting)
+    files = install_auth(core, core.config)
+    assert files is not None
+    [read] = core.read_hooks
+    assert read(PEER, "c1", None, "public/news")
+    assert read(PEER, "c1", "alice", "public/news") is alice_reads_public
+    files.reload()  # a reload keeps the setting
+    assert read(PEER, "c1", "alice", "public/news") is alice_reads_public
 
 
 def test_install_auth_warns_about_user_rules_without_passwords(

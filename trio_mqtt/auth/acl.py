@@ -1,7 +1,8 @@
 """The ACL file: who may publish to a topic, subscribe to a filter, read a message.
 
-mosquitto-style ``topic`` / ``user`` / ``pattern`` lines and ``address`` lines
-(docs/authentication.md); :class:`AclFile` answers for one client at a time.
+mosquitto-style ``topic`` / ``user`` / ``pattern`` lines, with ``deny`` rules, and
+``address`` lines (docs/authentication.md); :class:`AclFile` answers for one client at
+a time.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import enum
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import attrs
 
@@ -27,7 +28,7 @@ __all__ = ["Access", "AclFile", "AclRule", "filter_covers"]
 
 
 class Access(enum.Flag):
-    """What an ACL rule grants: ``read`` (subscribe), ``write`` (publish), or both."""
+    """What an ACL rule grants (or denies): ``read`` (subscribe), ``write`` (publish), or both."""
 
     READ = 1
     WRITE = 2
@@ -35,20 +36,29 @@ class Access(enum.Flag):
 
 
 _ACCESS_WORDS = {"read": Access.READ, "write": Access.WRITE, "readwrite": Access.READWRITE}
+_DENY = "deny"  # the access word of a rule that takes read and write away
 _PLACEHOLDERS = {"u", "c"}
 _PLACEHOLDER = re.compile(r"%([uc])")
 
 
 @attrs.frozen
 class AclRule:
-    """One ``topic`` or ``pattern`` line: an access and a topic filter (line for messages)."""
+    """One ``topic`` or ``pattern`` line: an access and a topic filter (line for messages).
+
+    A ``deny`` rule (``topic deny FILTER``) has ``deny=True`` and takes *access* (read
+    and write) away wherever its filter matches, whatever other rules grant.
+    """
 
     access: Access
     topic_filter: str
     line: int = 0
+    deny: bool = False
 
     def grants(self, access: Access) -> bool:
-        return access in self.access
+        return not self.deny and access in self.access
+
+    def denies(self, access: Access) -> bool:
+        return self.deny and access in self.access
 
 
 def filter_covers(rule_filter: str, requested: str) -> bool:
@@ -154,12 +164,14 @@ def _parse_rule(words: list[str], number: int) -> tuple[AclRule, int]:
     """
     if not words or _is_comment(words, 0):
         raise ValueError("expected a topic filter, e.g. 'topic read sensors/#'")
+    if words[0] == _DENY and len(words) >= 2:
+        return AclRule(Access.READWRITE, words[1], number, deny=True), 2
     access = _ACCESS_WORDS.get(words[0])
     if access is not None and len(words) >= 2:
         return AclRule(access, words[1], number), 2
     if len(words) >= 2 and not _is_comment(words, 1) and words[0].isalpha():
         raise ValueError(
-            f"unknown access {words[0]!r} (allowed: read, write, readwrite; "
+            f"unknown access {words[0]!r} (allowed: read, write, readwrite, deny; "
             "without one the rule grants readwrite)"
         )
     return AclRule(Access.READWRITE, words[0], number), 1
@@ -174,7 +186,8 @@ class AclFile:
     """The rules of an ACL file.
 
     - ``topic`` lines before the first ``user`` line apply to every client, anonymous
-      or not;
+      or not; with ``global_rules_anonymous_only`` (mosquitto's meaning) to clients
+      without a username only;
     - ``topic`` lines after ``user NAME`` apply to clients with that username;
     - ``pattern`` lines apply to every client, wherever they are, with ``%u`` replaced by
       the username and ``%c`` by the client id.
@@ -182,7 +195,9 @@ class AclFile:
       PROXY header tells it): before the first ``user`` line for every client, after
       ``user NAME`` for that username, on top of the lines for every client.
 
-    Whatever no rule grants is denied; without ``address`` lines any address may connect.
+    A ``deny`` rule that applies to a client wins over every grant: whatever it matches
+    (whatever filter it covers, for a subscription) is denied. Whatever no rule grants is
+    denied too; without ``address`` lines any address may connect.
     """
 
     source: str
@@ -191,7 +206,11 @@ class AclFile:
     patterns: tuple[AclRule, ...] = ()
     global_networks: tuple[IPNetwork, ...] = ()
     user_networks: Mapping[str, tuple[IPNetwork, ...]] = attrs.field(factory=dict)
+    #: mosquitto's meaning: the rules before the first ``user`` line (``global_rules``)
+    #: apply to clients without a username only (``acl_topics_before_user = "anonymous"``)
+    global_rules_anonymous_only: bool = False
     _patterns: tuple[_Pattern, ...] = attrs.field(init=False, repr=False)
+    _has_deny: bool = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         compiled = []
@@ -199,14 +218,30 @@ class AclFile:
             uses_username, uses_client_id = _check_placeholders(rule.topic_filter)
             compiled.append(_Pattern(rule, uses_username, uses_client_id))
         object.__setattr__(self, "_patterns", tuple(compiled))
+        every_rule = [*self.global_rules, *self.patterns]
+        for rules in self.user_rules.values():
+            every_rule += rules
+        object.__setattr__(self, "_has_deny", any(rule.deny for rule in every_rule))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> AclFile:
+    def load(
+        cls, path: str | os.PathLike[str], *, global_rules_anonymous_only: bool = False
+    ) -> AclFile:
         """Read and check an ACL file; ``ConfigError`` names the file and line."""
-        return cls.parse(read_text(path, "ACL file"), source=str(path))
+        return cls.parse(
+            read_text(path, "ACL file"),
+            source=str(path),
+            global_rules_anonymous_only=global_rules_anonymous_only,
+        )
 
     @classmethod
-    def parse(cls, text: str, *, source: str = "<ACL file>") -> AclFile:
+    def parse(
+        cls,
+        text: str,
+        *,
+        source: str = "<ACL file>",
+        global_rules_anonymous_only: bool = False,
+    ) -> AclFile:
         """Build from the text of an ACL file (*source* names it in errors)."""
         builder = _AclBuilder()
         for number, line in content_lines(text):
@@ -225,6 +260,7 @@ class AclFile:
             user_networks={
                 name: tuple(nets) for name, nets in builder.networks.items() if name is not None
             },
+            global_rules_anonymous_only=global_rules_anonymous_only,
         )
 
     def can_connect_from(self, username: str | None, host: str | None) -> bool:
@@ -236,7 +272,8 @@ class AclFile:
 
     def rules_for(self, username: str | None, client_id: str) -> Iterator[AclRule]:
         """Every rule that applies to one client, patterns already substituted."""
-        yield from self.global_rules
+        if username is None or not self.global_rules_anonymous_only:
+            yield from self.global_rules
         if username is not None:
             yield from self.user_rules.get(username, ())
         for pattern in self._patterns:
@@ -244,32 +281,51 @@ class AclFile:
             if rule is not None:
                 yield rule
 
+    def _allows(
+        self,
+        username: str | None,
+        client_id: str,
+        access: Access,
+        applies: Callable[[str], bool],
+    ) -> bool:
+        """Whether a rule grants *access* where *applies* and no deny rule takes it away."""
+        granted = False
+        for rule in self.rules_for(username, client_id):
+            if rule.denies(access):
+                if applies(rule.topic_filter):
+                    return False
+            elif not granted and rule.grants(access) and applies(rule.topic_filter):
+                if not self._has_deny:
+                    return True
+                granted = True
+        return granted
+
     def can_publish(self, username: str | None, client_id: str, topic: str) -> bool:
-        """Whether a rule granting write matches *topic*."""
-        return any(
-            rule.grants(Access.WRITE) and topic_matches(rule.topic_filter, topic)
-            for rule in self.rules_for(username, client_id)
+        """Whether a rule granting write matches *topic* and no deny rule does."""
+        return self._allows(
+            username, client_id, Access.WRITE, lambda rule: topic_matches(rule, topic)
         )
 
     def can_read(self, username: str | None, client_id: str, topic: str) -> bool:
-        """Whether a rule granting read matches *topic* (a message about to be delivered)."""
-        return any(
-            rule.grants(Access.READ) and topic_matches(rule.topic_filter, topic)
-            for rule in self.rules_for(username, client_id)
+        """Whether a rule granting read matches *topic* (a message about to be delivered)
+        and no deny rule does."""
+        return self._allows(
+            username, client_id, Access.READ, lambda rule: topic_matches(rule, topic)
         )
 
     def can_subscribe(self, username: str | None, client_id: str, topic_filter: str) -> bool:
-        """Whether a rule granting read covers all of *topic_filter*.
+        """Whether a rule granting read covers all of *topic_filter* and no deny rule does.
 
+        A filter that only overlaps a deny rule (``#`` while ``secret`` is denied) is
+        allowed: ``can_read`` keeps the denied topics' messages from being delivered.
         A shared subscription is checked without its ``$share/<group>/`` prefix.
         """
         try:
             _group, plain = parse_shared_filter(topic_filter)
         except RemoteProtocolError:
             return False
-        return any(
-            rule.grants(Access.READ) and filter_covers(rule.topic_filter, plain)
-            for rule in self.rules_for(username, client_id)
+        return self._allows(
+            username, client_id, Access.READ, lambda rule: filter_covers(rule, plain)
         )
 
 

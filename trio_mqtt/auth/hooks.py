@@ -19,7 +19,7 @@ from trio_mqtt.broker.core import (
     PublishHook,
     SubscribeHook,
 )
-from trio_mqtt.config import BrokerConfig
+from trio_mqtt.config import AclTopicsBeforeUser, BrokerConfig
 from trio_mqtt.mqtt.packets import Connect
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
@@ -81,26 +81,41 @@ class AuthFiles:
     acl_path: str | None = None
     passwords: PasswordFile | None = None
     acl: AclFile | None = None
+    #: ``acl_topics_before_user = "anonymous"``: mosquitto's meaning of the ACL file
+    acl_global_rules_anonymous_only: bool = False
 
     @classmethod
     def load(cls, config: BrokerConfig) -> AuthFiles:
         """Read the files ``config`` names; ``ConfigError`` names the file and line."""
-        files = cls(password_path=config.password_file, acl_path=config.acl_file)
+        files = cls(
+            password_path=config.password_file,
+            acl_path=config.acl_file,
+            acl_global_rules_anonymous_only=(
+                config.acl_topics_before_user is AclTopicsBeforeUser.ANONYMOUS
+            ),
+        )
         files.reload()
         return files
 
     def reload(self) -> None:
         """Read both files again; if either fails (ConfigError), both stay as they were."""
         passwords = PasswordFile.load(self.password_path) if self.password_path else None
-        acl = AclFile.load(self.acl_path) if self.acl_path else None
+        acl = (
+            AclFile.load(
+                self.acl_path, global_rules_anonymous_only=self.acl_global_rules_anonymous_only
+            )
+            if self.acl_path
+            else None
+        )
         self.passwords, self.acl = passwords, acl
         if passwords is not None:
             log.info("password file %s: %d users", passwords.source, len(passwords.users))
         if acl is not None:
             log.info(
-                "ACL file %s: %d rules for all, %d users, %d patterns",
+                "ACL file %s: %d rules for %s, %d users, %d patterns",
                 acl.source,
                 len(acl.global_rules),
+                "anonymous clients" if acl.global_rules_anonymous_only else "all",
                 len(acl.user_rules),
                 len(acl.patterns),
             )
