@@ -564,6 +564,108 @@ def test_required_mode_without_trusted_sources_trusts_everyone() -> None:
     assert policy.is_trusted("::1")
 
 
+@pytest.mark.parametrize(
+    "flag", ["use_cn_as_username", "require_tls", "require_verified_client_cert"]
+)
+@pytest.mark.parametrize("mode", [{}, {"mode": "off"}])
+def test_header_options_with_mode_off_are_errors(flag: str, mode: dict[str, str]) -> None:
+    # with no header read, the option would do nothing (use_cn_as_username: clients
+    # would pick their own username), so the broker must not start
+    message = config_error(proxy(**mode, **{flag: True}))
+    assert message == (
+        f"broker.toml: listeners[0].proxy_protocol.{flag}: {flag} = true needs a PROXY "
+        "header to act on, but mode is 'off' (the default: no header is read); set mode = "
+        "'required' or 'optional'"
+    )
+    with pytest.raises(ConfigError) as info:
+        ProxyPolicy(**{flag: True})
+    assert info.value.key == flag
+
+
+@pytest.mark.parametrize("mode", ["required", "optional"])
+def test_require_tls_and_verified_client_cert_load(mode: str) -> None:
+    data = listener(
+        transport="tls",
+        tls={**TLS_FILES, "cafile": "ca.pem", "require_client_cert": True},
+        proxy_protocol={
+            "mode": mode,
+            "trusted_sources": ["10.0.0.0/8"],
+            "require_tls": True,
+            "require_verified_client_cert": True,
+        },
+    )
+    policy = parse_config(data).listeners[0].proxy_protocol
+    assert policy.require_tls is True
+    assert policy.require_verified_client_cert is True
+    assert ProxyPolicy().require_tls is False
+    assert ProxyPolicy().require_verified_client_cert is False
+
+
+@pytest.mark.parametrize("flag", ["require_tls", "require_verified_client_cert"])
+def test_require_options_must_be_booleans(flag: str) -> None:
+    message = config_error(proxy(mode="required", **{flag: "yes"}))
+    assert message == (
+        f"broker.toml: listeners[0].proxy_protocol.{flag}: 'yes' is not a boolean "
+        "(allowed: true, false)"
+    )
+
+
+def test_cn_as_username_and_identity_as_username_on_one_listener() -> None:
+    data = listener(
+        transport="tls",
+        tls={**TLS_FILES, "cafile": "ca.pem", "use_identity_as_username": True},
+        proxy_protocol={"mode": "required", "use_cn_as_username": True},
+    )
+    assert config_error(data) == (
+        "broker.toml: listeners[0].proxy_protocol.use_cn_as_username: use_cn_as_username = "
+        "true and tls.use_identity_as_username = true both make a certificate the username "
+        "(the proxy's report of one, or the one this listener verifies itself); keep one of "
+        "them"
+    )
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+def test_optional_require_tls_on_a_plain_listener_is_an_error(transport: str) -> None:
+    data = listener(
+        transport=transport,
+        proxy_protocol={"mode": "optional", "trusted_sources": ["10.0.0.0/8"], "require_tls": True},
+    )
+    assert config_error(data) == (
+        "broker.toml: listeners[0].proxy_protocol.require_tls: require_tls = true with mode "
+        f"'optional' on a {transport!r} listener: clients that connect without a PROXY header "
+        "would not use TLS; use mode 'required', or transport 'tls' or 'wss'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("transport", "tls"),
+    [
+        ("tcp", None),
+        ("tls", {**TLS_FILES}),
+        ("wss", {**TLS_FILES, "cafile": "ca.pem", "require_client_cert": False}),
+    ],
+)
+def test_optional_require_verified_client_cert_needs_listener_client_certs(
+    transport: str, tls: dict[str, Any] | None
+) -> None:
+    table: dict[str, Any] = {
+        "transport": transport,
+        "proxy_protocol": {
+            "mode": "optional",
+            "trusted_sources": ["10.0.0.0/8"],
+            "require_verified_client_cert": True,
+        },
+    }
+    if tls is not None:
+        table["tls"] = tls
+    assert config_error(listener(**table)) == (
+        "broker.toml: listeners[0].proxy_protocol.require_verified_client_cert: "
+        "require_verified_client_cert = true with mode 'optional': clients that connect "
+        "without a PROXY header would need no client certificate; use mode 'required', or "
+        "transport 'tls' or 'wss' with tls.require_client_cert = true"
+    )
+
+
 @pytest.mark.parametrize("transport", ["tls", "wss"])
 def test_tls_transports_need_a_tls_table(transport: str) -> None:
     assert config_error(listener(transport=transport)).startswith(

@@ -266,6 +266,9 @@ class ProxyPolicy:
 
     ``trusted_sources`` lists the networks allowed to send a header; in ``required``
     mode an empty tuple trusts every peer, in ``optional`` mode it must not be empty.
+    ``require_tls`` and ``require_verified_client_cert`` refuse a proxied client whose
+    header does not report TLS (a verified client certificate) between it and the proxy.
+    The options that act on a header are errors with ``mode = "off"``, where none is read.
     """
 
     mode: ProxyMode = attrs.field(default=ProxyMode.OFF, converter=_to_proxy_mode)
@@ -275,8 +278,18 @@ class ProxyPolicy:
     max_header_size: int = attrs.field(
         default=4096, validator=_int_in(MIN_PROXY_HEADER_SIZE, MAX_PROXY_HEADER_SIZE)
     )
+    require_tls: bool = attrs.field(default=False, validator=_bool)
+    require_verified_client_cert: bool = attrs.field(default=False, validator=_bool)
 
     def __attrs_post_init__(self) -> None:
+        if self.mode is ProxyMode.OFF:
+            for flag in ("use_cn_as_username", "require_tls", "require_verified_client_cert"):
+                if getattr(self, flag):
+                    raise ConfigError(
+                        f"{flag} = true needs a PROXY header to act on, but mode is 'off' "
+                        "(the default: no header is read); set mode = 'required' or 'optional'",
+                        key=flag,
+                    )
         if self.mode is ProxyMode.OPTIONAL and not self.trusted_sources:
             raise ConfigError(
                 "mode 'optional' needs a non-empty list of proxy CIDRs allowed to send a "
@@ -349,6 +362,40 @@ class ListenerConfig:
                 f"transport {self.transport.value!r} needs certificates: add a "
                 "[listeners.tls] table (or pass tls=TLSConfig(...)) with certfile and keyfile",
                 key="tls",
+            )
+        if (
+            self.proxy_protocol.use_cn_as_username
+            and self.tls is not None
+            and self.tls.use_identity_as_username
+        ):
+            raise ConfigError(
+                "use_cn_as_username = true and tls.use_identity_as_username = true both "
+                "make a certificate the username (the proxy's report of one, or the one "
+                "this listener verifies itself); keep one of them",
+                key="proxy_protocol.use_cn_as_username",
+            )
+        self._check_direct_clients()
+
+    def _check_direct_clients(self) -> None:
+        """In mode 'optional', clients without a header must meet the requirements too."""
+        proxy = self.proxy_protocol
+        if proxy.mode is not ProxyMode.OPTIONAL:
+            return
+        direct_tls = self.transport in (Transport.TLS, Transport.WSS)
+        if proxy.require_tls and not direct_tls:
+            raise ConfigError(
+                "require_tls = true with mode 'optional' on a "
+                f"{self.transport.value!r} listener: clients that connect without a PROXY "
+                "header would not use TLS; use mode 'required', or transport 'tls' or 'wss'",
+                key="proxy_protocol.require_tls",
+            )
+        direct_cert = direct_tls and self.tls is not None and self.tls.require_client_cert
+        if proxy.require_verified_client_cert and not direct_cert:
+            raise ConfigError(
+                "require_verified_client_cert = true with mode 'optional': clients that "
+                "connect without a PROXY header would need no client certificate; use mode "
+                "'required', or transport 'tls' or 'wss' with tls.require_client_cert = true",
+                key="proxy_protocol.require_verified_client_cert",
             )
 
     @property

@@ -386,3 +386,198 @@ async def test_health_checks_are_quiet_and_the_server_is_up(
             # v1 has no LOCAL: HAProxy names itself as the client
             assert all(f"client={PROXY_HOST}:" in line for line in connected)
             assert all(f"via proxy {PROXY_HOST}:" in line for line in connected)
+
+
+# --------------------------------------------------------------------------- require_tls /
+# require_verified_client_cert: refused right after the header, before any MQTT byte
+
+
+def requiring_listener(*, tls: bool = False, cert: bool = False) -> tuple[ListenerConfig, ...]:
+    policy = ProxyPolicy(
+        mode=ProxyMode.REQUIRED,
+        trusted_sources=(f"{PROXY_HOST}/32",),
+        timeout=2.0,
+        require_tls=tls,
+        require_verified_client_cert=cert,
+    )
+    return (ListenerConfig(name="lb", host="127.0.0.1", port=0, proxy_protocol=policy),)
+
+
+async def refused_before_mqtt(paho: PahoClient, host: str, port: int) -> None:
+    """The connection is closed without a CONNACK (paho: lost, or a TLS-level error)."""
+    with pytest.raises(OSError):  # ConnectionError, ssl.SSLError
+        await in_thread(paho.connect, host, port, bind_address=CLIENT_HOST)
+    await in_thread(paho.disconnect)
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "refused connection" in r.getMessage()]
+
+
+@pytest.mark.parametrize("server_option", ["send-proxy-v2-ssl", "send-proxy-v2-ssl-cn"])
+async def test_require_verified_client_cert_behind_tls_haproxy(
+    haproxy: str,
+    tmp_path: Path,
+    tls_files: TLSFiles,
+    server_option: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_mqtt")
+    async with (
+        open_test_broker(listeners=requiring_listener(cert=True)) as broker,
+        run_haproxy(
+            haproxy,
+            tmp_path,
+            broker_port=broker.port,
+            server_options=f"{server_option} {SOURCE}",
+            bind_options=tls_files.bind_options(),
+        ) as hap,
+    ):
+        # a verified certificate: in, with the username the client chose (no CN option)
+        context = tls_files.client_context(tls_files.device)
+        paho, connack = await connect_over_tls(hap, context, "with-cert", username="alice")
+        try:
+            assert connack.value == 0, connack
+            [summary] = broker.clients()
+            assert summary.username == "alice"  # not the CN: use_cn_as_username is off
+            peer = summary.peer
+            assert peer.tls is not None
+            assert peer.tls.peer_verified
+        finally:
+            await in_thread(paho.disconnect)
+        # TLS without a certificate (verify optional lets it through HAProxy): refused
+        no_cert = PahoClient("no-cert", tls_context=tls_files.client_context(None))
+        await refused_before_mqtt(no_cert, "localhost", hap.port)
+        assert [c.client_id for c in broker.clients()] == []
+        assert broker.listeners["lb"].rejections == Counter({"client-cert-required": 1})
+        assert broker.stats.connects_refused == 0  # never got as far as a CONNECT
+    [refused] = refusals(caplog)
+    assert f"client {CLIENT_HOST}:" in refused
+    assert "require_verified_client_cert: the proxy reports no verified client certificate" in (
+        refused
+    )
+    assert "(client flags 0x1, verify 0)" in refused  # TLS, no certificate
+    assert not any("no-cert" in r.getMessage() for r in caplog.records)  # no CONNECT read
+
+
+async def test_require_verified_client_cert_refuses_a_certificate_haproxy_let_through(
+    haproxy: str, tmp_path: Path, tls_files: TLSFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_mqtt")
+    async with (
+        open_test_broker(listeners=requiring_listener(tls=True, cert=True)) as broker,
+        run_haproxy(
+            haproxy,
+            tmp_path,
+            broker_port=broker.port,
+            server_options=f"send-proxy-v2-ssl-cn {SOURCE}",
+            bind_options=tls_files.bind_options("ca-ignore-err all crt-ignore-err all"),
+        ) as hap,
+    ):
+        rogue = PahoClient("rogue", tls_context=tls_files.client_context(tls_files.rogue))
+        await refused_before_mqtt(rogue, "localhost", hap.port)
+        assert broker.listeners["lb"].rejections == Counter({"client-cert-required": 1})
+    [refused] = refusals(caplog)
+    verify = re.search(r"client flags (0x[0-9a-f]+), verify (\d+)\)", refused)
+    assert verify is not None, refused
+    assert int(verify.group(1), 16) & 0x07 in (0x03, 0x05, 0x07)  # TLS and a certificate
+    assert int(verify.group(2)) != 0  # but HAProxy could not verify it
+
+
+async def test_require_tls_refuses_a_plain_tcp_frontend_and_accepts_a_tls_one(
+    haproxy: str, tmp_path: Path, tls_files: TLSFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_mqtt")
+    async with open_test_broker(listeners=requiring_listener(tls=True)) as broker:
+        # plain TCP at HAProxy, which still sends the SSL TLV's facts (send-proxy-v2-ssl)
+        async with run_haproxy(
+            haproxy, tmp_path, broker_port=broker.port, server_options=f"send-proxy-v2-ssl {SOURCE}"
+        ) as hap:
+            plain = PahoClient("plain")
+            await refused_before_mqtt(plain, "127.0.0.1", hap.port)
+            assert broker.listeners["lb"].rejections == Counter({"tls-required": 1})
+        # TLS at HAProxy, no client certificate: enough for require_tls alone
+        async with run_haproxy(
+            haproxy,
+            tmp_path,
+            broker_port=broker.port,
+            server_options=f"send-proxy-v2-ssl {SOURCE}",
+            bind_options=tls_files.bind_options(),
+        ) as hap:
+            paho, connack = await connect_over_tls(hap, tls_files.client_context(None), "tls")
+            try:
+                assert connack.value == 0, connack
+                peer = peer_of(broker, "tls")
+                assert peer.tls is not None
+                assert peer.tls.terminated_by_proxy
+                assert not peer.tls.peer_verified
+            finally:
+                await in_thread(paho.disconnect)
+        assert broker.listeners["lb"].rejections == Counter({"tls-required": 1})
+    [refused] = refusals(caplog)
+    assert f"client {CLIENT_HOST}:" in refused
+    # HAProxy sends the SSL TLV for a plain connection too, with the TLS bit clear
+    assert "require_tls: the client did not use TLS to reach the proxy (client flags 0x0)" in (
+        refused
+    )
+
+
+@pytest.mark.parametrize("server_option", ["send-proxy", "send-proxy-v2"])
+async def test_require_tls_refuses_headers_that_cannot_tell(
+    haproxy: str,
+    tmp_path: Path,
+    tls_files: TLSFiles,
+    server_option: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Even a TLS client is refused when HAProxy sends v1, or v2 without the SSL TLV."""
+    caplog.set_level(logging.INFO, logger="trio_mqtt")
+    async with (
+        open_test_broker(listeners=requiring_listener(tls=True)) as broker,
+        run_haproxy(
+            haproxy,
+            tmp_path,
+            broker_port=broker.port,
+            server_options=f"{server_option} {SOURCE}",
+            bind_options=tls_files.bind_options(),
+        ) as hap,
+    ):
+        paho = PahoClient("tls-v1", tls_context=tls_files.client_context(tls_files.device))
+        await refused_before_mqtt(paho, "localhost", hap.port)
+        assert broker.listeners["lb"].rejections == Counter({"tls-required": 1})
+    [refused] = refusals(caplog)
+    expected = "PROXY v1 header carries no TLS" if server_option == "send-proxy" else "no SSL TLV"
+    assert expected in refused
+    assert "send-proxy-v2-ssl" in refused
+
+
+async def test_require_options_let_haproxy_health_checks_through(
+    haproxy: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """HAProxy's own MQTT check arrives as a v2 LOCAL header: not a client, not refused."""
+    caplog.set_level(logging.INFO, logger="trio_mqtt")
+    checks = trio.Event()
+
+    def seen_check(peer: PeerInfo, connect: Connect) -> ReasonCode | None:
+        if connect.client_id == "hc":
+            checks.set()
+        return None
+
+    options = f"send-proxy-v2-ssl-cn {SOURCE} check check-send-proxy inter 200ms rise 1 fall 1"
+    async with (
+        open_test_broker(listeners=requiring_listener(tls=True, cert=True)) as broker,
+        run_haproxy(
+            haproxy,
+            tmp_path,
+            broker_port=broker.port,
+            server_options=options,
+            backend_lines=MQTT_CHECK,
+        ) as hap,
+    ):
+        broker.add_connect_hook(seen_check)
+        with trio.fail_after(5):
+            await checks.wait()
+        state = await hap.server_state()
+        assert state["status"] == "UP", (state, hap.output())
+        assert broker.listeners["lb"].rejections == Counter()
+    assert broker_problems(caplog) == [], hap.output()

@@ -425,3 +425,122 @@ async def test_close_in_the_middle_of_a_header_is_a_warning() -> None:
     assert refusal.reason == "closed"
     assert refusal.level == logging.WARNING
     assert "before a complete PROXY header" in refusal.detail
+
+
+# --------------------------------------------------------------------------- require_tls /
+# require_verified_client_cert (haproxy's proxy-protocol.txt, 2.2.5: PP2_CLIENT_SSL 0x01,
+# PP2_CLIENT_CERT_CONN 0x02, PP2_CLIENT_CERT_SESS 0x04; verify is 0 only for a certificate
+# that was presented and verified)
+
+
+def requiring(
+    *, tls: bool = False, cert: bool = False, mode: ProxyMode = ProxyMode.REQUIRED
+) -> ProxyPolicy:
+    return ProxyPolicy(
+        mode=mode,
+        trusted_sources=("127.0.0.0/8",),
+        timeout=1.0,
+        require_tls=tls,
+        require_verified_client_cert=cert,
+    )
+
+
+REQUIREMENT_TABLE = [
+    # (SSL TLV as (client bits, verify) or None, passes require_tls, passes require_cert)
+    (None, False, False),
+    ((0, 0), False, False),  # the TLV, but the client bits say no TLS
+    ((CERT_CONN | CERT_SESS, 0), False, False),  # certificate bits without the TLS bit
+    ((SSL, 0), True, False),  # TLS without a client certificate
+    ((SSL, 1), True, False),
+    ((SSL | CERT_CONN | CERT_SESS, 1), True, False),  # a certificate that failed to verify
+    ((SSL | CERT_CONN, 0x12), True, False),
+    ((SSL | CERT_CONN, 0), True, True),
+    ((SSL | CERT_SESS, 0), True, True),  # presented earlier on the resumed session
+    ((SSL | CERT_CONN | CERT_SESS, 0), True, True),
+]
+
+
+@pytest.mark.parametrize(("ssl", "tls_ok", "cert_ok"), REQUIREMENT_TABLE)
+@pytest.mark.parametrize("mode", [ProxyMode.REQUIRED, ProxyMode.OPTIONAL])
+async def test_require_tls_and_require_verified_client_cert_read_the_ssl_tlv(
+    ssl: tuple[int, int] | None, tls_ok: bool, cert_ok: bool, mode: ProxyMode
+) -> None:
+    header = v2_proxy_inet(b"" if ssl is None else ssl_tlv(ssl[0], ssl[1], "device-42"))
+    for pol, ok, reason, option in [
+        (requiring(tls=True, mode=mode), tls_ok, "tls-required", "require_tls"),
+        (
+            requiring(cert=True, mode=mode),
+            cert_ok,
+            "client-cert-required",
+            "require_verified_client_cert",
+        ),
+    ]:
+        if ok:
+            result = await preamble_of(header + CONNECT, pol)
+            assert result.peer.client == CLIENT
+            assert result.leftover == CONNECT
+            continue
+        refusal = await refusal_of(header + CONNECT, pol)
+        assert refusal.reason == reason
+        assert refusal.level == logging.WARNING
+        assert refusal.detail.startswith(f"client {CLIENT} via the proxy: {option}: ")
+        if ssl is None:
+            assert "no SSL TLV" in refusal.detail
+        else:
+            assert f"client flags {ssl[0]:#x}" in refusal.detail
+
+
+async def test_without_tls_both_requirements_report_the_tls_one() -> None:
+    refusal = await refusal_of(v2_proxy_inet(ssl_tlv(0, 0, None)), requiring(tls=True, cert=True))
+    assert refusal.reason == "tls-required"
+    assert "did not use TLS to reach the proxy" in refusal.detail
+
+
+async def test_with_tls_but_no_certificate_both_requirements_report_the_certificate() -> None:
+    refusal = await refusal_of(v2_proxy_inet(ssl_tlv(SSL, 0, None)), requiring(tls=True, cert=True))
+    assert refusal.reason == "client-cert-required"
+    assert "no verified client certificate (client flags 0x1, verify 0)" in refusal.detail
+
+
+@pytest.mark.parametrize(("tls", "cert"), [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("mode", [ProxyMode.REQUIRED, ProxyMode.OPTIONAL])
+async def test_requirements_refuse_every_v1_header(tls: bool, cert: bool, mode: ProxyMode) -> None:
+    # v1 has no TLVs: nothing in it can say the client used TLS or a certificate
+    refusal = await refusal_of(V1_HEADER + CONNECT, requiring(tls=tls, cert=cert, mode=mode))
+    assert refusal.reason == ("tls-required" if tls else "client-cert-required")
+    assert "PROXY v1 header carries no TLS information" in refusal.detail
+    assert "send-proxy-v2-ssl" in refusal.detail
+
+
+async def test_requirements_refuse_v1_unknown_too() -> None:
+    refusal = await refusal_of(b"PROXY UNKNOWN\r\n" + CONNECT, requiring(tls=True))
+    assert refusal.reason == "tls-required"
+    assert refusal.detail.startswith("require_tls: a PROXY v1 header")
+
+
+async def test_requirements_refuse_a_v2_proxy_command_without_addresses() -> None:
+    # PROXY command, UNSPEC family: a relayed client whose address the proxy cannot tell
+    refusal = await refusal_of(SIG + b"\x21\x00\x00\x00" + CONNECT, requiring(cert=True))
+    assert refusal.reason == "client-cert-required"
+    assert "no SSL TLV" in refusal.detail
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        SIG + b"\x20\x00\x00\x00",  # v2 LOCAL, UNSPEC: a health check
+        SIG + b"\x20\x11\x00\x0c" + bytes([203, 0, 113, 7, 127, 0, 0, 1, 0xC8, 0x22, 7, 91]),
+    ],
+)
+async def test_requirements_leave_a_v2_local_header_alone(header: bytes) -> None:
+    result = await preamble_of(header + CONNECT, requiring(tls=True, cert=True))
+    assert result.peer.client == TRUSTED_REMOTE
+    assert result.peer.proxy_header is not None
+    assert result.peer.proxy_header.command is Command.LOCAL
+    assert result.leftover == CONNECT
+
+
+async def test_optional_requirements_leave_a_client_without_header_alone() -> None:
+    result = await preamble_of(CONNECT, requiring(tls=True, cert=True, mode=ProxyMode.OPTIONAL))
+    assert result.peer.proxy_header is None
+    assert result.leftover == CONNECT

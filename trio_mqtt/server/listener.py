@@ -43,7 +43,8 @@ class ListenerHandle:
     addresses: list[Endpoint] = attrs.Factory(list)
     connections: int = 0
     # refused connections by reason ("untrusted-source", "timeout", "invalid-header",
-    # "spoofed-header", "closed", "max-connections", "tls-handshake", "ws-upgrade")
+    # "spoofed-header", "tls-required", "client-cert-required", "closed",
+    # "max-connections", "tls-handshake", "ws-upgrade")
     rejections: Counter[str] = attrs.Factory(Counter)
     # the certificates of a tls/wss listener (None for tcp/ws); reload_tls() swaps them
     tls: ServerTLS | None = None

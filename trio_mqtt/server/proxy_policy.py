@@ -12,6 +12,13 @@
   header from anyone else is a spoofing attempt and refused; no header means the
   socket's addresses stand.
 
+Once a header is read, ``require_tls`` and ``require_verified_client_cert`` refuse a
+relayed client whose header does not say, in the v2 SSL TLV, that it reached the proxy
+over TLS (PP2_CLIENT_SSL) and, for the second, that it presented a certificate
+(PP2_CLIENT_CERT_CONN or PP2_CLIENT_CERT_SESS) which the proxy verified (``verify`` 0).
+A v1 header carries no TLVs, so it can never meet them; a v2 LOCAL header (the proxy's
+own health check) relays no client and is not checked.
+
 A refusal raises ``ConnectionRejected``; the listener logs it once and counts it, and the
 connection never reaches MQTT code.
 """
@@ -26,7 +33,7 @@ import trio
 from trio_mqtt.config import ProxyMode, ProxyPolicy
 from trio_mqtt.errors import ProxyProtocolError
 from trio_mqtt.peer import Endpoint, PeerInfo, TLSInfo
-from trio_mqtt.proxy import Address, ProxyHeader, ProxyParser
+from trio_mqtt.proxy import Address, ClientFlags, Command, ProxyHeader, ProxyParser
 from trio_mqtt.server.rejection import ConnectionRejected
 
 RECEIVE_SIZE = 4096
@@ -76,7 +83,44 @@ async def read_proxy_preamble(
         ) from None
     except ProxyProtocolError as exc:
         raise ConnectionRejected("invalid-header", str(exc)) from None
+    check_requirements(header, policy)
     return Preamble(apply_header(peer, header, policy), parser.leftover)
+
+
+def check_requirements(header: ProxyHeader, policy: ProxyPolicy) -> None:
+    """Refuse per ``require_tls`` / ``require_verified_client_cert`` (see the module doc)."""
+    if header.command is Command.LOCAL:
+        return  # the proxy itself (a health check), not a client it relays
+    ssl = header.ssl
+    used_tls = ssl is not None and bool(ssl.client & ClientFlags.SSL)
+    if policy.require_tls and not used_tls:
+        reason, option = "tls-required", "require_tls"
+    elif policy.require_verified_client_cert and not (ssl is not None and ssl.cert_verified):
+        reason, option = "client-cert-required", "require_verified_client_cert"
+    else:
+        return
+    if header.version == 1:
+        problem = (
+            "a PROXY v1 header carries no TLS information; the proxy must send PROXY v2 "
+            "with the SSL TLV (HAProxy: send-proxy-v2-ssl or send-proxy-v2-ssl-cn)"
+        )
+    elif ssl is None:
+        problem = (
+            "the PROXY v2 header has no SSL TLV: the client did not use TLS to reach the "
+            "proxy, or the proxy does not send the TLV (HAProxy: send-proxy-v2-ssl or "
+            "send-proxy-v2-ssl-cn)"
+        )
+    elif not used_tls:
+        problem = (
+            f"the client did not use TLS to reach the proxy (client flags {int(ssl.client):#x})"
+        )
+    else:
+        problem = (
+            "the proxy reports no verified client certificate "
+            f"(client flags {int(ssl.client):#x}, verify {ssl.verify})"
+        )
+    client = f"client {header.source} via the proxy: " if header.source is not None else ""
+    raise ConnectionRejected(reason, f"{client}{option}: {problem}")
 
 
 async def _receive(stream: trio.abc.ReceiveStream, *, nothing_yet: bool = False) -> bytes:
