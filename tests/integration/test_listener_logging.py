@@ -55,3 +55,36 @@ async def test_cn_as_username_without_trusted_sources_is_warned_about(
         pass
     found = messages(caplog, "use_cn_as_username with an empty trusted_sources")
     assert len(found) == (1 if warned else 0), found
+
+
+@pytest.mark.parametrize(
+    ("options", "trusted", "expected"),
+    [
+        ({"require_tls": True}, (), "require_tls with"),
+        ({"require_verified_client_cert": True}, (), "require_verified_client_cert with"),
+        (
+            {"require_tls": True, "require_verified_client_cert": True},
+            (),
+            "require_tls and require_verified_client_cert with",
+        ),
+        ({"require_tls": True, "require_verified_client_cert": True}, ("10.0.0.0/8",), None),
+    ],
+    ids=["tls", "cert", "both", "trusted"],
+)
+async def test_require_options_without_trusted_sources_are_warned_about(
+    caplog: pytest.LogCaptureFixture,
+    options: dict[str, bool],
+    trusted: tuple[str, ...],
+    expected: str | None,
+) -> None:
+    policy = ProxyPolicy(mode="required", trusted_sources=trusted, **options)
+    listener = ListenerConfig(name="lb", host="127.0.0.1", port=0, proxy_protocol=policy)
+    caplog.set_level(logging.WARNING, logger="trio_mqtt")
+    async with open_test_broker(listeners=(listener,)):
+        pass
+    found = messages(caplog, "with an empty trusted_sources is met by anyone")
+    if expected is None:
+        assert found == []
+    else:
+        [warning] = found
+        assert warning.startswith(f"listener 'lb': {expected} an empty trusted_sources")

@@ -201,6 +201,19 @@ async def serve_listener(
             "addresses in proxy_protocol.trusted_sources",
             config.name,
         )
+    requirements = [
+        option
+        for option in ("require_tls", "require_verified_client_cert")
+        if getattr(proxy, option)
+    ]
+    if requirements and not proxy.trusted_sources:
+        log.warning(
+            "listener %r: %s with an empty trusted_sources is met by anyone who reaches the "
+            "port and sends a PROXY v2 header that claims it; list the proxies' addresses in "
+            "proxy_protocol.trusted_sources",
+            config.name,
+            " and ".join(requirements),
+        )
     try:
         with handle._accept_scope:
             task_status.started(handle)
