@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import attrs
 import pytest
@@ -230,3 +231,45 @@ async def test_versions_interoperate(mosquitto: Programs) -> None:
             )
             assert await old.finish() == ["cli/to-old from 5"]
             assert await new.finish() == ["cli/to-new from 3.1"]
+
+
+# "sub" may read everything but test/nosubscribe (a deny rule); "pub" may write anywhere
+DENY_ACL = """\
+user sub
+topic read #
+topic deny test/nosubscribe
+user pub
+topic write #
+"""
+
+
+@pytest.mark.parametrize("version", list(VERSIONS), ids=VERSION_IDS)
+async def test_hash_subscriber_does_not_receive_a_denied_topic(
+    mosquitto: Programs, version: str, tmp_path: Path
+) -> None:
+    acl = tmp_path / "broker.acl"
+    acl.write_text(DENY_ACL)
+    sub_id = f"deny-sub-{version}"
+
+    async def publish(topic: str, message: str, *options: str) -> None:
+        argv = ("-u", "pub", "-t", topic, "-m", message, "-q", "1", *options)
+        await run_client(client_argv(mosquitto.pub, broker, version, *argv))
+
+    async with open_test_broker(acl_file=str(acl)) as broker:
+        # the exact denied topic: refused (SUBACK 0x80 / 0x87), mosquitto_sub gives up
+        refused = await run_client(
+            client_argv(mosquitto.sub, broker, version, "-u", "sub", "-t", "test/nosubscribe")
+        )
+        assert b"All subscription requests were denied" in refused.stderr
+        await publish("test/nosubscribe", "retained secret", "-r")
+        await publish("test/ok", "retained ok", "-r")
+        # '#' is allowed, and gets everything but the denied topic, retained or live
+        sub_argv = client_argv(
+            mosquitto.sub, broker, version, "-u", "sub", "-i", sub_id, "-t", "#", "-q", "1"
+        )
+        sub_argv += ["-C", "2", "-v"]
+        async with subscribed_client(broker, sub_argv, sub_id, "#") as subscriber:
+            await publish("test/nosubscribe", "live secret")
+            await publish("test/ok", "live ok")
+            lines = await subscriber.finish()
+        assert lines == ["test/ok retained ok", "test/ok live ok"]
