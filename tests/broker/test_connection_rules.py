@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from helpers import V5, V311, Client, FakeClock, make_core
 
+from trio_mqtt.broker.connection_view import CloseReason
+from trio_mqtt.mqtt.codec import encode
+from trio_mqtt.mqtt.packets import (
+    Connect,
+    Disconnect,
+    Properties,
+    Subscribe,
+    SubscriptionRequest,
+)
+from trio_mqtt.mqtt.reason_codes import ReasonCode
+
 
 def test_mqtt311_keep_alive_zero_is_accepted_under_max_keepalive(clock: FakeClock) -> None:
     """3.1.1 section 3.1.2.10: 0 turns keep alive off; the server may not refuse it.
@@ -36,3 +47,52 @@ def test_mqtt311_keep_alive_zero_is_accepted_under_max_keepalive(clock: FakeCloc
     assert connack.reason_code == 0
     assert connack.properties.server_keep_alive == 60
     assert v5.conn.keep_alive == 60
+
+
+def test_connack_leaves_out_what_it_may_to_fit_the_clients_maximum(clock: FakeClock) -> None:
+    """[MQTT-3.1.2-24]: the CONNACK too; only properties whose absence says the same go."""
+    core = make_core(clock)
+    full = Client(core, V5).conn
+    full.receive_data(encode(Connect("full", V5), V5))
+    size = len(full.data_to_send())
+
+    c = Client(core, V5)
+    connack = c.connect("tight", properties=Properties(maximum_packet_size=size - 1))
+    assert connack.reason_code == 0
+    props = connack.properties
+    assert props.wildcard_subscription_available is None  # absent: available
+    assert props.subscription_identifier_available is None
+    assert props.shared_subscription_available is None
+    assert props.receive_maximum == 20  # what the client must know stays
+    assert len(encode(connack, V5)) <= size - 1
+    assert not c.conn.wants_close
+
+
+def test_a_connack_that_cannot_fit_closes_without_a_word(clock: FakeClock) -> None:
+    core = make_core(clock)
+    c = Client(core, V5)
+    c.send(Connect("tiny", V5, properties=Properties(maximum_packet_size=8)))
+    assert c.raw() == b""
+    assert c.conn.wants_close
+    assert "tiny" not in core.sessions  # refused before any session was made
+    assert core.stats.connects_refused == 1
+
+
+def test_a_suback_too_big_for_the_client_is_not_sent(clock: FakeClock) -> None:
+    core = make_core(clock)
+    c = Client(core, V5)
+    assert c.connect("small", properties=Properties(maximum_packet_size=24)).reason_code == 0
+    filters = tuple(SubscriptionRequest(f"t/{n}", 0) for n in range(30))
+    c.send(Subscribe(1, filters))
+    data = c.raw()
+    assert len(data) <= 24
+    assert c.reader.feed(data) == [Disconnect(ReasonCode.PACKET_TOO_LARGE)]
+    assert c.conn.wants_close
+
+
+def test_a_reason_string_is_left_out_when_it_does_not_fit(clock: FakeClock) -> None:
+    core = make_core(clock)
+    c = Client(core, V5)
+    assert c.connect("small", properties=Properties(maximum_packet_size=600)).reason_code == 0
+    c.conn.request_close(CloseReason.SHUTDOWN, ReasonCode.SERVER_SHUTTING_DOWN, "x" * 700)
+    assert c.packets() == [Disconnect(ReasonCode.SERVER_SHUTTING_DOWN)]

@@ -44,7 +44,7 @@ from trio_mqtt.broker.sessions import (
 from trio_mqtt.broker.stats import BrokerStats
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import RemoteProtocolError
-from trio_mqtt.mqtt.codec import DISCONNECT_REASON_CODES
+from trio_mqtt.mqtt.codec import DISCONNECT_REASON_CODES, encode
 from trio_mqtt.mqtt.packets import (
     NO_PROPERTIES,
     Auth,
@@ -219,10 +219,14 @@ class Accepted:
 
 @attrs.frozen
 class Refused:
-    """The CONNECT is refused: CONNACK with ``code``, then close (already logged)."""
+    """The CONNECT is refused: CONNACK with ``code``, then close (already logged).
+
+    ``connack`` False: close without CONNACK (none fits the client's Maximum Packet Size).
+    """
 
     code: ReasonCode
     why: str
+    connack: bool = True
 
 
 @attrs.frozen
@@ -454,7 +458,9 @@ class BrokerCore:
             if (conn := session.connection) is not None
         ]
 
-    def _refuse(self, peer: PeerInfo, connect: Connect, code: ReasonCode, why: str) -> Refused:
+    def _refuse(
+        self, peer: PeerInfo, connect: Connect, code: ReasonCode, why: str, connack: bool = True
+    ) -> Refused:
         log.info(
             "refused CONNECT from %s (client id %r): %s [%s]",
             peer.describe(),
@@ -463,7 +469,7 @@ class BrokerCore:
             code.name,
         )
         self.stats.connects_refused += 1
-        return Refused(code, why)
+        return Refused(code, why, connack)
 
     def handle_connect(self, conn: ClientConnection, connect: Connect) -> ConnectDecision:
         """A CONNECT: accepted, refused, or waiting (AUTH exchange, offloaded check)."""
@@ -558,6 +564,9 @@ class BrokerCore:
         def refuse(code: ReasonCode, why: str) -> Refused:
             return self._refuse(conn.peer, connect, code, why)
 
+        def refuse_silently(code: ReasonCode, why: str) -> Refused:
+            return self._refuse(conn.peer, connect, code, why, connack=False)
+
         username = conn.peer.username_for(connect.username)
         if username is None and not config.allow_anonymous and auth_done is None:
             return refuse(ReasonCode.NOT_AUTHORIZED, "anonymous access is disabled")
@@ -571,46 +580,11 @@ class BrokerCore:
             if code is not None and code.is_error:
                 return refuse(code, f"refused by {name}")
 
-        # Session: takeover, resume or start fresh.
-        now = self.now()
-        existing = self.sessions.get(client_id)
-        if existing is not None and existing.connection is not None:
-            self._close_for_takeover(existing, f"reconnected from {conn.peer.describe()}")
-            existing = self.sessions.get(client_id)
-        if existing is not None and existing.expires_at is not None and existing.expires_at <= now:
-            self._end_session(existing)
-            existing = None
-        if existing is not None and connect.clean_start:
-            self._end_session(existing, publish_delayed_will=True)
-            existing = None
-
         if v5:
             requested_expiry = props.session_expiry_interval or 0
         else:
             requested_expiry = 0 if connect.clean_start else NEVER_EXPIRES
         expiry = min(requested_expiry, config.max_session_expiry)
-
-        session_present = existing is not None
-        if existing is None:
-            session = Session(
-                client_id=client_id,
-                protocol_version=version,
-                max_queued_messages=config.max_queued_messages,
-                max_queued_bytes=config.max_queued_bytes,
-                on_drop=self.session_dropped,
-            )
-            self.sessions[client_id] = session
-        else:
-            session = existing
-            if session.delayed_will is not None:
-                # [MQTT-3.1.3-9]: reconnected before the will delay passed: no will
-                session.delayed_will = None
-                session.will_due = None
-        session.protocol_version = version
-        session.expiry_interval = expiry
-        session.expires_at = None
-        session.connection = conn
-        self.session_changed(client_id)
 
         # In flight to the client: at most its Receive Maximum (5.0) and, if set,
         # max_inflight_messages. Our receive_maximum is what it may send us. By default a
@@ -635,6 +609,51 @@ class BrokerCore:
                 subscription_identifier_available=1,
                 shared_subscription_available=1,
             )
+        if v5 and props.maximum_packet_size is not None:
+            fitted = _fit_connack(connack_props, props.maximum_packet_size)
+            if fitted is None:
+                # [MQTT-3.1.2-24]: nothing larger than the client's maximum, not even this
+                return refuse_silently(
+                    ReasonCode.PACKET_TOO_LARGE,
+                    f"CONNACK does not fit Maximum Packet Size {props.maximum_packet_size}",
+                )
+            connack_props = fitted
+
+        # Session: takeover, resume or start fresh.
+        now = self.now()
+        existing = self.sessions.get(client_id)
+        if existing is not None and existing.connection is not None:
+            self._close_for_takeover(existing, f"reconnected from {conn.peer.describe()}")
+            existing = self.sessions.get(client_id)
+        if existing is not None and existing.expires_at is not None and existing.expires_at <= now:
+            self._end_session(existing)
+            existing = None
+        if existing is not None and connect.clean_start:
+            self._end_session(existing, publish_delayed_will=True)
+            existing = None
+
+        session_present = existing is not None
+        if existing is None:
+            session = Session(
+                client_id=client_id,
+                protocol_version=version,
+                max_queued_messages=config.max_queued_messages,
+                max_queued_bytes=config.max_queued_bytes,
+                on_drop=self.session_dropped,
+            )
+            self.sessions[client_id] = session
+        else:
+            session = existing
+            if session.delayed_will is not None:
+                # [MQTT-3.1.3-9]: reconnected before the will delay passed: no will
+                session.delayed_will = None
+                session.will_due = None
+        session.protocol_version = version
+        session.expiry_interval = expiry
+        session.expires_at = None
+        session.connection = conn
+        self.session_changed(client_id)
+
         self.stats.connects += 1
         if self.cluster is not None:
             will = connect.will
@@ -1325,6 +1344,31 @@ class BrokerCore:
     def local_unsubscribe(self, local_id: str) -> None:
         self.local_subscribers.pop(local_id, None)
         self.router.unsubscribe_all(local_id)
+
+
+def _fit_connack(props: Properties, maximum: int) -> Properties | None:
+    """CONNACK properties that fit the client's Maximum Packet Size; None if none do.
+
+    What may go: Reason String and User Properties [MQTT-3.2.2-19], [MQTT-3.2.2-20], and
+    the properties that only say what their absence means as well (5.0 sections
+    3.2.2.3.10 to 3.2.2.3.12: absent means available). The rest carries what the client
+    must know (its assigned id, Server Keep Alive, our limits).
+    """
+    if _connack_size(props) <= maximum:
+        return props
+    props = attrs.evolve(
+        props,
+        reason_string=None,
+        user_properties=(),
+        wildcard_subscription_available=None,
+        subscription_identifier_available=None,
+        shared_subscription_available=None,
+    )
+    return props if _connack_size(props) <= maximum else None
+
+
+def _connack_size(props: Properties) -> int:
+    return len(encode(Connack(properties=props), ProtocolVersion.V5))
 
 
 def _is_utf8(data: bytes) -> bool:

@@ -58,7 +58,6 @@ from trio_mqtt.mqtt.codec import (
     encode_publish,
 )
 from trio_mqtt.mqtt.packets import (
-    NO_PROPERTIES,
     Auth,
     Connack,
     Connect,
@@ -249,9 +248,10 @@ class MQTTConnection:
         match decision:
             case Accepted():
                 self._connected(decision)
-            case Refused(code=code, why=why):
+            case Refused(code=code, why=why, connack=connack):
                 self.auth_exchange = None
-                self._send(Connack(reason_code=code))
+                if connack:
+                    self._send(Connack(reason_code=code))
                 self._close(CloseReason.CONNECT_REFUSED, why)
             case PendingConnect():
                 # an offloaded check (a password hash): see check_done
@@ -284,8 +284,6 @@ class MQTTConnection:
         self.keep_alive = accepted.keep_alive
         self.will = accepted.will
         self.client_receive_maximum = accepted.receive_maximum
-        if accepted.max_packet_size is not None:
-            self.client_max_packet_size = accepted.max_packet_size
         self.client_topic_alias_maximum = accepted.topic_alias_maximum
         self._send(accepted.connack)
         if accepted.session_present:
@@ -496,17 +494,39 @@ class MQTTConnection:
             self.close_detail = detail
 
     def _send(self, packet: Packet) -> None:
-        self._out += encode(packet, self.version)
+        data = encode(packet, self.version)
+        if len(data) > self.client_max_packet_size:
+            self._too_big_for_client(packet, len(data))
+        else:
+            self._out += data
+
+    def _too_big_for_client(self, packet: Packet, size: int) -> None:
+        """[MQTT-3.1.2-24]: ``packet`` exceeds the client's Maximum Packet Size: not sent.
+
+        (PUBLISH, the one packet the spec says to drop and go on without [MQTT-3.1.2-25],
+        never comes here: see ``_append_delivery``.) Without the acknowledgement or answer
+        the protocol goes no further: DISCONNECT 0x95 (Packet too large: a packet
+        greater than this client's maximum) if that fits, and close.
+        """
+        name = type(packet).__name__.upper()
+        detail = f"{name} of {size} bytes exceeds the client's Maximum Packet Size"
+        log.info("%s (client id %r): %s", self.peer.describe(), self.client_id, detail)
+        if not isinstance(packet, Disconnect | Connack):
+            self._send_disconnect(ReasonCode.PACKET_TOO_LARGE)
+        self._close(CloseReason.PROTOCOL_ERROR, detail)
 
     def _send_disconnect(self, code: ReasonCode, reason_string: str = "") -> None:
         if self.version is ProtocolVersion.V5 and self.state is ConnectionState.CONNECTED:
-            props = NO_PROPERTIES
-            if reason_string and self._may_send_reason_string():
-                props = Properties(reason_string=reason_string)
-            self._send(Disconnect(reason_code=code, properties=props))
-
-    def _may_send_reason_string(self) -> bool:
-        return self.client_max_packet_size > 512
+            if reason_string:
+                # the Reason String is left out if it would make the packet too big
+                # for the client (5.0 section 3.14.2.2.3)
+                data = encode(
+                    Disconnect(code, Properties(reason_string=reason_string)), self.version
+                )
+                if len(data) <= self.client_max_packet_size:
+                    self._out += data
+                    return
+            self._send(Disconnect(reason_code=code))
 
     def _protocol_error(self, code: ReasonCode, detail: str) -> None:
         log.info(
@@ -555,6 +575,9 @@ class MQTTConnection:
                     ReasonCode.PROTOCOL_ERROR,
                 )
             self.version = packet.protocol_version
+            if packet.properties.maximum_packet_size is not None:  # 5.0 only
+                # from now on nothing larger goes to the client [MQTT-3.1.2-24]
+                self.client_max_packet_size = packet.properties.maximum_packet_size
             self._apply(self.core.handle_connect(self, packet))
             return
         if self.state is ConnectionState.AUTHENTICATING:
