@@ -7,14 +7,23 @@ topics. No sockets: the core on a ``FakeClock`` (tests/helpers.py).
 
 from __future__ import annotations
 
+import attrs
+import pytest
 from helpers import V5, V311, Client, FakeClock, make_core
 
 from trio_mqtt.broker.connection_view import CloseReason
+from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
+    NO_PROPERTIES,
     Connect,
     Disconnect,
     Properties,
+    ProtocolVersion,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
     Subscribe,
     SubscriptionRequest,
 )
@@ -96,3 +105,57 @@ def test_a_reason_string_is_left_out_when_it_does_not_fit(clock: FakeClock) -> N
     assert c.connect("small", properties=Properties(maximum_packet_size=600)).reason_code == 0
     c.conn.request_close(CloseReason.SHUTDOWN, ReasonCode.SERVER_SHUTTING_DOWN, "x" * 700)
     assert c.packets() == [Disconnect(ReasonCode.SERVER_SHUTTING_DOWN)]
+
+
+def delivered(core: BrokerCore, version: ProtocolVersion, qos: int) -> tuple[Client, int]:
+    """A subscriber ("sub") that got message m1 of ``qos``; its packet identifier.
+
+    A 5.0 subscriber has Receive Maximum 1: m2 waits until m1 leaves the window.
+    """
+    sub = Client(core, version)
+    window = Properties(receive_maximum=1) if version is V5 else NO_PROPERTIES
+    assert sub.connect("sub", properties=window).reason_code == 0
+    sub.subscribe(("t", 2))
+    pub = Client(core, version)
+    pub.connect("pub")
+    pub.send(Publish("t", b"m1", qos=qos, packet_id=1))
+    pub.send(Publish("t", b"m2", qos=qos, packet_id=2))
+    pub.packets()
+    first, *rest = sub.publishes()
+    assert first.payload == b"m1"
+    assert len(rest) == (0 if version is V5 else 1)
+    assert first.packet_id is not None
+    return sub, first.packet_id
+
+
+def test_a_pubrec_with_a_failure_code_ends_the_qos2_exchange(clock: FakeClock) -> None:
+    """5.0 section 4.3.3: PUBREC >= 0x80 ends it: no PUBREL, the window moves on."""
+    core = make_core(clock)
+    sub, pid = delivered(core, V5, 2)
+    sub.send(Pubrec(pid, ReasonCode.QUOTA_EXCEEDED))
+    (next_message,) = sub.packets()  # no PUBREL, and m2 takes the freed place
+    assert isinstance(next_message, Publish)
+    assert next_message.payload == b"m2"
+    assert list(core.sessions["sub"].inflight_out) == [next_message.packet_id]
+    assert not sub.conn.wants_close
+
+
+@pytest.mark.parametrize(
+    ("qos", "ack"),
+    [(1, Pubrec), (1, Pubcomp), (2, Puback), (2, Pubcomp)],
+    ids=["pubrec-for-qos1", "pubcomp-for-qos1", "puback-for-qos2", "pubcomp-before-pubrel"],
+)
+@pytest.mark.parametrize("version", [V5, V311], ids=["5.0", "3.1.1"])
+def test_an_acknowledgement_of_the_wrong_type_is_a_protocol_error(
+    clock: FakeClock, qos: int, ack: type[Puback | Pubrec | Pubcomp], version: ProtocolVersion
+) -> None:
+    core = make_core(clock)
+    sub, pid = delivered(core, version, qos)
+    sub.send(ack(pid))
+    expected = [Disconnect(ReasonCode.PROTOCOL_ERROR)] if version is V5 else []
+    assert [
+        attrs.evolve(p, properties=NO_PROPERTIES) if isinstance(p, Disconnect) else p
+        for p in sub.packets()
+    ] == expected
+    assert sub.conn.wants_close
+    assert core.stats.protocol_errors == 1

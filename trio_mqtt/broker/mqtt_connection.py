@@ -26,6 +26,7 @@ import enum
 import logging
 import math
 from collections.abc import Callable
+from typing import NoReturn
 
 import attrs
 
@@ -599,8 +600,12 @@ class MQTTConnection:
                 self._acked(session, pid, OutboundState.AWAIT_PUBACK)
             case Pubrec(packet_id=pid, reason_code=code):
                 inflight = session.inflight_out.get(pid)
+                if inflight is not None and inflight.state is OutboundState.AWAIT_PUBACK:
+                    _wrong_ack("PUBREC", pid, "a QoS 1 message")
                 if inflight is not None and inflight.state is OutboundState.AWAIT_PUBREC:
                     if code >= 0x80:
+                        # a failure ends the QoS 2 exchange: no PUBREL, and the message
+                        # leaves the in-flight window (5.0 section 4.3.3)
                         session.remove_inflight(pid)
                         self._window_full = False
                     else:
@@ -649,8 +654,22 @@ class MQTTConnection:
         self._apply(decision)
 
     def _acked(self, session: Session, packet_id: int, expected: OutboundState) -> None:
+        """A PUBACK (``expected`` AWAIT_PUBACK) or PUBCOMP (AWAIT_PUBCOMP) came.
+
+        One for a packet identifier not in flight is ignored (a late duplicate, or one
+        of a message given up on); one of the wrong type for a message in flight (PUBACK
+        for QoS 2, PUBCOMP for QoS 1 or before our PUBREL) is a protocol error.
+        """
         inflight = session.inflight_out.get(packet_id)
-        if inflight is not None and inflight.state is expected:
+        if inflight is None:
+            return
+        if inflight.state is not expected:
+            if expected is OutboundState.AWAIT_PUBACK:
+                _wrong_ack("PUBACK", packet_id, "a QoS 2 message")
+            elif inflight.state is OutboundState.AWAIT_PUBACK:
+                _wrong_ack("PUBCOMP", packet_id, "a QoS 1 message")
+            _wrong_ack("PUBCOMP", packet_id, "a QoS 2 message we sent no PUBREL for")
+        else:
             session.remove_inflight(packet_id)
             self._window_full = False
             if session.pending:
@@ -850,6 +869,14 @@ def open_connection(
     conn = MQTTConnection(core=core, peer=peer, on_output=on_output, reader=reader)
     core.connection_opened(conn)
     return conn
+
+
+def _wrong_ack(name: str, packet_id: int, what: str) -> NoReturn:
+    """An acknowledgement of the wrong type for a message in flight: a protocol error
+    (5.0 section 4.3: QoS 1 is answered by PUBACK, QoS 2 by PUBREC then PUBCOMP)."""
+    raise RemoteProtocolError(
+        f"{name} for packet identifier {packet_id}, which is {what}", ReasonCode.PROTOCOL_ERROR
+    )
 
 
 def _packet_id_offset(publish: bytes) -> int:
