@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 if TYPE_CHECKING:
-    from trio_mqtt.proxy.header import ProxyHeader
+    from trio_mqtt.proxy.header import TLV, ProxyHeader
 
 
 @attrs.frozen
@@ -66,6 +66,10 @@ class PeerInfo:
     # Set when the listener requires a certificate-derived username but could not derive
     # one; the CONNECT is then refused as not authorized, and this says why.
     identity_error: str | None = None
+    # The HTTP header the client address came from on a WebSocket listener behind an
+    # HTTP proxy ("forwarded" or "x-forwarded-for"); None when it is the socket's or
+    # the PROXY header's. ``proxy`` is then the HTTP proxy that sent the header.
+    forwarded_by: str | None = None
 
     @classmethod
     def from_socket(
@@ -78,6 +82,22 @@ class PeerInfo:
     @property
     def client_host(self) -> str | None:
         return None if self.client is None else self.client.host
+
+    @property
+    def tlvs(self) -> tuple[TLV, ...]:
+        """Every TLV of the PROXY v2 header, raw, as received (empty without one)."""
+        return () if self.proxy_header is None else self.proxy_header.tlvs
+
+    @property
+    def custom_tlvs(self) -> tuple[TLV, ...]:
+        """The PROXY v2 header's application-specific (0xE0-0xEF) and experimental
+        (0xF0-0xF7) TLVs, raw."""
+        return () if self.proxy_header is None else self.proxy_header.custom_tlvs
+
+    @property
+    def aws_vpc_endpoint_id(self) -> str | None:
+        """The VPC endpoint id an AWS NLB reports in its 0xEA TLV (PrivateLink), if any."""
+        return None if self.proxy_header is None else self.proxy_header.aws_vpc_endpoint_id
 
     def username_for(self, claimed: str | None) -> str | None:
         """The username a client goes by: the certificate's, else the one it claimed.
@@ -99,6 +119,20 @@ class PeerInfo:
         if self.identity_error is not None:
             return self
         return attrs.evolve(self, identity_error=why_not)
+
+    def log_fields(self) -> dict[str, str]:
+        """The facts a structured log line carries about this peer (``extra=`` fields)."""
+        fields = {"listener": self.listener, "transport": self.transport}
+        if self.client is not None:
+            fields["client_address"] = str(self.client)
+        if self.proxy is not None:
+            fields["proxy_address"] = str(self.proxy)
+        if self.forwarded_by is not None:
+            fields["forwarded_by"] = self.forwarded_by
+        vpce = self.aws_vpc_endpoint_id
+        if vpce is not None:
+            fields["aws_vpc_endpoint_id"] = vpce
+        return fields
 
     def describe(self) -> str:
         """The form used in logs: ``client=203.0.113.7:51234 via proxy 127.0.0.1:40000``."""

@@ -63,7 +63,12 @@ from trio_mqtt.mqtt.packets import (
     Will,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
-from trio_mqtt.mqtt.topics import parse_shared_filter, validate_topic_filter, validate_topic_name
+from trio_mqtt.mqtt.topics import (
+    SHARE_PREFIX,
+    parse_shared_filter,
+    validate_topic_filter,
+    validate_topic_name,
+)
 from trio_mqtt.peer import PeerInfo
 
 log = logging.getLogger("trio_mqtt.broker")
@@ -467,6 +472,12 @@ class BrokerCore:
             connect.client_id,
             why,
             code.name,
+            extra={
+                **peer.log_fields(),
+                "event": "connect-refused",
+                "client_id": connect.client_id,
+                "reason": f"{why} [{code.name}]",
+            },
         )
         self.stats.connects_refused += 1
         return Refused(code, why, connack)
@@ -662,17 +673,27 @@ class BrokerCore:
                 None if will is None else will_message(will, client_id, conn.peer, now),
                 0 if will is None else will.properties.will_delay_interval or 0,
             )
+        vpce = conn.peer.aws_vpc_endpoint_id
+        protocol = {3: "3.1", 4: "3.1.1", 5: "5.0"}[int(version)]
         log.info(
             "connected %s client_id=%r username=%r protocol=%s keepalive=%d clean=%s "
-            "session_present=%s listener=%s",
+            "session_present=%s listener=%s%s",
             conn.peer.describe(),
             client_id,
             username,
-            {3: "3.1", 4: "3.1.1", 5: "5.0"}[int(version)],
+            protocol,
             keep_alive,
             connect.clean_start,
             session_present,
             conn.peer.listener,
+            "" if vpce is None else f" aws_vpce={vpce}",
+            extra={
+                **conn.peer.log_fields(),
+                "event": "connected",
+                "client_id": client_id,
+                "username": username,
+                "protocol": protocol,
+            },
         )
         return Accepted(
             session=session,
@@ -823,6 +844,12 @@ class BrokerCore:
             conn.client_id,
             reason.value,
             f" ({detail})" if detail else "",
+            extra={
+                **conn.peer.log_fields(),
+                "event": "disconnected",
+                "client_id": conn.client_id,
+                "reason": f"{reason.value} ({detail})" if detail else reason.value,
+            },
         )
         self.stats.disconnects += 1
         if session is None or session.connection is not conn:
@@ -944,13 +971,12 @@ class BrokerCore:
                 )
 
         code: ReasonCode = ReasonCode.SUCCESS
-        if topic[0] == "$" and topic.startswith(SYS_TOPICS):
-            # the broker's own topics: clients may read them, never write them
-            code = ReasonCode.NOT_AUTHORIZED
-            if conn.first_time("publish to $SYS"):
+        if topic[0] == "$":
+            code = _dollar_topic_refusal(topic)
+            if conn.first_time("publish to $"):
                 log.info(
-                    "%s client_id=%r may not publish to %r (and further $SYS topics): "
-                    "refused, not routed",
+                    "%s client_id=%r may not publish to %r (nor to other topics starting "
+                    "with $): refused, not routed",
                     conn.peer.describe(),
                     conn.client_id,
                     topic,
@@ -1344,6 +1370,20 @@ class BrokerCore:
     def local_unsubscribe(self, local_id: str) -> None:
         self.local_subscribers.pop(local_id, None)
         self.router.unsubscribe_all(local_id)
+
+
+def _dollar_topic_refusal(topic: str) -> ReasonCode:
+    """Why a client may not PUBLISH to ``topic``, which starts with ``$``.
+
+    Topics starting with ``$`` are the server's (5.0 section 4.7.2, 3.1.1 section 4.7.2:
+    the server SHOULD prevent clients from using them to exchange messages with other
+    clients). ``$share/...`` is the form of a Shared Subscription filter, which no
+    subscription can match as a topic name: 0x90 (Topic Name invalid). The rest, $SYS
+    above all: 0x87 (Not authorized), as mosquitto answers for $SYS.
+    """
+    if topic.startswith(SHARE_PREFIX):
+        return ReasonCode.TOPIC_NAME_INVALID
+    return ReasonCode.NOT_AUTHORIZED
 
 
 def _fit_connack(props: Properties, maximum: int) -> Properties | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from trio_mqtt.errors import ProxyProtocolError
 from trio_mqtt.proxy.header import (
+    AWS_SUBTYPE_VPCE_ID,
+    AWS_TLV_TYPE,
     CUSTOM_TLV_TYPES,
     EXPERIMENT_TLV_TYPES,
     TLV,
@@ -33,6 +35,8 @@ from trio_mqtt.proxy.parser import (
 )
 
 __all__ = [
+    "AWS_SUBTYPE_VPCE_ID",
+    "AWS_TLV_TYPE",
     "CUSTOM_TLV_TYPES",
     "DEFAULT_MAX_HEADER_SIZE",
     "EXPERIMENT_TLV_TYPES",

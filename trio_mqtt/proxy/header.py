@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 
 import attrs
 
@@ -61,6 +62,13 @@ CUSTOM_TLV_TYPES = range(0xE0, 0xF0)
 """Reserved for application-specific data; such TLVs are kept raw."""
 EXPERIMENT_TLV_TYPES = range(0xF0, 0xF8)
 """Reserved for experiments; such TLVs are kept raw."""
+
+AWS_TLV_TYPE = 0xEA
+"""PP2_TYPE_AWS, a custom TLV an AWS Network Load Balancer sends (through PrivateLink):
+its value is a one-byte subtype followed by the subtype's data."""
+AWS_SUBTYPE_VPCE_ID = 0x01
+"""PP2_SUBTYPE_AWS_VPCE_ID: the data is the VPC endpoint id, in ASCII (``vpce-...``)."""
+_VPCE_ID = re.compile(rb"[A-Za-z0-9-]{1,255}")
 
 
 class ClientFlags(enum.IntFlag):
@@ -192,3 +200,17 @@ class ProxyHeader:
         return tuple(
             t for t in self.tlvs if t.type in CUSTOM_TLV_TYPES or t.type in EXPERIMENT_TLV_TYPES
         )
+
+    @property
+    def aws_vpc_endpoint_id(self) -> str | None:
+        """The VPC endpoint id of an AWS PP2_TYPE_AWS (0xEA) TLV, subtype 0x01.
+
+        None without such a TLV, or when its data is not an id (ASCII letters, digits
+        and '-'): the raw TLV stays in :attr:`tlvs` either way.
+        """
+        for tlv in self.tlvs:
+            if tlv.type == AWS_TLV_TYPE and tlv.value[:1] == bytes([AWS_SUBTYPE_VPCE_ID]):
+                data = tlv.value[1:]
+                if _VPCE_ID.fullmatch(data):
+                    return data.decode("ascii")
+        return None

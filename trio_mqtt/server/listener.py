@@ -9,6 +9,7 @@ socket -> (PROXY preamble, TLS, WebSocket: per the listener's config) -> MQTT.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from collections import Counter
@@ -19,8 +20,9 @@ import trio
 
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.config import ListenerConfig, Transport
-from trio_mqtt.errors import ConfigError
+from trio_mqtt.errors import ConfigError, ProxyProtocolError
 from trio_mqtt.peer import Endpoint, PeerInfo
+from trio_mqtt.proxy import looks_like_proxy_header, parse_proxy_header
 from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.proxy_policy import read_proxy_preamble
@@ -30,6 +32,8 @@ from trio_mqtt.server.watched_stream import WatchedSocketStream
 from trio_mqtt.server.websocket import accept_websocket
 
 log = logging.getLogger("trio_mqtt.listener")
+
+RECEIVE_SIZE = 4096
 
 _TLS_TRANSPORTS = frozenset({Transport.TLS, Transport.WSS})
 _WEBSOCKET_TRANSPORTS = frozenset({Transport.WS, Transport.WSS})
@@ -44,7 +48,7 @@ class ListenerHandle:
     connections: int = 0
     # refused connections by reason ("untrusted-source", "timeout", "invalid-header",
     # "spoofed-header", "tls-required", "client-cert-required", "closed",
-    # "max-connections", "tls-handshake", "ws-upgrade")
+    # "second-header", "max-connections", "tls-handshake", "ws-upgrade")
     rejections: Counter[str] = attrs.Factory(Counter)
     # the certificates of a tls/wss listener (None for tcp/ws); reload_tls() swaps them
     tls: ServerTLS | None = None
@@ -258,10 +262,14 @@ async def _serve_connection(
             preamble = await read_proxy_preamble(stream, handle.config.proxy_protocol, peer)
             peer = preamble.peer
             who = peer.describe()
+            leftover = preamble.leftover
             if peer.proxy_header is not None:
                 log.debug("listener %r: PROXY header: %s", handle.name, who)
+                leftover = await _refuse_second_header(
+                    stream, leftover, core.config.connect_timeout
+                )
             mqtt_stream, peer = await _open_transport(
-                core, handle, PrefixedStream(stream, preamble.leftover), peer
+                core, handle, PrefixedStream(stream, leftover), peer
             )
         except ConnectionRejected as exc:
             handle.rejections[exc.reason] += 1
@@ -271,11 +279,55 @@ async def _serve_connection(
                 handle.name,
                 who,
                 exc.detail,
+                extra={**peer.log_fields(), "event": "connection-refused", "reason": exc.reason},
             )
             return
         await run_connection(mqtt_stream, core, peer)
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _refuse_second_header(
+    stream: trio.abc.ReceiveStream, leftover: bytes, wait: float
+) -> bytes:
+    """The first bytes after a PROXY header, refused if they begin another PROXY header.
+
+    Chained load balancers (an AWS NLB behind another, each with PROXY protocol on) send
+    one header each; only the first is ours to read. MQTT, TLS and HTTP never begin like
+    a header, so the first bytes after it tell: the connection is refused and logged
+    as what it is, rather than as garbage at the next layer. Reads only until that is
+    known (one or two bytes), within ``wait`` seconds; EOF is passed on to the next layer.
+    """
+    data = leftover
+    try:
+        with trio.fail_after(wait):
+            while (verdict := looks_like_proxy_header(data)) is None:
+                try:
+                    chunk = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return data  # the next layer meets the same
+                if not chunk:
+                    return data
+                data += chunk
+    except trio.TooSlowError:
+        raise ConnectionRejected(
+            "timeout",
+            f"nothing after the PROXY header within {wait:g}s ({len(data)} bytes)",
+            level=logging.INFO,
+        ) from None
+    if verdict:
+        second = ""
+        with contextlib.suppress(ProxyProtocolError):
+            parsed = parse_proxy_header(data)
+            if parsed is not None and parsed[0].source is not None:
+                second = f" (it names client {parsed[0].source})"
+        raise ConnectionRejected(
+            "second-header",
+            f"a second PROXY header follows the first{second}: only one is read, and the "
+            "bytes after it must be MQTT, TLS or HTTP. Chained load balancers (e.g. an AWS "
+            "NLB behind another) must not both send PROXY protocol",
+        )
+    return data
 
 
 async def _open_transport(
