@@ -13,6 +13,7 @@ from helpers import V5, V311, Client, FakeClock, make_core
 
 from trio_mqtt.broker.connection_view import CloseReason
 from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.message import Message
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
     NO_PROPERTIES,
@@ -24,6 +25,7 @@ from trio_mqtt.mqtt.packets import (
     Pubcomp,
     Publish,
     Pubrec,
+    Pubrel,
     Subscribe,
     SubscriptionRequest,
 )
@@ -159,3 +161,36 @@ def test_an_acknowledgement_of_the_wrong_type_is_a_protocol_error(
     ] == expected
     assert sub.conn.wants_close
     assert core.stats.protocol_errors == 1
+
+
+def test_clients_may_not_publish_to_dollar_topics(clock: FakeClock) -> None:
+    """4.7.2: ``$`` topics are the server's. 5.0: 0x87, or 0x90 for ``$share/...`` (the
+    form of a shared subscription, never a topic name); 3.1.1: acknowledged, dropped."""
+    core = make_core(clock)
+    watcher = Client(core, V5)
+    watcher.connect("watcher")
+    watcher.subscribe_alone(("$app/status", 2), ("$share/g/t", 2), ("t", 2))
+    c = Client(core, V5)
+    c.connect("c")
+    c.send(Publish("$app/status", b"x", qos=1, packet_id=1, retain=True))
+    c.send(Publish("$share/g/t", b"x", qos=1, packet_id=2))
+    c.send(Publish("$app/status", b"x", qos=2, packet_id=3))
+    c.send(Pubrel(3))
+    c.send(Publish("$app/status", b"x", qos=0))
+    assert c.packets() == [
+        Puback(1, ReasonCode.NOT_AUTHORIZED),
+        Puback(2, ReasonCode.TOPIC_NAME_INVALID),
+        Pubrec(3, ReasonCode.NOT_AUTHORIZED),  # the exchange ends here (4.3.3) ...
+        Pubcomp(3, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND),  # ... a PUBREL finds nothing
+    ]
+    old = Client(core, V311)
+    old.connect("old")
+    old.send(Publish("$app/status", b"x", qos=1, packet_id=7))
+    assert old.packets() == [Puback(7)]  # 3.1.1 cannot say no: acknowledged, not routed
+    assert watcher.packets() == []
+    assert core.retained.get("$app/status") is None
+    assert not c.conn.wants_close and not old.conn.wants_close
+
+    core.publish(Message("$app/status", b"from the broker"))  # in-process: still routed
+    (publish,) = watcher.publishes()
+    assert (publish.topic, publish.payload) == ("$app/status", b"from the broker")
