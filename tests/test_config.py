@@ -261,7 +261,7 @@ def test_missing_certificate_names_the_tls_key(tmp_path: Path) -> None:
             listener(ports=3),
             "broker.toml: listeners[0].ports: unknown key; allowed keys: "
             "'name', 'bind', 'transport', 'max_connections', 'ws_path', 'reuse_port', "
-            "'proxy_protocol', 'tls'",
+            "'ws_trusted_proxies', 'ws_forwarded_header', 'proxy_protocol', 'tls'",
         ),
         (
             proxy(mode="required", trusted=["10.0.0.0/8"]),

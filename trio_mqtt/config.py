@@ -25,11 +25,13 @@ import attrs
 
 from trio_mqtt.errors import ConfigError
 from trio_mqtt.networks import IPNetwork, address_in, parse_network
+from trio_mqtt.proxy.forwarded import ForwardedHeader
 
 __all__ = [
     "AclTopicsBeforeUser",
     "BrokerConfig",
     "ClusterConfig",
+    "ForwardedHeader",
     "IPNetwork",
     "ListenerConfig",
     "ProxyMode",
@@ -227,8 +229,9 @@ def _parse_network(text: str, key: str) -> IPNetwork:
         raise ConfigError(str(exc), key=key) from None
 
 
-def _to_networks(value: Iterable[IPNetwork | str]) -> tuple[IPNetwork, ...]:
-    key = "trusted_sources"
+def _to_networks(
+    value: Iterable[IPNetwork | str], key: str = "trusted_sources"
+) -> tuple[IPNetwork, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         message = f"{_show(value)} is not a list of CIDRs (e.g. ['10.0.0.0/8', '192.168.1.7'])"
         raise ConfigError(message, key=key)
@@ -243,6 +246,22 @@ def _to_networks(value: Iterable[IPNetwork | str]) -> tuple[IPNetwork, ...]:
             message = f"{_show(item)} is not a CIDR string (e.g. '10.0.0.0/8')"
             raise ConfigError(message, key=f"{key}[{index}]")
     return tuple(networks)
+
+
+def _to_ws_trusted_proxies(value: Iterable[IPNetwork | str]) -> tuple[IPNetwork, ...]:
+    return _to_networks(value, "ws_trusted_proxies")
+
+
+def _to_forwarded_header(value: ForwardedHeader | str) -> ForwardedHeader:
+    if isinstance(value, ForwardedHeader):
+        return value
+    if isinstance(value, str):
+        try:
+            return ForwardedHeader(value.lower())
+        except ValueError:
+            pass
+    message = f"{_show(value)} is not one of {_enum_choices(ForwardedHeader)}"
+    raise ConfigError(message, key="ws_forwarded_header")
 
 
 def _to_listeners(value: Iterable[ListenerConfig]) -> tuple[ListenerConfig, ...]:
@@ -355,6 +374,14 @@ class ListenerConfig:
     # SO_REUSEPORT: several processes accept on one port and the kernel spreads the
     # connections (what ``--workers`` uses); with port 0 each process gets its own port
     reuse_port: bool = attrs.field(default=False, validator=_bool)
+    # ws/wss behind HTTP reverse proxies: the proxies whose ws_forwarded_header names the
+    # client (docs/load-balancers.md); empty: the header is never used
+    ws_trusted_proxies: tuple[IPNetwork, ...] = attrs.field(
+        default=(), converter=_to_ws_trusted_proxies
+    )
+    ws_forwarded_header: ForwardedHeader = attrs.field(
+        default=ForwardedHeader.X_FORWARDED_FOR, converter=_to_forwarded_header
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.transport in (Transport.TLS, Transport.WSS) and self.tls is None:
@@ -375,6 +402,13 @@ class ListenerConfig:
                 key="proxy_protocol.use_cn_as_username",
             )
         self._check_direct_clients()
+        if self.ws_trusted_proxies and self.transport not in (Transport.WS, Transport.WSS):
+            raise ConfigError(
+                f"is for 'ws' and 'wss' listeners (an HTTP header names the client); this "
+                f"listener's transport is {self.transport.value!r}: for a TCP or TLS "
+                "listener behind a proxy, use [listeners.proxy_protocol]",
+                key="ws_trusted_proxies",
+            )
 
     def _check_direct_clients(self) -> None:
         """In mode 'optional', clients without a header must meet the requirements too."""
@@ -581,7 +615,16 @@ _BROKER_KEYS = tuple(
     field.name for field in attrs.fields(BrokerConfig) if field.name not in ("listeners", "cluster")
 )
 _CLUSTER_KEYS = tuple(field.name for field in attrs.fields(ClusterConfig))
-_LISTENER_KEYS = ("name", "bind", "transport", "max_connections", "ws_path", "reuse_port")
+_LISTENER_KEYS = (
+    "name",
+    "bind",
+    "transport",
+    "max_connections",
+    "ws_path",
+    "reuse_port",
+    "ws_trusted_proxies",
+    "ws_forwarded_header",
+)
 _LISTENER_TABLES = ("proxy_protocol", "tls")
 _PROXY_KEYS = tuple(field.name for field in attrs.fields(ProxyPolicy))
 _TLS_KEYS = tuple(field.name for field in attrs.fields(TLSConfig))

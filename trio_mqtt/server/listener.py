@@ -344,10 +344,12 @@ async def _open_transport(
     if handle.tls is not None:
         stream, peer = await tls_handshake(stream, handle.tls, peer, handshake_timeout=timeout)
     if config.transport in _WEBSOCKET_TRANSPORTS:
-        stream = await accept_websocket(
+        stream, peer = await accept_websocket(
             stream,
             path=config.ws_path,
             upgrade_timeout=timeout,
             peer=peer,
+            trusted_proxies=config.ws_trusted_proxies,
+            forwarded_header=config.ws_forwarded_header,
         )
     return stream, peer

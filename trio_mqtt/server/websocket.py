@@ -18,8 +18,10 @@ import base64
 import binascii
 import contextlib
 import logging
+from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 
+import attrs
 import h11
 import trio
 from wsproto import WSConnection
@@ -35,7 +37,9 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from trio_mqtt.peer import PeerInfo
+from trio_mqtt.networks import IPNetwork, address_in
+from trio_mqtt.peer import Endpoint, PeerInfo
+from trio_mqtt.proxy.forwarded import ForwardedHeader, forwarded_client
 from trio_mqtt.server.prefixed_stream import take_front
 from trio_mqtt.server.rejection import ConnectionRejected
 
@@ -44,6 +48,7 @@ __all__ = [
     "MQTT_SUBPROTOCOLS",
     "WebSocketStream",
     "accept_websocket",
+    "forwarded_peer",
 ]
 
 log = logging.getLogger("trio_mqtt.websocket")
@@ -75,11 +80,15 @@ async def accept_websocket(
     path: str,
     upgrade_timeout: float,
     peer: PeerInfo,
-) -> WebSocketStream:
+    trusted_proxies: Sequence[IPNetwork] = (),
+    forwarded_header: ForwardedHeader = ForwardedHeader.X_FORWARDED_FOR,
+) -> tuple[WebSocketStream, PeerInfo]:
     """Complete the server side of a WebSocket upgrade on *stream* within *upgrade_timeout* seconds.
 
     Raises ConnectionRejected (after sending an HTTP error when one applies) if the
     request is not a WebSocket upgrade to *path* that the MQTT subprotocol can serve.
+    Returns the stream and the PeerInfo: the client address from *forwarded_header* when
+    the peer is one of *trusted_proxies* (see ``forwarded_peer``), else *peer*.
     """
     http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_UPGRADE_REQUEST_SIZE)
     try:
@@ -88,6 +97,7 @@ async def accept_websocket(
                 request = await _read_request(stream, http)
                 subprotocol = _check_request(request, path)
                 websocket, response = _accept(request, subprotocol)
+                peer = forwarded_peer(request.headers, peer, trusted_proxies, forwarded_header)
             except _Refusal as refusal:
                 await _send_refusal(stream, http, refusal)
                 raise ConnectionRejected(
@@ -101,7 +111,52 @@ async def accept_websocket(
     trailing, _closed = http.trailing_data
     if trailing:  # the client's first frames, sent right behind its request
         websocket.receive_data(bytes(trailing))
-    return WebSocketStream(stream, websocket, peer=peer)
+    return WebSocketStream(stream, websocket, peer=peer), peer
+
+
+_FORWARDING_HEADERS = frozenset(h.value.encode() for h in ForwardedHeader)
+
+
+def forwarded_peer(
+    headers: Iterable[tuple[bytes, bytes]],
+    peer: PeerInfo,
+    trusted_proxies: Sequence[IPNetwork],
+    header: ForwardedHeader,
+) -> PeerInfo:
+    """*peer* with the client address an HTTP reverse proxy reports in *header*.
+
+    Only when the connection had no PROXY header (a PROXY header's address wins) and
+    the socket's peer is one of *trusted_proxies*; the address is then the right-most
+    entry that is not a trusted proxy (``trio_mqtt.proxy.forwarded``). Otherwise, or when
+    the header names no usable address, *peer* stays as it is and a forwarding header
+    that was sent is logged at DEBUG.
+    """
+    present = [(name, value) for name, value in headers if name in _FORWARDING_HEADERS]
+    if not present:
+        return peer
+    names = ", ".join(sorted({name.decode() for name, _ in present}))
+    who = peer.describe()
+    if peer.proxy_header is not None:
+        log.debug("%s from %s ignored: the PROXY header's address is used", names, who)
+        return peer
+    if not address_in(peer.client_host, trusted_proxies):
+        log.debug("%s from %s ignored: not in ws_trusted_proxies", names, who)
+        return peer
+    wanted = header.value.encode()
+    values = [value for name, value in present if name == wanted]
+    if not values:
+        log.debug("%s from %s ignored: ws_forwarded_header is %s", names, who, header.value)
+        return peer
+    found = forwarded_client(header, values, trusted_proxies)
+    if found is None:
+        log.debug("%s from %s names no usable client address; keeping the peer", names, who)
+        return peer
+    return attrs.evolve(
+        peer,
+        client=Endpoint(found.host, found.port),
+        proxy=peer.remote,
+        forwarded_by=header.value,
+    )
 
 
 def _accept(request: h11.Request, subprotocol: str | None) -> tuple[WSConnection, bytes]:
