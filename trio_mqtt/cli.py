@@ -27,6 +27,7 @@ import trio
 from trio_mqtt._version import __version__
 from trio_mqtt.config import MAX_WORKERS, BrokerConfig, ListenerConfig, load_config
 from trio_mqtt.errors import ConfigError
+from trio_mqtt.logformat import LOG_FORMATS, TEXT_FORMAT, make_formatter
 
 __all__ = ["build_config", "build_parser", "configure_logging", "main", "run_broker"]
 
@@ -34,7 +35,7 @@ logger = logging.getLogger("trio_mqtt.cli")
 
 PROG = "trio-mqtt"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LOG_FORMAT = TEXT_FORMAT
 
 #: Exit codes: 2 for a bad command line or config (as argparse does), 1 when the broker
 #: cannot start (e.g. the port is in use).
@@ -71,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (default: info)",
     )
     parser.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        help="text (the default) or json: one JSON object per line, with time, level, "
+        "logger, message and, where known, event, listener, client_id, client_address, "
+        "proxy_address and reason; replaces [broker] log_format",
+    )
+    parser.add_argument(
         "--workers",
         metavar="N",
         type=_workers,
@@ -100,7 +109,9 @@ def _workers(text: str) -> int:
 
 def build_config(args: argparse.Namespace) -> BrokerConfig:
     """The BrokerConfig that *args* ask for; raises ConfigError naming the bad input."""
-    overrides = {} if args.workers is None else {"workers": args.workers}
+    overrides: dict[str, Any] = {} if args.workers is None else {"workers": args.workers}
+    if args.log_format is not None:
+        overrides["log_format"] = args.log_format
     if args.config:
         config = load_config(args.config, overrides=overrides)
     else:
@@ -117,17 +128,19 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
 
 
 def configure_logging(
-    level: str, stream: TextIO | None = None, *, name: str | None = None
+    level: str,
+    stream: TextIO | None = None,
+    *,
+    name: str | None = None,
+    log_format: str = "text",
 ) -> logging.Handler:
     """Send log records at *level* and above to *stream* (stderr); returns the handler.
 
-    A *name* (a worker's node name) goes into every line, in brackets after the level.
+    A *name* (a worker's node name) goes into every line, in brackets after the level
+    (as ``node`` in JSON). *log_format* is "text" or "json" (trio_mqtt/logformat.py).
     """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    log_format = LOG_FORMAT
-    if name:
-        log_format = LOG_FORMAT.replace("%(name)s", "[" + name.replace("%", "%%") + "] %(name)s", 1)
-    handler.setFormatter(logging.Formatter(log_format))
+    handler.setFormatter(make_formatter(log_format, node=name))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())
@@ -281,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(exc)
         return EXIT_USAGE
 
-    handler = configure_logging(args.log_level, name=args.log_name)
+    handler = configure_logging(args.log_level, name=args.log_name, log_format=config.log_format)
     try:
         if config.workers > 1:
             return _run_workers(config, args.log_level)

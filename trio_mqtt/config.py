@@ -128,6 +128,11 @@ def _bool(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise _fail(attribute, f"{value!r} is not a boolean (allowed: true, false)")
 
 
+def _log_format(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in ("text", "json"):
+        raise _fail(attribute, f"{_show(value)} is not one of 'text', 'json'")
+
+
 def _str(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str):
         raise _fail(attribute, f"{_show(value)} is not a string")
@@ -548,6 +553,9 @@ class BrokerConfig:
     persistence: str = attrs.field(default="", validator=_str)
     shutdown_timeout: float = attrs.field(default=5.0, validator=_seconds(allow_zero=True))
     sys_interval: float = attrs.field(default=10.0, validator=_seconds(allow_zero=True))
+    # how the trio-mqtt command writes log lines: "text" or "json" (one object per line);
+    # --log-format overrides it; embedding with open_broker ignores it
+    log_format: str = attrs.field(default="text", validator=_log_format)
     listeners: tuple[ListenerConfig, ...] = attrs.field(
         factory=lambda: (ListenerConfig(),),
         converter=_to_listeners,
