@@ -11,6 +11,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from trio_mqtt.errors import RemoteProtocolError
 from trio_mqtt.mqtt import codec
 from trio_mqtt.mqtt.packets import (
     Auth,
@@ -36,6 +37,7 @@ from trio_mqtt.mqtt.packets import (
 )
 from trio_mqtt.mqtt.properties import PROPERTIES, PropertyContext, PropertySpec, PropertyType
 from trio_mqtt.mqtt.reason_codes import ReasonCode
+from trio_mqtt.mqtt.topics import validate_topic_filter
 
 V31 = ProtocolVersion.V31
 V311 = ProtocolVersion.V311
@@ -46,6 +48,27 @@ VERSIONS = (V31, V311, V5)
 mqtt_text = st.text(
     alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
     max_size=12,
+)
+# topic names (a Response Topic): at least 1 character, no wildcard
+topic_names = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00+#"),
+    min_size=1,
+    max_size=12,
+)
+
+
+def _valid_filter(topic_filter: str) -> bool:
+    try:
+        validate_topic_filter(topic_filter)
+    except RemoteProtocolError:
+        return False  # "$share/..." without a group or filter: hypothesis may find it
+    return True
+
+
+# topic filters: names, or wildcards in the places 4.7.1 allows
+topic_filters = st.one_of(
+    topic_names.filter(_valid_filter),
+    st.sampled_from(["#", "+", "a/+", "+/b/#", "/#", "$share/g/+/x", "$share/g/#"]),
 )
 binary = st.binary(max_size=24)
 packet_ids = st.integers(1, 0xFFFF)
@@ -81,7 +104,7 @@ def _property_value(spec: PropertySpec) -> st.SearchStrategy[Any]:
         case PropertyType.VARIABLE_BYTE_INTEGER:
             return st.integers(low, 268_435_455)
         case PropertyType.UTF8_STRING:
-            return mqtt_text
+            return topic_names if spec.attribute == "response_topic" else mqtt_text
         case PropertyType.BINARY_DATA:
             return binary
         case PropertyType.UTF8_STRING_PAIR:
@@ -182,14 +205,14 @@ def subscribes(draw: st.DrawFn, version: ProtocolVersion) -> Subscribe:
     if version == V5:
         request = st.builds(
             SubscriptionRequest,
-            mqtt_text,
+            topic_filters,
             qos_levels,
             st.booleans(),
             st.booleans(),
             st.integers(0, 2),
         )
     else:
-        request = st.builds(SubscriptionRequest, mqtt_text, qos_levels)
+        request = st.builds(SubscriptionRequest, topic_filters, qos_levels)
     return Subscribe(
         draw(packet_ids),
         tuple(draw(st.lists(request, min_size=1, max_size=4))),
@@ -206,7 +229,7 @@ def subacks(draw: st.DrawFn, version: ProtocolVersion) -> Suback:
 
 @st.composite
 def unsubscribes(draw: st.DrawFn, version: ProtocolVersion) -> Unsubscribe:
-    filters = draw(st.lists(mqtt_text, min_size=1, max_size=4))
+    filters = draw(st.lists(topic_filters, min_size=1, max_size=4))
     return Unsubscribe(
         draw(packet_ids), tuple(filters), draw(_props(version, PropertyContext.UNSUBSCRIBE))
     )

@@ -44,6 +44,7 @@ V311 = ProtocolVersion.V311
 V5 = ProtocolVersion.V5
 MALFORMED = ReasonCode.MALFORMED_PACKET
 PROTOCOL = ReasonCode.PROTOCOL_ERROR
+SERVER_TO_CLIENT_TYPES = (2, 9, 11, 13)  # CONNACK, SUBACK, UNSUBACK, PINGRESP
 
 
 def h(text: str) -> bytes:
@@ -133,7 +134,15 @@ def accept(data: bytes, *, version: ProtocolVersion | None = V311) -> list[Packe
 def test_reserved_fixed_header_flags_are_malformed_on_the_first_byte(
     version: ProtocolVersion | None, first: int
 ) -> None:
-    reject(bytes((first,)), MALFORMED, version=version, match="reserved fixed header flags")
+    # a server's reader refuses the server-to-client packets before their flags
+    server_side = first >> 4 not in SERVER_TO_CLIENT_TYPES
+    reject(
+        bytes((first,)),
+        MALFORMED,
+        version=version,
+        server_side=server_side,
+        match="reserved fixed header flags",
+    )
 
 
 @pytest.mark.parametrize(
@@ -252,6 +261,13 @@ def test_connect_reserved_flag_is_malformed_and_version_is_known() -> None:
     assert "reserved connect flag" in str(info.value)
     # the broker needs the version to answer a malformed CONNECT
     assert reader.protocol_version == V311
+
+
+def test_mqtt_31_connect_may_set_the_reserved_flag() -> None:
+    # 3.1 ("MQIsdp", level 3) left connect flags bit 0 unused without forbidding it, and
+    # mosquitto accepts it: flags 0x03 = reserved bit + clean session, client id "a"
+    data = h("10 0F | 00 06 4D 51 49 73 64 70 | 03 | 03 | 00 3C | 00 01 61")
+    assert accept(data, version=None) == [Connect("a", V31, clean_start=True)]
 
 
 @pytest.mark.parametrize(
@@ -416,6 +432,37 @@ def test_unsubscribe_without_topic_filters_is_a_protocol_error(
     reject(data, PROTOCOL, version=version, match="no topic filter")
 
 
+@pytest.mark.parametrize(
+    ("data", "version", "match"),
+    [
+        # SUBSCRIBE, packet id 1: filter "" QoS 0 [MQTT-4.7.3-1]
+        (h("82 05 00 01 | 00 00 | 00"), V311, "topic filter is empty"),
+        (h("82 06 00 01 | 00 | 00 00 | 00"), V5, "topic filter is empty"),
+        # "a/#/b": '#' must be last [MQTT-4.7.1-1]
+        (h("82 0A 00 01 | 00 05 61 2F 23 2F 62 | 00"), V311, "'#' must be the last level"),
+        (h("82 0B 00 01 | 00 | 00 05 61 2F 23 2F 62 | 01"), V5, "'#' must be the last level"),
+        # "a+": '+' must fill its level [MQTT-4.7.1-2]
+        (h("82 07 00 01 | 00 02 61 2B | 00"), V311, "'+' must be alone in its level"),
+        (h("82 07 00 01 | 00 02 61 2B | 00"), V31, "'+' must be alone in its level"),
+        # "$share//t": empty share name [MQTT-4.8.2-1]
+        (h("82 0F 00 01 | 00 | 00 09 24 73 68 61 72 65 2F 2F 74 | 00"), V5, "empty group"),
+        # a bad filter after a good one ("a", then "#a")
+        (h("82 0B 00 01 | 00 01 61 | 00 | 00 02 23 61 | 00"), V311, "'#' must be alone"),
+        # UNSUBSCRIBE, packet id 1
+        (h("A2 04 00 01 | 00 00"), V311, "topic filter is empty"),
+        (h("A2 0A 00 01 | 00 | 00 05 61 2F 23 2F 62"), V5, "'#' must be the last level"),
+        (h("A2 06 00 01 | 00 02 2B 61"), V311, "'+' must be alone in its level"),
+    ],
+)
+def test_invalid_topic_filter_is_malformed(
+    data: bytes, version: ProtocolVersion, match: str
+) -> None:
+    # SUBACK / UNSUBACK 0x8F is for a filter that "is correctly formed but is not allowed";
+    # one that breaks the syntax of 4.7 closes the connection (3.1.1 [MQTT-4.8.0-1]).
+    error = reject(data, MALFORMED, version=version, match=match)
+    assert str(error).startswith(("SUBSCRIBE: ", "UNSUBSCRIBE: "))
+
+
 def subscribe_5(options: int) -> bytes:
     # packet id 1, no properties, topic filter "a", then the options byte
     return h("82 07 00 01 00 00 01 61") + bytes((options,))
@@ -492,6 +539,57 @@ def test_property_not_allowed_in_packet_is_malformed(
     data: bytes, version: ProtocolVersion | None, match: str
 ) -> None:
     reject(data, MALFORMED, version=version, match=match)
+
+
+@pytest.mark.parametrize(
+    ("data", "version"),
+    [
+        # PUBLISH "t", QoS 0, Response Topic ""
+        (h("30 07 00 01 74 | 03 | 08 00 00"), V5),
+        # Response Topic "a/#" [MQTT-3.3.2-14]
+        (h("30 0A 00 01 74 | 06 | 08 00 03 61 2F 23"), V5),
+        # Response Topic "+"
+        (h("30 08 00 01 74 | 04 | 08 00 01 2B"), V5),
+        # CONNECT with a will (flags 0x06) whose Will Properties hold Response Topic ""
+        (connect_5(0x06, b"", CLIENT_ID_A + h("03 | 08 00 00 | 00 01 74 | 00 00")), None),
+        # the same with Response Topic "r/+"
+        (connect_5(0x06, b"", CLIENT_ID_A + h("06 | 08 00 03 72 2F 2B | 00 01 74 | 00 00")), None),
+    ],
+)
+def test_response_topic_that_is_not_a_topic_name_is_a_protocol_error(
+    data: bytes, version: ProtocolVersion | None
+) -> None:
+    # 3.3.2.3.5: "used as the Topic Name for a response message"; it parses, so a Protocol
+    # Error (1.2), not a Malformed Packet
+    reject(data, PROTOCOL, version=version, match="Response Topic")
+
+
+@pytest.mark.parametrize(
+    ("data", "version"),
+    [
+        (h("20 03 00 00 00"), V5),  # CONNACK, a good one
+        (h("20 02 00 00"), V5),  # CONNACK without its property length: still the type
+        (h("20 02 00 00"), V311),
+        (h("28 02 00 00"), V311),  # CONNACK with reserved flags: the type comes first
+        (h("90 03 00 01 00"), V311),  # SUBACK
+        (h("90 02 00 01"), V5),
+        (h("B0 02 00 01"), V311),  # UNSUBACK
+        (h("B0 04 00 01 00 00"), V5),
+        (h("D0 00"), V311),  # PINGRESP
+        (h("D0 00"), V5),
+        (h("D0 00"), V31),
+    ],
+)
+def test_server_to_client_packet_from_a_client_is_a_protocol_error(
+    data: bytes, version: ProtocolVersion
+) -> None:
+    # Table 2-1: these flow from Server to Client only. They parse: a Protocol Error
+    # (5.0 section 1.2), answered with DISCONNECT 0x82, not 0x81.
+    reject(data, PROTOCOL, version=version, match="server-to-client packet")
+
+
+def test_server_to_client_packet_is_refused_as_soon_as_its_first_byte_arrives() -> None:
+    reject(b"\x20", PROTOCOL, version=V5, match="CONNACK is a server-to-client packet")
 
 
 @pytest.mark.parametrize(

@@ -432,9 +432,18 @@ VECTORS: list[tuple[str, ProtocolVersion, Packet, bytes]] = [
 ]
 
 
-def decode_all(data: bytes, version: ProtocolVersion, *, connect: bool) -> list[Packet]:
-    """Decode ``data`` with a fresh reader: server side learning the version from a CONNECT."""
-    reader = PacketReader() if connect else PacketReader(protocol_version=version)
+def decode_all(
+    data: bytes, version: ProtocolVersion, *, connect: bool, server_side: bool = True
+) -> list[Packet]:
+    """Decode ``data`` with a fresh reader: server side learning the version from a CONNECT.
+
+    ``server_side=False`` for the packets only a server sends (a server's reader refuses
+    them).
+    """
+    if connect:
+        reader = PacketReader()
+    else:
+        reader = PacketReader(protocol_version=version, server_side=server_side)
     packets = reader.feed(data)
     assert reader.buffered == 0
     assert reader.protocol_version == version
@@ -452,7 +461,11 @@ def test_encode(version: ProtocolVersion, packet: Packet, data: bytes) -> None:
     ("version", "packet", "data"), [v[1:] for v in VECTORS], ids=[v[0] for v in VECTORS]
 )
 def test_decode(version: ProtocolVersion, packet: Packet, data: bytes) -> None:
-    assert decode_all(data, version, connect=isinstance(packet, Connect)) == [packet]
+    from_server = isinstance(packet, Connack | Suback | Unsuback | Pingresp)
+    decoded = decode_all(
+        data, version, connect=isinstance(packet, Connect), server_side=not from_server
+    )
+    assert decoded == [packet]
 
 
 def test_client_side_reader_decodes_server_packets() -> None:
@@ -465,7 +478,7 @@ def test_decoded_reason_codes_are_reason_code_members() -> None:
     [puback] = decode_all(h("40 03 00 0A 10"), V5, connect=False)
     assert isinstance(puback, Puback)
     assert puback.reason_code is ReasonCode.NO_MATCHING_SUBSCRIBERS
-    [connack] = decode_all(h("20 02 00 05"), V311, connect=False)
+    [connack] = decode_all(h("20 02 00 05"), V311, connect=False, server_side=False)
     assert isinstance(connack, Connack)
     assert connack.reason_code is ReasonCode.NOT_AUTHORIZED  # return code 5
 

@@ -12,9 +12,10 @@ failure codes become 0x80. Anything the protocol cannot carry raises
 Decoding validates what the specs make the receiver check, raising
 ``RemoteProtocolError`` with the reason code the 5.0 spec names (MALFORMED_PACKET for
 bytes that do not parse, PROTOCOL_ERROR for parsed data the protocol forbids,
-PACKET_TOO_LARGE above the reader's limit). Topic name and filter syntax (wildcards,
-empty topics) is left to the broker, which knows about topic aliases and shared
-subscriptions.
+PACKET_TOO_LARGE above the reader's limit). A SUBSCRIBE / UNSUBSCRIBE topic filter
+that breaks the filter syntax (empty, a misplaced wildcard) is malformed; a Response
+Topic that is not a topic name is a protocol error. PUBLISH topic name syntax (wildcards,
+empty topics) is left to the broker, which knows about topic aliases.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from trio_mqtt.mqtt.properties import (
     encode_properties,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode, connack_return_code_v3
+from trio_mqtt.mqtt.topics import validate_topic_filter
 from trio_mqtt.mqtt.wire import U16, Buffer, malformed, protocol_error
 
 __all__ = [
@@ -553,6 +555,15 @@ _REQUIRED_FLAGS: dict[int, int] = {
 _V31_DUP_TOLERANT = frozenset(
     {PacketType.PUBREL.value, PacketType.SUBSCRIBE.value, PacketType.UNSUBSCRIBE.value}
 )
+# the packets only a server sends (Table 2-1): from a client, the type alone is the error
+_SERVER_TO_CLIENT = frozenset(
+    {
+        PacketType.CONNACK.value,
+        PacketType.SUBACK.value,
+        PacketType.UNSUBACK.value,
+        PacketType.PINGRESP.value,
+    }
+)
 
 
 def _expect_end(pos: int, end: int, packet: str, after: str) -> None:
@@ -567,6 +578,18 @@ def _read_packet_id(buf: Buffer, pos: int, end: int, packet: str) -> tuple[int, 
     if packet_id == 0:
         raise protocol_error(f"{packet}: packet identifier 0 is not allowed [MQTT-2.2.1-3]")
     return packet_id, pos + 2
+
+
+def _check_topic_filter(topic_filter: str, packet: str) -> None:
+    """A topic filter that breaks the syntax of 4.7 (empty, ``a/#/b``, ``a+``, ...).
+
+    Malformed: SUBACK / UNSUBACK 0x8F is for a filter that "is correctly formed but is
+    not allowed", and 3.1.1 closes the connection [MQTT-4.7.3-1] [MQTT-4.8.0-1].
+    """
+    try:
+        validate_topic_filter(topic_filter)
+    except RemoteProtocolError as exc:
+        raise malformed(f"{packet}: {exc}") from None
 
 
 def _check_reason_code(code: int, allowed: frozenset[ReasonCode], packet: str) -> ReasonCode:
@@ -618,7 +641,8 @@ def _decode_connect_body(buf: Buffer, pos: int, end: int, version: ProtocolVersi
     name = "CONNECT"
     v5 = version == V5
     flags, pos = wire.read_u8(buf, pos, end, name, "connect flags")
-    if flags & 0x01:
+    if flags & 0x01 and version != ProtocolVersion.V31:
+        # MQTT 3.1 left bit 0 unused without forbidding it (mosquitto accepts it too)
         raise malformed("CONNECT: the reserved connect flag (bit 0) is set [MQTT-3.1.2-3]")
     will_flag = flags & 0x04
     will_qos = (flags >> 3) & 3
@@ -742,6 +766,7 @@ def _decode_subscribe(buf: Buffer, pos: int, end: int, version: ProtocolVersion)
     subscriptions: list[SubscriptionRequest] = []
     while pos < end:
         topic_filter, pos = wire.read_utf8(buf, pos, end, name, "topic filter")
+        _check_topic_filter(topic_filter, name)
         options, pos = wire.read_u8(buf, pos, end, name, f"options of {topic_filter!r}")
         qos = options & 0x03
         if v5:
@@ -797,6 +822,7 @@ def _decode_unsubscribe(buf: Buffer, pos: int, end: int, version: ProtocolVersio
     topic_filters: list[str] = []
     while pos < end:
         topic_filter, pos = wire.read_utf8(buf, pos, end, name, "topic filter")
+        _check_topic_filter(topic_filter, name)
         topic_filters.append(topic_filter)
     if not topic_filters:
         raise protocol_error("UNSUBSCRIBE: no topic filter in the payload [MQTT-3.10.3-2]")
@@ -890,8 +916,10 @@ class PacketReader:
     packet's Remaining Length is known, before its body is buffered. A server-side
     reader created without ``protocol_version`` requires a CONNECT first and learns the
     version from it (``protocol_version`` is set as soon as the CONNECT's protocol name
-    and level are read, even if the rest of it turns out to be malformed). After any
-    error the reader is dead: every later ``feed()`` raises again.
+    and level are read, even if the rest of it turns out to be malformed). A server-side
+    reader refuses the packets only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP)
+    as a Protocol Error; decode those with ``server_side=False``. After any error the
+    reader is dead: every later ``feed()`` raises again.
     """
 
     max_packet_size: int = attrs.field(default=MAX_PACKET_SIZE, validator=_validate_max_packet_size)
@@ -1041,6 +1069,10 @@ class PacketReader:
         name = _PACKET_NAMES[packet_type]
         if version is None and packet_type != 1:
             raise protocol_error(f"the first packet must be CONNECT, got {name} [MQTT-3.1.0-1]")
+        if self.server_side and packet_type in _SERVER_TO_CLIENT:
+            # It parses (or would), but a client has no business sending it: a Protocol
+            # Error (5.0 section 1.2), found before its flags or body are looked at.
+            raise protocol_error(f"{name} is a server-to-client packet; a client sent it")
         required = _REQUIRED_FLAGS[packet_type]
         if flags != required and not (
             version == ProtocolVersion.V31

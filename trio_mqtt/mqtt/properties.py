@@ -317,9 +317,11 @@ def decode_properties(
     """Read a Property Length and the properties it covers; return them and the new offset.
 
     Raises ``RemoteProtocolError``: MALFORMED_PACKET for an unknown identifier, a property
-    not allowed in ``context`` or a value that does not fit; PROTOCOL_ERROR for a repeated
-    property that may appear once or a value the spec forbids (0 where it must not be 0,
-    anything but 0/1 in a flag byte).
+    not allowed in ``context`` ("an Identifier which is not valid for its packet type ...
+    is a Malformed Packet", 5.0 section 2.2.2.2) or a value that does not fit;
+    PROTOCOL_ERROR for a repeated property that may appear once or a value the spec
+    forbids (0 where it must not be 0, anything but 0/1 in a flag byte, a Response Topic
+    that is empty or has a wildcard).
     """
     length, pos = wire.read_varint(buf, pos, end, packet, "property length")
     if length == 0:
@@ -361,7 +363,27 @@ def decode_properties(
     for name, value in values.items():
         if isinstance(value, list):
             values[name] = tuple(value)
+    response_topic = values.get("response_topic")
+    if response_topic is not None:
+        _check_response_topic(response_topic, packet)
     return Properties(**values), stop
+
+
+def _check_response_topic(topic: str, packet: str) -> None:
+    """A Response Topic is the topic name of the response: not empty, no wildcard.
+
+    It parses, so breaking this is a Protocol Error (5.0 section 1.2), not malformed.
+    """
+    field = PROPERTIES[0x08].field
+    if not topic:
+        raise wire.protocol_error(
+            f"{packet}: {field} is empty; a topic name has at least 1 character [MQTT-4.7.3-1]"
+        )
+    if "+" in topic or "#" in topic:
+        shown = repr(topic) if len(topic) <= 80 else f"{topic[:80]!r}..."
+        raise wire.protocol_error(
+            f"{packet}: {field} {shown} contains a wildcard ('+' or '#') [MQTT-3.3.2-14]"
+        )
 
 
 def encode_properties(properties: Properties, context: PropertyContext, packet: str) -> bytes:
