@@ -18,7 +18,7 @@ from trio_mqtt.config import ProxyMode, ProxyPolicy
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.proxy import Command
 from trio_mqtt.server.proxy_policy import Preamble, read_proxy_preamble
-from trio_mqtt.server.rejection import ConnectionRejected
+from trio_mqtt.server.rejection import ConnectionRejected, HealthCheck
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 # 3.1.1 CONNECT, clean session, keep alive 60, client id "c1" (MQTT 3.1.1 section 3.1)
@@ -274,7 +274,6 @@ async def test_off_reads_nothing_and_keeps_the_peer() -> None:
         (CONNECT, "invalid-header"),  # required, but the client speaks MQTT directly
         (b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 99999\r\n", "invalid-header"),
         (SIG + b"\x31\x11\x00\x0c" + bytes(12), "invalid-header"),  # version 3
-        (b"", "closed"),
         (V1_HEADER[:10], "closed"),
     ],
 )
@@ -412,12 +411,29 @@ async def closed_refusal(data: bytes) -> ConnectionRejected:
     return info.value
 
 
-async def test_connect_and_close_without_a_byte_is_logged_at_info() -> None:
-    # what a load balancer's plain TCP health check does: not worth a warning
-    refusal = await closed_refusal(b"")
-    assert refusal.reason == "closed"
-    assert refusal.level == logging.INFO
-    assert "without sending anything" in refusal.detail
+async def test_connect_and_close_without_a_byte_is_a_health_check() -> None:
+    # what a load balancer's plain TCP health check does: no refusal at all
+    client, server = trio.testing.memory_stream_pair()
+    await client.aclose()
+    with pytest.raises(HealthCheck) as info:
+        await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
+    assert "without sending anything" in info.value.detail
+
+
+class ResetStream(trio.abc.ReceiveStream):
+    """A peer that resets the connection before sending anything (HAProxy's TCP check)."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        raise trio.BrokenResourceError("connection reset by peer")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_reset_without_a_byte_is_a_health_check() -> None:
+    with pytest.raises(HealthCheck) as info:
+        await read_proxy_preamble(ResetStream(), policy(), peer_from(TRUSTED_REMOTE))
+    assert "reset without sending anything" in info.value.detail
 
 
 async def test_close_in_the_middle_of_a_header_is_a_warning() -> None:

@@ -26,7 +26,7 @@ from trio_mqtt.proxy import looks_like_proxy_header, parse_proxy_header
 from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.proxy_policy import read_proxy_preamble
-from trio_mqtt.server.rejection import ConnectionRejected
+from trio_mqtt.server.rejection import ConnectionRejected, HealthCheck
 from trio_mqtt.server.tls import ServerTLS, tls_handshake
 from trio_mqtt.server.watched_stream import WatchedSocketStream
 from trio_mqtt.server.websocket import accept_websocket
@@ -50,6 +50,10 @@ class ListenerHandle:
     # "spoofed-header", "tls-required", "client-cert-required", "closed",
     # "second-header", "max-connections", "tls-handshake", "ws-upgrade")
     rejections: Counter[str] = attrs.Factory(Counter)
+    # load balancers' health checks seen (never refusals, logged at DEBUG only): a peer
+    # that closed before sending anything, a PROXY v2 LOCAL / v1 UNKNOWN header, a PROXY
+    # header followed by the close (HAProxy's check-send-proxy)
+    health_checks: int = 0
     # the certificates of a tls/wss listener (None for tcp/ws); reload_tls() swaps them
     tls: ServerTLS | None = None
     _accept_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
@@ -255,7 +259,9 @@ async def _serve_connection(
         try:
             remote = Endpoint.from_sockaddr(socket_stream.socket.getpeername())
         except OSError:
-            return  # the peer is already gone
+            # gone already: HAProxy's plain TCP check resets right after the handshake
+            _health_check(handle, "?", "connection reset right after it was accepted", None)
+            return
         peer = PeerInfo.from_socket(handle.name, handle.config.transport.value, local, remote)
         who = str(remote) if remote is not None else "?"  # until a PROXY header says more
         try:
@@ -263,14 +269,20 @@ async def _serve_connection(
             peer = preamble.peer
             who = peer.describe()
             leftover = preamble.leftover
-            if peer.proxy_header is not None:
+            header = peer.proxy_header
+            if header is not None:
                 log.debug("listener %r: PROXY header: %s", handle.name, who)
                 leftover = await _refuse_second_header(
                     stream, leftover, core.config.connect_timeout
                 )
+                if header.is_local:  # the proxy's own connection (an MQTT-level check)
+                    _health_check(handle, who, "PROXY header naming no client", peer)
             mqtt_stream, peer = await _open_transport(
                 core, handle, PrefixedStream(stream, leftover), peer
             )
+        except HealthCheck as exc:
+            _health_check(handle, who, exc.detail, peer)
+            return
         except ConnectionRejected as exc:
             handle.rejections[exc.reason] += 1
             log.log(
@@ -287,6 +299,18 @@ async def _serve_connection(
         await trio.aclose_forcefully(stream)
 
 
+def _health_check(handle: ListenerHandle, who: str, detail: str, peer: PeerInfo | None) -> None:
+    handle.health_checks += 1
+    fields = peer.log_fields() if peer is not None else {}
+    log.debug(
+        "listener %r: health check from %s: %s",
+        handle.name,
+        who,
+        detail,
+        extra={**fields, "event": "health-check"},
+    )
+
+
 async def _refuse_second_header(
     stream: trio.abc.ReceiveStream, leftover: bytes, wait: float
 ) -> bytes:
@@ -296,7 +320,9 @@ async def _refuse_second_header(
     one header each; only the first is ours to read. MQTT, TLS and HTTP never begin like
     a header, so the first bytes after it tell: the connection is refused and logged
     as what it is, rather than as garbage at the next layer. Reads only until that is
-    known (one or two bytes), within ``wait`` seconds; EOF is passed on to the next layer.
+    known (one or two bytes), within ``wait`` seconds; EOF is passed on to the next layer,
+    except right after the header: a header and nothing else is a health check
+    (HAProxy's ``check-send-proxy``), raised as ``HealthCheck``.
     """
     data = leftover
     try:
@@ -305,8 +331,10 @@ async def _refuse_second_header(
                 try:
                     chunk = await stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return data  # the next layer meets the same
+                    chunk = b""  # the next layer would meet the same
                 if not chunk:
+                    if not data:
+                        raise HealthCheck("closed right after the PROXY header")
                     return data
                 data += chunk
     except trio.TooSlowError:

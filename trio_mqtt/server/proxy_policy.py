@@ -20,12 +20,11 @@ A v1 header carries no TLVs, so it can never meet them; a v2 LOCAL header (the p
 own health check) relays no client and is not checked.
 
 A refusal raises ``ConnectionRejected``; the listener logs it once and counts it, and the
-connection never reaches MQTT code.
+connection never reaches MQTT code. A peer that closes (or resets) before sending a byte
+is a load balancer's TCP health check: ``HealthCheck``, counted and logged at DEBUG only.
 """
 
 from __future__ import annotations
-
-import logging
 
 import attrs
 import trio
@@ -34,7 +33,7 @@ from trio_mqtt.config import ProxyMode, ProxyPolicy
 from trio_mqtt.errors import ProxyProtocolError
 from trio_mqtt.peer import Endpoint, PeerInfo, TLSInfo
 from trio_mqtt.proxy import Address, ClientFlags, Command, ProxyHeader, ProxyParser
-from trio_mqtt.server.rejection import ConnectionRejected
+from trio_mqtt.server.rejection import ConnectionRejected, HealthCheck
 
 RECEIVE_SIZE = 4096
 # 'P' begins "PROXY " (v1), '\r' the v2 signature. An MQTT CONNECT begins 0x10 and a TLS
@@ -124,20 +123,18 @@ def check_requirements(header: ProxyHeader, policy: ProxyPolicy) -> None:
 
 
 async def _receive(stream: trio.abc.ReceiveStream, *, nothing_yet: bool = False) -> bytes:
-    level = logging.INFO if nothing_yet else logging.WARNING
     try:
         data = await stream.receive_some(RECEIVE_SIZE)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        if nothing_yet:  # HAProxy ends its TCP checks with a reset
+            raise HealthCheck(f"connection reset without sending anything ({exc})") from None
         raise ConnectionRejected(
-            "closed", f"connection lost before the PROXY header: {exc}", level=level
+            "closed", f"connection lost before the PROXY header: {exc}"
         ) from None
     if not data:
-        detail = (
-            "connection closed without sending anything (a TCP health check?)"
-            if nothing_yet
-            else "connection closed before a complete PROXY header"
-        )
-        raise ConnectionRejected("closed", detail, level=level)
+        if nothing_yet:
+            raise HealthCheck("connection closed without sending anything")
+        raise ConnectionRejected("closed", "connection closed before a complete PROXY header")
     return bytes(data)
 
 

@@ -3,6 +3,9 @@
 The PROXY policy, the TLS handshake and the WebSocket upgrade each may refuse a
 connection; they all raise this one type, so that the listener logs and counts every
 refusal in one place (``ListenerHandle.rejections``).
+
+A load balancer's health check is no refusal: it raises ``HealthCheck``, which the
+listener counts (``ListenerHandle.health_checks``) and logs at DEBUG only.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import logging
 class ConnectionRejected(Exception):
     """Refused before MQTT: ``reason`` is the counter key, ``detail`` says why.
 
-    ``level`` is the log level: a peer that connects and goes away without a word (a
-    load balancer's TCP health check) is INFO; anything else is WARNING.
+    ``level`` is the log level: WARNING unless the raiser says otherwise (INFO for a
+    peer that merely went away or was slow).
     """
 
     def __init__(self, reason: str, detail: str, *, level: int = logging.WARNING) -> None:
@@ -22,3 +25,16 @@ class ConnectionRejected(Exception):
         self.reason = reason
         self.detail = detail
         self.level = level
+
+
+class HealthCheck(Exception):
+    """The connection was a load balancer's health check; ``detail`` says what it did.
+
+    A peer that closes before sending anything, a PROXY v2 ``LOCAL`` or v1 ``UNKNOWN``
+    header (the proxy's own connection, no client relayed), or a PROXY header followed by
+    the close (HAProxy's ``check-send-proxy``). Counted, logged at DEBUG, never refused.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
