@@ -5,7 +5,11 @@ state machine gives (CONNECT timeout before CONNECT, 1.5x keep alive after). The
 writer sleeps until the state machine has output, then writes everything queued in
 one ``send_all`` (acks and messages from other clients are batched). When the state
 machine wants the connection closed, the writer flushes what is left, within a bound,
-and both tasks end.
+and both tasks end. If that flush wrote a last word (DISCONNECT, a CONNACK refusal), the
+connection then lingers (``_linger``): it shuts its write side and reads what the client
+still sends, within a bound, before it closes. Closing a socket with unread input makes
+the kernel send RST, which can destroy the last packet in the client's receive buffer,
+or fail the client's next write, before the client has read it.
 
 One shortcut (plain TCP only): when the writer is idle, the reader writes the answer to
 what it just read itself, with one non-blocking write, and leaves to the writer only
@@ -51,6 +55,12 @@ RECEIVE_SIZE = 65536
 IDLE_SLACK = 0.0005
 # How long the final flush (CONNACK refusal, DISCONNECT) may take before we just close.
 FINAL_FLUSH_TIMEOUT = 2.0
+# After the final flush, how long and how much we still read (and discard) while the
+# client takes in our last packet and closes (see _linger): long enough for a client on a
+# slow link to read a DISCONNECT, short enough that a client that never stops sending
+# holds a closing connection for at most this long.
+LINGER_TIMEOUT = 1.0
+LINGER_BYTES = 64 * 1024
 
 
 class _Output:
@@ -62,7 +72,7 @@ class _Output:
     which the writer sends first) keep the two from reordering or interleaving bytes.
     """
 
-    __slots__ = ("_event", "_fd", "_reading", "_woken", "busy", "carry")
+    __slots__ = ("_event", "_fd", "_reading", "_woken", "busy", "carry", "last_word")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._event = trio.Event()
@@ -71,6 +81,7 @@ class _Output:
         self._fd = _socket_fd(stream)
         self.busy = False
         self.carry = b""
+        self.last_word = False  # the writer wrote the packets that came with the close
 
     def wakeup(self) -> None:
         # called once per message routed to this connection: keep it cheap
@@ -173,7 +184,35 @@ async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerIn
                 nursery.cancel_scope.cancel()  # EOF or broken transport: nothing to say
     finally:
         conn.connection_lost()
+        if output.last_word:
+            await _linger(stream)
         await trio.aclose_forcefully(stream)
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Let the last packet arrive: send EOF, read and discard until the client's EOF.
+
+    Bounded by LINGER_TIMEOUT and LINGER_BYTES. A stream that cannot half-close (TLS,
+    WebSocket) still drains; the client reads our last packet before it sees the close.
+    """
+    with trio.move_on_after(LINGER_TIMEOUT):
+        try:
+            await _send_eof(stream)
+            drained = 0
+            while drained < LINGER_BYTES:
+                data = await stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return  # the client closed too: nothing unread, no RST
+                drained += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # gone already: nothing more to protect
+
+
+async def _send_eof(stream: trio.abc.Stream) -> None:
+    while isinstance(stream, PrefixedStream):
+        stream = stream.transport_stream  # sends go straight through to the transport
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
 
 
 async def _read_loop(
@@ -223,8 +262,10 @@ async def _write_loop(
             data = output.take(conn)
             if conn.wants_close:
                 if data:
-                    with trio.move_on_after(FINAL_FLUSH_TIMEOUT):
+                    with trio.move_on_after(FINAL_FLUSH_TIMEOUT) as flush:
                         await stream.send_all(data)
+                    # a last word (DISCONNECT, a refusal) was written: let it arrive
+                    output.last_word = not flush.cancelled_caught
                 return
             if data:
                 output.busy = True
