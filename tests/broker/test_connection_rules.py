@@ -28,6 +28,7 @@ from trio_mqtt.mqtt.packets import (
     Pubrel,
     Subscribe,
     SubscriptionRequest,
+    Will,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 
@@ -161,6 +162,26 @@ def test_an_acknowledgement_of_the_wrong_type_is_a_protocol_error(
     ] == expected
     assert sub.conn.wants_close
     assert core.stats.protocol_errors == 1
+
+
+@pytest.mark.parametrize(
+    ("version", "topic", "code"),
+    [
+        (V5, "$SYS/broker/version", ReasonCode.NOT_AUTHORIZED),
+        (V5, "$share/g/t", ReasonCode.TOPIC_NAME_INVALID),
+        (V311, "$SYS/broker/version", ReasonCode.NOT_AUTHORIZED),  # return code 5
+    ],
+)
+def test_a_will_on_a_dollar_topic_is_refused_at_connect(
+    clock: FakeClock, version: ProtocolVersion, topic: str, code: ReasonCode
+) -> None:
+    """Else a client could leave a retained will that stands in for $SYS/... when it goes."""
+    core = make_core(clock)
+    c = Client(core, version)
+    connack = c.connect("c", will=Will(topic, b"spoofed", qos=1, retain=True))
+    assert connack.reason_code == code
+    assert c.conn.wants_close
+    assert "c" not in core.sessions
 
 
 def test_clients_may_not_publish_to_dollar_topics(clock: FakeClock) -> None:

@@ -509,6 +509,14 @@ class BrokerCore:
                 validate_topic_name(connect.will.topic)
             except RemoteProtocolError as exc:
                 return refuse(ReasonCode.TOPIC_NAME_INVALID, f"will topic: {exc}")
+            if connect.will.topic.startswith("$"):
+                # as for PUBLISH: a will is a publish the client set up in advance, and a
+                # retained will on $SYS/... would stand in for the broker's own statistics
+                return refuse(
+                    _dollar_topic_refusal(connect.will.topic),
+                    f"will topic {connect.will.topic[:100]!r}: clients may not publish to "
+                    "topics starting with $",
+                )
             if connect.will.retain and not config.retain_available:
                 return refuse(ReasonCode.RETAIN_NOT_SUPPORTED, "will retain but retain unavailable")
         props = connect.properties
