@@ -34,6 +34,7 @@ __all__ = [
     "ForwardedHeader",
     "IPNetwork",
     "ListenerConfig",
+    "ListenerLimits",
     "ProxyMode",
     "ProxyPolicy",
     "TLSConfig",
@@ -257,6 +258,18 @@ def _to_ws_trusted_proxies(value: Iterable[IPNetwork | str]) -> tuple[IPNetwork,
     return _to_networks(value, "ws_trusted_proxies")
 
 
+def _to_deny_sources(value: Iterable[IPNetwork | str]) -> tuple[IPNetwork, ...]:
+    return _to_networks(value, "deny_sources")
+
+
+def _rate(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    allowed = "a number >= 0 (0: no limit)"
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise _fail(attribute, f"{_show(value)} is not a number (allowed: {allowed})")
+    if value < 0 or math.isinf(value):
+        raise _fail(attribute, f"{value!r} is out of range (allowed: {allowed})")
+
+
 def _to_forwarded_header(value: ForwardedHeader | str) -> ForwardedHeader:
     if isinstance(value, ForwardedHeader):
         return value
@@ -357,6 +370,29 @@ class TLSConfig:
 
 
 @attrs.frozen
+class ListenerLimits:
+    """Limits on the real client address (the PROXY header's, else the socket's).
+
+    Refused connections are closed right after the PROXY header (at once without one),
+    before TLS or MQTT, logged as ``refused client <address> on listener '<name>':
+    <reason>`` (docs/operations.md, fail2ban). 0 turns a limit off.
+    """
+
+    max_connections_per_address: int = attrs.field(default=0, validator=_int_in(0))
+    # new connections a second per address, in bursts of up to connect_burst_per_address
+    connect_rate_per_address: float = attrs.field(default=0.0, validator=_rate)
+    connect_burst_per_address: int = attrs.field(default=10, validator=_int_in(1))
+    # IPv6 clients count per network of this prefix length (64: per /64); 128: per address
+    ipv6_prefix_length: int = attrs.field(default=128, validator=_int_in(1, 128))
+    deny_sources: tuple[IPNetwork, ...] = attrs.field(default=(), converter=_to_deny_sources)
+
+    @property
+    def limits_addresses(self) -> bool:
+        """Whether connections are counted per address at all."""
+        return bool(self.max_connections_per_address or self.connect_rate_per_address)
+
+
+@attrs.frozen
 class ListenerConfig:
     """One socket the broker accepts MQTT connections on.
 
@@ -386,6 +422,10 @@ class ListenerConfig:
     )
     ws_forwarded_header: ForwardedHeader = attrs.field(
         default=ForwardedHeader.X_FORWARDED_FOR, converter=_to_forwarded_header
+    )
+    # per client address and per client (docs/load-balancers.md, "Limits")
+    limits: ListenerLimits = attrs.field(
+        factory=ListenerLimits, validator=_instance_of(ListenerLimits, "a ListenerLimits")
     )
 
     def __attrs_post_init__(self) -> None:
@@ -633,8 +673,9 @@ _LISTENER_KEYS = (
     "ws_trusted_proxies",
     "ws_forwarded_header",
 )
-_LISTENER_TABLES = ("proxy_protocol", "tls")
+_LISTENER_TABLES = ("proxy_protocol", "tls", "limits")
 _PROXY_KEYS = tuple(field.name for field in attrs.fields(ProxyPolicy))
+_LIMITS_KEYS = tuple(field.name for field in attrs.fields(ListenerLimits))
 _TLS_KEYS = tuple(field.name for field in attrs.fields(TLSConfig))
 _TLS_FILE_KEYS = ("certfile", "keyfile", "cafile")
 #: Broker keys holding file names, and whether the file must exist at startup.
@@ -741,6 +782,8 @@ class _Loader:
             kwargs["proxy_protocol"] = self.proxy_policy(table["proxy_protocol"], prefix)
         if "tls" in table:
             kwargs["tls"] = self.tls(table["tls"], prefix)
+        if "limits" in table:
+            kwargs["limits"] = self.limits(table["limits"], prefix)
 
         def key_of(key: str | None) -> str:
             return _under(prefix)("bind" if key in ("host", "port") else key)
@@ -753,6 +796,12 @@ class _Loader:
         table = self.table(data, prefix, _PROXY_KEYS)
         with self.keyed(_under(prefix)):
             return ProxyPolicy(**table)
+
+    def limits(self, data: Any, listener_prefix: str) -> ListenerLimits:
+        prefix = f"{listener_prefix}.limits"
+        table = self.table(data, prefix, _LIMITS_KEYS)
+        with self.keyed(_under(prefix)):
+            return ListenerLimits(**table)
 
     def cluster(self, data: Any) -> ClusterConfig:
         table = self.table(data, "cluster", _CLUSTER_KEYS)

@@ -65,6 +65,7 @@ def _listener(listener: ListenerConfig) -> list[str]:
     lines = ["[[listeners]]", f"bind = {toml_value(listener.bind)}"]
     lines += _key_values(listener, skip=("host", "port"))
     lines += ["", "[listeners.proxy_protocol]", *_key_values(listener.proxy_protocol)]
+    lines += ["", "[listeners.limits]", *_key_values(listener.limits)]
     if listener.tls is not None:
         lines += ["", "[listeners.tls]", *_key_values(listener.tls)]
     return lines

@@ -19,14 +19,16 @@ import attrs
 import trio
 
 from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.limits import REASON_CONNECTIONS, REASON_DENIED, AddressLimiter
 from trio_mqtt.config import ListenerConfig, Transport
 from trio_mqtt.errors import ConfigError, ProxyProtocolError
+from trio_mqtt.networks import address_in
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.proxy import looks_like_proxy_header, parse_proxy_header
 from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.proxy_policy import read_proxy_preamble
-from trio_mqtt.server.rejection import ConnectionRejected, HealthCheck
+from trio_mqtt.server.rejection import AddressRefused, ConnectionRejected, HealthCheck
 from trio_mqtt.server.tls import ServerTLS, tls_handshake
 from trio_mqtt.server.watched_stream import WatchedSocketStream
 from trio_mqtt.server.websocket import accept_websocket
@@ -48,12 +50,15 @@ class ListenerHandle:
     connections: int = 0
     # refused connections by reason ("untrusted-source", "timeout", "invalid-header",
     # "spoofed-header", "tls-required", "client-cert-required", "closed",
-    # "second-header", "max-connections", "tls-handshake", "ws-upgrade")
+    # "second-header", "max-connections", "tls-handshake", "ws-upgrade"; per client
+    # address: "denied-source", "connect-rate", "connections-per-address")
     rejections: Counter[str] = attrs.Factory(Counter)
     # load balancers' health checks seen (never refusals, logged at DEBUG only): a peer
     # that closed before sending anything, a PROXY v2 LOCAL / v1 UNKNOWN header, a PROXY
     # header followed by the close (HAProxy's check-send-proxy)
     health_checks: int = 0
+    # connections and connection attempts per client address (None: no such limit)
+    address_limits: AddressLimiter | None = None
     # the certificates of a tls/wss listener (None for tcp/ws); reload_tls() swaps them
     tls: ServerTLS | None = None
     _accept_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
@@ -189,6 +194,14 @@ async def serve_listener(
     else:
         listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     handle = ListenerHandle(config, tls=tls)
+    limits = config.limits
+    if limits.limits_addresses:
+        handle.address_limits = AddressLimiter(
+            max_connections=limits.max_connections_per_address,
+            rate=limits.connect_rate_per_address,
+            burst=limits.connect_burst_per_address,
+            ipv6_prefix_length=limits.ipv6_prefix_length,
+        )
     for listener in listeners:
         address = Endpoint.from_sockaddr(listener.socket.getsockname())
         if address is not None:
@@ -254,6 +267,7 @@ async def _serve_connection(
     core: BrokerCore, handle: ListenerHandle, socket_stream: trio.SocketStream
 ) -> None:
     stream = WatchedSocketStream(socket_stream)  # flow control: is the client reading?
+    counted_as: str | None = None  # the key address_limits counts this connection under
     try:
         local = Endpoint.from_sockaddr(socket_stream.socket.getsockname())
         try:
@@ -270,6 +284,9 @@ async def _serve_connection(
             who = peer.describe()
             leftover = preamble.leftover
             header = peer.proxy_header
+            if header is None or not header.is_local:  # else the proxy itself: no limits
+                _refuse_denied(handle, peer)
+                counted_as = _admit_address(handle, peer)
             if header is not None:
                 log.debug("listener %r: PROXY header: %s", handle.name, who)
                 leftover = await _refuse_second_header(
@@ -281,7 +298,23 @@ async def _serve_connection(
                 core, handle, PrefixedStream(stream, leftover), peer
             )
         except HealthCheck as exc:
+            if counted_as is not None and handle.address_limits is not None:
+                # a header and nothing more (check-send-proxy): the attempt is given back
+                handle.address_limits.release(counted_as, trio.current_time(), refund=True)
+                counted_as = None
             _health_check(handle, who, exc.detail, peer)
+            return
+        except AddressRefused as exc:
+            handle.rejections[exc.reason] += 1
+            # ONE fixed format, matched by the fail2ban filter of docs/operations.md
+            log.warning(
+                "refused client %s on listener %r: %s (%s)",
+                exc.host,
+                handle.name,
+                exc.reason,
+                exc.detail,
+                extra={**peer.log_fields(), "event": "client-refused", "reason": exc.reason},
+            )
             return
         except ConnectionRejected as exc:
             handle.rejections[exc.reason] += 1
@@ -296,7 +329,36 @@ async def _serve_connection(
             return
         await run_connection(mqtt_stream, core, peer)
     finally:
+        if counted_as is not None and handle.address_limits is not None:
+            handle.address_limits.release(counted_as, trio.current_time())
         await trio.aclose_forcefully(stream)
+
+
+def _refuse_denied(handle: ListenerHandle, peer: PeerInfo) -> None:
+    """Refuse a client whose real address is in the listener's ``deny_sources``."""
+    deny = handle.config.limits.deny_sources
+    host = peer.client_host
+    if deny and host is not None and address_in(host, deny):
+        raise AddressRefused(REASON_DENIED, host, "in deny_sources")
+
+
+def _admit_address(handle: ListenerHandle, peer: PeerInfo) -> str | None:
+    """Count the connection in under its client address, or refuse it (AddressRefused)."""
+    limiter = handle.address_limits
+    host = peer.client_host
+    if limiter is None or host is None:
+        return None
+    key, reason = limiter.admit(host, trio.current_time())
+    if reason is None:
+        return key
+    if reason == REASON_CONNECTIONS:
+        detail = f"{limiter.max_connections} connections open from {key}"
+    else:
+        detail = (
+            f"more than {limiter.rate:g} new connections a second from {key} "
+            f"(bursts of {limiter.burst})"
+        )
+    raise AddressRefused(reason, host, detail)
 
 
 def _health_check(handle: ListenerHandle, who: str, detail: str, peer: PeerInfo | None) -> None:

@@ -38,3 +38,15 @@ class HealthCheck(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class AddressRefused(ConnectionRejected):
+    """The client's real address is refused: ``deny_sources`` or a per-address limit.
+
+    ``host`` is that address (the PROXY header's, else the socket's); the listener logs
+    it in one fixed format for fail2ban (docs/operations.md).
+    """
+
+    def __init__(self, reason: str, host: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.host = host
