@@ -305,7 +305,8 @@ properties = st.builds(
     payload_format_indicator=st.none() | st.integers(0, 1),
     message_expiry_interval=st.none() | st.integers(0, 0xFFFF_FFFF),
     content_type=st.none() | mqtt_text,
-    response_topic=st.none() | mqtt_text.filter(bool),
+    # a topic name: a Response Topic with a wildcard is a protocol error
+    response_topic=st.none() | mqtt_text.filter(lambda text: text and not set(text) & {"+", "#"}),
     correlation_data=st.none() | st.binary(max_size=10),
     user_properties=st.lists(st.tuples(mqtt_text, mqtt_text), max_size=3).map(tuple),
 )
