@@ -41,7 +41,7 @@ from trio_mqtt.broker.sessions import (
     SavedSession,
     Session,
 )
-from trio_mqtt.broker.stats import BrokerStats
+from trio_mqtt.broker.stats import DROP_OFFLINE_QOS0, DROP_QUEUE_FULL, BrokerStats
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import RemoteProtocolError
 from trio_mqtt.mqtt.codec import DISCONNECT_REASON_CODES, encode
@@ -966,7 +966,7 @@ class BrokerCore:
             )
         qos = packet.qos
         packet_id = packet.packet_id
-        self.stats.messages_received += 1
+        self.stats.received_by_qos[qos] += 1
 
         if qos == 2:
             if packet_id in session.inflight_in:
@@ -1202,7 +1202,7 @@ class BrokerCore:
         if not session.enqueue(item):
             if not item.qos and session.connection is None:
                 # offline sessions queue no QoS 0 (counted, though not the session's drop)
-                self.stats.messages_dropped += 1
+                self.stats.dropped(DROP_OFFLINE_QOS0)
             return
         if self.records_changes:
             self.dirty_sessions.add(client_id)
@@ -1216,7 +1216,7 @@ class BrokerCore:
 
     def session_dropped(self, session: Session) -> None:
         """A session dropped a message (its ``on_drop``): count it, log an episode's first."""
-        self.stats.messages_dropped += 1
+        self.stats.dropped(DROP_QUEUE_FULL)
         if session.drop_episode != 1:
             return  # the episode was already under way (and logged)
         connection = session.connection

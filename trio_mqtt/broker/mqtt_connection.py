@@ -50,6 +50,7 @@ from trio_mqtt.broker.core import (
 )
 from trio_mqtt.broker.enhanced_auth import AuthExchange
 from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, Session
+from trio_mqtt.broker.stats import DROP_TOO_LARGE
 from trio_mqtt.errors import RemoteProtocolError
 from trio_mqtt.mqtt.codec import (
     MAX_PACKET_SIZE,
@@ -205,6 +206,7 @@ class MQTTConnection:
         hits = self.core.congestion_hits
         if hits:
             hits.clear()  # routed by someone else (a will, $SYS): not this client's doing
+        self.core.stats.bytes_received += len(data)
         try:
             packets = self.reader.feed(data)
         except UnsupportedProtocolVersion as exc:
@@ -332,6 +334,7 @@ class MQTTConnection:
     def bytes_written(self, count: int) -> None:
         """The transport took ``count`` bytes of what ``data_to_send`` returned."""
         self.in_transit -= count
+        self.core.stats.bytes_sent += count
 
     def transport_blocked(self, blocked: bool) -> None:
         """The transport stopped taking bytes (the client does not read), or took again."""
@@ -698,7 +701,7 @@ class MQTTConnection:
         out = self._out
         taken = 0  # bytes of QueuedMessages taken off ``pending``
         entries = len(pending)
-        sent = 0
+        sent0 = sent1 = sent2 = 0  # by the QoS sent with
         may_read = self.may_read if self.core.read_hooks else None
         self._window_full = False
         while pending and len(out) < MAX_BATCH_BYTES:
@@ -723,7 +726,7 @@ class MQTTConnection:
                 continue
             if not item.qos:
                 if self._append_delivery(item, None, now):
-                    sent += 1
+                    sent0 += 1
                 continue
             if len(inflight) >= limit:
                 pending.appendleft(item)  # waits for the client's acknowledgements
@@ -733,12 +736,19 @@ class MQTTConnection:
             packet_id = session.allocate_packet_id()
             if not self._append_delivery(item, packet_id, now):
                 continue
-            state = OutboundState.AWAIT_PUBACK if item.qos == 1 else OutboundState.AWAIT_PUBREC
+            if item.qos == 1:
+                state = OutboundState.AWAIT_PUBACK
+                sent1 += 1
+            else:
+                state = OutboundState.AWAIT_PUBREC
+                sent2 += 1
             session.add_inflight(packet_id, item, state)
-            sent += 1
         session.pending_bytes -= taken
         session.took_from_front(entries - len(pending))
-        self.core.stats.messages_sent += sent
+        sent_by_qos = self.core.stats.sent_by_qos
+        sent_by_qos[0] += sent0
+        sent_by_qos[1] += sent1
+        sent_by_qos[2] += sent2
         if pending and len(out) >= MAX_BATCH_BYTES:
             self.on_output()  # batch full: come back for the rest after this write
 
@@ -798,7 +808,7 @@ class MQTTConnection:
 
     def _dropped_too_big(self) -> bool:
         """[MQTT-3.1.2-25]: a PUBLISH too big for this client is dropped for it alone."""
-        self.core.stats.messages_dropped += 1
+        self.core.stats.dropped(DROP_TOO_LARGE)
         return False
 
     def _outbound_alias(self, topic: str) -> int | None:

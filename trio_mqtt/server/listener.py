@@ -53,6 +53,12 @@ class ListenerHandle:
     # "second-header", "max-connections", "tls-handshake", "ws-upgrade"; per client
     # address: "denied-source", "connect-rate", "connections-per-address")
     rejections: Counter[str] = attrs.Factory(Counter)
+    # connections handed to MQTT (past the PROXY header, TLS and the WebSocket upgrade)
+    accepted: int = 0
+    # PROXY headers by (version, result): see proxy_policy.read_proxy_preamble
+    proxy_headers: Counter[tuple[str, str]] = attrs.Factory(Counter)
+    # TLS handshakes by result: "ok", "failed", "closed" (the peer went away), "timeout"
+    tls_handshakes: Counter[str] = attrs.Factory(Counter)
     # load balancers' health checks seen (never refusals, logged at DEBUG only): a peer
     # that closed before sending anything, a PROXY v2 LOCAL / v1 UNKNOWN header, a PROXY
     # header followed by the close (HAProxy's check-send-proxy)
@@ -68,6 +74,11 @@ class ListenerHandle:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the listener accepts new connections (``stop_accepting`` not called)."""
+        return not self._accept_scope.cancel_called
 
     def reload_tls(self) -> bool:
         """Re-read this listener's certificate files for new connections.
@@ -279,7 +290,9 @@ async def _serve_connection(
         peer = PeerInfo.from_socket(handle.name, handle.config.transport.value, local, remote)
         who = str(remote) if remote is not None else "?"  # until a PROXY header says more
         try:
-            preamble = await read_proxy_preamble(stream, handle.config.proxy_protocol, peer)
+            preamble = await read_proxy_preamble(
+                stream, handle.config.proxy_protocol, peer, handle.proxy_headers
+            )
             peer = preamble.peer
             who = peer.describe()
             leftover = preamble.leftover
@@ -327,6 +340,7 @@ async def _serve_connection(
                 extra={**peer.log_fields(), "event": "connection-refused", "reason": exc.reason},
             )
             return
+        handle.accepted += 1
         await run_connection(mqtt_stream, core, peer)
     finally:
         if counted_as is not None and handle.address_limits is not None:
@@ -432,7 +446,17 @@ async def _open_transport(
     config = handle.config
     timeout = core.config.connect_timeout
     if handle.tls is not None:
-        stream, peer = await tls_handshake(stream, handle.tls, peer, handshake_timeout=timeout)
+        started = trio.current_time()
+        try:
+            stream, peer = await tls_handshake(stream, handle.tls, peer, handshake_timeout=timeout)
+        except ConnectionRejected as exc:
+            if trio.current_time() - started >= timeout:
+                result = "timeout"
+            else:  # tls_handshake logs a peer that merely went away at INFO
+                result = "closed" if exc.level == logging.INFO else "failed"
+            handle.tls_handshakes[result] += 1
+            raise
+        handle.tls_handshakes["ok"] += 1
     if config.transport in _WEBSOCKET_TRANSPORTS:
         stream, peer = await accept_websocket(
             stream,

@@ -26,6 +26,8 @@ is a load balancer's TCP health check: ``HealthCheck``, counted and logged at DE
 
 from __future__ import annotations
 
+from collections import Counter
+
 import attrs
 import trio
 
@@ -39,6 +41,8 @@ RECEIVE_SIZE = 4096
 # 'P' begins "PROXY " (v1), '\r' the v2 signature. An MQTT CONNECT begins 0x10 and a TLS
 # record 0x16, so the first byte alone tells a header from a client that sent none.
 _HEADER_FIRST_BYTES = frozenset(b"P\r")
+# The header version its first byte announces (the ``proxy_headers`` counter's label).
+_VERSION_OF_FIRST_BYTE = {ord("P"): "v1", ord("\r"): "v2"}
 
 
 @attrs.frozen
@@ -48,25 +52,40 @@ class Preamble:
 
 
 async def read_proxy_preamble(
-    stream: trio.abc.ReceiveStream, policy: ProxyPolicy, peer: PeerInfo
+    stream: trio.abc.ReceiveStream,
+    policy: ProxyPolicy,
+    peer: PeerInfo,
+    counts: Counter[tuple[str, str]] | None = None,
 ) -> Preamble:
-    """Apply ``policy``: returns the refined PeerInfo and the bytes after the header."""
+    """Apply ``policy``: returns the refined PeerInfo and the bytes after the header.
+
+    ``counts`` (the listener's ``proxy_headers``) counts each header by (version, result):
+    version "v1", "v2", "local" (a header naming no client) or "unknown" (nothing told);
+    result "ok", "invalid", "timeout", "untrusted_source", "closed" or
+    "requirements_unmet" (``require_tls`` / ``require_verified_client_cert``).
+    """
     if policy.mode is ProxyMode.OFF:
         return Preamble(peer, b"")
+    if counts is None:
+        counts = Counter()
     host = peer.remote.host if peer.remote is not None else ""
     trusted = policy.is_trusted(host)
     if policy.mode is ProxyMode.REQUIRED and not trusted:
+        counts["unknown", "untrusted_source"] += 1
         raise ConnectionRejected(
             "untrusted-source", f"{host} is not in trusted_sources; closed before reading"
         )
     parser = ProxyParser(max_header_size=policy.max_header_size)
+    version = "unknown"
     try:
         with trio.fail_after(policy.timeout):
             first = await _receive(stream, nothing_yet=True)
+            version = _VERSION_OF_FIRST_BYTE.get(first[0], "unknown")
             if policy.mode is ProxyMode.OPTIONAL:
                 if first[0] not in _HEADER_FIRST_BYTES:
                     return Preamble(peer, first)  # no header: the socket's addresses stand
                 if not trusted:
+                    counts[version, "untrusted_source"] += 1
                     raise ConnectionRejected(
                         "spoofed-header",
                         f"PROXY header from {host}, which is not in trusted_sources",
@@ -75,14 +94,26 @@ async def read_proxy_preamble(
             while header is None:
                 header = parser.feed(await _receive(stream))
     except trio.TooSlowError:
+        counts[version, "timeout"] += 1
         raise ConnectionRejected(
             "timeout",
             f"no complete PROXY header within {policy.timeout:g}s "
             f"({parser.buffered} bytes received)",
         ) from None
     except ProxyProtocolError as exc:
+        counts[version, "invalid"] += 1
         raise ConnectionRejected("invalid-header", str(exc)) from None
-    check_requirements(header, policy)
+    except ConnectionRejected as exc:
+        if exc.reason == "closed":  # the peer went away in the middle of the header
+            counts[version, "closed"] += 1
+        raise
+    version = "local" if header.is_local else f"v{header.version}"
+    try:
+        check_requirements(header, policy)
+    except ConnectionRejected:
+        counts[version, "requirements_unmet"] += 1
+        raise
+    counts[version, "ok"] += 1
     return Preamble(apply_header(peer, header, policy), parser.leftover)
 
 
