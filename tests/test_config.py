@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from trio_mqtt.config import (
     AclTopicsBeforeUser,
     BrokerConfig,
+    HttpConfig,
     ListenerConfig,
     ProxyMode,
     ProxyPolicy,
@@ -885,3 +886,51 @@ def test_load_config_overrides_replace_broker_keys_before_the_checks(tmp_path: P
     assert load_config(file, overrides={"workers": 3}).workers == 3
     with pytest.raises(ConfigError, match=r"broker\.nope: unknown key"):
         load_config(file, overrides={"nope": 1})
+
+
+# --------------------------------------------------------------------------- [http]
+
+
+def test_http_is_off_without_the_table_and_binds_where_told() -> None:
+    assert parse_config({}).http is None
+    assert parse_config({"http": {}}).http == HttpConfig(host="127.0.0.1", port=9883)
+    http = parse_config({"http": {"bind": "[::1]:9100"}}).http
+    assert http == HttpConfig(host="::1", port=9100)
+    assert http.bind == "[::1]:9100"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"http": {"bind": "nowhere"}}, "broker.toml: http.bind: 'nowhere' has no ':PORT'"),
+        (
+            {"http": {"bind": "127.0.0.1:70000"}},
+            "broker.toml: http.bind: '127.0.0.1:70000': port 70000 is out of range "
+            "(allowed: 0..65535)",
+        ),
+        ({"http": {"bind": 9883}}, "broker.toml: http.bind: 9883 is not a string"),
+        (
+            {"http": {"port": 9883}},
+            "broker.toml: http.port: unknown key; allowed keys: 'bind'",
+        ),
+        ({"http": "127.0.0.1:9883"}, "broker.toml: http: '127.0.0.1:9883' is not a table"),
+        (
+            {**listener(), "http": {"bind": "127.0.0.1:1883"}},
+            "broker.toml: http.bind: '127.0.0.1:1883' is already the address of listeners[0]",
+        ),
+        (
+            {"broker": {"workers": 2}, "http": {}},
+            "broker.toml: http.bind: '127.0.0.1:9883' with workers = 2: the workers cannot "
+            "share one HTTP port",
+        ),
+    ],
+)
+def test_http_value_errors(data: dict[str, Any], expected: str) -> None:
+    assert config_error(data).startswith(expected)
+
+
+def test_http_config_errors_for_embedding_users() -> None:
+    with pytest.raises(ConfigError, match="http: 'x' is not an HttpConfig"):
+        BrokerConfig(http="x")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"port: 65536 is out of range \(allowed: 0..65535\)"):
+        HttpConfig(port=65536)

@@ -10,6 +10,7 @@ import pytest
 from trio_mqtt.config import (
     BrokerConfig,
     ClusterConfig,
+    HttpConfig,
     ListenerConfig,
     ProxyPolicy,
     TLSConfig,
@@ -101,3 +102,9 @@ def test_toml_values(value: object, text: str) -> None:
 def test_values_without_a_toml_form(value: object) -> None:
     with pytest.raises((ValueError, TypeError)):
         toml_value(value)
+
+
+def test_the_http_table_round_trips() -> None:
+    config = BrokerConfig(http=HttpConfig(host="::1", port=0))
+    assert '[http]\nbind = "[::1]:0"' in dump_config(config)
+    assert round_trip(config) == config

@@ -32,6 +32,7 @@ __all__ = [
     "BrokerConfig",
     "ClusterConfig",
     "ForwardedHeader",
+    "HttpConfig",
     "IPNetwork",
     "ListenerConfig",
     "ListenerLimits",
@@ -540,6 +541,30 @@ class ClusterConfig:
     replicas: int = attrs.field(default=1, validator=_int_in(1, 5))
 
 
+@attrs.frozen
+class HttpConfig:
+    """The operators' HTTP endpoint: ``/metrics``, ``/healthz``, ``/readyz``.
+
+    Served by the broker's own process (docs/operations.md); port 0 lets the OS pick one.
+    """
+
+    host: str = attrs.field(default="127.0.0.1", validator=_host)
+    port: int = attrs.field(default=9883, validator=_int_in(0, 65535))
+
+    @property
+    def bind(self) -> str:
+        """``host:port``, with an IPv6 host in brackets (``[::1]:9883``)."""
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_bind(cls, bind: str) -> Self:
+        """The endpoint on *bind* (``host:port`` or ``[v6]:port``)."""
+        host, port = parse_bind(bind)
+        return cls(host=host, port=port)
+
+
 def _unique_listeners(_instance: Any, _attribute: Any, value: tuple[ListenerConfig, ...]) -> None:
     first_with_name: dict[str, int] = {}
     first_with_bind: dict[tuple[str, int], int] = {}
@@ -609,8 +634,14 @@ class BrokerConfig:
     # processes of the ``trio-mqtt`` command (> 1: a supervisor and N cluster nodes on
     # one port, see trio_mqtt/supervisor.py); embedding with open_broker ignores it
     workers: int = attrs.field(default=1, validator=_int_in(1, MAX_WORKERS))
+    # the operators' HTTP endpoint (metrics, health); None: off
+    http: HttpConfig | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_instance_of(HttpConfig, "an HttpConfig")),
+    )
 
     def __attrs_post_init__(self) -> None:
+        self._check_http()
         if self.cluster is not None and not self.cluster.nats_urls and self.workers == 1:
             raise ConfigError(
                 "is empty, which means 'start a nats-server for the workers': that needs "
@@ -618,6 +649,25 @@ class BrokerConfig:
                 "least one NATS server, e.g. ['nats://127.0.0.1:4222']",
                 key="cluster.nats_urls",
             )
+
+    def _check_http(self) -> None:
+        http = self.http
+        if http is None:
+            return
+        if self.workers > 1:
+            raise ConfigError(
+                f"{http.bind!r} with workers = {self.workers}: the workers cannot share one "
+                "HTTP port (each has its own counters); use workers = 1 or leave out [http]",
+                key="http.bind",
+            )
+        if http.port == 0:
+            return
+        for index, listener in enumerate(self.listeners):
+            if (listener.host, listener.port) == (http.host, http.port):
+                raise ConfigError(
+                    f"{http.bind!r} is already the address of listeners[{index}]",
+                    key="http.bind",
+                )
 
 
 # --------------------------------------------------------------------------- bind strings
@@ -660,9 +710,12 @@ def parse_bind(bind: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------- TOML loading
 
 _BROKER_KEYS = tuple(
-    field.name for field in attrs.fields(BrokerConfig) if field.name not in ("listeners", "cluster")
+    field.name
+    for field in attrs.fields(BrokerConfig)
+    if field.name not in ("listeners", "cluster", "http")
 )
 _CLUSTER_KEYS = tuple(field.name for field in attrs.fields(ClusterConfig))
+_HTTP_KEYS = ("bind",)
 _LISTENER_KEYS = (
     "name",
     "bind",
@@ -739,7 +792,7 @@ class _Loader:
     def config(
         self, data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
     ) -> BrokerConfig:
-        document = self.table(data, "", ("broker", "listeners", "cluster"))
+        document = self.table(data, "", ("broker", "listeners", "cluster", "http"))
         broker = dict(self.table(document.get("broker", {}), "broker", _BROKER_KEYS))
         broker.update(self.table(overrides or {}, "broker", _BROKER_KEYS))
         for name, must_exist in _BROKER_FILE_KEYS.items():
@@ -756,9 +809,11 @@ class _Loader:
             ]
         if "cluster" in document:
             broker["cluster"] = self.cluster(document["cluster"])
+        if "http" in document:
+            broker["http"] = self.http(document["http"])
 
         def key_of(key: str | None) -> str | None:
-            if key is None or key.startswith(("listeners", "cluster")):
+            if key is None or key.startswith(("listeners", "cluster", "http")):
                 return key
             return f"broker.{key}"
 
@@ -807,6 +862,13 @@ class _Loader:
         table = self.table(data, "cluster", _CLUSTER_KEYS)
         with self.keyed(_under("cluster")):
             return ClusterConfig(**table)
+
+    def http(self, data: Any) -> HttpConfig:
+        table = self.table(data, "http", _HTTP_KEYS)
+        if "bind" not in table:
+            return HttpConfig()
+        with self.keyed(lambda _key: "http.bind"):
+            return HttpConfig.from_bind(table["bind"])
 
     def tls(self, data: Any, listener_prefix: str) -> TLSConfig:
         prefix = f"{listener_prefix}.tls"

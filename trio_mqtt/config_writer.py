@@ -82,9 +82,11 @@ def dump_config(config: BrokerConfig, *, comment: str = "") -> str:
         lines.append("")
     if not config.listeners:  # no [[listeners]] at all would mean the default listener
         lines += ["listeners = []", ""]
-    lines += ["[broker]", *_key_values(config, skip=("listeners", "cluster"))]
+    lines += ["[broker]", *_key_values(config, skip=("listeners", "cluster", "http"))]
     for listener in config.listeners:
         lines += ["", *_listener(listener)]
     if config.cluster is not None:
         lines += ["", *_cluster(config.cluster)]
+    if config.http is not None:
+        lines += ["", "[http]", f"bind = {toml_value(config.http.bind)}"]
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 
 import attrs
 import trio
+from prometheus_client.registry import CollectorRegistry
 
 from trio_mqtt.auth import AuthFiles, install_auth
 from trio_mqtt.broker.core import (
@@ -29,10 +30,10 @@ from trio_mqtt.broker.core import (
 )
 from trio_mqtt.broker.enhanced_auth import Authenticator
 from trio_mqtt.broker.message import Message, publish_size
-from trio_mqtt.broker.stats import BrokerStats
+from trio_mqtt.broker.stats import DROP_LOCAL_BUFFER_FULL, BrokerStats
 from trio_mqtt.broker.sys_topics import publish_sys_topics
 from trio_mqtt.cluster.node import ClusterNode, DetachedLink, open_cluster_node
-from trio_mqtt.config import BrokerConfig, ClusterConfig
+from trio_mqtt.config import BrokerConfig, ClusterConfig, HttpConfig
 from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
 from trio_mqtt.mqtt.properties import PropertyContext, encode_properties
@@ -42,6 +43,14 @@ from trio_mqtt.peer import Endpoint
 from trio_mqtt.persistence.sqlite import PersistenceWriteError, SQLiteStore
 from trio_mqtt.server.backpressure import relief_for
 from trio_mqtt.server.listener import ListenerHandle, serve_listener
+from trio_mqtt.server.metrics import (
+    CONTENT_TYPE,
+    LoopLag,
+    make_registry,
+    measure_loop_lag,
+    render,
+)
+from trio_mqtt.server.operations import Endpoints, HttpHandle, serve_http
 
 log = logging.getLogger("trio_mqtt")
 
@@ -125,10 +134,54 @@ class Broker:
     auth_files: AuthFiles | None = None
     # this broker's membership of a cluster (None without [cluster])
     cluster: ClusterNode | None = None
+    # the operators' HTTP endpoint (None without [http])
+    http: HttpHandle | None = None
+    # how late the event loop runs (measured every LAG_INTERVAL; /metrics)
+    loop_lag: LoopLag = attrs.Factory(LoopLag)
+    # "starting" until every listener is up, "serving", then "stopping" from the moment
+    # the graceful shutdown begins (readiness())
+    _phase: str = "starting"
+    # why the last persistence save failed (None: it worked, or none was tried yet)
+    _persistence_error: str | None = None
+    _registry: CollectorRegistry | None = None
 
     @property
     def stats(self) -> BrokerStats:
         return self.core.stats
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry:
+        """This broker's own Prometheus registry (its counters, read when collected)."""
+        if self._registry is None:
+            self._registry = make_registry(self.core, self.listeners, self.loop_lag)
+        return self._registry
+
+    def metrics_text(self) -> str:
+        """The metrics in the Prometheus text format: what ``GET /metrics`` answers."""
+        return render(self.metrics_registry).decode()
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Whether new clients should be sent here, and if not, why (``GET /readyz``).
+
+        Ready: started, not shutting down, every listener accepting, the last
+        persistence save (if any) written, and the cluster node (if any) on NATS.
+        """
+        if self._phase == "starting":
+            return False, ["starting up"]
+        if self._phase == "stopping":
+            return False, ["shutting down"]
+        problems: list[str] = []
+        for listener_config in self.config.listeners:
+            handle = self.listeners.get(listener_config.name)
+            if handle is None or not handle.accepting:
+                problems.append(f"listener {listener_config.name!r} is not accepting")
+        if self._persistence_error is not None:
+            problems.append(f"persistence: the last save failed: {self._persistence_error}")
+        if self.config.cluster is not None and (
+            self.cluster is None or self.cluster.nats.is_closed
+        ):
+            problems.append("cluster: not connected to NATS")
+        return not problems, problems
 
     def addresses(self, listener: str | None = None) -> list[Endpoint]:
         """Bound addresses of one listener (by name), or of all of them."""
@@ -266,7 +319,7 @@ class Broker:
                 send.send_nowait(message)
             else:
                 stream.dropped += 1
-                self.core.stats.messages_dropped += 1
+                self.core.stats.dropped(DROP_LOCAL_BUFFER_FULL)
 
         try:
             local_id = self.core.local_subscribe(topic_filter, on_message)
@@ -279,7 +332,11 @@ class Broker:
             self.core.local_unsubscribe(local_id)
 
     def _begin_shutdown(self, connections: trio.Nursery) -> None:
-        """Stop accepting, ask every client to leave, give them shutdown_timeout to go."""
+        """Stop accepting, ask every client to leave, give them shutdown_timeout to go.
+
+        Not ready from here on (``/readyz`` answers 503), before anything is closed.
+        """
+        self._phase = "stopping"
         for handle in self.listeners.values():
             handle.stop_accepting()
         self.core.shutdown()
@@ -311,10 +368,20 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
     leaving = trio.Event()
     try:
         async with trio.open_nursery() as cluster_nursery:
+            if config.http is not None:
+                # up first (/readyz says 503 while starting), down last: it answers 503
+                # while the clients are closed, until ``leaving``
+                broker.http = await cluster_nursery.start(
+                    _serve_operations, broker, config.http, leaving
+                )
             if config.cluster is not None:
                 # joined before the listeners open, left after the last client went (so
                 # that its will and session still reach the other nodes)
-                await cluster_nursery.start(_be_cluster_node, broker, config.cluster, leaving)
+                try:
+                    await cluster_nursery.start(_be_cluster_node, broker, config.cluster, leaving)
+                except BaseException:
+                    leaving.set()  # the HTTP endpoint stops too
+                    raise
             try:
                 async with trio.open_nursery() as nursery:
                     connections: trio.Nursery = await nursery.start(
@@ -327,10 +394,12 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
                             )
                             broker.listeners[listener_config.name] = handle
                         nursery.start_soon(_housekeeping, core)
+                        nursery.start_soon(measure_loop_lag, broker.loop_lag)
                         if store is not None:
-                            nursery.start_soon(_persist, core, store)
+                            nursery.start_soon(_persist, broker, store)
                         if config.sys_interval > 0:
                             nursery.start_soon(_sys_topics, core, config.sys_interval)
+                        broker._phase = "serving"
                         yield broker
                     finally:
                         # the nursery waits for _hold_connections, which waits for the
@@ -381,6 +450,30 @@ async def _hold_connections(
         await closing.wait()
     if connections.cancel_scope.cancelled_caught:
         log.warning("shutdown: connections still open after %.1fs were cancelled", shutdown_timeout)
+
+
+async def _serve_operations(
+    broker: Broker,
+    config: HttpConfig,
+    leaving: trio.Event,
+    *,
+    task_status: trio.TaskStatus[HttpHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The ``[http]`` endpoint, from start-up until ``leaving`` (after the last client).
+
+    Cancelling the broker does not stop it (``serve_http`` is shielded): during the
+    graceful shutdown it goes on answering, ``/readyz`` with 503.
+    """
+    endpoints = Endpoints(
+        metrics=lambda: (CONTENT_TYPE, render(broker.metrics_registry)),
+        readiness=broker.readiness,
+    )
+    async with trio.open_nursery() as nursery:
+        handle: HttpHandle = await nursery.start(serve_http, config, endpoints)
+        task_status.started(handle)
+        with trio.CancelScope(shield=True):
+            await leaving.wait()
+        handle.stop()
 
 
 async def _be_cluster_node(
@@ -439,11 +532,14 @@ async def _housekeeping(core: BrokerCore) -> None:
         core.tick()
 
 
-async def _persist(core: BrokerCore, store: SQLiteStore) -> None:
-    """Save what changed every SAVE_INTERVAL (the next save starts that long after one ends)."""
+async def _persist(broker: Broker, store: SQLiteStore) -> None:
+    """Save what changed every SAVE_INTERVAL (the next save starts that long after one ends).
+
+    A failed save makes the broker not ready (``readiness``) until one works again.
+    """
     while True:
         await trio.sleep(SAVE_INTERVAL)
-        await _save(core, store)
+        broker._persistence_error = await _save(broker.core, store)
 
 
 async def _sys_topics(core: BrokerCore, interval: float) -> None:
@@ -453,8 +549,10 @@ async def _sys_topics(core: BrokerCore, interval: float) -> None:
         await trio.sleep(interval)
 
 
-async def _save(core: BrokerCore, store: SQLiteStore) -> None:
+async def _save(core: BrokerCore, store: SQLiteStore) -> str | None:
     """Write what changed, on the event loop, letting other tasks run between steps.
+
+    Returns why the save failed (it is tried again with the next one), or None.
 
     Not in a worker thread: under load the GIL changes hands for every row there, and a
     save of 20,000 rows took 6 s instead of 30 ms, so a crash lost far more than the
@@ -463,7 +561,7 @@ async def _save(core: BrokerCore, store: SQLiteStore) -> None:
     """
     batch = store.collect(core)
     if not batch.session_ids and not batch.topics:
-        return
+        return None
     started = trio.current_time()
     steps = store.write_steps(batch)
     try:
@@ -473,9 +571,10 @@ async def _save(core: BrokerCore, store: SQLiteStore) -> None:
     except PersistenceWriteError as exc:
         log.error("persistence: save failed, will retry: %s", exc)
         batch.requeue(core)
-        return
+        return str(exc)
     finally:
         steps.close()  # rolls back if we were cancelled between steps
     took = trio.current_time() - started
     if took > SLOW_SAVE:
         log.warning("persistence: a save took %.2f s (the crash-loss bound grows with it)", took)
+    return None
