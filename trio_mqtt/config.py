@@ -608,6 +608,10 @@ class BrokerConfig:
     # bytes waiting for one client, online or offline: the slow-client limit
     max_queued_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_int_in(1))
     max_session_expiry: int = attrs.field(default=86400, validator=_int_in(0, MAX_SESSION_EXPIRY))
+    # PUBLISH packets and payload bytes a second one client may send (0: no limit); over
+    # it the broker reads nothing more from that client for a while: back-pressure, not loss
+    max_publish_rate: int = attrs.field(default=0, validator=_int_in(0))
+    max_publish_bytes_rate: int = attrs.field(default=0, validator=_int_in(0))
     retain_available: bool = attrs.field(default=True, validator=_bool)
     allow_anonymous: bool = attrs.field(default=True, validator=_bool)
     password_file: str = attrs.field(default="", validator=_str)

@@ -49,6 +49,7 @@ from trio_mqtt.broker.core import (
     Refused,
 )
 from trio_mqtt.broker.enhanced_auth import AuthExchange
+from trio_mqtt.broker.limits import PublishBudget
 from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, Session
 from trio_mqtt.broker.stats import DROP_TOO_LARGE
 from trio_mqtt.errors import RemoteProtocolError
@@ -155,9 +156,16 @@ class MQTTConnection:
     _read_cache: dict[str, bool] | None = None
     _read_epoch: int = -1
     _out: bytearray = attrs.Factory(bytearray)
+    # max_publish_rate / max_publish_bytes_rate for this client; None: no limit
+    _publish_budget: PublishBudget | None = None
 
     def __attrs_post_init__(self) -> None:
-        self._timer_start = self.core.now()
+        now = self._timer_start = self.core.now()
+        config = self.core.config
+        if config.max_publish_rate or config.max_publish_bytes_rate:
+            self._publish_budget = PublishBudget.create(
+                config.max_publish_rate, config.max_publish_bytes_rate, now
+            )
 
     # ------------------------------------------------------------------ I/O side API
 
@@ -217,6 +225,8 @@ class MQTTConnection:
             return
         if self.session is not None:
             self.core.session_changed(self.client_id)
+        if self._publish_budget is not None:
+            self._charge_publishes(self._publish_budget, packets)
         self._handle_all(packets)
         if packets and self.state is ConnectionState.CONNECTED:
             self._timer_start = self.core.now()  # keep alive: counts from the last packet
@@ -229,6 +239,28 @@ class MQTTConnection:
                 self._protocol_error(error.reason_code, str(error))
         if hits:
             self._hold_back()
+
+    def _charge_publishes(self, budget: PublishBudget, packets: list[Packet]) -> None:
+        publishes = [packet for packet in packets if type(packet) is Publish]
+        if publishes:
+            size = sum(len(packet.payload) for packet in publishes)
+            budget.charge(self.core.now(), len(publishes), size)
+
+    def publish_pause(self) -> float:
+        """Seconds to read nothing more from this client (0: read on).
+
+        Non-zero while the client is over its publish budget (``max_publish_rate``,
+        ``max_publish_bytes_rate``): its further PUBLISH packets wait in its TCP window,
+        nothing is dropped. The pause is the broker's doing, so it does not count
+        towards the keep-alive timeout.
+        """
+        budget = self._publish_budget
+        if budget is None:
+            return 0.0
+        pause = budget.delay(self.core.now())
+        if pause > 0:
+            self._timer_start += pause
+        return pause
 
     def _hold_back(self) -> None:
         self._held_back_by = self.core.take_congestion_hits()

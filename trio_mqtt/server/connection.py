@@ -245,6 +245,11 @@ async def _read_loop(
                     # The connection does not count the wait towards its keep alive.
                     timer.deadline = math.inf
                     await relief.wait_while(conn.held_back)
+                pause = conn.publish_pause()
+                if pause > 0 and not conn.wants_close:
+                    # over its publish budget: the client's bytes wait in its TCP window
+                    timer.deadline = math.inf
+                    await trio.sleep(pause)
                 deadline = conn.next_deadline()
                 if deadline > timer.deadline or deadline + IDLE_SLACK < timer.deadline:
                     timer.deadline = deadline + IDLE_SLACK
