@@ -911,7 +911,7 @@ def test_http_is_off_without_the_table_and_binds_where_told() -> None:
         ({"http": {"bind": 9883}}, "broker.toml: http.bind: 9883 is not a string"),
         (
             {"http": {"port": 9883}},
-            "broker.toml: http.port: unknown key; allowed keys: 'bind'",
+            "broker.toml: http.port: unknown key; allowed keys: 'bind', 'drain'",
         ),
         ({"http": "127.0.0.1:9883"}, "broker.toml: http: '127.0.0.1:9883' is not a table"),
         (
@@ -927,6 +927,13 @@ def test_http_is_off_without_the_table_and_binds_where_told() -> None:
 )
 def test_http_value_errors(data: dict[str, Any], expected: str) -> None:
     assert config_error(data).startswith(expected)
+
+
+def test_http_drain_is_read_and_checked() -> None:
+    http = parse_config({"http": {"bind": "127.0.0.1:0", "drain": 5}}).http
+    assert http == HttpConfig(host="127.0.0.1", port=0, drain=5.0)
+    assert parse_config({"http": {"drain": 1.5}}).http == HttpConfig(drain=1.5)
+    assert config_error({"http": {"drain": -1}}).startswith("broker.toml: http.drain: ")
 
 
 def test_http_config_errors_for_embedding_users() -> None:

@@ -108,3 +108,5 @@ def test_the_http_table_round_trips() -> None:
     config = BrokerConfig(http=HttpConfig(host="::1", port=0))
     assert '[http]\nbind = "[::1]:0"' in dump_config(config)
     assert round_trip(config) == config
+    drained = BrokerConfig(http=HttpConfig(drain=2.5))
+    assert round_trip(drained) == drained

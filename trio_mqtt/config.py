@@ -550,6 +550,9 @@ class HttpConfig:
 
     host: str = attrs.field(default="127.0.0.1", validator=_host)
     port: int = attrs.field(default=9883, validator=_int_in(0, 65535))
+    # seconds between /readyz turning 503 at a graceful shutdown and the listeners
+    # closing: time for a load balancer's health checks to see it and stop sending clients
+    drain: float = attrs.field(default=0.0, validator=_seconds(allow_zero=True))
 
     @property
     def bind(self) -> str:
@@ -559,10 +562,10 @@ class HttpConfig:
         return f"{self.host}:{self.port}"
 
     @classmethod
-    def from_bind(cls, bind: str) -> Self:
+    def from_bind(cls, bind: str, *, drain: float = 0.0) -> Self:
         """The endpoint on *bind* (``host:port`` or ``[v6]:port``)."""
         host, port = parse_bind(bind)
-        return cls(host=host, port=port)
+        return cls(host=host, port=port, drain=drain)
 
 
 def _unique_listeners(_instance: Any, _attribute: Any, value: tuple[ListenerConfig, ...]) -> None:
@@ -719,7 +722,7 @@ _BROKER_KEYS = tuple(
     if field.name not in ("listeners", "cluster", "http")
 )
 _CLUSTER_KEYS = tuple(field.name for field in attrs.fields(ClusterConfig))
-_HTTP_KEYS = ("bind",)
+_HTTP_KEYS = ("bind", "drain")
 _LISTENER_KEYS = (
     "name",
     "bind",
@@ -869,10 +872,13 @@ class _Loader:
 
     def http(self, data: Any) -> HttpConfig:
         table = self.table(data, "http", _HTTP_KEYS)
+        drain = table.get("drain", 0.0)
+        with self.keyed(lambda _key: "http.drain"):
+            HttpConfig(drain=drain)  # checked on its own: an error names this key
         if "bind" not in table:
-            return HttpConfig()
+            return HttpConfig(drain=drain)
         with self.keyed(lambda _key: "http.bind"):
-            return HttpConfig.from_bind(table["bind"])
+            return HttpConfig.from_bind(table["bind"], drain=drain)
 
     def tls(self, data: Any, listener_prefix: str) -> TLSConfig:
         prefix = f"{listener_prefix}.tls"

@@ -89,4 +89,6 @@ def dump_config(config: BrokerConfig, *, comment: str = "") -> str:
         lines += ["", *_cluster(config.cluster)]
     if config.http is not None:
         lines += ["", "[http]", f"bind = {toml_value(config.http.bind)}"]
+        if config.http.drain:
+            lines.append(f"drain = {toml_value(config.http.drain)}")
     return "\n".join(lines) + "\n"

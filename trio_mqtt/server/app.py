@@ -331,11 +331,19 @@ class Broker:
         finally:
             self.core.local_unsubscribe(local_id)
 
-    def _begin_shutdown(self, connections: trio.Nursery) -> None:
-        """Stop accepting, ask every client to leave, give them shutdown_timeout to go.
+    async def _drain(self) -> None:
+        """Not ready from here on (``/readyz`` answers 503); then wait ``[http] drain``
+        seconds, still serving, so that load balancers stop sending new clients before
+        the listeners close. Shielded: it runs when the broker is being cancelled."""
+        self._phase = "stopping"
+        drain = 0.0 if self.config.http is None else self.config.http.drain
+        if drain > 0:
+            log.info("shutdown: not ready; draining for %g s before closing the listeners", drain)
+            with trio.CancelScope(shield=True):
+                await trio.sleep(drain)
 
-        Not ready from here on (``/readyz`` answers 503), before anything is closed.
-        """
+    def _begin_shutdown(self, connections: trio.Nursery) -> None:
+        """Stop accepting, ask every client to leave, give them shutdown_timeout to go."""
         self._phase = "stopping"
         for handle in self.listeners.values():
             handle.stop_accepting()
@@ -400,7 +408,10 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
                         if config.sys_interval > 0:
                             nursery.start_soon(_sys_topics, core, config.sys_interval)
                         broker._phase = "serving"
-                        yield broker
+                        try:
+                            yield broker
+                        finally:
+                            await broker._drain()
                     finally:
                         # the nursery waits for _hold_connections, which waits for the
                         # connections (shielded) until the deadline set here
