@@ -28,6 +28,7 @@ SANS_IO_PACKAGES = (
     "cluster.envelope",
     "cluster.records",
     "cluster.handover",
+    "mosquitto_conf",
 )
 IO_MODULES = frozenset(
     {

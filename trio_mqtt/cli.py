@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # The --workers supervisor's pid, given to its workers: they exit when it is gone.
     parser.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--from-mosquitto",
+        metavar="MOSQUITTO_CONF",
+        help="print the trio-mqtt TOML config equivalent to a mosquitto.conf (and the files "
+        "of its include_dir) and exit; the lines that do not map are listed as comments at "
+        "the top and on stderr",
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser
 
@@ -288,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version:
         print(f"{PROG} {__version__}")
         return EXIT_OK
+    if args.from_mosquitto is not None:
+        return _from_mosquitto(args.from_mosquitto)
     try:
         config = build_config(args)
     except ConfigError as exc:
@@ -307,6 +316,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _startup_failure(exc, expected=(ConfigError, OSError))
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def _from_mosquitto(path: str) -> int:
+    """``--from-mosquitto``: the TOML on stdout, what is not mapped on stderr; exit 0, or
+    2 when the file cannot be read (trio_mqtt/mosquitto_conf.py does the conversion)."""
+    from trio_mqtt.mosquitto_conf import convert, include_order
+
+    def read_include_dir(directory: str) -> list[tuple[str, str]]:
+        names = sorted(
+            (name for name in os.listdir(directory) if name.endswith(".conf")), key=include_order
+        )
+        files = []
+        for name in names:
+            with open(os.path.join(directory, name), encoding="utf-8") as stream:
+                files.append((name, stream.read()))
+        return files
+
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+        conversion = convert(text, file=path, read_include_dir=read_include_dir)
+    except OSError as exc:
+        _error(f"{path}: cannot read: {exc.strerror}")
+        return EXIT_USAGE
+    except UnicodeDecodeError as exc:
+        _error(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})")
+        return EXIT_USAGE
+    except ConfigError as exc:
+        _error(exc)
+        return EXIT_USAGE
+    sys.stdout.write(conversion.toml)
+    for item in conversion.unmapped:
+        print(f"{PROG}: not mapped: {item}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _run_workers(config: BrokerConfig, log_level: str) -> int:
