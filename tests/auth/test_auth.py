@@ -36,6 +36,7 @@ from trio_mqtt.auth import (
     install_auth,
     password_connect_hook,
 )
+from trio_mqtt.auth.passwords import SCHEME_TRIO_PBKDF2
 from trio_mqtt.broker.core import OffloadedCheck
 from trio_mqtt.errors import ConfigError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import Connect, ProtocolVersion, Will
@@ -85,7 +86,12 @@ def test_encode_gives_back_the_stored_text() -> None:
 
 
 def test_hash_password_with_fixed_salt_matches_the_vector() -> None:
-    made = hash_password(VECTOR_PASSWORD, iterations=VECTOR_ITERATIONS, salt=VECTOR_SALT)
+    made = hash_password(
+        VECTOR_PASSWORD,
+        iterations=VECTOR_ITERATIONS,
+        salt=VECTOR_SALT,
+        scheme=SCHEME_TRIO_PBKDF2,
+    )
     assert made.digest == VECTOR_DIGEST
     assert made.encode() == VECTOR_LINE
 
@@ -95,8 +101,8 @@ def test_hash_password_defaults() -> None:
     made = hash_password(b"pw")  # the one full-strength hash in this file (~0.15 s)
     text = made.encode()
     fields = text.split("$")
-    assert fields[:3] == ["", "pbkdf2-sha512", "210000"]
-    assert len(base64.b64decode(fields[3])) == 16
+    assert fields[:3] == ["", "7", "210000"]  # mosquitto_passwd's layout
+    assert len(base64.b64decode(fields[3])) == 12  # the only salt length mosquitto reads
     assert len(base64.b64decode(fields[4])) == 64
     expected = hashlib.pbkdf2_hmac("sha512", b"pw", made.salt, 210_000)
     assert made.digest == expected
@@ -118,16 +124,16 @@ def test_hash_password_refuses_bad_iterations(iterations: int) -> None:
 
 def test_repr_hides_salt_and_digest() -> None:
     stored = PasswordHash.parse(VECTOR_LINE)
-    assert repr(stored) == "PasswordHash(iterations=4096)"
+    assert repr(stored) == "PasswordHash(scheme='pbkdf2-sha512', iterations=4096)"
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("secret", "plaintext passwords are not accepted"),
-        ("$pbkdf2-sha256$1000$" + GOOD_SALT + "$" + GOOD_DIGEST, "plaintext"),
-        ("$pbkdf2-sha512$1000$" + GOOD_SALT, "plaintext"),
-        ("pbkdf2-sha512$1000$" + GOOD_SALT + "$" + GOOD_DIGEST + "$", "plaintext"),
+        ("secret", "not a password hash: accepted formats are $7$"),
+        ("$pbkdf2-sha256$1000$" + GOOD_SALT + "$" + GOOD_DIGEST, "accepted formats"),
+        ("$pbkdf2-sha512$1000$" + GOOD_SALT, "has the form $pbkdf2-sha512$<iterations>$"),
+        ("pbkdf2-sha512$1000$" + GOOD_SALT + "$" + GOOD_DIGEST + "$", "accepted formats"),
         ("$pbkdf2-sha512$0$" + GOOD_SALT + "$" + GOOD_DIGEST, "iteration count '0'"),
         ("$pbkdf2-sha512$-5$" + GOOD_SALT + "$" + GOOD_DIGEST, "iteration count '-5'"),
         ("$pbkdf2-sha512$1e3$" + GOOD_SALT + "$" + GOOD_DIGEST, "iteration count '1e3'"),
@@ -184,7 +190,7 @@ def test_empty_password_file_has_no_users() -> None:
 @pytest.mark.parametrize(
     ("lines", "line_number", "message"),
     [
-        (["alice:hunter2"], 1, "plaintext passwords are not accepted"),
+        (["alice:hunter2"], 1, "accepted formats are $7$"),
         (["# header", "", "alice"], 3, "expected 'username:hash'"),
         ([f":{VECTOR_LINE}"], 1, "the username is empty"),
         (["# c", f"bob:{VECTOR_LINE}", "alice:$pbkdf2-sha512$x$y$z"], 3, "iteration count 'x'"),

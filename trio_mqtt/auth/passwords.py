@@ -1,9 +1,20 @@
-"""Passwords: PBKDF2 hashes and the password file (who may connect, with what password).
+"""Passwords: hashes and the password file (who may connect, with what password).
 
-The password file (``password_file``) holds ``username:$pbkdf2-sha512$...`` lines
-(docs/authentication.md); :class:`PasswordFile` checks a username and password against
-it. The check is slow on purpose, so the broker runs it in a worker thread (see
-``hooks.AuthFiles.password_file``).
+The password file (``password_file``) holds ``username:hash`` lines
+(docs/authentication.md) in the formats of mosquitto_passwd, so one file serves both
+brokers:
+
+- ``$7$<iterations>$<salt>$<hash>``: PBKDF2-HMAC-SHA512 (mosquitto_passwd's default, and
+  what :func:`hash_password` and ``trio-mqtt-passwd`` write);
+- ``$6$<salt>$<hash>``: one salted SHA-512, ``sha512(password + salt)`` (``mosquitto_passwd
+  -H sha512``, mosquitto 1.6 and older); read, but fast to brute-force;
+- ``$pbkdf2-sha512$<iterations>$<salt>$<hash>``: PBKDF2-HMAC-SHA512, what trio-mqtt wrote
+  before it wrote ``$7$``.
+
+Salt and hash are standard base64 with padding (mosquitto's ``src/password_mosq.c`` and
+``src/security_default.c``: a 12-byte salt, a 64-byte hash). :class:`PasswordFile`
+checks a username and password against the file. The check is slow on purpose, so the
+broker runs it in a worker thread (see ``hooks.AuthFiles.password_file``).
 """
 
 from __future__ import annotations
@@ -23,9 +34,14 @@ from trio_mqtt.auth.textfile import content_lines, read_text
 from trio_mqtt.errors import ConfigError
 
 __all__ = [
+    "ACCEPTED_FORMATS",
     "DEFAULT_ITERATIONS",
     "HASH_SCHEME",
     "MAX_ITERATIONS",
+    "SCHEME_PBKDF2",
+    "SCHEME_SHA512",
+    "SCHEME_TRIO_PBKDF2",
+    "UnknownHashFormat",
     "PasswordFile",
     "PasswordHash",
     "hash_password",
@@ -34,14 +50,32 @@ __all__ = [
 
 log = logging.getLogger("trio_mqtt.auth")
 
-#: The identifier between the first two ``$`` of a stored hash.
-HASH_SCHEME = "pbkdf2-sha512"
+#: The identifiers between the first two ``$`` of a stored hash.
+SCHEME_PBKDF2 = "7"  # mosquitto_passwd's sha512-pbkdf2 (its default)
+SCHEME_SHA512 = "6"  # mosquitto_passwd -H sha512
+SCHEME_TRIO_PBKDF2 = "pbkdf2-sha512"  # trio-mqtt's own format before $7$
+#: The scheme of new hashes: ``$7$``, which mosquitto reads too.
+HASH_SCHEME = SCHEME_PBKDF2
+#: What an error says is accepted.
+ACCEPTED_FORMATS = (
+    "$7$<iterations>$<salt>$<hash> (mosquitto_passwd's default), "
+    "$6$<salt>$<hash> (mosquitto_passwd -H sha512) or "
+    "$pbkdf2-sha512$<iterations>$<salt>$<hash>"
+)
+_LAYOUTS = {
+    SCHEME_PBKDF2: "$7$<iterations>$<salt>$<hash>",
+    SCHEME_SHA512: "$6$<salt>$<hash>",
+    SCHEME_TRIO_PBKDF2: "$pbkdf2-sha512$<iterations>$<salt>$<hash>",
+}
 #: PBKDF2 rounds for new hashes (OWASP's 2023 figure for PBKDF2-HMAC-SHA512).
 DEFAULT_ITERATIONS = 210_000
 #: A hash asking for more rounds than this is refused at load time: one CONNECT would
 #: hold the event loop for many seconds.
 MAX_ITERATIONS = 10_000_000
-SALT_BYTES = 16
+#: Salt length of new hashes: mosquitto reads ``$7$`` and ``$6$`` salts of exactly 12
+#: bytes; trio-mqtt's ``$pbkdf2-sha512$`` used 16.
+SALT_BYTES = 12
+_TRIO_SALT_BYTES = 16
 _DIGEST_BYTES = hashlib.sha512().digest_size  # 64
 _MIN_SALT_BYTES = 8
 
@@ -49,34 +83,48 @@ _MIN_SALT_BYTES = 8
 # --------------------------------------------------------------------------- hashing
 
 
+class UnknownHashFormat(ValueError):
+    """The stored text is in none of the accepted formats (perhaps not a hash at all)."""
+
+
 @attrs.frozen(repr=False)
 class PasswordHash:
-    """One stored password: ``$pbkdf2-sha512$<iterations>$<salt b64>$<hash b64>``."""
+    """One stored password: ``$7$``, ``$6$`` or ``$pbkdf2-sha512$`` (see the module doc).
+
+    ``iterations`` is 1 for ``$6$`` (one SHA-512, no PBKDF2).
+    """
 
     iterations: int
     salt: bytes
     digest: bytes
+    scheme: str = SCHEME_PBKDF2
 
     def __repr__(self) -> str:
-        return f"PasswordHash(iterations={self.iterations})"  # never print the digest
+        # never print the salt or digest
+        return f"PasswordHash(scheme={self.scheme!r}, iterations={self.iterations})"
 
     def encode(self) -> str:
         """The text form stored in the password file."""
         salt = base64.b64encode(self.salt).decode("ascii")
         digest = base64.b64encode(self.digest).decode("ascii")
-        return f"${HASH_SCHEME}${self.iterations}${salt}${digest}"
+        if self.scheme == SCHEME_SHA512:
+            return f"${SCHEME_SHA512}${salt}${digest}"
+        return f"${self.scheme}${self.iterations}${salt}${digest}"
 
     @classmethod
     def parse(cls, text: str) -> PasswordHash:
         """Parse the text form; ``ValueError`` says what is wrong (never echoing *text*)."""
         fields = text.split("$")
-        if len(fields) != 5 or fields[0] or fields[1] != HASH_SCHEME:
-            raise ValueError(
-                f"not a ${HASH_SCHEME}$<iterations>$<salt>$<hash> password hash "
-                "(plaintext passwords are not accepted: create entries with "
-                "'python -m trio_mqtt.passwd FILE USERNAME')"
-            )
-        _empty, _scheme, rounds, salt_text, digest_text = fields
+        scheme = fields[1] if len(fields) > 1 and not fields[0] else None
+        if scheme not in _LAYOUTS:
+            raise UnknownHashFormat(f"not a password hash: accepted formats are {ACCEPTED_FORMATS}")
+        if len(fields) != (4 if scheme == SCHEME_SHA512 else 5):
+            raise ValueError(f"a ${scheme}$ hash has the form {_LAYOUTS[scheme]}")
+        if scheme == SCHEME_SHA512:
+            rounds = "1"
+            salt_text, digest_text = fields[2:]
+        else:
+            rounds, salt_text, digest_text = fields[2:]
         if not (rounds.isascii() and rounds.isdigit()) or not 1 <= int(rounds) <= MAX_ITERATIONS:
             raise ValueError(f"iteration count {rounds!r} is not an integer in 1..{MAX_ITERATIONS}")
         salt = _b64decode(salt_text, "salt")
@@ -84,12 +132,15 @@ class PasswordHash:
         if len(salt) < _MIN_SALT_BYTES:
             raise ValueError(f"salt is {len(salt)} bytes; at least {_MIN_SALT_BYTES} are needed")
         if len(digest) != _DIGEST_BYTES:
-            raise ValueError(f"hash is {len(digest)} bytes; {HASH_SCHEME} hashes are 64 bytes")
-        return cls(iterations=int(rounds), salt=salt, digest=digest)
+            raise ValueError(f"hash is {len(digest)} bytes; ${scheme}$ hashes are 64 bytes")
+        return cls(iterations=int(rounds), salt=salt, digest=digest, scheme=scheme)
 
     def verify(self, password: bytes) -> bool:
         """Whether *password* is the one this hash was made from (constant-time compare)."""
-        candidate = hashlib.pbkdf2_hmac("sha512", password, self.salt, self.iterations)
+        if self.scheme == SCHEME_SHA512:
+            candidate = hashlib.sha512(password + self.salt).digest()
+        else:
+            candidate = hashlib.pbkdf2_hmac("sha512", password, self.salt, self.iterations)
         return hmac.compare_digest(candidate, self.digest)
 
 
@@ -101,15 +152,28 @@ def _b64decode(text: str, what: str) -> bytes:
 
 
 def hash_password(
-    password: bytes, *, iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None
+    password: bytes,
+    *,
+    iterations: int = DEFAULT_ITERATIONS,
+    salt: bytes | None = None,
+    scheme: str = HASH_SCHEME,
 ) -> PasswordHash:
-    """Hash *password* with PBKDF2-HMAC-SHA512 and a random 16-byte salt."""
+    """Hash *password*: by default ``$7$``, PBKDF2-HMAC-SHA512 with a random 12-byte salt.
+
+    ``scheme=SCHEME_SHA512`` makes a ``$6$`` hash (one salted SHA-512: only for a
+    mosquitto 1.6 or older; *iterations* is then ignored).
+    """
+    if scheme not in _LAYOUTS:
+        raise ValueError(f"unknown hash scheme {scheme!r}")
     if not 1 <= iterations <= MAX_ITERATIONS:
         raise ValueError(f"iterations must be in 1..{MAX_ITERATIONS}, not {iterations}")
     if salt is None:
-        salt = secrets.token_bytes(SALT_BYTES)
+        salt = secrets.token_bytes(_TRIO_SALT_BYTES if scheme == SCHEME_TRIO_PBKDF2 else SALT_BYTES)
+    if scheme == SCHEME_SHA512:
+        digest = hashlib.sha512(password + salt).digest()
+        return PasswordHash(iterations=1, salt=salt, digest=digest, scheme=scheme)
     digest = hashlib.pbkdf2_hmac("sha512", password, salt, iterations)
-    return PasswordHash(iterations=iterations, salt=salt, digest=digest)
+    return PasswordHash(iterations=iterations, salt=salt, digest=digest, scheme=scheme)
 
 
 # --------------------------------------------------------------------------- password file
@@ -169,6 +233,12 @@ class PasswordFile:
                 if not username:
                     raise ValueError("the username is empty")
                 password_hash = PasswordHash.parse(stored)
+            except UnknownHashFormat as exc:
+                raise ConfigError(
+                    f"line {number}: {exc} (a file of plaintext passwords can be hashed in "
+                    f"place with 'trio-mqtt-passwd -U {source}')",
+                    file=source,
+                ) from None
             except ValueError as exc:
                 raise ConfigError(f"line {number}: {exc}", file=source) from None
             if username in users:
