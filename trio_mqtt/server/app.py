@@ -42,6 +42,7 @@ from trio_mqtt.nats import NATSError
 from trio_mqtt.peer import Endpoint
 from trio_mqtt.persistence.sqlite import PersistenceWriteError, SQLiteStore
 from trio_mqtt.server.backpressure import relief_for
+from trio_mqtt.server.exception_groups import UnwrapGroups
 from trio_mqtt.server.listener import ListenerHandle, serve_listener
 from trio_mqtt.server.metrics import (
     CONTENT_TYPE,
@@ -353,7 +354,31 @@ class Broker:
 
 @asynccontextmanager
 async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broker]:
-    """Run a broker for the duration of the ``async with`` block."""
+    """Run a broker for the duration of the ``async with`` block.
+
+    What the block raises comes out as itself (a ``ValueError``, Ctrl-C's
+    ``KeyboardInterrupt``), not wrapped in an exception group, and so does a startup
+    failure (a listener that cannot bind). Only when the broker's own tasks fail too
+    does a group come out, with the block's exception in it (``UnwrapGroups``).
+    """
+    unwrap = UnwrapGroups()
+    started = False
+    try:
+        with unwrap:
+            async with _run_broker(config) as broker:
+                started = True
+                try:
+                    yield broker
+                except BaseException as exc:
+                    unwrap.body = exc
+                    raise
+    finally:
+        if started:  # not for a broker that never started (its error says why)
+            log.info("broker stopped")
+
+
+@asynccontextmanager
+async def _run_broker(config: BrokerConfig | None) -> AsyncIterator[Broker]:
     if config is None:
         config = BrokerConfig()
     # The run's clock itself: the same time as trio.current_time(), without two wrapper
@@ -428,7 +453,6 @@ async def open_broker(config: BrokerConfig | None = None) -> AsyncIterator[Broke
                 log.error("persistence: final save failed: %s", exc)
             finally:
                 store.close()
-        log.info("broker stopped")
 
 
 async def serve(
