@@ -8,6 +8,7 @@ those tests skip, or fail under ``TRIO_MQTT_REQUIRE_TOOLS=1`` (see tests/tools.p
 from __future__ import annotations
 
 import gzip
+import re
 import textwrap
 import tomllib
 from pathlib import Path
@@ -364,3 +365,11 @@ def test_the_command_exits_2_for_a_file_it_cannot_read(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith(f"trio-mqtt: error: {path}: ")
+
+
+def test_the_example_in_the_docs_is_what_the_converter_prints() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "mosquitto.md").read_text()
+    blocks = re.findall(r"^```(\w+)\n(.*?)^```$", page, flags=re.MULTILINE | re.DOTALL)
+    mosquitto = next(code for info, code in blocks if code.startswith("# mosquitto.conf\n"))
+    toml = next(code for info, code in blocks if info == "toml")
+    assert convert(mosquitto, file="mosquitto.conf").toml == toml

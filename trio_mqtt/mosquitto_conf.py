@@ -637,6 +637,10 @@ def _listener_tables(state: _State, listener: _Listener, index: int) -> list[_Ta
         proxy = _Table("[listeners.proxy_protocol]")
         proxy.set("mode", "required", f"{item.origin} (v1 and v2 are both accepted)")
         tables.append(proxy)
+        state.notes.append(
+            f"{item.origin}: like mosquitto, every peer may send a PROXY header; list your "
+            "proxies in [listeners.proxy_protocol] trusted_sources to refuse the others"
+        )
     tls_options = ("require_certificate", "use_identity_as_username")
     if has_tls:
         tls = _Table("[listeners.tls]")
