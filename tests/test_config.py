@@ -522,6 +522,16 @@ def test_parse_bind_rejects(bind: str, expected: str) -> None:
         parse_bind(bind)
 
 
+def test_a_url_as_bind_gets_the_host_port_to_use() -> None:
+    assert config_error(listener(bind="tcp://0.0.0.0:1883")) == (
+        "broker.toml: listeners[0].bind: 'tcp://0.0.0.0:1883': takes HOST:PORT, not a URL: "
+        "use 0.0.0.0:1883"
+    )
+    assert config_error({"http": {"bind": "http://[::1]/metrics"}}) == (
+        "broker.toml: http.bind: 'http://[::1]/metrics': takes HOST:PORT, not a URL: use [::1]:80"
+    )
+
+
 def test_bad_bind_in_toml_names_the_key() -> None:
     assert config_error(listener(bind="0.0.0.0:99999")) == (
         "broker.toml: listeners[0].bind: '0.0.0.0:99999': port 99999 is out of range "

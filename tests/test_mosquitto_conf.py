@@ -373,3 +373,13 @@ def test_the_example_in_the_docs_is_what_the_converter_prints() -> None:
     mosquitto = next(code for info, code in blocks if code.startswith("# mosquitto.conf\n"))
     toml = next(code for info, code in blocks if info == "toml")
     assert convert(mosquitto, file="mosquitto.conf").toml == toml
+
+
+def test_bad_values_and_tabs(tmp_path: Path) -> None:
+    # a bad value before any listener line starts no default listener
+    conversion = convert("max_connections many\nmax_keepalive\t70000\nmax_keepalive\t30\n")
+    assert unmapped(conversion) == {1: "max_connections many", 2: "max_keepalive\t70000"}
+    assert "out of trio-mqtt's range (1..65535)" in conversion.unmapped[1].reason
+    config = loaded(conversion, tmp_path)
+    assert config.listeners == BrokerConfig().listeners
+    assert config.max_keepalive == 30

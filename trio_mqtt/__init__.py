@@ -15,6 +15,7 @@ from trio_mqtt.config import (
 )
 from trio_mqtt.errors import (
     ConfigError,
+    ListenerBindError,
     LocalProtocolError,
     MQTTProtocolError,
     ProxyProtocolError,
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigError",
     "ConnectHook",
     "Endpoint",
+    "ListenerBindError",
     "ListenerConfig",
     "LocalProtocolError",
     "MQTTProtocolError",

@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from trio_mqtt._version import __version__
-from trio_mqtt.config import MAX_WORKERS, BrokerConfig, ListenerConfig, load_config
+from trio_mqtt.config import MAX_WORKERS, BrokerConfig, ListenerConfig, load_config, url_advice
 from trio_mqtt.errors import ConfigError
 from trio_mqtt.logformat import LOG_FORMATS, TEXT_FORMAT, make_formatter
 
@@ -126,6 +126,8 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
     if args.listen:
         listeners = []
         for index, bind in enumerate(args.listen):
+            if "://" in bind:  # tcp://0.0.0.0:1883, mqtt://...: not the IPv6-brackets hint
+                raise ConfigError(f"--listen takes HOST:PORT, not a URL: {url_advice(bind)}")
             try:
                 listeners.append(ListenerConfig.from_bind(bind, name=f"listen{index}"))
             except ConfigError as exc:

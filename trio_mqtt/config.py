@@ -16,6 +16,7 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -682,10 +683,52 @@ class BrokerConfig:
 _BIND_HELP = "expected HOST:PORT or [IPV6]:PORT, e.g. '0.0.0.0:1883' or '[::]:1883'"
 
 
+# The port a URL without one means, by scheme (for the advice of bind_of_url).
+_URL_DEFAULT_PORTS = {
+    "mqtts": 8883,
+    "ssl": 8883,
+    "tls": 8883,
+    "ws": 80,
+    "wss": 443,
+    "http": 80,
+    "https": 443,
+}
+
+
+def bind_of_url(url: str) -> str | None:
+    """The ``HOST:PORT`` someone giving *url* (``tcp://0.0.0.0:1883``) meant, or None
+    when *url* is not a URL (no ``scheme://``) or names no usable host and port."""
+    if "://" not in url:
+        return None
+    try:
+        split = urllib.parse.urlsplit(url)
+        host, port = split.hostname, split.port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    if port is None:
+        port = _URL_DEFAULT_PORTS.get(split.scheme.lower(), 1883)
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        parse_bind(bind)
+    except ConfigError:
+        return None
+    return bind
+
+
+def url_advice(url: str) -> str:
+    """What to write instead of *url* where ``HOST:PORT`` is expected."""
+    bind = bind_of_url(url)
+    return f"use {bind}" if bind is not None else "e.g. 127.0.0.1:1883"
+
+
 def parse_bind(bind: str) -> tuple[str, int]:
     """Split ``host:port`` / ``[v6]:port`` into ``(host, port)``; ConfigError if invalid."""
     if not isinstance(bind, str):
         raise ConfigError(f"{_show(bind)} is not a string ({_BIND_HELP})")
+    if "://" in bind:
+        raise ConfigError(f"{bind!r}: takes HOST:PORT, not a URL: {url_advice(bind)}")
     if bind.startswith("["):
         host, closed, rest = bind[1:].partition("]")
         if not closed or not rest.startswith(":"):

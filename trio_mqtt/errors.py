@@ -51,3 +51,22 @@ class LocalProtocolError(MQTTProtocolError):
 
 class ProxyProtocolError(TrioMQTTError):
     """A PROXY protocol header (v1 or v2) is invalid; the message says what was wrong."""
+
+
+class ListenerBindError(TrioMQTTError, OSError):
+    """A listener cannot start: its address cannot be bound, or its host resolved.
+
+    The message names the listener and the address, e.g. ``listener 'lb' cannot bind
+    0.0.0.0:1883: address already in use``. It is an ``OSError`` too, with the ``errno``
+    of the failure (``errno.EADDRINUSE``, ``errno.EACCES``, ...; for a host that does not
+    resolve, the ``socket.gaierror`` code).
+    """
+
+    def __init__(self, listener: str, bind: str, reason: str, errno: int | None = None) -> None:
+        super().__init__(errno, f"listener {listener!r} cannot bind {bind}: {reason}")
+        self.listener = listener
+        self.bind = bind
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.strerror)

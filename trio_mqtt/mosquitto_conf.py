@@ -179,8 +179,8 @@ def _read(
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        name, _, value = line.partition(" ")
-        name, value = name.strip(), value.strip()
+        name, value = (*line.split(None, 1), "")[:2]
+        value = value.strip()
         try:
             if name == "include_dir":
                 _include_dir(state, value, file, number, read_include_dir, top=top)
@@ -235,11 +235,12 @@ def _option(state: _State, name: str, value: str, origin: str, where: tuple[str,
         state.default_host = _Value(_host(value), origin)
         _default_listener(state, origin)
     elif name in _LISTENER_OPTIONS:
+        parsed = _Value(_listener_value(name, value), origin)
         listener = state.current
         if listener is None:
             state.before_listeners.append((name, value, where[1], where[0]))
             listener = _default_listener(state, None)
-        listener.options[name] = _Value(_listener_value(name, value), origin)
+        listener.options[name] = parsed
         listener.lines[name] = where
     elif name in _SECURITY_OPTIONS:
         parsed = _Value(_security_value(name, value), origin)
@@ -251,9 +252,7 @@ def _option(state: _State, name: str, value: str, origin: str, where: tuple[str,
     elif name == "per_listener_settings":
         state.per_listener_settings = _bool(value)
     elif name == "max_keepalive":
-        state.broker["max_keepalive"] = _Value(
-            _int(value, 1, 65535, "0 is not a limit trio-mqtt has"), origin
-        )
+        state.broker["max_keepalive"] = _Value(_int(value, 1, 65535), origin)
     elif name == "max_queued_messages":
         count = _int(value, 0, None)
         if count == 0:
@@ -307,14 +306,14 @@ def _bool(value: str) -> bool:
     return _BOOLS[value]
 
 
-def _int(value: str, low: int, high: int | None, below: str = "") -> int:
+def _int(value: str, low: int, high: int | None) -> int:
     try:
         number = int(value)
     except ValueError:
         raise _Skip(f"{value!r} is not a number") from None
     if number < low or (high is not None and number > high):
         allowed = f"{low}..{high}" if high is not None else f">= {low}"
-        raise _Skip(below or f"{number} is out of trio-mqtt's range ({allowed})")
+        raise _Skip(f"{number} is out of trio-mqtt's range ({allowed})")
     return number
 
 

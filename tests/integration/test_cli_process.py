@@ -331,10 +331,60 @@ async def test_no_arguments_listens_on_localhost_1883() -> None:
         try:
             ports = await broker.listener_ports()
         except AssertionError:
-            if "Address already in use" in broker.output:
+            if "address already in use" in broker.output.lower():
                 pytest.skip(f"127.0.0.1:{DEFAULT_PORT} was taken while the broker started")
             raise
         assert ports == {"default": DEFAULT_PORT}
         client = await connect(DEFAULT_PORT, ProtocolVersion.V5, "on-1883")
         await client.aclose()
         await signal_and_wait_exit(broker, signal.SIGTERM)
+
+
+async def run_to_exit(argv: Sequence[str]) -> tuple[int, str]:
+    """Run the command to its end (bounded); its exit code and stderr."""
+    with trio.fail_after(STARTUP_TIMEOUT):
+        result = await trio.run_process(
+            list(argv), cwd=REPO_ROOT, capture_stdout=True, capture_stderr=True, check=False
+        )
+    return result.returncode, result.stderr.decode()
+
+
+async def test_a_busy_port_exits_1_naming_the_listener_and_address(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config.write_text(f'[[listeners]]\nname = "lb"\nbind = "127.0.0.1:{port}"\n')
+        code, stderr = await run_to_exit([*PYTHON_M, "--config", str(config)])
+    assert code == 1, stderr
+    assert stderr == (
+        f"trio-mqtt: error: listener 'lb' cannot bind 127.0.0.1:{port}: address already in use\n"
+    )  # one line: no traceback, no "broker stopped" for a broker that never started
+
+
+async def test_an_unresolvable_host_exits_1_naming_the_listener_and_host(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text('[[listeners]]\nname = "lb"\nbind = "no-such-host.invalid:1883"\n')
+    code, stderr = await run_to_exit([*PYTHON_M, "--config", str(config)])
+    assert code == 1, stderr
+    assert stderr.startswith(
+        "trio-mqtt: error: listener 'lb' cannot bind no-such-host.invalid:1883: "
+        "host 'no-such-host.invalid' does not resolve ("
+    ), stderr
+    assert stderr.count("\n") == 1, stderr
+    assert "stopped" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "advice"),
+    [
+        ("tcp://0.0.0.0:1883", "use 0.0.0.0:1883"),
+        ("mqtt://[::1]:1884", "use [::1]:1884"),
+        ("mqtt://localhost", "use localhost:1883"),
+    ],
+)
+async def test_listen_with_a_url_says_to_drop_the_scheme(url: str, advice: str) -> None:
+    code, stderr = await run_to_exit([*PYTHON_M, "--listen", url])
+    assert code == 2, stderr
+    assert stderr == f"trio-mqtt: error: --listen takes HOST:PORT, not a URL: {advice}\n"

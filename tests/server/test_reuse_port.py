@@ -80,7 +80,7 @@ async def test_without_reuse_port_the_second_broker_cannot_bind() -> None:
                 async with open_broker(config(port, reuse_port=False)):
                     pytest.fail("the second broker bound a port the first one holds")
             assert [leaf.errno for leaf in os_errors(info.value)] == [errno.EADDRINUSE]
-            assert "Address already in use" in str(os_errors(info.value)[0])
+            assert "address already in use" in str(os_errors(info.value)[0])
 
 
 async def test_reuse_port_does_not_share_with_a_socket_that_did_not_ask() -> None:

@@ -21,7 +21,7 @@ import trio
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.limits import REASON_CONNECTIONS, REASON_DENIED, AddressLimiter
 from trio_mqtt.config import ListenerConfig, Transport
-from trio_mqtt.errors import ConfigError, ProxyProtocolError
+from trio_mqtt.errors import ConfigError, ListenerBindError, ProxyProtocolError
 from trio_mqtt.networks import address_in
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.proxy import looks_like_proxy_header, parse_proxy_header
@@ -184,6 +184,26 @@ async def open_reuse_port_listeners(port: int, *, host: str) -> list[trio.Socket
     return listeners
 
 
+def bind_error(config: ListenerConfig, exc: OSError) -> ListenerBindError:
+    """*exc*, from resolving or binding *config*'s address, as an error naming both."""
+    if isinstance(exc, trio.socket.gaierror):
+        reason = f"host {config.host!r} does not resolve ({_lower_first(exc.strerror)})"
+    elif exc.errno == errno.EADDRINUSE:
+        reason = "address already in use"
+    elif exc.errno == errno.EACCES and 0 < config.port < 1024:
+        reason = "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        reason = f"{config.host!r} is not an address of this machine"
+    else:
+        reason = _lower_first(exc.strerror) or str(exc)
+    return ListenerBindError(config.name, config.bind, reason, exc.errno)
+
+
+def _lower_first(text: str | None) -> str:
+    """'Address already in use' -> 'address already in use' (a message goes on)."""
+    return text[:1].lower() + text[1:] if text else ""
+
+
 async def serve_listener(
     core: BrokerCore,
     config: ListenerConfig,
@@ -200,10 +220,13 @@ async def serve_listener(
     tls = None
     if config.transport in _TLS_TRANSPORTS and config.tls is not None:
         tls = ServerTLS.load(config.tls)
-    if config.reuse_port:
-        listeners = await open_reuse_port_listeners(config.port, host=config.host)
-    else:
-        listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    try:
+        if config.reuse_port:
+            listeners = await open_reuse_port_listeners(config.port, host=config.host)
+        else:
+            listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    except OSError as exc:
+        raise bind_error(config, exc) from None
     handle = ListenerHandle(config, tls=tls)
     limits = config.limits
     if limits.limits_addresses:
