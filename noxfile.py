@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox`` runs lint, typecheck and tests; ``nox -s docs`` / ``bench`` too.
+"""Developer tasks: ``nox`` runs lint, typecheck and tests; ``-s docs`` / ``package`` / ``bench``.
 
 Each session gets its own virtualenv; pass extra arguments after ``--``, e.g.
 ``nox -s tests -- -k proxy -x``.
@@ -6,6 +6,7 @@ Each session gets its own virtualenv; pass extra arguments after ``--``, e.g.
 
 from __future__ import annotations
 
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -53,6 +54,17 @@ def docs(session: nox.Session) -> None:
     """Build the HTML docs into docs/_build/html; any Sphinx warning is an error."""
     session.install(*_extras()["docs"])
     session.run("sphinx-build", "-W", "-b", "html", "docs", "docs/_build/html", *session.posargs)
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel into dist/ and check them with ``twine check --strict``."""
+    tools = [req for req in _extras()["dev"] if req.startswith(("build", "twine"))]
+    session.install(*tools)
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
+    session.run("python", "-m", "twine", "check", "--strict", *map(str, sorted(dist.iterdir())))
 
 
 @nox.session
