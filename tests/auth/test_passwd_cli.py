@@ -1,4 +1,6 @@
-"""``python -m trio_mqtt.passwd``: add, replace and delete users, atomically, mode 0600.
+"""``trio-mqtt-passwd`` (``python -m trio_mqtt.passwd``): mosquitto_passwd's interface.
+
+Users are added, replaced and deleted atomically; new files get mode 0600.
 
 The command is run in-process through ``main(argv, stdin=...)``; the subprocess round trip
 (the real ``python -m`` entry point) is in tests/integration/test_auth_files.py.
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from trio_mqtt.auth import PasswordFile, PasswordHash
+from trio_mqtt.auth import PasswordFile, PasswordHash, hash_password
 from trio_mqtt.passwd import main
 
 FAST = ["--iterations", "1000"]
@@ -77,7 +79,7 @@ def test_replace_keeps_other_lines_and_position(tmp_path: Path) -> None:
     assert lines[2].startswith("bob:") and lines[2] != original[1]
     assert lines[3] == original[2]
     assert lines[4:] == ["", "# end"]
-    assert mode_of(path) == 0o600  # tightened on rewrite
+    assert mode_of(path) == 0o640  # its mode is kept, minus access for others
     users = PasswordFile.load(path)
     assert users.check("bob", b"bob-new")
     assert not users.check("bob", b"bob-old")
@@ -221,3 +223,180 @@ def test_failed_replace_keeps_the_old_file(
     assert path.read_text() == before
     assert os.listdir(tmp_path) == ["users.passwd"]  # the temporary file was removed
     assert "No space left on device" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- mosquitto_passwd's flags
+
+
+def test_console_script_is_the_same_entry_point() -> None:
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
+    assert scripts["trio-mqtt-passwd"] == "trio_mqtt.passwd:main"
+
+
+def test_batch_mode_takes_the_password_from_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "users.passwd"
+    assert run([*FAST, "-b", str(path), "alice", "alice pw"]) == 0
+    assert run([*FAST, "-b", str(path), "bob", "--", "-starts-with-dash"]) == 0
+    users = PasswordFile.load(path)
+    assert users.check("alice", b"alice pw")
+    assert users.check("bob", b"-starts-with-dash")
+    assert mode_of(path) == 0o600
+
+
+def test_create_overwrites_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "users.passwd"
+    path.write_text("# old\nold:whatever\n")
+    assert run([*FAST, "-c", "-b", str(path), "alice", "pw"]) == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("alice:$7$1000$")
+    assert capsys.readouterr().out == f"added 'alice' in {path}\n"
+
+
+def test_create_prompts_like_the_plain_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(getpass, "getpass", lambda prompt="": "typed")
+    path = tmp_path / "new.passwd"
+    assert run([*FAST, "-c", str(path), "alice"]) == 0
+    assert PasswordFile.load(path).check("alice", b"typed")
+    assert mode_of(path) == 0o600
+
+
+def test_hash_type_sha512_writes_mosquitto_16_entries(tmp_path: Path) -> None:
+    path = tmp_path / "users.passwd"
+    assert run(["-H", "sha512", "-b", str(path), "alice", "pw"]) == 0
+    stored = entry_of(path, "alice")
+    assert (stored.scheme, len(stored.salt)) == ("6", 12)
+    assert path.read_text().startswith("alice:$6$")
+    assert PasswordFile.load(path).check("alice", b"pw")
+    assert run(["-H", "sha512-pbkdf2", "-I", "2000", "-b", str(path), "alice", "pw2"]) == 0
+    assert (entry_of(path, "alice").scheme, entry_of(path, "alice").iterations) == ("7", 2000)
+
+
+def test_short_iterations_option(tmp_path: Path) -> None:
+    path = tmp_path / "users.passwd"
+    assert run(["-I", "1234", "-b", str(path), "alice", "pw"]) == 0
+    assert entry_of(path, "alice").iterations == 1234
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-H", "md5", "-b", "F", "alice", "pw"], "invalid choice: 'md5'"),
+        (["-I", "0", "-b", "F", "alice", "pw"], "0 is not in 1..10000000"),
+        (["-c", "-D", "F", "alice"], "-c and -D cannot be used together"),
+        (["-c", "-U", "F"], "-c and -U cannot be used together"),
+        (["-D", "-U", "F"], "-D and -U cannot be used together"),
+        (["-b", "-D", "F", "alice", "pw"], "-b and -D cannot be used together"),
+        (["-b", "F", "alice"], "-b takes FILE, USERNAME and PASSWORD, but 2 operand(s)"),
+        (["F", "alice", "extra"], "takes FILE and USERNAME, but 3 operand(s)"),
+        (["-U", "F", "alice"], "-U takes FILE, but 2 operand(s)"),
+        ([], "takes FILE and USERNAME, but 0 operand(s)"),
+        (["--password-stdin", "-b", "F", "a", "pw"], "--password-stdin goes with neither"),
+        (["-Z", "F", "alice"], "unrecognized arguments: -Z"),
+    ],
+)
+def test_bad_arguments_print_usage_and_exit_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        run(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: trio-mqtt-passwd ")
+    assert message in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_upgrade_hashes_plaintext_entries_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "users.passwd"
+    kept = f"carol:{hash_password(b'carol-pw', iterations=1000).encode()}"
+    path.write_text(f"# users\nalice:alice-pw\n\n{kept}\n bob : two words \n")
+    path.chmod(0o640)
+    assert run([*FAST, "-U", str(path)]) == 0
+    assert (
+        capsys.readouterr().out == f"hashed 2 plaintext password(s) in {path}; 1 already hashed\n"
+    )
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# users" and lines[2] == "" and lines[3] == kept
+    assert lines[1].startswith("alice:$7$1000$") and lines[4].startswith("bob:$7$1000$")
+    users = PasswordFile.load(path)
+    assert users.check("alice", b"alice-pw")
+    assert users.check("bob", b"two words")  # blanks around fields trimmed, as mosquitto does
+    assert users.check("carol", b"carol-pw")
+    assert mode_of(path) == 0o640
+
+    before = path.read_text()
+    assert run([*FAST, "-U", str(path)]) == 0  # nothing is hashed twice
+    assert path.read_text() == before
+    assert (
+        capsys.readouterr().out == f"hashed 0 plaintext password(s) in {path}; 3 already hashed\n"
+    )
+
+
+def test_upgrade_with_sha512(tmp_path: Path) -> None:
+    path = tmp_path / "users.passwd"
+    path.write_text("alice:alice-pw\n")
+    assert run(["-H", "sha512", "-U", str(path)]) == 0
+    assert path.read_text().startswith("alice:$6$")
+    assert PasswordFile.load(path).check("alice", b"alice-pw")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("alice:a\nbob:pass:word\n", "line 2: more than one ':', so the username cannot"),
+        ("alice:a\nbob:$7$1000$xx$yy\n", "line 2: salt is not valid base64"),
+        ("alice:a\nbob:\n", "line 2: the password is empty"),
+        ("alice:a\njust-a-name\n", "line 2: expected 'username:password'"),
+        ("alice:a\n#x:pw\n :pw\n", "line 3: the username is empty"),
+    ],
+)
+def test_upgrade_refuses_lines_it_cannot_read_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    path = tmp_path / "users.passwd"
+    path.write_text(content)
+    assert run([*FAST, "-U", str(path)]) == 1
+    assert path.read_text() == content
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: {message}")
+    assert err.count("\n") == 1
+
+
+def test_upgrade_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["-U", str(tmp_path / "none")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_rewrite_goes_through_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real.passwd"
+    link = tmp_path / "link.passwd"
+    assert run([*FAST, "-b", str(real), "alice", "pw"]) == 0
+    link.symlink_to(real)
+    assert run([*FAST, "-b", str(link), "bob", "pw"]) == 0
+    assert link.is_symlink()
+    assert set(PasswordFile.load(real).users) == {"alice", "bob"}
+
+
+def test_rewrite_keeps_group_readable_mode(tmp_path: Path) -> None:
+    path = tmp_path / "users.passwd"
+    assert run([*FAST, "-b", str(path), "alice", "pw"]) == 0
+    path.chmod(0o640)  # e.g. root:mosquitto, read by the broker's group
+    assert run([*FAST, "-b", str(path), "bob", "pw"]) == 0
+    assert mode_of(path) == 0o640
+    assert run(["-D", str(path), "bob"]) == 0
+    assert mode_of(path) == 0o640
+    assert run([*FAST, "-c", "-b", str(path), "carol", "pw"]) == 0
+    assert mode_of(path) == 0o640
