@@ -17,6 +17,7 @@ REQUIRE_TOOLS_ENV = "TRIO_MQTT_REQUIRE_TOOLS"
 #: Which Debian package ships each program.
 DEBIAN_PACKAGES = {
     "mosquitto": "mosquitto",
+    "mosquitto_passwd": "mosquitto",
     "mosquitto_pub": "mosquitto-clients",
     "mosquitto_sub": "mosquitto-clients",
     "haproxy": "haproxy",
