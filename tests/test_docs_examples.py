@@ -198,3 +198,19 @@ def test_python_example(block: CodeBlock, tmp_path: Path) -> None:
     else:
         (tmp_path / "example.py").write_text(block.code)
         _run([sys.executable, "example.py"], tmp_path, block)
+
+
+def test_api_reference_covers_the_public_api() -> None:
+    import trio_mqtt
+    import trio_mqtt.testing
+
+    api = (ROOT / "docs" / "api.md").read_text()
+    documented = set(re.findall(r"^\.\. auto\w+:: ([\w.]+)", api, flags=re.MULTILINE))
+    documented_names = {name.rsplit(".", 1)[-1] for name in documented}
+    public = {name for name in trio_mqtt.__all__ if not name.startswith("_")}
+    public |= {"mqtt_broker", "open_test_broker"}
+    assert not public - documented_names, "docs/api.md lacks these"
+    for name in documented:  # each target exists
+        module, _, attribute = name.rpartition(".")
+        assert hasattr(sys.modules[module], attribute), name
+    assert re.search(r"^api$", (ROOT / "docs" / "index.md").read_text(), re.MULTILINE)
