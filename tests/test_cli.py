@@ -16,7 +16,7 @@ import trio.testing
 import trio_mqtt
 from trio_mqtt import cli
 from trio_mqtt._version import __version__
-from trio_mqtt.config import BrokerConfig, ListenerConfig, Transport
+from trio_mqtt.config import BrokerConfig, ListenerConfig, Transport, parse_config
 from trio_mqtt.errors import ConfigError
 
 REPO_ROOT = Path(trio_mqtt.__file__).resolve().parent.parent
@@ -26,7 +26,11 @@ REPO_ROOT = Path(trio_mqtt.__file__).resolve().parent.parent
 def started(monkeypatch: pytest.MonkeyPatch) -> list[BrokerConfig]:
     """Replace run_broker: record the config main() would serve instead of serving it."""
     configs: list[BrokerConfig] = []
-    monkeypatch.setattr(cli, "run_broker", configs.append)
+
+    def record(config: BrokerConfig, **_reloading: object) -> None:
+        configs.append(config)
+
+    monkeypatch.setattr(cli, "run_broker", record)
     return configs
 
 
@@ -65,8 +69,8 @@ def test_listen_replaces_listeners_with_plain_tcp(started: list[BrokerConfig]) -
     assert cli.main(["--listen", "0.0.0.0:1884", "--listen", "[::1]:0"]) == 0
     [config] = started
     assert config.listeners == (
-        ListenerConfig(name="listen0", host="0.0.0.0", port=1884, transport=Transport.TCP),
-        ListenerConfig(name="listen1", host="::1", port=0, transport=Transport.TCP),
+        ListenerConfig(name="listener0", host="0.0.0.0", port=1884, transport=Transport.TCP),
+        ListenerConfig(name="listener1", host="::1", port=0, transport=Transport.TCP),
     )
 
 
@@ -82,7 +86,40 @@ def test_listen_overrides_the_config_files_listeners_only(
     assert cli.main(["--config", str(path), "--listen", "127.0.0.1:2883"]) == 0
     [config] = started
     assert config.receive_maximum == 7
-    assert config.listeners == (ListenerConfig(name="listen0", host="127.0.0.1", port=2883),)
+    assert config.listeners == (ListenerConfig(name="listener0", host="127.0.0.1", port=2883),)
+
+
+def test_a_listener_given_no_name_has_one_name_in_python_toml_and_listen() -> None:
+    def names(config: BrokerConfig) -> list[str]:
+        return [listener.name for listener in config.listeners]
+
+    def listen(*binds: str) -> BrokerConfig:
+        return cli.build_config(cli.build_parser().parse_args([f"--listen={b}" for b in binds]))
+
+    # the default listener
+    assert names(BrokerConfig()) == ["listener0"]
+    assert names(parse_config({"listeners": [{"bind": "127.0.0.1:1883"}]})) == ["listener0"]
+    assert names(listen("127.0.0.1:1883")) == ["listener0"]
+    # several, some named: by position; an explicit name is kept
+    in_python = BrokerConfig(
+        listeners=[
+            ListenerConfig(port=1),
+            ListenerConfig(name="lb", port=2),
+            ListenerConfig(port=3),
+        ]
+    )
+    in_toml = parse_config(
+        {
+            "listeners": [
+                {"bind": "127.0.0.1:1"},
+                {"name": "lb", "bind": "127.0.0.1:2"},
+                {"bind": "127.0.0.1:3"},
+            ]
+        }
+    )
+    assert names(in_python) == names(in_toml) == ["listener0", "lb", "listener2"]
+    assert in_python == in_toml
+    assert names(listen("127.0.0.1:1", "127.0.0.1:2")) == ["listener0", "listener1"]
 
 
 def test_config_file_is_used(tmp_path: Path, started: list[BrokerConfig]) -> None:

@@ -102,7 +102,7 @@ def test_embedded_default_is_one_tcp_listener_on_localhost_1883() -> None:
     assert config.sys_interval == 10.0
     [only] = config.listeners
     assert (only.name, only.host, only.port, only.bind) == (
-        "default",
+        "listener0",
         "127.0.0.1",
         1883,
         "127.0.0.1:1883",
@@ -129,7 +129,7 @@ def test_empty_document_and_empty_file_give_the_default(tmp_path: Path) -> None:
 def test_broker_table_without_listeners_keeps_the_default_listener() -> None:
     config = parse_config({"broker": {"receive_maximum": 5}})
     assert config.receive_maximum == 5
-    assert config.listeners == (ListenerConfig(),)
+    assert config.listeners == (ListenerConfig(name="listener0"),)
 
 
 def test_config_objects_are_frozen() -> None:
@@ -788,8 +788,8 @@ def test_embedding_gets_the_same_checks() -> None:
         BrokerConfig(receive_maximum=0)
     with pytest.raises(ConfigError, match=r"^tls: transport 'wss' needs certificates"):
         ListenerConfig(transport=Transport.WSS)
-    with pytest.raises(ConfigError, match=r"^listeners\[1\]\.name: 'default' is already"):
-        BrokerConfig(listeners=(ListenerConfig(), ListenerConfig(port=2)))
+    with pytest.raises(ConfigError, match=r"^listeners\[1\]\.name: 'listener0' is already"):
+        BrokerConfig(listeners=(ListenerConfig(), ListenerConfig(name="listener0", port=2)))
     with pytest.raises(ConfigError, match=r"^listeners\[0\]: 'x' is not a ListenerConfig"):
         BrokerConfig(listeners=["x"])  # type: ignore[list-item]
     with pytest.raises(ConfigError, match=r"^proxy_protocol: 'required' is not a ProxyPolicy"):

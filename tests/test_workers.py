@@ -167,9 +167,9 @@ async def test_two_workers_share_the_clients_and_stop_on_sigterm(tmp_path: Path)
         per_node = Counter(m["node"] for m in connected)
         assert set(per_node) == nodes, per_node  # both workers got clients
 
-        # SIGHUP goes to both workers (they reload their TLS and auth files)
+        # SIGHUP goes to both workers (they reload their config, TLS and auth files)
         running.process.send_signal(signal.SIGHUP)
-        await running.wait_for(re.compile(r"\] trio_mqtt\.cli: reloading TLS"), 2)
+        await running.wait_for(re.compile(r"\] trio_mqtt\.cli: reloading the config"), 2)
 
         pids = running.child_pids()
         assert len(pids) == 3  # two workers and the nats-server

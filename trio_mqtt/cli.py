@@ -1,9 +1,11 @@
 """The ``trio-mqtt`` command: parse arguments, load the config, run the broker.
 
 The broker runs until SIGINT or SIGTERM, then shuts down gracefully (bounded by
-``broker.shutdown_timeout``) and the command exits 0. SIGHUP re-reads the certificate
-files of the TLS listeners (for new connections) and the password and ACL files, and
-keeps the broker running.
+``broker.shutdown_timeout``) and the command exits 0. SIGHUP reloads the config file
+for what can change while the broker runs (``Broker.reload_config``: the limits, the
+password and ACL files, the listeners' certificates and settings, ``log_level``), logs
+at WARNING each change that needs a restart, re-reads the certificate, password and ACL
+files, and keeps the broker running; a config file that fails to load changes nothing.
 
 ``--workers N`` (or ``[broker] workers``) with N > 1 runs N broker processes on the same
 port instead, as nodes of one cluster, under a supervisor (trio_mqtt/supervisor.py).
@@ -17,7 +19,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 from typing import Any, Protocol, TextIO
 
@@ -68,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         type=str.lower,
         choices=LOG_LEVELS,
-        default="info",
-        help="log level (default: info)",
+        help="log level; replaces [broker] log_level (default: info)",
     )
     parser.add_argument(
         "--log-format",
@@ -125,11 +126,11 @@ def build_config(args: argparse.Namespace) -> BrokerConfig:
         config = BrokerConfig(**overrides)
     if args.listen:
         listeners = []
-        for index, bind in enumerate(args.listen):
+        for bind in args.listen:  # named listener0, listener1, ... (as in a config file)
             if "://" in bind:  # tcp://0.0.0.0:1883, mqtt://...: not the IPv6-brackets hint
                 raise ConfigError(f"--listen takes HOST:PORT, not a URL: {url_advice(bind)}")
             try:
-                listeners.append(ListenerConfig.from_bind(bind, name=f"listen{index}"))
+                listeners.append(ListenerConfig.from_bind(bind))
             except ConfigError as exc:
                 raise ConfigError(str(exc), key="--listen") from None
         config = attrs.evolve(config, listeners=tuple(listeners))
@@ -160,11 +161,20 @@ def configure_logging(
 _SIGHUP: int | None = getattr(signal, "SIGHUP", None)
 
 
+#: How SIGHUP gets the new config: the config file read again (and the command line
+#: applied to it), or None for "the running one" (no --config: only the files it names
+#: are read again).
+ConfigLoader = Callable[[], BrokerConfig]
+
+
 @attrs.define
 class _Running:
     """What ``serve`` reported once started (the Broker), for the signal handler."""
 
     broker: Any = None
+    load_config: ConfigLoader | None = None
+    # --log-level was given: it wins over [broker] log_level, also after a reload
+    log_level_fixed: bool = False
 
 
 async def _handle_signals(
@@ -172,40 +182,46 @@ async def _handle_signals(
 ) -> None:
     async for signum in signals:
         if _SIGHUP is not None and signum == _SIGHUP:
-            _reload_tls(running.broker)
-            _reload_auth(running.broker)
+            _reload(running)
             continue
         logger.info("shutting down (%s)", signal.Signals(signum).name)
         cancel_scope.cancel()
         return
 
 
-def _reload_tls(broker: Any) -> None:
-    """SIGHUP: reload the TLS certificates; a failure is logged, the broker runs on."""
-    logger.info("reloading TLS certificates (SIGHUP)")
+def _reload(running: _Running) -> None:
+    """SIGHUP: reload the config file and what it names; the broker runs on.
+
+    A config file that fails to load is logged and the running config stays (its
+    certificate, password and ACL files are still read again); a change that needs a
+    restart is logged at WARNING, naming its key and the value kept.
+    """
+    broker = running.broker
+    logger.info("reloading the config (SIGHUP)")
     if broker is None:
         logger.warning("the broker is still starting; SIGHUP ignored")
         return
-    try:
-        reloaded = broker.reload_tls()
-    except ConfigError as exc:
-        logger.error("TLS reload failed: %s", exc)
-        return
-    if reloaded:
-        logger.info("TLS certificates reloaded for listeners: %s", ", ".join(reloaded))
+    config: BrokerConfig = broker.config
+    if running.load_config is not None:
+        try:
+            config = running.load_config()
+        except ConfigError as exc:
+            logger.error(
+                "config reload failed, the running config stays (its certificate, password "
+                "and ACL files are read again): %s",
+                exc,
+            )
+    report = broker.reload_config(config)
+    for change in report.needs_restart:
+        logger.warning("%s", change)
+    for error in report.errors:
+        logger.error("config reload: %s", error)
+    if report.changed:
+        logger.info("config reloaded; in use now: %s", ", ".join(report.changed))
     else:
-        logger.info("no TLS listeners to reload")
-
-
-def _reload_auth(broker: Any) -> None:
-    """SIGHUP: re-read the password and ACL files; a failure is logged, the old stay."""
-    if broker is None:
-        return  # _reload_tls said the broker is still starting
-    try:
-        if broker.reload_auth():
-            logger.info("password and ACL files reloaded")
-    except ConfigError as exc:
-        logger.error("password/ACL reload failed, the previous files stay in use: %s", exc)
+        logger.info("config reloaded; no changes in use")
+    if not running.log_level_fixed:
+        logging.getLogger().setLevel(report.config.log_level.upper())
 
 
 class ServeFunction(Protocol):
@@ -234,11 +250,15 @@ async def _run(
     *,
     serve: ServeFunction | None = None,
     supervisor_pid: int | None = None,
+    load_config: ConfigLoader | None = None,
+    log_level_fixed: bool = False,
 ) -> None:
-    """Serve *config* until the first SIGINT or SIGTERM; SIGHUP reloads TLS and auth files.
+    """Serve *config* until the first SIGINT or SIGTERM; SIGHUP reloads (``_reload``).
 
     *serve* is replaceable for tests. With *supervisor_pid* (a ``--workers`` worker) the
-    broker also stops when that process, its parent, is gone.
+    broker also stops when that process, its parent, is gone. *load_config* gives
+    SIGHUP the new config (None: the running one); with *log_level_fixed* a reload leaves
+    the log level alone (``--log-level`` was given).
     """
     if serve is None:
         # Imported late so that the CLI (and --version) loads without the server.
@@ -247,7 +267,7 @@ async def _run(
         serve = serve_app
 
     handled = [signal.SIGINT, signal.SIGTERM] + ([] if _SIGHUP is None else [_SIGHUP])
-    running = _Running()
+    running = _Running(load_config=load_config, log_level_fixed=log_level_fixed)
     with trio.open_signal_receiver(*handled) as signals:
         async with trio.open_nursery() as nursery:
             # Started first, so a signal during startup also stops the broker.
@@ -266,14 +286,29 @@ async def _run(
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-def run_broker(config: BrokerConfig, *, supervisor_pid: int | None = None) -> None:
+def run_broker(
+    config: BrokerConfig,
+    *,
+    supervisor_pid: int | None = None,
+    load_config: ConfigLoader | None = None,
+    log_level_fixed: bool = False,
+) -> None:
     """Run the broker in a new Trio event loop until SIGINT or SIGTERM.
 
     A ``--workers`` worker gives its *supervisor_pid*: it also stops when that is gone.
+    SIGHUP reloads the config *load_config* gives (see ``_run``).
     """
     gc.freeze()  # what startup allocated is long-lived: keep it out of every collection
     gc.set_threshold(*GC_THRESHOLDS)
-    trio.run(partial(_run, config, supervisor_pid=supervisor_pid))
+    trio.run(
+        partial(
+            _run,
+            config,
+            supervisor_pid=supervisor_pid,
+            load_config=load_config,
+            log_level_fixed=log_level_fixed,
+        )
+    )
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -305,14 +340,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(exc)
         return EXIT_USAGE
 
-    handler = configure_logging(args.log_level, name=args.log_name, log_format=config.log_format)
+    log_level = args.log_level or config.log_level  # --log-level wins
+    handler = configure_logging(log_level, name=args.log_name, log_format=config.log_format)
     try:
         if config.workers > 1:
-            return _run_workers(config, args.log_level)
+            return _run_workers(config, log_level)
+        # SIGHUP reads the config file again (with the command line applied to it)
+        reloading: dict[str, Any] = {}
+        if args.config:
+            reloading = {
+                "load_config": partial(build_config, args),
+                "log_level_fixed": args.log_level is not None,
+            }
         if args.supervisor_pid is None:
-            run_broker(config)
+            run_broker(config, **reloading)
         else:
-            run_broker(config, supervisor_pid=args.supervisor_pid)
+            run_broker(config, supervisor_pid=args.supervisor_pid, **reloading)
         return EXIT_OK
     except Exception as exc:
         return _startup_failure(exc, expected=(ConfigError, OSError))

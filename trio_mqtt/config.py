@@ -136,6 +136,16 @@ def _log_format(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> 
         raise _fail(attribute, f"{_show(value)} is not one of 'text', 'json'")
 
 
+#: The values of ``[broker] log_level`` (and of ``--log-level``).
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in LOG_LEVELS:
+        choices = ", ".join(repr(level) for level in LOG_LEVELS)
+        raise _fail(attribute, f"{_show(value)} is not one of {choices}")
+
+
 def _str(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str):
         raise _fail(attribute, f"{_show(value)} is not a string")
@@ -284,6 +294,14 @@ def _to_forwarded_header(value: ForwardedHeader | str) -> ForwardedHeader:
     raise ConfigError(message, key="ws_forwarded_header")
 
 
+def default_listener_name(index: int) -> str:
+    """The name of a listener given none: ``listener<index>``, its position in
+    ``BrokerConfig.listeners`` from 0. One rule for ``BrokerConfig()``'s default listener,
+    a ``[[listeners]]`` table without ``name`` and ``--listen``: the first is ``listener0``.
+    """
+    return f"listener{index}"
+
+
 def _to_listeners(value: Iterable[ListenerConfig]) -> tuple[ListenerConfig, ...]:
     if isinstance(value, str | bytes | ListenerConfig) or not isinstance(value, Iterable):
         raise ConfigError(f"{value!r} is not a sequence of ListenerConfig", key="listeners")
@@ -292,7 +310,8 @@ def _to_listeners(value: Iterable[ListenerConfig]) -> tuple[ListenerConfig, ...]
     for index, item in enumerate(items):
         if not isinstance(item, ListenerConfig):
             raise ConfigError(f"{item!r} is not a ListenerConfig", key=f"listeners[{index}]")
-        listeners.append(item)
+        named = item.name or default_listener_name(index)
+        listeners.append(item if named == item.name else attrs.evolve(item, name=named))
     return tuple(listeners)
 
 
@@ -401,7 +420,9 @@ class ListenerConfig:
     ``tls`` is required for the ``tls`` and ``wss`` transports and ignored by the others.
     """
 
-    name: str = attrs.field(default="default", validator=_nonempty_str)
+    # "" (none given): named by its position once in a BrokerConfig, "listener0" for the
+    # first (default_listener_name)
+    name: str = attrs.field(default="", validator=_str)
     host: str = attrs.field(default="127.0.0.1", validator=_host)
     port: int = attrs.field(default=1883, validator=_int_in(0, 65535))
     transport: Transport = attrs.field(default=Transport.TCP, converter=_to_transport)
@@ -629,6 +650,9 @@ class BrokerConfig:
     # how the trio-mqtt command writes log lines: "text" or "json" (one object per line);
     # --log-format overrides it; embedding with open_broker ignores it
     log_format: str = attrs.field(default="text", validator=_log_format)
+    # what the trio-mqtt command logs (SIGHUP applies a change); --log-level overrides it;
+    # embedding with open_broker ignores it
+    log_level: str = attrs.field(default="info", validator=_log_level)
     listeners: tuple[ListenerConfig, ...] = attrs.field(
         factory=lambda: (ListenerConfig(),),
         converter=_to_listeners,
@@ -880,7 +904,11 @@ class _Loader:
         kwargs: dict[str, Any] = {
             key: value for key, value in table.items() if key not in ("bind", *_LISTENER_TABLES)
         }
-        kwargs.setdefault("name", f"listener{index}")
+        if kwargs.get("name") == "":
+            raise self.error(
+                f"{prefix}.name",
+                f"must not be empty; leave it out to get {default_listener_name(index)!r}",
+            )
         with self.keyed(lambda _key: f"{prefix}.bind"):
             kwargs["host"], kwargs["port"] = parse_bind(table["bind"])
         if "proxy_protocol" in table:

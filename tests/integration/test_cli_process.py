@@ -1,7 +1,7 @@
 """The broker as a real process: ``python -m trio_mqtt`` and the ``trio-mqtt`` script.
 
 The tests start the command, learn the port from the listener's log line on stderr
-("listener 'listen0' (tcp) up on 127.0.0.1:PORT"), talk MQTT to it, and stop it with
+("listener 'listener0' (tcp) up on 127.0.0.1:PORT"), talk MQTT to it, and stop it with
 SIGTERM / SIGINT: clients must be told (MQTT 5: DISCONNECT 0x8B) and the process must
 exit 0 promptly. Every process is killed if a test leaves early.
 """
@@ -147,9 +147,9 @@ async def signal_and_wait_exit(broker: BrokerProcess, signum: int) -> None:
 async def test_signal_stops_the_broker_gracefully(signum: int) -> None:
     async with broker_process(LISTEN_ARGV) as broker:
         ports = await broker.listener_ports()
-        assert list(ports) == ["listen0"]
-        v5 = await connect(ports["listen0"], ProtocolVersion.V5, "cli-v5")
-        v311 = await connect(ports["listen0"], ProtocolVersion.V311, "cli-v311")
+        assert list(ports) == ["listener0"]
+        v5 = await connect(ports["listener0"], ProtocolVersion.V5, "cli-v5")
+        v311 = await connect(ports["listener0"], ProtocolVersion.V311, "cli-v311")
         start = trio.current_time()
         await signal_and_wait_exit(broker, signum)
         # every client left at once, so the default 5 s shutdown_timeout was not needed
@@ -171,10 +171,10 @@ async def test_log_says_broker_stopped_after_a_signal() -> None:
 async def test_log_names_connected_clients() -> None:
     async with broker_process(LISTEN_ARGV) as broker:
         ports = await broker.listener_ports()
-        client = await connect(ports["listen0"], ProtocolVersion.V5, "logged-client")
+        client = await connect(ports["listener0"], ProtocolVersion.V5, "logged-client")
         [match] = await broker.wait_for(re.compile(r"connected \S+ client_id='logged-client'.*"))
         assert "protocol=5.0" in match[0]
-        assert "listener=listen0" in match[0]
+        assert "listener=listener0" in match[0]
         await client.aclose()
         await signal_and_wait_exit(broker, signal.SIGTERM)
 
@@ -334,7 +334,7 @@ async def test_no_arguments_listens_on_localhost_1883() -> None:
             if "address already in use" in broker.output.lower():
                 pytest.skip(f"127.0.0.1:{DEFAULT_PORT} was taken while the broker started")
             raise
-        assert ports == {"default": DEFAULT_PORT}
+        assert ports == {"listener0": DEFAULT_PORT}
         client = await connect(DEFAULT_PORT, ProtocolVersion.V5, "on-1883")
         await client.aclose()
         await signal_and_wait_exit(broker, signal.SIGTERM)

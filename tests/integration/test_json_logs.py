@@ -26,7 +26,7 @@ def json_lines(output: str) -> list[dict[str, Any]]:
 
 
 async def connect_and_leave(broker: BrokerProcess) -> list[dict[str, Any]]:
-    port = (await broker.listener_ports())["listen0"]
+    port = (await broker.listener_ports())["listener0"]
     client = await connect(port, ProtocolVersion.V5, "json-client")
     assert isinstance(client.stream, trio.SocketStream)
     local_port = client.stream.socket.getsockname()[1]
@@ -41,7 +41,7 @@ async def connect_and_leave(broker: BrokerProcess) -> list[dict[str, Any]]:
     assert connected["level"] == "INFO"
     assert connected["logger"] == "trio_mqtt.broker"
     assert connected["client_id"] == "json-client"
-    assert connected["listener"] == "listen0"
+    assert connected["listener"] == "listener0"
     assert connected["client_address"] == f"127.0.0.1:{local_port}"
     assert connected["protocol"] == "5.0"
     assert "proxy_address" not in connected

@@ -25,6 +25,7 @@ from rawclient import RawClient
 
 from trio_mqtt import cli
 from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyPolicy, TLSConfig
+from trio_mqtt.config_reload import ReloadReport, RestartNeeded
 from trio_mqtt.errors import ConfigError
 from trio_mqtt.mqtt.packets import Connack, Connect, Pingreq, Pingresp, ProtocolVersion
 from trio_mqtt.peer import PeerInfo, TLSInfo
@@ -489,33 +490,41 @@ async def test_reload_tls_without_tls_listeners_does_nothing() -> None:
 
 
 class ReloadRecorder:
-    """Stands in for the Broker that serve() reports: counts reloads, can fail one."""
+    """Stands in for the Broker that serve() reports: records the configs reloaded."""
 
-    def __init__(self, failure: ConfigError | None = None) -> None:
-        self.reloads = 0
-        self.auth_reloads = 0
-        self.failure = failure
+    def __init__(self, config: BrokerConfig, report: ReloadReport | None = None) -> None:
+        self.config = config
+        self.reloaded: list[BrokerConfig] = []
+        self.report = report
 
-    def reload_tls(self) -> list[str]:
-        self.reloads += 1
-        if self.failure is not None:
-            raise self.failure
-        return ["tls"]
-
-    def reload_auth(self) -> bool:
-        self.auth_reloads += 1
-        if self.failure is not None:
-            raise ConfigError("broker.acl, line 3: bad rule")
-        return True
+    def reload_config(self, config: BrokerConfig) -> ReloadReport:
+        self.reloaded.append(config)
+        return self.report or ReloadReport(config=config)
 
 
 @pytest.mark.parametrize("fail", [False, True])
-async def test_sighup_reloads_tls_and_auth_files(
-    fail: bool, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_sighup_reloads_the_config(fail: bool, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trio_mqtt.cli")
-    recorder = ReloadRecorder(ConfigError("listener 'tls': bad key") if fail else None)
+    running = BrokerConfig()
+    new = BrokerConfig(max_keepalive=60)
+    restart = RestartNeeded("listeners[0].bind", "127.0.0.1:1883")
+    report = (
+        None
+        if fail
+        else ReloadReport(
+            config=new,
+            changed=("broker.max_keepalive",),
+            needs_restart=(restart,),
+            errors=("listener 'tls': bad key",),
+        )
+    )
+    recorder = ReloadRecorder(running, report)
     serving = trio.Event()
+
+    def load() -> BrokerConfig:
+        if fail:
+            raise ConfigError("invalid TOML: Expected '=' (at line 3, column 5)", file="b.toml")
+        return new
 
     async def serve(
         config: BrokerConfig, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
@@ -528,25 +537,34 @@ async def test_sighup_reloads_tls_and_auth_files(
         await serving.wait()
         await trio.testing.wait_all_tasks_blocked()
         signal.raise_signal(signal.SIGHUP)
-        await wait_until(lambda: recorder.reloads == 1)
+        await wait_until(lambda: len(recorder.reloaded) == 1)
         await trio.testing.wait_all_tasks_blocked()
         signal.raise_signal(signal.SIGTERM)  # the broker still runs after a SIGHUP
 
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(signals)
-            await cli._run(BrokerConfig(), serve=serve)
+    root = logging.getLogger()
+    level = root.level
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(signals)
+                await cli._run(running, serve=serve, load_config=load)
+    finally:
+        root.setLevel(level)
 
-    assert (recorder.reloads, recorder.auth_reloads) == (1, 1)
     messages = caplog.messages
-    assert "reloading TLS certificates (SIGHUP)" in messages
+    assert "reloading the config (SIGHUP)" in messages
     if fail:
-        assert "TLS reload failed: listener 'tls': bad key" in messages
+        # the running config is applied again: its certificates and auth files re-read
+        assert recorder.reloaded == [running]
         assert (
-            "password/ACL reload failed, the previous files stay in use: "
-            "broker.acl, line 3: bad rule"
+            "config reload failed, the running config stays (its certificate, password and "
+            "ACL files are read again): b.toml: invalid TOML: Expected '=' (at line 3, column 5)"
         ) in messages
+        assert "config reloaded; no changes in use" in messages
     else:
-        assert "TLS certificates reloaded for listeners: tls" in messages
-        assert "password and ACL files reloaded" in messages
+        assert recorder.reloaded == [new]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == ["listeners[0].bind changed: needs a restart; kept 127.0.0.1:1883"]
+        assert "config reload: listener 'tls': bad key" in messages
+        assert "config reloaded; in use now: broker.max_keepalive" in messages
     assert messages[-1] == "shutting down (SIGTERM)"

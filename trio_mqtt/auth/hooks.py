@@ -83,6 +83,9 @@ class AuthFiles:
     acl: AclFile | None = None
     #: ``acl_topics_before_user = "anonymous"``: mosquitto's meaning of the ACL file
     acl_global_rules_anonymous_only: bool = False
+    # which hooks ``hook_into`` registered already (a reload may name a file added since)
+    _password_hooked: bool = False
+    _acl_hooked: bool = False
 
     @classmethod
     def load(cls, config: BrokerConfig) -> AuthFiles:
@@ -96,6 +99,33 @@ class AuthFiles:
         )
         files.reload()
         return files
+
+    def reconfigure(self, config: BrokerConfig) -> None:
+        """Use the files *config* names from now on (a config reload), read them now.
+
+        If either fails to load (ConfigError), the files in use stay as they were. Call
+        ``hook_into`` afterwards: a file the broker started without needs its hooks.
+        """
+        fresh = AuthFiles.load(config)
+        self.password_path, self.acl_path = fresh.password_path, fresh.acl_path
+        self.acl_global_rules_anonymous_only = fresh.acl_global_rules_anonymous_only
+        self.passwords, self.acl = fresh.passwords, fresh.acl
+
+    def hook_into(self, core: BrokerCore) -> None:
+        """Register the hooks of the files named now, those not registered before.
+
+        A hook stays once registered; with its file no longer named it allows everything.
+        """
+        if self.password_path and not self._password_hooked:
+            core.connect_hooks.append(self.password_file)
+            self._password_hooked = True
+        if self.acl_path and not self._acl_hooked:
+            core.connect_hooks.append(self.acl_file_address)
+            core.connect_hooks.append(self.acl_file_will)
+            core.publish_hooks.append(self.acl_file_publish)
+            core.subscribe_hooks.append(self.acl_file_subscribe)
+            core.read_hooks.append(self.acl_file_read)
+            self._acl_hooked = True
 
     def reload(self) -> None:
         """Read both files again; if either fails (ConfigError), both stay as they were."""
@@ -220,12 +250,5 @@ def install_auth(core: BrokerCore, config: BrokerConfig) -> AuthFiles | None:
     if not config.password_file and not config.acl_file:
         return None
     files = AuthFiles.load(config)
-    if config.password_file:
-        core.connect_hooks.append(files.password_file)
-    if config.acl_file:
-        core.connect_hooks.append(files.acl_file_address)
-        core.connect_hooks.append(files.acl_file_will)
-        core.publish_hooks.append(files.acl_file_publish)
-        core.subscribe_hooks.append(files.acl_file_subscribe)
-        core.read_hooks.append(files.acl_file_read)
+    files.hook_into(core)
     return files

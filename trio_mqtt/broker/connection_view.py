@@ -60,6 +60,16 @@ class ClientConnection(Protocol):
     def keep_alive(self) -> int: ...
 
     @property
+    def receive_maximum(self) -> int:
+        """The Receive Maximum its CONNACK gave: QoS 2 messages it may have in flight."""
+        ...
+
+    @property
+    def retain_available(self) -> bool:
+        """Whether retained messages were available when it connected."""
+        ...
+
+    @property
     def in_transit(self) -> int:
         """Bytes handed to the transport and not yet taken by it (the queue budget)."""
         ...

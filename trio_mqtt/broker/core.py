@@ -217,6 +217,10 @@ class Accepted:
     receive_maximum: int  # QoS 1/2 in flight to the client
     max_packet_size: int | None  # the client's Maximum Packet Size, if it gave one
     topic_alias_maximum: int  # aliases we may use towards the client
+    # what CONNACK told the client (a config reload changes them for later connections)
+    our_receive_maximum: int  # QoS 2 in flight from the client
+    our_topic_alias_maximum: int  # aliases the client may use towards us
+    retain_available: bool
     connack: Connack
     session_present: bool
     authenticated: Connect | None  # the CONNECT of an enhanced authentication
@@ -323,6 +327,22 @@ class BrokerCore:
     def uptime(self) -> float:
         """Seconds since this core was made (the broker started)."""
         return self.clock() - self._started
+
+    def apply_config(self, config: BrokerConfig) -> None:
+        """Use *config* from now on (a reload; ``Broker.reload_config`` says what may change).
+
+        Connections opened from now on get its limits; each open one keeps what its
+        CONNACK told the client (Receive Maximum, Topic Alias Maximum, Maximum Packet
+        Size, Server Keep Alive, retain). The queue limits apply to every session at once:
+        what is queued stays, later messages obey the new limits.
+        """
+        old, self.config = self.config, config
+        if (old.max_queued_messages, old.max_queued_bytes) != (
+            config.max_queued_messages,
+            config.max_queued_bytes,
+        ):
+            for session in self.sessions.values():
+                session.set_limits(config.max_queued_messages, config.max_queued_bytes)
 
     def auth_changed(self) -> None:
         """The hooks may decide differently now (an ACL reload): forget cached answers."""
@@ -712,6 +732,9 @@ class BrokerCore:
             receive_maximum=in_flight,
             max_packet_size=props.maximum_packet_size if v5 else None,
             topic_alias_maximum=(props.topic_alias_maximum or 0) if v5 else 0,
+            our_receive_maximum=config.receive_maximum,
+            our_topic_alias_maximum=config.topic_alias_maximum,
+            retain_available=config.retain_available,
             connack=Connack(session_present=session_present, properties=connack_props),
             session_present=session_present,
             authenticated=None if auth_done is None else connect,
@@ -960,7 +983,7 @@ class BrokerCore:
         if not topic or "+" in topic or "#" in topic or len(topic) > _SHORT_TOPIC:
             validate_topic_name(topic)  # the codec already refused U+0000 and bad UTF-8
         retain = packet.retain
-        if retain and not self.config.retain_available:
+        if retain and not conn.retain_available:
             raise RemoteProtocolError(
                 "retain is not available on this broker", ReasonCode.RETAIN_NOT_SUPPORTED
             )
@@ -971,10 +994,9 @@ class BrokerCore:
         if qos == 2:
             if packet_id in session.inflight_in:
                 return Pubrec(packet_id)  # duplicate of a QoS 2 message we already have
-            if v5 and len(session.inflight_in) >= self.config.receive_maximum:
+            if v5 and len(session.inflight_in) >= conn.receive_maximum:
                 raise RemoteProtocolError(
-                    f"more than Receive Maximum ({self.config.receive_maximum}) QoS 2 "
-                    "messages in flight",
+                    f"more than Receive Maximum ({conn.receive_maximum}) QoS 2 messages in flight",
                     ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
                 )
 

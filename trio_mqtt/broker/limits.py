@@ -158,6 +158,26 @@ class AddressLimiter:
         if entry.connections == 0 and entry.bucket is None:
             del self._entries[key]  # nothing more to remember
 
+    def reconfigure(self, *, max_connections: int, rate: float, burst: int, now: float) -> None:
+        """New limits (a config reload); the connections open now stay counted.
+
+        Every remembered address gets a bucket of the new ``rate`` and ``burst`` (its
+        tokens capped at the new burst), or loses it when ``rate`` is 0. The keys stay:
+        ``ipv6_prefix_length`` cannot change here.
+        """
+        self.max_connections, self.rate, self.burst = max_connections, rate, burst
+        for key, entry in list(self._entries.items()):
+            if rate <= 0:
+                entry.bucket = None
+                if not entry.connections:
+                    del self._entries[key]
+            elif entry.bucket is None:
+                entry.bucket = TokenBucket.full(rate, burst, now)
+            else:
+                entry.bucket.refill(now)
+                entry.bucket.rate, entry.bucket.burst = rate, burst
+                entry.bucket.tokens = min(entry.bucket.tokens, burst)
+
     def connections(self, host: str) -> int:
         entry = self._entries.get(address_key(host, self.ipv6_prefix_length))
         return 0 if entry is None else entry.connections

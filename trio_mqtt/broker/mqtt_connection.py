@@ -121,6 +121,10 @@ class MQTTConnection:
     client_max_packet_size: int = MAX_PACKET_SIZE
     # Topic Alias Maximum from the client's CONNECT: how many aliases we may use (5.0)
     client_topic_alias_maximum: int = 0
+    # what our CONNACK said (the config then; a reload does not change it for this one)
+    receive_maximum: int = 0
+    topic_alias_maximum: int = 0
+    retain_available: bool = True
     # topic aliases of this network connection: the client's (alias -> topic) and ours
     inbound_topic_aliases: dict[int, str] = attrs.Factory(dict)
     outbound_topic_aliases: dict[str, int] = attrs.Factory(dict)
@@ -320,6 +324,9 @@ class MQTTConnection:
         self.will = accepted.will
         self.client_receive_maximum = accepted.receive_maximum
         self.client_topic_alias_maximum = accepted.topic_alias_maximum
+        self.receive_maximum = accepted.our_receive_maximum
+        self.topic_alias_maximum = accepted.our_topic_alias_maximum
+        self.retain_available = accepted.retain_available
         self._send(accepted.connack)
         if accepted.session_present:
             self.resend_inflight(accepted.session)
@@ -469,7 +476,7 @@ class MQTTConnection:
         empty topic name uses the binding [MQTT-3.3.2-12]. Aliases live only as long as
         the network connection (5.0 section 3.3.2.3.4).
         """
-        maximum = self.core.config.topic_alias_maximum
+        maximum = self.topic_alias_maximum
         if not 1 <= alias <= maximum:
             # [MQTT-3.3.2-8] (0 is not permitted), [MQTT-3.3.2-9] (above our maximum)
             raise RemoteProtocolError(

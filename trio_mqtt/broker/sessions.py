@@ -254,6 +254,13 @@ class Session:
             self.qos0_index = None  # room again: back to the fast path
             self.fast_limit = self.max_queued_bytes
 
+    def set_limits(self, max_queued_messages: int, max_queued_bytes: int) -> None:
+        """New queue limits (a config reload): what is queued stays, later messages obey."""
+        self.max_queued_messages = max_queued_messages
+        self.max_queued_bytes = max_queued_bytes
+        if self.qos0_index is None:  # else -1: the slow path, which reads the limits
+            self.fast_limit = max_queued_bytes
+
     def _entries(self) -> int:
         """How many messages (and replays) are queued, the evicted ones left out."""
         evicted = self.evicted_positions

@@ -34,6 +34,7 @@ from trio_mqtt.broker.stats import DROP_LOCAL_BUFFER_FULL, BrokerStats
 from trio_mqtt.broker.sys_topics import publish_sys_topics
 from trio_mqtt.cluster.node import ClusterNode, DetachedLink, open_cluster_node
 from trio_mqtt.config import BrokerConfig, ClusterConfig, HttpConfig
+from trio_mqtt.config_reload import ReloadReport, changed_keys, plan_reload
 from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties
 from trio_mqtt.mqtt.properties import PropertyContext, encode_properties
@@ -233,6 +234,57 @@ class Broker:
         self.auth_files.reload()
         self.core.auth_changed()
         return True
+
+    def reload_config(self, config: BrokerConfig) -> ReloadReport:
+        """Use *config* from now on, for what can change while the broker runs (SIGHUP).
+
+        The password and ACL files and the listeners' certificates are read again
+        (changed or not). The limits apply to connections opened from now on (the queue
+        limits to every session at once); a listener's own settings (its limits, PROXY
+        protocol, TLS, WebSocket options) to its new connections. What needs a restart
+        (listeners added, removed or moved, persistence, [cluster], [http], workers,
+        sys_interval, log_format) keeps its running value and is listed in
+        ``needs_restart``. What fails to load (a password file, a certificate) keeps its
+        previous value and is listed in ``errors``; the rest is applied all the same.
+        ``log_level`` is only recorded: the ``trio-mqtt`` command applies it.
+        """
+        running = self.config
+        effective, needs_restart = plan_reload(running, config)
+        errors: list[str] = []
+        try:
+            if self.auth_files is None:
+                self.auth_files = install_auth(self.core, effective)
+            else:
+                self.auth_files.reconfigure(effective)
+                self.auth_files.hook_into(self.core)
+            self.core.auth_changed()
+        except ConfigError as exc:
+            errors.append(f"password/ACL files not reloaded, the previous stay in use: {exc}")
+            effective = attrs.evolve(
+                effective,
+                password_file=running.password_file,
+                acl_file=running.acl_file,
+                acl_topics_before_user=running.acl_topics_before_user,
+            )
+        listeners = list(effective.listeners)
+        for index, listener_config in enumerate(listeners):
+            handle = self.listeners.get(listener_config.name)
+            if handle is None:
+                continue
+            try:
+                handle.apply_config(listener_config)
+            except ConfigError as exc:
+                errors.append(str(exc))
+                listeners[index] = handle.config
+        effective = attrs.evolve(effective, listeners=tuple(listeners))
+        self.core.apply_config(effective)
+        self.config = effective
+        return ReloadReport(
+            config=effective,
+            changed=changed_keys(running, effective),
+            needs_restart=needs_restart,
+            errors=tuple(errors),
+        )
 
     def add_connect_hook(self, hook: ConnectHook) -> None:
         self.core.connect_hooks.append(hook)

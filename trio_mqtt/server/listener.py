@@ -99,6 +99,40 @@ class ListenerHandle:
         log.info("listener %r: TLS certificates reloaded", self.name)
         return True
 
+    def apply_config(self, config: ListenerConfig) -> None:
+        """Use *config* for new connections (a config reload); open ones are not touched.
+
+        What needs a new socket (name, bind, transport, reuse_port) and
+        ``limits.ipv6_prefix_length`` must be as before: ``Broker.reload_config`` keeps
+        them. The certificate files are read again (changed or not); if they fail to
+        load, ConfigError says why and nothing changes.
+        """
+        tls = self.tls
+        if config.transport in _TLS_TRANSPORTS and config.tls is not None:
+            if tls is not None and tls.config == config.tls:
+                self.reload_tls()
+            else:
+                try:
+                    tls = ServerTLS.load(config.tls)
+                except ConfigError as exc:
+                    where = f"tls.{exc.key}: " if exc.key else ""
+                    raise ConfigError(
+                        f"listener {self.name!r}: the new TLS settings failed to load, the "
+                        f"previous ones stay in use: {where}{exc.detail}"
+                    ) from None
+        limits = config.limits
+        if self.address_limits is not None:
+            # kept even with the limits off: it counts the connections open now
+            self.address_limits.reconfigure(
+                max_connections=limits.max_connections_per_address,
+                rate=limits.connect_rate_per_address,
+                burst=limits.connect_burst_per_address,
+                now=trio.current_time(),
+            )
+        elif limits.limits_addresses:
+            self.address_limits = _address_limiter(config)  # counts from now on
+        self.config, self.tls = config, tls
+
     def stop_accepting(self) -> None:
         """Accept no more connections; those open stay (the broker's shutdown ends them)."""
         self._accept_scope.cancel()
@@ -184,6 +218,16 @@ async def open_reuse_port_listeners(port: int, *, host: str) -> list[trio.Socket
     return listeners
 
 
+def _address_limiter(config: ListenerConfig) -> AddressLimiter:
+    limits = config.limits
+    return AddressLimiter(
+        max_connections=limits.max_connections_per_address,
+        rate=limits.connect_rate_per_address,
+        burst=limits.connect_burst_per_address,
+        ipv6_prefix_length=limits.ipv6_prefix_length,
+    )
+
+
 def bind_error(config: ListenerConfig, exc: OSError) -> ListenerBindError:
     """*exc*, from resolving or binding *config*'s address, as an error naming both."""
     if isinstance(exc, trio.socket.gaierror):
@@ -228,14 +272,8 @@ async def serve_listener(
     except OSError as exc:
         raise bind_error(config, exc) from None
     handle = ListenerHandle(config, tls=tls)
-    limits = config.limits
-    if limits.limits_addresses:
-        handle.address_limits = AddressLimiter(
-            max_connections=limits.max_connections_per_address,
-            rate=limits.connect_rate_per_address,
-            burst=limits.connect_burst_per_address,
-            ipv6_prefix_length=limits.ipv6_prefix_length,
-        )
+    if config.limits.limits_addresses:
+        handle.address_limits = _address_limiter(config)
     for listener in listeners:
         address = Endpoint.from_sockaddr(listener.socket.getsockname())
         if address is not None:
