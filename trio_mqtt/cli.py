@@ -27,7 +27,14 @@ import attrs
 import trio
 
 from trio_mqtt._version import __version__
-from trio_mqtt.config import MAX_WORKERS, BrokerConfig, ListenerConfig, load_config, url_advice
+from trio_mqtt.config import (
+    LOG_LEVELS,
+    MAX_WORKERS,
+    BrokerConfig,
+    ListenerConfig,
+    load_config,
+    url_advice,
+)
 from trio_mqtt.errors import ConfigError
 from trio_mqtt.logformat import LOG_FORMATS, TEXT_FORMAT, make_formatter
 
@@ -36,7 +43,6 @@ __all__ = ["build_config", "build_parser", "configure_logging", "main", "run_bro
 logger = logging.getLogger("trio_mqtt.cli")
 
 PROG = "trio-mqtt"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMAT = TEXT_FORMAT
 
 #: Exit codes: 2 for a bad command line or config (as argparse does), 1 when the broker
