@@ -951,3 +951,13 @@ def test_http_config_errors_for_embedding_users() -> None:
         BrokerConfig(http="x")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"port: 65536 is out of range \(allowed: 0..65535\)"):
         HttpConfig(port=65536)
+
+
+def test_log_level_takes_the_command_lines_levels() -> None:
+    assert parse_config({"broker": {"log_level": "debug"}}).log_level == "debug"
+    assert BrokerConfig().log_level == "info"
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"broker": {"log_level": "verbose"}}, file="b.toml")
+    assert str(caught.value) == (
+        "b.toml: broker.log_level: 'verbose' is not one of 'debug', 'info', 'warning', 'error'"
+    )
