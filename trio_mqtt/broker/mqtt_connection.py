@@ -50,6 +50,7 @@ from trio_mqtt.broker.core import (
 )
 from trio_mqtt.broker.enhanced_auth import AuthExchange
 from trio_mqtt.broker.limits import PublishBudget
+from trio_mqtt.broker.packet_log import log_received, log_sent
 from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, Session
 from trio_mqtt.broker.stats import DROP_TOO_LARGE
 from trio_mqtt.errors import RemoteProtocolError
@@ -162,9 +163,14 @@ class MQTTConnection:
     _out: bytearray = attrs.Factory(bytearray)
     # max_publish_rate / max_publish_bytes_rate for this client; None: no limit
     _publish_budget: PublishBudget | None = None
+    # whether to log every packet (packet_log): DEBUG enabled on this module's logger
+    # when the connection opened. Read once per read and per write batch, never per
+    # packet: with DEBUG off, a plain attribute test is all the packet log costs.
+    _log_packets: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         now = self._timer_start = self.core.now()
+        self._log_packets = log.isEnabledFor(logging.DEBUG)
         config = self.core.config
         if config.max_publish_rate or config.max_publish_bytes_rate:
             self._publish_budget = PublishBudget.create(
@@ -227,6 +233,8 @@ class MQTTConnection:
         except RemoteProtocolError as exc:
             self._protocol_error(exc.reason_code, str(exc))
             return
+        if self._log_packets and packets:
+            log_received(log, packets, self.version, self.client_id, self.peer)
         if self.session is not None:
             self.core.session_changed(self.client_id)
         if self._publish_budget is not None:
@@ -368,6 +376,8 @@ class MQTTConnection:
         data = bytes(self._out)
         self._out.clear()
         self.in_transit += len(data)
+        if self._log_packets and data:
+            log_sent(log, data, self.version, self.client_id, self.peer)
         return data
 
     def bytes_written(self, count: int) -> None:
