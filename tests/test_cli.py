@@ -205,6 +205,26 @@ def test_info_is_the_default_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
     assert levels == [logging.INFO]
 
 
+def after_startup_line(stderr: str) -> str:
+    """*stderr* without its first line, which must be the start-up line."""
+    first, _, rest = stderr.partition("\n")
+    assert f"trio-mqtt {__version__} starting (no config file: defaults)" in first, stderr
+    return rest
+
+
+def test_startup_line_names_the_version_and_config_file(
+    tmp_path: Path, started: list[BrokerConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_mqtt.cli")
+    config = tmp_path / "broker.toml"
+    config.write_text("[broker]\n")
+    assert cli.main(["--config", str(config)]) == 0
+    assert caplog.messages[0] == f"trio-mqtt {__version__} starting (config {config})"
+    caplog.clear()
+    assert cli.main([]) == 0
+    assert caplog.messages[0] == f"trio-mqtt {__version__} starting (no config file: defaults)"
+
+
 def test_startup_os_error_exits_1(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -214,7 +234,9 @@ def test_startup_os_error_exits_1(
 
     monkeypatch.setattr(cli, "run_broker", fail)
     assert cli.main([]) == 1
-    assert capsys.readouterr().err == "trio-mqtt: error: [Errno 98] Address already in use\n"
+    assert after_startup_line(capsys.readouterr().err) == (
+        "trio-mqtt: error: [Errno 98] Address already in use\n"
+    )
 
 
 def test_startup_config_error_exits_2(
@@ -225,7 +247,7 @@ def test_startup_config_error_exits_2(
 
     monkeypatch.setattr(cli, "run_broker", fail)
     assert cli.main([]) == 2
-    assert capsys.readouterr().err == (
+    assert after_startup_line(capsys.readouterr().err) == (
         "trio-mqtt: error: listeners[0].tls.certfile: cannot load certificate\n"
     )
 
@@ -369,7 +391,9 @@ def test_supervisor_errors_are_one_line(
 
     monkeypatch.setattr(supervisor, "run_workers", fail)
     assert cli.main(["--workers", "2"]) == 1
-    assert capsys.readouterr().err == "trio-mqtt: error: no nats-server: pip install it\n"
+    assert after_startup_line(capsys.readouterr().err) == (
+        "trio-mqtt: error: no nats-server: pip install it\n"
+    )
 
 
 def test_log_name_goes_into_every_line(

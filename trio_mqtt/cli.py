@@ -348,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log_level = args.log_level or config.log_level  # --log-level wins
     handler = configure_logging(log_level, name=args.log_name, log_format=config.log_format)
+    if args.supervisor_pid is None:  # a --workers worker: its supervisor said it already
+        logger.info("%s", _starting_line(args.config))
     try:
         if config.workers > 1:
             return _run_workers(config, log_level)
@@ -367,6 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _startup_failure(exc, expected=(ConfigError, OSError))
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def _starting_line(config_file: str | None) -> str:
+    """The first log line: the version, and the config file (absolute) or that none is."""
+    if config_file:
+        return f"{PROG} {__version__} starting (config {os.path.abspath(config_file)})"
+    return f"{PROG} {__version__} starting (no config file: defaults)"
 
 
 def _from_mosquitto(path: str) -> int:

@@ -358,6 +358,8 @@ async def test_a_busy_port_exits_1_naming_the_listener_and_address(tmp_path: Pat
         config.write_text(f'[[listeners]]\nname = "lb"\nbind = "127.0.0.1:{port}"\n')
         code, stderr = await run_to_exit([*PYTHON_M, "--config", str(config)])
     assert code == 1, stderr
+    first, _, stderr = stderr.partition("\n")
+    assert f"trio-mqtt {__version__} starting (config {config})" in first
     assert stderr == (
         f"trio-mqtt: error: listener 'lb' cannot bind 127.0.0.1:{port}: address already in use\n"
     )  # one line: no traceback, no "broker stopped" for a broker that never started
@@ -368,6 +370,8 @@ async def test_an_unresolvable_host_exits_1_naming_the_listener_and_host(tmp_pat
     config.write_text('[[listeners]]\nname = "lb"\nbind = "no-such-host.invalid:1883"\n')
     code, stderr = await run_to_exit([*PYTHON_M, "--config", str(config)])
     assert code == 1, stderr
+    first, _, stderr = stderr.partition("\n")
+    assert f"trio-mqtt {__version__} starting (config {config})" in first
     assert stderr.startswith(
         "trio-mqtt: error: listener 'lb' cannot bind no-such-host.invalid:1883: "
         "host 'no-such-host.invalid' does not resolve ("

@@ -1326,6 +1326,10 @@ class BrokerCore:
                 hook(conn.peer, conn.client_id, conn.username, request.topic_filter)
                 for hook in self.subscribe_hooks
             ):
+                # as a refused PUBLISH is (handle_publish): the client only sees a code
+                log.info(
+                    "subscribe to %r by %r not authorized", request.topic_filter, conn.client_id
+                )
                 codes.append(ReasonCode.NOT_AUTHORIZED)
                 continue
             options = SubscriptionOptions(

@@ -594,11 +594,11 @@ class SQLiteStore:
         except (TypeError, ValueError) as exc:  # a value of the wrong type or range in a row
             raise PersistenceError(self.path, f"has an invalid row ({exc})") from exc
         log.info(
-            "restored %d retained message(s) and %d session(s) from %s; "
+            "persistence: %s: restored %d session(s) and %d retained message(s); "
             "dropped %d expired session(s) and %d expired retained message(s)",
-            len(core.retained),
-            len(restored.sessions),
             self.path,
+            len(restored.sessions),
+            len(core.retained),
             len(restored.expired_sessions),
             len(restored.expired_topics),
         )

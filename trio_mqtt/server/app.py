@@ -214,8 +214,7 @@ class Broker:
                 if handle.reload_tls():
                     reloaded.append(name)
             except ConfigError as exc:
-                log.error("%s", exc)
-                failures.append(str(exc))
+                failures.append(str(exc))  # raised below: the caller logs it, once
         if failures:
             raise ConfigError("; ".join(failures))
         return reloaded
@@ -442,13 +441,7 @@ async def _run_broker(config: BrokerConfig | None) -> AsyncIterator[Broker]:
     if config.persistence:
         store = SQLiteStore.open(config.persistence)
         core.records_changes = True
-        store.load_into(core)
-        log.info(
-            "persistence: %s (%d sessions, %d retained messages restored)",
-            config.persistence,
-            len(core.sessions),
-            len(core.retained),
-        )
+        store.load_into(core)  # logs what it restored
     closing = trio.Event()
     leaving = trio.Event()
     try:
