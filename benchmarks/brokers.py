@@ -8,10 +8,22 @@ too, and trio-mqtt nodes join it through a ``[cluster]`` table (:class:`ClusterJ
 
 trio-mqtt runs with the settings a user gets: its ``[broker]`` table only turns off what
 both brokers leave off here (``$SYS`` publishing); a default that loses messages shows
-up as a failed verification, never as a throughput. mosquitto keeps the configuration of
-the published results (queues large enough that it drops nothing, 100 QoS 1 messages in
-flight towards a subscriber, TCP_NODELAY as trio sets it), so that the ratios compare
-with them; both run without persistence and log warnings only.
+up as a failed verification, never as a throughput. mosquitto runs twice in every
+comparison:
+
+- ``mosquitto`` (:attr:`BrokerKind.MOSQUITTO`): **mosquitto's own defaults**, with only
+  the per-session queue limits raised so that it drops nothing (``max_queued_messages``,
+  ``max_queued_bytes 0``: with its default of 1,000 queued messages a QoS 0 fan-in loses
+  messages, which would fail the run). No ``set_tcp_nodelay``, the default 20 QoS 1
+  messages in flight towards a subscriber.
+- ``mosquitto-tuned`` (:attr:`BrokerKind.MOSQUITTO_TUNED`): the configuration of the
+  results published before issue 17: the same queues, plus ``set_tcp_nodelay true`` (as
+  trio sets TCP_NODELAY on every socket) and 100 messages in flight.
+
+Both run without persistence and log warnings only. Every broker also listens with TLS
+(a self-signed certificate made with ``openssl`` in the scratch directory) and, where it
+can, WebSocket: trio-mqtt always; mosquitto only if it was built with WebSocket support
+(Debian's 2.0.11 is not, see :func:`mosquitto_supports_websockets`).
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ __all__ = [
     "NatsProcess",
     "free_port",
     "launch_broker",
+    "mosquitto_supports_websockets",
     "mosquitto_version",
     "nats_server_binary",
     "raise_fd_limit",
@@ -55,8 +68,9 @@ __all__ = [
 
 MOSQUITTO_PATH = "/usr/sbin/mosquitto"
 HOST = "127.0.0.1"
-#: mosquitto's per-session queue and in-flight limits (trio-mqtt runs on its defaults).
+#: mosquitto's per-session queue limit (both variants: so that it drops nothing).
 MAX_QUEUED_MESSAGES = 2_000_000
+#: mosquitto-tuned's QoS 1 in-flight limit (mosquitto's default is 20).
 MAX_INFLIGHT_MESSAGES = 100
 STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -70,17 +84,27 @@ class BrokerKind(enum.Enum):
     """Which broker a run measures."""
 
     TRIO_MQTT = "trio-mqtt"
+    #: mosquitto with its own defaults (queues raised so that it drops nothing)
     MOSQUITTO = "mosquitto"
+    #: mosquitto as configured for the results before issue 17: + TCP_NODELAY, 100 in flight
+    MOSQUITTO_TUNED = "mosquitto-tuned"
+
+    @property
+    def is_mosquitto(self) -> bool:
+        return self is not BrokerKind.TRIO_MQTT
 
 
 @attrs.frozen
 class Broker:
-    """Where a running broker listens: plain MQTT port, and a PROXY-v2-required port."""
+    """Where a running broker listens: plain MQTT port, a PROXY-required port (v1 or v2
+    header; trio-mqtt only), a TLS port and a WebSocket port (None if it has none)."""
 
     kind: BrokerKind
     pid: int
     port: int
     proxy_port: int | None
+    tls_port: int | None = None
+    ws_port: int | None = None
 
 
 @attrs.define
@@ -250,8 +274,35 @@ def mosquitto_version() -> str:
     return lines[0].strip() if lines else ""
 
 
-def trio_mqtt_config(port: int, proxy_port: int, cluster: ClusterJoin | None = None) -> str:
-    """TOML for trio-mqtt: its defaults, a plain listener and a PROXY-required one.
+def make_certificate(workdir: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1 (openssl), in *workdir*."""
+    cert, key = workdir / "server.pem", workdir / "server.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
+            "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    # mosquitto started as root reads them as the user "mosquitto" (a throwaway key)
+    workdir.chmod(0o755)
+    key.chmod(0o644)
+    return cert, key
+
+
+def trio_mqtt_config(
+    port: int,
+    proxy_port: int,
+    cluster: ClusterJoin | None = None,
+    *,
+    tls: tuple[int, Path, Path] | None = None,
+    ws_port: int | None = None,
+) -> str:
+    """TOML for trio-mqtt: its defaults, a plain listener and a PROXY-required one; with
+    *tls* (port, certfile, keyfile) a TLS listener, with *ws_port* a WebSocket one.
 
     With *cluster*, a ``[cluster]`` table makes the broker a node of that cluster (its
     defaults otherwise: one JetStream replica).
@@ -276,26 +327,86 @@ bind = "{HOST}:{proxy_port}"
   [listeners.proxy_protocol]
   mode = "required"
   trusted_sources = ["127.0.0.1/32"]
-{table}"""
+{_trio_extra_listeners(tls, ws_port)}{table}"""
 
 
-def mosquitto_config(port: int) -> str:
-    """mosquitto.conf as for the published results; mosquitto 2.0 has no PROXY protocol."""
+def _trio_extra_listeners(tls: tuple[int, Path, Path] | None, ws_port: int | None) -> str:
+    text = ""
+    if tls is not None:
+        tls_port, cert, key = tls
+        text += (
+            f'\n[[listeners]]\nname = "tls"\nbind = "{HOST}:{tls_port}"\ntransport = "tls"\n'
+            f'\n  [listeners.tls]\n  certfile = "{cert}"\n  keyfile = "{key}"\n'
+        )
+    if ws_port is not None:
+        text += f'\n[[listeners]]\nname = "ws"\nbind = "{HOST}:{ws_port}"\ntransport = "ws"\n'
+    return text
+
+
+def mosquitto_config(
+    port: int,
+    *,
+    tuned: bool = True,
+    tls: tuple[int, Path, Path] | None = None,
+    ws_port: int | None = None,
+) -> str:
+    """mosquitto.conf: its defaults (*tuned* False) or as for the results published
+    before issue 17 (*tuned*); mosquitto 2.0 has no PROXY protocol.
+
+    Both: queues large enough that it drops nothing, no persistence, no ``$SYS``,
+    warnings only. Tuned adds TCP_NODELAY and 100 QoS 1 messages in flight.
+    """
+    tuning = ""
+    if tuned:
+        tuning = f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}\nset_tcp_nodelay true\n"
+    listeners = ""
+    if tls is not None:
+        tls_port, cert, key = tls
+        listeners += f"listener {tls_port} {HOST}\ncertfile {cert}\nkeyfile {key}\n"
+    if ws_port is not None:
+        listeners += f"listener {ws_port} {HOST}\nprotocol websockets\n"
     return f"""\
-listener {port} {HOST}
+per_listener_settings false
 allow_anonymous true
 max_queued_messages {MAX_QUEUED_MESSAGES}
 max_queued_bytes 0
-max_inflight_messages {MAX_INFLIGHT_MESSAGES}
 max_connections -1
-set_tcp_nodelay true
-persistence false
+{tuning}persistence false
 log_dest stderr
 log_type error
 log_type warning
 connection_messages false
 sys_interval 0
-"""
+listener {port} {HOST}
+{listeners}"""
+
+
+_WEBSOCKETS_SUPPORT: dict[str, bool] = {}
+
+
+def mosquitto_supports_websockets() -> bool:
+    """Whether the installed mosquitto can open a WebSocket listener (probed once)."""
+    if MOSQUITTO_PATH not in _WEBSOCKETS_SUPPORT:
+        supported = False
+        if Path(MOSQUITTO_PATH).exists():
+            with tempfile.TemporaryDirectory(prefix="bench-mosquitto-ws-") as scratch:
+                config = Path(scratch) / "probe.conf"
+                config.write_text(
+                    f"listener {free_port()} {HOST}\nprotocol websockets\nallow_anonymous true\n"
+                )
+                probe = subprocess.Popen(
+                    [MOSQUITTO_PATH, "-c", str(config)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                try:
+                    probe.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    supported = True
+                    probe.terminate()
+                    probe.wait(STOP_TIMEOUT)
+        _WEBSOCKETS_SUPPORT[MOSQUITTO_PATH] = supported
+    return _WEBSOCKETS_SUPPORT[MOSQUITTO_PATH]
 
 
 #: What the readiness probe sends to a PROXY-required port: a v2 LOCAL header (what a
@@ -338,13 +449,27 @@ def launch_broker(
     *cluster* (trio-mqtt only) makes it a node of a cluster.
     """
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind.value}-"))
-    port = free_port()
+    ports: set[int] = set()
+
+    def new_port() -> int:
+        port = free_port()
+        while port in ports:
+            port = free_port()
+        ports.add(port)
+        return port
+
+    port = new_port()
+    tls_port = new_port()
+    cert, key = make_certificate(workdir)
+    tls = (tls_port, cert, key)
+    ws_port: int | None = None
     if kind is BrokerKind.TRIO_MQTT:
-        proxy_port = free_port()
-        while proxy_port == port:
-            proxy_port = free_port()
+        proxy_port = new_port()
+        ws_port = new_port()
         config_path = workdir / "broker.toml"
-        config_path.write_text(trio_mqtt_config(port, proxy_port, cluster))
+        config_path.write_text(
+            trio_mqtt_config(port, proxy_port, cluster, tls=tls, ws_port=ws_port)
+        )
         prefix = list(wrapper) if wrapper else [sys.executable]
         command = [*prefix, "-m", "trio_mqtt", "--config", str(config_path)]
         command += ["--log-level", "warning"]
@@ -354,8 +479,11 @@ def launch_broker(
             raise ValueError("only trio-mqtt can be a cluster node")
         if not Path(MOSQUITTO_PATH).exists():
             raise BrokerStartError(f"{MOSQUITTO_PATH} is missing (apt-get install mosquitto)")
+        if mosquitto_supports_websockets():
+            ws_port = new_port()
         config_path = workdir / "mosquitto.conf"
-        config_path.write_text(mosquitto_config(port))
+        tuned = kind is BrokerKind.MOSQUITTO_TUNED
+        config_path.write_text(mosquitto_config(port, tuned=tuned, tls=tls, ws_port=ws_port))
         command = [MOSQUITTO_PATH, "-c", str(config_path)]
         broker_proxy_port = None
     log_path = workdir / "broker.log"
@@ -371,7 +499,8 @@ def launch_broker(
             cwd=workdir,
             env=env,
         )
-    return BrokerProcess(Broker(kind, popen.pid, port, broker_proxy_port), popen, workdir, log_path)
+    broker = Broker(kind, popen.pid, port, broker_proxy_port, tls_port, ws_port)
+    return BrokerProcess(broker, popen, workdir, log_path)
 
 
 def wait_until_ready(process: BrokerProcess) -> None:
@@ -384,6 +513,9 @@ def wait_until_ready(process: BrokerProcess) -> None:
     ports = [(process.broker.port, b"")]
     if process.broker.proxy_port is not None:
         ports.append((process.broker.proxy_port, PROXY_V2_LOCAL))
+    for extra in (process.broker.tls_port, process.broker.ws_port):
+        if extra is not None:
+            ports.append((extra, b""))
     try:
         _wait_until_listening(process, ports)
     except BaseException:

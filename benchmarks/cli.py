@@ -1,10 +1,13 @@
 """``python -m benchmarks``: run the scenarios against trio-mqtt and mosquitto, report.
 
-Every (repetition, scenario) pair runs against each broker in turn, alternating which
-broker goes first, each time on a freshly started broker. The summary table holds the
-medians over the repetitions of the runs whose verification passed, and the ratio
-trio-mqtt / mosquitto. Results go to ``benchmarks/results/`` (``latest.*`` for a full run
-of every scenario against both brokers; ``quick.*`` / ``partial.*`` otherwise).
+Every (repetition, scenario) pair runs against each broker in turn -- trio-mqtt,
+mosquitto with its own defaults, and mosquitto-tuned (TCP_NODELAY, 100 in flight; see
+:mod:`benchmarks.brokers`) -- rotating which goes first, each time on a freshly started
+broker. The summary table holds, per broker, the median and the min-max spread over the
+repetitions of the runs whose verification passed, and the ratios trio-mqtt / mosquitto
+(defaults) and trio-mqtt / mosquitto-tuned, each with its spread. Results go to
+``benchmarks/results/`` (``latest.*`` for a full run of every scenario against all three
+brokers; ``quick.*`` / ``partial.*`` otherwise).
 
 The cluster scenarios (``--cluster``, or ``--scenario cluster_...``) run only when
 asked: they need a nats-server and compare trio-mqtt across two nodes with trio-mqtt on
@@ -126,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker",
         action="append",
         choices=[kind.value for kind in BrokerKind],
-        help="run only against this broker (repeatable; default: both)",
+        help="run only against this broker (repeatable; default: all three: trio-mqtt, "
+        "mosquitto with its own defaults, mosquitto-tuned)",
     )
     parser.add_argument(
         "--repeat",
@@ -135,8 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="repetitions per scenario and broker (default: 3; 1 with --quick)",
     )
-    parser.add_argument(
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
         "--quick", action="store_true", help="small sizes: a smoke run of a few seconds"
+    )
+    size.add_argument(
+        "--full",
+        action="store_true",
+        help="full sizes (the default): fan-in 4 x 250,000 messages, long enough for a "
+        "steady state; see benchmarks/scenarios.py FULL",
     )
     parser.add_argument(
         "--output-dir",
@@ -227,9 +238,12 @@ def _source_commit() -> str:
 
 
 def _broker_order(brokers: Sequence[BrokerKind], repetition: int) -> list[BrokerKind]:
-    """Alternate which broker runs first, so that neither always gets the warm machine."""
+    """Rotate which broker goes first, so that none always gets the warm machine."""
     order = list(brokers)
-    return order if repetition % 2 == 0 else order[::-1]
+    if not order:
+        return order
+    shift = repetition % len(order)
+    return order[shift:] + order[:shift]
 
 
 def _failed_outcome(error: Exception) -> RunOutcome:
@@ -383,7 +397,8 @@ def _profile(args: argparse.Namespace, scale: Scale, repeat: int) -> int:
 def _chart_title(machine: dict[str, Any], repeat: int) -> str:
     return (
         f"trio-mqtt {machine['trio_mqtt_commit']} vs {machine['mosquitto'] or 'mosquitto'}: "
-        f"medians of {repeat} run(s), {machine['nproc']} cores, Python {machine['python']}"
+        f"bars: medians of {repeat} run(s), whiskers: min-max; {machine['nproc']} cores, "
+        f"Python {machine['python']}"
     )
 
 
@@ -456,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not named and not args.cluster:
         scenarios = list(SCENARIOS)
     brokers = [BrokerKind(name) for name in args.broker] if args.broker else list(BrokerKind)
-    if scenarios and BrokerKind.MOSQUITTO in brokers and not mosquitto_version():
+    if scenarios and any(kind.is_mosquitto for kind in brokers) and not mosquitto_version():
         parser.error(
             "mosquitto is not installed (apt-get install mosquitto), or pass --broker trio-mqtt"
         )

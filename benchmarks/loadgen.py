@@ -13,10 +13,13 @@ which is CLOCK_MONOTONIC on Linux and so comparable between processes.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
+import os
 import selectors
 import socket
+import ssl
 import struct
 import time
 import traceback
@@ -35,14 +38,17 @@ from benchmarks.wire import (
     DeliveryParser,
     GeneralPacket,
     WireError,
+    WsDeframer,
     connect_packet,
     make_payload,
     parse_publish,
+    proxy_v1_header,
     proxy_v2_header,
     puback_packet,
     publish_packet,
     split_packets,
     subscribe_packet,
+    ws_frame,
 )
 
 __all__ = [
@@ -68,6 +74,14 @@ QOS1_BATCH = 20
 GO_TIMEOUT = 120.0
 #: Give up waiting for PINGRESPs after this long without any.
 PING_STALL_S = 10.0
+#: QoS 0 publishers write their stream in chunks of about this many bytes and note when
+#: each chunk's write began: with the subscriber's read times this gives every message's
+#: end-to-end latency, so that a backlog growing in the broker shows.
+PUBLISH_CHUNK = 64 * 1024
+#: How a load process reaches the broker: plain TCP, MQTT over TLS, MQTT over WebSocket.
+TRANSPORTS = ("tcp", "tls", "ws")
+#: The HTTP path of the WebSocket endpoint (trio-mqtt's default; mosquitto takes any).
+WS_PATH = "/mqtt"
 
 
 class WorkerTimeout(Exception):
@@ -93,6 +107,7 @@ class PublisherTask:
     window: int = 1
     proxy: bool = False
     payload_size: int = PAYLOAD.size
+    transport: str = "tcp"
 
 
 @attrs.frozen
@@ -112,6 +127,7 @@ class SubscriberTask:
     deadline_s: float
     proxy: bool = False
     payload_size: int = PAYLOAD.size
+    transport: str = "tcp"
 
 
 @attrs.frozen
@@ -121,7 +137,8 @@ class LatencyTask:
     Latency is the time from writing the PUBLISH to reading its delivery; the next
     PUBLISH goes out once both the delivery and the PUBACK are in (window 1). With a
     *publish_port*, a second connection (client id ``<client_id>-pub``, to that port:
-    another node of a cluster, or the same broker) publishes instead.
+    another node of a cluster, or the same broker) publishes instead. The time from
+    writing the PUBLISH to reading its PUBACK is recorded too (``puback_ns``).
     """
 
     port: int
@@ -139,7 +156,8 @@ class ConnectionTask:
 
     After ``go`` it connects; it reports the result, then on the pipe command ``"ping"``
     sends PINGREQ on every connection and reports how many PINGRESPs came back; on
-    ``"close"`` (or ``stop``) it closes them all.
+    ``"close"`` (or ``stop``) it closes them all. *proxy* ``"v1"`` or ``"v2"``: each
+    connection starts with a PROXY protocol header of that version.
     """
 
     port: int
@@ -147,6 +165,7 @@ class ConnectionTask:
     count: int
     concurrency: int
     deadline_s: float
+    proxy: str = ""
 
 
 @attrs.frozen
@@ -207,18 +226,105 @@ def _recv_exactly(sock: socket.socket, size: int, deadline: float, what: str) ->
     return bytes(data)
 
 
-def _proxy_header(sock: socket.socket) -> bytes:
+def _proxy_header(sock: socket.socket, version: str = "v2") -> bytes:
     source = sock.getsockname()
     destination = sock.getpeername()
-    return proxy_v2_header((source[0], source[1]), (destination[0], destination[1]))
+    build = proxy_v1_header if version == "v1" else proxy_v2_header
+    return build((source[0], source[1]), (destination[0], destination[1]))
 
 
-def _open(port: int, client_id: str, deadline: float, *, proxy: bool = False) -> socket.socket:
-    """Connect, (PROXY v2 header,) CONNECT, and check the CONNACK; a blocking socket."""
-    sock = socket.create_connection((HOST, port), timeout=_remaining(deadline, "connecting"))
+class WsSocket:
+    """A client's WebSocket over a socket: ``sendall`` sends one masked binary frame,
+    ``send_framed`` pre-built frames, ``recv`` returns the MQTT bytes of the server's
+    frames (at least one byte, b"" at the end; raises BlockingIOError in non-blocking
+    mode while no complete frame is in). Everything else is the socket's."""
+
+    def __init__(self, sock: socket.socket, leftover: bytes = b"") -> None:
+        self.sock = sock
+        self.deframer = WsDeframer()
+        self._pending = self.deframer.feed(leftover)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(ws_frame(data))
+
+    def send_framed(self, frames: bytes) -> None:
+        self.sock.sendall(frames)
+
+    def recv(self, size: int) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        while True:
+            raw = self.sock.recv(size)
+            if not raw:
+                return b""
+            data = self.deframer.feed(raw)
+            if data:
+                return data
+            if self.deframer.closed:
+                return b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _ws_upgrade(sock: socket.socket, port: int, deadline: float) -> WsSocket:
+    """The HTTP upgrade to a WebSocket carrying MQTT (subprotocol ``mqtt``)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET {WS_PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        sock.settimeout(_remaining(deadline, "waiting for the WebSocket upgrade"))
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise WireError(f"connection closed during the WebSocket upgrade: {response!r}")
+        response += chunk
+    head, _, leftover = response.partition(b"\r\n\r\n")
+    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        raise WireError(f"WebSocket upgrade refused: {head[:200]!r}")
+    return WsSocket(sock, leftover)
+
+
+def _tls_context() -> ssl.SSLContext:
+    """TLS to the benchmark's self-signed certificate: encrypted, not verified."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _open(
+    port: int, client_id: str, deadline: float, *, proxy: bool = False, transport: str = "tcp"
+) -> Any:
+    """Connect, (PROXY v2 header,) (TLS or WebSocket handshake,) CONNECT, and check the
+    CONNACK; a blocking socket (an SSLSocket for TLS, a :class:`WsSocket` for ws)."""
+    sock: Any = socket.create_connection((HOST, port), timeout=_remaining(deadline, "connecting"))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     header = _proxy_header(sock) if proxy else b""
-    sock.sendall(header + connect_packet(client_id))
+    if transport == "tcp":
+        sock.sendall(header + connect_packet(client_id))
+    else:
+        if header:
+            sock.sendall(header)
+        if transport == "tls":
+            sock = _tls_context().wrap_socket(sock)
+        elif transport == "ws":
+            sock = _ws_upgrade(sock, port, deadline)
+        else:
+            raise ValueError(f"unknown transport {transport!r} (one of {TRANSPORTS})")
+        sock.sendall(connect_packet(client_id))
     connack = _recv_exactly(sock, 4, deadline, f"waiting for CONNACK of {client_id}")
     if connack != CONNACK_ACCEPTED:
         raise WireError(f"{client_id}: CONNACK {connack.hex()} instead of {CONNACK_ACCEPTED.hex()}")
@@ -257,16 +363,22 @@ def _wait_go(go: Event) -> None:
 
 def _publisher(task: PublisherTask, pipe: Connection, go: Event, stop: Event) -> dict[str, Any]:
     deadline = time.perf_counter() + task.deadline_s
-    sock = _open(task.port, task.client_id, deadline, proxy=task.proxy)
+    sock = _open(task.port, task.client_id, deadline, proxy=task.proxy, transport=task.transport)
     topic = task.topic.encode()
+    chunks: list[tuple[int, bytes]] = []
     if task.qos == 0:
-        stream = b"".join(
-            publish_packet(topic, make_payload(task.source, seq, task.payload_size))
-            for seq in range(task.count)
-        )
+        # (first sequence number, bytes) of each chunk, already framed for a WebSocket
+        size = len(publish_packet(topic, make_payload(task.source, 0, task.payload_size)))
+        per_chunk = max(1, PUBLISH_CHUNK // size)
+        frame = ws_frame if task.transport == "ws" else bytes
+        for first in range(0, task.count, per_chunk):
+            chunk = b"".join(
+                publish_packet(topic, make_payload(task.source, seq, task.payload_size))
+                for seq in range(first, min(first + per_chunk, task.count))
+            )
+            chunks.append((first, frame(chunk)))
         packets: list[bytes] = []
     else:
-        stream = b""
         packets = [
             publish_packet(
                 topic,
@@ -284,11 +396,17 @@ def _publisher(task: PublisherTask, pipe: Connection, go: Event, stop: Event) ->
     sends: list[tuple[int, float]] = []
     if task.qos == 0:
         sock.settimeout(_remaining(deadline, "publishing"))
-        sock.sendall(stream)
+        write = sock.send_framed if isinstance(sock, WsSocket) else sock.sendall
+        for first, chunk in chunks:
+            sends.append((first, time.perf_counter()))
+            write(chunk)
         written = time.perf_counter()
         acked = _ping(sock, deadline)
     else:
-        written = acked = _publish_windowed(sock, packets, task.window, deadline, stop, sends)
+        lowat = task.transport == "tcp"
+        written = acked = _publish_windowed(
+            sock, packets, task.window, deadline, stop, sends, lowat=lowat
+        )
     result = {
         "start": start,
         "written": written,
@@ -308,15 +426,19 @@ def _publish_windowed(
     deadline: float,
     stop: Event,
     sends: list[tuple[int, float]],
+    *,
+    lowat: bool = True,
 ) -> float:
     """Send QoS 1 *packets* with at most *window* unacknowledged; time of the last PUBACK.
 
     *sends* gets (first sequence number, time) of every write, for end-to-end latency.
+    *lowat* False (TLS, WebSocket): no SO_RCVLOWAT, whose byte counts would be wrong.
     """
     total = len(packets)
     sent = min(window, total)
-    batch = min(QOS1_BATCH, window)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 4 * min(batch, total))
+    batch = min(QOS1_BATCH, window) if lowat else 1
+    if lowat:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 4 * min(batch, total))
     sends.append((0, time.perf_counter()))
     sock.sendall(b"".join(packets[:sent]))
     acked = 0
@@ -342,7 +464,7 @@ def _publish_windowed(
             expected_id = expected_id % 65535 + 1
         del buffer[: complete * 4]
         acked += complete
-        if 0 < total - acked < batch:
+        if lowat and 0 < total - acked < batch:
             sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, 4 * (total - acked) - len(buffer))
             )
@@ -366,15 +488,18 @@ def _subscriber(task: SubscriberTask, pipe: Connection, go: Event, stop: Event) 
     (topic_length,) = lengths
     selector = selectors.DefaultSelector()
     parsers: dict[socket.socket, DeliveryParser] = {}
+    # SO_RCVLOWAT counts the bytes of the MQTT stream: not those of TLS records or frames
+    lowat = task.transport == "tcp"
     for client_id in task.client_ids:
-        sock = _open(task.port, client_id, deadline, proxy=task.proxy)
+        sock = _open(task.port, client_id, deadline, proxy=task.proxy, transport=task.transport)
         _subscribe(sock, task.topic_filter, task.qos, deadline)
         sock.setblocking(False)
         parser = DeliveryParser(
             topic_length, task.qos, source_topics=topics, payload_size=task.payload_size
         )
         parsers[sock] = parser
-        _set_low_water_mark(sock, parser, task.expected_per_connection)
+        if lowat:
+            _set_low_water_mark(sock, parser, task.expected_per_connection)
         selector.register(sock, selectors.EVENT_READ, sock)
     pipe.send(("ready", None))
     _wait_go(go)
@@ -402,7 +527,11 @@ def _subscriber(task: SubscriberTask, pipe: Connection, go: Event, stop: Event) 
             sock = key.data
             try:
                 data = sock.recv(RECV_SIZE)
-            except BlockingIOError:
+                # TLS: what OpenSSL already decrypted is not in the kernel's buffer any
+                # more, so select() would not report it
+                while data and isinstance(sock, ssl.SSLSocket) and sock.pending():
+                    data += sock.recv(RECV_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError):
                 continue
             parser = parsers[sock]
             if not data:
@@ -415,7 +544,7 @@ def _subscriber(task: SubscriberTask, pipe: Connection, go: Event, stop: Event) 
             if not first_rx:
                 first_rx = last_rx
             parser.feed(data)
-            if parser.qos and len(parsers) == 1:
+            if len(parsers) == 1:
                 progress.append((last_rx, dict(parser.next_seq)))
             if parser.pending_acks:
                 sock.setblocking(True)
@@ -425,8 +554,10 @@ def _subscriber(task: SubscriberTask, pipe: Connection, go: Event, stop: Event) 
                 parser.pending_acks.clear()
             if parser.received >= expected:
                 incomplete.discard(sock)
-            elif parser.qos or parser.received * parser.packet_size + 2 * RECV_BATCH > (
-                expected * parser.packet_size
+            elif not lowat:
+                pass
+            elif parser.qos or (
+                (expected - parser.received) * parser.packet_size - parser.buffered < 2 * RECV_BATCH
             ):
                 _set_low_water_mark(sock, parser, expected)
     cpu_s = time.process_time() - cpu_start
@@ -487,7 +618,9 @@ def _latency(task: LatencyTask, pipe: Connection, go: Event) -> dict[str, Any]:
     pipe.send(("ready", None))
     _wait_go(go)
     deadline = time.perf_counter() + task.deadline_s
+    started = time.perf_counter()
     latencies_ns: list[int] = []
+    puback_ns: list[int] = []
     errors: list[str] = []
     # one buffer per connection (the subscriber's first: deliveries and their PUBACKs
     # from us; then the publisher's, if it is another connection: its PUBACKs)
@@ -506,6 +639,7 @@ def _latency(task: LatencyTask, pipe: Connection, go: Event) -> dict[str, Any]:
             raise WireError("short send of a 30-byte PUBLISH")
         delivered_at = 0
         got_puback = False
+        puback_at = 0
         while not (delivered_at and got_puback):
             what = f"waiting for message {seq}"
             if len(connections) == 1:
@@ -522,14 +656,24 @@ def _latency(task: LatencyTask, pipe: Connection, go: Event) -> dict[str, Any]:
                         delivered_at = delivered_at or now
                     elif packet.packet_type == 0x4 and conn is publisher:
                         got_puback |= _latency_packet(packet, seq, packet_id, topic, sock, errors)
+                        puback_at = puback_at or now
                     else:
                         errors.append(f"unexpected packet {packet.first_byte:#04x}")
         if seq >= task.warmup:
             latencies_ns.append(delivered_at - start)
+            puback_ns.append(puback_at - start)
+    ended = time.perf_counter()
     for conn, _buffer in connections:
         conn.setblocking(True)
         _close(conn)
-    return {"latencies_ns": latencies_ns, "errors": errors, "error_count": len(errors)}
+    return {
+        "latencies_ns": latencies_ns,
+        "puback_ns": puback_ns,
+        "start": started,
+        "end": ended,
+        "errors": errors,
+        "error_count": len(errors),
+    }
 
 
 def _spin_recv_any(
@@ -646,7 +790,8 @@ def _connections(task: ConnectionTask, pipe: Connection, go: Event, stop: Event)
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if err:
                         raise OSError(err, "connect failed")
-                    sock.send(connect_packet(handshake.client_id))
+                    header = _proxy_header(sock, task.proxy) if task.proxy else b""
+                    sock.send(header + connect_packet(handshake.client_id))
                     handshake.sent = True
                     selector.modify(sock, selectors.EVENT_READ, handshake)
                     continue

@@ -1,9 +1,13 @@
-"""Summaries of benchmark runs: medians, trio-mqtt / mosquitto ratios, targets, outputs.
+"""Summaries of benchmark runs: medians, spreads, ratios to mosquitto, targets, outputs.
 
-:func:`summarize` turns the list of runs into one row per (scenario, metric) with the
-median of each broker and their ratio; :func:`evaluate_targets` checks the goals of the
-performance issue; :func:`format_table` / :func:`markdown_table` print them, and
-:func:`write_chart` draws a PNG (matplotlib is optional).
+:func:`summarize` turns the list of runs into one row per (scenario, metric) with, for
+each broker (trio-mqtt, mosquitto with its own defaults, mosquitto-tuned), the median
+and the min-max spread over the repetitions, and the ratios trio-mqtt / mosquitto and
+trio-mqtt / mosquitto-tuned with their spreads (the lowest and the highest ratio any
+pair of runs could give: trio-mqtt's min over mosquitto's max, and max over min);
+:func:`evaluate_targets` checks the goals of the performance issue (against mosquitto's
+defaults); :func:`format_table` / :func:`markdown_table` print them, and
+:func:`write_chart` draws a PNG with min-max whiskers (matplotlib is optional).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from benchmarks.brokers import BrokerKind
 from benchmarks.scenarios import SCENARIOS, MetricSpec, RunOutcome, Scenario
 
 __all__ = [
+    "BROKER_LABELS",
     "TARGETS",
+    "Spread",
     "RunRecord",
     "SummaryRow",
     "Target",
@@ -38,6 +44,14 @@ __all__ = [
 
 TRIO = BrokerKind.TRIO_MQTT.value
 MOSQUITTO = BrokerKind.MOSQUITTO.value
+MOSQUITTO_TUNED = BrokerKind.MOSQUITTO_TUNED.value
+BROKERS = (TRIO, MOSQUITTO, MOSQUITTO_TUNED)
+#: Column headings: which mosquitto is which.
+BROKER_LABELS = {
+    TRIO: "trio-mqtt",
+    MOSQUITTO: "mosquitto (its defaults)",
+    MOSQUITTO_TUNED: "mosquitto-tuned (TCP_NODELAY, 100 in flight)",
+}
 
 
 @attrs.frozen
@@ -65,34 +79,100 @@ class RunRecord:
 
 
 @attrs.frozen
+class Spread:
+    """One broker's values of one metric over the repetitions: median, min and max."""
+
+    median: float
+    low: float
+    high: float
+    runs: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread | None:
+        if not values:
+            return None
+        return cls(statistics.median(values), min(values), max(values), len(values))
+
+
+@attrs.frozen
 class SummaryRow:
-    """Medians of one metric of one scenario, per broker, and their ratio."""
+    """One metric of one scenario: each broker's :class:`Spread` and the ratios."""
 
     scenario: Scenario
     metric: MetricSpec
-    trio: float | None
-    mosquitto: float | None
-    trio_runs: int
-    mosquitto_runs: int
+    stats: dict[str, Spread | None]
     all_verified: bool
+
+    def median(self, broker: str) -> float | None:
+        spread = self.stats.get(broker)
+        return spread.median if spread is not None else None
+
+    def runs(self, broker: str) -> int:
+        spread = self.stats.get(broker)
+        return spread.runs if spread is not None else 0
+
+    @property
+    def trio(self) -> float | None:
+        return self.median(TRIO)
+
+    @property
+    def mosquitto(self) -> float | None:
+        """mosquitto with its own defaults."""
+        return self.median(MOSQUITTO)
+
+    @property
+    def mosquitto_tuned(self) -> float | None:
+        return self.median(MOSQUITTO_TUNED)
+
+    @property
+    def trio_runs(self) -> int:
+        return self.runs(TRIO)
+
+    @property
+    def mosquitto_runs(self) -> int:
+        return self.runs(MOSQUITTO)
+
+    def ratio_to(self, broker: str) -> float | None:
+        """trio-mqtt / *broker*, medians (None if either is missing or *broker*'s is 0)."""
+        trio, other = self.trio, self.median(broker)
+        if trio is None or not other:
+            return None
+        return trio / other
+
+    def ratio_spread(self, broker: str) -> tuple[float, float] | None:
+        """The lowest and highest trio-mqtt / *broker* ratio of any two runs."""
+        trio, other = self.stats.get(TRIO), self.stats.get(broker)
+        if trio is None or other is None or other.low <= 0:
+            return None
+        return trio.low / other.high, trio.high / other.low
 
     @property
     def ratio(self) -> float | None:
-        """trio-mqtt / mosquitto (None if either is missing or mosquitto is 0)."""
-        if self.trio is None or not self.mosquitto:
-            return None
-        return self.trio / self.mosquitto
+        """trio-mqtt / mosquitto with its defaults (what the targets are checked on)."""
+        return self.ratio_to(MOSQUITTO)
 
     @property
-    def better(self) -> str:
-        """Which broker this row favours, given the metric's direction."""
-        ratio = self.ratio
+    def ratio_tuned(self) -> float | None:
+        return self.ratio_to(MOSQUITTO_TUNED)
+
+    def better_than(self, broker: str) -> str:
+        """Which of trio-mqtt and *broker* this row favours, given the metric's direction."""
+        ratio = self.ratio_to(broker)
         if ratio is None or ratio == 1.0:
             return ""
         trio_wins = ratio > 1.0 if self.metric.higher_is_better else ratio < 1.0
-        return TRIO if trio_wins else MOSQUITTO
+        return TRIO if trio_wins else broker
+
+    @property
+    def better(self) -> str:
+        return self.better_than(MOSQUITTO)
 
     def to_json(self) -> dict[str, Any]:
+        spreads = {
+            broker: [spread.low, spread.high]
+            for broker, spread in self.stats.items()
+            if spread is not None
+        }
         return {
             "scenario": self.scenario.name,
             "title": self.scenario.title,
@@ -102,24 +182,35 @@ class SummaryRow:
             "higher_is_better": self.metric.higher_is_better,
             TRIO: self.trio,
             MOSQUITTO: self.mosquitto,
+            MOSQUITTO_TUNED: self.mosquitto_tuned,
+            "spread": spreads,
             "ratio": self.ratio,
+            "ratio_spread": _pair(self.ratio_spread(MOSQUITTO)),
+            "ratio_tuned": self.ratio_tuned,
+            "ratio_tuned_spread": _pair(self.ratio_spread(MOSQUITTO_TUNED)),
             "better": self.better,
-            "runs": {TRIO: self.trio_runs, MOSQUITTO: self.mosquitto_runs},
+            "better_tuned": self.better_than(MOSQUITTO_TUNED),
+            "runs": {broker: self.runs(broker) for broker in BROKERS},
             "all_verified": self.all_verified,
             "note": self.scenario.mosquitto_note,
         }
 
 
-def _median(records: Sequence[RunRecord], key: str) -> float | None:
-    values = [record.outcome.metrics[key] for record in records if key in record.outcome.metrics]
-    return statistics.median(values) if values else None
+def _pair(pair: tuple[float, float] | None) -> list[float] | None:
+    return list(pair) if pair is not None else None
+
+
+def _spread(records: Sequence[RunRecord], key: str) -> Spread | None:
+    return Spread.of(
+        [record.outcome.metrics[key] for record in records if key in record.outcome.metrics]
+    )
 
 
 def summarize(records: Sequence[RunRecord]) -> list[SummaryRow]:
     """One row per metric of every scenario that has runs, in scenario order.
 
-    Medians use verified runs only; a run whose verification failed still counts
-    against ``all_verified``.
+    Medians and spreads use verified runs only; a run whose verification failed still
+    counts against ``all_verified``.
     """
     rows: list[SummaryRow] = []
     for scenario in SCENARIOS:
@@ -127,17 +218,18 @@ def summarize(records: Sequence[RunRecord]) -> list[SummaryRow]:
         if not runs:
             continue
         good = [record for record in runs if record.outcome.verified]
-        trio = [record for record in good if record.broker == TRIO]
-        mosquitto = [record for record in good if record.broker == MOSQUITTO]
+        by_broker = {
+            broker: [record for record in good if record.broker == broker] for broker in BROKERS
+        }
         for metric in scenario.metrics:
             rows.append(
                 SummaryRow(
                     scenario=scenario,
                     metric=metric,
-                    trio=_median(trio, metric.key),
-                    mosquitto=_median(mosquitto, metric.key),
-                    trio_runs=len(trio),
-                    mosquitto_runs=len(mosquitto),
+                    stats={
+                        broker: _spread(broker_runs, metric.key)
+                        for broker, broker_runs in by_broker.items()
+                    },
                     all_verified=len(good) == len(runs),
                 )
             )
@@ -260,24 +352,42 @@ def _number(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
-def _ratio_text(row: SummaryRow) -> str:
-    if row.ratio is None:
+def _value_text(row: SummaryRow, broker: str) -> str:
+    """``median unit (min-max)``; just the median for a single run."""
+    spread = row.stats.get(broker)
+    if spread is None:
+        return "-"
+    text = _number(spread.median, row.metric.unit)
+    if spread.runs > 1:
+        text += f" ({_number(spread.low)}-{_number(spread.high)})"
+    if broker != TRIO and row.scenario.mosquitto_note:
+        text += " *"
+    return text
+
+
+def _ratio_text(row: SummaryRow, broker: str = MOSQUITTO) -> str:
+    """``0.50x (0.45-0.55) higher is better``: the ratio of the medians, then the spread."""
+    ratio = row.ratio_to(broker)
+    if ratio is None:
         return "-"
     direction = "higher" if row.metric.higher_is_better else "lower"
-    return f"{row.ratio:.2f}x ({direction} is better)"
+    text = f"{ratio:.2f}x"
+    spread = row.ratio_spread(broker)
+    if spread is not None:
+        text += f" ({spread[0]:.2f}-{spread[1]:.2f})"
+    return f"{text} {direction} is better"
 
 
 def _cells(row: SummaryRow) -> list[str]:
     verified = "yes" if row.all_verified else "NO"
-    mosquitto = _number(row.mosquitto, row.metric.unit)
-    if row.scenario.mosquitto_note and row.mosquitto is not None:
-        mosquitto += " *"
     return [
         row.scenario.name,
         row.metric.label,
-        _number(row.trio, row.metric.unit),
-        mosquitto,
-        _ratio_text(row),
+        _value_text(row, TRIO),
+        _value_text(row, MOSQUITTO),
+        _value_text(row, MOSQUITTO_TUNED),
+        _ratio_text(row, MOSQUITTO),
+        _ratio_text(row, MOSQUITTO_TUNED),
         row.better or "-",
         verified,
     ]
@@ -286,17 +396,33 @@ def _cells(row: SummaryRow) -> list[str]:
 HEADERS = [
     "scenario",
     "metric",
-    "trio-mqtt",
-    "mosquitto",
-    "trio-mqtt / mosquitto",
-    "better",
+    BROKER_LABELS[TRIO],
+    BROKER_LABELS[MOSQUITTO],
+    BROKER_LABELS[MOSQUITTO_TUNED],
+    "trio-mqtt / mosquitto (defaults)",
+    "trio-mqtt / mosquitto-tuned",
+    "better (vs defaults)",
     "verified",
 ]
+#: Printed under every table: what the columns are.
+LEGEND = (
+    "Values: median (min-max over the repetitions). Ratios: of the medians (in brackets "
+    "the lowest and highest ratio of any two runs). mosquitto (its defaults): "
+    "mosquitto.conf with only the queue limits raised so that it drops nothing; "
+    "mosquitto-tuned: the same plus set_tcp_nodelay true and max_inflight_messages 100, "
+    "the configuration of the results before issue 17."
+)
 
 
 def _notes(rows: Sequence[SummaryRow]) -> list[str]:
     notes = sorted({row.scenario.mosquitto_note for row in rows if row.scenario.mosquitto_note})
     return [f"* {note}" for note in notes]
+
+
+def _wrap(text: str, width: int = 100) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)
 
 
 def format_table(rows: Sequence[SummaryRow]) -> str:
@@ -308,7 +434,7 @@ def format_table(rows: Sequence[SummaryRow]) -> str:
         out.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
         if index == 0:
             out.append("  ".join("-" * width for width in widths))
-    return "\n".join(out + _notes(rows))
+    return "\n".join(out + _notes(rows) + _wrap(LEGEND))
 
 
 def markdown_table(rows: Sequence[SummaryRow]) -> str:
@@ -318,6 +444,7 @@ def markdown_table(rows: Sequence[SummaryRow]) -> str:
     notes = _notes(rows)
     if notes:
         out += ["", *(note.replace("* ", "\\* ", 1) for note in notes)]
+    out += ["", LEGEND]
     return "\n".join(out)
 
 
@@ -419,21 +546,46 @@ def write_chart(path: Path, rows: Sequence[SummaryRow], title: str) -> str | Non
     columns = min(4, len(shown))
     lines = (len(shown) + columns - 1) // columns
     figure, axes = plt.subplots(
-        lines, columns, figsize=(max(3.4 * columns, 8.0), 3.0 * lines + 0.4), squeeze=False
+        lines, columns, figsize=(max(3.8 * columns, 8.0), 3.4 * lines + 0.6), squeeze=False
     )
-    colors = {TRIO: "#4c72b0", MOSQUITTO: "#dd8452"}
+    colors = {TRIO: "#4c72b0", MOSQUITTO: "#dd8452", MOSQUITTO_TUNED: "#c9a27e"}
+    short = {
+        TRIO: "trio-mqtt",
+        MOSQUITTO: "mosquitto\ndefaults",
+        MOSQUITTO_TUNED: "mosquitto\ntuned",
+    }
     for index, row in enumerate(shown):
         axis = axes[index // columns][index % columns]
-        names = [TRIO, MOSQUITTO]
-        values = [row.trio or 0.0, row.mosquitto or 0.0]
-        labels = [TRIO, f"{MOSQUITTO} *" if row.scenario.mosquitto_note else MOSQUITTO]
-        bars = axis.bar(labels, values, color=[colors[name] for name in names])
+        names = [name for name in BROKERS if row.stats.get(name) is not None]
+        stats = [row.stats[name] for name in names]
+        values = [spread.median for spread in stats if spread is not None]
+        below = [spread.median - spread.low for spread in stats if spread is not None]
+        above = [spread.high - spread.median for spread in stats if spread is not None]
+        labels = [
+            short[name] + (" *" if name != TRIO and row.scenario.mosquitto_note else "")
+            for name in names
+        ]
+        bars = axis.bar(
+            labels,
+            values,
+            yerr=[below, above],
+            capsize=3,
+            ecolor="#333333",
+            color=[colors[name] for name in names],
+        )
         axis.bar_label(bars, labels=[_number(value) for value in values], fontsize=7)
         direction = "higher" if row.metric.higher_is_better else "lower"
-        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
+        ratios = []
+        for broker, name in ((MOSQUITTO, "defaults"), (MOSQUITTO_TUNED, "tuned")):
+            ratio = row.ratio_to(broker)
+            spread = row.ratio_spread(broker)
+            if ratio is not None:
+                extra = f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread is not None else ""
+                ratios.append(f"vs {name}: {ratio:.2f}x{extra}")
         axis.set_title(
-            f"{row.scenario.name}: {row.metric.label}\nratio {ratio} ({direction} is better)",
-            fontsize=8,
+            f"{row.scenario.name}: {row.metric.label}\n"
+            f"{chr(10).join(ratios) or 'no ratio'}\n({direction} is better)",
+            fontsize=7,
         )
         axis.set_ylabel(row.metric.unit, fontsize=8)
         axis.tick_params(labelsize=7)
@@ -441,10 +593,16 @@ def write_chart(path: Path, rows: Sequence[SummaryRow], title: str) -> str | Non
     for index in range(len(shown), lines * columns):
         axes[index // columns][index % columns].axis("off")
     notes = sorted({row.scenario.mosquitto_note for row in shown if row.scenario.mosquitto_note})
-    if notes:
-        figure.text(0.01, 0.005, "  ".join(f"* {note}" for note in notes), fontsize=7)
+    legend = (
+        "bars: medians; whiskers: min-max over the repetitions. mosquitto defaults: its "
+        "own settings (queues raised so that it drops nothing); mosquitto tuned: + "
+        "TCP_NODELAY, 100 in flight."
+    )
+    figure.text(0.01, 0.005, "\n".join([legend, *(f"* {note}" for note in notes)]), fontsize=7)
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout(rect=(0.0, 0.03, 1.0, 1.0))
+    height = figure.get_figheight()
+    bottom = (0.3 + 0.15 * (len(notes) + 2)) / height
+    figure.tight_layout(rect=(0.0, bottom, 1.0, 1.0 - 0.45 / height))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return None

@@ -71,11 +71,19 @@ class Scale:
     connections: int
     retained: int
     deadline_s: float
+    #: (payload bytes, messages per publisher) of the fan-in payload-size scenarios
+    payload_fanin: tuple[tuple[int, int], ...] = ()
+    #: handshakes of the connect-rate scenarios (each connection closed afterwards)
+    connects: int = 0
+    #: subscribers of the latency topic besides the measuring one (qos1_latency_crowd)
+    crowd_subscribers: int = 0
 
 
 FULL = Scale(
     name="full",
-    fanin_per_publisher=50_000,
+    # 4 x 250,000: long enough to reach steady state (a broker may read faster than it
+    # writes for the first second or so, until its queues or buffers fill)
+    fanin_per_publisher=250_000,
     fanout_messages=5_000,
     latency_messages=5_000,
     latency_warmup=200,
@@ -85,6 +93,11 @@ FULL = Scale(
     connections=10_000,
     retained=100_000,
     deadline_s=120.0,
+    # the publishers build their whole stream in memory before the clock starts: the
+    # larger payloads send fewer messages (1 KiB: 400 MB in all; 64 KiB: 640 MB)
+    payload_fanin=((16, 250_000), (64, 250_000), (1024, 100_000), (65536, 2_500)),
+    connects=10_000,
+    crowd_subscribers=1_000,
 )
 QUICK = Scale(
     name="quick",
@@ -98,6 +111,9 @@ QUICK = Scale(
     connections=500,
     retained=2_000,
     deadline_s=15.0,
+    payload_fanin=((16, 1_000), (64, 1_000), (1024, 500), (65536, 50)),
+    connects=300,
+    crowd_subscribers=100,
 )
 
 
@@ -223,6 +239,12 @@ SUBSCRIBER_PROCESSES = 2
 QOS1_WINDOW = 100
 #: How often the broker's resident memory is sampled during a run.
 RSS_SAMPLE_S = 0.05
+#: ... and how often a sample goes into the run's RSS timeline (details.rss_timeline).
+RSS_TIMELINE_S = 0.5
+#: Throughput "after the first second": deliveries from then on / the time they took.
+WARMUP_S = 1.0
+#: The "late" latency is that of the messages delivered in the last tenth of the run.
+LATE_SHARE = 0.1
 
 
 class RssSampler:
@@ -232,13 +254,21 @@ class RssSampler:
         self.pid = pid
         self.first_kib = read_rss_kib(pid)
         self.peak_kib = self.first_kib
+        self.last_kib = self.first_kib
+        self.started = time.perf_counter()
+        #: (seconds since the start, KiB) every RSS_TIMELINE_S
+        self.timeline: list[tuple[float, int]] = [(0.0, self.first_kib)]
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._done.wait(RSS_SAMPLE_S):
             with contextlib.suppress(OSError, ValueError):
-                self.peak_kib = max(self.peak_kib, read_rss_kib(self.pid))
+                self.last_kib = read_rss_kib(self.pid)
+                self.peak_kib = max(self.peak_kib, self.last_kib)
+                elapsed = time.perf_counter() - self.started
+                if elapsed - self.timeline[-1][0] >= RSS_TIMELINE_S:
+                    self.timeline.append((round(elapsed, 2), self.last_kib))
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -265,6 +295,7 @@ def pubsub(
     qos: int = 0,
     window: int = 1,
     payload_size: int = PAYLOAD.size,
+    transport: str = "tcp",
     deadline_s: float | None = None,
     subscriber_broker: BrokerProcess | None = None,
     before_go: Callable[[], None] | None = None,
@@ -272,8 +303,13 @@ def pubsub(
 ) -> RunOutcome:
     """Publishers blast (QoS 0) or keep *window* unacknowledged (QoS 1); subscribers verify.
 
-    Rate = deliveries / elapsed time. The broker's resident memory is sampled during the
-    run: ``peak_rss_mib`` is its highest value.
+    Rate = deliveries / elapsed time; ``steady_throughput`` leaves out the first second.
+    The broker's resident memory is sampled during the run: ``peak_rss_mib`` is its
+    highest value, ``details.rss_timeline`` the samples every half second. With one
+    subscriber, every message's end-to-end latency (publisher's write -> subscriber's
+    read) gives ``p50_ms`` / ``p99_ms``, and ``late_p50_ms`` for the messages delivered
+    in the last tenth of the run: a backlog growing in the broker shows there. *transport*
+    ``"tls"`` / ``"ws"``: through the broker's TLS / WebSocket listener.
 
     Cluster runs: the subscribers connect to *subscriber_broker* (default: *broker*, where
     the publishers connect); *before_go* runs once every worker is connected and
@@ -281,7 +317,7 @@ def pubsub(
     reported as ``<name>_cpu_s`` in the details (the broker's own is ``broker_cpu_s``).
     """
     deadline_s = scale.deadline_s if deadline_s is None else deadline_s
-    port = broker.broker.proxy_port if proxy else broker.broker.port
+    port = _port(broker, proxy=proxy, transport=transport)
     if port is None:
         raise ScenarioError(f"{broker.broker.kind.value} has no PROXY protocol listener")
     sub_port = port
@@ -305,6 +341,7 @@ def pubsub(
                     deadline_s=deadline_s,
                     proxy=proxy,
                     payload_size=payload_size,
+                    transport=transport,
                 )
             )
             for group in groups
@@ -322,6 +359,7 @@ def pubsub(
                     qos=qos,
                     window=window,
                     payload_size=payload_size,
+                    transport=transport,
                 )
             )
             for source in range(publishers)
@@ -355,13 +393,20 @@ def pubsub(
         "elapsed_s": elapsed,
         "peak_rss_mib": rss.peak_kib / 1024,
     }
-    if qos and subscribers == 1:
-        latencies = end_to_end_latencies(
-            [result["sends"] for result in pub_results], sub_results[0]["progress"]
-        )
-        if latencies:
+    if subscribers == 1:
+        progress = sub_results[0]["progress"]
+        timed = arrivals([result["sends"] for result in pub_results], progress)
+        if timed:
+            latencies = sorted(latency for _arrived, latency in timed)
             metrics["p50_ms"] = _percentile(latencies, 50) / 1e6
             metrics["p99_ms"] = _percentile(latencies, 99) / 1e6
+            late_from = last_rx - LATE_SHARE * elapsed
+            late = sorted(latency for arrived, latency in timed if arrived >= late_from)
+            if late:
+                metrics["late_p50_ms"] = _percentile(late, 50) / 1e6
+        steady = steady_throughput(progress, start, last_rx, received)
+        if steady is not None:
+            metrics["steady_throughput"] = steady
     return RunOutcome(
         metrics=metrics,
         verified=received == expected and error_count == 0,
@@ -375,33 +420,77 @@ def pubsub(
             "subscriber_cpu_s": sum(result["cpu_s"] for result in sub_results),
             "messages_published": published,
             "rss_before_mib": round(rss.first_kib / 1024, 1),
+            "rss_last_mib": round(rss.last_kib / 1024, 1),
+            "rss_timeline": [[at, round(kib / 1024, 1)] for at, kib in rss.timeline],
+            "transport": transport,
         },
     )
 
 
-def end_to_end_latencies(
+def _port(broker: BrokerProcess, *, proxy: bool = False, transport: str = "tcp") -> int:
+    """The broker's port for a PROXY-v2 / TLS / WebSocket / plain client."""
+    if proxy:
+        if transport != "tcp":
+            raise ScenarioError("PROXY headers are only sent on plain TCP here")
+        port = broker.broker.proxy_port
+    else:
+        port = {
+            "tcp": broker.broker.port,
+            "tls": broker.broker.tls_port,
+            "ws": broker.broker.ws_port,
+        }[transport]
+    if port is None:
+        what = "PROXY protocol" if proxy else transport
+        raise ScenarioError(f"{broker.broker.kind.value} has no {what} listener")
+    return port
+
+
+def steady_throughput(
+    progress: Sequence[tuple[float, dict[int, int]]], start: float, last_rx: float, received: int
+) -> float | None:
+    """Deliveries after the first WARMUP_S seconds / the time they took (None if the run
+    was too short: under 2 x WARMUP_S)."""
+    if last_rx - start < 2 * WARMUP_S:
+        return None
+    for arrived, next_seq in progress:
+        if arrived >= start + WARMUP_S:
+            before = sum(next_seq.values())
+            return (received - before) / max(last_rx - arrived, 1e-9)
+    return None
+
+
+def arrivals(
     sends: Sequence[Sequence[tuple[int, float]]],
     progress: Sequence[tuple[float, dict[int, int]]],
-) -> list[int]:
-    """Publish-to-delivery time of every message, in ns, sorted.
+) -> list[tuple[float, int]]:
+    """(arrival time, publish-to-delivery time in ns) of every message.
 
     ``sends[source]`` lists (first sequence number, time) of each write of publisher
     *source*; ``progress`` lists (time, next expected sequence number per source) after
     each read of the subscriber. A message arrived at the first read after which its
     publisher's next expected number is beyond it.
     """
-    latencies: list[int] = []
+    timed: list[tuple[float, int]] = []
     for source, writes in enumerate(sends):
+        if not writes:
+            continue
         firsts = [first for first, _time in writes]
         seq = 0
         for arrived, next_seq in progress:
             done = next_seq.get(source, 0)
             while seq < done:
                 sent = writes[bisect.bisect_right(firsts, seq) - 1][1]
-                latencies.append(int((arrived - sent) * 1e9))
+                timed.append((arrived, int((arrived - sent) * 1e9)))
                 seq += 1
-    latencies.sort()
-    return latencies
+    return timed
+
+
+def end_to_end_latencies(
+    sends: Sequence[Sequence[tuple[int, float]]],
+    progress: Sequence[tuple[float, dict[int, int]]],
+) -> list[int]:
+    """Publish-to-delivery time of every message, in ns, sorted (see :func:`arrivals`)."""
+    return sorted(latency for _arrived, latency in arrivals(sends, progress))
 
 
 def _fanin(broker: BrokerProcess, per_publisher: int, tag: str, **options: Any) -> RunOutcome:
@@ -422,6 +511,39 @@ def _fanin(broker: BrokerProcess, per_publisher: int, tag: str, **options: Any) 
 def fanin(broker: BrokerProcess, scale: Scale, *, proxy: bool = False) -> RunOutcome:
     """QoS 0 fan-in: 4 publishers on bench/p0..p3 -> 1 subscriber on bench/#."""
     return _fanin(broker, scale.fanin_per_publisher, "fanin", scale=scale, proxy=proxy)
+
+
+def _payload_count(scale: Scale, size: int) -> int:
+    for payload_size, count in scale.payload_fanin:
+        if payload_size == size:
+            return count
+    raise ScenarioError(f"scale {scale.name!r} has no fan-in size for {size}-byte payloads")
+
+
+def fanin_payload(size: int) -> ScenarioFunction:
+    """QoS 0 fan-in with *size*-byte payloads (the message counts are in the Scale)."""
+
+    def run(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+        count = _payload_count(scale, size)
+        return _fanin(broker, count, f"fanin{size}", scale=scale, payload_size=size)
+
+    run.__doc__ = f"QoS 0 fan-in of {size}-byte payloads."
+    return run
+
+
+def fanin_transport(transport: str) -> ScenarioFunction:
+    """QoS 0 fan-in through the broker's TLS or WebSocket listener; a broker without one
+    (mosquitto built without WebSocket support) runs plain TCP, as its details say."""
+
+    def run(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+        port = broker.broker.tls_port if transport == "tls" else broker.broker.ws_port
+        used = transport if port is not None else "tcp"
+        return _fanin(
+            broker, scale.fanin_per_publisher, f"fanin{transport}", scale=scale, transport=used
+        )
+
+    run.__doc__ = f"QoS 0 fan-in over {transport}."
+    return run
 
 
 def fanin_sustained(broker: BrokerProcess, scale: Scale) -> RunOutcome:
@@ -500,6 +622,10 @@ def latency_outcome(result: dict[str, Any], expected: int) -> RunOutcome:
             "p99_us": _percentile(latencies, 99) / 1000,
             "mean_us": statistics.fmean(latencies) / 1000,
         }
+    pubacks = sorted(result.get("puback_ns", ()))
+    if pubacks:
+        metrics["puback_p50_us"] = _percentile(pubacks, 50) / 1000
+        metrics["puback_p99_us"] = _percentile(pubacks, 99) / 1000
     return RunOutcome(
         metrics=metrics,
         verified=received == expected and result["error_count"] == 0,
@@ -565,6 +691,140 @@ def qos1_throughput(broker: BrokerProcess, scale: Scale) -> RunOutcome:
             "publisher_cpu_s": pub["cpu_s"],
             "subscriber_cpu_s": sub["cpu_s"],
         },
+    )
+
+
+def _latency_task(broker: BrokerProcess, scale: Scale, topic: str) -> LatencyTask:
+    """Window-1 QoS 1 round trips with a publisher and a subscriber connection."""
+    port = broker.broker.port
+    return LatencyTask(
+        port=port,
+        client_id=f"latency-{topic.replace('/', '-')}",
+        topic=topic,
+        count=scale.latency_messages,
+        warmup=scale.latency_warmup,
+        deadline_s=scale.deadline_s,
+        publish_port=port,
+    )
+
+
+def qos1_latency_split(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+    """Window 1, a publisher and a subscriber connection: PUBACK and end-to-end latency."""
+    with _workers() as workers:
+        pipe = workers.start(_latency_task(broker, scale, "bench/lat"))
+        _ready_all([pipe], 60.0)
+        workers.go.set()
+        (result,) = _results([pipe], scale.deadline_s + 30)
+    return latency_outcome(result, scale.latency_messages)
+
+
+def qos1_latency_loaded(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+    """qos1_latency_split while a QoS 0 fan-in (4 x N -> 1, as ``fanin``) runs.
+
+    The latency topic is outside the fan-in subscriber's ``bench/#``. Reported: the
+    latencies, the fan-in's throughput, and which share of the latency run overlapped
+    the fan-in (``overlap``: below 1 when the fan-in ended first).
+    """
+    port = broker.broker.port
+    count = scale.fanin_per_publisher
+    topics = [f"bench/p{source}" for source in range(PUBLISHERS)]
+    deadline_s = scale.deadline_s
+    with _workers() as workers:
+        latency_pipe = workers.start(_latency_task(broker, scale, "lat/loaded"))
+        sub_pipe = workers.start(
+            SubscriberTask(
+                port=port,
+                client_ids=("loaded-sub",),
+                topic_filter="bench/#",
+                qos=0,
+                expected_per_connection=PUBLISHERS * count,
+                source_topics=tuple(enumerate(topics)),
+                deadline_s=deadline_s,
+            )
+        )
+        pub_pipes = [
+            workers.start(
+                PublisherTask(
+                    port=port,
+                    client_id=f"loaded-pub{source}",
+                    topic=topics[source],
+                    source=source,
+                    count=count,
+                    deadline_s=deadline_s,
+                )
+            )
+            for source in range(PUBLISHERS)
+        ]
+        _ready_all([latency_pipe, sub_pipe, *pub_pipes], 60.0)
+        with RssSampler(broker.process.pid) as rss:
+            workers.go.set()
+            pubs = _results(pub_pipes, deadline_s + 30)
+            (sub,) = _results([sub_pipe], deadline_s + 30)
+            (latency,) = _results([latency_pipe], deadline_s + 30)
+    outcome = latency_outcome(latency, scale.latency_messages)
+    start = min(result["start"] for result in pubs)
+    received = sum(sub["received"])
+    elapsed = max(sub["last_rx"] - start, 1e-9)
+    overlap = max(0.0, min(sub["last_rx"], latency["end"]) - max(start, latency["start"]))
+    metrics = {
+        **outcome.metrics,
+        "fanin_throughput": received / elapsed,
+        "overlap": overlap / max(latency["end"] - latency["start"], 1e-9),
+        "peak_rss_mib": rss.peak_kib / 1024,
+    }
+    expected = PUBLISHERS * count
+    return attrs.evolve(
+        outcome,
+        metrics=metrics,
+        verified=outcome.verified and received == expected and sub["error_count"] == 0,
+        expected=outcome.expected + expected,
+        received=outcome.received + received,
+        error_count=outcome.error_count + sub["error_count"],
+        errors=(*outcome.errors, *sub["errors"][:10]),
+    )
+
+
+def qos1_latency_crowd(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+    """qos1_latency_split with N more subscribers (QoS 0) of the latency topic, each of
+    which must receive every message (warm-up included) in order."""
+    port = broker.broker.port
+    topic = "lat/crowd"
+    total = scale.latency_warmup + scale.latency_messages
+    client_ids = [f"crowd{index}" for index in range(scale.crowd_subscribers)]
+    with _workers() as workers:
+        crowd_pipes = [
+            workers.start(
+                SubscriberTask(
+                    port=port,
+                    client_ids=group,
+                    topic_filter=topic,
+                    qos=0,
+                    expected_per_connection=total,
+                    source_topics=((0, topic),),
+                    deadline_s=scale.deadline_s,
+                )
+            )
+            for group in _split(client_ids, SUBSCRIBER_PROCESSES)
+        ]
+        _ready_all(crowd_pipes, 120.0)
+        latency_pipe = workers.start(_latency_task(broker, scale, topic))
+        _ready_all([latency_pipe], 60.0)
+        workers.go.set()
+        (latency,) = _results([latency_pipe], scale.deadline_s + 30)
+        crowd = _results(crowd_pipes, scale.deadline_s + 30)
+    outcome = latency_outcome(latency, scale.latency_messages)
+    received = sum(sum(result["received"]) for result in crowd)
+    expected = total * len(client_ids)
+    error_count = sum(result["error_count"] for result in crowd)
+    errors = [error for result in crowd for error in result["errors"]]
+    return attrs.evolve(
+        outcome,
+        verified=outcome.verified and received == expected and error_count == 0,
+        expected=outcome.expected + expected,
+        received=outcome.received + received,
+        error_count=outcome.error_count + error_count,
+        errors=(*outcome.errors, *errors[:10]),
+        details={"crowd_subscribers": len(client_ids)},
     )
 
 
@@ -637,6 +897,64 @@ def connections(broker: BrokerProcess, scale: Scale) -> RunOutcome:
             "ping_all_s": round(max(result["seconds"] for result in pinged), 3),
         },
     )
+
+
+def connects(proxy: str) -> ScenarioFunction:
+    """Connection rate with a PROXY *proxy* ("v1", "v2") header, or none (""): N
+    handshakes, 50 in flight per load process; then all are closed. mosquitto, which has
+    no PROXY protocol, is measured without a header."""
+
+    def run(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+        with_header = proxy and broker.broker.proxy_port is not None
+        port = broker.broker.proxy_port if with_header else broker.broker.port
+        assert port is not None
+        total = scale.connects
+        counts = [
+            total // CONNECTION_PROCESSES + (1 if index < total % CONNECTION_PROCESSES else 0)
+            for index in range(CONNECTION_PROCESSES)
+        ]
+        with _workers() as workers:
+            pipes = [
+                workers.start(
+                    ConnectionTask(
+                        port=port,
+                        client_prefix=f"conn{proxy}-{index}-",
+                        count=count,
+                        concurrency=CONNECTION_CONCURRENCY,
+                        deadline_s=scale.deadline_s,
+                        proxy=proxy if with_header else "",
+                    )
+                )
+                for index, count in enumerate(counts)
+            ]
+            _ready_all(pipes, 60.0)
+            workers.go.set()
+            opened = [expect(pipe, "connected", scale.deadline_s + 30) for pipe in pipes]
+            for pipe in pipes:
+                pipe.send("close")
+            _results(pipes, 30.0)
+        connected = sum(result["connected"] for result in opened)
+        failed = sum(result["failed"] for result in opened)
+        elapsed = max(
+            max(result["end"] for result in opened) - min(result["start"] for result in opened),
+            1e-9,
+        )
+        errors = [error for result in opened for error in result["errors"]]
+        return RunOutcome(
+            metrics={"connect_rate": connected / elapsed},
+            verified=connected == total and failed == 0,
+            expected=total,
+            received=connected,
+            error_count=failed,
+            errors=tuple(errors[:10]),
+            details={
+                "proxy_header": proxy if with_header else "",
+                "loadgen_cpu_s": round(sum(result["cpu_s"] for result in opened), 3),
+            },
+        )
+
+    run.__doc__ = f"Connection rate, PROXY header {proxy or 'none'}."
+    return run
 
 
 # --- retained -----------------------------------------------------------------------
@@ -740,12 +1058,31 @@ def _cpu_seconds(pid: int) -> float:
 # --- the table of scenarios ---------------------------------------------------------
 
 MSG_RATE = MetricSpec("throughput", "throughput", "msg/s", higher_is_better=True)
+#: What every QoS 0 fan-in reports: the rate over the whole run and after its first
+#: second, the end-to-end latency (overall and of the last tenth of the run: a backlog
+#: growing in the broker shows there) and the broker's peak RSS.
+FANIN_METRICS = (
+    MSG_RATE,
+    MetricSpec("steady_throughput", "throughput after the first second", "msg/s", True),
+    MetricSpec("p50_ms", "end-to-end p50 latency", "ms", higher_is_better=False),
+    MetricSpec("p99_ms", "end-to-end p99 latency", "ms", higher_is_better=False),
+    MetricSpec("late_p50_ms", "end-to-end p50, last tenth of the run", "ms", False),
+    MetricSpec("peak_rss_mib", "broker peak RSS", "MiB", higher_is_better=False),
+)
+SPLIT_LATENCY_METRICS = (
+    MetricSpec("puback_p50_us", "PUBACK p50 latency", "us", higher_is_better=False),
+    MetricSpec("puback_p99_us", "PUBACK p99 latency", "us", higher_is_better=False),
+    MetricSpec("p50_us", "end-to-end p50 latency", "us", higher_is_better=False),
+    MetricSpec("p99_us", "end-to-end p99 latency", "us", higher_is_better=False),
+)
+CONNECT_RATE = (MetricSpec("connect_rate", "connection rate", "conn/s", True),)
+NO_PROXY_NOTE = "mosquitto 2.0 has no PROXY protocol: its column is connects without a header"
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "fanin",
         "QoS 0 fan-in (4 publishers -> 1 subscriber on bench/#)",
-        (MSG_RATE,),
+        FANIN_METRICS,
         fanin,
     ),
     Scenario(
@@ -767,15 +1104,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "fanin_sustained",
         "QoS 0 fan-in kept up: 4 x 1,000,000 messages -> 1 subscriber",
-        (
-            MSG_RATE,
-            MetricSpec("peak_rss_mib", "broker peak RSS", "MiB", higher_is_better=False),
-        ),
+        FANIN_METRICS,
         fanin_sustained,
     ),
     Scenario(
         "qos1_latency",
-        "QoS 1 round trip, window 1 (publish -> delivery)",
+        "QoS 1 round trip, window 1, one client publishing to itself (publish -> delivery)",
         (
             MetricSpec("p50_us", "p50 latency", "us", higher_is_better=False),
             MetricSpec("p99_us", "p99 latency", "us", higher_is_better=False),
@@ -810,9 +1144,69 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "fanin_proxy",
         "QoS 0 fan-in through a PROXY v2 listener",
-        (MSG_RATE,),
+        FANIN_METRICS,
         fanin_proxy,
         mosquitto_note="mosquitto 2.0 has no PROXY protocol: its column is plain-TCP fan-in",
+    ),
+    *(
+        Scenario(
+            f"fanin_{name}",
+            f"QoS 0 fan-in of {label} payloads (4 -> 1)",
+            FANIN_METRICS,
+            fanin_payload(size),
+        )
+        for name, label, size in (
+            ("16b", "16 B", 16),
+            ("64b", "64 B", 64),
+            ("1kib", "1 KiB", 1024),
+            ("64kib", "64 KiB", 65536),
+        )
+    ),
+    Scenario("fanin_tls", "QoS 0 fan-in over TLS (4 -> 1)", FANIN_METRICS, fanin_transport("tls")),
+    Scenario(
+        "fanin_ws",
+        "QoS 0 fan-in over WebSocket (4 -> 1)",
+        FANIN_METRICS,
+        fanin_transport("ws"),
+        mosquitto_note="a mosquitto built without WebSocket support (Debian's 2.0.11) runs "
+        "plain-TCP fan-in in fanin_ws (details.transport says which)",
+    ),
+    Scenario(
+        "qos1_latency_split",
+        "QoS 1 round trip, window 1, publisher and subscriber on separate connections",
+        SPLIT_LATENCY_METRICS,
+        qos1_latency_split,
+    ),
+    Scenario(
+        "qos1_latency_loaded",
+        "qos1_latency_split during a QoS 0 fan-in (4 -> 1, as fanin)",
+        (
+            *SPLIT_LATENCY_METRICS,
+            MetricSpec("fanin_throughput", "fan-in throughput meanwhile", "msg/s", True),
+            MetricSpec("overlap", "share of the latency run under fan-in", "", True),
+        ),
+        qos1_latency_loaded,
+    ),
+    Scenario(
+        "qos1_latency_crowd",
+        "qos1_latency_split with 1,000 more (QoS 0) subscribers of the topic (quick: 100)",
+        SPLIT_LATENCY_METRICS,
+        qos1_latency_crowd,
+    ),
+    Scenario("connect_rate", "Connects/s, no PROXY header", CONNECT_RATE, connects("")),
+    Scenario(
+        "connect_rate_proxy_v1",
+        "Connects/s with a PROXY v1 header",
+        CONNECT_RATE,
+        connects("v1"),
+        mosquitto_note=NO_PROXY_NOTE,
+    ),
+    Scenario(
+        "connect_rate_proxy_v2",
+        "Connects/s with a PROXY v2 header",
+        CONNECT_RATE,
+        connects("v2"),
+        mosquitto_note=NO_PROXY_NOTE,
     ),
 )
 

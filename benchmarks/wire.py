@@ -37,9 +37,13 @@ __all__ = [
     "make_payload",
     "proxy_v2_header",
     "puback_packet",
+    "proxy_v1_header",
     "publish_packet",
     "split_packets",
     "subscribe_packet",
+    "ws_frame",
+    "ws_mask",
+    "WsDeframer",
 ]
 
 #: Payload: source (publisher number), sequence number, check value, fixed filler.
@@ -141,6 +145,76 @@ def publish_packet(
 def puback_packet(packet_id: int) -> bytes:
     """PUBACK for *packet_id* (MQTT 3.1.1: no reason code)."""
     return b"\x40\x02" + struct.pack(">H", packet_id)
+
+
+def proxy_v1_header(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
+    """PROXY protocol v1 (text) header for TCP over IPv4."""
+    return f"PROXY TCP4 {source[0]} {destination[0]} {source[1]} {destination[1]}\r\n".encode()
+
+
+def ws_mask(data: bytes, key: bytes) -> bytes:
+    """*data* XOR-ed with the 4-byte masking *key* repeated (RFC 6455 section 5.3)."""
+    size = len(data)
+    keystream = (key * (size // 4 + 1))[:size]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(keystream, "little")).to_bytes(
+        size, "little"
+    )
+
+
+def ws_frame(data: bytes, key: bytes = b"\x12\x34\x56\x78") -> bytes:
+    """One masked binary WebSocket frame (what a client sends) carrying *data*."""
+    size = len(data)
+    if size < 126:
+        header = bytes([0x82, 0x80 | size])
+    elif size < 1 << 16:
+        header = bytes([0x82, 0x80 | 126]) + struct.pack(">H", size)
+    else:
+        header = bytes([0x82, 0x80 | 127]) + struct.pack(">Q", size)
+    return header + key + ws_mask(data, key)
+
+
+@attrs.define
+class WsDeframer:
+    """Turns the bytes of a server's WebSocket frames back into the MQTT byte stream."""
+
+    closed: bool = False
+    _buffer: bytearray = attrs.Factory(bytearray)
+
+    def feed(self, data: bytes) -> bytes:
+        """The payload of every complete data frame in what arrived so far."""
+        buffer = self._buffer
+        buffer += data
+        out: list[bytes] = []
+        pos = 0
+        while len(buffer) - pos >= 2:
+            second = buffer[pos + 1]
+            length = second & 0x7F
+            head = 2
+            if length == 126:
+                if len(buffer) - pos < 4:
+                    break
+                (length,) = struct.unpack_from(">H", buffer, pos + 2)
+                head = 4
+            elif length == 127:
+                if len(buffer) - pos < 10:
+                    break
+                (length,) = struct.unpack_from(">Q", buffer, pos + 2)
+                head = 10
+            key = b""
+            if second & 0x80:
+                key = bytes(buffer[pos + head : pos + head + 4])
+                head += 4
+            if len(buffer) - pos < head + length:
+                break
+            opcode = buffer[pos] & 0x0F
+            payload = bytes(buffer[pos + head : pos + head + length])
+            if opcode in (0x0, 0x1, 0x2):
+                out.append(ws_mask(payload, key) if key else payload)
+            elif opcode == 0x8:
+                self.closed = True
+            pos += head + length
+        del buffer[:pos]
+        return b"".join(out)
 
 
 def proxy_v2_header(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
