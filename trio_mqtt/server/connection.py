@@ -1,21 +1,25 @@
-"""Drive one MQTTConnection over a trio stream: a reader task and a writer task.
+"""Drive one MQTTConnection over a trio stream: a reader task, and a writer task while
+there is output the reader could not write.
 
 The reader feeds received bytes to the sans-IO state machine under the deadline the
-state machine gives (CONNECT timeout before CONNECT, 1.5x keep alive after). The
-writer sleeps until the state machine has output, then writes everything queued in
-one ``send_all`` (acks and messages from other clients are batched). When the state
-machine wants the connection closed, the writer flushes what is left, within a bound,
-and both tasks end. If that flush wrote a last word (DISCONNECT, a CONNACK refusal), the
-connection then lingers (``_linger``): it shuts its write side and reads what the client
-still sends, within a bound, before it closes. Closing a socket with unread input makes
-the kernel send RST, which can destroy the last packet in the client's receive buffer,
-or fail the client's next write, before the client has read it.
+state machine gives (CONNECT timeout before CONNECT, 1.5x keep alive after). A writer
+task exists only while the connection has output pending: the state machine's wake-up
+(``on_output``) starts one, it writes everything queued in one ``send_all`` (acks and
+messages from other clients are batched) until nothing is left, then ends. An idle
+connection is one task and no writer: about 2 KiB less per connection than a writer
+that sleeps until there is output. When the state machine wants the connection closed,
+the writer flushes what is left, within a bound, and both tasks end. If that flush wrote
+a last word (DISCONNECT, a CONNACK refusal), the connection then lingers (``_linger``):
+it shuts its write side and reads what the client still sends, within a bound, before
+it closes. Closing a socket with unread input makes the kernel send RST, which can
+destroy the last packet in the client's receive buffer, or fail the client's next write,
+before the client has read it.
 
-One shortcut (plain TCP only): when the writer is idle, the reader writes the answer to
-what it just read itself, with one non-blocking write, and leaves to the writer only
+One shortcut (plain TCP only): when no writer is running, the reader writes the answer
+to what it just read itself, with one non-blocking write, and starts a writer only for
 what the socket did not take at once. A request/response exchange (PUBLISH -> PUBACK,
 PINGREQ -> PINGRESP, a client's own subscription) then costs one pass through Trio's
-scheduler instead of two. The reader never waits for the socket to become writable: a
+scheduler and no task. The reader never waits for the socket to become writable: a
 client may be blocked writing to us until we read, so the reader must keep reading.
 
 Backpressure: after a read whose messages went to a congested connection (one whose
@@ -64,37 +68,62 @@ LINGER_BYTES = 64 * 1024
 
 
 class _Output:
-    """The write side of one connection, shared by its reader and writer tasks.
+    """The write side of one connection, shared by its reader and its writer task.
 
-    ``wakeup()`` is a level-triggered "there is output" flag the writer waits on.
-    ``write_now()`` is the reader's shortcut (see the module docstring); ``busy`` (the
-    writer is inside ``send_all``) and ``carry`` (bytes the shortcut could not write,
-    which the writer sends first) keep the two from reordering or interleaving bytes.
+    ``wakeup()`` (the state machine's ``on_output``) starts a writer task unless one is
+    running; the writer sends until nothing is left, then ends. ``write_now()`` is the
+    reader's shortcut (see the module docstring); ``writing`` (a writer task exists) and
+    ``carry`` (bytes the shortcut could not write, which the writer sends first) keep
+    the two from reordering or interleaving bytes.
     """
 
-    __slots__ = ("_event", "_fd", "_reading", "_woken", "busy", "carry", "last_word")
+    __slots__ = (
+        "_conn",
+        "_fd",
+        "_nursery",
+        "_reading",
+        "_stream",
+        "carry",
+        "last_word",
+        "writing",
+    )
 
     def __init__(self, stream: trio.abc.Stream) -> None:
-        self._event = trio.Event()
-        self._woken = False  # the event is set: no call into trio for further wake-ups
+        self._stream = stream
+        self._nursery: trio.Nursery | None = None  # set while writers may start
         self._reading = False  # inside feed_and_answer(): write_now() comes next anyway
         self._fd = _socket_fd(stream)
-        self.busy = False
+        self.writing = False  # a writer task runs (or is about to): it sends everything
         self.carry = b""
         self.last_word = False  # the writer wrote the packets that came with the close
 
+    def open(self, nursery: trio.Nursery, conn: MQTTConnection) -> None:
+        """Writers may start now, in ``nursery``, for ``conn``'s output."""
+        self._nursery = nursery
+        self._conn = conn
+        if self.writing:  # woken before: start the writer it asked for
+            self.writing = False
+            self.wakeup()
+
+    def close(self) -> None:
+        """No writer starts any more (the nursery is done)."""
+        self._nursery = None
+
     def wakeup(self) -> None:
         # called once per message routed to this connection: keep it cheap
-        if not self._woken and not self._reading:
-            self._woken = True
-            self._event.set()
+        if self.writing or self._reading:
+            return
+        self.writing = True
+        nursery = self._nursery
+        if nursery is not None:
+            nursery.start_soon(_write_loop, self._stream, self._conn, self, nursery.cancel_scope)
 
     def feed_and_answer(self, conn: MQTTConnection, data: bytes | bytearray) -> None:
         """The reader's step: hand ``data`` to ``conn``, then ``write_now()`` its answer.
 
-        While ``conn`` handles the data, its wake-ups of this writer are held back: the
-        reader writes the answer right after (or wakes the writer if it cannot), and a
-        writer woken for it would only find nothing left to send.
+        While ``conn`` handles the data, its wake-ups are held back: the reader writes
+        the answer right after (or starts a writer if it cannot), and a writer started
+        for it would only find nothing left to send.
         """
         self._step_and_answer(conn, conn.receive_data, data)
 
@@ -110,11 +139,6 @@ class _Output:
             self._reading = False
         self.write_now(conn)
 
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
-        self._woken = False
-
     def take(self, conn: MQTTConnection) -> bytes:
         """Everything to write next, in order: the carry, then the connection's output."""
         data = conn.data_to_send()
@@ -123,11 +147,11 @@ class _Output:
         return data
 
     def write_now(self, conn: MQTTConnection) -> None:
-        """Write the connection's output without blocking, or leave it to the writer.
+        """Write the connection's output without blocking, or leave it to a writer.
 
         A connection about to close is always left to the writer: it owns the last flush.
         """
-        if self._fd < 0 or self.busy or self.carry or conn.wants_close:
+        if self._fd < 0 or self.writing or self.carry or conn.wants_close:
             self.wakeup()
             return
         data = conn.data_to_send()
@@ -176,12 +200,15 @@ async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerIn
         watched.on_blocked = conn.transport_blocked
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write_loop, stream, conn, output, nursery.cancel_scope)
-            await _read_loop(stream, conn, output, relief_for(core))
-            if conn.wants_close:
-                output.wakeup()  # the writer flushes the last packets, then ends
-            else:
-                nursery.cancel_scope.cancel()  # EOF or broken transport: nothing to say
+            output.open(nursery, conn)
+            try:
+                await _read_loop(stream, conn, output, relief_for(core))
+                if conn.wants_close:
+                    output.wakeup()  # a writer flushes the last packets, then ends
+                else:
+                    nursery.cancel_scope.cancel()  # EOF or broken transport: nothing to say
+            finally:
+                output.close()  # a writer now could not start: the nursery is closing
     finally:
         conn.connection_lost()
         if output.last_word:
@@ -261,9 +288,12 @@ async def _read_loop(
 async def _write_loop(
     stream: trio.abc.Stream, conn: MQTTConnection, output: _Output, scope: trio.CancelScope
 ) -> None:
+    """Send the connection's output until none is left, then end (``output.wakeup``
+    starts the next writer). If the connection is to close, flush the last packets and
+    end the connection."""
+    done = True  # the connection: unless the writer just ran out of things to send
     try:
         while True:
-            await output.wait()
             data = output.take(conn)
             if conn.wants_close:
                 if data:
@@ -272,15 +302,15 @@ async def _write_loop(
                     # a last word (DISCONNECT, a refusal) was written: let it arrive
                     output.last_word = not flush.cancelled_caught
                 return
-            if data:
-                output.busy = True
-                try:
-                    await stream.send_all(data)
-                finally:
-                    output.busy = False
-                conn.bytes_written(len(data))
+            if not data:
+                done = False
+                output.writing = False
+                return
+            await stream.send_all(data)
+            conn.bytes_written(len(data))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
-        # Writer done means the connection is done: stop the reader too.
-        scope.cancel()
+        if done:
+            # Writer done means the connection is done: stop the reader too.
+            scope.cancel()
