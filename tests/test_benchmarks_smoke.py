@@ -15,21 +15,31 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed; plain `pytest` ne
 
 from nats_server import nats_server_binary  # noqa: E402
 
+from benchmarks.brokers import mosquitto_config  # noqa: E402
 from benchmarks.cluster_report import (  # noqa: E402
     evaluate_cluster_targets,
     summarize_cluster,
 )
 from benchmarks.nats_ceiling import cluster_message, delivered_size  # noqa: E402
 from benchmarks.profiling import summarize_folded  # noqa: E402
-from benchmarks.report import RunRecord, records_from_json, summarize  # noqa: E402
+from benchmarks.report import (  # noqa: E402
+    RunRecord,
+    markdown_table,
+    records_from_json,
+    summarize,
+)
 from benchmarks.scenarios import RunOutcome, end_to_end_latencies  # noqa: E402
 from benchmarks.wire import (  # noqa: E402
     DeliveryParser,
+    WsDeframer,
     connect_packet,
     make_payload,
+    proxy_v1_header,
     proxy_v2_header,
     publish_packet,
     subscribe_packet,
+    ws_frame,
+    ws_mask,
 )
 
 TOPICS = {0: b"bench/p0", 1: b"bench/p1"}
@@ -58,12 +68,145 @@ def test_quick_fanin_against_trio_mqtt_is_verified(tmp_path: Path) -> None:
     assert run["received"] == 4_000
     assert run["error_count"] == 0
     assert run["metrics"]["throughput"] > 0
-    (row,) = document["summary"]
+    rows = {row["metric"]: row for row in document["summary"]}
+    row = rows["throughput"]
     assert row["trio-mqtt"] == run["metrics"]["throughput"]
     assert row["mosquitto"] is None
+    assert row["mosquitto-tuned"] is None
+    # the end-to-end latency and RSS of the throughput run are in the summary too
+    assert rows["p99_ms"]["trio-mqtt"] >= rows["p50_ms"]["trio-mqtt"] > 0
+    assert rows["peak_rss_mib"]["trio-mqtt"] > 0
     # --replot rebuilds the same summary from the JSON alone.
-    (rebuilt,) = summarize(records_from_json(document))
-    assert rebuilt.to_json() == row
+    rebuilt = summarize(records_from_json(document))
+    assert [rebuilt_row.to_json() for rebuilt_row in rebuilt] == document["summary"]
+
+
+# --- issue 17: every new scenario, quick, against trio-mqtt and mosquitto's defaults --
+
+#: messages (or handshakes) each new scenario must verify at --quick size
+QUICK_NEW_EXPECTED = {
+    "fanin_16b": 4 * 1_000,
+    "fanin_64b": 4 * 1_000,
+    "fanin_1kib": 4 * 500,
+    "fanin_64kib": 4 * 50,
+    "fanin_tls": 4 * 1_000,
+    "fanin_ws": 4 * 1_000,
+    "qos1_latency_split": 200,
+    "qos1_latency_loaded": 200 + 4 * 1_000,  # round trips + the fan-in's messages
+    "qos1_latency_crowd": 200 + 100 * 220,  # + 100 subscribers x (20 warm-up + 200)
+    "connect_rate": 300,
+    "connect_rate_proxy_v1": 300,
+    "connect_rate_proxy_v2": 300,
+}
+
+
+def test_quick_new_scenarios_against_both_brokers_are_verified(tmp_path: Path) -> None:
+    scenarios = [arg for name in QUICK_NEW_EXPECTED for arg in ("--scenario", name)]
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks", "--quick", "--broker", "trio-mqtt",
+            "--broker", "mosquitto", *scenarios, "--output-dir", str(tmp_path), "--no-chart",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    document = json.loads((tmp_path / "quick.json").read_text())
+    runs = {(run["scenario"], run["broker"]): run for run in document["runs"]}
+    assert set(runs) == {
+        (name, broker) for name in QUICK_NEW_EXPECTED for broker in ("trio-mqtt", "mosquitto")
+    }
+    for (name, broker), run in runs.items():
+        assert run["verified"] is True, (name, broker, run["errors"])
+        assert run["received"] == run["expected"] == QUICK_NEW_EXPECTED[name], (name, broker)
+    # what each family measures
+    trio = {name: runs[name, "trio-mqtt"] for name in QUICK_NEW_EXPECTED}
+    assert trio["fanin_tls"]["details"]["transport"] == "tls"
+    assert trio["fanin_ws"]["details"]["transport"] == "ws"
+    for name in ("fanin_16b", "fanin_64kib", "fanin_tls"):
+        metrics = trio[name]["metrics"]
+        assert metrics["p99_ms"] >= metrics["p50_ms"] > 0  # end-to-end, during throughput
+        assert metrics["peak_rss_mib"] > 0
+        assert len(trio[name]["details"]["rss_timeline"]) >= 1
+    for name in ("qos1_latency_split", "qos1_latency_loaded", "qos1_latency_crowd"):
+        metrics = trio[name]["metrics"]
+        assert 0 < metrics["puback_p50_us"] <= metrics["puback_p99_us"]
+        assert 0 < metrics["p50_us"] <= metrics["p99_us"]
+    assert trio["qos1_latency_loaded"]["metrics"]["fanin_throughput"] > 0
+    assert runs["connect_rate_proxy_v1", "trio-mqtt"]["details"]["proxy_header"] == "v1"
+    assert runs["connect_rate_proxy_v2", "trio-mqtt"]["details"]["proxy_header"] == "v2"
+    assert runs["connect_rate_proxy_v2", "mosquitto"]["details"]["proxy_header"] == ""
+    # the report: mosquitto's defaults as a column, ratios with their spreads
+    rows = {(row["scenario"], row["metric"]): row for row in document["summary"]}
+    row = rows["fanin_16b", "throughput"]
+    assert row["mosquitto"] > 0 and row["mosquitto-tuned"] is None
+    assert row["ratio"] == row["trio-mqtt"] / row["mosquitto"]
+    low, high = row["ratio_spread"]
+    assert low <= row["ratio"] <= high
+    assert row["spread"]["mosquitto"][0] <= row["mosquitto"] <= row["spread"]["mosquitto"][1]
+    markdown = (tmp_path / "quick.md").read_text()
+    header = markdown.splitlines()[0]
+    assert "mosquitto (its defaults)" in header
+    assert "trio-mqtt / mosquitto (defaults)" in header
+    assert "mosquitto-tuned" in header
+    assert f"{row['ratio']:.2f}x ({low:.2f}-{high:.2f}) higher is better" in markdown
+    assert "median (min-max over the repetitions)" in markdown
+
+
+def test_summary_spreads_and_both_mosquitto_columns() -> None:
+    def run(broker: str, value: float, verified: bool = True) -> RunRecord:
+        return _record("fanin", broker, verified, throughput=value)
+
+    records = [
+        run("trio-mqtt", 90.0),
+        run("trio-mqtt", 100.0),
+        run("trio-mqtt", 120.0),
+        run("mosquitto", 180.0),
+        run("mosquitto", 200.0),
+        run("mosquitto", 10_000.0, verified=False),  # left out of median and spread
+        run("mosquitto-tuned", 250.0),
+    ]
+    rows = {row.metric.key: row for row in summarize(records)}
+    row = rows["throughput"]
+    assert (row.trio, row.mosquitto, row.mosquitto_tuned) == (100.0, 190.0, 250.0)
+    assert row.ratio == pytest.approx(100 / 190)
+    assert row.ratio_spread("mosquitto") == pytest.approx((90 / 200, 120 / 180))
+    assert row.ratio_tuned == pytest.approx(100 / 250)
+    assert row.all_verified is False
+    data = row.to_json()
+    assert data["spread"] == {"trio-mqtt": [90.0, 120.0], "mosquitto": [180.0, 200.0],
+                              "mosquitto-tuned": [250.0, 250.0]}  # fmt: skip
+    assert data["runs"] == {"trio-mqtt": 3, "mosquitto": 2, "mosquitto-tuned": 1}
+    table = markdown_table(list(rows.values()))
+    assert "| 100 msg/s (90.0-120) | 190 msg/s (180-200) | 250 msg/s |" in table
+    assert "0.53x (0.45-0.67) higher is better" in table
+    assert "mosquitto-tuned (TCP_NODELAY, 100 in flight)" in table.splitlines()[0]
+
+
+def test_mosquitto_configs_defaults_and_tuned() -> None:
+    defaults = mosquitto_config(1883, tuned=False)
+    tuned = mosquitto_config(1883, tuned=True)
+    assert "set_tcp_nodelay" not in defaults and "max_inflight_messages" not in defaults
+    assert "set_tcp_nodelay true" in tuned and "max_inflight_messages 100" in tuned
+    for config in (defaults, tuned):  # both: queues that drop nothing, same listener
+        assert "max_queued_messages 2000000" in config and "max_queued_bytes 0" in config
+        assert "listener 1883 127.0.0.1" in config
+
+
+def test_websocket_frames_round_trip_and_proxy_v1_header() -> None:
+    frame = ws_frame(b"hello mqtt" * 20)
+    assert frame[0] == 0x82 and frame[1] == 0x80 | 126  # masked, 16-bit length
+    # the broker's frames are not masked: strip our mask bit and key to play the server
+    unmasked = bytes([0x82, 126]) + frame[2:4] + ws_mask(frame[8:], frame[4:8])
+    deframer = WsDeframer()
+    assert deframer.feed(unmasked[:5]) == b""
+    assert deframer.feed(unmasked[5:] + b"\x82\x02ok") == b"hello mqtt" * 20 + b"ok"
+    assert proxy_v1_header(("127.0.0.1", 50000), ("127.0.0.1", 1883)) == (
+        b"PROXY TCP4 127.0.0.1 127.0.0.1 50000 1883\r\n"
+    )
 
 
 # --- the cluster scenarios: one node vs. two nodes through a real nats-server -------
