@@ -77,6 +77,8 @@ class Scale:
     connects: int = 0
     #: subscribers of the latency topic besides the measuring one (qos1_latency_crowd)
     crowd_subscribers: int = 0
+    #: measured round trips of qos1_latency_crowd (each one delivered N + 1 times)
+    crowd_messages: int = 0
 
 
 FULL = Scale(
@@ -98,6 +100,7 @@ FULL = Scale(
     payload_fanin=((16, 250_000), (64, 250_000), (1024, 100_000), (65536, 2_500)),
     connects=10_000,
     crowd_subscribers=1_000,
+    crowd_messages=1_000,
 )
 QUICK = Scale(
     name="quick",
@@ -114,6 +117,7 @@ QUICK = Scale(
     payload_fanin=((16, 1_000), (64, 1_000), (1024, 500), (65536, 50)),
     connects=300,
     crowd_subscribers=100,
+    crowd_messages=200,
 )
 
 
@@ -786,7 +790,11 @@ def qos1_latency_loaded(broker: BrokerProcess, scale: Scale) -> RunOutcome:
 
 def qos1_latency_crowd(broker: BrokerProcess, scale: Scale) -> RunOutcome:
     """qos1_latency_split with N more subscribers (QoS 0) of the latency topic, each of
-    which must receive every message (warm-up included) in order."""
+    which must receive every message (warm-up included) in order; ``crowd_messages``
+    round trips, with twice the usual deadline."""
+    scale = attrs.evolve(
+        scale, latency_messages=scale.crowd_messages, deadline_s=2 * scale.deadline_s
+    )
     port = broker.broker.port
     topic = "lat/crowd"
     total = scale.latency_warmup + scale.latency_messages
