@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.message import Message, StoredMessage
 from trio_mqtt.cluster.envelope import (
     EnvelopeError,
     Origin,
@@ -343,6 +343,58 @@ def test_messages_round_trip(
     wire = encode_wire(message, origin="n1", sequence=sequence, now=5.0)
     assert wire.endswith(b"\n" + payload)
     assert decode_wire(topic, wire, now=9.0) == (back, origin)
+    assert decode_wire(topic, wire, now=9.0) == (back, origin)  # constant part remembered
+
+
+def test_wire_line_puts_the_sequences_first() -> None:
+    message = Message("t", b"data", 1, True, publisher="pub")
+    assert encode_wire(message, origin="n1", sequence=7, now=0.0) == b"n7 on1 q1 r1 cpub\ndata"
+    stored = StoredMessage.of(message, 99)
+    assert encode_wire(stored, origin="n1", sequence=8, now=0.0) == b"n8 s99 on1 q1 r1 cpub\ndata"
+
+
+def test_wire_constant_part_is_decoded_once_per_line_layout() -> None:
+    """Lines sharing the part from the origin on differ only in their sequences."""
+    first, origin = decode_wire("t", b"n1 ocache-1 q1 cpub\nx", now=1.0)
+    assert (first, origin) == (
+        Message("t", b"x", 1, publisher="pub", created=1.0),
+        Origin("cache-1", 1),
+    )
+    message, origin = decode_wire("t", b"n2 ocache-1 q1 cpub\ny", now=2.0)
+    assert message == Message("t", b"y", 1, publisher="pub", created=2.0)
+    assert message.properties is first.properties and origin == Origin("cache-1", 2)
+    message, origin = decode_wire("t", b"n3 s44 ocache-1 q1 cpub\nz", now=3.0)
+    assert message == StoredMessage("t", b"z", 1, False, publisher="pub", created=3.0, sequence=44)
+    assert origin == Origin("cache-1", 3)
+    # other fields in front of the origin are not taken from the remembered part
+    message, _ = decode_wire("t", b"n4 r1 ocache-1 q1 cpub\nz", now=3.0)
+    assert message.retain
+    message, _ = decode_wire("t", b"n5 q2 ocache-1 q1 cpub\nz", now=3.0)
+    assert message.qos == 1  # the later q wins, as in any line
+    # a sequence after the origin is the one that counts, and such a part is not remembered
+    for _ in range(2):
+        assert decode_wire("t", b"n6 ocache-2 n9\nz", now=3.0)[1] == Origin("cache-2", 9)
+        assert decode_wire("t", b"n6 ocache-3 s5\nz", now=3.0)[0].sequence == 5
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"nx ocache-4\np",
+        b"n ocache-4\np",
+        b"n1x ocache-4\np",
+        b"n1 sx ocache-4\np",
+        b"n1 s ocache-4\np",
+        b"n%d ocache-4\np" % 2**64,
+        b"n1 s%d ocache-4\np" % 2**64,
+        b"n123456789012345678901 ocache-4\np",
+    ],
+)
+def test_bad_sequences_are_refused_with_a_remembered_constant_part(data: bytes) -> None:
+    decode_wire("t", b"n1 ocache-4\np", now=0.0)
+    decode_wire("t", b"n1 s1 ocache-4\np", now=0.0)
+    with pytest.raises(EnvelopeError, match="sequence"):
+        decode_wire("t", data, now=0.0)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,9 @@ The topic is the NATS subject (``trio_mqtt.cluster.subjects``). Everything else 
 few fields with one-letter names, present only when they say something: as NATS headers
 (:func:`message_headers`, for what is stored in JetStream) or, for live traffic, as one
 line in front of the payload (:func:`encode_wire`: a NATS MSG without a header block
-parses in less than half the time):
+parses in less than half the time). That line starts with what changes per message
+(``n``, then ``s`` if present); from ``o`` on it is what a publisher's messages share,
+which the receiver decodes once and remembers:
 
 =====  =========================================================================
 ``o``  origin: the sending node's id, unique per process incarnation (required)
@@ -54,6 +56,7 @@ __all__ = [
     "RepeatFilter",
     "decode_peer",
     "decode_wire",
+    "decode_wire_parts",
     "encode_peer",
     "encode_wire",
     "message_from_nats",
@@ -350,16 +353,92 @@ def encode_wire(message: Message, *, origin: str, sequence: int, now: float) -> 
     What live traffic between nodes uses: a plain NATS MSG is parsed in less than half
     the time of an HMSG with a header block. The line holds the same fields as
     :func:`message_headers`, each as its one-letter name followed by its value,
-    separated by spaces (values never contain spaces or newlines).
+    separated by spaces (values never contain spaces or newlines). What changes from
+    one message to the next comes first (the sequence, then the stream sequence if
+    any), then from the origin on what a publisher's messages have in common: the
+    receiver decodes that part once (:func:`decode_wire`).
     """
     headers = message_headers(message, origin=origin, sequence=sequence, now=now)
-    line = " ".join([name + value for name, value in headers.items()])
+    del headers[SEQUENCE]
+    stream = headers.pop(STREAM_SEQUENCE, None)
+    head = f"n{sequence}" if stream is None else f"n{sequence} s{stream}"
+    line = " ".join([head, *[name + value for name, value in headers.items()]])
     return line.encode("ascii") + b"\n" + message.payload
 
 
-def decode_wire(topic: str, data: bytes, *, now: float) -> tuple[Message, Origin]:
-    """The message and its origin from an :func:`encode_wire` payload."""
+# The constant part of an envelope line (from " o" on: origin, QoS, retain, publisher,
+# expiry, properties, peer) -> what it decodes to: (node, qos, retain, properties,
+# publisher, peer). A publisher's messages share it, so the common case parses only
+# the sequence numbers in front.
+_WireConstants = tuple[str, int, bool, Properties, str | None, PeerInfo]
+_wire_constants: dict[bytes, _WireConstants] = {}
+_WIRE_CACHE_SIZE = 4096
+_WIRE_CACHE_MAX_BYTES = 1024
+_MAX_UINT64 = 2**64 - 1
+_WIRE_HEAD = re.compile(rb"n[0-9]{1,20}(?: s[0-9]{1,20})?")
+
+
+def decode_wire_parts(topic: str, data: bytes, now: float) -> tuple[Message, str, int]:
+    """:func:`decode_wire` as (message, origin node, origin sequence): no ``Origin``."""
     end = data.find(b"\n")
+    if end > 0:
+        split = data.find(b" o", 0, end)
+        if split > 0 and data[0] == 110:  # "n": the envelope line encode_wire writes
+            constants = _wire_constants.get(data[split + 2 : end])
+            if constants is not None:
+                numbers = data[1:split]
+                node, qos, retain, properties, publisher, peer = constants
+                if numbers.isdigit() and split <= 21:
+                    sequence = int(numbers)
+                    if sequence <= _MAX_UINT64:
+                        message = Message(
+                            topic, data[end + 1 :], qos, retain, properties, publisher, peer, now
+                        )
+                        return message, node, sequence
+                else:
+                    text, _, stream_text = numbers.partition(b" s")
+                    if (
+                        text.isdigit()
+                        and stream_text.isdigit()
+                        and len(text) <= 20
+                        and len(stream_text) <= 20
+                    ):
+                        sequence = int(text)
+                        stream_sequence = int(stream_text)
+                        if sequence <= _MAX_UINT64 and stream_sequence <= _MAX_UINT64:
+                            message = StoredMessage(
+                                topic,
+                                data[end + 1 :],
+                                qos,
+                                retain,
+                                properties,
+                                publisher,
+                                peer,
+                                now,
+                                stream_sequence,
+                            )
+                            return message, node, sequence
+    message, origin = _decode_wire_fields(topic, data, end, now)
+    # remember the constant part if this line has the layout encode_wire writes
+    split = data.find(b" o", 0, end)
+    if split > 0 and end - split <= _WIRE_CACHE_MAX_BYTES and _WIRE_HEAD.fullmatch(data, 0, split):
+        key = data[split + 2 : end]
+        if b" n" not in key and b" s" not in key:
+            if len(_wire_constants) >= _WIRE_CACHE_SIZE:
+                _wire_constants.clear()
+            _wire_constants[key] = (
+                origin.node,
+                message.qos,
+                message.retain,
+                message.properties,
+                message.publisher,
+                message.peer,
+            )
+    return message, origin.node, origin.sequence
+
+
+def _decode_wire_fields(topic: str, data: bytes, end: int, now: float) -> tuple[Message, Origin]:
+    """Any envelope line, by its fields' names (in any order; the last of a name wins)."""
     if end < 0:
         raise EnvelopeError("no envelope line: not sent by a trio-mqtt node")
     try:
@@ -372,6 +451,17 @@ def decode_wire(topic: str, data: bytes, *, now: float) -> tuple[Message, Origin
         if slot is not None:
             fields[slot] = field[1:]
     return _build(topic, data[end + 1 :], now, fields)
+
+
+def decode_wire(topic: str, data: bytes, *, now: float) -> tuple[Message, Origin]:
+    """The message and its origin from an :func:`encode_wire` payload.
+
+    Raises ``EnvelopeError`` if malformed. The fields may come in any order (a later
+    repeat of a name wins); the constant part of a line laid out as ``encode_wire``
+    writes it is decoded once and remembered.
+    """
+    message, node, sequence = decode_wire_parts(topic, data, now)
+    return message, Origin(node, sequence)
 
 
 @attrs.define
