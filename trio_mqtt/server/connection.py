@@ -79,11 +79,11 @@ class _Output:
 
     __slots__ = (
         "_conn",
-        "_fd",
         "_nursery",
         "_reading",
         "_stream",
         "carry",
+        "fd",
         "last_word",
         "writing",
     )
@@ -92,7 +92,7 @@ class _Output:
         self._stream = stream
         self._nursery: trio.Nursery | None = None  # set while writers may start
         self._reading = False  # inside feed_and_answer(): write_now() comes next anyway
-        self._fd = _socket_fd(stream)
+        self.fd = _socket_fd(stream)  # plain TCP: the reader reads it, write_now() writes
         self.writing = False  # a writer task runs (or is about to): it sends everything
         self.carry = b""
         self.last_word = False  # the writer wrote the packets that came with the close
@@ -151,14 +151,14 @@ class _Output:
 
         A connection about to close is always left to the writer: it owns the last flush.
         """
-        if self._fd < 0 or self.writing or self.carry or conn.wants_close:
+        if self.fd < 0 or self.writing or self.carry or conn.wants_close:
             self.wakeup()
             return
         data = conn.data_to_send()
         if not data:
             return
         try:
-            sent = os.write(self._fd, data)
+            sent = os.write(self.fd, data)
         except OSError:
             # would block, or the connection broke: the writer's send_all waits for
             # room, or meets the same error and ends the connection
@@ -257,7 +257,7 @@ async def _read_loop(
         with trio.CancelScope(deadline=conn.next_deadline()) as timer:
             while not conn.wants_close:
                 try:
-                    data = await stream.receive_some(RECEIVE_SIZE)
+                    data = await _receive(stream, output.fd)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
                 if not data:
@@ -283,6 +283,34 @@ async def _read_loop(
         if timer.cancelled_caught:
             conn.handle_timer()  # closes, or a packet came in time: a new scope
             output.wakeup()
+
+
+async def _receive(stream: trio.abc.Stream, fd: int) -> bytes | bytearray:
+    """The next bytes from the client, b"" at EOF.
+
+    On plain TCP (``fd``, once a PROXY preamble's leftover is read) this reads the socket
+    itself, as trio's ``SocketStream`` would: an idle connection then waits in three
+    coroutine frames instead of nine (~1.6 KiB less per connection).
+    """
+    if fd < 0 or (isinstance(stream, PrefixedStream) and stream.prefix_pending):
+        return await stream.receive_some(RECEIVE_SIZE)
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        try:
+            data = os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                pass  # woken, yet nothing to read after all: wait again
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
 
 async def _write_loop(

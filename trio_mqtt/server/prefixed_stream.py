@@ -17,6 +17,11 @@ class PrefixedStream(trio.abc.Stream):
         self.transport_stream = stream
         self._prefix = bytearray(prefix)
 
+    @property
+    def prefix_pending(self) -> bool:
+        """Some of ``prefix`` is still to be returned."""
+        return bool(self._prefix)
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
             await trio.lowlevel.checkpoint()
