@@ -461,6 +461,7 @@ class BrokerCore:
     def connection_opened(self, conn: ClientConnection) -> None:
         """A new transport is ready (``shutdown`` will ask it to close)."""
         self.open_connections.add(conn)
+        self.stats.connections_opened += 1
 
     def connected_clients(self) -> Iterator[ClientConnection]:
         for session in self.sessions.values():
@@ -944,6 +945,7 @@ class BrokerCore:
                     self._publish_will(will, "will delay elapsed")
             if session.expires_at is not None and session.expires_at <= now:
                 log.info("session %r expired", session.client_id)
+                self.stats.sessions_expired += 1
                 self._end_session(session)
         for topic in list(self.expiring_retained):
             message = self.retained.get(topic)
@@ -989,7 +991,9 @@ class BrokerCore:
             )
         qos = packet.qos
         packet_id = packet.packet_id
-        self.stats.received_by_qos[qos] += 1
+        stats = self.stats
+        stats.received_by_qos[qos] += 1
+        stats.publish_bytes_received += len(packet.payload)
 
         if qos == 2:
             if packet_id in session.inflight_in:

@@ -233,6 +233,7 @@ class MQTTConnection:
         except RemoteProtocolError as exc:
             self._protocol_error(exc.reason_code, str(exc))
             return
+        self.core.stats.packets_received += len(packets)
         if self._log_packets and packets:
             log_received(log, packets, self.version, self.client_id, self.peer)
         if self.session is not None:
@@ -552,6 +553,7 @@ class MQTTConnection:
             self._too_big_for_client(packet, len(data))
         else:
             self._out += data
+            self.core.stats.packets_sent += 1
 
     def _too_big_for_client(self, packet: Packet, size: int) -> None:
         """[MQTT-3.1.2-24]: ``packet`` exceeds the client's Maximum Packet Size: not sent.
@@ -578,6 +580,7 @@ class MQTTConnection:
                 )
                 if len(data) <= self.client_max_packet_size:
                     self._out += data
+                    self.core.stats.packets_sent += 1
                     return
             self._send(Disconnect(reason_code=code))
 
@@ -610,6 +613,7 @@ class MQTTConnection:
         self._out += encode(
             Connack(reason_code=ReasonCode.UNSUPPORTED_PROTOCOL_VERSION), ProtocolVersion.V311
         )
+        self.core.stats.packets_sent += 1
         self._close(CloseReason.CONNECT_REFUSED, str(exc))
 
     def _handle(self, packet: Packet) -> None:
@@ -741,6 +745,7 @@ class MQTTConnection:
             else:
                 self._out += self._encode_fresh(inflight.item, inflight.packet_id, now, dup=True)
                 self._commit_alias()
+                self.core.stats.packets_sent += 1
 
     def _fill_from_session(self, session: Session) -> None:
         pending = session.pending
@@ -751,6 +756,7 @@ class MQTTConnection:
         taken = 0  # bytes of QueuedMessages taken off ``pending``
         entries = len(pending)
         sent0 = sent1 = sent2 = 0  # by the QoS sent with
+        payload_bytes = 0  # of the messages sent
         may_read = self.may_read if self.core.read_hooks else None
         self._window_full = False
         while pending and len(out) < MAX_BATCH_BYTES:
@@ -776,6 +782,7 @@ class MQTTConnection:
             if not item.qos:
                 if self._append_delivery(item, None, now):
                     sent0 += 1
+                    payload_bytes += len(item.message.payload)
                 continue
             if len(inflight) >= limit:
                 pending.appendleft(item)  # waits for the client's acknowledgements
@@ -791,13 +798,17 @@ class MQTTConnection:
             else:
                 state = OutboundState.AWAIT_PUBREC
                 sent2 += 1
+            payload_bytes += len(item.message.payload)
             session.add_inflight(packet_id, item, state)
         session.pending_bytes -= taken
         session.took_from_front(entries - len(pending))
-        sent_by_qos = self.core.stats.sent_by_qos
+        stats = self.core.stats
+        sent_by_qos = stats.sent_by_qos
         sent_by_qos[0] += sent0
         sent_by_qos[1] += sent1
         sent_by_qos[2] += sent2
+        stats.packets_sent += sent0 + sent1 + sent2
+        stats.publish_bytes_sent += payload_bytes
         if pending and len(out) >= MAX_BATCH_BYTES:
             self.on_output()  # batch full: come back for the rest after this write
 

@@ -302,6 +302,7 @@ class Router:
     _root: _FilterNode = attrs.field(init=False, factory=_FilterNode)
     _by_client: dict[str, dict[str, Subscription]] = attrs.field(init=False, factory=dict)
     _count: int = attrs.field(init=False, default=0)
+    _shared_count: int = attrs.field(init=False, default=0)  # of _count: $share/g/f ones
     _generation: int = attrs.field(init=False, default=0)
     _cache: OrderedDict[str, _MatchPlan] = attrs.field(init=False, factory=OrderedDict)
 
@@ -312,6 +313,11 @@ class Router:
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def shared_count(self) -> int:
+        """How many of the subscriptions are shared ones (``$share/group/filter``)."""
+        return self._shared_count
 
     def _changed(self) -> None:
         self._generation += 1
@@ -347,6 +353,8 @@ class Router:
         self._by_client.setdefault(client_id, {})[topic_filter] = subscription
         if not replaced:
             self._count += 1
+            if group is not None:
+                self._shared_count += 1
         self._changed()
         return replaced
 
@@ -384,6 +392,8 @@ class Router:
         if not own:
             del self._by_client[client_id]
         self._count -= 1
+        if group is not None:
+            self._shared_count -= 1
         self._changed()
         return True
 

@@ -268,6 +268,11 @@ class Session:
             evicted.popleft()
         return len(self.pending) - len(evicted)
 
+    def queued_messages(self) -> int:
+        """Messages waiting for the client or its acknowledgement (a retained replay
+        counts as one): what ``$SYS/broker/store/messages/count`` adds up."""
+        return self._entries() + len(self.inflight_out)
+
     def _fits(self, item: QueuedMessage) -> bool:
         if self.queued_bytes + item.size > self.max_queued_bytes:
             return False

@@ -34,6 +34,15 @@ class BrokerStats:
     # MQTT bytes read from and written to clients (after TLS / WebSocket / PROXY framing)
     bytes_received: int = 0
     bytes_sent: int = 0
+    # MQTT packets of every type read from and written to clients (PUBLISH included)
+    packets_received: int = 0
+    packets_sent: int = 0
+    # the payload bytes of the PUBLISH packets counted in received_by_qos / sent_by_qos
+    publish_bytes_received: int = 0
+    publish_bytes_sent: int = 0
+    # network connections opened (before any CONNECT), and sessions ended by expiry
+    connections_opened: int = 0
+    sessions_expired: int = 0
 
     @property
     def messages_received(self) -> int:

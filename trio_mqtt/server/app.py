@@ -31,7 +31,7 @@ from trio_mqtt.broker.core import (
 from trio_mqtt.broker.enhanced_auth import Authenticator
 from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.stats import DROP_LOCAL_BUFFER_FULL, BrokerStats
-from trio_mqtt.broker.sys_topics import publish_sys_topics
+from trio_mqtt.broker.sys_topics import SysTopics
 from trio_mqtt.cluster.node import ClusterNode, DetachedLink, open_cluster_node
 from trio_mqtt.config import BrokerConfig, ClusterConfig, HttpConfig
 from trio_mqtt.config_reload import ReloadReport, changed_keys, plan_reload
@@ -624,8 +624,9 @@ async def _persist(broker: Broker, store: SQLiteStore) -> None:
 
 async def _sys_topics(core: BrokerCore, interval: float) -> None:
     """Publish the ``$SYS/broker/...`` statistics now and every ``interval`` seconds."""
+    sys_topics = SysTopics(started=core.now() - core.uptime())
     while True:
-        publish_sys_topics(core)
+        sys_topics.publish(core)
         await trio.sleep(interval)
 
 
