@@ -461,6 +461,31 @@ def test_window_stays_bounded() -> None:
     assert repeats._origins["a"].mask.bit_length() <= 64
 
 
+def test_in_order_sequences_with_a_full_window() -> None:
+    """The common case (one origin, each sequence one above the last) keeps every rule."""
+    repeats = RepeatFilter(window=8)
+    assert not repeats.repeated("a", 1)
+    for sequence in range(2, 30):
+        assert not repeats.repeated("a", sequence)
+        assert repeats.repeated("a", sequence)
+        assert repeats.repeated("a", sequence - 1)
+    assert repeats._origins["a"].mask == 0xFF
+    assert not repeats.repeated("b", 1)
+    assert repeats.repeated("a", 29)  # not mistaken for b's state
+    assert not repeats.repeated("a", 31)  # a gap: 30 is still new
+    assert not repeats.repeated("a", 30)
+    assert not repeats.repeated("a", 32)
+
+
+def test_forgetting_the_last_origin() -> None:
+    repeats = RepeatFilter()
+    assert not repeats.repeated("a", 1)
+    repeats.forget("a")
+    assert len(repeats) == 0
+    assert not repeats.repeated("a", 1)
+    assert len(repeats) == 1
+
+
 def test_number_of_origins_is_bounded() -> None:
     repeats = RepeatFilter(max_origins=3)
     for node in "abc":

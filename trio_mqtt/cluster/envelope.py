@@ -494,26 +494,41 @@ class RepeatFilter:
     max_origins: int = attrs.field(default=1024, validator=_positive)
     _origins: OrderedDict[str, _Seen] = attrs.field(factory=OrderedDict, init=False)
     _full: int = attrs.field(init=False)
+    # the origin heard from last (the last of _origins) and its state
+    _last: str | None = attrs.field(default=None, init=False)
+    _last_state: _Seen = attrs.field(factory=lambda: _Seen(0, 0), init=False)
 
     def __attrs_post_init__(self) -> None:
         self._full = (1 << self.window) - 1
 
     def seen(self, origin: Origin) -> bool:
         """Whether ``origin`` was seen before (a repeat, to drop); records it if not."""
-        origins = self._origins
-        node = origin.node
-        sequence = origin.sequence
-        state = origins.get(node)
-        if state is None:
-            if len(origins) >= self.max_origins:
-                origins.popitem(last=False)
-            origins[node] = _Seen(sequence, 1)
-            return False
-        origins.move_to_end(node)
+        return self.repeated(origin.node, origin.sequence)
+
+    def repeated(self, node: str, sequence: int) -> bool:
+        """:meth:`seen` of the origin ``(node, sequence)``, without making an ``Origin``."""
+        if node == self._last:  # the common case: the same origin again
+            state = self._last_state
+        else:
+            origins = self._origins
+            found = origins.get(node)
+            if found is None:
+                if len(origins) >= self.max_origins:
+                    origins.popitem(last=False)
+                origins[node] = self._last_state = _Seen(sequence, 1)
+                self._last = node
+                return False
+            origins.move_to_end(node)
+            self._last = node
+            self._last_state = state = found
         ahead = sequence - state.highest
         if ahead > 0:
-            state.mask = ((state.mask << ahead) | 1) & self._full if ahead < self.window else 1
-            state.highest = sequence
+            full = self._full
+            if ahead == 1 and state.mask == full:  # in order, no gap in the window
+                state.highest = sequence
+            else:
+                state.mask = ((state.mask << ahead) | 1) & full if ahead < self.window else 1
+                state.highest = sequence
             return False
         if -ahead >= self.window:
             return True
@@ -526,6 +541,8 @@ class RepeatFilter:
     def forget(self, node: str) -> None:
         """Drop what is remembered of ``node`` (it left the cluster)."""
         self._origins.pop(node, None)
+        if node == self._last:
+            self._last = None
 
     def __len__(self) -> int:
         """How many origins are remembered."""

@@ -51,9 +51,8 @@ from trio_mqtt.broker.router import Router, SubscriptionOptions
 from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, SavedSession, Session
 from trio_mqtt.cluster.envelope import (
     EnvelopeError,
-    Origin,
     RepeatFilter,
-    decode_wire,
+    decode_wire_parts,
     encode_wire,
     message_from_nats,
     message_headers,
@@ -270,18 +269,18 @@ class ClusterNode:
         queue = queue_group_name(group, plain)
         return [self.shared_nats.subscribe(subject, on_shared, queue=queue) for subject in subjects]
 
-    def _decode(self, msg: Msg) -> tuple[Message, Origin] | None:
-        """The message in ``msg`` and where it comes from; None (logged) if malformed."""
+    def _decode(self, msg: Msg) -> tuple[Message, str, int] | None:
+        """The message in ``msg``, its origin node and sequence; None (logged) if malformed."""
         try:
             topic = subject_to_topic(msg.subject)
-            return decode_wire(topic, msg.payload, now=self.core.now())
+            return decode_wire_parts(topic, msg.payload, self.core.now())
         except (EnvelopeError, ValueError) as exc:
             log.warning("cluster: dropped a message on %r: %s", msg.subject, exc)
             return None
 
     def _on_message(self, msg: Msg) -> None:
         decoded = self._decode(msg)
-        if decoded is None or self._repeats.seen(decoded[1]):
+        if decoded is None or self._repeats.repeated(decoded[1], decoded[2]):
             return  # (a repeat: it matched several of this node's filters)
         self.received += 1
         self.core.publish(decoded[0], from_cluster=True)
