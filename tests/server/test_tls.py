@@ -149,7 +149,7 @@ def test_context_cafile_that_is_not_pem(pki: TestPKI, tmp_path: Path) -> None:
 
 async def test_bad_certificate_fails_broker_startup(pki: TestPKI, tmp_path: Path) -> None:
     # one failure comes out of open_broker as itself, not in an exception group
-    with pytest.raises(ConfigError, match="nope.pem"):
+    with pytest.raises(ConfigError, match=r"nope\.pem"):
         async with tls_broker(TLSConfig(str(tmp_path / "nope.pem"), pki.server.keyfile)):
             pass  # pragma: no cover
 
