@@ -133,13 +133,15 @@ class Session:
     # messages waiting to be sent; None marks the place of the first of ``replays``
     pending: deque[QueuedMessage | None] = attrs.Factory(deque)
     pending_bytes: int = 0  # the sizes of the QueuedMessages in ``pending``
-    replays: deque[RetainedReplay] = attrs.Factory(deque)
+    # ``replays`` and ``evicted_positions`` are rarely used: made on first use (an empty
+    # deque is 0.75 KiB, and an idle client's session never needs either)
+    _replays: deque[RetainedReplay] | None = attrs.field(default=None, init=False)
     # positions counted from the first entry ever queued (see _take_oldest_qos0): how
     # many entries left the front, where the QoS 0 messages are (while kept), and which
     # entries are EVICTED
     taken_from_front: int = 0
     qos0_index: deque[int] | None = None
-    evicted_positions: deque[int] = attrs.Factory(deque)
+    _evicted: deque[int] | None = attrs.field(default=None, init=False)
     fast_limit: int = attrs.field(
         default=attrs.Factory(lambda self: self.max_queued_bytes, takes_self=True)
     )
@@ -156,6 +158,20 @@ class Session:
     # a will waiting for its Will Delay Interval (5.0), cancelled by a reconnect
     delayed_will: Message | None = None
     will_due: float | None = None
+
+    @property
+    def replays(self) -> deque[RetainedReplay]:
+        """The retained replays queued (their places in ``pending`` are None), in order."""
+        if self._replays is None:
+            self._replays = deque()
+        return self._replays
+
+    @property
+    def evicted_positions(self) -> deque[int]:
+        """The positions of the ``EVICTED`` entries in ``pending``, in order."""
+        if self._evicted is None:
+            self._evicted = deque()
+        return self._evicted
 
     @property
     def online(self) -> bool:
@@ -187,7 +203,7 @@ class Session:
         elif item.qos == 0:
             return False  # offline sessions do not queue QoS 0 (not a drop: MQTT allows it)
         elif (
-            not self.evicted_positions  # else len(pending) is not what counts
+            not self._evicted  # else len(pending) is not what counts
             and len(self.pending) < self.max_queued_messages
             and self.pending_bytes + self.inflight_bytes + item.size <= self.max_queued_bytes
         ):
@@ -263,7 +279,9 @@ class Session:
 
     def _entries(self) -> int:
         """How many messages (and replays) are queued, the evicted ones left out."""
-        evicted = self.evicted_positions
+        evicted = self._evicted
+        if not evicted:
+            return len(self.pending)
         while evicted and evicted[0] < self.taken_from_front:
             evicted.popleft()
         return len(self.pending) - len(evicted)
@@ -300,7 +318,7 @@ class Session:
 
     def queued_items(self) -> Iterator[QueuedMessage]:
         """Everything queued, in order, replays as the messages they still hold."""
-        replays = iter(self.replays)
+        replays = iter(self._replays or ())
         for item in self.pending:
             if item is None:
                 yield from next(replays).items()
@@ -314,9 +332,9 @@ class Session:
         self.pending.clear()
         self.pending_bytes = 0
         self.qos0_index = None
-        self.evicted_positions.clear()
+        self._evicted = None
         self.fast_limit = self.max_queued_bytes
-        self.replays.clear()
+        self._replays = None
         return items
 
     def add_inflight(self, packet_id: int, item: QueuedMessage, state: OutboundState) -> None:
