@@ -116,6 +116,9 @@ SESSION_SAVE_INTERVAL = 0.2
 MAX_REPLAY = 100_000
 # How long the last key-value writes may take when the node leaves.
 CLOSE_TIMEOUT = 2.0
+# received messages' subjects whose topic is remembered: how many, and how long at most
+TOPIC_CACHE_SIZE = 16384
+TOPIC_CACHE_MAX_CHARS = 768
 
 
 def default_node_name() -> str:
@@ -146,6 +149,8 @@ class ClusterNode:
     _routes: dict[str, list[int]] = attrs.Factory(dict)
     _sequence: int = 0
     _repeats: RepeatFilter = attrs.Factory(RepeatFilter)
+    # subject -> topic of the messages received (bounded: TOPIC_CACHE_SIZE)
+    _topics: dict[str, str] = attrs.Factory(dict)
     # key-value writes waiting for _write_loop: the latest per topic / per client id
     _retained_writes: dict[str, Message] = attrs.Factory(dict)
     _claims_due: set[str] = attrs.Factory(set)
@@ -269,21 +274,37 @@ class ClusterNode:
         queue = queue_group_name(group, plain)
         return [self.shared_nats.subscribe(subject, on_shared, queue=queue) for subject in subjects]
 
+    def _topic(self, subject: str) -> str:
+        """The topic of a message's subject; ``ValueError`` if it is not one of ours."""
+        topic = subject_to_topic(subject)
+        topics = self._topics
+        if len(topics) >= TOPIC_CACHE_SIZE:
+            topics.clear()
+        if len(subject) <= TOPIC_CACHE_MAX_CHARS:
+            topics[subject] = topic
+        return topic
+
     def _decode(self, msg: Msg) -> tuple[Message, str, int] | None:
         """The message in ``msg``, its origin node and sequence; None (logged) if malformed."""
         try:
-            topic = subject_to_topic(msg.subject)
+            topic = self._topics.get(msg.subject) or self._topic(msg.subject)
             return decode_wire_parts(topic, msg.payload, self.core.now())
         except (EnvelopeError, ValueError) as exc:
             log.warning("cluster: dropped a message on %r: %s", msg.subject, exc)
             return None
 
     def _on_message(self, msg: Msg) -> None:
-        decoded = self._decode(msg)
-        if decoded is None or self._repeats.repeated(decoded[1], decoded[2]):
+        # the hot path of a receiving node: _decode inline
+        try:
+            topic = self._topics.get(msg.subject) or self._topic(msg.subject)
+            message, node, sequence = decode_wire_parts(topic, msg.payload, self.core.now())
+        except (EnvelopeError, ValueError) as exc:
+            log.warning("cluster: dropped a message on %r: %s", msg.subject, exc)
+            return
+        if self._repeats.repeated(node, sequence):
             return  # (a repeat: it matched several of this node's filters)
         self.received += 1
-        self.core.publish(decoded[0], from_cluster=True)
+        self.core.publish(message, from_cluster=True)
         # Cross-node traffic is not held back per publisher: a slow subscriber here is
         # bounded by its queue budget (drops counted), as for in-process publishes.
         self.core.take_congestion_hits()
