@@ -126,12 +126,14 @@ class Info:
     data: dict[str, Any]
 
 
-@attrs.frozen
+@attrs.define
 class Msg:
     """A message delivered to subscription *sid* (MSG, or HMSG with headers/status).
 
     ``headers`` is None for a plain MSG; ``status`` and ``description`` come from the
-    header block's first line (``NATS/1.0 503`` -> 503, ``""``).
+    header block's first line (``NATS/1.0 503`` -> 503, ``""``). Treat it as read-only:
+    it is not frozen only because a frozen class costs each received message about
+    three times as much to make (this is the cluster's hot path).
     """
 
     subject: str
