@@ -294,20 +294,22 @@ class ClusterNode:
             return None
 
     def _on_message(self, msg: Msg) -> None:
-        # the hot path of a receiving node: _decode inline
+        # the hot path of a receiving node: _decode inline, core.now() as core.clock()
+        core = self.core
         try:
             topic = self._topics.get(msg.subject) or self._topic(msg.subject)
-            message, node, sequence = decode_wire_parts(topic, msg.payload, self.core.now())
+            message, node, sequence = decode_wire_parts(topic, msg.payload, core.clock())
         except (EnvelopeError, ValueError) as exc:
             log.warning("cluster: dropped a message on %r: %s", msg.subject, exc)
             return
         if self._repeats.repeated(node, sequence):
             return  # (a repeat: it matched several of this node's filters)
         self.received += 1
-        self.core.publish(message, from_cluster=True)
+        core.publish(message, from_cluster=True)
         # Cross-node traffic is not held back per publisher: a slow subscriber here is
         # bounded by its queue budget (drops counted), as for in-process publishes.
-        self.core.take_congestion_hits()
+        if core.congestion_hits:
+            core.take_congestion_hits()
 
     def _on_shared(self, msg: Msg, shared_filter: str) -> None:
         # no repeat check: one message matches at most one subject of a share group's
