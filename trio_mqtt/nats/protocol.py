@@ -353,17 +353,17 @@ class NATSConnection:
                 count = len(parts)
                 if parts[0] == b"MSG" and count in (4, 5):  # the hot path, inline
                     try:
-                        stop = end + 2 + int(parts[-1])
-                        if (
-                            end + 2 <= stop <= end + 2 + self.max_payload
-                            and buf[stop : stop + 2] == b"\r\n"
-                        ):
+                        start = end + 2
+                        size = int(parts[-1])
+                        stop = start + size
+                        # (startswith: no slice to compare)
+                        if 0 <= size <= self.max_payload and buf.startswith(b"\r\n", stop):
                             self._pos = stop + 2
                             return Msg(
                                 parts[1].decode(),
                                 int(parts[2]),
                                 parts[3].decode() if count == 5 else None,
-                                buf[end + 2 : stop],
+                                buf[start:stop],
                             )
                     except (ValueError, UnicodeDecodeError):
                         pass  # _parse_msg says what is wrong
