@@ -342,6 +342,8 @@ def test_messages_round_trip(
     # the same fields as one line in front of the payload (live traffic between nodes)
     wire = encode_wire(message, origin="n1", sequence=sequence, now=5.0)
     assert wire.endswith(b"\n" + payload)
+    line = wire[: -len(payload) - 1].decode("ascii")
+    assert {field[0]: field[1:] for field in line.split(" ")} == headers  # the same fields
     assert decode_wire(topic, wire, now=9.0) == (back, origin)
     assert decode_wire(topic, wire, now=9.0) == (back, origin)  # constant part remembered
 

@@ -221,20 +221,30 @@ def message_headers(message: Message, *, origin: str, sequence: int, now: float)
         headers[RETAIN] = "1"
     if message.publisher is not None:
         headers[PUBLISHER] = _escape(message.publisher)
-    properties = message.properties
-    if properties is not NO_PROPERTIES:
-        expiry = message.remaining_expiry(now)
+    if message.properties is not NO_PROPERTIES:
+        expiry, blob = _expiry_and_properties(message, now)
         if expiry is not None:
-            headers[EXPIRY] = str(expiry)
-            properties = attrs.evolve(properties, message_expiry_interval=None)
-        if properties:
-            encoded = encode_properties(properties, PropertyContext.PUBLISH, "PUBLISH")
-            headers[PROPERTIES] = base64.b64encode(encoded).decode("ascii")
+            headers[EXPIRY] = expiry
+        if blob is not None:
+            headers[PROPERTIES] = blob
     if message.peer is not LOCAL_PEER:
         headers[PEER] = encode_peer(message.peer)
     if message.sequence:
         headers[STREAM_SEQUENCE] = str(message.sequence)
     return headers
+
+
+def _expiry_and_properties(message: Message, now: float) -> tuple[str | None, str | None]:
+    """The values of fields ``e`` and ``p`` of ``message`` (None: absent)."""
+    properties = message.properties
+    expiry = message.remaining_expiry(now)
+    if expiry is not None:
+        properties = attrs.evolve(properties, message_expiry_interval=None)
+    blob = None
+    if properties:
+        encoded = encode_properties(properties, PropertyContext.PUBLISH, "PUBLISH")
+        blob = base64.b64encode(encoded).decode("ascii")
+    return (None if expiry is None else str(expiry)), blob
 
 
 def _decode_properties(value: str) -> Properties:
@@ -358,12 +368,23 @@ def encode_wire(message: Message, *, origin: str, sequence: int, now: float) -> 
     any), then from the origin on what a publisher's messages have in common: the
     receiver decodes that part once (:func:`decode_wire`).
     """
-    headers = message_headers(message, origin=origin, sequence=sequence, now=now)
-    del headers[SEQUENCE]
-    stream = headers.pop(STREAM_SEQUENCE, None)
-    head = f"n{sequence}" if stream is None else f"n{sequence} s{stream}"
-    line = " ".join([head, *[name + value for name, value in headers.items()]])
-    return line.encode("ascii") + b"\n" + message.payload
+    stream = message.sequence
+    fields = [f"n{sequence} s{stream} o{origin}" if stream else f"n{sequence} o{origin}"]
+    if message.qos:
+        fields.append("q" + _QOS_TEXT[message.qos])
+    if message.retain:
+        fields.append("r1")
+    if message.publisher is not None:
+        fields.append("c" + _escape(message.publisher))
+    if message.properties is not NO_PROPERTIES:
+        expiry, blob = _expiry_and_properties(message, now)
+        if expiry is not None:
+            fields.append("e" + expiry)
+        if blob is not None:
+            fields.append("p" + blob)
+    if message.peer is not LOCAL_PEER:
+        fields.append("a" + encode_peer(message.peer))
+    return b"%s\n%s" % (" ".join(fields).encode("ascii"), message.payload)
 
 
 # The constant part of an envelope line (from " o" on: origin, QoS, retain, publisher,
