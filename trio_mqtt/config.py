@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import attrs
 
@@ -210,34 +210,31 @@ def _enum_choices(cls: type[enum.Enum]) -> str:
     return ", ".join(repr(member.value) for member in cls)
 
 
-def _to_transport(value: Transport | str) -> Transport:
-    if isinstance(value, Transport):
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _to_enum(cls: type[_E], value: _E | str, key: str) -> _E:
+    """``value`` as a member of the enum ``cls`` (a member or its value); ConfigError."""
+    if isinstance(value, cls):
         return value
     try:
-        return Transport(value)
+        return cls(value)
     except ValueError:
-        message = f"{_show(value)} is not one of {_enum_choices(Transport)}"
-        raise ConfigError(message, key="transport") from None
+        message = f"{_show(value)} is not one of {_enum_choices(cls)}"
+        raise ConfigError(message, key=key) from None
+
+
+# named functions, as attrs converters (the mypy plugin reads them)
+def _to_transport(value: Transport | str) -> Transport:
+    return _to_enum(Transport, value, "transport")
 
 
 def _to_proxy_mode(value: ProxyMode | str) -> ProxyMode:
-    if isinstance(value, ProxyMode):
-        return value
-    try:
-        return ProxyMode(value)
-    except ValueError:
-        message = f"{_show(value)} is not one of {_enum_choices(ProxyMode)}"
-        raise ConfigError(message, key="mode") from None
+    return _to_enum(ProxyMode, value, "mode")
 
 
 def _to_acl_topics_before_user(value: AclTopicsBeforeUser | str) -> AclTopicsBeforeUser:
-    if isinstance(value, AclTopicsBeforeUser):
-        return value
-    try:
-        return AclTopicsBeforeUser(value)
-    except ValueError:
-        message = f"{_show(value)} is not one of {_enum_choices(AclTopicsBeforeUser)}"
-        raise ConfigError(message, key="acl_topics_before_user") from None
+    return _to_enum(AclTopicsBeforeUser, value, "acl_topics_before_user")
 
 
 def _parse_network(text: str, key: str) -> IPNetwork:
