@@ -28,7 +28,12 @@ from trio_mqtt.proxy import looks_like_proxy_header, parse_proxy_header
 from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.proxy_policy import read_proxy_preamble
-from trio_mqtt.server.rejection import AddressRefused, ConnectionRejected, HealthCheck
+from trio_mqtt.server.rejection import (
+    AddressRefused,
+    ConnectionRejected,
+    HealthCheck,
+    TLSHandshakeRejected,
+)
 from trio_mqtt.server.tls import ServerTLS, tls_handshake
 from trio_mqtt.server.watched_stream import WatchedSocketStream
 from trio_mqtt.server.websocket import accept_websocket
@@ -507,15 +512,10 @@ async def _open_transport(
     config = handle.config
     timeout = core.config.connect_timeout
     if handle.tls is not None:
-        started = trio.current_time()
         try:
             stream, peer = await tls_handshake(stream, handle.tls, peer, handshake_timeout=timeout)
-        except ConnectionRejected as exc:
-            if trio.current_time() - started >= timeout:
-                result = "timeout"
-            else:  # tls_handshake logs a peer that merely went away at INFO
-                result = "closed" if exc.level == logging.INFO else "failed"
-            handle.tls_handshakes[result] += 1
+        except TLSHandshakeRejected as exc:
+            handle.tls_handshakes[exc.result] += 1
             raise
         handle.tls_handshakes["ok"] += 1
     if config.transport in _WEBSOCKET_TRANSPORTS:

@@ -27,6 +27,18 @@ class ConnectionRejected(Exception):
         self.level = level
 
 
+class TLSHandshakeRejected(ConnectionRejected):
+    """The TLS handshake failed: ``result`` says how, for the listener's counter
+    (``ListenerHandle.tls_handshakes``): "timeout", "closed" (the peer went away) or
+    "failed" (a TLS error)."""
+
+    def __init__(self, result: str, detail: str) -> None:
+        super().__init__(
+            "tls-handshake", detail, level=logging.INFO if result == "closed" else logging.WARNING
+        )
+        self.result = result
+
+
 class HealthCheck(Exception):
     """The connection was a load balancer's health check; ``detail`` says what it did.
 

@@ -14,7 +14,6 @@ the listener logs it once and counts it; nothing else sees the connection.
 from __future__ import annotations
 
 import contextvars
-import logging
 import ssl
 from typing import Any
 
@@ -24,7 +23,7 @@ import trio
 from trio_mqtt.config import TLSConfig
 from trio_mqtt.errors import ConfigError
 from trio_mqtt.peer import PeerInfo, TLSInfo
-from trio_mqtt.server.rejection import ConnectionRejected
+from trio_mqtt.server.rejection import TLSHandshakeRejected
 
 __all__ = [
     "MIN_TLS_VERSION",
@@ -137,7 +136,7 @@ async def tls_handshake(
 
     Returns the SSLStream to speak the next layer over and *peer* with ``tls`` set (and
     ``username`` or ``identity_error`` when the listener uses the certificate identity).
-    Raises ConnectionRejected if the handshake fails or takes too long.
+    Raises TLSHandshakeRejected (a ConnectionRejected) if the handshake fails or takes too long.
     """
     ssl_stream = trio.SSLStream(stream, tls.context, server_side=True, https_compatible=False)
     server_names: list[str] = []
@@ -146,39 +145,31 @@ async def tls_handshake(
         with trio.fail_after(handshake_timeout):
             await ssl_stream.do_handshake()
     except trio.TooSlowError:
-        raise ConnectionRejected(
-            "tls-handshake", f"no TLS handshake within {handshake_timeout:g}s"
+        raise TLSHandshakeRejected(
+            "timeout", f"no TLS handshake within {handshake_timeout:g}s"
         ) from None
     except trio.BrokenResourceError as exc:
         raise _rejection(exc) from None
     except trio.ClosedResourceError:
-        raise ConnectionRejected(
-            "tls-handshake", "connection closed during the TLS handshake", level=logging.INFO
-        ) from None
+        raise TLSHandshakeRejected("closed", "connection closed during the TLS handshake") from None
     finally:
         _sni_sink.reset(token)
     info = tls_info(ssl_stream, server_names[-1] if server_names else None)
     return ssl_stream, apply_tls(peer, info, tls.config)
 
 
-def _rejection(exc: trio.BrokenResourceError) -> ConnectionRejected:
+def _rejection(exc: trio.BrokenResourceError) -> TLSHandshakeRejected:
     cause = exc.__cause__
     if isinstance(cause, ssl.SSLEOFError) or cause is None:
-        return ConnectionRejected(
-            "tls-handshake", "connection closed during the TLS handshake", level=logging.INFO
-        )
+        return TLSHandshakeRejected("closed", "connection closed during the TLS handshake")
     if isinstance(cause, ssl.SSLError):
         reason = _ssl_reason(cause)
         if cause.reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"):
             reason += " (not a TLS client?)"
-        return ConnectionRejected("tls-handshake", f"TLS handshake failed: {reason}")
+        return TLSHandshakeRejected("failed", f"TLS handshake failed: {reason}")
     if isinstance(cause, OSError):
-        return ConnectionRejected(
-            "tls-handshake",
-            f"connection lost during the TLS handshake: {cause}",
-            level=logging.INFO,
-        )
-    return ConnectionRejected("tls-handshake", f"TLS handshake failed: {cause}")
+        return TLSHandshakeRejected("closed", f"connection lost during the TLS handshake: {cause}")
+    return TLSHandshakeRejected("failed", f"TLS handshake failed: {cause}")
 
 
 def tls_info(ssl_stream: trio.SSLStream[Any], sni: str | None) -> TLSInfo:
