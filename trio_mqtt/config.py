@@ -500,9 +500,7 @@ class ListenerConfig:
     @property
     def bind(self) -> str:
         """``host:port``, with an IPv6 host in brackets (``[::1]:1883``)."""
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return format_bind(self.host, self.port)
 
     @classmethod
     def from_bind(cls, bind: str, **kwargs: Any) -> Self:
@@ -576,9 +574,7 @@ class HttpConfig:
     @property
     def bind(self) -> str:
         """``host:port``, with an IPv6 host in brackets (``[::1]:9883``)."""
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+        return format_bind(self.host, self.port)
 
     @classmethod
     def from_bind(cls, bind: str, *, drain: float = 0.0) -> Self:
@@ -730,7 +726,7 @@ def bind_of_url(url: str) -> str | None:
         return None
     if port is None:
         port = _URL_DEFAULT_PORTS.get(split.scheme.lower(), 1883)
-    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bind = format_bind(host, port)
     try:
         parse_bind(bind)
     except ConfigError:
@@ -742,6 +738,11 @@ def url_advice(url: str) -> str:
     """What to write instead of *url* where ``HOST:PORT`` is expected."""
     bind = bind_of_url(url)
     return f"use {bind}" if bind is not None else "e.g. 127.0.0.1:1883"
+
+
+def format_bind(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets: what ``parse_bind`` reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from trio_mqtt.config import BrokerConfig, parse_bind, parse_config
+from trio_mqtt.config import BrokerConfig, format_bind, parse_bind, parse_config
 from trio_mqtt.config_writer import toml_value
 from trio_mqtt.errors import ConfigError
 
@@ -323,7 +323,7 @@ def _port(value: str) -> int:
 
 def _host(value: str) -> str:
     try:
-        host, _ = parse_bind(f"[{value}]:1" if ":" in value else f"{value}:1")
+        host, _ = parse_bind(format_bind(value, 1))
     except ConfigError as exc:
         raise _Skip(f"{value!r}: {exc.detail}") from None
     return host
@@ -603,11 +603,7 @@ def _listener_tables(state: _State, listener: _Listener, index: int) -> list[_Ta
     options = listener.options
     name = f"port{listener.port}"
     main.set("name", f"{name}-{index}" if _port_used_twice(state, listener) else name, "")
-    bind = (
-        f"[{listener.host}]:{listener.port}"
-        if ":" in listener.host
-        else (f"{listener.host}:{listener.port}")
-    )
+    bind = format_bind(listener.host, listener.port)
     origin = listener.origin or (state.default_port or state.default_host or _Value(0, "")).origin
     main.set("bind", bind, origin)
     tls_files = {key: options[key] for key in ("certfile", "keyfile", "cafile") if key in options}

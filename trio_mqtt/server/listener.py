@@ -96,11 +96,7 @@ class ListenerHandle:
         try:
             self.tls.reload()
         except ConfigError as exc:
-            where = f"tls.{exc.key}: " if exc.key else ""
-            raise ConfigError(
-                f"listener {self.name!r}: TLS reload failed, the previous certificates stay "
-                f"in use: {where}{exc.detail}"
-            ) from None
+            raise self._tls_error("TLS reload failed, the previous certificates", exc) from None
         log.info("listener %r: TLS certificates reloaded", self.name)
         return True
 
@@ -120,10 +116,8 @@ class ListenerHandle:
                 try:
                     tls = ServerTLS.load(config.tls)
                 except ConfigError as exc:
-                    where = f"tls.{exc.key}: " if exc.key else ""
-                    raise ConfigError(
-                        f"listener {self.name!r}: the new TLS settings failed to load, the "
-                        f"previous ones stay in use: {where}{exc.detail}"
+                    raise self._tls_error(
+                        "the new TLS settings failed to load, the previous ones", exc
                     ) from None
         limits = config.limits
         if self.address_limits is not None:
@@ -137,6 +131,11 @@ class ListenerHandle:
         elif limits.limits_addresses:
             self.address_limits = _address_limiter(config)  # counts from now on
         self.config, self.tls = config, tls
+
+    def _tls_error(self, what: str, exc: ConfigError) -> ConfigError:
+        """*exc* (a certificate that failed to load) naming this listener and its key."""
+        where = f"tls.{exc.key}: " if exc.key else ""
+        return ConfigError(f"listener {self.name!r}: {what} stay in use: {where}{exc.detail}")
 
     def stop_accepting(self) -> None:
         """Accept no more connections; those open stay (the broker's shutdown ends them)."""
