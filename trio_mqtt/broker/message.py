@@ -7,12 +7,13 @@ import contextlib
 import attrs
 
 from trio_mqtt.errors import LocalProtocolError
+from trio_mqtt.hot_value import hot_value
 from trio_mqtt.mqtt.packets import NO_PROPERTIES, Properties, Will
 from trio_mqtt.mqtt.properties import PropertyContext, encode_properties
 from trio_mqtt.peer import LOCAL_PEER, PeerInfo
 
 
-@attrs.frozen
+@hot_value
 class Message:
     """One application message, independent of who receives it and at which QoS.
 
@@ -52,7 +53,7 @@ class Message:
         return max(0, interval - int(now - self.created))
 
 
-@attrs.frozen
+@hot_value
 class StoredMessage(Message):
     """A message a cluster stored in its stream of QoS 1/2 messages, at ``sequence``."""
 

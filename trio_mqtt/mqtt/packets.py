@@ -12,6 +12,8 @@ from typing import TypeAlias
 
 import attrs
 
+from trio_mqtt.hot_value import hot_value
+
 
 class PacketType(enum.IntEnum):
     """The control packet type, the high nibble of the fixed header's first byte."""
@@ -120,7 +122,7 @@ class Connack:
     properties: Properties = NO_PROPERTIES
 
 
-@attrs.frozen
+@hot_value
 class Publish:
     topic: str
     payload: bytes = b""
@@ -131,28 +133,28 @@ class Publish:
     properties: Properties = NO_PROPERTIES
 
 
-@attrs.frozen
+@hot_value
 class Puback:
     packet_id: int
     reason_code: int = 0
     properties: Properties = NO_PROPERTIES
 
 
-@attrs.frozen
+@hot_value
 class Pubrec:
     packet_id: int
     reason_code: int = 0
     properties: Properties = NO_PROPERTIES
 
 
-@attrs.frozen
+@hot_value
 class Pubrel:
     packet_id: int
     reason_code: int = 0
     properties: Properties = NO_PROPERTIES
 
 
-@attrs.frozen
+@hot_value
 class Pubcomp:
     packet_id: int
     reason_code: int = 0
