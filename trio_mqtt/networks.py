@@ -7,6 +7,7 @@ a PROXY header tells it).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from typing import TypeAlias
@@ -28,10 +29,13 @@ def parse_network(text: str) -> IPNetwork:
         raise ValueError(f"{text!r} has host bits set; did you mean '{fixed}'?") from exc
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_ip(host: str) -> IPAddress | None:
     """*host* as an address, with an IPv4-mapped IPv6 address unwrapped and no scope id.
 
-    None when *host* is not an IP address (for example a UNIX socket path).
+    None when *host* is not an IP address (for example a UNIX socket path). Remembered
+    for the last 4,096 hosts: parsing one costs microseconds on every connection, and a
+    listener behind a load balancer sees the same few addresses again and again.
     """
     try:
         address = ipaddress.ip_address(host.partition("%")[0])

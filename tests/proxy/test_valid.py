@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_mqtt.proxy import (
     TLV,
@@ -13,6 +16,7 @@ from trio_mqtt.proxy import (
     Command,
     Family,
     ProxyHeader,
+    ProxyProtocolError,
     SSLInfo,
     TLVType,
     Transport,
@@ -476,3 +480,39 @@ def test_address_helpers() -> None:
     assert str(UnixAddress(b"/tmp/s")) == "unix:/tmp/s"
     assert UnixAddress(b"\x00abs").is_abstract
     assert str(UnixAddress(b"\x00abs")) == "unix:@abs"
+
+
+# The IPv4 fast paths (a regex for v1 text, "%d.%d.%d.%d" for v2 bytes) must accept and
+# print exactly what ipaddress does: drawn from octet-like pieces, leading zeros and
+# out-of-range values included.
+_OCTET_TEXT = st.one_of(
+    st.integers(0, 300).map(str),
+    st.sampled_from(["00", "01", "007", "010", "0255", "", "+1", "-1", "1e1", "0x1", "\u0661"]),
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(_OCTET_TEXT, min_size=3, max_size=5))
+def test_v1_ipv4_addresses_accepted_exactly_as_ipaddress_does(octets: list[str]) -> None:
+    text = ".".join(octets)
+    try:
+        expected: str | None = str(ipaddress.IPv4Address(text))
+    except ValueError:
+        expected = None
+    header = f"PROXY TCP4 {text} 5.6.7.8 1 2\r\n".encode()
+    if expected is None:
+        with pytest.raises(ProxyProtocolError, match="not a valid IPv4 address"):
+            parse_proxy_header(header)
+        return
+    result = parse_proxy_header(header)
+    assert result is not None
+    assert result[0].source == Address(expected, 1)
+
+
+@given(st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4))
+def test_v2_ipv4_addresses_print_as_ipaddress_does(source: bytes, destination: bytes) -> None:
+    block = inet(source, destination, 1, 2)
+    result = parse_proxy_header(v2(0x21, 0x11, block))
+    assert result is not None
+    assert result[0].source == Address(str(ipaddress.IPv4Address(source)), 1)
+    assert result[0].destination == Address(str(ipaddress.IPv4Address(destination)), 2)
