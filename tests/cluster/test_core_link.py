@@ -6,6 +6,8 @@ core talks to a recording ``ClusterLink`` so each decision is checked on its own
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 from helpers import V5, V311, Client, make_core
 
@@ -52,6 +54,9 @@ class RecordingLink:
 
     def disconnected(self, client_id: str) -> None:
         self.gone.append(client_id)
+
+    def subscribed(self, client_id: str, topic_filters: Sequence[str]) -> None:
+        return None  # NATS has every filter already: no SUBACK waits (test_held_suback.py)
 
 
 def clustered_core() -> tuple[BrokerCore, RecordingLink]:

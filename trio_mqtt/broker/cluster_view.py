@@ -10,6 +10,7 @@ retained store.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from trio_mqtt.broker.connection_view import ClientConnection
@@ -38,3 +39,14 @@ class ClusterLink(Protocol):
 
     def disconnected(self, client_id: str) -> None:
         """The client's connection here ended; this node has dealt with its will."""
+
+    def subscribed(
+        self, client_id: str, topic_filters: Sequence[str]
+    ) -> Callable[[], Awaitable[None]] | None:
+        """A SUBSCRIBE of ``client_id`` added ``topic_filters`` here: what its SUBACK waits for.
+
+        None if the other nodes' messages for these filters already come to this node;
+        otherwise a step the server layer awaits before the SUBACK goes out (the link's
+        new subscriptions being in place). The step is bounded in time and never raises:
+        when the cluster does not answer, the SUBACK goes out anyway.
+        """

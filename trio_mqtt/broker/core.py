@@ -107,7 +107,8 @@ class AwaitedCheck:
     The server awaits ``wait()`` in the connection's reader task, then goes on as with an
     ``OffloadedCheck``: None to accept, a reason code to refuse. It may change the
     broker's state only through the core's own methods (a cluster node restores a
-    session handed over by another node this way).
+    session handed over by another node this way). A SUBACK held for the cluster
+    (``PendingSubscribe``) waits for one too; its answer is always None.
     """
 
     wait: Callable[[], Awaitable[ReasonCode | None]]
@@ -248,6 +249,20 @@ class PendingConnect:
     plan: ConnectPlan
     auth_done: AuthSuccess | None
     next_hook: int  # the index of the connect hook after the one that offloaded
+
+
+@attrs.frozen
+class PendingSubscribe:
+    """The SUBACK waits for ``check`` (the cluster's new routes being in place);
+    ``resume_subscribe`` then queues the retained messages owed and gives the SUBACK.
+
+    The subscriptions are in place already: matching messages may be delivered before
+    the SUBACK (MQTT 3.1.1 section 3.8.4).
+    """
+
+    check: AwaitedCheck
+    suback: Suback
+    retained: tuple[tuple[str, int, SubscriptionOptions], ...]
 
 
 @attrs.frozen
@@ -1305,14 +1320,20 @@ class BrokerCore:
 
     def handle_subscribe(
         self, conn: ClientConnection, session: Session, packet: Subscribe
-    ) -> Suback:
-        """A SUBSCRIBE: subscribe (queueing the retained messages owed); the SUBACK."""
+    ) -> Suback | PendingSubscribe:
+        """A SUBSCRIBE: subscribe (queueing the retained messages owed); the SUBACK.
+
+        In a cluster, a SUBSCRIBE that made this node subscribe to new filters in NATS
+        answers ``PendingSubscribe``: the SUBACK (and the retained messages) wait until
+        the other nodes' messages for them come here (``resume_subscribe``).
+        """
         v5 = conn.version is ProtocolVersion.V5
         sub_id: int | None = None
         if packet.properties.subscription_identifiers:
             sub_id = packet.properties.subscription_identifiers[0]
         codes: list[int] = []
         retained_to_send: list[tuple[str, int, SubscriptionOptions]] = []
+        subscribed: list[str] = []
         for request in packet.subscriptions:
             try:
                 validate_topic_filter(request.topic_filter)
@@ -1345,13 +1366,27 @@ class BrokerCore:
             )
             existed = self.router.subscribe(session.client_id, request.topic_filter, options)
             codes.append(request.qos)
+            subscribed.append(request.topic_filter)
             if group is None and (
                 request.retain_handling == 0 or (request.retain_handling == 1 and not existed)
             ):
                 retained_to_send.append((request.topic_filter, request.qos, options))
+        suback = Suback(packet.packet_id, tuple(codes))
+        cluster = self.cluster
+        if cluster is not None and subscribed:
+            wait = cluster.subscribed(session.client_id, subscribed)
+            if wait is not None:
+                return PendingSubscribe(AwaitedCheck(wait), suback, tuple(retained_to_send))
         for topic_filter, qos, options in retained_to_send:
             self._queue_retained(session, topic_filter, qos, options)
-        return Suback(packet.packet_id, tuple(codes))
+        return suback
+
+    def resume_subscribe(self, session: Session, pending: PendingSubscribe) -> Suback:
+        """The wait of a ``PendingSubscribe`` is over: queue the retained messages owed
+        (as they are now); the SUBACK to send."""
+        for topic_filter, qos, options in pending.retained:
+            self._queue_retained(session, topic_filter, qos, options)
+        return pending.suback
 
     def _queue_retained(
         self, session: Session, topic_filter: str, qos: int, options: SubscriptionOptions

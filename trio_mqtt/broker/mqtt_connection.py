@@ -44,6 +44,7 @@ from trio_mqtt.broker.core import (
     Challenge,
     ConnectPlan,
     PendingConnect,
+    PendingSubscribe,
     Reauthenticated,
     ReauthFailed,
     Refused,
@@ -152,9 +153,11 @@ class MQTTConnection:
     _held_back_by: set[ClientConnection] | None = None
     # what was already logged about this connection (log once, not per packet)
     _logged: frozenset[str] = frozenset()  # replaced, not grown: most stay empty
-    # a CONNECT waiting for an offloaded check, and the packets that came after it (3.1.1
-    # allows a client to send more before CONNACK): handled once the check is done
-    pending_check: PendingConnect | None = None
+    # a CONNECT waiting for an offloaded check, or a SUBACK waiting for the cluster, and
+    # the packets that came after it (3.1.1 allows a client to send more before CONNACK):
+    # the server layer awaits the check, reading nothing more meanwhile; the packets are
+    # handled once it is done (check_done)
+    pending_check: PendingConnect | PendingSubscribe | None = None
     _held_packets: tuple[Packet, ...] = ()
     # read access per topic (may_read), valid while core.auth_epoch is _read_epoch; made
     # on first use (an idle connection costs no empty dict)
@@ -194,7 +197,9 @@ class MQTTConnection:
         state = self.state
         if state is ConnectionState.CONNECTED:
             keep_alive = self.keep_alive
-            return self._timer_start + keep_alive * 1.5 if keep_alive else math.inf
+            if keep_alive and self.pending_check is None:
+                return self._timer_start + keep_alive * 1.5
+            return math.inf  # (a held SUBACK: the wait is the broker's, not the client's)
         if state is ConnectionState.CLOSED:
             return math.inf
         return self._timer_start + self.core.config.connect_timeout
@@ -341,16 +346,29 @@ class MQTTConnection:
             self.resend_inflight(accepted.session)
 
     def check_done(self, code: ReasonCode | None) -> None:
-        """The server layer ran ``pending_check.check.work``, which answered ``code``.
+        """The server layer ran ``pending_check.check``, which answered ``code``.
 
-        The CONNECT goes on (CONNACK, or a refusal), then the packets that came after it.
+        The CONNECT goes on (CONNACK, or a refusal), or the held SUBACK goes out (with
+        the retained messages owed); then the packets that came after it.
         """
         pending = self.pending_check
         self.pending_check = None
-        if pending is None or self.wants_close or self.state is not ConnectionState.CHECKING:
-            return  # timed out or closed meanwhile: nothing to say any more
-        self.state = ConnectionState.AWAIT_CONNECT  # as before CONNECT completes
-        self._apply(self.core.resume_connect(self, pending, code))
+        if pending is None or self.wants_close:
+            return  # closed meanwhile: nothing to say any more
+        if isinstance(pending, PendingSubscribe):
+            session = self.session
+            if session is None or self.state is not ConnectionState.CONNECTED:
+                return  # the session was taken over meanwhile
+            # the wait was the broker's doing: keep alive counts from its end
+            self._timer_start = self.core.now()
+            self._send(self.core.resume_subscribe(session, pending))
+            if session.pending:  # retained messages owed to the new subscriptions
+                self.on_output()
+        elif self.state is ConnectionState.CHECKING:
+            self.state = ConnectionState.AWAIT_CONNECT  # as before CONNECT completes
+            self._apply(self.core.resume_connect(self, pending, code))
+        else:
+            return  # timed out meanwhile
         held, self._held_packets = list(self._held_packets), ()
         hits = self.core.congestion_hits
         if hits:
@@ -681,9 +699,15 @@ class MQTTConnection:
             case Pubcomp(packet_id=pid):
                 self._acked(session, pid, OutboundState.AWAIT_PUBCOMP)
             case Subscribe():
-                self._send(self.core.handle_subscribe(self, session, packet))
-                if session.pending:  # retained messages owed to the new subscriptions
-                    self.on_output()
+                answer = self.core.handle_subscribe(self, session, packet)
+                if isinstance(answer, PendingSubscribe):
+                    # the cluster's new routes first: the server layer awaits the check
+                    # and reads nothing more meanwhile; see check_done
+                    self.pending_check = answer
+                else:
+                    self._send(answer)
+                    if session.pending:  # retained messages owed to the new subscriptions
+                        self.on_output()
             case Unsubscribe():
                 self._send(self.core.handle_unsubscribe(session, packet))
             case Pingreq():

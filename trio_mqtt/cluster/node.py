@@ -6,7 +6,10 @@ until the block ends:
 
 - **Routing**: one NATS subscription per distinct topic filter the node's clients hold
   (the router says when a filter gains its first or loses its last subscriber), on a
-  connection with ``no_echo`` so that the node never gets its own messages back; every
+  connection with ``no_echo`` so that the node never gets its own messages back. A
+  SUBSCRIBE that made the node subscribe in NATS gets its SUBACK once NATS has processed
+  those subscriptions (a PING after them answered: ``subscribed``), at most
+  ``SUBACK_WAIT_TIMEOUT`` later; one whose filters NATS has already does not wait. Every
   message published here goes to NATS once, on the subject of its topic, with the
   envelope headers (origin node and sequence, publisher, QoS, properties). A message that
   matches several filters of one node arrives once per filter and is routed once
@@ -24,7 +27,8 @@ until the block ends:
   CONNECTs exactly one stays.
 
 The core never waits for NATS: what the core decides is written to NATS in order, by
-the client's writer task (publishes) or by this node's own task (key-value writes).
+the client's writer task (publishes) or by this node's own task (key-value writes); a
+held SUBACK is awaited by its client's reader task (``server/connection.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -73,7 +77,7 @@ from trio_mqtt.cluster.subjects import (
 )
 from trio_mqtt.config import ClusterConfig
 from trio_mqtt.mqtt.packets import Connect, ProtocolVersion
-from trio_mqtt.mqtt.topics import parse_shared_filter
+from trio_mqtt.mqtt.topics import SHARE_PREFIX, parse_shared_filter
 from trio_mqtt.nats import (
     Entry,
     KeyExistsError,
@@ -116,6 +120,10 @@ SESSION_SAVE_INTERVAL = 0.2
 MAX_REPLAY = 100_000
 # How long the last key-value writes may take when the node leaves.
 CLOSE_TIMEOUT = 2.0
+# How long a SUBACK waits at most for NATS to confirm the node's new subscriptions; then
+# it goes out anyway (the local subscription works; messages from other nodes may miss it
+# until NATS has the subscription)
+SUBACK_WAIT_TIMEOUT = 2.0
 # received messages' subjects whose topic is remembered: how many, and how long at most
 TOPIC_CACHE_SIZE = 16384
 TOPIC_CACHE_MAX_CHARS = 768
@@ -147,6 +155,15 @@ class ClusterNode:
     sessions: KeyValue
     # filter -> the NATS subscription ids that carry it
     _routes: dict[str, list[int]] = attrs.Factory(dict)
+    # NATS subscriptions confirmed (see ``subscribed``): SUBs sent so far, counted; per
+    # filter the count at its SUB; the count at the last PING answered, per connection
+    _subs_sent: int = 0
+    _route_sent: dict[str, int] = attrs.Factory(dict)
+    _confirmed: int = 0
+    _shared_confirmed: int = 0
+    # SUBACKs sent without NATS's confirmation in the current episode of NATS not
+    # answering (0: none; the first one logs a warning, the next confirmation the count)
+    _unconfirmed_subacks: int = 0
     _sequence: int = 0
     _repeats: RepeatFilter = attrs.Factory(RepeatFilter)
     # subject -> topic of the messages received (bounded: TOPIC_CACHE_SIZE)
@@ -255,12 +272,73 @@ class ClusterNode:
         """The router's ``on_interest``: (un)subscribe in NATS at once, in order."""
         for topic_filter, present in self.core.router.take_interest_changes().items():
             if present and topic_filter not in self._routes:
-                self._routes[topic_filter] = self._subscribe(topic_filter)
+                self._add_route(topic_filter)
             elif not present and topic_filter in self._routes:
                 group, _plain = parse_shared_filter(topic_filter)
                 client = self.nats if group is None else self.shared_nats
+                self._route_sent.pop(topic_filter, None)
                 for sid in self._routes.pop(topic_filter):
                     client.unsubscribe(sid)
+
+    def _add_route(self, topic_filter: str) -> None:
+        self._routes[topic_filter] = self._subscribe(topic_filter)
+        self._subs_sent += 1
+        self._route_sent[topic_filter] = self._subs_sent
+
+    def subscribed(
+        self, client_id: str, topic_filters: Sequence[str]
+    ) -> Callable[[], Awaitable[None]] | None:
+        """The core's question after a SUBSCRIBE: what must its SUBACK wait for?
+
+        Nothing if NATS has confirmed every NATS subscription behind ``topic_filters``
+        (the common case: filters other clients here hold already). Otherwise a PING on
+        the connection(s) that carry them: NATS handles a connection's commands in order,
+        so its PONG says that the SUBs sent before it are in place, and a message
+        published on another node after the SUBACK reaches this node.
+        """
+        plain = shared = False
+        route_sent = self._route_sent
+        for topic_filter in topic_filters:
+            sent = route_sent.get(topic_filter)
+            if sent is None:
+                continue  # (not subscribed in NATS here)
+            if topic_filter.startswith(SHARE_PREFIX):
+                shared = shared or sent > self._shared_confirmed
+            else:
+                plain = plain or sent > self._confirmed
+        if not (plain or shared):
+            return None
+        return functools.partial(self._confirm_routes, client_id, plain, shared)
+
+    async def _confirm_routes(self, client_id: str, plain: bool, shared: bool) -> None:
+        """Wait until NATS has the SUBs sent so far (on the connections asked for), at
+        most SUBACK_WAIT_TIMEOUT; never raises for NATS (the SUBACK goes out anyway)."""
+        mark = self._subs_sent
+        try:
+            with trio.fail_after(SUBACK_WAIT_TIMEOUT):
+                if plain:
+                    await self.nats.flush(timeout=SUBACK_WAIT_TIMEOUT)
+                    self._confirmed = max(self._confirmed, mark)
+                if shared:
+                    await self.shared_nats.flush(timeout=SUBACK_WAIT_TIMEOUT)
+                    self._shared_confirmed = max(self._shared_confirmed, mark)
+        except (NATSError, trio.TooSlowError) as exc:
+            if not self._unconfirmed_subacks:
+                log.warning(
+                    "cluster: NATS did not confirm new subscriptions (%s): the SUBACK to "
+                    "%r goes out anyway; messages from other nodes may miss its new "
+                    "subscriptions for a while (logged once until NATS answers again)",
+                    str(exc) or type(exc).__name__,
+                    client_id,
+                )
+            self._unconfirmed_subacks += 1
+            return
+        if self._unconfirmed_subacks:
+            log.info(
+                "cluster: NATS confirms subscriptions again; %d SUBACK(s) went out without",
+                self._unconfirmed_subacks,
+            )
+            self._unconfirmed_subacks = 0
 
     def _subscribe(self, topic_filter: str) -> list[int]:
         group, plain = parse_shared_filter(topic_filter)
@@ -809,7 +887,7 @@ class ClusterNode:
         self.core.router.take_interest_changes()
         for topic_filter in self.core.router.filters():
             if topic_filter not in self._routes:
-                self._routes[topic_filter] = self._subscribe(topic_filter)
+                self._add_route(topic_filter)
 
 
 @attrs.define(eq=False)
@@ -836,6 +914,11 @@ class DetachedLink:
 
     def disconnected(self, client_id: str) -> None:
         pass
+
+    def subscribed(
+        self, client_id: str, topic_filters: Sequence[str]
+    ) -> Callable[[], Awaitable[None]] | None:
+        return None  # nobody else to tell: the SUBACK goes out at once
 
 
 @asynccontextmanager

@@ -263,9 +263,12 @@ async def _read_loop(
                 if not data:
                     return  # EOF without DISCONNECT: an abnormal close (will is published)
                 output.feed_and_answer(conn, data)
-                pending = conn.pending_check
-                if pending is not None and not conn.wants_close:
-                    # e.g. a password hash: in a worker thread, while the loop serves the rest
+                while (pending := conn.pending_check) is not None and not conn.wants_close:
+                    # e.g. a password hash: in a worker thread, while the loop serves the
+                    # rest; or a SUBACK held until the cluster's new routes are in place
+                    # (which does not count towards the keep alive: next_deadline says so).
+                    # What it hands back may hold the next one (CONNECT, then SUBSCRIBE).
+                    timer.deadline = conn.next_deadline()
                     output.check_done_and_answer(conn, await run_offloaded(pending.check))
                 if conn.held_back() and not conn.wants_close:
                     # Read no more until the subscribers this read went to have caught up.
