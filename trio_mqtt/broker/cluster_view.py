@@ -18,7 +18,13 @@ from trio_mqtt.broker.message import Message
 
 
 class ClusterLink(Protocol):
-    """What the core tells the rest of the cluster."""
+    """What the core tells the rest of the cluster.
+
+    No method raises for the cluster's sake: a link whose connection to the cluster is
+    gone drops what it would forward, refuses what it would store (``stored(..., None)``)
+    and lets SUBACKs go out at once, as ``DetachedLink`` does. The core calls it from
+    every client's task: an exception here would end more than one client's connection.
+    """
 
     def forward(self, message: Message) -> None:
         """A message was published on this node: the other nodes' subscribers want it."""

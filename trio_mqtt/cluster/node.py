@@ -84,6 +84,7 @@ from trio_mqtt.nats import (
     KeyValue,
     Msg,
     NATSClient,
+    NATSConnectionClosed,
     NATSError,
     NoRespondersError,
     ensure_stream,
@@ -196,19 +197,45 @@ class ClusterNode:
     origin: str = attrs.Factory(lambda self: f"{self.name}-{secrets.token_hex(4)}", takes_self=True)
     received: int = 0
     forwarded: int = 0
+    # messages published here that NATS did not take (its connection closed, or one too
+    # large for it): they reached this node's subscribers only
+    dropped: int = 0
 
     # ------------------------------------------------------------ ClusterLink (core)
 
+    # Every method the core calls behaves like DetachedLink's once the NATS client is
+    # closed: between the connection breaking and the cluster task putting a
+    # DetachedLink in the node's place, other tasks (clients' readers, housekeeping)
+    # still call the node, and an exception from NATS must not reach them. A try costs
+    # nothing in CPython 3.11 when nothing is raised, unlike a check per message.
+
     def forward(self, message: Message) -> None:
         self._sequence += 1
-        self.forwarded += 1
         data = encode_wire(
             message, origin=self.origin, sequence=self._sequence, now=self.core.now()
         )
-        self.nats.publish(topic_to_subject(message.topic), data)
+        try:
+            self.nats.publish(topic_to_subject(message.topic), data)
+        except NATSError as exc:
+            self._not_forwarded(message, exc)
+            return
+        self.forwarded += 1
         if message.retain:
             self._retained_writes[message.topic] = message
             self._wake.set()
+
+    def _not_forwarded(self, message: Message, exc: NATSError) -> None:
+        """``forward`` could not hand ``message`` to NATS: it reached local subscribers
+        only (counted in ``dropped``, as DetachedLink counts)."""
+        self.dropped += 1
+        if not isinstance(exc, NATSConnectionClosed):
+            # (NATSLocalError: e.g. larger than the NATS server's max_payload)
+            log.warning(
+                "cluster: a message to %r from %r reached this node's subscribers only: %s",
+                message.topic,
+                message.publisher,
+                exc,
+            )
 
     def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
         self._store_token += 1
@@ -216,12 +243,20 @@ class ClusterNode:
         now = self.core.now()
         self._stores[token] = (conn, packet_id, message, now)
         headers = message_headers(message, origin=self.origin, sequence=0, now=now)
-        self.nats.publish(
-            topic_to_subject(message.topic, STREAM_PREFIX),
-            message.payload,
-            headers=headers,
-            reply=f"{self._ack_prefix}{token}",
-        )
+        try:
+            self.nats.publish(
+                topic_to_subject(message.topic, STREAM_PREFIX),
+                message.payload,
+                headers=headers,
+                reply=f"{self._ack_prefix}{token}",
+            )
+        except NATSError as exc:
+            # refused as DetachedLink refuses it: the publisher is disconnected (5.0:
+            # 0x89) and sends it again once it reconnects
+            del self._stores[token]
+            if not isinstance(exc, NATSConnectionClosed):
+                log.error("cluster: a message to %r could not be stored: %s", message.topic, exc)
+            self.core.stored(conn, packet_id, message, None)
 
     def _on_stored(self, msg: Msg) -> None:
         """The stream's answer to one ``store``: the core routes and acknowledges."""
@@ -269,11 +304,21 @@ class ClusterNode:
     # --------------------------------------------------------------- routing (NATS)
 
     def interest_changed(self) -> None:
-        """The router's ``on_interest``: (un)subscribe in NATS at once, in order."""
+        """The router's ``on_interest``: (un)subscribe in NATS at once, in order.
+
+        Never raises (it runs inside ``Router.subscribe``): a filter NATS cannot take
+        now (the connection is closed) gets no route here; the node that joins next
+        subscribes every filter the router has (``subscribe_existing``).
+        """
         for topic_filter, present in self.core.router.take_interest_changes().items():
             if present and topic_filter not in self._routes:
-                self._add_route(topic_filter)
+                try:
+                    self._add_route(topic_filter)
+                except NATSError as exc:
+                    if not isinstance(exc, NATSConnectionClosed):
+                        log.error("cluster: cannot subscribe to %r in NATS: %s", topic_filter, exc)
             elif not present and topic_filter in self._routes:
+                # (NATSClient.unsubscribe does not raise: a closed client sends nothing)
                 group, _plain = parse_shared_filter(topic_filter)
                 client = self.nats if group is None else self.shared_nats
                 self._route_sent.pop(topic_filter, None)
@@ -308,6 +353,8 @@ class ClusterNode:
                 plain = plain or sent > self._confirmed
         if not (plain or shared):
             return None
+        if self.nats.is_closed or self.shared_nats.is_closed:
+            return None  # no confirmation will come; this node is being replaced
         return functools.partial(self._confirm_routes, client_id, plain, shared)
 
     async def _confirm_routes(self, client_id: str, plain: bool, shared: bool) -> None:
@@ -923,7 +970,11 @@ class DetachedLink:
 
 @asynccontextmanager
 async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIterator[ClusterNode]:
-    """Join the cluster for the duration of the block (see the module docstring)."""
+    """Join the cluster for the duration of the block (see the module docstring).
+
+    From the block's end until this returns the core has a ``DetachedLink``; if the
+    node fails (NATS lost) it keeps it, and the caller decides what comes next.
+    """
     name = config.node_name or default_node_name()
     urls = list(config.nats_urls)
     async with (
@@ -984,7 +1035,10 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
             try:
                 yield node
             finally:
-                core.leave_cluster()
+                # a stand-in until the block is left: what this node decides from here on
+                # cannot reach NATS (a QoS 1/2 message is refused, not acknowledged
+                # unstored); it stays if the block ends with an error (NATS lost)
+                core.leave_cluster(stand_in=DetachedLink(core))
                 if node.connect_hook in core.connect_hooks:
                     core.connect_hooks.remove(node.connect_hook)
                 with trio.move_on_after(CLOSE_TIMEOUT) as scope:
@@ -1000,4 +1054,5 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
                     except (NATSError, trio.TooSlowError) as exc:
                         log.warning("cluster: node %s left without a clean goodbye: %s", name, exc)
                 nursery.cancel_scope.cancel()
-        log.info("cluster: node %s left", name)
+    core.leave_cluster()
+    log.info("cluster: node %s left", name)
