@@ -149,3 +149,70 @@ async def test_request_response_exchanges_go_out_without_the_writer_task() -> No
                 assert answer == [Puback(n), Publish(topic="e/t", payload=b"%d" % n)]
             nursery.cancel_scope.cancel()
     assert counting.send_alls == 0
+
+
+async def test_a_message_reaches_other_connections_without_a_writer_task_each() -> None:
+    # One publisher, 20 subscribers on their own sockets: the publisher's reader writes
+    # each delivery itself after its step (server/connection.py: _Deliveries), so no
+    # subscriber starts a writer task (each would be a send_all here).
+    core = make_core(trio.current_time)
+    subscribers = [socket_stream_pair() for _ in range(20)]
+    counting = [CountingStream(server) for _client, server in subscribers]
+    readers = [PacketReader(protocol_version=V311, server_side=False) for _ in subscribers]
+    publisher, publisher_server = socket_stream_pair()
+    publisher_reader = PacketReader(protocol_version=V311, server_side=False)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for index, ((client, _server), stream, reader) in enumerate(
+                zip(subscribers, counting, readers, strict=True)
+            ):
+                nursery.start_soon(run_connection, stream, core, PEER)
+                await client.send_all(encode(Connect(client_id=f"s{index}"), V311))
+                subscribe = Subscribe(1, (SubscriptionRequest("d/#", 1),))
+                await client.send_all(encode(subscribe, V311))
+                assert await read_packets(client, reader, 2) == [Connack(), Suback(1, (1,))]
+            nursery.start_soon(run_connection, publisher_server, core, PEER)
+            await publisher.send_all(encode(Connect(client_id="pub"), V311))
+            assert await read_packets(publisher, publisher_reader, 1) == [Connack()]
+            for n in range(1, 11):
+                publish = Publish(topic="d/t", payload=b"%d" % n, qos=1, packet_id=n)
+                await publisher.send_all(encode(publish, V311))
+                assert await read_packets(publisher, publisher_reader, 1) == [Puback(n)]
+                for (client, _server), reader in zip(subscribers, readers, strict=True):
+                    [delivery] = await read_packets(client, reader, 1)
+                    assert isinstance(delivery, Publish)
+                    assert (delivery.topic, delivery.payload, delivery.qos) == ("d/t", b"%d" % n, 1)
+                    await client.send_all(encode(Puback(delivery.packet_id or 0), V311))
+            nursery.cancel_scope.cancel()
+    assert [stream.send_alls for stream in counting] == [0] * 20
+
+
+async def test_a_delivery_a_full_socket_does_not_take_is_finished_by_a_writer() -> None:
+    # The subscriber reads nothing for a while as 2 MB are published to it: the
+    # publisher's reader writes what fits, a writer task sends the rest once the
+    # subscriber reads, and every message arrives, in order.
+    core = make_core(trio.current_time)
+    client, server = socket_stream_pair()
+    counting = CountingStream(server)
+    reader = PacketReader(protocol_version=V311, server_side=False)
+    publisher, publisher_server = socket_stream_pair()
+    count, payload = 400, b"x" * 5000
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_connection, counting, core, PEER)
+            await client.send_all(encode(Connect(client_id="slow"), V311))
+            await client.send_all(encode(Subscribe(1, (SubscriptionRequest("f/#", 0),)), V311))
+            assert await read_packets(client, reader, 2) == [Connack(), Suback(1, (0,))]
+            nursery.start_soon(run_connection, publisher_server, core, PEER)
+            await publisher.send_all(encode(Connect(client_id="fast"), V311))
+            stream = b"".join(
+                encode(Publish(topic="f/t", payload=b"%05d" % n + payload), V311)
+                for n in range(count)
+            )
+            # (in a task: the broker stops reading the publisher while the subscriber lags)
+            nursery.start_soon(publisher.send_all, stream)
+            await trio.sleep(0.5)  # the subscriber reads nothing yet: its socket fills
+            received = await read_packets(client, reader, count)
+            nursery.cancel_scope.cancel()
+    assert [packet.payload[:5] for packet in received] == [b"%05d" % n for n in range(count)]
+    assert counting.send_alls > 0
