@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,9 @@ import trio
 import trio.testing
 from rawclient import RawClient
 
+from trio_mqtt.broker.connection_view import ClientConnection
 from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.mqtt_connection import MQTTConnection, open_connection
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.mqtt.codec import PacketReader, encode
@@ -241,3 +243,27 @@ def lines_executed(call: Callable[[], object]) -> int:
         sys.settrace(previous)
         gc.enable()
     return count
+
+
+class LocalOnlyLink:
+    """A cluster link that reaches no other node and confirms subscriptions at once.
+
+    Tests subclass it and override the one method they are about.
+    """
+
+    def forward(self, message: Message) -> None:
+        pass
+
+    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
+        raise AssertionError("no QoS 1/2 PUBLISH through this test link")
+
+    def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
+        pass
+
+    def disconnected(self, client_id: str) -> None:
+        pass
+
+    def subscribed(
+        self, client_id: str, topic_filters: Sequence[str]
+    ) -> Callable[[], Awaitable[None]] | None:
+        return None

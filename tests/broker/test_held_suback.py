@@ -13,11 +13,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
-from helpers import V5, V311, Client, FakeClock, make_core
+from helpers import V5, V311, Client, FakeClock, LocalOnlyLink, make_core
 
-from trio_mqtt.broker.connection_view import ClientConnection
 from trio_mqtt.broker.core import AwaitedCheck, BrokerCore, OffloadedCheck, PendingSubscribe
-from trio_mqtt.broker.message import Message
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
     Connack,
@@ -37,24 +35,12 @@ async def _awaited_by_the_server() -> None:
 
 
 @attrs.define
-class HoldingLink:
+class HoldingLink(LocalOnlyLink):
     """A cluster link for which NATS has the filters in ``in_nats`` only: a SUBSCRIBE
     to any other filter waits (and then NATS has it)."""
 
     in_nats: set[str] = attrs.Factory(set)
     asked: list[tuple[str, tuple[str, ...]]] = attrs.Factory(list)
-
-    def forward(self, message: Message) -> None:
-        pass
-
-    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
-        raise AssertionError("no QoS 1/2 PUBLISH in these tests")
-
-    def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
-        pass
-
-    def disconnected(self, client_id: str) -> None:
-        pass
 
     def subscribed(
         self, client_id: str, topic_filters: Sequence[str]

@@ -13,11 +13,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import pytest
 import trio
 import trio.testing
-from helpers import V311, make_core, open_client, serving
+from helpers import V311, LocalOnlyLink, make_core, open_client, serving
 
-from trio_mqtt.broker.connection_view import ClientConnection
 from trio_mqtt.broker.core import AwaitedCheck
-from trio_mqtt.broker.message import Message
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
     Connack,
@@ -33,20 +31,8 @@ SUBACK_WAIT = 3.0
 CONNECT_WAIT = 0.5
 
 
-class SlowLink:
+class SlowLink(LocalOnlyLink):
     """A cluster link whose every new subscription takes SUBACK_WAIT to confirm."""
-
-    def forward(self, message: Message) -> None:
-        pass
-
-    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
-        raise AssertionError("no QoS 1/2 PUBLISH here")
-
-    def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
-        pass
-
-    def disconnected(self, client_id: str) -> None:
-        pass
 
     def subscribed(
         self, client_id: str, topic_filters: Sequence[str]
