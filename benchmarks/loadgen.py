@@ -148,6 +148,7 @@ class LatencyTask:
     warmup: int
     deadline_s: float
     publish_port: int = 0
+    transport: str = "tcp"  # or "tls": both connections (the ports must be TLS listeners)
 
 
 @attrs.frozen
@@ -604,11 +605,13 @@ def _set_low_water_mark(sock: socket.socket, parser: DeliveryParser, expected: i
 
 def _latency(task: LatencyTask, pipe: Connection, go: Event) -> dict[str, Any]:
     deadline = time.perf_counter() + task.deadline_s
-    sock = _open(task.port, task.client_id, deadline)
+    sock = _open(task.port, task.client_id, deadline, transport=task.transport)
     _subscribe(sock, task.topic, 1, deadline)
     publisher = sock
     if task.publish_port:
-        publisher = _open(task.publish_port, f"{task.client_id}-pub", deadline)
+        publisher = _open(
+            task.publish_port, f"{task.client_id}-pub", deadline, transport=task.transport
+        )
     topic = task.topic.encode()
     total = task.warmup + task.count
     packets = [
@@ -686,7 +689,7 @@ def _spin_recv_any(
         for conn, buffer in connections:
             try:
                 data = conn.recv(RECV_SIZE)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantReadError):  # (TLS: no whole record yet)
                 continue
             if not data:
                 raise WireError(f"connection closed while {what}")
@@ -704,7 +707,7 @@ def _spin_recv(sock: socket.socket, deadline: float, what: str) -> bytes:
     while True:
         try:
             data = sock.recv(RECV_SIZE)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):  # (TLS: no whole record yet)
             spins += 1
             if spins % 1024 == 0:
                 _remaining(deadline, what)

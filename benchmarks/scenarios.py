@@ -698,9 +698,12 @@ def qos1_throughput(broker: BrokerProcess, scale: Scale) -> RunOutcome:
     )
 
 
-def _latency_task(broker: BrokerProcess, scale: Scale, topic: str) -> LatencyTask:
+def _latency_task(
+    broker: BrokerProcess, scale: Scale, topic: str, transport: str = "tcp"
+) -> LatencyTask:
     """Window-1 QoS 1 round trips with a publisher and a subscriber connection."""
-    port = broker.broker.port
+    port = broker.broker.tls_port if transport == "tls" else broker.broker.port
+    assert port is not None
     return LatencyTask(
         port=port,
         client_id=f"latency-{topic.replace('/', '-')}",
@@ -709,17 +712,23 @@ def _latency_task(broker: BrokerProcess, scale: Scale, topic: str) -> LatencyTas
         warmup=scale.latency_warmup,
         deadline_s=scale.deadline_s,
         publish_port=port,
+        transport=transport,
     )
 
 
-def qos1_latency_split(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+def qos1_latency_split(broker: BrokerProcess, scale: Scale, transport: str = "tcp") -> RunOutcome:
     """Window 1, a publisher and a subscriber connection: PUBACK and end-to-end latency."""
     with _workers() as workers:
-        pipe = workers.start(_latency_task(broker, scale, "bench/lat"))
+        pipe = workers.start(_latency_task(broker, scale, "bench/lat", transport))
         _ready_all([pipe], 60.0)
         workers.go.set()
         (result,) = _results([pipe], scale.deadline_s + 30)
     return latency_outcome(result, scale.latency_messages)
+
+
+def qos1_latency_tls(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+    """qos1_latency_split with both connections over TLS."""
+    return qos1_latency_split(broker, scale, transport="tls")
 
 
 def qos1_latency_loaded(broker: BrokerProcess, scale: Scale) -> RunOutcome:
@@ -1184,6 +1193,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         "QoS 1 round trip, window 1, publisher and subscriber on separate connections",
         SPLIT_LATENCY_METRICS,
         qos1_latency_split,
+    ),
+    Scenario(
+        "qos1_latency_tls",
+        "QoS 1 round trip, window 1, publisher and subscriber on separate TLS connections",
+        SPLIT_LATENCY_METRICS,
+        qos1_latency_tls,
     ),
     Scenario(
         "qos1_latency_loaded",

@@ -92,6 +92,7 @@ QUICK_NEW_EXPECTED = {
     "fanin_tls": 4 * 1_000,
     "fanin_ws": 4 * 1_000,
     "qos1_latency_split": 200,
+    "qos1_latency_tls": 200,
     "qos1_latency_loaded": 200 + 4 * 1_000,  # round trips + the fan-in's messages
     "qos1_latency_crowd": 200 + 100 * 220,  # + 100 subscribers x (20 warm-up + 200)
     "connect_rate": 300,
