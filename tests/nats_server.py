@@ -64,17 +64,22 @@ class NatsServer:
 
 @contextmanager
 def running_nats_server(
-    directory: Path, *, jetstream: bool = True, port: int = -1
+    directory: Path, *, jetstream: bool = True, port: int = -1, config: str | None = None
 ) -> Iterator[NatsServer]:
     """A nats-server on *port* of 127.0.0.1 (-1: a free one), its store under *directory*.
 
     Started again on the same port and directory, it is the same server after a restart.
+    *config*: the text of a config file to start it with (``-c``).
     """
     binary = nats_server_binary()
     directory.mkdir(parents=True, exist_ok=True)
     store = directory / "store"
     log = directory / "nats-server.log"
     args = [binary, "-a", "127.0.0.1", "-p", str(port), "--ports_file_dir", str(directory)]
+    if config is not None:
+        conf = directory / "nats-server.conf"
+        conf.write_text(config, encoding="utf-8")
+        args += ["-c", str(conf)]
     if jetstream:
         args += ["-js", "-sd", str(store)]
     with log.open("wb") as log_file:

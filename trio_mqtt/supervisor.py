@@ -43,6 +43,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from trio_mqtt.cluster.node import ENVELOPE_ALLOWANCE
 from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
 from trio_mqtt.config_writer import dump_config
 from trio_mqtt.errors import ConfigError
@@ -163,6 +164,21 @@ def nats_store_dir(config: BrokerConfig) -> Path | None:
         return None
     file = Path(_absolute(config.persistence))
     return file.with_name(f"{file.stem}-jetstream")
+
+
+#: The largest max_payload nats-server accepts (its max_pending, 64 MiB by default).
+NATS_MAX_PAYLOAD = 64 * 1024 * 1024
+
+
+def nats_server_conf(config: BrokerConfig) -> str:
+    """The config file of the supervisor's nats-server.
+
+    Its ``max_payload`` takes every PUBLISH the broker accepts with its envelope
+    (nats-server's own default, 1 MiB, is below the broker's default max_packet_size plus
+    the envelope), up to what nats-server allows.
+    """
+    payload = min(max(config.max_packet_size + ENVELOPE_ALLOWANCE, 1 << 20), NATS_MAX_PAYLOAD)
+    return f"# written by trio-mqtt --workers\nmax_payload: {payload}\n"
 
 
 def check_config(config: BrokerConfig) -> None:
@@ -422,7 +438,9 @@ class _Supervisor:
         try:
             with self.nats.restarts:
                 while True:
-                    argv = [binary, "-a", "127.0.0.1", "-p", str(port)]
+                    conf = self.runtime / "nats-server.conf"
+                    conf.write_text(nats_server_conf(self.config), encoding="utf-8")
+                    argv = [binary, "-c", str(conf), "-a", "127.0.0.1", "-p", str(port)]
                     argv += ["--ports_file_dir", str(self.runtime), "-js", "-sd", str(store)]
                     process = await trio.lowlevel.open_process(
                         argv,

@@ -968,6 +968,30 @@ class DetachedLink:
         return None  # nobody else to tell: the SUBACK goes out at once
 
 
+#: About what a message's envelope adds on its way through NATS (origin, sequence
+#: numbers, publisher, addresses): a NATS server must take max_packet_size plus this.
+ENVELOPE_ALLOWANCE = 4096
+
+
+def payload_limit_warning(server_info: dict[str, Any], max_packet_size: int) -> str | None:
+    """Why PUBLISH packets the broker accepts may not fit the NATS server, or None.
+
+    nats-server refuses a message above its ``max_payload`` (1 MiB unless configured):
+    such a PUBLISH reaches this node's subscribers only (QoS 0) or is refused (QoS 1/2).
+    """
+    max_payload = server_info.get("max_payload")
+    if not isinstance(max_payload, int) or max_packet_size + ENVELOPE_ALLOWANCE <= max_payload:
+        return None
+    return (
+        f"the NATS server takes messages of up to {max_payload} bytes (its max_payload) but "
+        f"[broker] max_packet_size is {max_packet_size}: a PUBLISH larger than about "
+        f"{max(0, max_payload - ENVELOPE_ALLOWANCE)} bytes cannot reach the other nodes "
+        f"(QoS 0: this node's subscribers only; QoS 1/2: refused, 0x89). Set "
+        f"'max_payload: {max_packet_size + ENVELOPE_ALLOWANCE}' in the NATS server's "
+        f"config, or lower max_packet_size"
+    )
+
+
 @asynccontextmanager
 async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIterator[ClusterNode]:
     """Join the cluster for the duration of the block (see the module docstring).
@@ -981,6 +1005,9 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
         open_nats_client(urls, name=f"trio-mqtt {name}", no_echo=True) as nats,
         open_nats_client(urls, name=f"trio-mqtt {name} shared") as shared_nats,
     ):
+        warning = payload_limit_warning(nats.server_info, core.config.max_packet_size)
+        if warning is not None:
+            log.warning("cluster: %s", warning)
         retained = await KeyValue.open(
             nats, RETAINED_BUCKET, replicas=config.replicas, per_key_ttl=True
         )
