@@ -6,6 +6,7 @@ import ast
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -415,3 +416,25 @@ def test_headers_of() -> None:
     headers = Headers((("x", "y"),))
     assert Headers.of(headers) is headers
     assert len(headers) == 1 and list(headers) == [("x", "y")]
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda conn, subject: conn.pub(subject, b"x"),
+        lambda conn, subject: conn.pub(subject, b"x", reply="_INBOX.r"),
+        lambda conn, subject: conn.pub(subject, b"x", headers={"K": "v"}),
+        lambda conn, subject: conn.sub(subject, 1),
+        lambda conn, subject: conn.sub(subject, 1, queue="q"),
+    ],
+    ids=["PUB", "PUB reply", "HPUB", "SUB", "SUB queue"],
+)
+def test_no_control_line_longer_than_the_server_takes(build: Any) -> None:
+    # nats-server closes the connection on a control line over max_control_line (4 KiB):
+    # refused here instead, before anything is queued
+    conn = NATSConnection()
+    conn.receive_data(INFO)
+    assert conn.next_event() is not NEED_DATA
+    assert len(build(conn, "a." + "b" * 3000)) > 3000  # long, but fits
+    with pytest.raises(NATSLocalError, match="max_control_line"):
+        build(conn, "a." + "b" * MAX_CONTROL_LINE)

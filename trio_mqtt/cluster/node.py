@@ -86,6 +86,7 @@ from trio_mqtt.nats import (
     NATSClient,
     NATSConnectionClosed,
     NATSError,
+    NATSLocalError,
     NoRespondersError,
     ensure_stream,
     open_nats_client,
@@ -388,16 +389,27 @@ class ClusterNode:
             self._unconfirmed_subacks = 0
 
     def _subscribe(self, topic_filter: str) -> list[int]:
+        """Subscribe to ``topic_filter``'s subjects: all of them, or none (NATSError)."""
         group, plain = parse_shared_filter(topic_filter)
         subjects = filter_to_subjects(plain)
-        if group is None:
-            return [self.nats.subscribe(subject, self._on_message) for subject in subjects]
+        client = self.nats if group is None else self.shared_nats
+        callback: Callable[[Msg], None] = self._on_message
+        queue: str | None = None
+        if group is not None:
 
-        def on_shared(msg: Msg) -> None:
-            self._on_shared(msg, topic_filter)
+            def callback(msg: Msg) -> None:
+                self._on_shared(msg, topic_filter)
 
-        queue = queue_group_name(group, plain)
-        return [self.shared_nats.subscribe(subject, on_shared, queue=queue) for subject in subjects]
+            queue = queue_group_name(group, plain)
+        sids: list[int] = []
+        try:
+            for subject in subjects:
+                sids.append(client.subscribe(subject, callback, queue=queue))
+        except NATSError:
+            for sid in sids:  # (e.g. "a/#": "a.>" taken, "a" too long for a control line)
+                client.unsubscribe(sid)
+            raise
+        return sids
 
     def _topic(self, subject: str) -> str:
         """The topic of a message's subject; ``ValueError`` if it is not one of ours."""
@@ -934,7 +946,10 @@ class ClusterNode:
         self.core.router.take_interest_changes()
         for topic_filter in self.core.router.filters():
             if topic_filter not in self._routes:
-                self._add_route(topic_filter)
+                try:
+                    self._add_route(topic_filter)
+                except NATSLocalError as exc:  # one client's filter must not stop the join
+                    log.error("cluster: cannot subscribe to %r in NATS: %s", topic_filter, exc)
 
 
 @attrs.define(eq=False)

@@ -516,7 +516,10 @@ class NATSConnection:
                 raise NATSLocalError(
                     f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
                 )
-            return b"".join((f"PUB {target} {size}\r\n".encode(), payload, b"\r\n"))
+            line = f"PUB {target} {size}\r\n".encode()
+            if len(line) > MAX_CONTROL_LINE:  # (inline: the cluster's per-message path)
+                line = _control_line(line.decode())  # raises
+            return b"".join((line, payload, b"\r\n"))
         if self.server_info is not None and not self.server_info.get("headers", False):
             raise NATSLocalError("the server does not support headers")
         block = encode_headers(headers)
@@ -527,16 +530,16 @@ class NATSConnection:
                 f"{self.max_payload}"
             )
         return b"".join(
-            (f"HPUB {target} {len(block)} {total}\r\n".encode(), block, payload, b"\r\n")
+            (_control_line(f"HPUB {target} {len(block)} {total}\r\n"), block, payload, b"\r\n")
         )
 
     def sub(self, subject: str, sid: int, queue: str | None = None) -> bytes:
         """``SUB <subject> [queue] <sid>``."""
         check_subject(subject)
         if queue is None:
-            return f"SUB {subject} {sid}\r\n".encode()
+            return _control_line(f"SUB {subject} {sid}\r\n")
         _check_queue(queue)
-        return f"SUB {subject} {queue} {sid}\r\n".encode()
+        return _control_line(f"SUB {subject} {queue} {sid}\r\n")
 
     def unsub(self, sid: int, max_msgs: int | None = None) -> bytes:
         """``UNSUB <sid> [max_msgs]``: now, or after *max_msgs* more messages."""
@@ -553,3 +556,19 @@ class NATSConnection:
     def pong(self) -> bytes:
         """``PONG``."""
         return b"PONG\r\n"
+
+
+def _control_line(line: str) -> bytes:
+    """``line`` encoded; NATSLocalError if it is longer than the server takes.
+
+    nats-server answers a control line over its ``max_control_line`` (4 KiB unless
+    configured) with ``-ERR 'Maximum Control Line Exceeded'`` and closes the connection:
+    one such line would cut the client off, and every command queued behind it.
+    """
+    data = line.encode()
+    if len(data) > MAX_CONTROL_LINE:
+        raise NATSLocalError(
+            f"a control line of {len(data)} bytes exceeds the server's max_control_line "
+            f"({MAX_CONTROL_LINE}): subject {line.split(' ', 2)[1][:60]!r}..."
+        )
+    return data
