@@ -22,6 +22,8 @@ from trio_mqtt import Broker, open_broker
 from trio_mqtt.cluster import node as node_module
 from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
 from trio_mqtt.mqtt.packets import (
+    Disconnect,
+    Properties,
     Puback,
     Publish,
     Suback,
@@ -194,3 +196,31 @@ async def test_nats_not_answering_delays_the_suback_at_most_the_timeout(
             await local.send(Publish("slow/1", b"here", qos=0))
             got = await subscriber.receive(5)
             assert isinstance(got, Publish) and got.payload == b"here"
+
+
+async def test_a_session_taken_over_gets_its_connack_once_nats_has_its_subscriptions(
+    nats_server: NatsServer,
+) -> None:
+    # a persistent session subscribed on node a resumes on node b: its subscription is new
+    # to b, whose NATS commands arrive DELAY late; a message published on a right after
+    # the CONNACK (session present) must still reach it
+    persistent = {"clean_start": False, "properties": Properties(session_expiry_interval=300)}
+    with trio.fail_after(30):
+        async with two_nodes(nats_server) as (a, b, relay):
+            first = await RawClient.open(a.port, V5)
+            assert (await first.connect("mover", **persistent)).reason_code == 0
+            assert await timed_suback(first, "moved/#") < 1.0
+            await first.send(Disconnect())
+            await first.aclose()
+            publisher = await client(a, "publisher", V311)
+            relay.delay = DELAY
+            second = await RawClient.open(b.port, V5)
+            started = trio.current_time()
+            connack = await second.connect("mover", **persistent)
+            assert connack.reason_code == 0 and connack.session_present, connack
+            assert trio.current_time() - started >= DELAY - 0.05
+            await publisher.send(Publish("moved/1", b"after the connack", qos=1, packet_id=1))
+            assert await publisher.receive(10) == Puback(1)
+            got = await second.receive(5)
+            assert isinstance(got, Publish), got
+            assert (got.topic, got.payload) == ("moved/1", b"after the connack")

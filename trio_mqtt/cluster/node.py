@@ -586,7 +586,11 @@ class ClusterNode:
                 len(saved.pending),
                 len(saved.inflight),
             )
-        return
+            # its subscriptions may be new to this node: the CONNACK (session present)
+            # waits, as a SUBACK does, until NATS has them
+            confirm = self.subscribed(client_id, [name for name, _ in saved.subscriptions])
+            if confirm is not None:
+                await confirm()
 
     # ------------------------------------------------ session records and recovery
 
