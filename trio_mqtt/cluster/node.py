@@ -37,6 +37,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -94,6 +95,9 @@ from trio_mqtt.nats import (
 from trio_mqtt.peer import PeerInfo
 
 log = logging.getLogger("trio_mqtt.cluster")
+
+#: At most one log line per this many seconds about messages NATS could not take.
+REFUSAL_LOG_INTERVAL = 10.0
 
 RETAINED_BUCKET = "mqtt_retained"
 OWNERS_BUCKET = "mqtt_owners"
@@ -198,6 +202,8 @@ class ClusterNode:
     origin: str = attrs.Factory(lambda self: f"{self.name}-{secrets.token_hex(4)}", takes_self=True)
     received: int = 0
     forwarded: int = 0
+    # log level -> when a refused message was last logged, how many since were not
+    _refusal_logs: dict[int, tuple[float, int]] = attrs.Factory(dict)
     # messages published here that NATS did not take (its connection closed, or one too
     # large for it): they reached this node's subscribers only
     dropped: int = 0
@@ -230,13 +236,27 @@ class ClusterNode:
         only (counted in ``dropped``, as DetachedLink counts)."""
         self.dropped += 1
         if not isinstance(exc, NATSConnectionClosed):
-            # (NATSLocalError: e.g. larger than the NATS server's max_payload)
-            log.warning(
-                "cluster: a message to %r from %r reached this node's subscribers only: %s",
-                message.topic,
-                message.publisher,
-                exc,
+            # (NATSLocalError: larger than the NATS server's max_payload, or a subject
+            # longer than a control line)
+            self._log_refusal(
+                logging.WARNING,
+                f"a message to {message.topic[:200]!r} from {message.publisher!r} reached "
+                f"this node's subscribers only: {exc}",
             )
+
+    def _log_refusal(self, level: int, text: str) -> None:
+        """Log a message NATS could not take: per level (WARNING: not forwarded, ERROR:
+        not stored) at most one line per REFUSAL_LOG_INTERVAL, with a count of those
+        left out (any client can send such messages as fast as it likes)."""
+        now = self.core.now()
+        logged_at, unlogged = self._refusal_logs.get(level, (-math.inf, 0))
+        if now - logged_at < REFUSAL_LOG_INTERVAL:
+            self._refusal_logs[level] = (logged_at, unlogged + 1)
+            return
+        if unlogged:
+            text += f" ({unlogged} more such since the last line)"
+        self._refusal_logs[level] = (now, 0)
+        log.log(level, "cluster: %s", text)
 
     def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
         self._store_token += 1
@@ -256,7 +276,10 @@ class ClusterNode:
             # 0x89) and sends it again once it reconnects
             del self._stores[token]
             if not isinstance(exc, NATSConnectionClosed):
-                log.error("cluster: a message to %r could not be stored: %s", message.topic, exc)
+                self._log_refusal(
+                    logging.ERROR,
+                    f"a message to {message.topic[:200]!r} could not be stored: {exc}",
+                )
             self.core.stored(conn, packet_id, message, None)
 
     def _on_stored(self, msg: Msg) -> None:
