@@ -224,3 +224,20 @@ async def test_a_session_taken_over_gets_its_connack_once_nats_has_its_subscript
             got = await second.receive(5)
             assert isinstance(got, Publish), got
             assert (got.topic, got.payload) == ("moved/1", b"after the connack")
+
+
+async def test_an_in_process_subscription_starts_once_nats_has_it(
+    nats_server: NatsServer,
+) -> None:
+    with trio.fail_after(30):
+        async with two_nodes(nats_server) as (a, b, relay):
+            publisher = await client(a, "publisher", V311)
+            relay.delay = DELAY
+            started = trio.current_time()
+            async with b.subscribe("inproc/#") as messages:
+                assert trio.current_time() - started >= DELAY - 0.05
+                await publisher.send(Publish("inproc/1", b"from a", qos=1, packet_id=1))
+                assert await publisher.receive(10) == Puback(1)
+                with trio.fail_after(5):
+                    got = await messages.receive()
+                assert (got.topic, got.payload) == ("inproc/1", b"from a")

@@ -360,6 +360,8 @@ class Broker:
 
         What waits for the consumer is bounded by ``max_queued_bytes`` like a network
         client's queue, and by ``max_buffer`` messages if given (see ``MessageStream``).
+        In a cluster, the block is entered once NATS has the subscription, as a SUBACK
+        is sent: a message published on another node from then on arrives.
         """
         send, receive = trio.open_memory_channel[Message](math.inf)
         stream = MessageStream(
@@ -378,6 +380,13 @@ class Broker:
         except RemoteProtocolError as exc:
             raise LocalProtocolError(str(exc), exc.reason_code) from None
         try:
+            link = self.core.cluster
+            if link is not None:
+                # as a SUBACK does: from here on, messages published on other nodes
+                # reach this subscription (one NATS round trip if the filter is new here)
+                confirm = link.subscribed("(in-process)", [topic_filter])
+                if confirm is not None:
+                    await confirm()
             async with send, receive:
                 yield stream
         finally:
