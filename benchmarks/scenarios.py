@@ -853,32 +853,68 @@ CONNECTION_CONCURRENCY = 50
 RSS_SETTLE_S = 1.0
 
 
-def connections(broker: BrokerProcess, scale: Scale) -> RunOutcome:
-    """Open N idle connections: handshake rate, RSS per connection, all still answer PINGs."""
-    pid = broker.process.pid
-    total = scale.connections
+def _start_connection_load(
+    workers: Workers, port: int, total: int, prefix: str, scale: Scale, proxy: str = ""
+) -> list[Connection]:
+    """CONNECTION_PROCESSES load processes that open *total* connections between them
+    (client ids ``<prefix><process>-<n>``), waiting for ``go``."""
     counts = [
         total // CONNECTION_PROCESSES + (1 if index < total % CONNECTION_PROCESSES else 0)
         for index in range(CONNECTION_PROCESSES)
     ]
-    with _workers() as workers:
-        pipes = [
-            workers.start(
-                ConnectionTask(
-                    port=broker.broker.port,
-                    client_prefix=f"idle{index}-",
-                    count=count,
-                    concurrency=CONNECTION_CONCURRENCY,
-                    deadline_s=scale.deadline_s,
-                )
+    pipes = [
+        workers.start(
+            ConnectionTask(
+                port=port,
+                client_prefix=f"{prefix}{index}-",
+                count=count,
+                concurrency=CONNECTION_CONCURRENCY,
+                deadline_s=scale.deadline_s,
+                proxy=proxy,
             )
-            for index, count in enumerate(counts)
-        ]
-        _ready_all(pipes, 60.0)
+        )
+        for index, count in enumerate(counts)
+    ]
+    _ready_all(pipes, 60.0)
+    return pipes
+
+
+@attrs.frozen
+class _Opened:
+    """What the load processes of ``_start_connection_load`` reported once connected."""
+
+    connected: int
+    failed: int
+    rate: float  # connections per second, first start to last end
+    errors: tuple[str, ...]  # the first ten
+    loadgen_cpu_s: float
+
+    @classmethod
+    def of(cls, opened: Sequence[dict[str, Any]]) -> _Opened:
+        connected = sum(result["connected"] for result in opened)
+        elapsed = max(
+            max(result["end"] for result in opened) - min(result["start"] for result in opened),
+            1e-9,
+        )
+        return cls(
+            connected=connected,
+            failed=sum(result["failed"] for result in opened),
+            rate=connected / elapsed,
+            errors=tuple(error for result in opened for error in result["errors"])[:10],
+            loadgen_cpu_s=round(sum(result["cpu_s"] for result in opened), 3),
+        )
+
+
+def connections(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+    """Open N idle connections: handshake rate, RSS per connection, all still answer PINGs."""
+    pid = broker.process.pid
+    total = scale.connections
+    with _workers() as workers:
+        pipes = _start_connection_load(workers, broker.broker.port, total, "idle", scale)
         # Baseline after the workers are up (their start-up does not touch the broker).
         rss_before = read_rss_kib(pid)
         workers.go.set()
-        opened = [expect(pipe, "connected", scale.deadline_s + 30) for pipe in pipes]
+        opened = _Opened.of([expect(pipe, "connected", scale.deadline_s + 30) for pipe in pipes])
         time.sleep(RSS_SETTLE_S)
         rss_after = read_rss_kib(pid)
         for pipe in pipes:
@@ -887,30 +923,24 @@ def connections(broker: BrokerProcess, scale: Scale) -> RunOutcome:
         for pipe in pipes:
             pipe.send("close")
         _results(pipes, 30.0)
-    connected = sum(result["connected"] for result in opened)
+    connected = opened.connected
     pongs = sum(result["pongs"] for result in pinged)
-    failed = sum(result["failed"] for result in opened)
-    elapsed = max(
-        max(result["end"] for result in opened) - min(result["start"] for result in opened),
-        1e-9,
-    )
-    errors = [error for result in opened for error in result["errors"]]
     return RunOutcome(
         metrics={
-            "connect_rate": connected / elapsed,
+            "connect_rate": opened.rate,
             "rss_per_conn_kib": (rss_after - rss_before) / max(connected, 1),
             "held": float(pongs),
         },
         verified=connected == total and pongs == total,
         expected=total,
         received=pongs,
-        error_count=failed + (connected - pongs),
-        errors=tuple(errors[:10]),
+        error_count=opened.failed + (connected - pongs),
+        errors=opened.errors,
         details={
             "rss_before_kib": rss_before,
             "rss_after_kib": rss_after,
             "connected": connected,
-            "loadgen_cpu_s": round(sum(result["cpu_s"] for result in opened), 3),
+            "loadgen_cpu_s": opened.loadgen_cpu_s,
             "ping_all_s": round(max(result["seconds"] for result in pinged), 3),
         },
     )
@@ -926,47 +956,27 @@ def connects(proxy: str) -> ScenarioFunction:
         port = broker.broker.proxy_port if with_header else broker.broker.port
         assert port is not None
         total = scale.connects
-        counts = [
-            total // CONNECTION_PROCESSES + (1 if index < total % CONNECTION_PROCESSES else 0)
-            for index in range(CONNECTION_PROCESSES)
-        ]
         with _workers() as workers:
-            pipes = [
-                workers.start(
-                    ConnectionTask(
-                        port=port,
-                        client_prefix=f"conn{proxy}-{index}-",
-                        count=count,
-                        concurrency=CONNECTION_CONCURRENCY,
-                        deadline_s=scale.deadline_s,
-                        proxy=proxy if with_header else "",
-                    )
-                )
-                for index, count in enumerate(counts)
-            ]
-            _ready_all(pipes, 60.0)
+            pipes = _start_connection_load(
+                workers, port, total, f"conn{proxy}-", scale, proxy if with_header else ""
+            )
             workers.go.set()
-            opened = [expect(pipe, "connected", scale.deadline_s + 30) for pipe in pipes]
+            opened = _Opened.of(
+                [expect(pipe, "connected", scale.deadline_s + 30) for pipe in pipes]
+            )
             for pipe in pipes:
                 pipe.send("close")
             _results(pipes, 30.0)
-        connected = sum(result["connected"] for result in opened)
-        failed = sum(result["failed"] for result in opened)
-        elapsed = max(
-            max(result["end"] for result in opened) - min(result["start"] for result in opened),
-            1e-9,
-        )
-        errors = [error for result in opened for error in result["errors"]]
         return RunOutcome(
-            metrics={"connect_rate": connected / elapsed},
-            verified=connected == total and failed == 0,
+            metrics={"connect_rate": opened.rate},
+            verified=opened.connected == total and opened.failed == 0,
             expected=total,
-            received=connected,
-            error_count=failed,
-            errors=tuple(errors[:10]),
+            received=opened.connected,
+            error_count=opened.failed,
+            errors=opened.errors,
             details={
                 "proxy_header": proxy if with_header else "",
-                "loadgen_cpu_s": round(sum(result["cpu_s"] for result in opened), 3),
+                "loadgen_cpu_s": opened.loadgen_cpu_s,
             },
         )
 
