@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,20 +46,24 @@ from benchmarks.wire import (  # noqa: E402
 TOPICS = {0: b"bench/p0", 1: b"bench/p1"}
 
 
-def test_quick_fanin_against_trio_mqtt_is_verified(tmp_path: Path) -> None:
+def run_quick(tmp_path: Path, *args: str, timeout: float) -> dict[str, Any]:
+    """``python -m benchmarks --quick *args``: it must succeed; its quick.json."""
     completed = subprocess.run(
-        [
-            sys.executable, "-m", "benchmarks", "--quick", "--broker", "trio-mqtt",
-            "--scenario", "fanin", "--output-dir", str(tmp_path), "--no-chart",
-        ],
+        [sys.executable, "-m", "benchmarks", "--quick", *args, "--output-dir", str(tmp_path),
+         "--no-chart"],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    document = json.loads((tmp_path / "quick.json").read_text())
+    document: dict[str, Any] = json.loads((tmp_path / "quick.json").read_text())
+    return document
+
+
+def test_quick_fanin_against_trio_mqtt_is_verified(tmp_path: Path) -> None:
+    document = run_quick(tmp_path, "--broker", "trio-mqtt", "--scenario", "fanin", timeout=60)
     (run,) = document["runs"]
     assert run["scenario"] == "fanin"
     assert run["broker"] == "trio-mqtt"
@@ -103,19 +108,8 @@ QUICK_NEW_EXPECTED = {
 
 def test_quick_new_scenarios_against_both_brokers_are_verified(tmp_path: Path) -> None:
     scenarios = [arg for name in QUICK_NEW_EXPECTED for arg in ("--scenario", name)]
-    completed = subprocess.run(
-        [
-            sys.executable, "-m", "benchmarks", "--quick", "--broker", "trio-mqtt",
-            "--broker", "mosquitto", *scenarios, "--output-dir", str(tmp_path), "--no-chart",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    document = json.loads((tmp_path / "quick.json").read_text())
+    brokers = ("--broker", "trio-mqtt", "--broker", "mosquitto")
+    document = run_quick(tmp_path, *brokers, *scenarios, timeout=400)
     runs = {(run["scenario"], run["broker"]): run for run in document["runs"]}
     assert set(runs) == {
         (name, broker) for name in QUICK_NEW_EXPECTED for broker in ("trio-mqtt", "mosquitto")
@@ -223,19 +217,7 @@ QUICK_CLUSTER_EXPECTED = {
 
 def test_quick_cluster_scenarios_are_verified(tmp_path: Path) -> None:
     binary = nats_server_binary()  # skips (or fails under TRIO_MQTT_REQUIRE_TOOLS=1)
-    completed = subprocess.run(
-        [
-            sys.executable, "-m", "benchmarks", "--quick", "--cluster", "--nats-server", binary,
-            "--output-dir", str(tmp_path), "--no-chart",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    document = json.loads((tmp_path / "quick.json").read_text())
+    document = run_quick(tmp_path, "--cluster", "--nats-server", binary, timeout=120)
     runs = {(run["scenario"], run["broker"]): run for run in document["runs"]}
     assert set(runs) == {
         (scenario, setup)
