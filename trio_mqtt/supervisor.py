@@ -435,11 +435,11 @@ class _Supervisor:
         store = nats_store_dir(self.config) or self.runtime / "jetstream"
         port = -1  # the first run picks a free port, later runs keep it
         reported = False
+        conf = self.runtime / "nats-server.conf"
+        conf.write_text(nats_server_conf(self.config), encoding="utf-8")
         try:
             with self.nats.restarts:
                 while True:
-                    conf = self.runtime / "nats-server.conf"
-                    conf.write_text(nats_server_conf(self.config), encoding="utf-8")
                     argv = [binary, "-c", str(conf), "-a", "127.0.0.1", "-p", str(port)]
                     argv += ["--ports_file_dir", str(self.runtime), "-js", "-sd", str(store)]
                     process = await trio.lowlevel.open_process(

@@ -518,7 +518,7 @@ class NATSConnection:
                 )
             line = f"PUB {target} {size}\r\n".encode()
             if len(line) > MAX_CONTROL_LINE:  # (inline: the cluster's per-message path)
-                line = _control_line(line.decode())  # raises
+                raise _too_long(line)
             return b"".join((line, payload, b"\r\n"))
         if self.server_info is not None and not self.server_info.get("headers", False):
             raise NATSLocalError("the server does not support headers")
@@ -567,8 +567,13 @@ def _control_line(line: str) -> bytes:
     """
     data = line.encode()
     if len(data) > MAX_CONTROL_LINE:
-        raise NATSLocalError(
-            f"a control line of {len(data)} bytes exceeds the server's max_control_line "
-            f"({MAX_CONTROL_LINE}): subject {line.split(' ', 2)[1][:60]!r}..."
-        )
+        raise _too_long(data)
     return data
+
+
+def _too_long(line: bytes) -> NATSLocalError:
+    subject = line.split(b" ", 2)[1][:60].decode(errors="replace")
+    return NATSLocalError(
+        f"a control line of {len(line)} bytes exceeds the server's max_control_line "
+        f"({MAX_CONTROL_LINE}): subject {subject!r}..."
+    )
