@@ -254,7 +254,7 @@ class LocalOnlyLink:
     def forward(self, message: Message) -> None:
         pass
 
-    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
+    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> int:
         raise AssertionError("no QoS 1/2 PUBLISH through this test link")
 
     def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:

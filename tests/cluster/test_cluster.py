@@ -21,13 +21,17 @@ from nats_server import NatsServer, running_nats_server
 from rawclient import RawClient
 
 from trio_mqtt import Broker, open_broker, serve
+from trio_mqtt.cluster.envelope import decode_wire_parts
 from trio_mqtt.cluster.node import (
+    HEARTBEAT_INTERVAL,
     NODES_BUCKET,
     RETAINED_BUCKET,
+    STREAM_PREFIX,
     WILLS_BUCKET,
     ClusterNode,
     DetachedLink,
 )
+from trio_mqtt.cluster.subjects import topic_to_subject
 from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
 from trio_mqtt.mqtt.packets import (
     Disconnect,
@@ -43,7 +47,7 @@ from trio_mqtt.mqtt.packets import (
     Will,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
-from trio_mqtt.nats import KeyValue, NATSConnectionError, open_nats_client
+from trio_mqtt.nats import KeyValue, Msg, NATSClient, NATSConnectionError, open_nats_client
 
 
 @asynccontextmanager
@@ -362,6 +366,62 @@ async def test_qos_1_and_2_are_in_the_stream_before_they_are_acknowledged(
                 assert reply.headers is not None and reply.headers.get("c") == "pub"
 
 
+async def _carried_and_stored(
+    checker: NATSClient, pub: RawClient, topic: str, packet_id: int
+) -> tuple[int, int]:
+    """Publish QoS 1 on ``topic``: (the stream sequence its live copy carried to the
+    other nodes, its real one in the stream)."""
+    live: list[Msg] = []
+    subject = topic_to_subject(topic)
+    sid = checker.subscribe(subject, live.append)
+    await checker.flush()
+    await pub.send(Publish(topic=topic, payload=b"x", qos=1, packet_id=packet_id))
+    assert await pub.receive() == Puback(packet_id)
+    await wait_until(lambda: bool(live))
+    checker.unsubscribe(sid)
+    message, _origin, _sequence = decode_wire_parts(topic, live[0].payload, 0.0)
+    reply = await checker.request(
+        "$JS.API.DIRECT.GET.MQTT_MESSAGES",
+        json.dumps({"last_by_subj": topic_to_subject(topic, STREAM_PREFIX)}).encode(),
+    )
+    assert reply.headers is not None
+    return message.sequence, int(reply.headers["Nats-Sequence"])
+
+
+async def test_a_qos_1_message_is_routed_with_a_lower_bound_of_its_stream_sequence(
+    nats_server: NatsServer,
+) -> None:
+    """Routed while the stream stores it, a QoS 1 message carries the lowest sequence it
+    can get: never above its real one (sessions' cursors stay below what they are
+    owed), and not far below it either, even from a node that stored nothing for a
+    while (its heartbeat reads the stream's last sequence)."""
+    async with (
+        open_nodes(nats_server, 2) as (n1, n2),
+        open_nats_client(nats_server.url, name="checker") as checker,
+    ):
+        pub1 = await client(n1, "pub1", V311)
+        pub2 = await client(n2, "pub2", V311)
+        carried, stored = await _carried_and_stored(checker, pub1, "f/1", 1)
+        assert carried == stored  # nothing else was stored meanwhile
+        for packet_id in range(2, 7):
+            carried, stored = await _carried_and_stored(checker, pub1, "f/1", packet_id)
+            assert carried == stored
+        # n2 stored and received nothing of these: once its heartbeat has asked the
+        # stream, its next message carries the exact sequence again
+        await trio.sleep(HEARTBEAT_INTERVAL * 2.5)
+        carried, stored = await _carried_and_stored(checker, pub2, "f/2", 1)
+        assert carried == stored
+        # what n2 receives from n1 raises its floor at once (to the sequence n1's
+        # message carried: the next one stored is above it)
+        sub = await client(n2, "sub")
+        await subscribe(sub, n2, SubscriptionRequest("f/1", 0))
+        for packet_id in range(7, 10):
+            await _carried_and_stored(checker, pub1, "f/1", packet_id)
+        await publishes(sub, 3)
+        carried, stored = await _carried_and_stored(checker, pub2, "f/2", 2)
+        assert stored - 1 <= carried <= stored
+
+
 async def test_a_message_the_stream_cannot_take_is_not_acknowledged(
     nats_server: NatsServer,
 ) -> None:
@@ -372,12 +432,21 @@ async def test_a_message_the_stream_cannot_take_is_not_acknowledged(
             await admin.request("$JS.API.STREAM.DELETE.MQTT_MESSAGES", b"")
         pub = await client(n1, "pub", V5)
         await pub.send(Publish(topic="s/0", payload=b"at most once", qos=0))
-        await pub.send(Publish(topic="s/1", payload=b"unstored", qos=1, packet_id=1))
+        await pub.send(Publish(topic="s/2", payload=b"unstored", qos=2, packet_id=1))
         packets = await pub.expect_closed()
         assert [type(p) for p in packets] == [Disconnect]
         assert packets[0].reason_code == ReasonCode.SERVER_BUSY  # type: ignore[union-attr]
         (only,) = await publishes(sub, 1)
-        assert only.payload == b"at most once"
+        assert only.payload == b"at most once"  # QoS 2 is routed only once stored
+        # QoS 1 is routed while the stream stores it: delivered (at least once), but not
+        # acknowledged, so that its publisher sends it again
+        pub = await client(n1, "pub", V5)
+        await pub.send(Publish(topic="s/1", payload=b"again", qos=1, packet_id=1))
+        packets = await pub.expect_closed()
+        assert [type(p) for p in packets] == [Disconnect]
+        assert packets[0].reason_code == ReasonCode.SERVER_BUSY  # type: ignore[union-attr]
+        (again,) = await publishes(sub, 1)
+        assert again.payload == b"again"
         await nothing_more(sub)
 
 

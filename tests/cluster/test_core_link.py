@@ -34,12 +34,20 @@ class RecordingLink:
     wills: dict[str, tuple[Message, int]] = attrs.Factory(dict)
     gone: list[str] = attrs.Factory(list)
     stores: list[tuple[Message, ClientConnection, int]] = attrs.Factory(list)
+    # what store() says: the lowest stream sequence a message can get (0: refused)
+    floor: int = 40
+    core: BrokerCore | None = None
 
     def forward(self, message: Message) -> None:
         self.forwarded.append(message)
 
-    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
+    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> int:
+        if not self.floor:
+            assert self.core is not None
+            self.core.stored(conn, packet_id, message, None)
+            return 0
         self.stores.append((message, conn, packet_id))
+        return self.floor
 
     def answer_stores(self, core: BrokerCore, first_sequence: int = 1) -> None:
         """The stream took every message sent to it, in order."""
@@ -61,7 +69,7 @@ class RecordingLink:
 
 def clustered_core() -> tuple[BrokerCore, RecordingLink]:
     core = make_core()
-    link = RecordingLink()
+    link = RecordingLink(core=core)
     core.join_cluster(link, lambda: None)
     return core, link
 
@@ -74,17 +82,52 @@ def test_a_client_publish_is_forwarded_once_and_delivered_locally() -> None:
     publisher = Client(core)
     publisher.connect("pub")
     publisher.send(Publish(topic="a/b", payload=b"x", qos=1, packet_id=7))
-    # stored first: nothing routed, forwarded or acknowledged until the stream answers
+    # QoS 1: sent to the stream, and routed at once with the lowest sequence the stream
+    # can give it; acknowledged only when the stream answers
     assert [(m.topic, m.payload, m.qos) for m, _conn, pid in link.stores] == [("a/b", b"x", 1)]
+    assert [(m.topic, m.payload, m.qos, m.publisher, m.sequence) for m in link.forwarded] == [
+        ("a/b", b"x", 1, "pub", 40)
+    ]
+    assert [p.payload for p in subscriber.publishes()] == [b"x"]
+    assert publisher.packets() == []
+    link.answer_stores(core, first_sequence=41)
+    assert len(link.forwarded) == 1  # not routed again
+    assert subscriber.packets() == []
+    assert publisher.packets() == [Puback(7)]
+
+
+def test_qos_2_is_routed_only_once_stored_with_its_sequence() -> None:
+    core, link = clustered_core()
+    subscriber = Client(core)
+    subscriber.connect("sub")
+    subscriber.subscribe(("a/+", 2))
+    publisher = Client(core)
+    publisher.connect("pub")
+    publisher.send(Publish(topic="a/b", payload=b"x", qos=2, packet_id=7))
+    assert len(link.stores) == 1
     assert link.forwarded == []
     assert subscriber.packets() == []
     assert publisher.packets() == []
     link.answer_stores(core, first_sequence=41)
-    assert [(m.topic, m.payload, m.qos, m.publisher, m.sequence) for m in link.forwarded] == [
-        ("a/b", b"x", 1, "pub", 41)
-    ]
+    assert [(m.payload, m.qos, m.sequence) for m in link.forwarded] == [(b"x", 2, 41)]
     assert [p.payload for p in subscriber.publishes()] == [b"x"]
-    assert publisher.packets() == [Puback(7)]
+    assert publisher.packets() == [Pubrec(7)]
+
+
+def test_a_qos_1_message_the_link_refuses_at_once_is_not_routed() -> None:
+    core, link = clustered_core()
+    subscriber = Client(core)
+    subscriber.connect("sub")
+    subscriber.subscribe(("t", 1))
+    publisher = Client(core, V5)
+    publisher.connect("pub")
+    link.floor = 0  # (NATS closed, or the message too large for it)
+    publisher.send(Publish(topic="t", payload=b"x", qos=1, packet_id=2))
+    assert link.forwarded == []
+    assert subscriber.packets() == []
+    (disconnect,) = publisher.packets()
+    assert isinstance(disconnect, Disconnect)
+    assert disconnect.reason_code == ReasonCode.SERVER_BUSY
 
 
 def test_messages_without_local_subscribers_are_forwarded_too() -> None:
@@ -279,7 +322,7 @@ def test_qos_2_is_stored_then_pubrec_and_a_failed_store_disconnects_with_0x89() 
     assert publisher.packets() == []
     link.answer_stores(core)
     assert publisher.packets() == [Pubrec(5)]
-    publisher.send(Publish(topic="t", payload=b"lost", qos=1, packet_id=6))
+    publisher.send(Publish(topic="t", payload=b"lost", qos=2, packet_id=6))
     ((message, conn, packet_id),) = link.stores
     core.stored(conn, packet_id, message, None)
     (disconnect,) = publisher.packets()
@@ -288,14 +331,30 @@ def test_qos_2_is_stored_then_pubrec_and_a_failed_store_disconnects_with_0x89() 
     assert link.forwarded[-1].payload == b"two"  # the lost one was not routed
 
 
-def test_an_answer_for_a_closed_connection_routes_but_sends_nothing() -> None:
+def test_a_failed_qos_1_store_disconnects_with_0x89_after_routing() -> None:
+    core, link = clustered_core()
+    subscriber = Client(core)
+    subscriber.connect("sub")
+    subscriber.subscribe(("t", 1))
+    publisher = Client(core, V5)
+    publisher.connect("pub")
+    publisher.send(Publish(topic="t", payload=b"again", qos=1, packet_id=6))
+    ((message, conn, packet_id),) = link.stores
+    core.stored(conn, packet_id, message, None)
+    (disconnect,) = publisher.packets()
+    assert isinstance(disconnect, Disconnect)
+    assert disconnect.reason_code == ReasonCode.SERVER_BUSY  # no PUBACK: it comes again
+    assert [p.payload for p in subscriber.publishes()] == [b"again"]  # (at least once)
+
+
+def test_an_answer_for_a_closed_connection_routes_qos_2_but_sends_nothing() -> None:
     core, link = clustered_core()
     subscriber = Client(core)
     subscriber.connect("sub")
     subscriber.subscribe(("t", 1))
     publisher = Client(core, V311)
     publisher.connect("pub")
-    publisher.send(Publish(topic="t", payload=b"durable", qos=1, packet_id=1))
+    publisher.send(Publish(topic="t", payload=b"durable", qos=2, packet_id=1))
     publisher.drop()
     link.answer_stores(core)
     assert [p.payload for p in subscriber.publishes()] == [b"durable"]

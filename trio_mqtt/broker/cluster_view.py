@@ -29,11 +29,14 @@ class ClusterLink(Protocol):
     def forward(self, message: Message) -> None:
         """A message was published on this node: the other nodes' subscribers want it."""
 
-    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
-        """Store a client's QoS 1/2 message in the cluster's stream before anything else.
+    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> int:
+        """Store a client's QoS 1/2 message in the cluster's stream.
 
         The link answers with ``BrokerCore.stored`` once the stream has it (or could
-        not take it); only then is the message routed and acknowledged.
+        not take it); only then is the message acknowledged. Returns the lowest stream
+        sequence the message can get (what a QoS 1 message is routed with while the
+        stream stores it), or 0 if the link refused it at once (``stored(..., None)``
+        was called already).
         """
 
     def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:

@@ -1044,11 +1044,17 @@ class BrokerCore:
             )
             cluster = self.cluster
             if cluster is not None and packet_id is not None:
-                # a cluster stores QoS 1/2 messages first: routed and acknowledged in
-                # stored(), once its stream has them
+                # a cluster stores QoS 1/2 messages before acknowledging them (stored()).
+                # QoS 1 is routed at once, while the stream stores it: if the store
+                # fails, the publisher sends it again and subscribers may get it twice,
+                # which QoS 1 allows. QoS 2 (exactly once) is routed once stored.
                 if qos == 2:
                     session.inflight_in.add(packet_id)
-                cluster.store(message, conn, packet_id)
+                    cluster.store(message, conn, packet_id)
+                    return None
+                floor = cluster.store(message, conn, packet_id)
+                if floor:
+                    self.publish(StoredMessage.of(message, floor))
                 return None
             if not self.publish(message) and v5 and self.cluster is None:
                 # (in a cluster, subscribers on other nodes are not known here)
@@ -1106,10 +1112,10 @@ class BrokerCore:
     ) -> None:
         """The cluster's stream answered for a QoS 1/2 message that ``conn`` published.
 
-        ``sequence`` is its place in the stream: route it (with that sequence) and
-        acknowledge it. None: it could not be stored; it is not routed, and the client
-        is disconnected (MQTT 5: 0x89 Server busy) so that it sends it again, as an
-        unacknowledged message, once it reconnects.
+        ``sequence`` is its place in the stream: acknowledge it, and route a QoS 2
+        message (with that sequence; QoS 1 was routed when it arrived). None: it could
+        not be stored; the client is disconnected (MQTT 5: 0x89 Server busy) so that it
+        sends it again, as an unacknowledged message, once it reconnects.
         """
         if sequence is None:
             session = self.sessions.get(conn.client_id)
@@ -1121,10 +1127,10 @@ class BrokerCore:
                 "the cluster could not store a message",
             )
             return
-        self.publish(StoredMessage.of(message, sequence))
         if message.qos == 1:
             conn.acknowledge(Puback(packet_id))
         else:
+            self.publish(StoredMessage.of(message, sequence))
             conn.acknowledge(Pubrec(packet_id))
 
     def publish_shared_remote(self, message: Message, shared_filter: str) -> bool:

@@ -89,6 +89,7 @@ from trio_mqtt.nats import (
     NATSError,
     NATSLocalError,
     NoRespondersError,
+    api_request,
     ensure_stream,
     open_nats_client,
 )
@@ -187,6 +188,15 @@ class ClusterNode:
     _stores: dict[int, tuple[ClientConnection, int, Message, float]] = attrs.Factory(dict)
     _store_token: int = 0
     _ack_prefix: str = ""
+    # The lowest stream sequence a message this node stores from now on can get: above
+    # every sequence the stream gave one of this node's messages, at least every one a
+    # message from another node carried (that node sent it after the stream had stored
+    # everything below it), and the stream's last sequence when last asked (at join,
+    # and by the heartbeat when nothing raised it for a second). A QoS 1 message is
+    # routed with it while the stream stores it, as a lower bound of its place in the
+    # stream: a session's cursor stays below every message still owed to it.
+    _stream_floor: int = 1
+    _floor_seen: int = 0  # its value at the last heartbeat
     # per persistent session: what its record last said (to skip unchanged ones) and the
     # highest stream sequence seen outstanding in it
     _session_records: dict[str, tuple[object, int]] = attrs.Factory(dict)
@@ -258,7 +268,7 @@ class ClusterNode:
         self._refusal_logs[level] = (now, 0)
         log.log(level, "cluster: %s", text)
 
-    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
+    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> int:
         self._store_token += 1
         token = self._store_token
         now = self.core.now()
@@ -281,6 +291,8 @@ class ClusterNode:
                     f"a message to {message.topic[:200]!r} could not be stored: {exc}",
                 )
             self.core.stored(conn, packet_id, message, None)
+            return 0
+        return self._stream_floor
 
     def _on_stored(self, msg: Msg) -> None:
         """The stream's answer to one ``store``: the core routes and acknowledges."""
@@ -302,6 +314,8 @@ class ClusterNode:
                 log.error("cluster: the stream refused a message (status %s): %s", msg.status, why)
         except ValueError:
             log.error("cluster: the stream answered %r (status %s)", msg.payload[:100], msg.status)
+        if sequence is not None and sequence >= self._stream_floor:
+            self._stream_floor = sequence + 1
         self.core.stored(conn, packet_id, message, sequence)
 
     def _expire_stores(self) -> None:
@@ -465,6 +479,8 @@ class ClusterNode:
         if self._repeats.repeated(node, sequence):
             return  # (a repeat: it matched several of this node's filters)
         self.received += 1
+        if message.qos and message.sequence > self._stream_floor:
+            self._stream_floor = message.sequence
         core.publish(message, from_cluster=True)
         # Cross-node traffic is not held back per publisher: a slow subscriber here is
         # bounded by its queue budget (drops counted), as for in-process publishes.
@@ -853,7 +869,26 @@ class ClusterNode:
             except (NATSError, trio.TooSlowError) as exc:
                 # one slow answer is no reason to die; HEARTBEAT_TTL allows a few misses
                 log.warning("cluster: heartbeat not written: %s", exc)
+            if self._stream_floor == self._floor_seen:
+                try:
+                    await self.refresh_stream_floor()
+                except (NATSError, trio.TooSlowError) as exc:
+                    log.debug("cluster: stream's last sequence not read: %s", exc)
+            self._floor_seen = self._stream_floor
             await trio.sleep(HEARTBEAT_INTERVAL)
+
+    async def refresh_stream_floor(self) -> None:
+        """Raise ``_stream_floor`` to the stream's last sequence + 1 (so that the
+        floor of a node that stored and received nothing for a while is not old)."""
+        info = await api_request(self.nats, f"STREAM.INFO.{MESSAGES_STREAM}")
+        self.raise_stream_floor(info)
+
+    def raise_stream_floor(self, info: dict[str, Any]) -> None:
+        """Raise ``_stream_floor`` from a stream info reply (``state.last_seq``)."""
+        state = info.get("state")
+        last = state.get("last_seq") if isinstance(state, dict) else None
+        if isinstance(last, int) and last >= self._stream_floor:
+            self._stream_floor = last + 1
 
     def _on_node(self, entry: Entry) -> None:
         if entry.operation == "PUT" or entry.key == self.origin or "." in entry.key:
@@ -995,8 +1030,9 @@ class DetachedLink:
     def forward(self, message: Message) -> None:
         self.dropped += 1
 
-    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> None:
+    def store(self, message: Message, conn: ClientConnection, packet_id: int) -> int:
         self.core.stored(conn, packet_id, message, None)
+        return 0
 
     def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
         pass
@@ -1059,7 +1095,7 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
         nodes = await KeyValue.open(
             nats, NODES_BUCKET, replicas=config.replicas, per_key_ttl=True, ttl=24 * 3600
         )
-        await ensure_stream(
+        stream_info = await ensure_stream(
             nats,
             {
                 "name": MESSAGES_STREAM,
@@ -1085,6 +1121,7 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
             sessions=sessions,
         )
         node._idle.set()
+        node.raise_stream_floor(stream_info)
         async with trio.open_nursery() as nursery:
             retained_watch = await retained.watch(">", node._on_retained, include_current=True)
             owners_watch = await owners.watch(">", node._on_owner, include_current=False)
