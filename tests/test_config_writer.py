@@ -68,7 +68,13 @@ def test_every_field_round_trips(tmp_path: Path) -> None:
             ListenerConfig(name="tls-no-ca", port=8883, transport="tls", tls=TLSConfig(cert, key)),
         ],
         cluster=ClusterConfig(
-            node_name="n-w1", nats_urls=("nats://127.0.0.1:4222", "tls://h:1"), replicas=3
+            node_name="n-w1",
+            nats_urls=("nats://127.0.0.1:4222", "tls://user:p%40ss@h:1"),
+            replicas=3,
+            nats_tls_ca_file=ca,
+            nats_tls_cert_file=cert,
+            nats_tls_key_file=key,
+            nats_tls_handshake_first=True,
         ),
     )
     assert round_trip(config) == config

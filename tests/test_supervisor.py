@@ -80,6 +80,32 @@ def test_file_paths_become_absolute_and_persistence_one_file_per_worker(
     assert nats_store_dir(BrokerConfig()) is None
 
 
+def test_workers_keep_the_tls_to_their_own_nats_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    tls = {
+        "nats_tls_ca_file": "ca.pem",
+        "nats_tls_cert_file": "node.pem",
+        "nats_tls_key_file": "node.key",
+        "nats_tls_handshake_first": True,
+    }
+    urls = ("tls://user:pw@nats1:4222",)
+    config = BrokerConfig(workers=2, cluster=ClusterConfig(node_name="n", nats_urls=urls, **tls))
+    first = worker_configs(config, urls)[0].cluster
+    assert first == ClusterConfig(
+        node_name="n-w0",
+        nats_urls=urls,
+        nats_tls_ca_file=str(tmp_path / "ca.pem"),
+        nats_tls_cert_file=str(tmp_path / "node.pem"),
+        nats_tls_key_file=str(tmp_path / "node.key"),
+        nats_tls_handshake_first=True,
+    )
+    # the nats-server that --workers starts is local and plain: no TLS towards it
+    own = BrokerConfig(workers=2, cluster=ClusterConfig(node_name="n", nats_urls=(), **tls))
+    assert worker_configs(own, URLS)[0].cluster == ClusterConfig(node_name="n-w0", nats_urls=URLS)
+
+
 def test_node_names_come_from_the_host_name_without_a_node_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

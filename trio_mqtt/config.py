@@ -25,6 +25,7 @@ from typing import Any, Self, TypeVar
 import attrs
 
 from trio_mqtt.errors import ConfigError
+from trio_mqtt.nats.client import redact_url
 from trio_mqtt.networks import IPNetwork, address_in, parse_network
 from trio_mqtt.proxy.forwarded import ForwardedHeader
 
@@ -531,9 +532,11 @@ def _to_nats_urls(value: Iterable[str] | str) -> tuple[str, ...]:
     urls = tuple(value)
     for url in urls:
         if not isinstance(url, str) or not _NATS_URL.fullmatch(url):
+            shown = _show(redact_url(url) if isinstance(url, str) else url)
             raise ConfigError(
-                f"{_show(url)} is not a NATS URL (expected nats://HOST:PORT, "
-                "e.g. 'nats://127.0.0.1:4222')",
+                f"{shown} is not a NATS URL (expected nats://HOST:PORT or tls://HOST:PORT, "
+                "e.g. 'nats://127.0.0.1:4222', with USER:PASSWORD@ or TOKEN@ before the host "
+                "for a server that requires them)",
                 key="nats_urls",
             )
     return urls
@@ -549,6 +552,16 @@ class ClusterConfig:
     it needs ``BrokerConfig.workers`` > 1.
     ``replicas`` is the JetStream replica count of the cluster's buckets and streams
     (at most the number of NATS servers).
+
+    TLS towards NATS: a ``tls://`` URL insists on it, a ``nats://`` URL follows the
+    server (it upgrades when the server requires TLS). ``nats_tls_ca_file`` is the CA
+    that signs the NATS servers' certificates (None: the system's trust store, for
+    ``tls://`` URLs; a ``nats://`` server that requires TLS needs one of the
+    ``nats_tls_*`` files set); ``nats_tls_cert_file`` and ``nats_tls_key_file`` are the
+    node's client certificate for servers that verify clients (``verify: true``), both
+    or neither. ``nats_tls_handshake_first`` is for servers configured with
+    ``handshake_first``. Credentials go in the URLs (``nats://USER:PASSWORD@HOST:PORT``,
+    ``nats://TOKEN@HOST:PORT``); messages and logs show them as ``***``.
     """
 
     node_name: str = attrs.field(default="", validator=_node_name)
@@ -556,6 +569,30 @@ class ClusterConfig:
         default=("nats://127.0.0.1:4222",), converter=_to_nats_urls
     )
     replicas: int = attrs.field(default=1, validator=_int_in(1, 5))
+    nats_tls_ca_file: str | None = attrs.field(default=None, validator=_optional_nonempty_str)
+    nats_tls_cert_file: str | None = attrs.field(default=None, validator=_optional_nonempty_str)
+    nats_tls_key_file: str | None = attrs.field(default=None, validator=_optional_nonempty_str)
+    nats_tls_handshake_first: bool = attrs.field(default=False, validator=_bool)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
+            given, missing = ("nats_tls_cert_file", "nats_tls_key_file")
+            if self.nats_tls_cert_file is None:
+                given, missing = missing, given
+            raise ConfigError(
+                f"missing: {given} is set, and a client certificate needs both "
+                "nats_tls_cert_file and nats_tls_key_file (its private key); set both or "
+                "neither",
+                key=missing,
+            )
+
+    @property
+    def uses_nats_tls_files(self) -> bool:
+        """Whether any ``nats_tls_*`` file is set (then the node builds its own context)."""
+        return any(
+            name is not None
+            for name in (self.nats_tls_ca_file, self.nats_tls_cert_file, self.nats_tls_key_file)
+        )
 
 
 @attrs.frozen
@@ -803,6 +840,8 @@ _PROXY_KEYS = tuple(field.name for field in attrs.fields(ProxyPolicy))
 _LIMITS_KEYS = tuple(field.name for field in attrs.fields(ListenerLimits))
 _TLS_KEYS = tuple(field.name for field in attrs.fields(TLSConfig))
 _TLS_FILE_KEYS = ("certfile", "keyfile", "cafile")
+#: [cluster] keys holding file names; each file must exist at startup.
+_CLUSTER_FILE_KEYS = ("nats_tls_ca_file", "nats_tls_cert_file", "nats_tls_key_file")
 #: Broker keys holding file names, and whether the file must exist at startup.
 _BROKER_FILE_KEYS = {"password_file": True, "acl_file": True, "persistence": False}
 
@@ -935,7 +974,10 @@ class _Loader:
             return ListenerLimits(**table)
 
     def cluster(self, data: Any) -> ClusterConfig:
-        table = self.table(data, "cluster", _CLUSTER_KEYS)
+        table = dict(self.table(data, "cluster", _CLUSTER_KEYS))
+        for name in _CLUSTER_FILE_KEYS:
+            if name in table:
+                table[name] = self.path(table[name], f"cluster.{name}", must_exist=True)
         with self.keyed(_under("cluster")):
             return ClusterConfig(**table)
 

@@ -23,6 +23,7 @@ import attrs
 
 from trio_mqtt.config import BrokerConfig, HttpConfig, ListenerConfig
 from trio_mqtt.errors import ConfigError
+from trio_mqtt.nats.client import redact_url
 
 __all__ = ["RESTART_BROKER_KEYS", "ReloadReport", "RestartNeeded", "changed_keys", "plan_reload"]
 
@@ -124,10 +125,17 @@ def _table_changes(name: str, old: Any, new: Any) -> list[RestartNeeded]:
         return [RestartNeeded(name, f"the [{name}] table", "removed")]
     before, after = dict(_fields(old, f"{name}.")), dict(_fields(new, f"{name}."))
     return [
-        RestartNeeded(key, before[key] if key == "http.bind" else _show(before[key]))
-        for key in before
-        if before[key] != after[key]
+        RestartNeeded(key, _kept(key, before[key])) for key in before if before[key] != after[key]
     ]
+
+
+def _kept(key: str, value: Any) -> str:
+    """A [cluster] or [http] value as a report shows it: NATS URLs without passwords."""
+    if key == "http.bind":
+        return str(value)
+    if key == "cluster.nats_urls":
+        return _show(tuple(redact_url(url) for url in value))
+    return _show(value)
 
 
 def _listener_value(listener: ListenerConfig, key: str) -> Any:

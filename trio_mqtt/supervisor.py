@@ -130,6 +130,27 @@ def _worker_listener(listener: ListenerConfig) -> ListenerConfig:
     return attrs.evolve(listener, reuse_port=True, tls=tls)
 
 
+def _worker_cluster(config: BrokerConfig) -> ClusterConfig:
+    """The ``[cluster]`` the workers share (each gets its node name and the URLs).
+
+    With the config's own NATS servers, their TLS settings too (file paths absolute);
+    the nats-server the supervisor starts is local and plain, so then only ``replicas``.
+    """
+    cluster = config.cluster
+    if cluster is None or starts_nats_server(config):
+        return ClusterConfig(replicas=1 if cluster is None else cluster.replicas)
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else _absolute(path)
+
+    return attrs.evolve(
+        cluster,
+        nats_tls_ca_file=absolute(cluster.nats_tls_ca_file),
+        nats_tls_cert_file=absolute(cluster.nats_tls_cert_file),
+        nats_tls_key_file=absolute(cluster.nats_tls_key_file),
+    )
+
+
 def worker_configs(config: BrokerConfig, nats_urls: tuple[str, ...]) -> list[BrokerConfig]:
     """The config of each of ``config.workers`` workers, as nodes of one cluster.
 
@@ -139,16 +160,14 @@ def worker_configs(config: BrokerConfig, nats_urls: tuple[str, ...]) -> list[Bro
     if not nats_urls:
         raise ValueError("the workers need the URL of at least one NATS server")
     base = node_base(config)
-    replicas = config.cluster.replicas if config.cluster is not None else 1
+    cluster = _worker_cluster(config)
     listeners = tuple(_worker_listener(listener) for listener in config.listeners)
     return [
         attrs.evolve(
             config,
             workers=1,
             listeners=listeners,
-            cluster=ClusterConfig(
-                node_name=f"{base}-w{index}", nats_urls=nats_urls, replicas=replicas
-            ),
+            cluster=attrs.evolve(cluster, node_name=f"{base}-w{index}", nats_urls=nats_urls),
             password_file=_absolute(config.password_file),
             acl_file=_absolute(config.acl_file),
             persistence=_worker_file(config.persistence, index),

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
+from server.certs import TestPKI
 
-from trio_mqtt.config import BrokerConfig, ClusterConfig, parse_config
+from trio_mqtt.cluster.nats_tls import NATSTLSFileError, nats_client_ssl_context
+from trio_mqtt.config import BrokerConfig, ClusterConfig, load_config, parse_config
+from trio_mqtt.config_writer import toml_value
 from trio_mqtt.errors import ConfigError
+from trio_mqtt.nats import NATSError
 
 
 def test_without_a_cluster_table_the_broker_is_one_node() -> None:
@@ -53,3 +59,105 @@ def test_errors_name_file_and_key(table: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"cluster": table}, file="broker.toml")
     assert str(info.value).startswith(f"broker.toml: {message}")
+
+
+# -- TLS and credentials towards NATS ---------------------------------------------------
+
+
+def write_pki(directory: Path) -> TestPKI:
+    directory.mkdir(exist_ok=True)
+    return TestPKI.create(directory)
+
+
+def test_nats_tls_keys_load_from_a_file_relative_to_it(tmp_path: Path) -> None:
+    pki = write_pki(tmp_path / "certs")
+    file = tmp_path / "broker.toml"
+    file.write_text(
+        "[cluster]\n"
+        'nats_urls = ["tls://node:secret@nats1:4222"]\n'
+        f'nats_tls_ca_file = "certs/{Path(pki.ca_file).name}"\n'
+        f'nats_tls_cert_file = "certs/{Path(pki.alice.certfile).name}"\n'
+        f'nats_tls_key_file = "certs/{Path(pki.alice.keyfile).name}"\n'
+        "nats_tls_handshake_first = true\n",
+        encoding="utf-8",
+    )
+    cluster = load_config(file).cluster
+    assert cluster == ClusterConfig(
+        nats_urls=("tls://node:secret@nats1:4222",),
+        nats_tls_ca_file=str(tmp_path / "certs" / "ca.pem"),
+        nats_tls_cert_file=str(tmp_path / "certs" / "alice.pem"),
+        nats_tls_key_file=str(tmp_path / "certs" / "alice.key"),
+        nats_tls_handshake_first=True,
+    )
+    context = nats_client_ssl_context(cluster)
+    assert context is not None
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert nats_client_ssl_context(ClusterConfig()) is None  # no files: no context of ours
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (
+            {"nats_tls_ca_file": "nowhere.pem"},
+            "cluster.nats_tls_ca_file: 'nowhere.pem' does not exist",
+        ),
+        (
+            {"nats_tls_cert_file": "ca.pem", "nats_tls_key_file": "nowhere.key"},
+            "cluster.nats_tls_key_file: 'nowhere.key' does not exist",
+        ),
+        (
+            {"nats_tls_cert_file": "ca.pem"},
+            "cluster.nats_tls_key_file: missing: nats_tls_cert_file is set, and a client "
+            "certificate needs both",
+        ),
+        (
+            {"nats_tls_key_file": "ca.pem"},
+            "cluster.nats_tls_cert_file: missing: nats_tls_key_file is set",
+        ),
+        ({"nats_tls_ca_file": ""}, "cluster.nats_tls_ca_file: must not be empty"),
+        (
+            {"nats_tls_handshake_first": "yes"},
+            "cluster.nats_tls_handshake_first: 'yes' is not a boolean",
+        ),
+        (
+            {"nats_tls_ca": "ca.pem"},
+            "cluster.nats_tls_ca: unknown key; did you mean 'nats_tls_ca_file'?",
+        ),
+    ],
+)
+def test_nats_tls_errors_name_the_key(tmp_path: Path, table: dict[str, Any], message: str) -> None:
+    (tmp_path / "ca.pem").write_text("")
+    file = tmp_path / "broker.toml"
+    lines = [f"{key} = {toml_value(value)}" for key, value in table.items()]
+    file.write_text("[cluster]\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert str(info.value).startswith(f"{file}: {message}")
+
+
+def test_a_bad_nats_url_does_not_show_its_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"cluster": {"nats_urls": ["nats://node:s3cret@nats1"]}})  # no port
+    assert "'nats://node:***@nats1' is not a NATS URL" in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+def test_unloadable_nats_tls_files_name_the_key(tmp_path: Path) -> None:
+    pki = write_pki(tmp_path)
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    with pytest.raises(NATSTLSFileError) as info:
+        nats_client_ssl_context(ClusterConfig(nats_tls_ca_file=str(not_pem)))
+    assert str(info.value).startswith(
+        f"cluster.nats_tls_ca_file: cannot load CA certificates from {str(not_pem)!r}"
+    )
+    wrong_key = ClusterConfig(
+        nats_tls_cert_file=pki.alice.certfile, nats_tls_key_file=pki.mallory.keyfile
+    )
+    with pytest.raises(NATSTLSFileError) as info:
+        nats_client_ssl_context(wrong_key)
+    assert str(info.value).startswith("cluster.nats_tls_cert_file: cannot load client certificate")
+    assert "does the key match?" in str(info.value)
+    # a ConfigError at startup, a NATSError (join again later) once the node has run
+    assert isinstance(info.value, ConfigError) and isinstance(info.value, NATSError)

@@ -17,11 +17,14 @@ import trio
 from nats.aio.client import Client
 
 
-async def run_nats_py(url: str, body: Callable[[Client], Awaitable[Any]]) -> Any:
-    """Connect nats-py to *url* in a thread, run ``body(client)``, return its result."""
+async def run_nats_py(url: str, body: Callable[[Client], Awaitable[Any]], **options: Any) -> Any:
+    """Connect nats-py to *url* in a thread, run ``body(client)``, return its result.
+
+    *options* go to ``nats.connect`` (``tls=ssl_context`` for a TLS server).
+    """
 
     async def main() -> Any:
-        client = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+        client = await nats.connect(url, allow_reconnect=False, connect_timeout=5, **options)
         try:
             return await body(client)
         finally:
@@ -49,12 +52,13 @@ class NatsPyPeer:
         nursery: trio.Nursery,
         url: str,
         body: Callable[[Client, NatsPyPeer], Awaitable[Any]],
+        **options: Any,
     ) -> NatsPyPeer:
         peer = cls()
 
         async def run() -> None:
             try:
-                peer._result = await run_nats_py(url, lambda client: body(client, peer))
+                peer._result = await run_nats_py(url, lambda client: body(client, peer), **options)
             except BaseException as exc:
                 peer._error = exc
             finally:

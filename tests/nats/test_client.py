@@ -245,7 +245,7 @@ async def test_connect_failure_lists_every_url(nats_server: NatsServer) -> None:
             async with open_nats_client([bad, "nats://127.0.0.1:2"], name="t"):
                 pass  # pragma: no cover
         with pytest.raises(NATSConnectionError, match="unsupported URL scheme"):
-            async with open_nats_client("tls://127.0.0.1:4222", name="t"):
+            async with open_nats_client("ws://127.0.0.1:4222", name="t"):
                 pass  # pragma: no cover
 
 

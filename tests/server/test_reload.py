@@ -19,7 +19,13 @@ from helpers import V5, make_core, open_client, serving
 from rawclient import RawClient
 
 from trio_mqtt.auth import hash_password
-from trio_mqtt.config import BrokerConfig, HttpConfig, ListenerConfig, ListenerLimits
+from trio_mqtt.config import (
+    BrokerConfig,
+    ClusterConfig,
+    HttpConfig,
+    ListenerConfig,
+    ListenerLimits,
+)
 from trio_mqtt.config_reload import RestartNeeded, plan_reload
 from trio_mqtt.mqtt.packets import Connack, Disconnect, Properties, Publish
 from trio_mqtt.mqtt.reason_codes import ReasonCode
@@ -243,3 +249,13 @@ def test_plan_listeners_added_removed_and_transport() -> None:
     assert effective.listeners == (a, b)
     assert [r.key for r in restart] == ["listeners[0].transport", "listeners[0]"]
     assert str(restart[0]) == "listeners[0].transport changed: needs a restart; kept 'tcp'"
+
+
+def test_a_nats_url_change_is_reported_without_the_password() -> None:
+    running_config = BrokerConfig(cluster=ClusterConfig(nats_urls=["tls://n:s3cret@h:4222"]))
+    new = BrokerConfig(cluster=ClusterConfig(nats_urls=["tls://n:0ther@h:4222"]))
+    effective, restart = plan_reload(running_config, new)
+    assert effective.cluster == running_config.cluster
+    assert [str(r) for r in restart] == [
+        "cluster.nats_urls changed: needs a restart; kept ['tls://n:***@h:4222']"
+    ]

@@ -69,6 +69,7 @@ from trio_mqtt.cluster.handover import (
     encode_session,
     saved_session,
 )
+from trio_mqtt.cluster.nats_tls import nats_client_ssl_context
 from trio_mqtt.cluster.records import decode_retained, decode_will, encode_retained, encode_will
 from trio_mqtt.cluster.subjects import (
     filter_to_subjects,
@@ -92,6 +93,7 @@ from trio_mqtt.nats import (
     api_request,
     ensure_stream,
     open_nats_client,
+    redact_url,
 )
 from trio_mqtt.peer import PeerInfo
 
@@ -1079,9 +1081,22 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
     """
     name = config.node_name or default_node_name()
     urls = list(config.nats_urls)
+    ssl_context = nats_client_ssl_context(config)  # None: no nats_tls_* files
+    first = config.nats_tls_handshake_first
     async with (
-        open_nats_client(urls, name=f"trio-mqtt {name}", no_echo=True) as nats,
-        open_nats_client(urls, name=f"trio-mqtt {name} shared") as shared_nats,
+        open_nats_client(
+            urls,
+            name=f"trio-mqtt {name}",
+            no_echo=True,
+            ssl_context=ssl_context,
+            tls_handshake_first=first,
+        ) as nats,
+        open_nats_client(
+            urls,
+            name=f"trio-mqtt {name} shared",
+            ssl_context=ssl_context,
+            tls_handshake_first=first,
+        ) as shared_nats,
     ):
         warning = payload_limit_warning(nats.server_info, core.config.max_packet_size)
         if warning is not None:
@@ -1137,7 +1152,7 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
             core.join_cluster(node, node.interest_changed)
             node.subscribe_existing()
             nursery.start_soon(node.write_loop)
-            log.info("cluster: node %s joined through %s", name, ", ".join(urls))
+            log.info("cluster: node %s joined through %s", name, ", ".join(map(redact_url, urls)))
             try:
                 yield node
             finally:

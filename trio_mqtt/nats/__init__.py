@@ -12,6 +12,7 @@ from trio_mqtt.nats.client import (
     NATSTimeoutError,
     NoRespondersError,
     open_nats_client,
+    redact_url,
 )
 from trio_mqtt.nats.jetstream import (
     Entry,
@@ -75,4 +76,5 @@ __all__ = [
     "ensure_stream",
     "open_nats_client",
     "publish_acked",
+    "redact_url",
 ]

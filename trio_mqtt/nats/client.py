@@ -20,6 +20,14 @@ There is no reconnection: when the connection is lost the reader raises
 :class:`NATSConnectionClosed`, pending requests and flushes fail with it, the nursery
 fails and the context manager's body is cancelled. The caller restarts the client
 (and re-creates its subscriptions).
+
+**TLS** follows NATS's own flow: the server's INFO comes in plain text, and when it
+says ``tls_required`` (or the URL is ``tls://``) the client runs the TLS handshake over
+the same TCP connection (``trio.SSLStream``) and sends CONNECT over TLS. A server with
+``handshake_first`` wants the handshake before its INFO: ``tls_handshake_first=True``.
+The server name verified is the URL's host. **Credentials** come from the URL
+(``user:password@`` or ``token@``); no message or log line shows the password or the
+token (:func:`redact_url`). NKEY and JWT (``.creds``) authentication are not supported.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -99,23 +108,58 @@ class _Pending:
     error: NATSError | None = None
 
 
-def _parse_url(url: str) -> tuple[str, int, dict[str, str]]:
-    """``nats://[user:pass@|token@]host[:port]`` -> host, port, auth options."""
+def redact_url(url: str) -> str:
+    """*url* with its password or token replaced by ``***``, for messages and logs.
+
+    ``nats://user:pw@host:4222`` -> ``nats://user:***@host:4222``,
+    ``nats://token@host:4222`` -> ``nats://***@host:4222``; a URL without credentials is
+    returned as it is. Everything up to the last ``@`` is hidden, so a malformed URL
+    (an unescaped ``/`` or ``@`` in the password) is not shown either.
+    """
+    start = url.find("://")
+    start = 0 if start < 0 else start + 3
+    at = url.rfind("@")
+    if at < start:
+        return url
+    user, colon, _ = url[start:at].partition(":")
+    return f"{url[:start]}{user + ':***' if colon else '***'}{url[at:]}"
+
+
+@attrs.frozen
+class _ServerURL:
+    """One parsed NATS URL: where to connect, how, with which credentials."""
+
+    host: str
+    port: int
+    tls: bool
+    """``tls://``: TLS or no connection at all (``nats://`` follows the server's INFO)."""
+    auth: Mapping[str, str]
+    """The CONNECT options with the credentials: ``user`` and ``pass``, or ``auth_token``."""
+    shown: str
+    """The URL as messages and logs show it (:func:`redact_url`)."""
+
+
+def _parse_url(url: str) -> _ServerURL:
+    """``nats|tls://[user:pass@|token@]host[:port]`` (``host:port`` alone is ``nats://``)."""
+    shown = redact_url(url)
     parts = urlsplit(url if "://" in url else f"nats://{url}")
-    if parts.scheme != "nats":
-        raise NATSConnectionError(f"unsupported URL scheme in {url!r} (only nats://, no TLS yet)")
-    if not parts.hostname:
-        raise NATSConnectionError(f"no host in {url!r}")
+    if parts.scheme not in ("nats", "tls"):
+        raise NATSConnectionError(
+            f"unsupported URL scheme in {shown!r} (nats:// or tls://, e.g. 'tls://host:4222')"
+        )
     try:
+        host = parts.hostname
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise NATSConnectionError(f"invalid port in {url!r}") from None
+        raise NATSConnectionError(f"invalid port in {shown!r}") from None
+    if not host:
+        raise NATSConnectionError(f"no host in {shown!r}")
     auth: dict[str, str] = {}
     if parts.username and parts.password is not None:
         auth = {"user": unquote(parts.username), "pass": unquote(parts.password)}
     elif parts.username:
         auth = {"auth_token": unquote(parts.username)}
-    return parts.hostname, port, auth
+    return _ServerURL(host, port, parts.scheme == "tls", auth, shown)
 
 
 async def _next_event(
@@ -132,48 +176,173 @@ async def _next_event(
 
 
 async def _handshake(
-    url: str, *, name: str, no_echo: bool
-) -> tuple[trio.SocketStream, NATSConnection]:
-    """Connect to *url*: INFO, CONNECT, PING, until PONG (or -ERR)."""
-    host, port, auth = _parse_url(url)
-    stream = await trio.open_tcp_stream(host, port)
+    url: str,
+    *,
+    name: str,
+    no_echo: bool,
+    ssl_context: ssl.SSLContext | None,
+    tls_handshake_first: bool,
+) -> tuple[trio.abc.Stream, NATSConnection]:
+    """Connect to *url*: INFO, TLS if wanted, CONNECT, PING, until PONG (or -ERR)."""
+    server = _parse_url(url)
+    shown = server.shown
+    tcp = await trio.open_tcp_stream(server.host, server.port)
+    stream: trio.abc.Stream = tcp
     try:
-        conn = NATSConnection()
-        event = await _next_event(stream, conn)
-        if isinstance(event, Err):
-            raise NATSConnectionError(f"{url}: server refused the connection: {event.message}")
-        if not isinstance(event, Info):
-            raise NATSProtocolError(f"{url}: expected INFO first, got {event!r}")
-        info = event.data
-        if info.get("tls_required"):
-            raise NATSConnectionError(f"{url}: the server requires TLS, which is not supported")
-        headers = bool(info.get("headers", False))
-        options: dict[str, object] = {
-            "verbose": False,
-            "pedantic": False,
-            "headers": headers,
-            "no_responders": headers,
-            "echo": not no_echo,
-            "name": name,
-            "lang": "python-trio",
-            "version": __version__,
-            "protocol": 1,
-            **auth,
-        }
-        await stream.send_all(conn.connect(options) + conn.ping())
-        while True:
+        try:
+            conn = NATSConnection()
+            if tls_handshake_first:
+                first = ssl_context or ssl.create_default_context()
+                stream = await _start_tls(tcp, server, first)
             event = await _next_event(stream, conn)
-            if isinstance(event, Pong):
-                return stream, conn
             if isinstance(event, Err):
-                raise NATSConnectionError(f"{url}: server refused the connection: {event.message}")
-            if isinstance(event, Ping):
-                await stream.send_all(conn.pong())
-            elif isinstance(event, Closed):
-                raise NATSConnectionError(f"{url}: server closed the connection during CONNECT")
+                raise NATSConnectionError(
+                    f"{shown}: server refused the connection: {event.message}"
+                )
+            if isinstance(event, Closed) and not tls_handshake_first:
+                raise NATSConnectionError(
+                    f"{shown}: the server closed the connection before its INFO (a server "
+                    "with TLS handshake_first waits for the TLS handshake: pass "
+                    "tls_handshake_first=True; in [cluster], nats_tls_handshake_first = true)"
+                )
+            if not isinstance(event, Info):
+                raise NATSProtocolError(f"{shown}: expected INFO first, got {event!r}")
+            info = event.data
+            if not tls_handshake_first:
+                context = _tls_context(server, info, ssl_context)
+                if context is not None:
+                    if conn.buffered:  # nothing may come between INFO and the handshake
+                        raise NATSProtocolError(f"{shown}: unexpected bytes after INFO, before TLS")
+                    stream = await _start_tls(tcp, server, context)
+            await _connect(stream, conn, server, info, name=name, no_echo=no_echo)
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLError):
+                raise NATSConnectionError(_tls_failure(server, cause)) from None
+            raise NATSConnectionError(
+                f"{shown}: connection lost during CONNECT: {cause or exc!r}"
+            ) from None
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+    return stream, conn
+
+
+async def _connect(
+    stream: trio.abc.Stream,
+    conn: NATSConnection,
+    server: _ServerURL,
+    info: Mapping[str, Any],
+    *,
+    name: str,
+    no_echo: bool,
+) -> None:
+    """Send CONNECT and PING; return at the PONG, raise at an -ERR (or EOF) before it."""
+    headers = bool(info.get("headers", False))
+    options: dict[str, object] = {
+        "verbose": False,
+        "pedantic": False,
+        "tls_required": isinstance(stream, trio.SSLStream),
+        "headers": headers,
+        "no_responders": headers,
+        "echo": not no_echo,
+        "name": name,
+        "lang": "python-trio",
+        "version": __version__,
+        "protocol": 1,
+        **server.auth,
+    }
+    await stream.send_all(conn.connect(options) + conn.ping())
+    while True:
+        event = await _next_event(stream, conn)
+        if isinstance(event, Pong):
+            return
+        if isinstance(event, Err):
+            raise NATSConnectionError(_refusal(server, info, event.message))
+        if isinstance(event, Ping):
+            await stream.send_all(conn.pong())
+        elif isinstance(event, Closed):
+            raise NATSConnectionError(
+                f"{server.shown}: server closed the connection during CONNECT"
+            )
+
+
+def _tls_context(
+    server: _ServerURL, info: Mapping[str, Any], ssl_context: ssl.SSLContext | None
+) -> ssl.SSLContext | None:
+    """The context to upgrade the connection to TLS with after the server's INFO, or None.
+
+    ``tls://`` insists on TLS (the system's CAs verify the server unless *ssl_context*
+    says otherwise); ``nats://`` upgrades when the server requires it and the caller gave
+    a context. Refusing to go on in plain text is what keeps a downgrade from passing.
+    """
+    required = bool(info.get("tls_required"))
+    if server.tls:
+        if not (required or info.get("tls_available")):
+            raise NATSConnectionError(
+                f"{server.shown}: a tls:// URL, but the server does not offer TLS "
+                "(its INFO has no tls_required nor tls_available); use nats:// or "
+                "configure TLS on the server"
+            )
+        return ssl_context or ssl.create_default_context()
+    if not required:
+        return None
+    if ssl_context is None:
+        raise NATSConnectionError(
+            f"{server.shown}: the server requires TLS and no TLS context was given: pass "
+            "ssl_context (in [cluster], nats_tls_ca_file names the CA that signs the "
+            "server's certificate), or use a tls:// URL to verify it with the system's CAs"
+        )
+    return ssl_context
+
+
+async def _start_tls(
+    tcp: trio.SocketStream, server: _ServerURL, context: ssl.SSLContext
+) -> trio.SSLStream[trio.SocketStream]:
+    """The TLS handshake over *tcp*, checking the certificate against the URL's host."""
+    stream = trio.SSLStream(tcp, context, server_hostname=server.host)
+    await stream.do_handshake()
+    return stream
+
+
+def _tls_failure(server: _ServerURL, error: ssl.SSLError) -> str:
+    """Why the TLS connection to *server* failed, and what to change."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"{server.shown}: TLS certificate verification failed: {error.verify_message} "
+            f"(the server's certificate must be signed by a trusted CA, e.g. [cluster] "
+            f"nats_tls_ca_file, and be issued for {server.host!r})"
+        )
+    reason = str(error.reason or error)
+    upper = reason.upper()
+    if "CERTIFICATE_REQUIRED" in upper:
+        hint = (
+            "the server requires a client certificate (ssl_context.load_cert_chain; in "
+            "[cluster], nats_tls_cert_file and nats_tls_key_file)"
+        )
+    elif any(word in upper for word in ("BAD_CERTIFICATE", "UNKNOWN_CA", "CERTIFICATE_UNKNOWN")):
+        hint = "the server refused our client certificate (is it signed by the server's CA?)"
+    elif "WRONG_VERSION_NUMBER" in upper or "RECORD_LAYER_FAILURE" in upper:
+        hint = "the server did not answer in TLS (does it use handshake_first, or no TLS?)"
+    else:
+        hint = "the TLS handshake failed"
+    return f"{server.shown}: {hint}: {reason}"
+
+
+def _refusal(server: _ServerURL, info: Mapping[str, Any], message: str) -> str:
+    """The message for the server's ``-ERR`` answer to CONNECT; no credentials in it."""
+    text = f"{server.shown}: server refused the connection: {message}"
+    if info.get("auth_required") and "authorization" in message.lower():
+        if "user" in server.auth:
+            text += " (check the user name and password in the URL)"
+        elif "auth_token" in server.auth:
+            text += " (check the token in the URL)"
+        else:
+            text += (
+                " (the server requires authentication and the URL has no credentials: "
+                "nats://USER:PASSWORD@HOST:PORT or nats://TOKEN@HOST:PORT)"
+            )
+    return text
 
 
 class NATSClient:
@@ -506,11 +675,17 @@ async def open_nats_client(
     connect_timeout: float = 5.0,
     low_water: int = DEFAULT_LOW_WATER,
     ping_interval: float = DEFAULT_PING_INTERVAL,
+    ssl_context: ssl.SSLContext | None = None,
+    tls_handshake_first: bool = False,
 ) -> AsyncIterator[NATSClient]:
     """Connect to the first of *url* (one URL or several) that answers, as *name*.
 
-    ``nats://[user:pass@]host[:port]``. Raises :class:`NATSConnectionError` with every
-    URL's failure if none connects within *connect_timeout* each. A PING every
+    ``nats://[user:pass@|token@]host[:port]``, or ``tls://`` to insist on TLS.
+    *ssl_context* verifies the server (and may hold a client certificate); without it,
+    a ``tls://`` URL uses the system's CAs and a ``nats://`` server that requires TLS is
+    an error. *tls_handshake_first*: for servers configured with ``handshake_first``.
+    Raises :class:`NATSConnectionError` with every URL's failure (no password or token
+    in it) if none connects within *connect_timeout* each. A PING every
     *ping_interval* seconds detects a server that went silent. Leaving the context
     sends what is buffered (at most ``CLOSE_FLUSH_TIMEOUT``) and closes the connection.
     """
@@ -521,15 +696,21 @@ async def open_nats_client(
     for candidate in urls:
         try:
             with trio.fail_after(connect_timeout if connect_timeout > 0 else math.inf):
-                stream, conn = await _handshake(candidate, name=name, no_echo=no_echo)
+                stream, conn = await _handshake(
+                    candidate,
+                    name=name,
+                    no_echo=no_echo,
+                    ssl_context=ssl_context,
+                    tls_handshake_first=tls_handshake_first,
+                )
             break
         except NATSConnectionError as exc:
             failures.append(str(exc))
         except (OSError, trio.TooSlowError, NATSProtocolError) as exc:
-            failures.append(f"{candidate}: {exc!r}")
+            failures.append(f"{redact_url(candidate)}: {exc!r}")
     else:
         raise NATSConnectionError("could not connect: " + "; ".join(failures))
-    log.debug("connected to %s as %r", candidate, name)
+    log.debug("connected to %s as %r", redact_url(candidate), name)
     try:
         async with trio.open_nursery() as nursery:
             client = NATSClient(
