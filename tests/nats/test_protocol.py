@@ -16,6 +16,7 @@ from trio_mqtt.errors import TrioMQTTError
 from trio_mqtt.nats.protocol import (
     DEFAULT_MAX_PAYLOAD,
     MAX_CONTROL_LINE,
+    MSG_LINE_CACHE_SIZE,
     NEED_DATA,
     Closed,
     Err,
@@ -103,6 +104,27 @@ def test_msg_payload_may_contain_crlf() -> None:
     payload = b"MSG x 1 2\r\n\r\nPING\r\n"
     line = f"MSG a 1 {len(payload)}\r\n".encode()
     assert events_of(line + payload + b"\r\nPING\r\n") == [Msg("a", 1, None, payload), Ping()]
+
+
+def test_a_msg_line_seen_before_parses_the_same_and_is_still_checked() -> None:
+    # the second and third lines are served from the connection's cache of parsed lines
+    line = b"MSG a.b 7 5\r\n"
+    events = events_of(INFO + line + b"hello\r\n" + line + b"world\r\n", line + b"again\r\n")
+    assert events[1:] == [Msg("a.b", 7, None, p) for p in (b"hello", b"world", b"again")]
+    with pytest.raises(NATSProtocolError, match="not followed by CRLF"):
+        events_of(INFO + line + b"hello\r\n" + line + b"hello!!\r\n")
+
+
+def test_the_cache_of_msg_lines_is_bounded() -> None:
+    conn = NATSConnection()
+    count = MSG_LINE_CACHE_SIZE * 3
+    conn.receive_data(b"".join(b"MSG s.%d 1 1\r\nx\r\n" % i for i in range(count)))
+    subjects = []
+    while (event := conn.next_event()) is not NEED_DATA:
+        assert isinstance(event, Msg)
+        subjects.append(event.subject)
+    assert subjects == [f"s.{i}" for i in range(count)]
+    assert len(conn._msg_lines) <= MSG_LINE_CACHE_SIZE
 
 
 def test_hmsg_with_headers_and_reply() -> None:

@@ -181,6 +181,8 @@ class Closed:
 Event = Info | Msg | Ping | Pong | Ok | Err | Closed
 
 _MSG_FIRST_BYTES: Final = frozenset(b"MHmh")
+#: How many distinct MSG control lines a connection remembers parsed (then it starts over).
+MSG_LINE_CACHE_SIZE: Final = 1024
 """First bytes of MSG and HMSG lines (everything else is a rarer control line)."""
 _PING = Ping()
 _PONG = Pong()
@@ -294,6 +296,9 @@ class NATSConnection:
         self._more: list[bytes] = []
         self._more_len = 0
         self._pending: _PendingMsg | None = None
+        # MSG control lines already parsed -> (subject, sid, reply, size): a subscriber
+        # of a few subjects sees the same few lines again and again (bounded)
+        self._msg_lines: dict[bytes, tuple[str, int, str | None, int]] = {}
         self._eof = False
         self.server_info: dict[str, Any] | None = None
         self.max_payload = DEFAULT_MAX_PAYLOAD
@@ -349,7 +354,16 @@ class NATSConnection:
                 self._pos = end + 2
                 if buf[pos] not in _MSG_FIRST_BYTES:
                     return self._parse_control(buf[pos:end])
-                parts = buf[pos:end].split()
+                line = buf[pos:end]
+                known = self._msg_lines.get(line)
+                if known is not None:  # the hot path: a MSG line seen before
+                    subject, sid, reply, size = known
+                    start = end + 2
+                    stop = start + size
+                    if buf.startswith(b"\r\n", stop):
+                        self._pos = stop + 2
+                        return Msg(subject, sid, reply, buf[start:stop])
+                parts = line.split()
                 count = len(parts)
                 if parts[0] == b"MSG" and count in (4, 5):  # the hot path, inline
                     try:
@@ -359,12 +373,15 @@ class NATSConnection:
                         # (startswith: no slice to compare)
                         if 0 <= size <= self.max_payload and buf.startswith(b"\r\n", stop):
                             self._pos = stop + 2
-                            return Msg(
-                                parts[1].decode(),
-                                int(parts[2]),
-                                parts[3].decode() if count == 5 else None,
-                                buf[start:stop],
-                            )
+                            subject = parts[1].decode()
+                            sid = int(parts[2])
+                            reply = parts[3].decode() if count == 5 else None
+                            if reply is None:  # (replies are unique: not worth keeping)
+                                lines = self._msg_lines
+                                if len(lines) >= MSG_LINE_CACHE_SIZE:
+                                    lines.clear()
+                                lines[line] = (subject, sid, reply, size)
+                            return Msg(subject, sid, reply, buf[start:stop])
                     except (ValueError, UnicodeDecodeError):
                         pass  # _parse_msg says what is wrong
                 elif parts[0] == b"HMSG" and count in (5, 6):  # cluster traffic, inline
