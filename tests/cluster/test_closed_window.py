@@ -1,13 +1,17 @@
-"""A node whose NATS connection is closed, before the DetachedLink takes its place (issue 13).
+"""A node whose NATS connection is closed (issue 13).
 
-When the connection to NATS breaks, the NATS client marks itself closed at once, but the
-cluster task puts a ``DetachedLink`` in the node's place only once the failure has come
-out of ``open_cluster_node``. Clients' tasks run in between, and the core calls the node
-from them. The tests hold that window open: they mark the node's NATS client closed as
-its reader does when the socket breaks, without breaking the socket, so the node is never
-replaced; then clients publish and subscribe through it. The broker must go on serving,
-as it does with a ``DetachedLink``: QoS 0 reaches local subscribers only, a QoS 1/2
-publisher is disconnected with 0x89, a SUBSCRIBE is answered at once.
+When the connection to NATS breaks, the NATS client marks itself closed, and the node
+stands down at once (``NATSClient.on_closed``): the core gets a ``DetachedLink``, and
+QoS 1/2 messages waiting for the stream are refused. The tests mark the node's NATS
+client closed as its reader does when the socket breaks, without breaking the socket.
+
+A call into the node may still be under way when that happens (another task was in it),
+so the node itself must behave like a ``DetachedLink`` too. Most tests here hold that
+window open: they mark the client closed without telling the node (``lose(...,
+tell_node=False)``), so the node is never replaced; then clients publish and subscribe
+through it. The broker must go on serving, as it does with a ``DetachedLink``: QoS 0
+reaches local subscribers only, a QoS 1/2 publisher is disconnected with 0x89, a
+SUBSCRIBE is answered at once.
 """
 
 from __future__ import annotations
@@ -59,8 +63,13 @@ async def client(node: Broker, client_id: str, version=V5) -> RawClient:  # type
     return raw
 
 
-def lose(nats: NATSClient) -> None:
-    """What the client's reader does when the socket breaks, the socket left as it is."""
+def lose(nats: NATSClient, *, tell_node: bool) -> None:
+    """What the client's reader does when the socket breaks, the socket left as it is.
+
+    ``tell_node=False``: the node is not told (as if a call into it was under way).
+    """
+    if not tell_node:
+        nats.on_closed = None
     nats._mark_closed(NATSConnectionClosed("connection lost: (test)"))
 
 
@@ -105,7 +114,7 @@ async def test_publishing_while_nats_is_closed_does_not_crash_the_broker(
             await subscribe(sub, "w/#")
             await node.sync()
             forwarded = node.forwarded
-            lose(node.nats)
+            lose(node.nats, tell_node=False)
             pub = await client(n1, "pub")
             if action in ("qos0", "retained"):
                 retain = action == "retained"
@@ -150,7 +159,10 @@ async def test_subscribing_while_nats_is_closed_does_not_crash_the_broker(
             await subscribe(old, "old/#")
             await node.sync()
             # the connection that carries this filter's subscription
-            lose(node.nats if topic_filter.startswith("new") else node.shared_nats)
+            lose(
+                node.nats if topic_filter.startswith("new") else node.shared_nats,
+                tell_node=False,
+            )
             newcomer = await client(n1, "newcomer")
             await subscribe(newcomer, topic_filter)  # at once: nothing to wait for
             # the router has it, so the node that joins next subscribes it in NATS
@@ -222,3 +234,50 @@ async def test_the_core_has_a_detached_link_while_a_failed_node_winds_down(
             assert seen and seen[-1] == "DetachedLink", seen  # the node's last save
             assert "NoneType" not in seen, seen
             assert isinstance(n1.core.cluster, DetachedLink)
+
+
+async def test_a_node_stands_down_the_moment_nats_is_found_closed(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The core gets its DetachedLink at once: a share group's member on this node gets
+    this node's messages again (through NATS it cannot any more)."""
+    caplog.set_level(logging.WARNING)
+    with trio.fail_after(30):
+        async with one_node(nats_server) as n1:
+            node = n1.cluster
+            assert isinstance(node, ClusterNode)
+            member = await client(n1, "member")
+            await subscribe(member, "$share/g/s/+")
+            plain = await client(n1, "plain")
+            await subscribe(plain, "s/#")
+            await node.sync()
+            lose(node.shared_nats, tell_node=True)
+            assert isinstance(n1.core.cluster, DetachedLink)
+            assert not n1.core.router.shared_elsewhere
+            pub = await client(n1, "pub", V311)
+            await pub.send(Publish("s/1", b"here"))
+            for receiver in (member, plain):
+                with trio.fail_after(1):
+                    got = await receiver.receive()
+                assert isinstance(got, Publish) and got.payload == b"here", got
+            await still_serving(n1, "stood-down")
+            no_unhandled_errors(caplog)
+
+
+async def test_messages_waiting_for_the_stream_are_refused_when_nats_is_lost(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No answer can come for them: their publishers are disconnected (0x89) at once, to
+    send them again, rather than left waiting for an acknowledgement."""
+    monkeypatch.setattr(ClusterNode, "_on_stored", lambda self, msg: None)  # answer lost
+    with trio.fail_after(30):
+        async with one_node(nats_server) as n1:
+            node = n1.cluster
+            assert isinstance(node, ClusterNode)
+            pub = await client(n1, "pub")
+            await pub.send(Publish("w/1", b"in the air", qos=1, packet_id=3))
+            await wait_until(lambda: bool(node._stores), "the store is sent")
+            lose(node.nats, tell_node=True)
+            with trio.fail_after(1):
+                assert_refused(await pub.expect_closed())
+            assert not node._stores

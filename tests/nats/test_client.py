@@ -236,6 +236,21 @@ async def test_server_death_fails_requests_and_the_body(nats_server: NatsServer)
     assert len(failures) <= 1  # the request saw it too, unless cancelled first
 
 
+async def test_on_closed_is_called_once_before_the_tasks_see_the_loss(
+    nats_server: NatsServer,
+) -> None:
+    seen: list[tuple[str, bool]] = []
+    with trio.fail_after(5), pytest.raises(ExceptionGroup) as caught:
+        async with open_nats_client(nats_server.url, name="t") as client:
+            client.on_closed = lambda exc: seen.append((str(exc), client.is_closed))
+            await client.flush()
+            nats_server.kill()
+            await trio.sleep_forever()
+    assert caught.group_contains(NATSConnectionClosed)
+    assert len(seen) == 1, seen  # once, although the client is also closed at the end
+    assert seen[0][1]  # (already marked closed: calls into it fail from then on)
+
+
 async def test_connect_failure_lists_every_url(nats_server: NatsServer) -> None:
     bad = "nats://127.0.0.1:1"
     with trio.fail_after(5):

@@ -220,13 +220,34 @@ class ClusterNode:
     # large for it): they reached this node's subscribers only
     dropped: int = 0
 
+    def stand_down(self, _why: object = None) -> None:
+        """NATS is gone: the core gets a ``DetachedLink`` (``detach``), and the QoS 1/2
+        messages waiting for the stream's answer, which cannot come, are refused
+        (``refuse_pending_stores``). Called the moment either NATS connection is found
+        closed, before the node's block ends."""
+        self.detach()
+        self.refuse_pending_stores()
+
+    def detach(self) -> None:
+        """From now on the core has a ``DetachedLink``: its own clients only (local
+        routing, share groups served here, QoS 1/2 refused). Idempotent."""
+        if self.core.cluster is self:
+            self.core.leave_cluster(stand_in=DetachedLink(self.core))
+
+    def refuse_pending_stores(self) -> None:
+        """Refuse (5.0: 0x89) the QoS 1/2 messages still waiting for the stream's answer,
+        so that their publishers send them again (to a node that can store them)."""
+        stores, self._stores = self._stores, {}
+        for conn, packet_id, message, _sent in stores.values():
+            self.core.stored(conn, packet_id, message, None)
+
     # ------------------------------------------------------------ ClusterLink (core)
 
     # Every method the core calls behaves like DetachedLink's once the NATS client is
-    # closed: between the connection breaking and the cluster task putting a
-    # DetachedLink in the node's place, other tasks (clients' readers, housekeeping)
-    # still call the node, and an exception from NATS must not reach them. A try costs
-    # nothing in CPython 3.11 when nothing is raised, unlike a check per message.
+    # closed. The node stands down the moment a NATS client finds its connection closed
+    # (``on_closed``), but a call may already be under way, and an exception from NATS
+    # must not reach the clients' tasks that call the node. A try costs nothing in
+    # CPython 3.11 when nothing is raised, unlike a check per message.
 
     def forward(self, message: Message) -> None:
         self._sequence += 1
@@ -1136,6 +1157,7 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
             sessions=sessions,
         )
         node._idle.set()
+        nats.on_closed = shared_nats.on_closed = node.stand_down
         node.raise_stream_floor(stream_info)
         async with trio.open_nursery() as nursery:
             retained_watch = await retained.watch(">", node._on_retained, include_current=True)
@@ -1159,7 +1181,7 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
                 # a stand-in until the block is left: what this node decides from here on
                 # cannot reach NATS (a QoS 1/2 message is refused, not acknowledged
                 # unstored); it stays if the block ends with an error (NATS lost)
-                core.leave_cluster(stand_in=DetachedLink(core))
+                node.detach()
                 if node.connect_hook in core.connect_hooks:
                     core.connect_hooks.remove(node.connect_hook)
                 with trio.move_on_after(CLOSE_TIMEOUT) as scope:
@@ -1174,6 +1196,8 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
                         await nodes.delete(node.origin)  # a clean leave: nobody reaps it
                     except (NATSError, trio.TooSlowError) as exc:
                         log.warning("cluster: node %s left without a clean goodbye: %s", name, exc)
+                # (stores answered meanwhile were acknowledged; no answer comes any more)
+                node.refuse_pending_stores()
                 nursery.cancel_scope.cancel()
     core.leave_cluster()
     log.info("cluster: node %s left", name)

@@ -375,6 +375,9 @@ class NATSClient:
         self._next_token = 0
         self._closed: NATSConnectionClosed | None = None
         self._server_error: str | None = None
+        self.on_closed: Callable[[NATSConnectionClosed], None] | None = None
+        """Called once, synchronously, the moment the connection is found closed (lost,
+        or closed by us): before any task sees ``NATSConnectionClosed``. Must not raise."""
 
     # -- state ------------------------------------------------------------------------
 
@@ -648,6 +651,8 @@ class NATSClient:
         while self._pongs:
             self._pongs.popleft().set()
         self._progress.set()
+        if self.on_closed is not None:
+            self.on_closed(exc)
 
     async def _close(self) -> None:
         """Send what is buffered (briefly), mark the client closed, stop its tasks.
