@@ -401,44 +401,43 @@ _WIRE_HEAD = re.compile(rb"n[0-9]{1,20}(?: s[0-9]{1,20})?")
 
 def decode_wire_parts(topic: str, data: bytes, now: float) -> tuple[Message, str, int]:
     """:func:`decode_wire` as (message, origin node, origin sequence): no ``Origin``."""
+    # the common case: a line as encode_wire writes it, its constant part seen before
+    head, newline, payload = data.partition(b"\n")
+    numbers, marker, key = head.partition(b" o")
+    constants = _wire_constants.get(key) if marker and newline else None
+    if constants is not None and numbers[:1] == b"n":
+        node, qos, retain, properties, publisher, peer = constants
+        digits = numbers[1:]
+        if digits.isdigit():
+            if len(digits) <= 20:
+                sequence = int(digits)
+                if sequence <= _MAX_UINT64:
+                    message = Message(topic, payload, qos, retain, properties, publisher, peer, now)
+                    return message, node, sequence
+        else:
+            text, _, stream_text = digits.partition(b" s")
+            if (
+                text.isdigit()
+                and stream_text.isdigit()
+                and len(text) <= 20
+                and len(stream_text) <= 20
+            ):
+                sequence = int(text)
+                stream_sequence = int(stream_text)
+                if sequence <= _MAX_UINT64 and stream_sequence <= _MAX_UINT64:
+                    message = StoredMessage(
+                        topic,
+                        payload,
+                        qos,
+                        retain,
+                        properties,
+                        publisher,
+                        peer,
+                        now,
+                        stream_sequence,
+                    )
+                    return message, node, sequence
     end = data.find(b"\n")
-    if end > 0:
-        split = data.find(b" o", 0, end)
-        if split > 0 and data[0] == 110:  # "n": the envelope line encode_wire writes
-            constants = _wire_constants.get(data[split + 2 : end])
-            if constants is not None:
-                numbers = data[1:split]
-                node, qos, retain, properties, publisher, peer = constants
-                if numbers.isdigit() and split <= 21:
-                    sequence = int(numbers)
-                    if sequence <= _MAX_UINT64:
-                        message = Message(
-                            topic, data[end + 1 :], qos, retain, properties, publisher, peer, now
-                        )
-                        return message, node, sequence
-                else:
-                    text, _, stream_text = numbers.partition(b" s")
-                    if (
-                        text.isdigit()
-                        and stream_text.isdigit()
-                        and len(text) <= 20
-                        and len(stream_text) <= 20
-                    ):
-                        sequence = int(text)
-                        stream_sequence = int(stream_text)
-                        if sequence <= _MAX_UINT64 and stream_sequence <= _MAX_UINT64:
-                            message = StoredMessage(
-                                topic,
-                                data[end + 1 :],
-                                qos,
-                                retain,
-                                properties,
-                                publisher,
-                                peer,
-                                now,
-                                stream_sequence,
-                            )
-                            return message, node, sequence
     message, origin = _decode_wire_fields(topic, data, end, now)
     # remember the constant part if this line has the layout encode_wire writes
     split = data.find(b" o", 0, end)
