@@ -42,7 +42,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -149,6 +149,20 @@ def owner_key(client_id: str) -> str:
     return hashlib.sha256(client_id.encode()).hexdigest()[:40]
 
 
+@attrs.frozen
+class CatchUp:
+    """What a node that lost NATS leaves to the node that joins after it.
+
+    ``first``: the stream sequence to read back from; ``origin``: the lost node's
+    origin (its own messages were routed here already); ``qos2``: the stream sequences
+    of the QoS 2 messages it had received since about ``first`` (not to deliver twice).
+    """
+
+    first: int
+    origin: str
+    qos2: frozenset[int]
+
+
 @attrs.define(eq=False)
 class ClusterNode:
     """This broker's side of the cluster (the core's ``ClusterLink``)."""
@@ -199,6 +213,13 @@ class ClusterNode:
     # stream: a session's cursor stays below every message still owed to it.
     _stream_floor: int = 1
     _floor_seen: int = 0  # its value at the last heartbeat
+    # its value one heartbeat earlier (1-2 s ago): every message stored before then and
+    # routed here has arrived; where a catch-up after losing NATS starts (CatchUp)
+    _floor_back: int = 1
+    # the stream sequences of the QoS 2 messages received since about _floor_back: what
+    # a catch-up must not deliver again (QoS 1 may come twice; QoS 2 must not)
+    _recent_qos2: set[int] = attrs.Factory(set)
+    _catching_up: bool = False
     # per persistent session: what its record last said (to skip unchanged ones) and the
     # highest stream sequence seen outstanding in it
     _session_records: dict[str, tuple[object, int]] = attrs.Factory(dict)
@@ -502,8 +523,10 @@ class ClusterNode:
         if self._repeats.repeated(node, sequence):
             return  # (a repeat: it matched several of this node's filters)
         self.received += 1
-        if message.qos and message.sequence > self._stream_floor:
-            self._stream_floor = message.sequence
+        if message.qos:
+            self._stream_floor = max(self._stream_floor, message.sequence)
+            if message.qos == 2:  # (routed once stored: its sequence is exact)
+                self._recent_qos2.add(message.sequence)
         core.publish(message, from_cluster=True)
         # Cross-node traffic is not held back per publisher: a slow subscriber here is
         # bounded by its queue budget (drops counted), as for in-process publishes.
@@ -744,7 +767,8 @@ class ClusterNode:
             (item[0], SubscriptionOptions(*item[1:])) for item in record["subscriptions"]
         )
         acked, sent = int(record["acked"]), int(record["sent"])
-        messages = await self._replay(subscriptions, acked + 1)
+        replayed = await self._replay([f for f, _options in subscriptions], acked + 1)
+        messages = [message for message, _origin in replayed]
         router = Router()
         for topic_filter, options in subscriptions:
             router.subscribe(client_id, topic_filter, options)
@@ -781,15 +805,15 @@ class ClusterNode:
         )
 
     async def _replay(
-        self, subscriptions: tuple[tuple[str, SubscriptionOptions], ...], first: int
-    ) -> list[Message]:
-        """The stream's messages from sequence ``first`` on that match ``subscriptions``,
-        in stream order, each once."""
+        self, topic_filters: Iterable[str], first: int
+    ) -> list[tuple[StoredMessage, str]]:
+        """The stream's messages from sequence ``first`` on that match ``topic_filters``,
+        in stream order, each once, with the node they entered the cluster through."""
         subjects: set[str] = set()
-        for topic_filter, _options in subscriptions:
+        for topic_filter in topic_filters:
             _group, plain = parse_shared_filter(topic_filter)
             subjects.update(filter_to_subjects(plain, STREAM_PREFIX))
-        found: dict[int, Message] = {}
+        found: dict[int, tuple[StoredMessage, str]] = {}
         now = self.core.now()
         for subject in subjects:
             start = first
@@ -805,10 +829,10 @@ class ClusterNode:
                     sequence = int(reply.headers.get("Nats-Sequence") or 0)
                     stream_subject = reply.headers.get("Nats-Subject") or ""
                     topic = subject_to_topic(stream_subject, STREAM_PREFIX)
-                    message, _origin = message_from_nats(
+                    message, origin = message_from_nats(
                         topic, reply.payload, reply.headers.as_dict(), now=now
                     )
-                    found[sequence] = StoredMessage.of(message, sequence)
+                    found[sequence] = (StoredMessage.of(message, sequence), origin.node)
                     start = max(start, sequence + 1)
                     got += 1
                 if got < 1000:
@@ -882,6 +906,56 @@ class ClusterNode:
         for chunk in encode_session(saved, origin=self.origin, now=now):
             self.nats.publish(msg.reply, chunk)
 
+    def catch_up_point(self) -> CatchUp:
+        """Where the node that joins after this one (NATS lost) catches up from."""
+        return CatchUp(self._floor_back, self.origin, frozenset(self._recent_qos2))
+
+    async def catch_up(self, since: CatchUp) -> None:
+        """Deliver here what the stream stored while this node was cut off from NATS.
+
+        Live messages between nodes travel over core NATS, so the QoS 1/2 messages
+        routed to this node while it had no NATS connection never arrived: read them
+        back from the stream (from ``since.first``: a little before the loss, so QoS 1
+        messages of its last moments may come twice) for the filters held here, and
+        route them as if they had just come from their node. Not again: what this node
+        published itself (routed here already) and the QoS 2 messages received before
+        the loss or since the join. Share groups are left out (their members elsewhere
+        may have had them).
+        """
+        self._catching_up = True
+        try:
+            filters = [f for f in self.core.router.filters() if not f.startswith(SHARE_PREFIX)]
+            if not filters:
+                return
+            replayed = await self._replay(filters, since.first)
+            own = {since.origin, self.origin}
+            delivered = 0
+            for message, origin in replayed:
+                sequence = message.sequence
+                if origin in own or sequence in since.qos2 or sequence in self._recent_qos2:
+                    continue
+                if message.qos == 2:
+                    self._recent_qos2.add(sequence)
+                self.core.publish(message, from_cluster=True)
+                delivered += 1
+            if delivered:
+                log.warning(
+                    "cluster: delivered %d message(s) stored while this node was cut off "
+                    "from NATS (QoS 1 ones may come twice)",
+                    delivered,
+                )
+            if len(replayed) >= MAX_REPLAY:
+                log.error(
+                    "cluster: more than %d messages were stored while this node was cut "
+                    "off from NATS: only the first %d were delivered here",
+                    MAX_REPLAY,
+                    MAX_REPLAY,
+                )
+        except (NATSError, trio.TooSlowError) as exc:
+            log.error("cluster: could not read back what was stored meanwhile: %s", exc)
+        finally:
+            self._catching_up = False
+
     async def heartbeat(self) -> None:
         """Keep this node's key alive; when it expires, the others take its wills."""
         value = json.dumps({"node": self.name}).encode()
@@ -897,6 +971,9 @@ class ClusterNode:
                     await self.refresh_stream_floor()
                 except (NATSError, trio.TooSlowError) as exc:
                     log.debug("cluster: stream's last sequence not read: %s", exc)
+            if not self._catching_up:  # (until then, a new loss catches up from as far)
+                self._floor_back = back = self._floor_seen
+                self._recent_qos2 = {seq for seq in self._recent_qos2 if seq >= back}
             self._floor_seen = self._stream_floor
             await trio.sleep(HEARTBEAT_INTERVAL)
 
@@ -1094,8 +1171,13 @@ def payload_limit_warning(server_info: dict[str, Any], max_packet_size: int) -> 
 
 
 @asynccontextmanager
-async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIterator[ClusterNode]:
+async def open_cluster_node(
+    core: BrokerCore, config: ClusterConfig, catch_up: CatchUp | None = None
+) -> AsyncIterator[ClusterNode]:
     """Join the cluster for the duration of the block (see the module docstring).
+
+    ``catch_up``: this broker's previous node lost NATS (``catch_up_point``); once the
+    node's subscriptions are in place, what was stored meanwhile is delivered here.
 
     From the block's end until this returns the core has a ``DetachedLink``; if the
     node fails (NATS lost) it keeps it, and the caller decides what comes next.
@@ -1159,6 +1241,10 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
         node._idle.set()
         nats.on_closed = shared_nats.on_closed = node.stand_down
         node.raise_stream_floor(stream_info)
+        node._floor_back = node._floor_seen = node._stream_floor
+        if catch_up is not None:
+            node._floor_back = min(node._floor_back, catch_up.first)
+            node._recent_qos2.update(catch_up.qos2)
         async with trio.open_nursery() as nursery:
             retained_watch = await retained.watch(">", node._on_retained, include_current=True)
             owners_watch = await owners.watch(">", node._on_owner, include_current=False)
@@ -1174,6 +1260,11 @@ async def open_cluster_node(core: BrokerCore, config: ClusterConfig) -> AsyncIte
             core.join_cluster(node, node.interest_changed)
             node.subscribe_existing()
             nursery.start_soon(node.write_loop)
+            if catch_up is not None:
+                # after the subscriptions: what is stored from now on comes live (or is
+                # read back too, and not delivered twice if it is QoS 2)
+                await node.nats.flush()
+                nursery.start_soon(node.catch_up, catch_up)
             log.info("cluster: node %s joined through %s", name, ", ".join(map(redact_url, urls)))
             try:
                 yield node

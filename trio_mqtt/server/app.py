@@ -32,7 +32,7 @@ from trio_mqtt.broker.enhanced_auth import Authenticator
 from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.stats import DROP_LOCAL_BUFFER_FULL, BrokerStats
 from trio_mqtt.broker.sys_topics import SysTopics
-from trio_mqtt.cluster.node import ClusterNode, DetachedLink, open_cluster_node
+from trio_mqtt.cluster.node import CatchUp, ClusterNode, DetachedLink, open_cluster_node
 from trio_mqtt.config import BrokerConfig, ClusterConfig, HttpConfig
 from trio_mqtt.config_reload import ReloadReport, changed_keys, plan_reload
 from trio_mqtt.errors import ConfigError, LocalProtocolError, RemoteProtocolError
@@ -585,10 +585,14 @@ async def _be_cluster_node(
     core = broker.core
     started = False
     delay = REJOIN_DELAY
+    # what the next node catches up on: set when a node lost NATS, kept until one joins
+    catch_up: CatchUp | None = None
     with trio.CancelScope(shield=True) as scope:
         while not leaving.is_set():
+            node: ClusterNode | None = None
             try:
-                async with open_cluster_node(core, config) as node:
+                async with open_cluster_node(core, config, catch_up) as node:
+                    catch_up = None
                     broker.cluster = node
                     if not started:
                         task_status.started()
@@ -601,6 +605,8 @@ async def _be_cluster_node(
             except* (NATSError, trio.TooSlowError, OSError) as group:
                 if not started:
                     raise  # cannot join at startup: the broker does not start
+                if node is not None:
+                    catch_up = node.catch_up_point()
                 broker.cluster = None
                 core.leave_cluster(stand_in=DetachedLink(core))
                 log.error(
