@@ -21,6 +21,7 @@ from nats_server import NatsServer, running_nats_server
 from rawclient import RawClient
 
 from trio_mqtt import Broker, open_broker, serve
+from trio_mqtt.broker.connection_view import STORE_WINDOW
 from trio_mqtt.cluster.envelope import decode_wire_parts
 from trio_mqtt.cluster.node import (
     HEARTBEAT_INTERVAL,
@@ -33,6 +34,7 @@ from trio_mqtt.cluster.node import (
 )
 from trio_mqtt.cluster.subjects import topic_to_subject
 from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
+from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
     Disconnect,
     Properties,
@@ -420,6 +422,44 @@ async def test_a_qos_1_message_is_routed_with_a_lower_bound_of_its_stream_sequen
         await publishes(sub, 3)
         carried, stored = await _carried_and_stored(checker, pub2, "f/2", 2)
         assert stored - 1 <= carried <= stored
+
+
+async def test_a_publisher_that_does_not_wait_for_pubacks_is_read_no_faster_than_stored(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 3.1.1 client sends 500 QoS 1 messages of 1 KiB at once while the stream does not
+    answer: the node takes no more than STORE_WINDOW of them (one read's worth more) and
+    leaves the rest in the client's socket; once the stream answers, every one is
+    acknowledged."""
+    count = 500
+    held: list[Msg] = []
+    answer = ClusterNode._on_stored
+    stream_answers = False
+
+    def slow_stream(self: ClusterNode, msg: Msg) -> None:
+        if stream_answers:
+            answer(self, msg)
+        else:
+            held.append(msg)
+
+    monkeypatch.setattr(ClusterNode, "_on_stored", slow_stream)
+    async with open_nodes(nats_server, 1) as (n1,):
+        node = n1.cluster
+        assert isinstance(node, ClusterNode)
+        pub = await client(n1, "flood", V311)
+        data = b"".join(
+            encode(Publish(topic="flood/1", payload=b"x" * 1024, qos=1, packet_id=packet_id), V311)
+            for packet_id in range(1, count + 1)
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pub.send_raw, data)  # (blocks once the node stops reading)
+            await trio.sleep(0.3)
+            assert STORE_WINDOW <= len(node._stores) <= STORE_WINDOW + 65536 // 1024
+            stream_answers = True
+            for msg in held:
+                answer(node, msg)
+            acks = [await pub.receive(10) for _ in range(count)]
+        assert acks == [Puback(packet_id) for packet_id in range(1, count + 1)]
 
 
 async def test_a_message_the_stream_cannot_take_is_not_acknowledged(

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import attrs
-from helpers import V5, V311, Client, make_core
+from helpers import V5, V311, Client, FakeClock, make_core
 
-from trio_mqtt.broker.connection_view import ClientConnection
+from trio_mqtt.broker.connection_view import STORE_WINDOW, STORE_WINDOW_BYTES, ClientConnection
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
 from trio_mqtt.mqtt.packets import (
@@ -369,3 +369,56 @@ def test_leaving_the_cluster_makes_a_single_node_again() -> None:
     assert core.router.on_interest is None
     core.leave_cluster()
     assert core.cluster is None
+
+
+def test_a_publisher_is_held_back_while_a_window_of_its_messages_is_being_stored() -> None:
+    """A client that publishes QoS 1 without waiting for PUBACKs: the broker stops reading
+    from it while STORE_WINDOW messages (or STORE_WINDOW_BYTES) wait for the stream."""
+    core, link = clustered_core()
+    reliefs: list[int] = []
+    core.on_relief = lambda: reliefs.append(1)
+    publisher = Client(core, V311)
+    publisher.connect("pub")
+    for packet_id in range(1, STORE_WINDOW):
+        publisher.send(Publish(topic="t", payload=b"x", qos=1, packet_id=packet_id))
+    assert not publisher.conn.held_back()
+    publisher.send(Publish(topic="t", payload=b"x", qos=1, packet_id=STORE_WINDOW))
+    assert publisher.conn.held_back()
+    stores, link.stores = link.stores, []
+    message, conn, packet_id = stores.pop(0)
+    core.stored(conn, packet_id, message, 1)  # one answered: below the window again
+    assert reliefs == [1]
+    assert not publisher.conn.held_back()
+    assert publisher.packets() == [Puback(1)]
+
+
+def test_the_store_window_counts_bytes_too() -> None:
+    core, link = clustered_core()
+    publisher = Client(core, V311)
+    publisher.connect("pub")
+    payload = b"x" * (STORE_WINDOW_BYTES // 2)
+    publisher.send(Publish(topic="t", payload=payload, qos=1, packet_id=1))
+    assert not publisher.conn.held_back()
+    publisher.send(Publish(topic="t", payload=payload, qos=2, packet_id=2))
+    assert publisher.conn.held_back()
+    link.answer_stores(core)
+    assert not publisher.conn.held_back()
+    assert publisher.packets() == [Puback(1), Pubrec(2)]
+
+
+def test_time_held_back_by_the_store_window_does_not_count_towards_the_keep_alive() -> None:
+    clock = FakeClock()
+    core = make_core(clock)
+    link = RecordingLink(core=core)
+    core.join_cluster(link, lambda: None)
+    publisher = Client(core, V311)
+    publisher.connect("pub", keep_alive=10)
+    for packet_id in range(1, STORE_WINDOW + 1):
+        publisher.send(Publish(topic="t", payload=b"x", qos=1, packet_id=packet_id))
+    deadline = publisher.conn.next_deadline()
+    assert publisher.conn.held_back()
+    clock.now += 60  # the stream is slow: a minute without reading from the client
+    assert publisher.conn.held_back()
+    link.answer_stores(core)
+    assert not publisher.conn.held_back()
+    assert publisher.conn.next_deadline() == deadline + 60

@@ -15,7 +15,15 @@ from trio_mqtt.mqtt.packets import ProtocolVersion, Puback, Pubrec, Will
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 
-__all__ = ["CONGESTION_HIGH", "CONGESTION_LOW", "MAX_IN_FLIGHT", "ClientConnection", "CloseReason"]
+__all__ = [
+    "CONGESTION_HIGH",
+    "CONGESTION_LOW",
+    "MAX_IN_FLIGHT",
+    "STORE_WINDOW",
+    "STORE_WINDOW_BYTES",
+    "ClientConnection",
+    "CloseReason",
+]
 
 # A connection is congested above CONGESTION_HIGH bytes queued for a writer that could
 # send them, and stays so until they are below CONGESTION_LOW. High enough that a read of
@@ -23,6 +31,12 @@ __all__ = ["CONGESTION_HIGH", "CONGESTION_LOW", "MAX_IN_FLIGHT", "ClientConnecti
 # milliseconds of work (see docs/configuration.md, "Queues and flow control").
 CONGESTION_HIGH = 512 * 1024
 CONGESTION_LOW = 256 * 1024
+# A client's QoS 1/2 messages that a cluster is storing (not yet acknowledged): while it
+# has STORE_WINDOW of them, or STORE_WINDOW_BYTES, the broker reads no more from it, so
+# that a client publishing without waiting for acknowledgements cannot fill the
+# broker's memory while the stream answers (held_back()).
+STORE_WINDOW = 100
+STORE_WINDOW_BYTES = 1024 * 1024
 # The largest packet identifier: clients without a Receive Maximum of their own (3.1.1,
 # or 5.0 without the property) can have this many QoS 1/2 messages in flight.
 MAX_IN_FLIGHT = 65535
@@ -91,6 +105,11 @@ class ClientConnection(Protocol):
 
     def acknowledge(self, packet: Puback | Pubrec) -> None:
         """Send the acknowledgement of a PUBLISH decided after it was read."""
+
+    def storing(self, size: int) -> None:
+        """A QoS 1/2 message of ``size`` bytes from it went to the cluster's stream; its
+        ``acknowledge`` follows in the same order (or the connection is closed)."""
+        ...
 
     def release_session(self) -> Will | None:
         """Another connection takes its session over: let go of it; its will, if any."""

@@ -1048,6 +1048,7 @@ class BrokerCore:
                 # QoS 1 is routed at once, while the stream stores it: if the store
                 # fails, the publisher sends it again and subscribers may get it twice,
                 # which QoS 1 allows. QoS 2 (exactly once) is routed once stored.
+                conn.storing(len(packet.payload) + len(topic))
                 if qos == 2:
                     session.inflight_in.add(packet_id)
                     cluster.store(message, conn, packet_id)

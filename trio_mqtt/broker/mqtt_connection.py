@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -34,6 +35,8 @@ from trio_mqtt.broker.connection_view import (
     CONGESTION_HIGH,
     CONGESTION_LOW,
     MAX_IN_FLIGHT,
+    STORE_WINDOW,
+    STORE_WINDOW_BYTES,
     ClientConnection,
     CloseReason,
 )
@@ -151,6 +154,11 @@ class MQTTConnection:
     _window_full: bool = False
     # congested connections this one published to in its last read (held_back())
     _held_back_by: set[ClientConnection] | None = None
+    # sizes of its QoS 1/2 messages a cluster is storing, oldest first (the answers come
+    # in order), and their sum; when the store window held it back (None: it does not)
+    _storing: deque[int] = attrs.Factory(deque)
+    _storing_bytes: int = 0
+    _store_held_since: float | None = None
     # what was already logged about this connection (log once, not per packet)
     _logged: frozenset[str] = frozenset()  # replaced, not grown: most stay empty
     # a CONNECT waiting for an offloaded check, or a SUBACK waiting for the cluster, and
@@ -433,11 +441,22 @@ class MQTTConnection:
         return self.congested
 
     def held_back(self) -> bool:
-        """True while a client this one last published to is congested.
+        """True while a client this one last published to is congested, or while a
+        cluster is storing a window's worth of its messages (``STORE_WINDOW``).
 
         The server layer reads no more from this client until it is False: the broker
-        takes messages no faster than it can hand them on.
+        takes messages no faster than it can hand them on (or store them).
         """
+        if self._storing and (
+            len(self._storing) >= STORE_WINDOW or self._storing_bytes >= STORE_WINDOW_BYTES
+        ):
+            if self._store_held_since is None:
+                self._store_held_since = self.core.now()
+            return True
+        if self._store_held_since is not None:
+            # the broker's wait, not the client's silence: not counted in the keep alive
+            self._timer_start += self.core.now() - self._store_held_since
+            self._store_held_since = None
         held_back_by = self._held_back_by
         if held_back_by is None:
             return False
@@ -533,9 +552,20 @@ class MQTTConnection:
         self._close(reason, detail)
         self.on_output()
 
+    def storing(self, size: int) -> None:
+        self._storing.append(size)
+        self._storing_bytes += size
+
     def acknowledge(self, packet: Puback | Pubrec) -> None:
         """Send an acknowledgement the core decided after the PUBLISH was read (a
         cluster stored the message first); nothing once the connection is closing."""
+        if self._storing:
+            held = self._store_held_since is not None
+            self._storing_bytes -= self._storing.popleft()
+            if held and (
+                len(self._storing) < STORE_WINDOW and self._storing_bytes < STORE_WINDOW_BYTES
+            ):
+                self.core.on_relief()  # (its reader waits for held_back() to change)
         if self.state is ConnectionState.CONNECTED and self.close_reason is None:
             self._send(packet)
             self.on_output()
