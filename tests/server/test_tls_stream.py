@@ -6,7 +6,8 @@ as in the broker); some on ``trio.testing`` memory streams (every byte through t
 transport's methods: the path without a descriptor). They check the stream's contract
 (handshake, records larger than 16 KiB, bounded reads, EOF with and without
 close_notify, a peer closing mid-record, garbage instead of TLS, close_notify on a
-forceful close), and ``run_connection`` on top.
+forceful close) and, through ``run_connection``, that TLS answers go out without the
+writer task.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ from helpers import PEER, V311, make_core
 
 from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import (
+    Connack,
     Connect,
     Pingreq,
     Pingresp,
     Puback,
     Publish,
+    Suback,
     Subscribe,
     SubscriptionRequest,
 )
 from trio_mqtt.peer import PeerInfo
+from trio_mqtt.server import connection
 from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.rejection import TLSHandshakeRejected
@@ -333,6 +337,42 @@ async def read_packets(
         assert data, f"connection closed after {len(packets)} of {count} packets"
         packets += reader.feed(data)
     return packets
+
+
+async def test_tls_answers_go_out_without_the_writer_task(
+    pki: TestPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PINGREQ -> PINGRESP and PUBLISH -> PUBACK + own delivery, one at a time: the reader
+    # encrypts and writes every answer itself (with trio's SSLStream every one of them
+    # went through a writer task).
+    writers = 0
+    real_write_loop = connection._write_loop
+
+    async def counting_write_loop(*args: Any) -> None:
+        nonlocal writers
+        writers += 1
+        await real_write_loop(*args)
+
+    monkeypatch.setattr(connection, "_write_loop", counting_write_loop)
+    reader = PacketReader(protocol_version=V311, server_side=False)
+    async with tls_pair(pki) as (client, server, peer), trio.open_nursery() as nursery:
+        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer)
+        await client.send_all(encode(Connect(client_id="tls", keep_alive=60), V311))
+        subscribe = Subscribe(packet_id=1, subscriptions=(SubscriptionRequest("t/#", 1),))
+        await client.send_all(encode(subscribe, V311))
+        assert await read_packets(client, reader, 2) == [
+            Connack(),
+            Suback(packet_id=1, reason_codes=(1,)),
+        ]
+        for n in range(1, 21):
+            await client.send_all(encode(Pingreq(), V311))
+            assert await read_packets(client, reader, 1) == [Pingresp()]
+            publish = Publish(topic="t/x", payload=b"%d" % n, qos=1, packet_id=n)
+            await client.send_all(encode(publish, V311))
+            got = await read_packets(client, reader, 2)
+            assert Puback(n) in got
+        nursery.cancel_scope.cancel()
+    assert writers == 0
 
 
 async def test_tls_connection_under_back_pressure_loses_and_reorders_nothing(
