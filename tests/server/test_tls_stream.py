@@ -16,13 +16,16 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 from helpers import PEER, V311, make_core
+from tools import require_tool
 
+from trio_mqtt.config import ListenerConfig
 from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import (
     Connack,
@@ -43,6 +46,7 @@ from trio_mqtt.server.rejection import TLSHandshakeRejected
 from trio_mqtt.server.tls import ServerTLS, tls_handshake
 from trio_mqtt.server.tls_stream import TLSStream
 from trio_mqtt.server.watched_stream import WatchedSocketStream
+from trio_mqtt.testing import open_test_broker
 
 from .certs import CertFiles, TestPKI
 
@@ -420,3 +424,42 @@ async def test_garbage_on_a_tls_connection_closes_it_without_a_crash(pki: TestPK
         # run_connection returned on its own, and closed the stream
         with pytest.raises(trio.ClosedResourceError):
             await server.receive_some()
+
+
+# ------------------------------------------------------------------ another TLS stack
+
+
+async def test_mosquitto_clients_over_tls_with_a_large_retained_message(
+    pki: TestPKI, tmp_path: Path
+) -> None:
+    # OpenSSL's C client side (libmosquitto) against our stream: a 200 KiB QoS 1
+    # PUBLISH in (many records), the same as a retained message out, client
+    # certificates as usernames.
+    pub, sub = require_tool("mosquitto_pub"), require_tool("mosquitto_sub")
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(bytes(range(256)) * 800)
+    listener = ListenerConfig(
+        name="tls",
+        host="127.0.0.1",
+        port=0,
+        transport="tls",
+        tls=pki.tls_config(require_client_cert=True, use_identity_as_username=True),
+    )
+    async with open_test_broker(listeners=(listener,)) as broker:
+        common = ["-h", "127.0.0.1", "-p", str(broker.port), "--cafile", pki.ca_file]
+        common += ["--cert", pki.alice.certfile, "--key", pki.alice.keyfile, "-q", "1"]
+        with trio.fail_after(20):
+            published = await trio.run_process(
+                [pub, *common, "-t", "big", "-r", "-f", str(payload)],
+                capture_stderr=True,
+                check=False,
+            )
+            assert published.returncode == 0, published.stderr
+            received = await trio.run_process(
+                [sub, *common, "-t", "big", "-C", "1", "-F", "%l %r"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert received.returncode == 0, received.stderr
+        assert received.stdout.split() == [str(len(payload.read_bytes())).encode(), b"1"]
