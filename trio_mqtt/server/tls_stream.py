@@ -83,11 +83,9 @@ class TLSStream(trio.abc.Stream):
         self._reader_backlog = 0  # of the backlog, bytes the reader's records added
         self._receiving = False
         self._sending = False  # a send_all is flushing the backlog through the transport
-        self._prefix: PrefixedStream | None = None
-        self.fd = _socket_fd(transport_stream)
-        layer = transport_stream
-        if isinstance(layer, PrefixedStream):
-            self._prefix = layer
+        # while a PROXY preamble's leftover is pending, reads go through the layers
+        self._prefix = transport_stream if isinstance(transport_stream, PrefixedStream) else None
+        self.fd = _socket_fd(transport_stream)  # -1: no socket, every byte via the transport
 
     # ------------------------------------------------------------------ TLS facts
 
