@@ -15,12 +15,15 @@ it closes. Closing a socket with unread input makes the kernel send RST, which c
 destroy the last packet in the client's receive buffer, or fail the client's next write,
 before the client has read it.
 
-One shortcut (plain TCP only): when no writer is running, the reader writes the answer
-to what it just read itself, with one non-blocking write, and starts a writer only for
-what the socket did not take at once. A request/response exchange (PUBLISH -> PUBACK,
-PINGREQ -> PINGRESP, a client's own subscription) then costs one pass through Trio's
-scheduler and no task. The reader never waits for the socket to become writable: a
-client may be blocked writing to us until we read, so the reader must keep reading.
+One shortcut (plain TCP, and TLS through our own ``TLSStream``): when no writer is
+running, the reader writes the answer to what it just read itself, with one
+non-blocking write, and starts a writer only for what the socket did not take at once.
+Over TLS the answer is encrypted first (``TLSStream.send_nowait``); the ciphertext the
+socket did not take waits in the stream's backlog, which the writer flushes first. A
+request/response exchange (PUBLISH -> PUBACK, PINGREQ -> PINGRESP, a client's own
+subscription) then costs one pass through Trio's scheduler and no task. The reader
+never waits for the socket to become writable: a client may be blocked writing to us
+until we read, so the reader must keep reading.
 Deliveries get the same shortcut: the connections a reader's step routed messages to are
 written by that reader right after its step (``_Deliveries``), not by a writer task each.
 
@@ -51,6 +54,7 @@ from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.backpressure import Relief, relief_for
 from trio_mqtt.server.offload import run_offloaded
 from trio_mqtt.server.prefixed_stream import PrefixedStream
+from trio_mqtt.server.tls_stream import TLSStream
 from trio_mqtt.server.watched_stream import WatchedSocketStream
 
 log = logging.getLogger("trio_mqtt.server")
@@ -112,7 +116,10 @@ class _Output:
     running; the writer sends until nothing is left, then ends. ``write_now()`` is the
     reader's shortcut (see the module docstring); ``writing`` (a writer task exists) and
     ``carry`` (bytes the shortcut could not write, which the writer sends first) keep
-    the two from reordering or interleaving bytes.
+    the two from reordering or interleaving bytes. Over TLS the shortcut leaves no
+    plaintext carry: what the socket did not take is ciphertext in the ``TLSStream``'s
+    backlog, and ``unsent`` counts the bytes of output it holds (reported to the
+    connection as written once the writer has flushed them).
     """
 
     __slots__ = (
@@ -125,6 +132,8 @@ class _Output:
         "fd",
         "last_word",
         "noted",
+        "tls",
+        "unsent",
         "writing",
     )
 
@@ -135,6 +144,9 @@ class _Output:
         self._nursery: trio.Nursery | None = None  # set while writers may start
         self._reading = False  # inside feed_and_answer(): write_now() comes next anyway
         self.fd = _socket_fd(stream)  # plain TCP: the reader reads it, write_now() writes
+        # TLS on a socket: write_now() encrypts and writes through it
+        self.tls = stream if isinstance(stream, TLSStream) and stream.direct else None
+        self.unsent = 0  # TLS: output bytes still in the TLSStream's backlog
         self.writing = False  # a writer task runs (or is about to): it sends everything
         self.carry = b""
         self.last_word = False  # the writer wrote the packets that came with the close
@@ -156,7 +168,12 @@ class _Output:
         if self.writing or self._reading or self.noted:
             return
         deliveries = self._deliveries
-        if deliveries.steps and self.fd >= 0 and not self.carry and self._nursery is not None:
+        if (
+            deliveries.steps
+            and (self.fd >= 0 or self.tls is not None)
+            and not self.carry
+            and self._nursery is not None
+        ):
             self.noted = True  # the reader whose step this is writes it (_Deliveries)
             deliveries.woken.append(self)
             return
@@ -212,11 +229,19 @@ class _Output:
 
         A connection about to close is always left to the writer: it owns the last flush.
         """
-        if self.fd < 0 or self.writing or self.carry or conn.wants_close:
+        if (self.fd < 0 and self.tls is None) or self.writing or self.carry or conn.wants_close:
             self.wakeup()
             return
         data = conn.data_to_send()
         if not data:
+            return
+        tls = self.tls
+        if tls is not None:
+            if tls.send_nowait(data):
+                conn.bytes_written(len(data))
+            else:
+                self.unsent = len(data)  # in the backlog: the writer flushes it first
+                self.wakeup()
             return
         try:
             sent = os.write(self.fd, data)
@@ -387,19 +412,21 @@ async def _write_loop(
     try:
         while True:
             data = output.take(conn)
+            # output.unsent: the TLS shortcut's leftover, which send_all flushes first
             if conn.wants_close:
-                if data:
+                if data or output.unsent:
                     with trio.move_on_after(FINAL_FLUSH_TIMEOUT) as flush:
                         await stream.send_all(data)
                     # a last word (DISCONNECT, a refusal) was written: let it arrive
                     output.last_word = not flush.cancelled_caught
                 return
-            if not data:
+            if not data and not output.unsent:
                 done = False
                 output.writing = False
                 return
             await stream.send_all(data)
-            conn.bytes_written(len(data))
+            conn.bytes_written(len(data) + output.unsent)
+            output.unsent = 0
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:

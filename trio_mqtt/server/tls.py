@@ -5,7 +5,9 @@
 the context for new connections (connections already open keep theirs).
 
 ``tls_handshake`` wraps a stream (the socket, or what the PROXY preamble left of it) in a
-server-side ``trio.SSLStream``, completes the handshake within a timeout, and returns the
+server-side ``TLSStream`` (``server/tls_stream.py``: ``ssl.MemoryBIO`` driven from the
+socket itself, so that TLS connections get plain TCP's direct reads and writes),
+completes the handshake within a timeout, and returns the
 PeerInfo refined with the TLS facts and, with ``use_identity_as_username``, the username
 taken from the verified client certificate. A failed handshake raises ``ConnectionRejected``:
 the listener logs it once and counts it; nothing else sees the connection.
@@ -24,6 +26,7 @@ from trio_mqtt.config import TLSConfig
 from trio_mqtt.errors import ConfigError
 from trio_mqtt.peer import PeerInfo, TLSInfo
 from trio_mqtt.server.rejection import TLSHandshakeRejected
+from trio_mqtt.server.tls_stream import TLSStream
 
 __all__ = [
     "MIN_TLS_VERSION",
@@ -131,14 +134,14 @@ class ServerTLS:
 
 async def tls_handshake(
     stream: trio.abc.Stream, tls: ServerTLS, peer: PeerInfo, handshake_timeout: float
-) -> tuple[trio.SSLStream[trio.abc.Stream], PeerInfo]:
+) -> tuple[TLSStream, PeerInfo]:
     """Run the server side of a TLS handshake on *stream* within *handshake_timeout* seconds.
 
-    Returns the SSLStream to speak the next layer over and *peer* with ``tls`` set (and
+    Returns the TLSStream to speak the next layer over and *peer* with ``tls`` set (and
     ``username`` or ``identity_error`` when the listener uses the certificate identity).
     Raises TLSHandshakeRejected (a ConnectionRejected) if the handshake fails or takes too long.
     """
-    ssl_stream = trio.SSLStream(stream, tls.context, server_side=True, https_compatible=False)
+    ssl_stream = TLSStream(stream, tls.context)
     server_names: list[str] = []
     token = _sni_sink.set(server_names)
     try:
@@ -172,8 +175,8 @@ def _rejection(exc: trio.BrokenResourceError) -> TLSHandshakeRejected:
     return TLSHandshakeRejected("failed", f"TLS handshake failed: {cause}")
 
 
-def tls_info(ssl_stream: trio.SSLStream[Any], sni: str | None) -> TLSInfo:
-    """The facts of a completed server-side handshake."""
+def tls_info(ssl_stream: TLSStream | trio.SSLStream[Any], sni: str | None) -> TLSInfo:
+    """The facts of a completed server-side handshake (our TLSStream or trio's SSLStream)."""
     cipher = ssl_stream.cipher()
     # getpeercert() returns a decoded certificate only when it was verified; with no
     # cafile we never ask for one, and an unverifiable one fails the handshake.

@@ -1,0 +1,465 @@
+"""TLSStream (trio_mqtt/server/tls_stream.py): server-side TLS on ssl.MemoryBIO.
+
+The client side is trio's own SSLStream, a TLS implementation we did not write. Most
+tests run on a real socket pair (the stream then reads and writes the descriptor itself,
+as in the broker); some on ``trio.testing`` memory streams (every byte through the
+transport's methods: the path without a descriptor). They check the stream's contract
+(handshake, records larger than 16 KiB, bounded reads, EOF with and without
+close_notify, a peer closing mid-record, garbage instead of TLS, close_notify on a
+forceful close) and, through ``run_connection``, that TLS answers go out without the
+writer task.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from helpers import PEER, V311, make_core
+from tools import require_tool
+
+from trio_mqtt.config import ListenerConfig
+from trio_mqtt.mqtt.codec import PacketReader, encode
+from trio_mqtt.mqtt.packets import (
+    Connack,
+    Connect,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Publish,
+    Suback,
+    Subscribe,
+    SubscriptionRequest,
+)
+from trio_mqtt.peer import PeerInfo
+from trio_mqtt.server import connection
+from trio_mqtt.server.connection import run_connection
+from trio_mqtt.server.prefixed_stream import PrefixedStream
+from trio_mqtt.server.rejection import TLSHandshakeRejected
+from trio_mqtt.server.tls import ServerTLS, tls_handshake
+from trio_mqtt.server.tls_stream import TLSStream
+from trio_mqtt.server.watched_stream import WatchedSocketStream
+from trio_mqtt.testing import open_test_broker
+
+from .certs import CertFiles, TestPKI
+
+SMALL_BUFFER = 4096
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    return TestPKI.create(tmp_path_factory.mktemp("pki"))
+
+
+def socket_pair(*, small: bool = False) -> tuple[trio.SocketStream, WatchedSocketStream]:
+    """(client, server) over a socketpair; the server side wrapped as the listener does."""
+    client_sock, server_sock = trio.socket.socketpair()
+    if small:
+        for sock in (client_sock, server_sock):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+    return trio.SocketStream(client_sock), WatchedSocketStream(trio.SocketStream(server_sock))
+
+
+@asynccontextmanager
+async def tls_pair(
+    pki: TestPKI,
+    *,
+    client_cert: CertFiles | None = None,
+    small: bool = False,
+    memory: bool = False,
+    **tls_options: bool,
+) -> AsyncIterator[tuple[trio.SSLStream[Any], TLSStream, PeerInfo]]:
+    """A client SSLStream and our server TLSStream with the handshake done, and the peer."""
+    transport: trio.abc.Stream
+    client_transport: trio.abc.Stream
+    if memory:
+        client_transport, transport = trio.testing.memory_stream_pair()
+    else:
+        client_transport, transport = socket_pair(small=small)
+    client = trio.SSLStream(
+        client_transport, pki.client_context(client_cert), server_hostname="localhost"
+    )
+    tls = ServerTLS.load(pki.tls_config(**tls_options))
+    result: list[tuple[TLSStream, PeerInfo]] = []
+
+    async def serve() -> None:
+        result.append(await tls_handshake(PrefixedStream(transport, b""), tls, PEER, 5))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            await client.do_handshake()
+    server, peer = result[0]
+    try:
+        yield client, server, peer
+    finally:
+        await trio.aclose_forcefully(server)
+        await trio.aclose_forcefully(client)
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, count: int) -> bytes:
+    data = bytearray()
+    while len(data) < count:
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"EOF after {len(data)} of {count} bytes"
+        data += chunk
+    return bytes(data)
+
+
+# ------------------------------------------------------------------ handshake and facts
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["socket", "memory"])
+async def test_handshake_gives_the_tls_facts_and_carries_data_both_ways(
+    pki: TestPKI, memory: bool
+) -> None:
+    async with tls_pair(pki, memory=memory) as (client, server, peer):
+        assert server.direct is not memory  # a descriptor only under a real socket
+        assert peer.tls is not None
+        assert peer.tls.version in ("TLSv1.2", "TLSv1.3")
+        assert peer.tls.cipher == client.cipher()[0]
+        assert peer.tls.sni == "localhost"
+        assert not peer.tls.peer_verified and peer.tls.peer_cn is None
+        await client.send_all(b"hello")
+        assert await server.receive_some() == b"hello"
+        await server.send_all(b"world")
+        assert await receive_exactly(client, 5) == b"world"
+
+
+async def test_client_certificate_identity_becomes_the_username(pki: TestPKI) -> None:
+    async with tls_pair(pki, client_cert=pki.alice, use_identity_as_username=True) as (
+        _client,
+        _server,
+        peer,
+    ):
+        assert peer.tls is not None
+        assert peer.tls.peer_verified and peer.tls.peer_cn == "alice"
+        assert peer.username == "alice" and peer.identity_error is None
+
+
+async def test_a_required_client_certificate_that_is_missing_fails_the_handshake(
+    pki: TestPKI,
+) -> None:
+    client_transport, transport = socket_pair()
+    client = trio.SSLStream(client_transport, pki.client_context(), server_hostname="localhost")
+    tls = ServerTLS.load(pki.tls_config(require_client_cert=True))
+    rejected: list[TLSHandshakeRejected] = []
+
+    async def serve() -> None:
+        try:
+            await tls_handshake(transport, tls, PEER, 5)
+        except TLSHandshakeRejected as exc:
+            rejected.append(exc)
+        await trio.aclose_forcefully(transport)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            try:
+                await client.do_handshake()
+                await client.receive_some(100)  # TLS 1.3: the refusal comes after
+            except trio.BrokenResourceError:
+                pass
+    assert rejected and rejected[0].result == "failed"
+    assert "CERTIFICATE" in rejected[0].detail.upper()
+
+
+async def test_garbage_instead_of_tls_is_a_failed_handshake(pki: TestPKI) -> None:
+    client, transport = socket_pair()
+    tls = ServerTLS.load(pki.tls_config())
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with trio.fail_after(5), pytest.raises(TLSHandshakeRejected) as caught:
+        await tls_handshake(transport, tls, PEER, 5)
+    assert caught.value.result == "failed"
+    assert "not a TLS client?" in caught.value.detail
+
+
+async def test_a_peer_closing_during_the_handshake_is_a_closed_handshake(pki: TestPKI) -> None:
+    client, transport = socket_pair()
+    tls = ServerTLS.load(pki.tls_config())
+    await client.send_all(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello
+    await client.aclose()
+    with trio.fail_after(5), pytest.raises(TLSHandshakeRejected) as caught:
+        await tls_handshake(transport, tls, PEER, 5)
+    assert caught.value.result == "closed"
+
+
+async def test_the_handshake_has_a_timeout(pki: TestPKI) -> None:
+    _client, transport = socket_pair()
+    tls = ServerTLS.load(pki.tls_config())
+    with trio.fail_after(5), pytest.raises(TLSHandshakeRejected) as caught:
+        await tls_handshake(transport, tls, PEER, 0.2)
+    assert caught.value.result == "timeout"
+
+
+# ------------------------------------------------------------------ data
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["socket", "memory"])
+async def test_large_writes_span_many_records_and_reads_stay_bounded(
+    pki: TestPKI, memory: bool
+) -> None:
+    blob = bytes(range(256)) * 1200  # 300 KiB: about 19 records of 16 KiB
+    async with tls_pair(pki, memory=memory, small=True) as (client, server, _peer):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, blob)
+            received = bytearray()
+            while len(received) < len(blob):
+                chunk = await server.receive_some(1000)
+                assert 0 < len(chunk) <= 1000  # never more plaintext than asked for
+                received += chunk
+        assert received == blob
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.send_all, blob)
+            assert await receive_exactly(client, len(blob)) == blob
+
+
+async def test_send_nowait_leaves_what_a_full_socket_refuses_for_send_all(pki: TestPKI) -> None:
+    blob = bytes(range(256)) * 1024  # 256 KiB: far more than the small socket buffers
+    async with tls_pair(pki, small=True) as (client, server, _peer):
+        assert not server.send_nowait(blob)  # encrypted; most of it waits in the backlog
+        assert server.backlog
+        assert not server.send_nowait(b"tail")  # queued behind it, in order
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.send_all, b"")  # flushes the backlog
+            assert await receive_exactly(client, len(blob) + 4) == blob + b"tail"
+        assert not server.backlog
+        assert server.send_nowait(b"small")  # room again: all written at once
+        assert await receive_exactly(client, 5) == b"small"
+
+
+# ------------------------------------------------------------------ ends
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["socket", "memory"])
+async def test_close_notify_from_the_peer_is_the_end_of_the_stream(
+    pki: TestPKI, memory: bool
+) -> None:
+    async with tls_pair(pki, memory=memory) as (client, server, _peer):
+        await client.send_all(b"last")
+        await client.aclose()  # close_notify, then the transport closes
+        assert await receive_exactly(server, 4) == b"last"
+        assert await server.receive_some() == b""
+
+
+async def test_eof_without_close_notify_breaks_the_stream(pki: TestPKI) -> None:
+    async with tls_pair(pki) as (client, server, _peer):
+        await client.transport_stream.aclose()  # TCP FIN, no close_notify
+        with pytest.raises(trio.BrokenResourceError):
+            await server.receive_some()
+        with pytest.raises(trio.BrokenResourceError):
+            await server.send_all(b"x")
+
+
+async def test_a_peer_closing_mid_record_breaks_the_stream_cleanly(pki: TestPKI) -> None:
+    client_transport, transport = socket_pair()
+    outgoing = ssl.MemoryBIO()
+    incoming = ssl.MemoryBIO()
+    # a client on memory BIOs too, so that we can cut its records
+    client = pki.client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    tls = ServerTLS.load(pki.tls_config())
+    result: list[TLSStream] = []
+
+    async def serve() -> None:
+        result.append((await tls_handshake(transport, tls, PEER, 5))[0])
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            while True:
+                try:
+                    client.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    await client_transport.send_all(outgoing.read())
+                    incoming.write(await client_transport.receive_some(65536))
+            await client_transport.send_all(outgoing.read())
+    server = result[0]
+    client.write(b"x" * 1000)
+    record = outgoing.read()
+    await client_transport.send_all(record[: len(record) // 2])
+    await client_transport.aclose()
+    with trio.fail_after(5), pytest.raises(trio.BrokenResourceError) as caught:
+        await server.receive_some()
+    assert isinstance(caught.value.__cause__, ssl.SSLError)
+    await server.aclose()
+
+
+async def test_garbage_after_the_handshake_breaks_the_stream(pki: TestPKI) -> None:
+    async with tls_pair(pki) as (client, server, _peer):
+        await client.transport_stream.send_all(b"\x17\x03\x03\x00\x10" + bytes(16))  # bad MAC
+        with trio.fail_after(5), pytest.raises(trio.BrokenResourceError) as caught:
+            await server.receive_some()
+        assert isinstance(caught.value.__cause__, ssl.SSLError)
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["socket", "memory"])
+async def test_a_forceful_close_still_sends_close_notify(pki: TestPKI, memory: bool) -> None:
+    async with tls_pair(pki, memory=memory) as (client, server, _peer):
+        await server.send_all(b"bye")
+        await trio.aclose_forcefully(server)  # cancelled: nothing may wait
+        assert await receive_exactly(client, 3) == b"bye"
+        assert await client.receive_some(100) == b""  # a clean end, not BrokenResourceError
+        with pytest.raises(trio.ClosedResourceError):
+            await server.receive_some()
+
+
+async def test_a_second_concurrent_receive_is_busy(pki: TestPKI) -> None:
+    async with tls_pair(pki) as (_client, server, _peer), trio.open_nursery() as nursery:
+        nursery.start_soon(server.receive_some)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await server.receive_some()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_receive_loses_nothing(pki: TestPKI) -> None:
+    async with tls_pair(pki) as (client, server, _peer):
+        with trio.move_on_after(0.05):
+            await server.receive_some()
+        await client.send_all(b"after")
+        assert await server.receive_some() == b"after"
+
+
+# ------------------------------------------------------------------ the connection on top
+
+
+async def read_packets(
+    stream: trio.abc.ReceiveStream, reader: PacketReader, count: int
+) -> list[Any]:
+    packets: list[Any] = []
+    while len(packets) < count:
+        data = await stream.receive_some(65536)
+        assert data, f"connection closed after {len(packets)} of {count} packets"
+        packets += reader.feed(data)
+    return packets
+
+
+async def test_tls_answers_go_out_without_the_writer_task(
+    pki: TestPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PINGREQ -> PINGRESP and PUBLISH -> PUBACK + own delivery, one at a time: the reader
+    # encrypts and writes every answer itself (with trio's SSLStream every one of them
+    # went through a writer task).
+    writers = 0
+    real_write_loop = connection._write_loop
+
+    async def counting_write_loop(*args: Any) -> None:
+        nonlocal writers
+        writers += 1
+        await real_write_loop(*args)
+
+    monkeypatch.setattr(connection, "_write_loop", counting_write_loop)
+    reader = PacketReader(protocol_version=V311, server_side=False)
+    async with tls_pair(pki) as (client, server, peer), trio.open_nursery() as nursery:
+        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer)
+        await client.send_all(encode(Connect(client_id="tls", keep_alive=60), V311))
+        subscribe = Subscribe(packet_id=1, subscriptions=(SubscriptionRequest("t/#", 1),))
+        await client.send_all(encode(subscribe, V311))
+        assert await read_packets(client, reader, 2) == [
+            Connack(),
+            Suback(packet_id=1, reason_codes=(1,)),
+        ]
+        for n in range(1, 21):
+            await client.send_all(encode(Pingreq(), V311))
+            assert await read_packets(client, reader, 1) == [Pingresp()]
+            publish = Publish(topic="t/x", payload=b"%d" % n, qos=1, packet_id=n)
+            await client.send_all(encode(publish, V311))
+            got = await read_packets(client, reader, 2)
+            assert Puback(n) in got
+        nursery.cancel_scope.cancel()
+    assert writers == 0
+
+
+async def test_tls_connection_under_back_pressure_loses_and_reorders_nothing(
+    pki: TestPKI,
+) -> None:
+    # Each PUBLISH gives a PUBACK and a delivery to the publisher itself; the client reads
+    # only once all are sent, so the small socket fills and the direct write leaves
+    # ciphertext in the backlog for the writer, part of the time.
+    count = 500
+    padding = bytes(200)
+    reader = PacketReader(protocol_version=V311, server_side=False)
+    async with tls_pair(pki, small=True) as (client, server, peer):
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_connection, server, make_core(trio.current_time), peer)
+                await client.send_all(encode(Connect(client_id="bp", keep_alive=60), V311))
+                subscribe = Subscribe(packet_id=1, subscriptions=(SubscriptionRequest("p/#", 0),))
+                await client.send_all(encode(subscribe, V311))
+                assert len(await read_packets(client, reader, 2)) == 2
+                publishes = b"".join(
+                    encode(
+                        Publish(
+                            topic="p/t", payload=n.to_bytes(4, "big") + padding, qos=1, packet_id=n
+                        ),
+                        V311,
+                    )
+                    for n in range(1, count + 1)
+                )
+                nursery.start_soon(client.send_all, publishes + encode(Pingreq(), V311))
+                packets = await read_packets(client, reader, 2 * count + 1)
+                nursery.cancel_scope.cancel()
+    acks = [p for p in packets if isinstance(p, Puback)]
+    delivered = [p for p in packets if isinstance(p, Publish)]
+    assert acks == [Puback(n) for n in range(1, count + 1)]
+    assert [int.from_bytes(p.payload[:4], "big") for p in delivered] == list(range(1, count + 1))
+    assert packets.count(Pingresp()) == 1
+
+
+async def test_garbage_on_a_tls_connection_closes_it_without_a_crash(pki: TestPKI) -> None:
+    async with tls_pair(pki) as (client, server, peer):
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_connection, server, make_core(trio.current_time), peer)
+                await client.transport_stream.send_all(b"\x17\x03\x03\x00\x10" + bytes(16))
+        # run_connection returned on its own, and closed the stream
+        with pytest.raises(trio.ClosedResourceError):
+            await server.receive_some()
+
+
+# ------------------------------------------------------------------ another TLS stack
+
+
+async def test_mosquitto_clients_over_tls_with_a_large_retained_message(
+    pki: TestPKI, tmp_path: Path
+) -> None:
+    # OpenSSL's C client side (libmosquitto) against our stream: a 200 KiB QoS 1
+    # PUBLISH in (many records), the same as a retained message out, client
+    # certificates as usernames.
+    pub, sub = require_tool("mosquitto_pub"), require_tool("mosquitto_sub")
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(bytes(range(256)) * 800)
+    listener = ListenerConfig(
+        name="tls",
+        host="127.0.0.1",
+        port=0,
+        transport="tls",
+        tls=pki.tls_config(require_client_cert=True, use_identity_as_username=True),
+    )
+    async with open_test_broker(listeners=(listener,)) as broker:
+        common = ["-h", "127.0.0.1", "-p", str(broker.port), "--cafile", pki.ca_file]
+        common += ["--cert", pki.alice.certfile, "--key", pki.alice.keyfile, "-q", "1"]
+        with trio.fail_after(20):
+            published = await trio.run_process(
+                [pub, *common, "-t", "big", "-r", "-f", str(payload)],
+                capture_stderr=True,
+                check=False,
+            )
+            assert published.returncode == 0, published.stderr
+            received = await trio.run_process(
+                [sub, *common, "-t", "big", "-C", "1", "-F", "%l %r"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert received.returncode == 0, received.stderr
+        assert received.stdout.split() == [str(len(payload.read_bytes())).encode(), b"1"]

@@ -1,0 +1,377 @@
+"""TLSStream: server-side TLS on ``ssl.MemoryBIO``, reading and writing the socket itself.
+
+trio's ``SSLStream`` is general (any transport, renegotiation, concurrent handshakes
+from either direction), and every call pays for that: conflict detectors, a lock per
+direction, its ``_retry`` loop, a transport ``send_all`` or ``receive_some`` through
+every layer below. Over TLS that was most of a QoS 1 round trip (docs/performance.md).
+This stream does what a server connection needs and no more, the way the plain-TCP
+path of ``server/connection.py`` does:
+
+- it reads ciphertext from the socket's descriptor itself (``os.read``, then
+  ``wait_readable`` only when nothing is there), decrypts it with an ``ssl.SSLObject``,
+  and returns at most ``max_bytes`` of plaintext (one TLS record at most: nothing more
+  is decrypted ahead);
+- ``send_nowait`` encrypts and writes with one non-blocking ``os.write``, so the
+  connection's reader can answer what it just read without a writer task (the
+  direct-write shortcut); what the socket does not take stays here (``backlog``) until
+  ``send_all`` flushes it. ``send_all`` writes directly too, and only what the socket
+  refuses goes through the transport's ``send_all`` (``WatchedSocketStream``: the
+  ``on_blocked`` report and the wait for room are as for plain TCP);
+- ``aclose`` writes a ``close_notify`` without waiting (so it is sent even when the
+  close is forceful), then closes the transport.
+
+The handshake, and every read while the PROXY preamble's leftover is pending, go
+through the transport's ``receive_some``, so the leftover reaches OpenSSL first. Under
+a transport that is not a socket (``trio.testing`` memory streams, Windows) every read
+and write goes through the transport: slower, the same bytes.
+
+A peer that closes without ``close_notify`` (or mid-record), or sends what is not TLS,
+makes ``receive_some`` raise ``trio.BrokenResourceError`` (its ``__cause__`` the
+``ssl.SSLError``), as ``SSLStream`` does; a ``close_notify`` is the end of the stream
+(``b""``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import ssl
+import sys
+from typing import Any
+
+import trio
+
+from trio_mqtt.server.prefixed_stream import PrefixedStream
+from trio_mqtt.server.watched_stream import WatchedSocketStream
+
+__all__ = ["RECEIVE_SIZE", "TLSStream"]
+
+#: Ciphertext read from the socket at once (the same as the connection's plaintext reads).
+RECEIVE_SIZE = 65536
+# Records the reader itself produces (TLS 1.3 KeyUpdate answers) wait in the backlog
+# when the socket is full; a peer that keeps asking for them without reading is cut off
+# beyond this much, so it cannot grow our memory.
+MAX_READER_BACKLOG = 65536
+# Without a socket descriptor, how long aclose() waits to hand the close_notify over.
+CLOSE_NOTIFY_TIMEOUT = 1.0
+
+
+class _State(enum.Enum):
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    BROKEN = "broken"
+    CLOSED = "closed"
+
+
+class TLSStream(trio.abc.Stream):
+    """A server-side TLS connection over ``transport_stream`` (see the module docstring).
+
+    ``do_handshake()`` must complete before anything else is called. One task may
+    receive while another sends; two concurrent receives or two concurrent sends raise
+    ``trio.BusyResourceError``, as trio's streams do.
+    """
+
+    def __init__(self, transport_stream: trio.abc.Stream, context: ssl.SSLContext) -> None:
+        self.transport_stream = transport_stream
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._state = _State.HANDSHAKING
+        self.backlog = bytearray()  # ciphertext produced, not yet taken by the socket
+        self._delayed = b""  # TLS 1.3 session tickets: sent with our first record
+        self._reader_backlog = 0  # of the backlog, bytes the reader's records added
+        self._receiving = False
+        self._sending = False  # a send_all is flushing the backlog through the transport
+        # while a PROXY preamble's leftover is pending, reads go through the layers
+        self._prefix = transport_stream if isinstance(transport_stream, PrefixedStream) else None
+        self.fd = _socket_fd(transport_stream)  # -1: no socket, every byte via the transport
+
+    # ------------------------------------------------------------------ TLS facts
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        """The negotiated cipher suite (``ssl.SSLObject.cipher``)."""
+        return self.ssl_object.cipher()
+
+    def version(self) -> str | None:
+        """The negotiated protocol version, e.g. ``"TLSv1.3"``."""
+        return self.ssl_object.version()
+
+    def getpeercert(self) -> Any:
+        """The client's certificate as ``ssl`` decodes it: only when it was verified."""
+        return self.ssl_object.getpeercert()
+
+    @property
+    def direct(self) -> bool:
+        """Whether ``send_nowait`` can write to a socket (else the writer must send)."""
+        return self.fd >= 0
+
+    # ------------------------------------------------------------------ handshake
+
+    async def do_handshake(self) -> None:
+        """Run the server side of the handshake; ``trio.BrokenResourceError`` if it fails.
+
+        The error's ``__cause__`` is the ``ssl.SSLError`` (or, if the transport broke,
+        the transport's own cause), as with ``SSLStream``: ``tls._rejection`` reads it.
+        """
+        if self._state is not _State.HANDSHAKING:
+            raise trio.BrokenResourceError("TLS handshake already run")
+        ssl_object = self.ssl_object
+        try:
+            while True:
+                try:
+                    ssl_object.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                except (ssl.SSLError, ssl.CertificateError) as exc:
+                    raise trio.BrokenResourceError from exc
+                out = self._outgoing.read()
+                if done and ssl_object.version() == "TLSv1.3":
+                    # OpenSSL sends the session tickets right after the handshake; a
+                    # client that waits for our first record may not expect them then
+                    # (trio's SSLStream delays them the same way, trio issue 819).
+                    self._delayed, out = out, b""
+                if out:
+                    await self.transport_stream.send_all(out)
+                if done:
+                    break
+                data = await self.transport_stream.receive_some(RECEIVE_SIZE)
+                if data:
+                    self._incoming.write(data)
+                else:
+                    self._incoming.write_eof()
+        except BaseException:
+            self._state = _State.BROKEN
+            raise
+        self._state = _State.OPEN
+
+    # ------------------------------------------------------------------ receiving
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Up to ``max_bytes`` of plaintext (at most one record), b"" after close_notify."""
+        if max_bytes is None:
+            max_bytes = RECEIVE_SIZE
+        elif max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        self._check_usable()
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this TLS stream")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
+            ssl_object = self.ssl_object
+            while True:
+                try:
+                    data = ssl_object.read(max_bytes)
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLZeroReturnError:
+                    data = b""  # close_notify
+                    break
+                except (ssl.SSLError, ssl.CertificateError) as exc:
+                    self._state = _State.BROKEN
+                    raise trio.BrokenResourceError from exc
+                else:
+                    break
+                # No whole record decrypted: more ciphertext first.
+                chunk = self._read_now()
+                if chunk is None:
+                    chunk = await self._read_waiting()
+                    waited = True
+                if chunk:
+                    self._incoming.write(chunk)
+                else:
+                    self._incoming.write_eof()  # the next read says clean or not
+            if self._outgoing.pending:
+                self._reader_output()
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        finally:
+            self._receiving = False
+
+    def _read_now(self) -> bytes | None:
+        """Ciphertext the socket has now, b"" at EOF; None: none yet, or no socket."""
+        fd = self.fd
+        if fd < 0 or (self._prefix is not None and self._prefix.prefix_pending):
+            return None
+        try:
+            return os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            self._state = _State.BROKEN
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+
+    async def _read_waiting(self) -> bytes:
+        """Ciphertext, waiting for it (a checkpoint); b"" at EOF."""
+        fd = self.fd
+        if fd < 0 or (self._prefix is not None and self._prefix.prefix_pending):
+            try:
+                return bytes(await self.transport_stream.receive_some(RECEIVE_SIZE))
+            except trio.BrokenResourceError:
+                self._state = _State.BROKEN
+                raise
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    return os.read(fd, RECEIVE_SIZE)
+                except BlockingIOError:
+                    pass  # woken, yet nothing to read after all: wait again
+        except OSError as exc:
+            self._state = _State.BROKEN
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+
+    def _reader_output(self) -> None:
+        """Records a read produced (a TLS 1.3 KeyUpdate answer): write them, never wait.
+
+        The reader must not wait for the socket to take bytes (a client may be blocked
+        writing to us until we read); what the socket does not take now goes with the
+        next send. A peer that makes us produce more than MAX_READER_BACKLOG that way
+        without reading is cut off.
+        """
+        before = len(self.backlog)
+        self._take_outgoing()
+        self._reader_backlog += len(self.backlog) - before
+        if not self._sending:
+            self._write_backlog()
+        if self._reader_backlog > MAX_READER_BACKLOG:
+            self._state = _State.BROKEN
+            raise trio.BrokenResourceError("the TLS peer does not read what it asks for")
+
+    # ------------------------------------------------------------------ sending
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """Encrypt ``data`` and write it without blocking; True if the socket took it all.
+
+        False: part of it (or of an earlier backlog) waits in ``backlog``, and a
+        ``send_all`` (with ``b""``, if nothing else is to be sent) must flush it; or the
+        stream is broken or closed, and that ``send_all`` will say so.
+        """
+        if self._state is not _State.OPEN:
+            return False
+        try:
+            self._encrypt(data)
+        except trio.BrokenResourceError:
+            return False
+        if not self._sending:
+            self._write_backlog()
+        return not self.backlog
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` and send it with what the backlog holds before it.
+
+        ``send_all(b"")`` flushes the backlog. Cancelled while the socket was full, the
+        stream is broken (how much of a record went out is unknown), as with SSLStream.
+        """
+        self._check_usable()
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this TLS stream")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if data:
+            self._encrypt(data)
+        self._write_backlog()
+        if not self.backlog:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self._sending = True
+        try:
+            while self.backlog:
+                chunk = bytes(self.backlog)
+                self.backlog.clear()
+                await self.transport_stream.send_all(chunk)  # waits for room, on_blocked
+            self._reader_backlog = 0
+        except BaseException:
+            self._state = _State.BROKEN
+            raise
+        finally:
+            self._sending = False
+
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self.ssl_object.write(data)
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            self._state = _State.BROKEN
+            raise trio.BrokenResourceError from exc
+        self._take_outgoing()
+
+    def _take_outgoing(self) -> None:
+        """Move what OpenSSL produced into the backlog (the delayed tickets first)."""
+        if self._delayed:
+            self.backlog += self._delayed
+            self._delayed = b""
+        self.backlog += self._outgoing.read()
+
+    def _write_backlog(self) -> None:
+        """Write as much of the backlog as the socket takes now (nothing without one)."""
+        fd = self.fd
+        backlog = self.backlog
+        if fd < 0 or not backlog:
+            return
+        try:
+            sent = os.write(fd, backlog)
+        except OSError:
+            return  # would block, or broken: the transport's send_all says which
+        del backlog[:sent]
+        if not backlog:
+            self._reader_backlog = 0
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    # ------------------------------------------------------------------ closing
+
+    async def aclose(self) -> None:
+        """Send close_notify without waiting for the socket or the peer, then close.
+
+        Without a socket descriptor the close_notify is handed to the transport within
+        CLOSE_NOTIFY_TIMEOUT, shielded (so it goes out under ``aclose_forcefully`` too).
+        """
+        if self._state is _State.CLOSED:
+            await trio.lowlevel.checkpoint()
+            return
+        was_open = self._state is _State.OPEN and not self._sending
+        self._state = _State.CLOSED
+        try:
+            if was_open:
+                self._delayed = b""  # no use for tickets now
+                # writes close_notify; SSLWantReadError: the peer's has not come (nor
+                # is it awaited)
+                with contextlib.suppress(ssl.SSLError):
+                    self.ssl_object.unwrap()
+                self._take_outgoing()
+                if self.fd >= 0:
+                    self._write_backlog()
+                elif self.backlog:
+                    gone = (trio.BrokenResourceError, trio.ClosedResourceError)
+                    with (
+                        trio.CancelScope(shield=True),
+                        trio.move_on_after(CLOSE_NOTIFY_TIMEOUT),
+                        contextlib.suppress(*gone),
+                    ):
+                        await self.transport_stream.send_all(bytes(self.backlog))
+                self.backlog.clear()
+        finally:
+            await self.transport_stream.aclose()
+
+    def _check_usable(self) -> None:
+        state = self._state
+        if state is _State.OPEN:
+            return
+        if state is _State.CLOSED:
+            raise trio.ClosedResourceError("the TLS stream is closed")
+        if state is _State.BROKEN:
+            raise trio.BrokenResourceError("the TLS stream is broken")
+        raise trio.BrokenResourceError("the TLS handshake has not completed")
+
+
+def _socket_fd(stream: trio.abc.Stream) -> int:
+    """The socket descriptor under ``stream`` (through a PROXY prefix); -1 if none."""
+    while isinstance(stream, PrefixedStream):
+        stream = stream.transport_stream  # sends go straight through to the transport
+    if isinstance(stream, WatchedSocketStream | trio.SocketStream) and sys.platform != "win32":
+        return stream.socket.fileno()
+    return -1
