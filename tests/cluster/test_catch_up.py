@@ -8,6 +8,8 @@ to nats-server through a relay that the tests cut.
 
 from __future__ import annotations
 
+import json
+
 import trio
 from helpers import V5, V311, wait_until
 from nats_relay import two_nodes
@@ -15,7 +17,10 @@ from nats_server import NatsServer
 from rawclient import RawClient
 
 from trio_mqtt import Broker
+from trio_mqtt.cluster.node import HEARTBEAT_TTL, owner_key
 from trio_mqtt.mqtt.packets import (
+    Pingreq,
+    Pingresp,
     Puback,
     Pubcomp,
     Publish,
@@ -24,12 +29,13 @@ from trio_mqtt.mqtt.packets import (
     Suback,
     Subscribe,
     SubscriptionRequest,
+    Will,
 )
 
 
-async def client(node: Broker, client_id: str, version=V5) -> RawClient:  # type: ignore[no-untyped-def]
+async def client(node: Broker, client_id: str, version=V5, **connect: object) -> RawClient:  # type: ignore[no-untyped-def]
     raw = await RawClient.open(node.port, version)
-    connack = await raw.connect(client_id)
+    connack = await raw.connect(client_id, **connect)
     assert connack.reason_code == 0, connack
     return raw
 
@@ -106,3 +112,53 @@ async def test_a_node_that_never_lost_nats_reads_nothing_back(nats_server: NatsS
             for packet_id in range(1, 4):
                 await publish(pub, "c/x", b"m%d" % packet_id, 1, packet_id)
             assert await received(sub) == [b"m1", b"m2", b"m3"]
+
+
+async def test_a_node_back_from_a_nats_loss_takes_its_clients_back(
+    nats_server: NatsServer,
+) -> None:
+    """Its clients are claimed again and their wills recorded under the new node (the old
+    node's keys retired, so nobody takes it for dead and publishes their wills); a client
+    that connected elsewhere meanwhile is the newer connection, and b's is closed."""
+    with trio.fail_after(60):
+        async with two_nodes(nats_server) as (a, b, relay):
+            watcher = await client(a, "watcher")
+            await watcher.send(Subscribe(1, (SubscriptionRequest("wills/#", 0),)))
+            assert await watcher.receive() == Suback(1, (0,))
+            will = Will(topic="wills/stay", payload=b"gone")
+            stay = await client(b, "stay", will=will)
+            moved = await client(b, "moved")
+            assert b.cluster is not None
+            old_origin = b.cluster.origin
+            await b.cluster.sync()
+
+            relay.cut()
+            await wait_until(lambda: b.cluster is None, "node b cut off")
+            newcomer = await client(b, "newcomer")  # (not claimed: b is cut off)
+            elsewhere = await client(a, "moved")  # the newer connection of "moved"
+            assert a.cluster is not None
+            await a.cluster.sync()
+            relay.refusing = False
+            await wait_until(lambda: b.cluster is not None, "node b back", timeout=20)
+
+            packets = await moved.expect_closed()
+            assert [p.reason_code for p in packets] == [0x8E], packets  # type: ignore[union-attr]
+            node = b.cluster
+            assert node is not None and node.origin != old_origin
+            await wait_until(lambda: "stay" in node._claimed and "newcomer" in node._claimed)
+            await node.settled()
+            for client_id in ("stay", "newcomer"):
+                entry = await node.owners.get(owner_key(client_id))
+                assert entry is not None and json.loads(entry.value)["origin"] == node.origin
+            assert await node.wills.get(f"{node.origin}.{owner_key('stay')}") is not None
+            assert not [e for e in await node.wills.entries(f"{old_origin}.>") if e.value]
+            old_key = await node.nodes.get(old_origin)
+            assert old_key is None or old_key.operation != "PUT"
+            # past the old node's heartbeat TTL: nobody took it for dead
+            await trio.sleep(HEARTBEAT_TTL + 1)
+            with trio.move_on_after(0.5):
+                got = await watcher.receive()
+                raise AssertionError(f"a will was published: {got}")
+            for raw in (stay, newcomer, elsewhere):
+                await raw.send(Pingreq())
+                assert await raw.receive() == Pingresp()

@@ -111,6 +111,11 @@ class ClientConnection(Protocol):
         ``acknowledge`` follows in the same order (or the connection is closed)."""
         ...
 
+    @property
+    def will(self) -> Will | None:
+        """Its will while it is connected (None: it has none, or it was dealt with)."""
+        ...
+
     def release_session(self) -> Will | None:
         """Another connection takes its session over: let go of it; its will, if any."""
         ...

@@ -296,6 +296,16 @@ ConnectDecision: TypeAlias = Accepted | Refused | PendingConnect | Challenge
 AuthDecision: TypeAlias = ConnectDecision | Reauthenticated | ReauthFailed
 
 
+def _cluster_will(
+    will: Will | None, client_id: str, peer: PeerInfo, now: float
+) -> tuple[Message | None, int]:
+    """A client's will as the cluster keeps it: (the message it becomes, its delay)."""
+    if will is None:
+        return None, 0
+    message = will_message(will, client_id, peer, now)
+    return message, will.properties.will_delay_interval or 0
+
+
 @attrs.define(eq=False)
 class BrokerCore:
     config: BrokerConfig
@@ -711,11 +721,8 @@ class BrokerCore:
 
         self.stats.connects += 1
         if self.cluster is not None:
-            will = connect.will
             self.cluster.connected(
-                client_id,
-                None if will is None else will_message(will, client_id, conn.peer, now),
-                0 if will is None else will.properties.will_delay_interval or 0,
+                client_id, *_cluster_will(connect.will, client_id, conn.peer, now)
             )
         vpce = conn.peer.aws_vpc_endpoint_id
         protocol = {3: "3.1", 4: "3.1.1", 5: "5.0"}[int(version)]
@@ -1155,6 +1162,18 @@ class BrokerCore:
         else:
             self.set_retained(message)
         self.retained_changed(topic)
+
+    def connected_wills(self) -> list[tuple[str, Message | None, int]]:
+        """Every client connected here: (client id, its will as a message, will delay).
+
+        What a cluster node that joined again tells the cluster (as ``connected`` did at
+        each CONNECT), since nothing reached the cluster while it was cut off.
+        """
+        now = self.now()
+        return [
+            (conn.client_id, *_cluster_will(conn.will, conn.client_id, conn.peer, now))
+            for conn in self.connected_clients()
+        ]
 
     def hand_over(self, client_id: str, where: str) -> Session | None:
         """Another node resumes ``client_id``'s session: let go of it and return it.

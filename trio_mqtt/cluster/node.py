@@ -153,13 +153,15 @@ def owner_key(client_id: str) -> str:
 class CatchUp:
     """What a node that lost NATS leaves to the node that joins after it.
 
-    ``first``: the stream sequence to read back from; ``origin``: the lost node's
-    origin (its own messages were routed here already); ``qos2``: the stream sequences
-    of the QoS 2 messages it had received since about ``first`` (not to deliver twice).
+    ``first``: the stream sequence to read back from; ``origins``: this broker's earlier
+    nodes' origins, the lost one's included (their messages were routed here already;
+    their claims, wills and heartbeat keys are this broker's to take back); ``qos2``:
+    the stream sequences of the QoS 2 messages received since about ``first`` (not to
+    deliver twice).
     """
 
     first: int
-    origin: str
+    origins: frozenset[str]
     qos2: frozenset[int]
 
 
@@ -220,6 +222,8 @@ class ClusterNode:
     # a catch-up must not deliver again (QoS 1 may come twice; QoS 2 must not)
     _recent_qos2: set[int] = attrs.Factory(set)
     _catching_up: bool = False
+    # this broker's earlier nodes (joined before this one, then lost NATS)
+    _previous_origins: frozenset[str] = frozenset()
     # per persistent session: what its record last said (to skip unchanged ones) and the
     # highest stream sequence seen outstanding in it
     _session_records: dict[str, tuple[object, int]] = attrs.Factory(dict)
@@ -908,7 +912,46 @@ class ClusterNode:
 
     def catch_up_point(self) -> CatchUp:
         """Where the node that joins after this one (NATS lost) catches up from."""
-        return CatchUp(self._floor_back, self.origin, frozenset(self._recent_qos2))
+        return CatchUp(
+            self._floor_back,
+            self._previous_origins | {self.origin},
+            frozenset(self._recent_qos2),
+        )
+
+    async def take_back(self, previous: CatchUp) -> None:
+        """Join again as the same broker: claim the clients connected here, record their
+        wills under this node's origin, and retire the earlier nodes' keys.
+
+        Nothing reached NATS while the broker was cut off: clients that connected
+        meanwhile are not claimed, and the earlier node's wills and heartbeat key are
+        under its own origin, which other nodes would take for a dead node's (and
+        publish the wills of clients still connected here). A client id that another
+        node claimed meanwhile is the newer connection: the one here is closed as taken
+        over (5.0: DISCONNECT 0x8E).
+        """
+        ours = previous.origins | {self.origin}
+        try:
+            for client_id, will, delay in self.core.connected_wills():
+                entry = await self.owners.get(owner_key(client_id))
+                if entry is not None and entry.operation == "PUT":
+                    try:
+                        owner = json.loads(entry.value)
+                        origin, node = owner["origin"], owner["node"]
+                    except (ValueError, KeyError, TypeError):
+                        origin = node = None
+                    if origin is not None and origin not in ours:
+                        self.core.taken_over_elsewhere(client_id, str(node))
+                        continue
+                self.connected(client_id, will, delay)
+            await self.settled()
+            for origin in previous.origins:
+                await self.nodes.delete(origin)  # (not expired: nobody reaps it)
+                for bucket in (self.wills, self.sessions):
+                    for entry in await bucket.entries(f"{origin}.>"):
+                        if entry.operation == "PUT":
+                            await bucket.delete(entry.key)
+        except (NATSError, trio.TooSlowError) as exc:
+            log.error("cluster: could not take back this broker's clients: %s", exc)
 
     async def catch_up(self, since: CatchUp) -> None:
         """Deliver here what the stream stored while this node was cut off from NATS.
@@ -928,7 +971,7 @@ class ClusterNode:
             if not filters:
                 return
             replayed = await self._replay(filters, since.first)
-            own = {since.origin, self.origin}
+            own = since.origins | {self.origin}
             delivered = 0
             for message, origin in replayed:
                 sequence = message.sequence
@@ -1245,6 +1288,7 @@ async def open_cluster_node(
         if catch_up is not None:
             node._floor_back = min(node._floor_back, catch_up.first)
             node._recent_qos2.update(catch_up.qos2)
+            node._previous_origins = catch_up.origins
         async with trio.open_nursery() as nursery:
             retained_watch = await retained.watch(">", node._on_retained, include_current=True)
             owners_watch = await owners.watch(">", node._on_owner, include_current=False)
@@ -1265,6 +1309,7 @@ async def open_cluster_node(
                 # read back too, and not delivered twice if it is QoS 2)
                 await node.nats.flush()
                 nursery.start_soon(node.catch_up, catch_up)
+                nursery.start_soon(node.take_back, catch_up)
             log.info("cluster: node %s joined through %s", name, ", ".join(map(redact_url, urls)))
             try:
                 yield node
