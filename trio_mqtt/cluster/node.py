@@ -56,6 +56,7 @@ from trio_mqtt.broker.router import Router, SubscriptionOptions
 from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, SavedSession, Session
 from trio_mqtt.cluster.envelope import (
     EnvelopeError,
+    Origin,
     RepeatFilter,
     decode_wire_parts,
     encode_wire,
@@ -127,6 +128,9 @@ SESSIONS_BUCKET = "mqtt_sessions"
 SESSION_SAVE_INTERVAL = 0.2
 # at most this many stream messages are replayed into one recovered session
 MAX_REPLAY = 100_000
+#: At most this many QoS 1 messages received live per heartbeat interval are remembered
+#: for a catch-up (QoS 2 always are): past it, a catch-up may deliver QoS 1 ones twice.
+MAX_RECENT = 100_000
 # How long the last key-value writes may take when the node leaves.
 CLOSE_TIMEOUT = 2.0
 # How long a SUBACK waits at most for NATS to confirm the node's new subscriptions; then
@@ -155,14 +159,14 @@ class CatchUp:
 
     ``first``: the stream sequence to read back from; ``origins``: this broker's earlier
     nodes' origins, the lost one's included (their messages were routed here already;
-    their claims, wills and heartbeat keys are this broker's to take back); ``qos2``:
-    the stream sequences of the QoS 2 messages received since about ``first`` (not to
-    deliver twice).
+    their claims, wills and heartbeat keys are this broker's to take back); ``seen``:
+    the (origin, sequence) of the QoS 1/2 messages received live in its last seconds
+    (not to deliver twice).
     """
 
     first: int
     origins: frozenset[str]
-    qos2: frozenset[int]
+    seen: frozenset[tuple[str, int]]
 
 
 @attrs.define(eq=False)
@@ -203,7 +207,7 @@ class ClusterNode:
     _claimed: dict[str, int] = attrs.Factory(dict)
     _contested: dict[str, tuple[int, str]] = attrs.Factory(dict)
     # QoS 1/2 messages sent to the stream, waiting for its answer: token -> what to do
-    _stores: dict[int, tuple[ClientConnection, int, Message, float]] = attrs.Factory(dict)
+    _stores: dict[int, tuple[ClientConnection, int, Message, float, int]] = attrs.Factory(dict)
     _store_token: int = 0
     _ack_prefix: str = ""
     # The lowest stream sequence a message this node stores from now on can get: above
@@ -218,9 +222,15 @@ class ClusterNode:
     # its value one heartbeat earlier (1-2 s ago): every message stored before then and
     # routed here has arrived; where a catch-up after losing NATS starts (CatchUp)
     _floor_back: int = 1
-    # the stream sequences of the QoS 2 messages received since about _floor_back: what
-    # a catch-up must not deliver again (QoS 1 may come twice; QoS 2 must not)
-    _recent_qos2: set[int] = attrs.Factory(set)
+    # the QoS 1/2 messages received live since the last heartbeat, and in the two
+    # intervals before: what a catch-up must not deliver again. QoS 1: (origin, origin
+    # sequence), which the stream's copy carries too; QoS 2 (routed once stored): ("",
+    # stream sequence)
+    _recent: set[tuple[str, int]] = attrs.Factory(set)
+    _recent_back: tuple[set[tuple[str, int]], ...] = (set(), set())
+    # the origin sequence store() gave a QoS 1 message's stream copy, for the forward()
+    # of the same message that follows at once: its payload object and the sequence
+    _reserved: tuple[bytes, int] | None = None
     _catching_up: bool = False
     # this broker's earlier nodes (joined before this one, then lost NATS)
     _previous_origins: frozenset[str] = frozenset()
@@ -263,7 +273,7 @@ class ClusterNode:
         """Refuse (5.0: 0x89) the QoS 1/2 messages still waiting for the stream's answer,
         so that their publishers send them again (to a node that can store them)."""
         stores, self._stores = self._stores, {}
-        for conn, packet_id, message, _sent in stores.values():
+        for conn, packet_id, message, _sent, _sequence in stores.values():
             self.core.stored(conn, packet_id, message, None)
 
     # ------------------------------------------------------------ ClusterLink (core)
@@ -275,10 +285,14 @@ class ClusterNode:
     # CPython 3.11 when nothing is raised, unlike a check per message.
 
     def forward(self, message: Message) -> None:
-        self._sequence += 1
-        data = encode_wire(
-            message, origin=self.origin, sequence=self._sequence, now=self.core.now()
-        )
+        reserved = self._reserved
+        if reserved is not None and reserved[0] is message.payload:
+            self._reserved = None
+            sequence = reserved[1]  # the one its stream copy carries
+        else:
+            self._sequence += 1
+            sequence = self._sequence
+        data = encode_wire(message, origin=self.origin, sequence=sequence, now=self.core.now())
         try:
             self.nats.publish(topic_to_subject(message.topic), data)
         except NATSError as exc:
@@ -320,8 +334,13 @@ class ClusterNode:
         self._store_token += 1
         token = self._store_token
         now = self.core.now()
-        self._stores[token] = (conn, packet_id, message, now)
-        headers = message_headers(message, origin=self.origin, sequence=0, now=now)
+        # the live copy (forward) carries the same origin sequence as the stream's, so
+        # that a catch-up knows what arrived live
+        self._reserved = None
+        self._sequence += 1
+        sequence = self._sequence
+        self._stores[token] = (conn, packet_id, message, now, sequence)
+        headers = message_headers(message, origin=self.origin, sequence=sequence, now=now)
         try:
             self.nats.publish(
                 topic_to_subject(message.topic, STREAM_PREFIX),
@@ -340,6 +359,8 @@ class ClusterNode:
                 )
             self.core.stored(conn, packet_id, message, None)
             return 0
+        if message.qos == 1:
+            self._reserved = (message.payload, sequence)  # (the core forwards it now)
         return self._stream_floor
 
     def _on_stored(self, msg: Msg) -> None:
@@ -351,7 +372,7 @@ class ClusterNode:
         pending = self._stores.pop(token, None)
         if pending is None:
             return  # it timed out already
-        conn, packet_id, message, _sent = pending
+        conn, packet_id, message, _sent, _sequence = pending
         sequence: int | None = None
         try:
             reply = json.loads(msg.payload) if msg.payload else {}
@@ -370,7 +391,7 @@ class ClusterNode:
         """Give up on stores the stream has not answered within STORE_TIMEOUT."""
         limit = self.core.now() - STORE_TIMEOUT
         while self._stores:
-            token, (conn, packet_id, message, sent) = next(iter(self._stores.items()))
+            token, (conn, packet_id, message, sent, _sequence) = next(iter(self._stores.items()))
             if sent > limit:
                 break
             del self._stores[token]
@@ -529,8 +550,11 @@ class ClusterNode:
         self.received += 1
         if message.qos:
             self._stream_floor = max(self._stream_floor, message.sequence)
-            if message.qos == 2:  # (routed once stored: its sequence is exact)
-                self._recent_qos2.add(message.sequence)
+            recent = self._recent
+            if message.qos == 2:  # (routed once stored: its stream sequence is exact)
+                recent.add(("", message.sequence))
+            elif len(recent) < MAX_RECENT:  # (past it, QoS 1 may come twice)
+                recent.add((node, sequence))
         core.publish(message, from_cluster=True)
         # Cross-node traffic is not held back per publisher: a slow subscriber here is
         # bounded by its queue budget (drops counted), as for in-process publishes.
@@ -810,14 +834,14 @@ class ClusterNode:
 
     async def _replay(
         self, topic_filters: Iterable[str], first: int
-    ) -> list[tuple[StoredMessage, str]]:
+    ) -> list[tuple[StoredMessage, Origin]]:
         """The stream's messages from sequence ``first`` on that match ``topic_filters``,
         in stream order, each once, with the node they entered the cluster through."""
         subjects: set[str] = set()
         for topic_filter in topic_filters:
             _group, plain = parse_shared_filter(topic_filter)
             subjects.update(filter_to_subjects(plain, STREAM_PREFIX))
-        found: dict[int, tuple[StoredMessage, str]] = {}
+        found: dict[int, tuple[StoredMessage, Origin]] = {}
         now = self.core.now()
         for subject in subjects:
             start = first
@@ -836,7 +860,7 @@ class ClusterNode:
                     message, origin = message_from_nats(
                         topic, reply.payload, reply.headers.as_dict(), now=now
                     )
-                    found[sequence] = (StoredMessage.of(message, sequence), origin.node)
+                    found[sequence] = (StoredMessage.of(message, sequence), origin)
                     start = max(start, sequence + 1)
                     got += 1
                 if got < 1000:
@@ -915,7 +939,7 @@ class ClusterNode:
         return CatchUp(
             self._floor_back,
             self._previous_origins | {self.origin},
-            frozenset(self._recent_qos2),
+            frozenset(self._recent.union(*self._recent_back)),
         )
 
     async def take_back(self, previous: CatchUp) -> None:
@@ -958,12 +982,13 @@ class ClusterNode:
 
         Live messages between nodes travel over core NATS, so the QoS 1/2 messages
         routed to this node while it had no NATS connection never arrived: read them
-        back from the stream (from ``since.first``: a little before the loss, so QoS 1
-        messages of its last moments may come twice) for the filters held here, and
-        route them as if they had just come from their node. Not again: what this node
-        published itself (routed here already) and the QoS 2 messages received before
-        the loss or since the join. Share groups are left out (their members elsewhere
-        may have had them).
+        back from the stream (from ``since.first``, a little before the loss) for the
+        filters held here, and route them as if they had just come from their node. Not
+        again: what this broker's clients published (routed here already) and what
+        arrived live in the last seconds before the loss or since the join (``_recent``:
+        a QoS 1 message's stream copy carries its live copy's origin sequence, a QoS 2
+        message's live copy its stream sequence). Share groups are left out (their
+        members elsewhere may have had them).
         """
         self._catching_up = True
         try:
@@ -974,17 +999,20 @@ class ClusterNode:
             own = since.origins | {self.origin}
             delivered = 0
             for message, origin in replayed:
-                sequence = message.sequence
-                if origin in own or sequence in since.qos2 or sequence in self._recent_qos2:
+                # what _on_message remembers of a message received live (an origin
+                # sequence 0: stored by an older version, nothing to compare)
+                key = ("", message.sequence) if message.qos == 2 else (origin.node, origin.sequence)
+                if origin.node in own or (
+                    key[1]  # (the lost node's recent ones are in _recent: open_cluster_node)
+                    and (key in self._recent or any(key in back for back in self._recent_back))
+                ):
                     continue
-                if message.qos == 2:
-                    self._recent_qos2.add(sequence)
+                self._recent.add(key)
                 self.core.publish(message, from_cluster=True)
                 delivered += 1
             if delivered:
                 log.warning(
-                    "cluster: delivered %d message(s) stored while this node was cut off "
-                    "from NATS (QoS 1 ones may come twice)",
+                    "cluster: delivered %d message(s) stored while this node was cut off from NATS",
                     delivered,
                 )
             if len(replayed) >= MAX_REPLAY:
@@ -1015,8 +1043,9 @@ class ClusterNode:
                 except (NATSError, trio.TooSlowError) as exc:
                     log.debug("cluster: stream's last sequence not read: %s", exc)
             if not self._catching_up:  # (until then, a new loss catches up from as far)
-                self._floor_back = back = self._floor_seen
-                self._recent_qos2 = {seq for seq in self._recent_qos2 if seq >= back}
+                self._floor_back = self._floor_seen
+                self._recent_back = (self._recent, self._recent_back[0])
+                self._recent = set()
             self._floor_seen = self._stream_floor
             await trio.sleep(HEARTBEAT_INTERVAL)
 
@@ -1287,7 +1316,7 @@ async def open_cluster_node(
         node._floor_back = node._floor_seen = node._stream_floor
         if catch_up is not None:
             node._floor_back = min(node._floor_back, catch_up.first)
-            node._recent_qos2.update(catch_up.qos2)
+            node._recent.update(catch_up.seen)
             node._previous_origins = catch_up.origins
         async with trio.open_nursery() as nursery:
             retained_watch = await retained.watch(">", node._on_retained, include_current=True)
