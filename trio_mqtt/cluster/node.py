@@ -25,6 +25,13 @@ until the block ends:
   client id that a later write (higher revision) gave to another node (MQTT 5
   DISCONNECT 0x8E). The last writer wins on every node alike, so of simultaneous
   CONNECTs exactly one stays.
+- **QoS 1/2** messages of clients are published to the stream ``MESSAGES_STREAM`` and
+  acknowledged once it answers (``store``/``_on_stored``); QoS 1 is routed meanwhile,
+  with a lower bound of its stream sequence (``_stream_floor``), QoS 2 once stored.
+- **Losing NATS**: the node steps back at once (``stand_down``: the core gets a
+  ``DetachedLink``); the broker joins again with a new node, which takes its clients
+  back (``take_back``) and reads back from the stream what was stored meanwhile
+  (``catch_up``), as the lost node's ``CatchUp`` says.
 
 The core never waits for NATS: what the core decides is written to NATS in order, by
 the client's writer task (publishes) or by this node's own task (key-value writes); a
