@@ -131,13 +131,18 @@ async def test_a_node_back_from_a_nats_loss_takes_its_clients_back(
             will = Will(topic="wills/stay", payload=b"gone")
             stay = await client(b, "stay", will=will)
             moved = await client(b, "moved")
+            left_a = await client(a, "returner", V311)  # claimed by a, seen by b
+            await left_a.aclose()
             assert b.cluster is not None
             old_origin = b.cluster.origin
+            assert a.cluster is not None
+            await a.cluster.sync()
             await b.cluster.sync()
 
             relay.cut()
             await wait_until(lambda: b.cluster is None, "node b cut off")
             newcomer = await client(b, "newcomer")  # (not claimed: b is cut off)
+            returner = await client(b, "returner", V311)  # left a for b: the newer one
             elsewhere = await client(a, "moved")  # the newer connection of "moved"
             assert a.cluster is not None
             await a.cluster.sync()
@@ -148,9 +153,9 @@ async def test_a_node_back_from_a_nats_loss_takes_its_clients_back(
             assert [p.reason_code for p in packets] == [0x8E], packets  # type: ignore[union-attr]
             node = b.cluster
             assert node is not None and node.origin != old_origin
-            await wait_until(lambda: "stay" in node._claimed and "newcomer" in node._claimed)
+            await wait_until(lambda: {"stay", "newcomer", "returner"} <= set(node._claimed))
             await node.settled()
-            for client_id in ("stay", "newcomer"):
+            for client_id in ("stay", "newcomer", "returner"):
                 entry = await node.owners.get(owner_key(client_id))
                 assert entry is not None and json.loads(entry.value)["origin"] == node.origin
             assert await node.wills.get(f"{node.origin}.{owner_key('stay')}") is not None
@@ -162,6 +167,6 @@ async def test_a_node_back_from_a_nats_loss_takes_its_clients_back(
             with trio.move_on_after(0.5):
                 got = await watcher.receive()
                 raise AssertionError(f"a will was published: {got}")
-            for raw in (stay, newcomer, elsewhere):
+            for raw in (stay, newcomer, returner, elsewhere):
                 await raw.send(Pingreq())
                 assert await raw.receive() == Pingresp()

@@ -1163,17 +1163,19 @@ class BrokerCore:
             self.set_retained(message)
         self.retained_changed(topic)
 
-    def connected_wills(self) -> list[tuple[str, Message | None, int]]:
-        """Every client connected here: (client id, its will as a message, will delay).
+    def connected_will(self, client_id: str) -> tuple[Message | None, int] | None:
+        """The will of ``client_id`` as the cluster keeps it (the message it becomes, its
+        delay); None if the client is not connected here.
 
-        What a cluster node that joined again tells the cluster (as ``connected`` did at
-        each CONNECT), since nothing reached the cluster while it was cut off.
+        What a cluster node that joined again tells the cluster for each connected
+        client (as ``connected`` did at its CONNECT): nothing reached the cluster while
+        the node was cut off.
         """
-        now = self.now()
-        return [
-            (conn.client_id, *_cluster_will(conn.will, conn.client_id, conn.peer, now))
-            for conn in self.connected_clients()
-        ]
+        session = self.sessions.get(client_id)
+        conn = None if session is None else session.connection
+        if conn is None:
+            return None
+        return _cluster_will(conn.will, client_id, conn.peer, self.now())
 
     def hand_over(self, client_id: str, where: str) -> Session | None:
         """Another node resumes ``client_id``'s session: let go of it and return it.

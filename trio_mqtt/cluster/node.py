@@ -168,12 +168,14 @@ class CatchUp:
     nodes' origins, the lost one's included (their messages were routed here already;
     their claims, wills and heartbeat keys are this broker's to take back); ``seen``:
     the (origin, sequence) of the QoS 1/2 messages received live in its last seconds
-    (not to deliver twice).
+    (not to deliver twice); ``owners_revision``: the owners bucket's last revision it
+    had seen (a claim above it was written while it was cut off).
     """
 
     first: int
     origins: frozenset[str]
     seen: frozenset[tuple[str, int]]
+    owners_revision: int = 0
 
 
 @attrs.define(eq=False)
@@ -213,6 +215,8 @@ class ClusterNode:
     # and the highest revision another node wrote for it while ours was in the air
     _claimed: dict[str, int] = attrs.Factory(dict)
     _contested: dict[str, tuple[int, str]] = attrs.Factory(dict)
+    # the highest revision of the owners bucket seen (watched, or our own claims)
+    _owners_revision: int = 0
     # QoS 1/2 messages sent to the stream, waiting for its answer: token -> what to do
     _stores: dict[int, tuple[ClientConnection, int, Message, float, int]] = attrs.Factory(dict)
     _store_token: int = 0
@@ -593,6 +597,7 @@ class ClusterNode:
             log.warning("cluster: ignored retained entry %r: %s", entry.key, exc)
 
     def _on_owner(self, entry: Entry) -> None:
+        self._owners_revision = max(self._owners_revision, entry.revision)
         if entry.operation != "PUT":
             return
         try:
@@ -617,6 +622,7 @@ class ClusterNode:
     async def _claim(self, client_id: str) -> None:
         value = json.dumps({"node": self.name, "origin": self.origin, "client": client_id})
         revision = await self.owners.put(owner_key(client_id), value.encode())
+        self._owners_revision = max(self._owners_revision, revision)
         contested = self._contested.pop(client_id, None)
         if contested is not None and contested[0] > revision:
             self.core.taken_over_elsewhere(client_id, contested[1])
@@ -947,6 +953,7 @@ class ClusterNode:
             self._floor_back,
             self._previous_origins | {self.origin},
             frozenset(self._recent.union(*self._recent_back)),
+            self._owners_revision,
         )
 
     async def take_back(self, previous: CatchUp) -> None:
@@ -957,23 +964,32 @@ class ClusterNode:
         meanwhile are not claimed, and the earlier node's wills and heartbeat key are
         under its own origin, which other nodes would take for a dead node's (and
         publish the wills of clients still connected here). A client id that another
-        node claimed meanwhile is the newer connection: the one here is closed as taken
-        over (5.0: DISCONNECT 0x8E).
+        node claimed while this broker was cut off (a revision above the last it had
+        seen) is the newer connection: the one here is closed as taken over (5.0:
+        DISCONNECT 0x8E). An older claim by another node is a connection the client
+        left for this one: it is claimed here.
         """
         ours = previous.origins | {self.origin}
         try:
-            for client_id, will, delay in self.core.connected_wills():
+            for client_id in [conn.client_id for conn in self.core.connected_clients()]:
                 entry = await self.owners.get(owner_key(client_id))
+                current = self.core.connected_will(client_id)  # (after the wait)
+                if current is None:
+                    continue  # gone meanwhile: its will was dealt with here
                 if entry is not None and entry.operation == "PUT":
                     try:
                         owner = json.loads(entry.value)
                         origin, node = owner["origin"], owner["node"]
                     except (ValueError, KeyError, TypeError):
                         origin = node = None
-                    if origin is not None and origin not in ours:
+                    if (
+                        origin is not None
+                        and origin not in ours
+                        and entry.revision > previous.owners_revision
+                    ):
                         self.core.taken_over_elsewhere(client_id, str(node))
                         continue
-                self.connected(client_id, will, delay)
+                self.connected(client_id, *current)
             await self.settled()
             for origin in previous.origins:
                 await self.nodes.delete(origin)  # (not expired: nobody reaps it)
