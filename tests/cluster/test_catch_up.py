@@ -40,6 +40,14 @@ async def client(node: Broker, client_id: str, version=V5, **connect: object) ->
     return raw
 
 
+def metric(broker: Broker, name: str) -> float:
+    """The value of ``trio_mqtt_<name>`` in the broker's /metrics text."""
+    for line in broker.metrics_text().splitlines():
+        if line.startswith(f"trio_mqtt_{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no trio_mqtt_{name} in the metrics")
+
+
 async def publish(raw: RawClient, topic: str, payload: bytes, qos: int, packet_id: int) -> None:
     """Publish and complete the acknowledgement of QoS 1 or 2."""
     await raw.send(Publish(topic=topic, payload=payload, qos=qos, packet_id=packet_id))
@@ -85,6 +93,7 @@ async def test_what_was_stored_while_a_node_was_cut_off_reaches_its_subscribers(
 
             relay.cut()
             await wait_until(lambda: b.cluster is None, "node b cut off")
+            assert metric(b, "cluster_nats_connected") == 0
             for packet_id, (payload, qos) in enumerate(
                 ((b"while-1", 1), (b"while-2", 2), (b"while-3", 1), (b"while-4", 2)), 10
             ):
@@ -103,6 +112,13 @@ async def test_what_was_stored_while_a_node_was_cut_off_reaches_its_subscribers(
                 b"while-3",
                 b"while-4",
             ]
+            # what /metrics says of it, across b's two nodes
+            assert metric(b, "cluster_nats_connected") == 1
+            assert metric(b, "cluster_joins_total") == 2
+            assert metric(b, "cluster_nats_losses_total") == 1
+            assert metric(b, "cluster_messages_caught_up_total") == 4
+            assert metric(b, "cluster_messages_forwarded_total") == 1  # own-before
+            assert metric(b, "cluster_messages_received_total") == 3  # before-1/2, after
 
 
 async def test_a_node_that_never_lost_nats_reads_nothing_back(nats_server: NatsServer) -> None:

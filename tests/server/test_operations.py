@@ -126,6 +126,7 @@ async def test_metrics_follow_real_traffic() -> None:
         assert value(after, "trio_mqtt_retained_messages") == 1
         # the same text from the embedding API
         assert "trio_mqtt_retained_messages 1.0" in broker.metrics_text()
+        assert "trio_mqtt_cluster_" not in broker.metrics_text()  # (no [cluster] here)
 
         await publisher.aclose()
         await subscriber.aclose()

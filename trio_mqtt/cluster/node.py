@@ -61,6 +61,7 @@ from trio_mqtt.broker.core import LOCAL_PREFIX, AwaitedCheck, BrokerCore
 from trio_mqtt.broker.message import Message, StoredMessage
 from trio_mqtt.broker.router import Router, SubscriptionOptions
 from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, SavedSession, Session
+from trio_mqtt.cluster.counters import ClusterCounters
 from trio_mqtt.cluster.envelope import (
     EnvelopeError,
     Origin,
@@ -265,6 +266,10 @@ class ClusterNode:
     # messages published here that NATS did not take (its connection closed, or one too
     # large for it): they reached this node's subscribers only
     dropped: int = 0
+    # messages read back from the stream by catch_up
+    caught_up: int = 0
+    # the broker's totals over its nodes: this node's counts are added when it ends
+    counters: ClusterCounters = attrs.Factory(ClusterCounters)
 
     def stand_down(self, _why: object = None) -> None:
         """NATS is gone: the core gets a ``DetachedLink`` (``detach``), and the QoS 1/2
@@ -278,7 +283,7 @@ class ClusterNode:
         """From now on the core has a ``DetachedLink``: its own clients only (local
         routing, share groups served here, QoS 1/2 refused). Idempotent."""
         if self.core.cluster is self:
-            self.core.leave_cluster(stand_in=DetachedLink(self.core))
+            self.core.leave_cluster(stand_in=DetachedLink(self.core, self.counters))
 
     def refuse_pending_stores(self) -> None:
         """Refuse (5.0: 0x89) the QoS 1/2 messages still waiting for the stream's answer,
@@ -1033,6 +1038,7 @@ class ClusterNode:
                 self._recent.add(key)
                 self.core.publish(message, from_cluster=True)
                 delivered += 1
+                self.caught_up += 1
             if delivered:
                 log.warning(
                     "cluster: delivered %d message(s) stored while this node was cut off from NATS",
@@ -1220,10 +1226,14 @@ class DetachedLink:
     """
 
     core: BrokerCore
+    # the broker's totals (a detached broker's messages count as not forwarded)
+    counters: ClusterCounters | None = None
     dropped: int = 0
 
     def forward(self, message: Message) -> None:
         self.dropped += 1
+        if self.counters is not None:
+            self.counters.not_forwarded += 1
 
     def store(self, message: Message, conn: ClientConnection, packet_id: int) -> int:
         self.core.stored(conn, packet_id, message, None)
@@ -1267,12 +1277,16 @@ def payload_limit_warning(server_info: dict[str, Any], max_packet_size: int) -> 
 
 @asynccontextmanager
 async def open_cluster_node(
-    core: BrokerCore, config: ClusterConfig, catch_up: CatchUp | None = None
+    core: BrokerCore,
+    config: ClusterConfig,
+    catch_up: CatchUp | None = None,
+    counters: ClusterCounters | None = None,
 ) -> AsyncIterator[ClusterNode]:
     """Join the cluster for the duration of the block (see the module docstring).
 
     ``catch_up``: this broker's previous node lost NATS (``catch_up_point``); once the
     node's subscriptions are in place, what was stored meanwhile is delivered here.
+    ``counters``: the broker's totals; this node's counts are added to them when it ends.
 
     From the block's end until this returns the core has a ``DetachedLink``; if the
     node fails (NATS lost) it keeps it, and the caller decides what comes next.
@@ -1334,6 +1348,8 @@ async def open_cluster_node(
             sessions=sessions,
         )
         node._idle.set()
+        if counters is not None:
+            node.counters = counters
         nats.on_closed = shared_nats.on_closed = node.stand_down
         node.raise_stream_floor(stream_info)
         node._floor_back = node._floor_seen = node._stream_floor
@@ -1387,5 +1403,11 @@ async def open_cluster_node(
                 # (stores answered meanwhile were acknowledged; no answer comes any more)
                 node.refuse_pending_stores()
                 nursery.cancel_scope.cancel()
+                node.counters.add_node(
+                    forwarded=node.forwarded,
+                    received=node.received,
+                    not_forwarded=node.dropped,
+                    caught_up=node.caught_up,
+                )
     core.leave_cluster()
     log.info("cluster: node %s left", name)

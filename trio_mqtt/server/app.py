@@ -32,6 +32,7 @@ from trio_mqtt.broker.enhanced_auth import Authenticator
 from trio_mqtt.broker.message import Message, publish_size
 from trio_mqtt.broker.stats import DROP_LOCAL_BUFFER_FULL, BrokerStats
 from trio_mqtt.broker.sys_topics import SysTopics
+from trio_mqtt.cluster.counters import ClusterCounters, ClusterFigures
 from trio_mqtt.cluster.node import CatchUp, ClusterNode, DetachedLink, open_cluster_node
 from trio_mqtt.config import BrokerConfig, ClusterConfig, HttpConfig
 from trio_mqtt.config_reload import ReloadReport, changed_keys, plan_reload
@@ -134,8 +135,10 @@ class Broker:
     listeners: dict[str, ListenerHandle] = attrs.Factory(dict)
     # the password and ACL files (None when the config names neither)
     auth_files: AuthFiles | None = None
-    # this broker's membership of a cluster (None without [cluster])
+    # this broker's membership of a cluster (None without [cluster], or while cut off)
     cluster: ClusterNode | None = None
+    # what its cluster nodes did, added up (/metrics)
+    cluster_counters: ClusterCounters = attrs.Factory(ClusterCounters)
     # the operators' HTTP endpoint (None without [http])
     http: HttpHandle | None = None
     # how late the event loop runs (measured every LAG_INTERVAL; /metrics)
@@ -155,8 +158,28 @@ class Broker:
     def metrics_registry(self) -> CollectorRegistry:
         """This broker's own Prometheus registry (its counters, read when collected)."""
         if self._registry is None:
-            self._registry = make_registry(self.core, self.listeners, self.loop_lag)
+            self._registry = make_registry(
+                self.core,
+                self.listeners,
+                self.loop_lag,
+                self.cluster_figures if self.config.cluster is not None else None,
+            )
         return self._registry
+
+    def cluster_figures(self) -> ClusterFigures:
+        """The cluster counters for ``/metrics``: the ended nodes' totals and the current
+        node's own counts."""
+        totals = self.cluster_counters
+        node = self.cluster
+        return ClusterFigures(
+            connected=node is not None and not node.nats.is_closed,
+            joins=totals.joins,
+            losses=totals.losses,
+            forwarded=totals.forwarded + (node.forwarded if node else 0),
+            received=totals.received + (node.received if node else 0),
+            not_forwarded=totals.not_forwarded + (node.dropped if node else 0),
+            caught_up=totals.caught_up + (node.caught_up if node else 0),
+        )
 
     def metrics_text(self) -> str:
         """The metrics in the Prometheus text format: what ``GET /metrics`` answers."""
@@ -591,9 +614,12 @@ async def _be_cluster_node(
         while not leaving.is_set():
             node: ClusterNode | None = None
             try:
-                async with open_cluster_node(core, config, catch_up) as node:
+                async with open_cluster_node(
+                    core, config, catch_up, broker.cluster_counters
+                ) as node:
                     catch_up = None
                     broker.cluster = node
+                    broker.cluster_counters.joins += 1
                     if not started:
                         task_status.started()
                         started = True
@@ -602,13 +628,16 @@ async def _be_cluster_node(
                     delay = REJOIN_DELAY
                     await leaving.wait()
                     scope.deadline = trio.current_time() + LEAVE_TIMEOUT
+                broker.cluster = None  # (left: its counts are in cluster_counters now)
             except* (NATSError, trio.TooSlowError, OSError) as group:
                 if not started:
                     raise  # cannot join at startup: the broker does not start
                 if node is not None:
                     catch_up = node.catch_up_point()
+                    broker.cluster_counters.losses += 1
                 broker.cluster = None
-                core.leave_cluster(stand_in=DetachedLink(core))
+                if not isinstance(core.cluster, DetachedLink):
+                    core.leave_cluster(stand_in=DetachedLink(core, broker.cluster_counters))
                 log.error(
                     "cluster: lost NATS (%s): serving this node's clients alone, joining "
                     "again in %.0f s",

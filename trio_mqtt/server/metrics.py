@@ -10,7 +10,7 @@ embedding) never mix their numbers. docs/operations.md lists the metrics.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import attrs
 import trio
@@ -25,6 +25,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.cluster.counters import ClusterFigures
 from trio_mqtt.server.listener import ListenerHandle
 
 __all__ = [
@@ -86,17 +87,57 @@ class BrokerCollector(Collector):
     """Reads a broker's counters at scrape time (see the module docstring)."""
 
     def __init__(
-        self, core: BrokerCore, listeners: Mapping[str, ListenerHandle], lag: LoopLag
+        self,
+        core: BrokerCore,
+        listeners: Mapping[str, ListenerHandle],
+        lag: LoopLag,
+        cluster: Callable[[], ClusterFigures] | None = None,
     ) -> None:
         self._core = core
         self._listeners = listeners  # the Broker's dict: listeners started later appear
         self._lag = lag
+        self._cluster = cluster  # None: no [cluster], no cluster metrics
 
     def collect(self) -> Iterator[Metric]:
         yield from self._listener_metrics()
         yield from self._message_metrics()
         yield from self._state_metrics()
         yield from self._lag_metrics()
+        if self._cluster is not None:
+            yield from self._cluster_metrics(self._cluster())
+
+    def _cluster_metrics(self, figures: ClusterFigures) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_cluster_nats_connected",
+            "1 while this node is connected to NATS, 0 while it serves its clients alone.",
+            value=int(figures.connected),
+        )
+        for name, text, value in (
+            (
+                "joins",
+                "Times this broker joined the cluster (at start, and after a loss).",
+                figures.joins,
+            ),
+            ("nats_losses", "Times this broker lost its NATS connection.", figures.losses),
+            (
+                "messages_forwarded",
+                "Messages published here and handed to NATS.",
+                figures.forwarded,
+            ),
+            ("messages_received", "Messages from other nodes routed here.", figures.received),
+            (
+                "messages_not_forwarded",
+                "Messages published here that NATS did not take (cut off, too large, subject "
+                "too long): they reached this node's subscribers only.",
+                figures.not_forwarded,
+            ),
+            (
+                "messages_caught_up",
+                "Messages read back from the stream after a NATS loss and delivered here.",
+                figures.caught_up,
+            ),
+        ):
+            yield CounterMetricFamily(f"{PREFIX}_cluster_{name}", text, value=value)
 
     def _listener_metrics(self) -> Iterator[Metric]:
         connections = GaugeMetricFamily(
@@ -231,11 +272,17 @@ class BrokerCollector(Collector):
 
 
 def make_registry(
-    core: BrokerCore, listeners: Mapping[str, ListenerHandle], lag: LoopLag
+    core: BrokerCore,
+    listeners: Mapping[str, ListenerHandle],
+    lag: LoopLag,
+    cluster: Callable[[], ClusterFigures] | None = None,
 ) -> CollectorRegistry:
-    """A registry of its own for one broker, with the process's CPU, memory and fds too."""
+    """A registry of its own for one broker, with the process's CPU, memory and fds too.
+
+    ``cluster``: what reads the cluster's counters (a broker with ``[cluster]``).
+    """
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(BrokerCollector(core, listeners, lag))
+    registry.register(BrokerCollector(core, listeners, lag, cluster))
     ProcessCollector(registry=registry)  # process_* (Linux: from /proc)
     return registry
 
