@@ -136,9 +136,11 @@ SESSIONS_BUCKET = "mqtt_sessions"
 SESSION_SAVE_INTERVAL = 0.2
 # at most this many stream messages are replayed into one recovered session
 MAX_REPLAY = 100_000
+#: ... and at most this many payload bytes (what a replay holds in memory at once).
+MAX_REPLAY_BYTES = 64 * 1024 * 1024
 #: At most this many QoS 1 messages received live per heartbeat interval are remembered
 #: for a catch-up (QoS 2 always are): past it, a catch-up may deliver QoS 1 ones twice.
-MAX_RECENT = 100_000
+MAX_RECENT = 50_000
 # How long the last key-value writes may take when the node leaves.
 CLOSE_TIMEOUT = 2.0
 # How long a SUBACK waits at most for NATS to confirm the node's new subscriptions; then
@@ -813,7 +815,7 @@ class ClusterNode:
             (item[0], SubscriptionOptions(*item[1:])) for item in record["subscriptions"]
         )
         acked, sent = int(record["acked"]), int(record["sent"])
-        replayed = await self._replay([f for f, _options in subscriptions], acked + 1)
+        replayed, _complete = await self._replay([f for f, _options in subscriptions], acked + 1)
         messages = [message for message, _origin in replayed]
         router = Router()
         for topic_filter, options in subscriptions:
@@ -852,18 +854,20 @@ class ClusterNode:
 
     async def _replay(
         self, topic_filters: Iterable[str], first: int
-    ) -> list[tuple[StoredMessage, Origin]]:
+    ) -> tuple[list[tuple[StoredMessage, Origin]], bool]:
         """The stream's messages from sequence ``first`` on that match ``topic_filters``,
-        in stream order, each once, with the node they entered the cluster through."""
+        in stream order, each once, with where they entered the cluster; and whether
+        that is all of them (False: MAX_REPLAY messages or MAX_REPLAY_BYTES reached)."""
         subjects: set[str] = set()
         for topic_filter in topic_filters:
             _group, plain = parse_shared_filter(topic_filter)
             subjects.update(filter_to_subjects(plain, STREAM_PREFIX))
         found: dict[int, tuple[StoredMessage, Origin]] = {}
+        size = 0
         now = self.core.now()
         for subject in subjects:
             start = first
-            while len(found) < MAX_REPLAY:
+            while len(found) < MAX_REPLAY and size < MAX_REPLAY_BYTES:
                 request = {"seq": start, "next_by_subj": subject, "batch": 1000}
                 replies = await self.nats.request_many(
                     f"$JS.API.DIRECT.GET.{MESSAGES_STREAM}", json.dumps(request).encode()
@@ -879,11 +883,13 @@ class ClusterNode:
                         topic, reply.payload, reply.headers.as_dict(), now=now
                     )
                     found[sequence] = (StoredMessage.of(message, sequence), origin)
+                    size += len(message.payload)
                     start = max(start, sequence + 1)
                     got += 1
                 if got < 1000:
                     break
-        return [found[sequence] for sequence in sorted(found)]
+        complete = len(found) < MAX_REPLAY and size < MAX_REPLAY_BYTES
+        return [found[sequence] for sequence in sorted(found)], complete
 
     async def _request_chunks(self, subject: str, client_id: str) -> list[bytes]:
         """Send one request, collect the reply chunks (none: no session there).
@@ -1023,7 +1029,7 @@ class ClusterNode:
             filters = [f for f in self.core.router.filters() if not f.startswith(SHARE_PREFIX)]
             if not filters:
                 return
-            replayed = await self._replay(filters, since.first)
+            replayed, complete = await self._replay(filters, since.first)
             own = since.origins | {self.origin}
             delivered = 0
             for message, origin in replayed:
@@ -1039,17 +1045,21 @@ class ClusterNode:
                 self.core.publish(message, from_cluster=True)
                 delivered += 1
                 self.caught_up += 1
+                if delivered % 500 == 0:
+                    await trio.lowlevel.checkpoint()  # (let the clients' tasks run too)
             if delivered:
                 log.warning(
                     "cluster: delivered %d message(s) stored while this node was cut off from NATS",
                     delivered,
                 )
-            if len(replayed) >= MAX_REPLAY:
+            if not complete:
                 log.error(
-                    "cluster: more than %d messages were stored while this node was cut "
-                    "off from NATS: only the first %d were delivered here",
+                    "cluster: more was stored while this node was cut off from NATS than "
+                    "a catch-up reads back (%d messages or %d MiB): only the first %d "
+                    "were read",
                     MAX_REPLAY,
-                    MAX_REPLAY,
+                    MAX_REPLAY_BYTES // (1024 * 1024),
+                    len(replayed),
                 )
         except (NATSError, trio.TooSlowError) as exc:
             log.error("cluster: could not read back what was stored meanwhile: %s", exc)
