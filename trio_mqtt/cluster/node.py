@@ -1002,6 +1002,7 @@ class ClusterNode:
                         continue
                 self.connected(client_id, *current)
             await self.settled()
+            await self.save_sessions_once()  # (its records first, then the old ones go)
             for origin in previous.origins:
                 await self.nodes.delete(origin)  # (not expired: nobody reaps it)
                 for bucket in (self.wills, self.sessions):
