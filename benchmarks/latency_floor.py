@@ -31,6 +31,8 @@ trip over the client's whole run (``getrusage`` of this process for the three se
 in it; the scheduler's run time of the mosquitto process from ``/proc/<pid>/schedstat``,
 or its ``/proc/<pid>/stat`` ticks where that is not kept). Runs alternate between the
 servers. Results go to ``benchmarks/results/latency-floor.json`` (``--output``).
+``--deliver-first`` makes the bare relays write the delivery before the PUBACK, the
+order mosquitto uses (its end-to-end latency is below its PUBACK latency).
 
 On a machine shared with other jobs, ``--max-load`` waits before each round (up to
 ``--wait-limit`` seconds) for a quiet machine, ``--wait-absent`` for other jobs' marker
@@ -85,6 +87,9 @@ SUBACK = b"\x90\x03\x00\x01\x01"  # packet id 1 (the client's), QoS 1 granted
 PUBACK = 0x40
 DEADLINE_S = 120.0
 SERVERS = ("bare trio", "bare selectors", "trio-mqtt", "mosquitto")
+#: the bare relays write the delivery before the PUBACK (``--deliver-first``; mosquitto's
+#: order) instead of after it
+DELIVER_FIRST = False
 METRICS = ("puback_p50_us", "puback_p99_us", "p50_us", "p99_us", "cpu_us_per_round_trip")
 
 
@@ -232,9 +237,12 @@ class _TrioRelay:
             for packet in _frames(buffer):
                 kind = packet[0] >> 4
                 if kind == 3 and is_publisher:
-                    await stream.send_all(_puback_for(packet))
                     assert self.subscriber is not None
-                    await self.subscriber.send_all(packet)
+                    if DELIVER_FIRST:
+                        await self.subscriber.send_all(packet)
+                    await stream.send_all(_puback_for(packet))
+                    if not DELIVER_FIRST:
+                        await self.subscriber.send_all(packet)
                 elif kind == 1:
                     is_publisher = _client_id(packet) == PUBLISHER_ID.encode()
                     if not is_publisher:
@@ -286,9 +294,12 @@ def _selectors_relay(listener: socket.socket, stop: socket.socket) -> None:
             for packet in _frames(buffer):
                 kind = packet[0] >> 4
                 if kind == 3 and sock in publishers:
-                    send(sock, _puback_for(packet))
                     assert subscriber is not None
-                    send(subscriber, packet)
+                    if DELIVER_FIRST:
+                        send(subscriber, packet)
+                    send(sock, _puback_for(packet))
+                    if not DELIVER_FIRST:
+                        send(subscriber, packet)
                 elif kind == 1:
                     if _client_id(packet) == PUBLISHER_ID.encode():
                         publishers.add(sock)
@@ -479,12 +490,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wait-absent", type=Path, action="append", default=[])
     parser.add_argument("--wait-limit", type=float, default=600.0, help="seconds (per round)")
     parser.add_argument("--busy-marker", type=Path, help="a file that exists while measuring")
+    parser.add_argument(
+        "--deliver-first",
+        action="store_true",
+        help="the bare relays write the delivery before the PUBACK (mosquitto's order)",
+    )
     parser.add_argument("--client", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
         print(json.dumps(client(*args.client)))
         return
     servers = args.server or list(SERVERS)
+    global DELIVER_FIRST  # noqa: PLW0603 (read by the relays, which run in this process)
+    DELIVER_FIRST = args.deliver_first
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
@@ -521,6 +539,7 @@ def main(argv: list[str] | None = None) -> None:
                 "warmup": args.warmup,
                 "count": args.count,
                 "payload_bytes": PAYLOAD_SIZE,
+                "bare_relays_write": "delivery, PUBACK" if DELIVER_FIRST else "PUBACK, delivery",
                 "mosquitto": MOSQUITTO_PATH,
                 "waits": waits,
                 "summary": summary,
