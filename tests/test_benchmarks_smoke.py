@@ -15,8 +15,9 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed; plain `pytest` ne
     sys.path.insert(0, str(REPO))
 
 from nats_server import nats_server_binary  # noqa: E402
+from tools import tools_required  # noqa: E402
 
-from benchmarks.brokers import mosquitto_config  # noqa: E402
+from benchmarks.brokers import MOSQUITTO_PATH, mosquitto_config  # noqa: E402
 from benchmarks.cluster_report import (  # noqa: E402
     evaluate_cluster_targets,
     summarize_cluster,
@@ -267,6 +268,43 @@ def test_nats_ceiling_quick_run_delivers_everything(tmp_path: Path) -> None:
     assert document["core_runs"][2]["delivered"] == 4 * 20_000  # 1 -> 4 subscribers
     assert document["jetstream"]["one_at_a_time"]["p50_us"] > 0
     assert document["jetstream"]["window_20"]["count"] == 1_000
+
+
+def test_latency_floor_measures_every_server(tmp_path: Path) -> None:
+    """50 round trips against each server, one round; mosquitto only where installed."""
+    servers = ["bare trio", "bare selectors", "trio-mqtt", "mosquitto"]
+    has_mosquitto = Path(MOSQUITTO_PATH).exists()
+    if not has_mosquitto:
+        if tools_required():
+            pytest.fail(f"{MOSQUITTO_PATH} missing (apt-get install mosquitto)", pytrace=False)
+        servers.remove("mosquitto")
+    output = tmp_path / "latency-floor.json"
+    server_args = [arg for name in servers for arg in ("--server", name)]
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks.latency_floor", "--count", "50", "--warmup", "10",
+            "--repeat", "1", *server_args, "--output", str(output),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    document = json.loads(output.read_text())
+    assert list(document["summary"]) == servers
+    for name in servers:
+        (run,) = document["runs"][name]
+        assert 0 < run["puback_p50_us"] <= run["puback_p99_us"], name
+        assert 0 < run["p50_us"] <= run["p99_us"], name
+        # (mosquitto's CPU may be 0 where only /proc/<pid>/stat's 10 ms ticks are kept)
+        assert run["cpu_us_per_round_trip"] >= (0 if name == "mosquitto" else 1e-3), name
+    if not has_mosquitto:
+        pytest.skip(
+            f"mosquitto not installed ({MOSQUITTO_PATH}; Debian package mosquitto): the three "
+            "Python servers passed, mosquitto was not measured"
+        )
 
 
 def test_nats_message_shape_is_the_clusters() -> None:
