@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -59,6 +58,7 @@ from benchmarks.cluster_report import (
     summarize_cluster,
 )
 from benchmarks.profiling import PROFILERS, ProfileError, profile_scenario
+from benchmarks.provenance import source_commit
 from benchmarks.report import (
     RunRecord,
     SummaryRow,
@@ -199,7 +199,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "trio": trio.__version__,
         "trio_mqtt": _trio_mqtt_version(),
-        "trio_mqtt_commit": _source_commit(),
+        "trio_mqtt_commit": source_commit(),
         "mosquitto": mosquitto_version(),
         "fd_limit": raise_fd_limit(),
     }
@@ -210,31 +210,6 @@ def _trio_mqtt_version() -> str:
     source = Path(__file__).resolve().parent.parent / "trio_mqtt" / "_version.py"
     match = re.search(r"__version__\s*=\s*[\"']([^\"']+)", source.read_text())
     return match.group(1) if match else "unknown"
-
-
-def _source_commit() -> str:
-    """The git commit of the measured trio_mqtt/ source, '+dirty' if it has local edits."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--", "trio_mqtt"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if status else "")
 
 
 def _broker_order(brokers: Sequence[BrokerKind], repetition: int) -> list[BrokerKind]:

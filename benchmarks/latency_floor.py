@@ -64,6 +64,7 @@ from typing import Any
 import trio
 
 from benchmarks.brokers import MOSQUITTO_PATH, BrokerKind, start_broker
+from benchmarks.provenance import source_commit
 from benchmarks.wire import (
     connect_packet,
     make_payload,
@@ -535,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps(
             {
                 "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "commit": _commit(),
+                "commit": source_commit(),
                 "warmup": args.warmup,
                 "count": args.count,
                 "payload_bytes": PAYLOAD_SIZE,
@@ -579,15 +580,6 @@ def _table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
                     f"{end_to_end:.2f}x"
                 )
     return "\n".join(lines)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

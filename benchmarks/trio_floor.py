@@ -25,7 +25,6 @@ import resource
 import selectors
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import trio
 
+from benchmarks.provenance import source_commit
 from trio_mqtt import open_broker
 from trio_mqtt.cli import GC_THRESHOLDS
 from trio_mqtt.config import BrokerConfig, ListenerConfig
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps(
             {
                 "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "commit": _commit(),
+                "commit": source_commit(),
                 "count": args.count,
                 "concurrency": CONCURRENCY,
                 "summary": summary,
@@ -164,15 +164,6 @@ def main(argv: list[str] | None = None) -> None:
         + "\n"
     )
     print(f"wrote {args.output}")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":
