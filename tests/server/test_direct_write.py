@@ -9,8 +9,10 @@ reader keeps reading while the client is not reading (no deadlock).
 
 from __future__ import annotations
 
+import os
 import socket
 
+import pytest
 import trio
 from helpers import PEER, V311, make_core
 
@@ -216,3 +218,42 @@ async def test_a_delivery_a_full_socket_does_not_take_is_finished_by_a_writer() 
             nursery.cancel_scope.cancel()
     assert [packet.payload[:5] for packet in received] == [b"%05d" % n for n in range(count)]
     assert counting.send_alls > 0
+
+
+async def test_the_delivery_is_written_before_the_publishers_puback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The subscriber's copy goes out first, then the answer to the publisher: the message
+    # reaches the subscriber one write sooner (mosquitto's order).
+    core = make_core(trio.current_time)
+    subscriber, subscriber_server = socket_stream_pair()
+    publisher, publisher_server = socket_stream_pair()
+    sub_reader = PacketReader(protocol_version=V311, server_side=False)
+    pub_reader = PacketReader(protocol_version=V311, server_side=False)
+    writes: list[int] = []
+    real_write = os.write
+    fds = [subscriber_server.socket.fileno(), publisher_server.socket.fileno()]
+
+    def recording_write(fd: int, data: bytes) -> int:
+        writes.append(fd)
+        return real_write(fd, data)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_connection, subscriber_server, core, PEER)
+            await subscriber.send_all(encode(Connect(client_id="sub"), V311))
+            await subscriber.send_all(encode(Subscribe(1, (SubscriptionRequest("o/#", 1),)), V311))
+            assert await read_packets(subscriber, sub_reader, 2) == [Connack(), Suback(1, (1,))]
+            nursery.start_soon(run_connection, publisher_server, core, PEER)
+            await publisher.send_all(encode(Connect(client_id="pub"), V311))
+            assert await read_packets(publisher, pub_reader, 1) == [Connack()]
+            monkeypatch.setattr(os, "write", recording_write)
+            await publisher.send_all(
+                encode(Publish(topic="o/1", payload=b"x", qos=1, packet_id=5), V311)
+            )
+            assert await read_packets(publisher, pub_reader, 1) == [Puback(5)]
+            [delivery] = await read_packets(subscriber, sub_reader, 1)
+            assert isinstance(delivery, Publish) and delivery.payload == b"x"
+            monkeypatch.undo()
+            nursery.cancel_scope.cancel()
+    assert [fd for fd in writes if fd in fds] == fds  # the subscriber's, then the PUBACK

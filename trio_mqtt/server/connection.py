@@ -204,9 +204,11 @@ class _Output:
         finally:
             self._reading = False
             deliveries.steps -= 1
-        self.write_now(conn)
+        # the subscribers first, then the publisher's answer (its PUBACK): a message
+        # reaches them one write sooner, as mosquitto orders it
         if deliveries.woken and not deliveries.steps:
             deliveries.write_woken()
+        self.write_now(conn)
 
     def write_noted(self) -> None:
         """Write what a wake-up noted in ``_Deliveries`` instead of starting a writer."""
