@@ -49,6 +49,8 @@ from trio_mqtt.server.connection import run_connection
 if TYPE_CHECKING:
     from _typeshed import TraceFunction
 
+    from trio_mqtt import Broker
+
 V31 = ProtocolVersion.V31
 V311 = ProtocolVersion.V311
 V5 = ProtocolVersion.V5
@@ -194,6 +196,17 @@ async def open_client(
     client_stream, server_stream = trio.testing.memory_stream_pair()
     serve(server_stream)
     return RawClient(client_stream, version)
+
+
+async def accepted_client(
+    broker: Broker, client_id: str, version: ProtocolVersion = V5, **connect: object
+) -> RawClient:
+    """A RawClient on ``broker``'s first listener that connected as ``client_id``
+    (``connect``: more Connect fields) and was accepted."""
+    raw = await RawClient.open(broker.port, version)
+    connack = await raw.connect(client_id, **connect)
+    assert connack.reason_code == 0, connack
+    return raw
 
 
 # ------------------------------------------------------------------------ waiting

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 
 import trio
-from helpers import V5, V311, wait_until
+from helpers import V311, wait_until
+from helpers import accepted_client as client
 from nats_relay import two_nodes
 from nats_server import NatsServer
 from rawclient import RawClient
@@ -31,13 +32,6 @@ from trio_mqtt.mqtt.packets import (
     SubscriptionRequest,
     Will,
 )
-
-
-async def client(node: Broker, client_id: str, version=V5, **connect: object) -> RawClient:  # type: ignore[no-untyped-def]
-    raw = await RawClient.open(node.port, version)
-    connack = await raw.connect(client_id, **connect)
-    assert connack.reason_code == 0, connack
-    return raw
 
 
 def metric(broker: Broker, name: str) -> float:

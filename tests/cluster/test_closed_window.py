@@ -22,7 +22,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
-from helpers import V5, V311, wait_until
+from helpers import V311, wait_until
+from helpers import accepted_client as client
 from nats_server import NatsServer
 from rawclient import RawClient
 
@@ -54,13 +55,6 @@ async def one_node(nats: NatsServer, **settings: object) -> AsyncIterator[Broker
     )
     async with open_broker(config) as broker:
         yield broker
-
-
-async def client(node: Broker, client_id: str, version=V5) -> RawClient:  # type: ignore[no-untyped-def]
-    raw = await RawClient.open(node.port, version)
-    connack = await raw.connect(client_id)
-    assert connack.reason_code == 0, connack
-    return raw
 
 
 def lose(nats: NATSClient, *, tell_node: bool) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 from helpers import V5, V311, wait_until
+from helpers import accepted_client as client
 from nats_server import NatsServer, running_nats_server
 from rawclient import RawClient
 
@@ -65,13 +66,6 @@ async def open_nodes(nats: NatsServer, count: int = 3) -> AsyncIterator[list[Bro
             )
             nodes.append(await stack.enter_async_context(open_broker(config)))
         yield nodes
-
-
-async def client(node: Broker, client_id: str, version=V5, **connect: object) -> RawClient:  # type: ignore[no-untyped-def]
-    raw = await RawClient.open(node.port, version)
-    connack = await raw.connect(client_id, **connect)
-    assert connack.reason_code == 0, connack
-    return raw
 
 
 async def subscribe(

@@ -13,11 +13,11 @@ import logging
 import pytest
 import trio
 from helpers import V5, V311
+from helpers import accepted_client as client
 from nats_relay import two_nodes
 from nats_server import NatsServer
 from rawclient import RawClient
 
-from trio_mqtt import Broker
 from trio_mqtt.cluster import node as node_module
 from trio_mqtt.mqtt.packets import (
     Disconnect,
@@ -30,13 +30,6 @@ from trio_mqtt.mqtt.packets import (
 )
 
 DELAY = 0.3
-
-
-async def client(node: Broker, client_id: str, version=V5) -> RawClient:  # type: ignore[no-untyped-def]
-    raw = await RawClient.open(node.port, version)
-    connack = await raw.connect(client_id)
-    assert connack.reason_code == 0, connack
-    return raw
 
 
 async def timed_suback(raw: RawClient, topic_filter: str, packet_id: int = 1) -> float:
