@@ -14,13 +14,14 @@ import logging
 import pytest
 import trio
 from helpers import V5
+from helpers import accepted_client as client
 from nats_server import NatsServer
 from rawclient import RawClient
 
 from trio_mqtt.cluster.node import ClusterNode
 from trio_mqtt.mqtt.packets import Publish
 
-from .test_closed_window import assert_refused, client, one_node, still_serving, subscribe
+from .test_closed_window import assert_refused, one_node, still_serving, subscribe
 
 LONG = "a/" + "b" * 5000  # one level longer than a control line; valid MQTT
 
