@@ -221,7 +221,7 @@ class ClusterNode:
     # the highest revision of the owners bucket seen (watched, or our own claims)
     _owners_revision: int = 0
     # QoS 1/2 messages sent to the stream, waiting for its answer: token -> what to do
-    _stores: dict[int, tuple[ClientConnection, int, Message, float, int]] = attrs.Factory(dict)
+    _stores: dict[int, tuple[ClientConnection, int, Message, float]] = attrs.Factory(dict)
     _store_token: int = 0
     _ack_prefix: str = ""
     # The lowest stream sequence a message this node stores from now on can get: above
@@ -291,7 +291,7 @@ class ClusterNode:
         """Refuse (5.0: 0x89) the QoS 1/2 messages still waiting for the stream's answer,
         so that their publishers send them again (to a node that can store them)."""
         stores, self._stores = self._stores, {}
-        for conn, packet_id, message, _sent, _sequence in stores.values():
+        for conn, packet_id, message, _sent in stores.values():
             self.core.stored(conn, packet_id, message, None)
 
     # ------------------------------------------------------------ ClusterLink (core)
@@ -357,7 +357,7 @@ class ClusterNode:
         self._reserved = None
         self._sequence += 1
         sequence = self._sequence
-        self._stores[token] = (conn, packet_id, message, now, sequence)
+        self._stores[token] = (conn, packet_id, message, now)
         headers = message_headers(message, origin=self.origin, sequence=sequence, now=now)
         try:
             self.nats.publish(
@@ -390,7 +390,7 @@ class ClusterNode:
         pending = self._stores.pop(token, None)
         if pending is None:
             return  # it timed out already
-        conn, packet_id, message, _sent, _sequence = pending
+        conn, packet_id, message, _sent = pending
         sequence: int | None = None
         try:
             reply = json.loads(msg.payload) if msg.payload else {}
@@ -409,7 +409,7 @@ class ClusterNode:
         """Give up on stores the stream has not answered within STORE_TIMEOUT."""
         limit = self.core.now() - STORE_TIMEOUT
         while self._stores:
-            token, (conn, packet_id, message, sent, _sequence) = next(iter(self._stores.items()))
+            token, (conn, packet_id, message, sent) = next(iter(self._stores.items()))
             if sent > limit:
                 break
             del self._stores[token]
