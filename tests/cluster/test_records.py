@@ -6,7 +6,15 @@ import pytest
 
 from trio_mqtt.broker.message import Message
 from trio_mqtt.cluster.envelope import EnvelopeError
-from trio_mqtt.cluster.records import decode_retained, decode_will, encode_retained, encode_will
+from trio_mqtt.cluster.records import (
+    Owner,
+    decode_owner,
+    decode_retained,
+    decode_will,
+    encode_owner,
+    encode_retained,
+    encode_will,
+)
 from trio_mqtt.mqtt.packets import Properties
 from trio_mqtt.peer import Endpoint, PeerInfo
 
@@ -71,3 +79,22 @@ def test_a_will_round_trips_with_its_delay_and_topic() -> None:
 def test_malformed_wills_are_value_errors(value: bytes) -> None:
     with pytest.raises(ValueError):
         decode_will(value, now=0.0)
+
+
+def test_an_owner_round_trips() -> None:
+    owner = Owner("n1", "n1-0a1b2c3d", 'client/with "quotes" and é')
+    assert decode_owner(encode_owner(owner)) == owner
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b'["n1", "n1-x", "c"]',
+        b'{"node": "n1", "origin": "n1-x"}',
+        b'{"node": "n1", "origin": 7, "client": "c"}',
+    ],
+)
+def test_malformed_owners_are_value_errors(value: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_owner(value)

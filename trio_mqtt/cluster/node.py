@@ -79,7 +79,15 @@ from trio_mqtt.cluster.handover import (
     saved_session,
 )
 from trio_mqtt.cluster.nats_tls import nats_client_ssl_context
-from trio_mqtt.cluster.records import decode_retained, decode_will, encode_retained, encode_will
+from trio_mqtt.cluster.records import (
+    Owner,
+    decode_owner,
+    decode_retained,
+    decode_will,
+    encode_owner,
+    encode_retained,
+    encode_will,
+)
 from trio_mqtt.cluster.subjects import (
     filter_to_subjects,
     queue_group_name,
@@ -608,11 +616,11 @@ class ClusterNode:
         if entry.operation != "PUT":
             return
         try:
-            owner = json.loads(entry.value)
-            node, origin, client_id = owner["node"], owner["origin"], owner["client"]
-        except (ValueError, KeyError, TypeError) as exc:
+            owner = decode_owner(entry.value)
+        except ValueError as exc:
             log.warning("cluster: ignored owner entry %r: %s", entry.key, exc)
             return
+        node, origin, client_id = owner.node, owner.origin, owner.client
         if origin == self.origin:
             return  # our own claim (a restarted node of the same name is another owner)
         ours = self._claimed.get(client_id)
@@ -627,8 +635,8 @@ class ClusterNode:
             self.core.taken_over_elsewhere(client_id, node)
 
     async def _claim(self, client_id: str) -> None:
-        value = json.dumps({"node": self.name, "origin": self.origin, "client": client_id})
-        revision = await self.owners.put(owner_key(client_id), value.encode())
+        value = encode_owner(Owner(self.name, self.origin, client_id))
+        revision = await self.owners.put(owner_key(client_id), value)
         self._owners_revision = max(self._owners_revision, revision)
         contested = self._contested.pop(client_id, None)
         if contested is not None and contested[0] > revision:
@@ -682,8 +690,8 @@ class ClusterNode:
             owner = await self.owners.get(owner_key(client_id))
             if owner is None or owner.operation != "PUT":
                 return
-            origin = json.loads(owner.value).get("origin")
-            if not isinstance(origin, str) or origin == self.origin:
+            origin = decode_owner(owner.value).origin
+            if origin == self.origin:
                 return
             try:
                 chunks = await self._request_chunks(f"{HANDOVER_SUBJECT}.{origin}", client_id)
@@ -989,16 +997,15 @@ class ClusterNode:
                     continue  # gone meanwhile: its will was dealt with here
                 if entry is not None and entry.operation == "PUT":
                     try:
-                        owner = json.loads(entry.value)
-                        origin, node = owner["origin"], owner["node"]
-                    except (ValueError, KeyError, TypeError):
-                        origin = node = None
+                        owner: Owner | None = decode_owner(entry.value)
+                    except ValueError:
+                        owner = None
                     if (
-                        origin is not None
-                        and origin not in ours
+                        owner is not None
+                        and owner.origin not in ours
                         and entry.revision > previous.owners_revision
                     ):
-                        self.core.taken_over_elsewhere(client_id, str(node))
+                        self.core.taken_over_elsewhere(client_id, owner.node)
                         continue
                 self.connected(client_id, *current)
             await self.settled()
@@ -1153,7 +1160,7 @@ class ClusterNode:
             owner = await self.owners.get(owner_key(client_id))
             if owner is not None and owner.operation == "PUT":
                 try:
-                    moved = json.loads(owner.value).get("origin") != dead
+                    moved = decode_owner(owner.value).origin != dead
                 except ValueError:
                     moved = False
                 if moved:

@@ -1,4 +1,5 @@
-"""A retained message or a will as one value of a cluster bucket (pure, no I/O).
+"""A retained message, a will or a client id's owner as one value of a cluster bucket
+(pure, no I/O).
 
 The value carries the same fields as a message between nodes
 (``trio_mqtt.cluster.envelope``), so a retained message keeps its publisher, its
@@ -9,11 +10,23 @@ Header values are printable ASCII without spaces, so the lines need no quoting.
 
 from __future__ import annotations
 
+import json
+
+import attrs
+
 from trio_mqtt.broker.message import Message
 from trio_mqtt.cluster.envelope import EnvelopeError, message_from_nats, message_headers
 from trio_mqtt.cluster.subjects import subject_to_topic, topic_to_subject
 
-__all__ = ["decode_retained", "decode_will", "encode_retained", "encode_will"]
+__all__ = [
+    "Owner",
+    "decode_owner",
+    "decode_retained",
+    "decode_will",
+    "encode_owner",
+    "encode_retained",
+    "encode_will",
+]
 
 _SEPARATOR = b"\n\n"
 
@@ -60,3 +73,30 @@ def decode_will(value: bytes, now: float) -> tuple[Message, int]:
     if delay < 0:
         raise EnvelopeError(f"will delay {delay} is negative")
     return decode_retained(subject_to_topic(subject), record, now), delay
+
+
+@attrs.frozen
+class Owner:
+    """Who holds a client id: the node (its name, and the origin of its current run)
+    whose CONNECT wrote the client id's key in the owners bucket."""
+
+    node: str
+    origin: str
+    client: str
+
+
+def encode_owner(owner: Owner) -> bytes:
+    """The owners bucket value for ``owner`` (JSON)."""
+    return json.dumps({"node": owner.node, "origin": owner.origin, "client": owner.client}).encode()
+
+
+def decode_owner(value: bytes) -> Owner:
+    """The owner in an owners bucket value; ``ValueError`` unless it is a JSON object with
+    the three fields as strings."""
+    data = json.loads(value)
+    if not isinstance(data, dict):
+        raise ValueError(f"an owner is a JSON object, not {type(data).__name__}")
+    node, origin, client = data.get("node"), data.get("origin"), data.get("client")
+    if not (isinstance(node, str) and isinstance(origin, str) and isinstance(client, str)):
+        raise ValueError(f"an owner has string fields node, origin and client: {data!r:.200}")
+    return Owner(node, origin, client)
