@@ -1364,10 +1364,9 @@ async def open_cluster_node(
             wills=wills,
             nodes=nodes,
             sessions=sessions,
+            counters=ClusterCounters() if counters is None else counters,
         )
         node._idle.set()
-        if counters is not None:
-            node.counters = counters
         nats.on_closed = shared_nats.on_closed = node.stand_down
         node.raise_stream_floor(stream_info)
         node._floor_back = node._floor_seen = node._stream_floor
@@ -1391,8 +1390,8 @@ async def open_cluster_node(
             node.subscribe_existing()
             nursery.start_soon(node.write_loop)
             if catch_up is not None:
-                # after the subscriptions: what is stored from now on comes live (or is
-                # read back too, and not delivered twice if it is QoS 2)
+                # after the subscriptions: what is stored from now on comes live (if it
+                # is read back too, catch_up knows it arrived: _recent)
                 await node.nats.flush()
                 nursery.start_soon(node.catch_up, catch_up)
                 nursery.start_soon(node.take_back, catch_up)
