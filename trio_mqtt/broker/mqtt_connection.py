@@ -447,9 +447,7 @@ class MQTTConnection:
         The server layer reads no more from this client until it is False: the broker
         takes messages no faster than it can hand them on (or store them).
         """
-        if self._storing and (
-            len(self._storing) >= STORE_WINDOW or self._storing_bytes >= STORE_WINDOW_BYTES
-        ):
+        if self._storing and self._store_window_full():
             if self._store_held_since is None:
                 self._store_held_since = self.core.now()
             return True
@@ -556,15 +554,17 @@ class MQTTConnection:
         self._storing.append(size)
         self._storing_bytes += size
 
+    def _store_window_full(self) -> bool:
+        """Whether a window's worth of its messages waits for the cluster's stream."""
+        return len(self._storing) >= STORE_WINDOW or self._storing_bytes >= STORE_WINDOW_BYTES
+
     def acknowledge(self, packet: Puback | Pubrec) -> None:
         """Send an acknowledgement the core decided after the PUBLISH was read (a
         cluster stored the message first); nothing once the connection is closing."""
         if self._storing:
             held = self._store_held_since is not None
             self._storing_bytes -= self._storing.popleft()
-            if held and (
-                len(self._storing) < STORE_WINDOW and self._storing_bytes < STORE_WINDOW_BYTES
-            ):
+            if held and not self._store_window_full():
                 self.core.on_relief()  # (its reader waits for held_back() to change)
         if self.state is ConnectionState.CONNECTED and self.close_reason is None:
             self._send(packet)
