@@ -7,27 +7,22 @@ from pathlib import Path
 
 __all__ = ["source_commit"]
 
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> str:
+    """What ``git args...`` prints in the repository (stripped); raises if it fails."""
+    done = subprocess.run(
+        ["git", *args], cwd=_ROOT, capture_output=True, text=True, timeout=10, check=True
+    )
+    return done.stdout.strip()
+
 
 def source_commit() -> str:
     """The git commit of the measured trio_mqtt/ source, '+dirty' if it has local edits."""
-    root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--", "trio_mqtt"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        commit = _git("rev-parse", "--short", "HEAD")
+        status = _git("status", "--porcelain", "--", "trio_mqtt")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if status else "")
