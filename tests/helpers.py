@@ -209,6 +209,18 @@ async def accepted_client(
     return raw
 
 
+async def read_packets(
+    stream: trio.abc.ReceiveStream, reader: PacketReader, count: int
+) -> list[Any]:
+    """The next ``count`` packets ``reader`` decodes from ``stream`` (fails at EOF)."""
+    packets: list[Any] = []
+    while len(packets) < count:
+        data = await stream.receive_some(65536)
+        assert data, f"connection closed after {len(packets)} of {count} packets"
+        packets += reader.feed(data)
+    return packets
+
+
 # ------------------------------------------------------------------------ waiting
 
 

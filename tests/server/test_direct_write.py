@@ -14,7 +14,7 @@ import socket
 
 import pytest
 import trio
-from helpers import PEER, V311, make_core
+from helpers import PEER, V311, make_core, read_packets
 
 from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import (
@@ -41,15 +41,6 @@ def socket_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
     return trio.SocketStream(client_sock), trio.SocketStream(server_sock)
-
-
-async def read_packets(stream: trio.SocketStream, reader: PacketReader, count: int) -> list[object]:
-    packets: list[object] = []
-    while len(packets) < count:
-        data = await stream.receive_some(65536)
-        assert data, f"connection closed after {len(packets)} of {count} packets"
-        packets += reader.feed(data)
-    return packets
 
 
 async def connect_and_subscribe(

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import PEER, V311, make_core
+from helpers import PEER, V311, make_core, read_packets
 from tools import require_tool
 
 from trio_mqtt.config import ListenerConfig
@@ -330,17 +330,6 @@ async def test_a_cancelled_receive_loses_nothing(pki: TestPKI) -> None:
 
 
 # ------------------------------------------------------------------ the connection on top
-
-
-async def read_packets(
-    stream: trio.abc.ReceiveStream, reader: PacketReader, count: int
-) -> list[Any]:
-    packets: list[Any] = []
-    while len(packets) < count:
-        data = await stream.receive_some(65536)
-        assert data, f"connection closed after {len(packets)} of {count} packets"
-        packets += reader.feed(data)
-    return packets
 
 
 async def test_tls_answers_go_out_without_the_writer_task(
