@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import ssl
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +163,22 @@ def test_unloadable_nats_tls_files_name_the_key(tmp_path: Path) -> None:
     assert "does the key match?" in str(info.value)
     # a ConfigError at startup, a NATSError (join again later) once the node has run
     assert isinstance(info.value, ConfigError) and isinstance(info.value, NATSError)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "cluster.md"
+
+
+@pytest.mark.parametrize("block", re.findall(r"```toml\n(.*?)```", DOCS.read_text(), re.S))
+def test_the_toml_examples_of_the_cluster_docs_are_valid_config(block: str) -> None:
+    """Each ```toml block of docs/cluster.md parses into a config, with its commented
+    optional keys (``# key = value``) switched on too."""
+    data = tomllib.loads(block)
+    parse_config(data, file="docs/cluster.md")
+    optional: dict[str, Any] = {}
+    for line in re.findall(r"^# (\w+ = .*)$", block, re.M):
+        optional.update(tomllib.loads(line))
+    if optional:
+        data["cluster"].update(optional)
+        cluster = parse_config(data, file="docs/cluster.md").cluster
+        assert cluster is not None
+        assert all(getattr(cluster, key) is not None for key in optional)
