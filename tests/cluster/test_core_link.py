@@ -422,3 +422,34 @@ def test_time_held_back_by_the_store_window_does_not_count_towards_the_keep_aliv
     link.answer_stores(core)
     assert not publisher.conn.held_back()
     assert publisher.conn.next_deadline() == deadline + 60
+
+
+def test_publish_to_reaches_one_session_through_the_filters_named() -> None:
+    core = make_core()
+    moved, other = Client(core), Client(core)
+    moved.connect("moved")
+    moved.subscribe(("k/#", 1), ("x/#", 1), ("$share/g/k/#", 1), sub_id=5)
+    other.connect("other")
+    other.subscribe(("k/#", 1))
+    messages = [
+        Message("k/1", b"one", 1),
+        Message("x/1", b"not named", 1),
+        Message("z/1", b"matches nothing", 1),
+    ]
+    assert core.publish_to("moved", messages, ["k/#", "$share/g/k/#"]) == 1
+    (got,) = moved.publishes()
+    assert (got.topic, got.payload, got.qos) == ("k/1", b"one", 1)
+    assert got.properties.subscription_identifiers == (5,)  # its subscription's options
+    assert other.publishes() == []  # the others had theirs live
+    assert core.publish_to("nobody", messages, ["k/#"]) == 0
+
+
+def test_publish_to_keeps_no_local() -> None:
+    core = make_core()
+    moved = Client(core)
+    moved.connect("moved")
+    moved.send(Subscribe(1, (SubscriptionRequest("k/#", 1, no_local=True),), Properties()))
+    moved.packets()
+    own = Message("k/1", b"its own", 1, publisher="moved")
+    assert core.publish_to("moved", [own], ["k/#"]) == 0
+    assert moved.publishes() == []

@@ -13,7 +13,7 @@ from helpers import V5, Client, FakeClock, make_core
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.message import Message, StoredMessage
 from trio_mqtt.broker.router import SubscriptionOptions
 from trio_mqtt.broker.sessions import (
     OutboundState,
@@ -22,8 +22,11 @@ from trio_mqtt.broker.sessions import (
     SavedSession,
     Session,
 )
+from trio_mqtt.cluster.envelope import Origin
 from trio_mqtt.cluster.handover import (
     HandoverError,
+    HandoverWindow,
+    decode_handover,
     decode_session,
     encode_session,
     saved_session,
@@ -300,6 +303,63 @@ def record_with(change: dict[str, Any], kind: str = "q") -> bytes:
 def test_bad_values(change: dict[str, Any], kind: str, error: str) -> None:
     with pytest.raises(HandoverError, match=error.replace("+", r"\+")):
         decode_session([record_with(change, kind)], now=RECEIVED)
+
+
+@pytest.mark.parametrize(
+    ("window", "error"),
+    [
+        ([], "'hw' is not an object"),
+        ({"from": 1, "o": "a", "os": 0, "seen": []}, "'seen' is not an object"),
+        ({"from": 1, "o": "a", "os": 0, "seen": {"b": [0]}}, "'b' holds 0"),
+        ({"from": 1, "o": "a", "os": 0, "seen": {"b": "7"}}, "'b' is not a list"),
+        ({"from": -1, "o": "a", "os": 0}, "'from' is -1"),
+        ({"from": 1, "o": 5, "os": 0}, "'o' is 5"),
+        ({"from": 1, "o": "a"}, "'os' is None"),
+    ],
+)
+def test_bad_windows(window: object, error: str) -> None:
+    with pytest.raises(HandoverError, match=error):
+        decode_handover([record_with({"hw": window}, "s")], now=RECEIVED)
+
+
+WINDOW = HandoverWindow(
+    first=100, origin="node-a", origin_sequence=40, seen=frozenset({("node-c", 7), ("", 120)})
+)
+
+
+def test_the_window_travels_with_the_session_and_older_readers_ignore_it() -> None:
+    chunks = encode_session(full_session(), origin="node-a", now=SENT, window=WINDOW)
+    saved, window = decode_handover(chunks, now=RECEIVED)
+    assert window == WINDOW
+    assert_same_session(saved, full_session(), RECEIVED)
+    assert_same_session(decode_session(chunks, now=RECEIVED), full_session(), RECEIVED)
+    # a sender without a window (an older version)
+    assert decode_handover(encode_session(full_session(), origin="a", now=SENT), now=1)[1] is None
+
+
+def stored(qos: int, sequence: int) -> StoredMessage:
+    return StoredMessage.of(message("k/x", b"", qos), sequence)
+
+
+@pytest.mark.parametrize(
+    ("qos", "sequence", "origin", "owed"),
+    [
+        (1, 99, Origin("node-c", 9), False),  # stored before the window: it had arrived
+        (2, 99, Origin("node-c", 9), False),
+        (1, 100, Origin("node-c", 9), True),  # in the window, never seen on node-a
+        (1, 130, Origin("node-c", 7), False),  # seen there
+        (2, 120, Origin("node-c", 8), False),  # QoS 2: by its stream sequence
+        (2, 121, Origin("node-c", 7), True),
+        (1, 130, Origin("node-a", 40), False),  # node-a's own, routed when published
+        (1, 130, Origin("node-a", 41), True),  # published there after the handover
+        (2, 130, Origin("node-a", 30), True),  # its own QoS 2: routed only once stored
+        (1, 130, Origin("node-c", 0), True),  # no origin sequence: nothing to compare
+    ],
+)
+def test_what_a_window_says_the_session_may_have_missed(
+    qos: int, sequence: int, origin: Origin, owed: bool
+) -> None:
+    assert WINDOW.owes(stored(qos, sequence), origin) is owed
 
 
 def test_not_a_handover() -> None:

@@ -1150,6 +1150,27 @@ class BrokerCore:
         self._deliver(message, publish_size(message), member.delivery(), None, (shared_filter,))
         return True
 
+    def publish_to(
+        self, client_id: str, messages: Iterable[Message], topic_filters: Iterable[str]
+    ) -> int:
+        """Route ``messages`` to ``client_id``'s session alone, through those of its
+        subscriptions whose filters are in ``topic_filters`` (not share groups): a
+        cluster node delivering what a session missed while it moved between nodes.
+        Returns how many were queued for it."""
+        if client_id not in self.sessions:
+            return 0
+        own = Router()
+        wanted = set(topic_filters)
+        for topic_filter, options in self.router.subscriptions_of(client_id).items():
+            if topic_filter in wanted and not topic_filter.startswith(SHARE_PREFIX):
+                own.subscribe(client_id, topic_filter, options)
+        routed = 0
+        for message in messages:
+            for delivery in own.deliveries(message.topic, message.publisher):
+                self._deliver(message, publish_size(message), delivery, None)
+                routed += 1
+        return routed
+
     def retained_from_cluster(self, topic: str, message: Message | None) -> None:
         """The cluster's retained store changed ``topic``: keep this node's copy in step.
 

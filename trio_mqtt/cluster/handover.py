@@ -17,7 +17,8 @@ at a record boundary is caught); ``id``, ``o`` and ``at`` are the same in every 
 one handover. A record is one line of compact JSON whose ``k`` says what it is, followed,
 for a message, by exactly ``l`` bytes of raw payload (never base64)::
 
-    {"k":"s", ...}        the session's own fields (first record of chunk 0, once)
+    {"k":"s", ...}        the session's own fields (first record of chunk 0, once),
+                          with the handover's window ("hw", see HandoverWindow)
     {"k":"f", ...}        a subscription: filter and options
     {"k":"q", ...}payload a queued message
     {"k":"i", ...}payload an in-flight message: packet id and state
@@ -39,13 +40,14 @@ from typing import Any
 
 import attrs
 
-from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.message import Message, StoredMessage
 from trio_mqtt.broker.router import MAX_SUBSCRIPTION_IDENTIFIER, SubscriptionOptions
 from trio_mqtt.broker.sessions import OutboundState, QueuedMessage, SavedSession, Session
 from trio_mqtt.cluster.envelope import (
     ORIGIN,
     SEQUENCE,
     EnvelopeError,
+    Origin,
     message_from_nats,
     message_headers,
 )
@@ -56,7 +58,9 @@ from trio_mqtt.mqtt.topics import validate_topic_filter, validate_topic_name
 __all__ = [
     "DEFAULT_MAX_CHUNK",
     "HandoverError",
+    "HandoverWindow",
     "chunk_position",
+    "decode_handover",
     "decode_session",
     "encode_session",
     "saved_session",
@@ -82,6 +86,68 @@ _QOS_OF_STATE = {
 
 class HandoverError(TrioMQTTError, ValueError):
     """Chunks that do not make up a handed-over session: the message says what is wrong."""
+
+
+@attrs.frozen
+class HandoverWindow:
+    """What the node that handed a session over had routed to it, so that the node that
+    took it can deliver what fell between them.
+
+    From the moment the old node lets go of the session until the new node's NATS
+    subscriptions for it are in place, messages for it reach neither. The stream has the
+    QoS 1/2 ones: the new node reads them back from ``first`` (the old node's stream
+    floor of 1-2 s earlier: everything stored before it had reached the old node) and
+    delivers those the old node had not routed to the session: not its own clients'
+    QoS 1 messages up to ``origin_sequence`` (routed when published), nor those in
+    ``seen``, the messages matching the session's filters that arrived there (QoS 1:
+    (origin, origin sequence); QoS 2, routed once stored: ("", stream sequence)).
+    """
+
+    first: int
+    origin: str
+    origin_sequence: int
+    seen: frozenset[tuple[str, int]] = frozenset()
+
+    def owes(self, message: StoredMessage, origin: Origin) -> bool:
+        """Whether the old node may not have routed ``message`` (read back from the
+        stream, entered the cluster at ``origin``) to the session."""
+        if message.sequence < self.first:
+            return False
+        if message.qos == 2:
+            return ("", message.sequence) not in self.seen
+        if not origin.sequence:
+            return True  # (stored by an older version: nothing to compare, may come twice)
+        if origin.node == self.origin:
+            return origin.sequence > self.origin_sequence
+        return (origin.node, origin.sequence) not in self.seen
+
+    def to_json(self) -> dict[str, Any]:
+        by_origin: dict[str, list[int]] = {}
+        for node, sequence in self.seen:
+            by_origin.setdefault(node, []).append(sequence)
+        return {
+            "from": self.first,
+            "o": self.origin,
+            "os": self.origin_sequence,
+            "seen": {node: sorted(sequences) for node, sequences in by_origin.items()},
+        }
+
+    @classmethod
+    def from_json(cls, fields: object, what: str) -> HandoverWindow:
+        if not isinstance(fields, dict):
+            raise HandoverError(f"{what}: 'hw' is not an object")
+        seen = fields.get("seen", {})
+        if not isinstance(seen, dict):
+            raise HandoverError(f"{what}: 'hw' 'seen' is not an object")
+        keys: set[tuple[str, int]] = set()
+        for node in seen:
+            keys.update((node, sequence) for sequence in _ints(seen, node, what, 1, 2**63))
+        return cls(
+            first=_int(fields, "from", what, 0, 2**63),
+            origin=_text(fields, "o", what),
+            origin_sequence=_int(fields, "os", what, 0, 2**63),
+            seen=frozenset(keys),
+        )
 
 
 # ------------------------------------------------------------------------- encoding
@@ -157,23 +223,20 @@ def _item_record(kind: str, item: QueuedMessage, now: float, **extra: Any) -> _R
     return _message_record(kind, item.message, now, fields)
 
 
-def _records(saved: SavedSession, now: float) -> list[_Record]:
-    records = [
-        _Record(
-            _json_line(
-                {
-                    "k": _SESSION,
-                    "pv": int(saved.protocol_version),
-                    "ei": saved.expiry_interval,
-                    "el": _left(saved.expires_at, now),
-                    "np": saved.next_packet_id,
-                    "d": saved.dropped,
-                    "ii": list(saved.inflight_in),
-                    "wl": _left(saved.will_due, now),
-                }
-            )
-        )
-    ]
+def _records(saved: SavedSession, now: float, window: HandoverWindow | None) -> list[_Record]:
+    session: dict[str, Any] = {
+        "k": _SESSION,
+        "pv": int(saved.protocol_version),
+        "ei": saved.expiry_interval,
+        "el": _left(saved.expires_at, now),
+        "np": saved.next_packet_id,
+        "d": saved.dropped,
+        "ii": list(saved.inflight_in),
+        "wl": _left(saved.will_due, now),
+    }
+    if window is not None:
+        session["hw"] = window.to_json()  # (a key older versions ignore)
+    records = [_Record(_json_line(session))]
     for topic_filter, options in saved.subscriptions:
         subscription: dict[str, Any] = {"k": _SUBSCRIPTION, "f": topic_filter, "q": options.qos}
         if options.no_local:
@@ -203,21 +266,27 @@ def _chunk_header(
 
 
 def encode_session(
-    saved: SavedSession, *, origin: str, now: float, max_chunk: int = DEFAULT_MAX_CHUNK
+    saved: SavedSession,
+    *,
+    origin: str,
+    now: float,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
+    window: HandoverWindow | None = None,
 ) -> list[bytes]:
     """``saved`` as chunks to send in order, one NATS message each (module docstring).
 
     ``now`` is the sender's clock, the one ``saved``'s times are on; ``origin`` names the
-    sending node. Each chunk is at most ``max_chunk`` bytes, except one that holds a
-    single record too big for that alone (a message with a large payload): it gets a
-    chunk of its own, larger than ``max_chunk`` (a caller bound by NATS max_payload
-    should check the sizes and refuse the handover). Raises ``ValueError`` if
+    sending node; ``window`` goes with the session (:func:`decode_handover`). Each
+    chunk is at most ``max_chunk`` bytes, except one that holds a single record too big
+    for that alone (a message with a large payload): it gets a chunk of its own, larger
+    than ``max_chunk`` (a caller bound by NATS max_payload should check the sizes and
+    refuse the handover). Raises ``ValueError`` if
     ``max_chunk`` leaves no room after the chunk header, and ``LocalProtocolError`` if a
     message's properties cannot be encoded (as between nodes).
     """
     if not math.isfinite(now):
         raise ValueError(f"now must be a finite time, got {now}")
-    records = _records(saved, now)
+    records = _records(saved, now, window)
     # the largest header any chunk can have: every count at its highest
     most = len(records)
     reserve = len(
@@ -454,6 +523,14 @@ def decode_session(chunks: Sequence[bytes], *, now: float) -> SavedSession:
     ``HandoverError`` for anything malformed or incomplete (chunks missing, repeated or
     out of order, truncated, from two handovers, bad values), never anything else.
     """
+    return decode_handover(chunks, now=now)[0]
+
+
+def decode_handover(
+    chunks: Sequence[bytes], *, now: float
+) -> tuple[SavedSession, HandoverWindow | None]:
+    """Like :func:`decode_session`, with the window that came with the session (None
+    from a sender that sent none)."""
     if not chunks:
         raise HandoverError("no chunks: a handover has at least one")
     total = len(chunks)
@@ -493,6 +570,7 @@ def decode_session(chunks: Sequence[bytes], *, now: float) -> SavedSession:
     inflight_in = _ints(session, "ii", what, 1, _MAX_PACKET_ID)
     if len(set(inflight_in)) != len(inflight_in):
         raise HandoverError(f"{what}: 'ii' repeats a packet id")
+    window = None if "hw" not in session else HandoverWindow.from_json(session["hw"], what)
     subscriptions: list[tuple[str, SubscriptionOptions]] = []
     pending: list[QueuedMessage] = []
     inflight: dict[int, tuple[int, QueuedMessage, OutboundState]] = {}
@@ -525,7 +603,7 @@ def decode_session(chunks: Sequence[bytes], *, now: float) -> SavedSession:
             will = _message(fields, payload, origin, what, now)
         else:
             raise HandoverError(f"{what}: unknown record kind")
-    return SavedSession(
+    saved = SavedSession(
         client_id=first.client_id,
         protocol_version=version,
         expiry_interval=expiry_interval,
@@ -539,3 +617,4 @@ def decode_session(chunks: Sequence[bytes], *, now: float) -> SavedSession:
         delayed_will=will,
         will_due=None if will_left is None else now + will_left,
     )
+    return saved, window

@@ -73,8 +73,9 @@ from trio_mqtt.cluster.envelope import (
 )
 from trio_mqtt.cluster.handover import (
     HandoverError,
+    HandoverWindow,
     chunk_position,
-    decode_session,
+    decode_handover,
     encode_session,
     saved_session,
 )
@@ -96,7 +97,7 @@ from trio_mqtt.cluster.subjects import (
 )
 from trio_mqtt.config import ClusterConfig
 from trio_mqtt.mqtt.packets import Connect, ProtocolVersion
-from trio_mqtt.mqtt.topics import SHARE_PREFIX, parse_shared_filter
+from trio_mqtt.mqtt.topics import SHARE_PREFIX, parse_shared_filter, topic_matches
 from trio_mqtt.nats import (
     Entry,
     KeyExistsError,
@@ -133,6 +134,10 @@ HANDOVER_SUBJECT = "mqtt.handover"
 # was just killed may still look subscribed to NATS for a moment (its request then goes
 # unanswered), so one more attempt follows; after both, the session starts anew
 HANDOVER_TIMEOUTS = (1.0, 2.0)
+# how long a session taken over waits at most, before the stream is read back for what
+# reached neither node, for the live copies of what was stored until then (normally the
+# 1-2 s of the floor, _fill_handover_gap)
+HANDOVER_SETTLE_LIMIT = 5.0
 # the stream of clients' QoS 1/2 messages, stored before they are acknowledged
 MESSAGES_STREAM = "MQTT_MESSAGES"
 STREAM_PREFIX = "q"
@@ -236,7 +241,7 @@ class ClusterNode:
     # every sequence the stream gave one of this node's messages, at least every one a
     # message from another node carried (that node sent it after the stream had stored
     # everything below it), and the stream's last sequence when last asked (at join,
-    # and by the heartbeat when nothing raised it for a second). A QoS 1 message is
+    # and by every heartbeat). A QoS 1 message is
     # routed with it while the stream stores it, as a lower bound of its place in the
     # stream: a session's cursor stays below every message still owed to it.
     _stream_floor: int = 1
@@ -245,11 +250,18 @@ class ClusterNode:
     # routed here has arrived; where a catch-up after losing NATS starts (CatchUp)
     _floor_back: int = 1
     # the QoS 1/2 messages received live since the last heartbeat, and in the two
-    # intervals before: what a catch-up must not deliver again. QoS 1: (origin, origin
-    # sequence), which the stream's copy carries too; QoS 2 (routed once stored): ("",
-    # stream sequence)
-    _recent: set[tuple[str, int]] = attrs.Factory(set)
-    _recent_back: tuple[set[tuple[str, int]], ...] = (set(), set())
+    # intervals before, with their topics: what a catch-up must not deliver again, and
+    # what a handover tells the next node the session had (HandoverWindow). QoS 1:
+    # (origin, origin sequence), which the stream's copy carries too; QoS 2 (routed once
+    # stored): ("", stream sequence), this node's own QoS 2 messages included
+    _recent: dict[tuple[str, int], str] = attrs.Factory(dict)
+    _recent_back: tuple[dict[tuple[str, int], str], ...] = ({}, {})
+    # sessions taken over from another node, waiting to be sent what fell between the
+    # nodes: each gets the (origin, sequence) of every QoS 1/2 message routed here since
+    # (_fill_handover_gap)
+    _watches: list[set[tuple[str, int]]] = attrs.Factory(list)
+    # set (and replaced) by each heartbeat, once _floor_back moved
+    _beat: trio.Event = attrs.Factory(trio.Event)
     # the origin sequence store() gave a QoS 1 message's stream copy, for the forward()
     # of the same message that follows at once: its payload object and the sequence
     _reserved: tuple[bytes, int] | None = None
@@ -409,8 +421,14 @@ class ClusterNode:
                 log.error("cluster: the stream refused a message (status %s): %s", msg.status, why)
         except ValueError:
             log.error("cluster: the stream answered %r (status %s)", msg.payload[:100], msg.status)
-        if sequence is not None and sequence >= self._stream_floor:
-            self._stream_floor = sequence + 1
+        if sequence is not None:
+            if sequence >= self._stream_floor:
+                self._stream_floor = sequence + 1
+            if message.qos == 2:  # (routed now: a handover's window must know it)
+                key = ("", sequence)
+                self._recent[key] = message.topic
+                for watch in self._watches:
+                    watch.add(key)
         self.core.stored(conn, packet_id, message, sequence)
 
     def _expire_stores(self) -> None:
@@ -577,10 +595,12 @@ class ClusterNode:
         if message.qos:
             self._stream_floor = max(self._stream_floor, message.sequence)
             recent = self._recent
-            if message.qos == 2:  # (routed once stored: its stream sequence is exact)
-                recent.add(("", message.sequence))
-            elif len(recent) < MAX_RECENT:  # (past it, QoS 1 may come twice)
-                recent.add((node, sequence))
+            # QoS 2 is routed once stored: its stream sequence is exact
+            key = ("", message.sequence) if message.qos == 2 else (node, sequence)
+            if message.qos == 2 or len(recent) < MAX_RECENT:  # (past it, QoS 1 may come twice)
+                recent[key] = topic
+            for watch in self._watches:
+                watch.add(key)
         core.publish(message, from_cluster=True)
         # Cross-node traffic is not held back per publisher: a slow subscriber here is
         # bounded by its queue budget (drops counted), as for in-process publishes.
@@ -693,6 +713,7 @@ class ClusterNode:
             origin = decode_owner(owner.value).origin
             if origin == self.origin:
                 return
+            window: HandoverWindow | None = None
             try:
                 chunks = await self._request_chunks(f"{HANDOVER_SUBJECT}.{origin}", client_id)
             except NoRespondersError:
@@ -704,7 +725,7 @@ class ClusterNode:
             else:
                 if not chunks:
                     return
-                saved = decode_session(chunks, now=self.core.now())
+                saved, window = decode_handover(chunks, now=self.core.now())
         except (
             NATSError,
             HandoverError,
@@ -717,7 +738,14 @@ class ClusterNode:
             return
         if saved.client_id != client_id or client_id in self.core.sessions:
             return
+        # from the restore on, what arrives here is routed to the session: the window
+        # (if any) is what arrived before, on neither node
+        watch: set[tuple[str, int]] = set()
+        self._watches.append(watch)
+        own_sequence = self._sequence
         restored = self.core.restore([saved], [])
+        if not restored.sessions or window is None:
+            self._watches.remove(watch)
         if restored.sessions:
             self.core.session_changed(client_id)
             log.info(
@@ -729,9 +757,82 @@ class ClusterNode:
             )
             # its subscriptions may be new to this node: the CONNACK (session present)
             # waits, as a SUBACK does, until NATS has them
-            confirm = self.subscribed(client_id, [name for name, _ in saved.subscriptions])
+            filters = [name for name, _ in saved.subscriptions]
+            confirm = self.subscribed(client_id, filters)
             if confirm is not None:
                 await confirm()
+            if window is not None:
+                self._spawn(
+                    self._fill_handover_gap, client_id, filters, window, watch, own_sequence
+                )
+
+    async def _fill_handover_gap(
+        self,
+        client_id: str,
+        filters: list[str],
+        window: HandoverWindow,
+        watch: set[tuple[str, int]],
+        own_sequence: int,
+    ) -> None:
+        """Deliver to a session taken over from another node the QoS 1/2 messages that
+        reached neither node: stored after the old node let go of it and before this
+        node's subscriptions for it were in place.
+
+        They are read back from the stream (from ``window.first``) once every live copy
+        of what the stream had when this node's subscriptions were in place has had time
+        to arrive (the floor of 1-2 s later), and sent to that session alone, except
+        those the old node had routed to it (``window``) and those that reached it here
+        (``watch``: what arrived since the restore; this node's own clients' QoS 1
+        messages after ``own_sequence``). They come after the live ones of that time.
+        """
+        try:
+            info = await api_request(self.nats, f"STREAM.INFO.{MESSAGES_STREAM}")
+            state = info.get("state")
+            last = state.get("last_seq") if isinstance(state, dict) else None
+            if not isinstance(last, int) or last < window.first:
+                return  # nothing stored since the old node's floor
+            with trio.move_on_after(HANDOVER_SETTLE_LIMIT):
+                while self._floor_back <= last:
+                    await self._beat.wait()
+            plain = [f for f in filters if not f.startswith(SHARE_PREFIX)]
+            replayed, complete = await self._replay(plain, window.first)
+            owed: list[Message] = []
+            for message, origin in replayed:
+                if message.sequence > last or not window.owes(message, origin):
+                    continue
+                if message.qos == 2:
+                    if ("", message.sequence) in watch:
+                        continue
+                elif (origin.node, origin.sequence) in watch or (
+                    origin.node == self.origin and origin.sequence > own_sequence
+                ):
+                    continue
+                owed.append(message)
+            delivered = self.core.publish_to(client_id, owed, plain)
+            if delivered:
+                log.warning(
+                    "cluster: session of %r: delivered %d message(s) stored while it moved "
+                    "between nodes",
+                    client_id,
+                    delivered,
+                )
+            if not complete:
+                log.error(
+                    "cluster: session of %r: more was stored while it moved between nodes "
+                    "than is read back (%d messages or %d MiB)",
+                    client_id,
+                    MAX_REPLAY,
+                    MAX_REPLAY_BYTES // (1024 * 1024),
+                )
+        except (NATSError, trio.TooSlowError) as exc:
+            log.error(
+                "cluster: session of %r: could not read back what was stored while it "
+                "moved between nodes: %s",
+                client_id,
+                exc,
+            )
+        finally:
+            self._watches.remove(watch)
 
     # ------------------------------------------------ session records and recovery
 
@@ -963,15 +1064,32 @@ class ClusterNode:
             return
         self._claimed.pop(client_id, None)
         saved = saved_session(session, now, subscriptions=subscriptions)
-        for chunk in encode_session(saved, origin=self.origin, now=now):
+        window = self._handover_window(subscriptions)
+        for chunk in encode_session(saved, origin=self.origin, now=now, window=window):
             self.nats.publish(msg.reply, chunk)
+
+    def _handover_window(self, subscriptions: Iterable[str]) -> HandoverWindow:
+        """What this node routed to a session it hands over now, for the node that takes
+        it (``HandoverWindow``): the recent QoS 1/2 messages whose topics match the
+        session's filters (its share groups' left out, as in a catch-up)."""
+        plain = [f for f in subscriptions if not f.startswith(SHARE_PREFIX)]
+        matched: dict[str, bool] = {}
+        seen: set[tuple[str, int]] = set()
+        for generation in (self._recent, *self._recent_back):
+            for key, topic in generation.items():
+                hit = matched.get(topic)
+                if hit is None:
+                    hit = matched[topic] = any(topic_matches(f, topic) for f in plain)
+                if hit:
+                    seen.add(key)
+        return HandoverWindow(self._floor_back, self.origin, self._sequence, frozenset(seen))
 
     def catch_up_point(self) -> CatchUp:
         """Where the node that joins after this one (NATS lost) catches up from."""
         return CatchUp(
             self._floor_back,
             self._previous_origins | {self.origin},
-            frozenset(self._recent.union(*self._recent_back)),
+            frozenset().union(self._recent, *self._recent_back),
             self._owners_revision,
         )
 
@@ -1049,7 +1167,7 @@ class ClusterNode:
                     and (key in self._recent or any(key in back for back in self._recent_back))
                 ):
                     continue
-                self._recent.add(key)
+                self._recent[key] = message.topic
                 self.core.publish(message, from_cluster=True)
                 delivered += 1
                 self.caught_up += 1
@@ -1084,15 +1202,18 @@ class ClusterNode:
             except (NATSError, trio.TooSlowError) as exc:
                 # one slow answer is no reason to die; HEARTBEAT_TTL allows a few misses
                 log.warning("cluster: heartbeat not written: %s", exc)
-            if self._stream_floor == self._floor_seen:
-                try:
-                    await self.refresh_stream_floor()
-                except (NATSError, trio.TooSlowError) as exc:
-                    log.debug("cluster: stream's last sequence not read: %s", exc)
+            # every heartbeat, so that _floor_back is never older than 1-2 s: a catch-up
+            # or a handover's window reads back from it
+            try:
+                await self.refresh_stream_floor()
+            except (NATSError, trio.TooSlowError) as exc:
+                log.debug("cluster: stream's last sequence not read: %s", exc)
             if not self._catching_up:  # (until then, a new loss catches up from as far)
                 self._floor_back = self._floor_seen
                 self._recent_back = (self._recent, self._recent_back[0])
-                self._recent = set()
+                self._recent = {}
+                self._beat.set()
+                self._beat = trio.Event()
             self._floor_seen = self._stream_floor
             await trio.sleep(HEARTBEAT_INTERVAL)
 
@@ -1372,7 +1493,7 @@ async def open_cluster_node(
         node._floor_back = node._floor_seen = node._stream_floor
         if catch_up is not None:
             node._floor_back = min(node._floor_back, catch_up.first)
-            node._recent.update(catch_up.seen)
+            node._recent.update(dict.fromkeys(catch_up.seen, ""))
             node._previous_origins = catch_up.origins
         async with trio.open_nursery() as nursery:
             retained_watch = await retained.watch(">", node._on_retained, include_current=True)
