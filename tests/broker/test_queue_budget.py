@@ -236,3 +236,66 @@ def test_a_full_queue_finds_its_oldest_qos0_without_searching() -> None:
     topics = [q.message.topic for q in s.queued_items()]
     assert topics[-3:] == ["xa", "xb", "q1"]
     assert "99" not in topics and "" not in topics  # nothing evicted comes back
+
+
+# ---------------------------------------------- spilling (a cluster keeps QoS 1/2 in its stream)
+
+
+def spilling_session(max_bytes: int = 100, *, online: bool = True) -> tuple[Session, list[str]]:
+    """A session whose ``on_overflow`` takes every QoS 1/2 message; and what it took."""
+    kept: list[str] = []
+
+    def keep(_session: Session, queued: QueuedMessage) -> bool:
+        kept.append(queued.message.topic)
+        return True
+
+    s = session(max_bytes=max_bytes, online=online)
+    s.on_overflow = keep
+    return s, kept
+
+
+def test_a_qos1_message_that_does_not_fit_is_spilled_not_dropped() -> None:
+    s, kept = spilling_session()
+    assert s.enqueue(item(40, qos=1, topic="q1"))  # 49 bytes
+    assert s.enqueue(item(40, qos=1, topic="q2"))  # 98
+    assert not s.enqueue(item(40, qos=1, topic="q3"))
+    assert kept == ["q3"]
+    assert s.dropped == 0 and s.drop_episode == 0  # not a drop
+    assert s.spilling
+
+
+def test_while_spilling_every_qos1_message_follows_in_order_and_qos0_still_queues() -> None:
+    s, kept = spilling_session()
+    s.enqueue(item(80, qos=1, topic="first"))
+    assert not s.enqueue(item(80, qos=1, topic="spilled"))
+    s.pending.popleft()  # the client took the first one: room again
+    s.pending_bytes = 0
+    assert not s.enqueue(item(1, qos=2, topic="small"))  # fits, but after "spilled"
+    assert kept == ["spilled", "small"]
+    assert s.enqueue(item(1, qos=0, topic="zero"))  # QoS 0 is never kept elsewhere
+    s.end_spill()
+    assert s.enqueue(item(1, qos=1, topic="after"))
+    assert [queued.message.topic for queued in s.pending] == ["zero", "after"]
+    assert kept == ["spilled", "small"]
+
+
+def test_an_overflow_that_is_not_taken_is_a_drop_as_before() -> None:
+    s = session(max_bytes=100)
+    s.on_overflow = lambda _session, _item: False
+    s.enqueue(item(90, qos=1))
+    assert not s.enqueue(item(90, qos=1))
+    assert s.dropped == 1 and not s.spilling
+
+
+def test_room_to_refill_is_half_the_budget() -> None:
+    s = session(max_bytes=1000)
+    s.enqueue(item(490, qos=1))  # 499 bytes
+    assert s.has_room_to_refill()
+    s.enqueue(item(10, qos=1))
+    assert not s.has_room_to_refill()
+    offline = session(max_bytes=10**6, max_messages=4, online=False)
+    offline.enqueue(item(1, qos=1))
+    offline.enqueue(item(1, qos=1))
+    assert offline.has_room_to_refill()
+    offline.enqueue(item(1, qos=1))
+    assert not offline.has_room_to_refill()  # (by count, offline)

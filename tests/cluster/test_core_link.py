@@ -13,7 +13,7 @@ from helpers import V5, V311, Client, FakeClock, make_core
 
 from trio_mqtt.broker.connection_view import STORE_WINDOW, STORE_WINDOW_BYTES, ClientConnection
 from trio_mqtt.broker.core import BrokerCore
-from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.message import Message, StoredMessage
 from trio_mqtt.mqtt.packets import (
     Disconnect,
     Properties,
@@ -37,6 +37,9 @@ class RecordingLink:
     # what store() says: the lowest stream sequence a message can get (0: refused)
     floor: int = 40
     core: BrokerCore | None = None
+    # what spill() kept, and whether it keeps anything
+    spilled: list[tuple[str, StoredMessage]] = attrs.Factory(list)
+    keeps: bool = True
 
     def forward(self, message: Message) -> None:
         self.forwarded.append(message)
@@ -62,6 +65,12 @@ class RecordingLink:
 
     def disconnected(self, client_id: str) -> None:
         self.gone.append(client_id)
+
+    def spill(self, client_id: str, message: StoredMessage) -> bool:
+        if not self.keeps:
+            return False
+        self.spilled.append((client_id, message))
+        return True
 
     def subscribed(self, client_id: str, topic_filters: Sequence[str]) -> None:
         return None  # NATS has every filter already: no SUBACK waits (test_held_suback.py)
@@ -453,3 +462,52 @@ def test_publish_to_keeps_no_local() -> None:
     own = Message("k/1", b"its own", 1, publisher="moved")
     assert core.publish_to("moved", [own], ["k/#"]) == 0
     assert moved.publishes() == []
+
+
+def slow_subscriber(core: BrokerCore, queue: int) -> Client:
+    """A connected client on ``s/#`` (QoS 1) whose queue holds ``queue`` bytes."""
+    slow = Client(core)
+    slow.connect("slow")
+    slow.subscribe(("s/#", 1))
+    session = core.sessions["slow"]
+    session.set_limits(session.max_queued_messages, queue)
+    slow.conn.on_output = lambda: None  # (it reads nothing: its queue fills up)
+    return slow
+
+
+def test_what_a_slow_subscribers_queue_cannot_take_goes_to_the_cluster_in_order() -> None:
+    core, link = clustered_core()
+    slow_subscriber(core, queue=300)
+    for index in range(6):
+        core.publish(StoredMessage.of(Message(f"s/{index}", b"x" * 90, 1), 100 + index))
+    core.publish(Message("s/plain", b"x" * 300, 1))  # in-process: not in the stream
+    core.publish(StoredMessage.of(Message("s/zero", b"x", 0), 0))
+    kept = [message.topic for _client, message in link.spilled]
+    assert kept[0] == "s/2" and kept == [f"s/{index}" for index in range(2, 6)]
+    session = core.sessions["slow"]
+    assert session.spilling and session.dropped == 1  # (only the in-process one)
+    # queued again in order once there is room; the rest of the queue comes first
+    session.pending.clear()
+    session.pending_bytes = 0
+    back = [message for _client, message in link.spilled[:2]]
+    link.spilled.clear()
+    assert core.refill("slow", back, ["s/#"]) is False
+    assert [item.message.topic for item in session.pending] == ["s/2", "s/3"]
+    core.spill_again("slow")  # (more to come: later ones wait their turn)
+    core.publish(StoredMessage.of(Message("s/late", b"x", 1), 120))
+    assert [message.topic for _client, message in link.spilled] == ["s/late"]
+    core.spill_lost("slow", 3)
+    assert session.dropped == 4 and core.stats.messages_dropped == 4
+
+
+def test_offline_sessions_and_links_that_keep_nothing_drop_as_on_one_node() -> None:
+    core, link = clustered_core()
+    slow_subscriber(core, queue=100)
+    session = core.sessions["slow"]
+    link.keeps = False
+    core.publish(StoredMessage.of(Message("s/1", b"x" * 200, 1), 5))
+    assert session.dropped == 1 and not session.spilling
+    link.keeps = True
+    session.connection = None  # (offline, as a persistent session)
+    core.publish(StoredMessage.of(Message("s/3", b"x" * 200, 1), 7))
+    assert link.spilled == [] and session.dropped == 2

@@ -327,10 +327,16 @@ WINDOW = HandoverWindow(
 )
 
 
-def test_the_window_travels_with_the_session_and_older_readers_ignore_it() -> None:
-    chunks = encode_session(full_session(), origin="node-a", now=SENT, window=WINDOW)
+SPILLED = attrs.evolve(WINDOW, spilled=frozenset({("node-c", 3), ("", 60)}), spilled_from=50)
+
+
+@pytest.mark.parametrize("sent", [WINDOW, SPILLED])
+def test_the_window_travels_with_the_session_and_older_readers_ignore_it(
+    sent: HandoverWindow,
+) -> None:
+    chunks = encode_session(full_session(), origin="node-a", now=SENT, window=sent)
     saved, window = decode_handover(chunks, now=RECEIVED)
-    assert window == WINDOW
+    assert window == sent
     assert_same_session(saved, full_session(), RECEIVED)
     assert_same_session(decode_session(chunks, now=RECEIVED), full_session(), RECEIVED)
     # a sender without a window (an older version)
@@ -506,3 +512,10 @@ def test_core_round_trip() -> None:
     new.publish(Message("m/after", b"new node", qos=0, created=new_clock.now))
     assert [(p.topic, p.payload) for p in again.publishes()] == [("m/after", b"new node")]
     assert isinstance(publishes[0], Publish)
+
+
+def test_what_the_old_node_kept_in_the_stream_is_owed_wherever_it_is() -> None:
+    assert (WINDOW.read_from(), SPILLED.read_from()) == (100, 50)
+    assert SPILLED.owes(stored(1, 70), Origin("node-c", 3))  # before the window
+    assert SPILLED.owes(stored(2, 60), Origin("node-c", 1))
+    assert not SPILLED.owes(stored(1, 70), Origin("node-c", 4))

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from trio_mqtt.broker.connection_view import ClientConnection
-from trio_mqtt.broker.message import Message
+from trio_mqtt.broker.message import Message, StoredMessage
 
 
 class ClusterLink(Protocol):
@@ -45,6 +45,11 @@ class ClusterLink(Protocol):
         ``will`` is the message to publish if this node dies while the client is
         connected to it (after ``will_delay`` seconds); None if it has no will.
         """
+
+    def spill(self, client_id: str, message: StoredMessage) -> bool:
+        """A stored QoS 1/2 message for ``client_id`` does not fit in its queue: True if
+        the link keeps track of it and gives it back later (``BrokerCore.refill``) once
+        the queue has room; False: it is dropped."""
 
     def disconnected(self, client_id: str) -> None:
         """The client's connection here ended; this node has dealt with its will."""

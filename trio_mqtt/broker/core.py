@@ -460,6 +460,7 @@ class BrokerCore:
                 max_queued_messages=self.config.max_queued_messages,
                 max_queued_bytes=self.config.max_queued_bytes,
                 on_drop=self.session_dropped,
+                on_overflow=self.session_overflowed,
                 expiry_interval=interval,
                 next_packet_id=saved.next_packet_id,
                 dropped=saved.dropped,
@@ -705,6 +706,7 @@ class BrokerCore:
                 max_queued_messages=config.max_queued_messages,
                 max_queued_bytes=config.max_queued_bytes,
                 on_drop=self.session_dropped,
+                on_overflow=self.session_overflowed,
             )
             self.sessions[client_id] = session
         else:
@@ -1303,6 +1305,53 @@ class BrokerCore:
                 connection.congested or connection.update_congestion()
             ):
                 self.congestion_hits.add(connection)
+
+    def session_overflowed(self, session: Session, item: QueuedMessage) -> bool:
+        """A QoS 1/2 message does not fit in ``session``'s queue (its ``on_overflow``):
+        True if the cluster keeps it for the session instead (it is in the stream:
+        the node reads it back as the queue empties, ``refill``). Online sessions only:
+        an offline one keeps what its budget allows, as on one node."""
+        cluster = self.cluster
+        return (
+            cluster is not None
+            and session.connection is not None  # (offline: max_queued_messages applies)
+            and isinstance(item.message, StoredMessage)
+            and cluster.spill(session.client_id, item.message)
+        )
+
+    def refill(
+        self, client_id: str, messages: Iterable[Message], topic_filters: Iterable[str]
+    ) -> bool:
+        """Queue again, in order, messages the cluster kept for ``client_id``
+        (``session_overflowed``), through its subscriptions in ``topic_filters``.
+
+        ``messages`` are all that was kept while the session was spilling, up to some
+        point. Returns whether the session is still spilling (a message overflowed
+        again: it and the ones after it were kept again) or ended (False).
+        """
+        session = self.sessions.get(client_id)
+        if session is None:
+            return False
+        session.end_spill()
+        self.publish_to(client_id, messages, topic_filters)
+        return session.spilling
+
+    def spill_again(self, client_id: str) -> None:
+        """More that the cluster kept waits for ``client_id``: later QoS 1/2 messages go
+        the same way, in order (after a ``refill`` that did not get all of them)."""
+        session = self.sessions.get(client_id)
+        if session is not None:
+            session.start_spill()
+
+    def spill_lost(self, client_id: str, count: int) -> None:
+        """``count`` messages the cluster kept for ``client_id`` could not be read back
+        (the session ended or moved, or the stream no longer had them): count them as
+        dropped."""
+        session = self.sessions.get(client_id)
+        for _ in range(count):
+            self.stats.dropped(DROP_QUEUE_FULL)
+            if session is not None:
+                session.dropped += 1
 
     def session_dropped(self, session: Session) -> None:
         """A session dropped a message (its ``on_drop``): count it, log an episode's first."""

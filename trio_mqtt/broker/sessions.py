@@ -18,6 +18,10 @@ Queue policy (documented in docs/configuration.md):
   QoS 0 messages, oldest first, and is itself dropped when that is not enough. Every
   drop is counted in ``dropped`` and reported to ``on_drop`` (the core counts it in the
   broker's statistics and logs the first of each episode).
+- In a cluster, a QoS 1/2 message that would be dropped is in the cluster's stream
+  already: ``on_overflow`` may take it (the node reads it back later), and then it is
+  not a drop. From then on the session is ``spilling``: every QoS 1/2 message goes that
+  way, in order, until the node has refilled the queue and ends it (``end_spill``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ NEVER_EXPIRES = 0xFFFFFFFF
 
 def _ignore_drop(_session: Session) -> None:
     pass
+
+
+def _no_overflow(_session: Session, _item: QueuedMessage) -> bool:
+    return False
 
 
 @attrs.define(eq=False, slots=True)
@@ -154,6 +162,10 @@ class Session:
     drop_episode: int = 0
     # called after each drop (the broker's statistics and log)
     on_drop: Callable[[Session], None] = _ignore_drop
+    # asked for a QoS 1/2 message that does not fit: True if it is kept elsewhere (a
+    # cluster's stream) to be queued again later; and whether that is under way
+    on_overflow: Callable[[Session, QueuedMessage], bool] = _no_overflow
+    spilling: bool = False
     expires_at: float | None = None  # broker clock, set while offline
     # a will waiting for its Will Delay Interval (5.0), cancelled by a reconnect
     delayed_will: Message | None = None
@@ -190,8 +202,9 @@ class Session:
 
         Runs once per message and recipient: the common case (online, within budget)
         reads plain attributes and returns. ``fast_limit`` is ``max_queued_bytes``, or -1
-        while the queue keeps an index of its QoS 0 messages (``_take_oldest_qos0``):
-        then every message takes the slow path, which keeps the index.
+        while the queue keeps an index of its QoS 0 messages (``_take_oldest_qos0``) or
+        is ``spilling``: then every message takes the slow path, which keeps the index
+        and spills.
         """
         connection = self.connection
         if connection is not None:
@@ -204,6 +217,7 @@ class Session:
             return False  # offline sessions do not queue QoS 0 (not a drop: MQTT allows it)
         elif (
             not self._evicted  # else len(pending) is not what counts
+            and not self.spilling
             and len(self.pending) < self.max_queued_messages
             and self.pending_bytes + self.inflight_bytes + item.size <= self.max_queued_bytes
         ):
@@ -214,6 +228,8 @@ class Session:
 
     def _enqueue_slowly(self, item: QueuedMessage) -> bool:
         """``enqueue`` near or over the limits: make room by evicting QoS 0, or drop."""
+        if item.qos and self.spilling and self.on_overflow(self, item):
+            return False  # (after older ones that went the same way)
         if not self._fits(item) and item.qos > 0:
             while not self._fits(item):
                 evicted = self._take_oldest_qos0()
@@ -222,6 +238,9 @@ class Session:
                 self.pending_bytes -= evicted.size
                 self._count_drop()
         if not self._fits(item):
+            if item.qos and self.on_overflow(self, item):
+                self.start_spill()
+                return False
             self._count_drop()
             return False
         index = self.qos0_index
@@ -268,13 +287,31 @@ class Session:
         self.taken_from_front += count
         if self.qos0_index is not None and self.pending_bytes < self.max_queued_bytes // 2:
             self.qos0_index = None  # room again: back to the fast path
+            if not self.spilling:
+                self.fast_limit = self.max_queued_bytes
+
+    def start_spill(self) -> None:
+        """QoS 1/2 messages go to ``on_overflow``, in order, until ``end_spill``."""
+        self.spilling = True
+        self.fast_limit = -1  # (every message takes the slow path while spilling)
+
+    def end_spill(self) -> None:
+        """What ``on_overflow`` took is queued again: QoS 1/2 messages queue as usual."""
+        self.spilling = False
+        if self.qos0_index is None:
             self.fast_limit = self.max_queued_bytes
+
+    def has_room_to_refill(self) -> bool:
+        """Whether the queue is at most half full: room for messages read back."""
+        if self.queued_bytes > self.max_queued_bytes // 2:
+            return False
+        return self.connection is not None or self._entries() <= self.max_queued_messages // 2
 
     def set_limits(self, max_queued_messages: int, max_queued_bytes: int) -> None:
         """New queue limits (a config reload): what is queued stays, later messages obey."""
         self.max_queued_messages = max_queued_messages
         self.max_queued_bytes = max_queued_bytes
-        if self.qos0_index is None:  # else -1: the slow path, which reads the limits
+        if self.qos0_index is None and not self.spilling:  # else -1: the slow path
             self.fast_limit = max_queued_bytes
 
     def _entries(self) -> int:
@@ -333,7 +370,7 @@ class Session:
         self.pending_bytes = 0
         self.qos0_index = None
         self._evicted = None
-        self.fast_limit = self.max_queued_bytes
+        self.fast_limit = -1 if self.spilling else self.max_queued_bytes
         self._replays = None
         return items
 

@@ -61,6 +61,7 @@ __all__ = [
     "encode_wire",
     "message_from_nats",
     "message_headers",
+    "stream_key",
 ]
 
 ORIGIN = "o"
@@ -100,6 +101,15 @@ class Origin:
 
     node: str
     sequence: int
+
+
+def stream_key(message: StoredMessage, origin: Origin) -> tuple[str, int]:
+    """How a node recognises a message read back from the stream as one it routed:
+    QoS 1 by where it entered the cluster (its live copy carried the same), QoS 2 (routed
+    once stored) by its stream sequence."""
+    if message.qos == 2:
+        return ("", message.sequence)
+    return (origin.node, origin.sequence)
 
 
 def _escape(text: str) -> str:

@@ -50,6 +50,7 @@ from trio_mqtt.cluster.envelope import (
     Origin,
     message_from_nats,
     message_headers,
+    stream_key,
 )
 from trio_mqtt.errors import RemoteProtocolError, TrioMQTTError
 from trio_mqtt.mqtt.packets import ProtocolVersion
@@ -100,17 +101,27 @@ class HandoverWindow:
     delivers those the old node had not routed to the session: not its own clients'
     QoS 1 messages up to ``origin_sequence`` (routed when published), nor those in
     ``seen``, the messages matching the session's filters that arrived there (QoS 1:
-    (origin, origin sequence); QoS 2, routed once stored: ("", stream sequence)).
+    (origin, origin sequence); QoS 2, routed once stored: ("", stream sequence)). Also
+    owed: ``spilled``, what the old node kept in the stream for the session because its
+    queue was full (from ``spilled_from`` on).
     """
 
     first: int
     origin: str
     origin_sequence: int
     seen: frozenset[tuple[str, int]] = frozenset()
+    spilled: frozenset[tuple[str, int]] = frozenset()
+    spilled_from: int = 0
+
+    def read_from(self) -> int:
+        """The stream sequence to read back from."""
+        return min(self.first, self.spilled_from) if self.spilled else self.first
 
     def owes(self, message: StoredMessage, origin: Origin) -> bool:
         """Whether the old node may not have routed ``message`` (read back from the
         stream, entered the cluster at ``origin``) to the session."""
+        if self.spilled and stream_key(message, origin) in self.spilled:
+            return True
         if message.sequence < self.first:
             return False
         if message.qos == 2:
@@ -122,32 +133,48 @@ class HandoverWindow:
         return (origin.node, origin.sequence) not in self.seen
 
     def to_json(self) -> dict[str, Any]:
-        by_origin: dict[str, list[int]] = {}
-        for node, sequence in self.seen:
-            by_origin.setdefault(node, []).append(sequence)
-        return {
+        fields: dict[str, Any] = {
             "from": self.first,
             "o": self.origin,
             "os": self.origin_sequence,
-            "seen": {node: sorted(sequences) for node, sequences in by_origin.items()},
+            "seen": _by_origin(self.seen),
         }
+        if self.spilled:
+            fields["spilled"] = _by_origin(self.spilled)
+            fields["sfrom"] = self.spilled_from
+        return fields
 
     @classmethod
     def from_json(cls, fields: object, what: str) -> HandoverWindow:
         if not isinstance(fields, dict):
             raise HandoverError(f"{what}: 'hw' is not an object")
-        seen = fields.get("seen", {})
-        if not isinstance(seen, dict):
-            raise HandoverError(f"{what}: 'hw' 'seen' is not an object")
-        keys: set[tuple[str, int]] = set()
-        for node in seen:
-            keys.update((node, sequence) for sequence in _ints(seen, node, what, 1, 2**63))
         return cls(
             first=_int(fields, "from", what, 0, 2**63),
             origin=_text(fields, "o", what),
             origin_sequence=_int(fields, "os", what, 0, 2**63),
-            seen=frozenset(keys),
+            seen=_keys(fields, "seen", what),
+            spilled=_keys(fields, "spilled", what),
+            spilled_from=_int(fields, "sfrom", what, 0, 2**63) if "spilled" in fields else 0,
         )
+
+
+def _by_origin(keys: frozenset[tuple[str, int]]) -> dict[str, list[int]]:
+    """(origin, sequence) keys as {origin: [sequences]} (compact JSON)."""
+    by_origin: dict[str, list[int]] = {}
+    for node, sequence in keys:
+        by_origin.setdefault(node, []).append(sequence)
+    return {node: sorted(sequences) for node, sequences in by_origin.items()}
+
+
+def _keys(fields: dict[str, Any], key: str, what: str) -> frozenset[tuple[str, int]]:
+    """The keys ``_by_origin`` wrote under ``key`` (none if it is not there)."""
+    value = fields.get(key, {})
+    if not isinstance(value, dict):
+        raise HandoverError(f"{what}: 'hw' {key!r} is not an object")
+    keys: set[tuple[str, int]] = set()
+    for node in value:
+        keys.update((node, sequence) for sequence in _ints(value, node, what, 1, 2**63))
+    return frozenset(keys)
 
 
 # ------------------------------------------------------------------------- encoding

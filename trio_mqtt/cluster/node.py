@@ -49,7 +49,15 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -70,6 +78,7 @@ from trio_mqtt.cluster.envelope import (
     encode_wire,
     message_from_nats,
     message_headers,
+    stream_key,
 )
 from trio_mqtt.cluster.handover import (
     HandoverError,
@@ -154,6 +163,16 @@ MAX_REPLAY_BYTES = 64 * 1024 * 1024
 #: At most this many QoS 1 messages received live per heartbeat interval are remembered
 #: for a catch-up (QoS 2 always are): past it, a catch-up may deliver QoS 1 ones twice.
 MAX_RECENT = 50_000
+#: At most this many QoS 1/2 messages are kept in the stream for one slow session
+#: (``ClusterNode.spill``): past it, they are dropped as on one node.
+MAX_SPILLED = 100_000
+#: At most this many of them travel with a session handed over (one NATS message).
+MAX_SPILLED_HANDED_OVER = 10_000
+# how often the messages kept for slow sessions are read back, and how many per subject
+# at a time; one the stream never had after this long is counted as lost
+REFILL_INTERVAL = 0.1
+REFILL_BATCH = 500
+SPILL_GIVE_UP = 30.0
 # How long the last key-value writes may take when the node leaves.
 CLOSE_TIMEOUT = 2.0
 # How long a SUBACK waits at most for NATS to confirm the node's new subscriptions; then
@@ -176,6 +195,15 @@ def owner_key(client_id: str) -> str:
     return hashlib.sha256(client_id.encode()).hexdigest()[:40]
 
 
+def _stream_subjects(topic_filters: Iterable[str]) -> set[str]:
+    """The stream's subjects that hold the messages for ``topic_filters``."""
+    subjects: set[str] = set()
+    for topic_filter in topic_filters:
+        _group, plain = parse_shared_filter(topic_filter)
+        subjects.update(filter_to_subjects(plain, STREAM_PREFIX))
+    return subjects
+
+
 @attrs.frozen
 class CatchUp:
     """What a node that lost NATS leaves to the node that joins after it.
@@ -192,6 +220,22 @@ class CatchUp:
     origins: frozenset[str]
     seen: frozenset[tuple[str, int]]
     owners_revision: int = 0
+    # the messages kept in the stream for slow sessions (``ClusterNode.spill``), which
+    # the next node reads back for them
+    spilled: Mapping[str, Spilled] = attrs.field(factory=dict)
+
+
+@attrs.define
+class Spilled:
+    """The QoS 1/2 messages kept in the stream for one slow session, to read back as
+    its queue empties: (origin, origin sequence), or ("", stream sequence) for QoS 2,
+    -> (a lower bound of its stream sequence, when it was kept)."""
+
+    keys: dict[tuple[str, int], tuple[int, float]] = attrs.Factory(dict)
+
+    def first(self) -> int:
+        """Where the stream is read from to find them all."""
+        return min((bound for bound, _when in self.keys.values()), default=0)
 
 
 @attrs.define(eq=False)
@@ -262,6 +306,11 @@ class ClusterNode:
     _watches: list[set[tuple[str, int]]] = attrs.Factory(list)
     # set (and replaced) by each heartbeat, once _floor_back moved
     _beat: trio.Event = attrs.Factory(trio.Event)
+    # the QoS 1/2 message being routed (its payload object) and how the stream's copy
+    # is found again: what ``spill`` keeps for a session whose queue is full
+    _routing: tuple[bytes, tuple[str, int]] | None = None
+    # client id -> the messages kept in the stream for it (spill), read back by refill
+    _spilled: dict[str, Spilled] = attrs.Factory(dict)
     # the origin sequence store() gave a QoS 1 message's stream copy, for the forward()
     # of the same message that follows at once: its payload object and the sequence
     _reserved: tuple[bytes, int] | None = None
@@ -330,6 +379,9 @@ class ClusterNode:
         else:
             self._sequence += 1
             sequence = self._sequence
+        if message.qos:  # (the core routes it here next: spill's key for its stored copy)
+            key = ("", message.sequence) if message.qos == 2 else (self.origin, sequence)
+            self._routing = (message.payload, key)
         data = encode_wire(message, origin=self.origin, sequence=sequence, now=self.core.now())
         try:
             self.nats.publish(topic_to_subject(message.topic), data)
@@ -601,6 +653,7 @@ class ClusterNode:
                 recent[key] = topic
             for watch in self._watches:
                 watch.add(key)
+            self._routing = (message.payload, key)
         core.publish(message, from_cluster=True)
         # Cross-node traffic is not held back per publisher: a slow subscriber here is
         # bounded by its queue budget (drops counted), as for in-process publishes.
@@ -789,14 +842,14 @@ class ClusterNode:
             info = await api_request(self.nats, f"STREAM.INFO.{MESSAGES_STREAM}")
             state = info.get("state")
             last = state.get("last_seq") if isinstance(state, dict) else None
-            if not isinstance(last, int) or last < window.first:
+            if not isinstance(last, int) or last < window.read_from():
                 return  # nothing stored since the old node's floor
             with trio.move_on_after(HANDOVER_SETTLE_LIMIT):
                 while self._floor_back <= last:
                     await self._beat.wait()
             plain = [f for f in filters if not f.startswith(SHARE_PREFIX)]
-            replayed, complete = await self._replay(plain, window.first)
-            owed: list[Message] = []
+            replayed, complete = await self._replay(plain, window.read_from())
+            owed: list[tuple[StoredMessage, tuple[str, int]]] = []
             for message, origin in replayed:
                 if message.sequence > last or not window.owes(message, origin):
                     continue
@@ -807,8 +860,8 @@ class ClusterNode:
                     origin.node == self.origin and origin.sequence > own_sequence
                 ):
                     continue
-                owed.append(message)
-            delivered = self.core.publish_to(client_id, owed, plain)
+                owed.append((message, stream_key(message, origin)))
+            delivered = self.core.publish_to(client_id, self._routed(owed), plain)
             if delivered:
                 log.warning(
                     "cluster: session of %r: delivered %d message(s) stored while it moved "
@@ -848,6 +901,7 @@ class ClusterNode:
             session.expiry_interval,
             tuple(sorted(session.inflight_in)),
             tuple(sorted((f, attrs.astuple(o)) for f, o in subscriptions.items())),
+            self._spilled[session.client_id].first() if session.client_id in self._spilled else 0,
         )
 
     def _session_record(
@@ -862,7 +916,9 @@ class ClusterNode:
         client_id = session.client_id
         sent = [i.item.message.sequence for i in session.inflight_out.values()]
         queued = [item.message.sequence for item in session.queued_items()]
-        outstanding = [seq for seq in (*sent, *queued) if seq]
+        spilled = self._spilled.get(client_id)
+        kept = [bound for bound, _when in spilled.keys.values()] if spilled else []
+        outstanding = [seq for seq in (*sent, *queued, *kept) if seq]
         if outstanding:
             seen = max(seen, *outstanding)
             acked = min(outstanding) - 1
@@ -967,38 +1023,149 @@ class ClusterNode:
         """The stream's messages from sequence ``first`` on that match ``topic_filters``,
         in stream order, each once, with where they entered the cluster; and whether
         that is all of them (False: MAX_REPLAY messages or MAX_REPLAY_BYTES reached)."""
-        subjects: set[str] = set()
-        for topic_filter in topic_filters:
-            _group, plain = parse_shared_filter(topic_filter)
-            subjects.update(filter_to_subjects(plain, STREAM_PREFIX))
         found: dict[int, tuple[StoredMessage, Origin]] = {}
         size = 0
-        now = self.core.now()
-        for subject in subjects:
+        for subject in _stream_subjects(topic_filters):
             start = first
             while len(found) < MAX_REPLAY and size < MAX_REPLAY_BYTES:
-                request = {"seq": start, "next_by_subj": subject, "batch": 1000}
-                replies = await self.nats.request_many(
-                    f"$JS.API.DIRECT.GET.{MESSAGES_STREAM}", json.dumps(request).encode()
-                )
-                got = 0
-                for reply in replies:
-                    if reply.status is not None or reply.headers is None:
-                        continue
-                    sequence = int(reply.headers.get("Nats-Sequence") or 0)
-                    stream_subject = reply.headers.get("Nats-Subject") or ""
-                    topic = subject_to_topic(stream_subject, STREAM_PREFIX)
-                    message, origin = message_from_nats(
-                        topic, reply.payload, reply.headers.as_dict(), now=now
-                    )
-                    found[sequence] = (StoredMessage.of(message, sequence), origin)
+                got = await self._direct_get(subject, start, 1000)
+                for message, origin in got:
+                    found[message.sequence] = (message, origin)
                     size += len(message.payload)
-                    start = max(start, sequence + 1)
-                    got += 1
-                if got < 1000:
+                    start = max(start, message.sequence + 1)
+                if len(got) < 1000:
                     break
         complete = len(found) < MAX_REPLAY and size < MAX_REPLAY_BYTES
         return [found[sequence] for sequence in sorted(found)], complete
+
+    async def _direct_get(
+        self, subject: str, first: int, batch: int
+    ) -> list[tuple[StoredMessage, Origin]]:
+        """Up to ``batch`` of the stream's messages on ``subject`` from sequence
+        ``first`` on, in stream order (one direct-get request)."""
+        request = {"seq": first, "next_by_subj": subject, "batch": batch}
+        replies = await self.nats.request_many(
+            f"$JS.API.DIRECT.GET.{MESSAGES_STREAM}", json.dumps(request).encode()
+        )
+        now = self.core.now()
+        got: list[tuple[StoredMessage, Origin]] = []
+        for reply in replies:
+            if reply.status is not None or reply.headers is None:
+                continue
+            sequence = int(reply.headers.get("Nats-Sequence") or 0)
+            topic = subject_to_topic(reply.headers.get("Nats-Subject") or "", STREAM_PREFIX)
+            message, origin = message_from_nats(
+                topic, reply.payload, reply.headers.as_dict(), now=now
+            )
+            got.append((StoredMessage.of(message, sequence), origin))
+        return got
+
+    # ------------------------------------------------- slow sessions (spill, refill)
+
+    def spill(self, client_id: str, message: StoredMessage) -> bool:
+        """Keep a stored message that does not fit in ``client_id``'s queue in the
+        stream, to read it back as the queue empties (``refill_spilled``).
+
+        Only a message being routed now (``_routing``: its stream copy can be found
+        again), at most MAX_SPILLED per session; False: it is dropped.
+        """
+        routing = self._routing
+        if routing is None or routing[0] is not message.payload:
+            return False
+        spilled = self._spilled.get(client_id)
+        if spilled is None:
+            spilled = self._spilled[client_id] = Spilled()
+            log.warning(
+                "cluster: client %r is too slow: QoS 1/2 messages for it that do not fit "
+                "in its queue wait in the stream, and are sent as it catches up",
+                client_id,
+            )
+        elif len(spilled.keys) >= MAX_SPILLED:
+            return False
+        spilled.keys[routing[1]] = (message.sequence, self.core.now())
+        return True
+
+    def _routed(
+        self, messages: Iterable[tuple[StoredMessage, tuple[str, int]]]
+    ) -> Iterator[StoredMessage]:
+        """``messages`` for the core to route, each with its ``_routing`` set first."""
+        for message, key in messages:
+            self._routing = (message.payload, key)
+            yield message
+
+    async def refill_spilled(self) -> None:
+        """Send slow sessions what was kept in the stream for them, as their queues
+        empty (every REFILL_INTERVAL)."""
+        while True:
+            await trio.sleep(REFILL_INTERVAL)
+            for client_id in list(self._spilled):
+                try:
+                    while await self._refill(client_id):
+                        pass  # (a full batch went out and there is room for more)
+                except (NATSError, trio.TooSlowError) as exc:
+                    log.warning(
+                        "cluster: messages kept for %r not read back yet (will retry): %s",
+                        client_id,
+                        exc,
+                    )
+
+    async def _refill(self, client_id: str) -> bool:
+        """Read back a batch of what was kept for ``client_id`` and queue it, in stream
+        order, if its queue is at most half full; True if there may be room for more."""
+        spilled = self._spilled.get(client_id)
+        session = self.core.sessions.get(client_id)
+        if spilled is None or session is None:  # (ended: what was queued for it is gone)
+            self._spilled.pop(client_id, None)
+            return False
+        if not session.has_room_to_refill():
+            return False
+        filters = [
+            f
+            for f in self.core.router.subscriptions_of(client_id)
+            if not f.startswith(SHARE_PREFIX)
+        ]
+        first = spilled.first()
+        read: list[tuple[StoredMessage, Origin]] = []
+        through = math.inf  # what was read is all there is up to this sequence
+        for subject in _stream_subjects(filters):
+            got = await self._direct_get(subject, first, REFILL_BATCH)
+            read += got
+            if len(got) == REFILL_BATCH:
+                through = min(through, got[-1][0].sequence)
+        if self._spilled.get(client_id) is not spilled:
+            return False  # (handed over meanwhile)
+        read.sort(key=lambda found: found[0].sequence)
+        batch: list[tuple[StoredMessage, tuple[str, int]]] = []
+        for message, origin in read:
+            if message.sequence > through:
+                break
+            key = stream_key(message, origin)
+            if spilled.keys.pop(key, None) is not None:
+                batch.append((message, key))
+        if through == math.inf:
+            now = self.core.now()
+            gone = [key for key, (_b, when) in spilled.keys.items() if now - when > SPILL_GIVE_UP]
+            for key in gone:
+                del spilled.keys[key]
+            if gone:
+                log.error(
+                    "cluster: %d message(s) kept in the stream for %r were not found there "
+                    "after %d s: lost",
+                    len(gone),
+                    client_id,
+                    SPILL_GIVE_UP,
+                )
+                self.core.spill_lost(client_id, len(gone))
+        full = False  # the queue overflowed again
+        if batch or not spilled.keys:
+            full = self.core.refill(client_id, self._routed(batch), filters)
+            if spilled.keys and not full:
+                self.core.spill_again(client_id)  # (more to come: later ones after them)
+        if not spilled.keys:
+            del self._spilled[client_id]
+            log.info("cluster: client %r caught up with what was kept for it", client_id)
+            return False
+        return through != math.inf and not full
 
     async def _request_chunks(self, subject: str, client_id: str) -> list[bytes]:
         """Send one request, collect the reply chunks (none: no session there).
@@ -1064,14 +1231,17 @@ class ClusterNode:
             return
         self._claimed.pop(client_id, None)
         saved = saved_session(session, now, subscriptions=subscriptions)
-        window = self._handover_window(subscriptions)
+        window = self._handover_window(subscriptions, self._spilled.pop(client_id, None))
         for chunk in encode_session(saved, origin=self.origin, now=now, window=window):
             self.nats.publish(msg.reply, chunk)
 
-    def _handover_window(self, subscriptions: Iterable[str]) -> HandoverWindow:
+    def _handover_window(
+        self, subscriptions: Iterable[str], spilled: Spilled | None
+    ) -> HandoverWindow:
         """What this node routed to a session it hands over now, for the node that takes
         it (``HandoverWindow``): the recent QoS 1/2 messages whose topics match the
-        session's filters (its share groups' left out, as in a catch-up)."""
+        session's filters (its share groups' left out, as in a catch-up), and those kept
+        in the stream for it (``spilled``), up to MAX_SPILLED_HANDED_OVER."""
         plain = [f for f in subscriptions if not f.startswith(SHARE_PREFIX)]
         matched: dict[str, bool] = {}
         seen: set[tuple[str, int]] = set()
@@ -1082,7 +1252,26 @@ class ClusterNode:
                     hit = matched[topic] = any(topic_matches(f, topic) for f in plain)
                 if hit:
                     seen.add(key)
-        return HandoverWindow(self._floor_back, self.origin, self._sequence, frozenset(seen))
+        kept: dict[tuple[str, int], tuple[int, float]] = {}
+        if spilled is not None:
+            kept = dict(sorted(spilled.keys.items(), key=lambda k: k[1][0]))
+            if len(kept) > MAX_SPILLED_HANDED_OVER:
+                lost = len(kept) - MAX_SPILLED_HANDED_OVER
+                kept = dict(list(kept.items())[:MAX_SPILLED_HANDED_OVER])
+                log.error(
+                    "cluster: %d message(s) kept in the stream for a session handed over "
+                    "are not sent (at most %d go with it)",
+                    lost,
+                    MAX_SPILLED_HANDED_OVER,
+                )
+        return HandoverWindow(
+            self._floor_back,
+            self.origin,
+            self._sequence,
+            frozenset(seen - kept.keys()),
+            spilled=frozenset(kept),
+            spilled_from=min((bound for bound, _when in kept.values()), default=0),
+        )
 
     def catch_up_point(self) -> CatchUp:
         """Where the node that joins after this one (NATS lost) catches up from."""
@@ -1091,6 +1280,7 @@ class ClusterNode:
             self._previous_origins | {self.origin},
             frozenset().union(self._recent, *self._recent_back),
             self._owners_revision,
+            self._spilled,
         )
 
     async def take_back(self, previous: CatchUp) -> None:
@@ -1161,13 +1351,14 @@ class ClusterNode:
             for message, origin in replayed:
                 # what _on_message remembers of a message received live (an origin
                 # sequence 0: stored by an older version, nothing to compare)
-                key = ("", message.sequence) if message.qos == 2 else (origin.node, origin.sequence)
+                key = stream_key(message, origin)
                 if origin.node in own or (
                     key[1]  # (the lost node's recent ones are in _recent: open_cluster_node)
                     and (key in self._recent or any(key in back for back in self._recent_back))
                 ):
                     continue
                 self._recent[key] = message.topic
+                self._routing = (message.payload, key)
                 self.core.publish(message, from_cluster=True)
                 delivered += 1
                 self.caught_up += 1
@@ -1378,6 +1569,9 @@ class DetachedLink:
         self.core.stored(conn, packet_id, message, None)
         return 0
 
+    def spill(self, client_id: str, message: StoredMessage) -> bool:
+        return False  # (the stream cannot be read now: dropped as on one node)
+
     def connected(self, client_id: str, will: Message | None, will_delay: int) -> None:
         pass
 
@@ -1494,6 +1688,7 @@ async def open_cluster_node(
         if catch_up is not None:
             node._floor_back = min(node._floor_back, catch_up.first)
             node._recent.update(dict.fromkeys(catch_up.seen, ""))
+            node._spilled.update(catch_up.spilled)
             node._previous_origins = catch_up.origins
         async with trio.open_nursery() as nursery:
             retained_watch = await retained.watch(">", node._on_retained, include_current=True)
@@ -1507,6 +1702,7 @@ async def open_cluster_node(
             nodes_watch = await nodes.watch(">", node._on_node, include_current=False)
             nursery.start_soon(node.heartbeat)
             nursery.start_soon(node.save_sessions)
+            nursery.start_soon(node.refill_spilled)
             core.join_cluster(node, node.interest_changed)
             node.subscribe_existing()
             nursery.start_soon(node.write_loop)
