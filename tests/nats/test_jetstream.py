@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -488,3 +489,26 @@ async def test_a_delivery_gap_restarts_after_the_last_entry() -> None:
     assert second["deliver_subject"] != first["deliver_subject"]
     assert second["filter_subject"] == first["filter_subject"] == "$KV.b.>"
     assert (second["ack_policy"], second["flow_control"]) == ("none", True)
+
+
+async def test_get_many_reads_keys_in_batches(nats_server: NatsServer) -> None:
+    async with connected(nats_server) as client:
+        kv = await KeyValue.open(client, "b", history=2)
+        for index in range(600):  # more than two batches
+            await kv.put(f"k{index}", b"%d" % index)
+        await kv.put("k5", b"newer")
+        await kv.delete("k7")
+
+        requests: list[str] = []
+        request_many = client.request_many
+
+        async def counted(subject: str, *args: Any, **kwargs: Any) -> Any:
+            requests.append(subject)
+            return await request_many(subject, *args, **kwargs)
+
+        client.request_many = counted  # type: ignore[method-assign]
+        found = await kv.get_many([f"k{index}" for index in range(700)])
+        assert len(requests) == 3  # (256 keys a request, not one request a key)
+        assert await kv.get_many(["nothing", "none"]) == {}
+    assert sorted(found) == sorted(f"k{index}" for index in range(600) if index != 7)
+    assert found["k5"].value == b"newer" and found["k599"].value == b"599"

@@ -1298,8 +1298,10 @@ class ClusterNode:
         """
         ours = previous.origins | {self.origin}
         try:
-            for client_id in [conn.client_id for conn in self.core.connected_clients()]:
-                entry = await self.owners.get(owner_key(client_id))
+            clients = [conn.client_id for conn in self.core.connected_clients()]
+            entries = await self.owners.get_many([owner_key(c) for c in clients])
+            for client_id in clients:
+                entry = entries.get(owner_key(client_id))
                 current = self.core.connected_will(client_id)  # (after the wait)
                 if current is None:
                     continue  # gone meanwhile: its will was dealt with here

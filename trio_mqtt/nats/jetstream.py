@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
@@ -42,6 +42,8 @@ DEFAULT_MARKER_TTL: Final = 60.0
 MAX_HISTORY: Final = 64
 MULTI_LAST_LIMIT: Final = 1024
 """DIRECT.GET ``multi_last`` refuses (413) a filter matching more subjects than this."""
+GET_MANY_BATCH: Final = 256
+"""Keys per ``multi_last`` request of ``KeyValue.get_many`` (well under the limit)."""
 
 ERR_STREAM_NAME_IN_USE: Final = 10058
 ERR_WRONG_LAST_SEQUENCE: Final = 10071
@@ -366,6 +368,37 @@ class KeyValue:
             return await self._entries_by_consumer(key_filter)
         entries = [self._entry_from_direct(msg) for msg in replies[:-1]]
         return [entry for entry in entries if entry.operation == "PUT"]
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
+        """The current value of each of *keys* that has one, by key.
+
+        One DIRECT.GET ``multi_last`` request per GET_MANY_BATCH keys (instead of a
+        request per key); a batch the server does not answer in full is read key by key.
+        """
+        for key in keys:
+            check_key(key)
+        found: dict[str, Entry] = {}
+        for start in range(0, len(keys), GET_MANY_BATCH):
+            batch = keys[start : start + GET_MANY_BATCH]
+            replies = await self.client.request_many(
+                f"{API}DIRECT.GET.{self.stream}",
+                json.dumps({"multi_last": [self.prefix + key for key in batch]}).encode(),
+                timeout=self.timeout,
+            )
+            end = replies[-1]
+            if end.status == 404:
+                continue  # none of them has a value
+            if end.status != 204 or end.headers is None:
+                for key in batch:  # (not answered as one batch)
+                    entry = await self.get(key)
+                    if entry is not None:
+                        found[key] = entry
+                continue
+            for msg in replies[:-1]:
+                entry = self._entry_from_direct(msg)
+                if entry.operation == "PUT":
+                    found[entry.key] = entry
+        return found
 
     async def _entries_by_consumer(self, key_filter: str) -> list[Entry]:
         latest: dict[str, Entry] = {}
