@@ -38,7 +38,11 @@ from trio_mqtt.mqtt.packets import (
     Packet,
     Properties,
     ProtocolVersion,
+    Puback,
+    Pubcomp,
     Publish,
+    Pubrec,
+    Pubrel,
     Suback,
     Subscribe,
     SubscriptionRequest,
@@ -207,6 +211,41 @@ async def accepted_client(
     connack = await raw.connect(client_id, **connect)
     assert connack.reason_code == 0, connack
     return raw
+
+
+async def published(raw: RawClient, topic: str, payload: bytes, qos: int, packet_id: int) -> None:
+    """Publish and complete the acknowledgement of QoS 1 or 2."""
+    await raw.send(Publish(topic=topic, payload=payload, qos=qos, packet_id=packet_id))
+    if qos == 1:
+        assert await raw.receive() == Puback(packet_id)
+    elif qos == 2:
+        assert await raw.receive() == Pubrec(packet_id)
+        await raw.send(Pubrel(packet_id))
+        assert await raw.receive() == Pubcomp(packet_id)
+
+
+async def deliveries(
+    raw: RawClient, count: int, quiet: float = 1.0, wait: float = 20.0
+) -> list[Publish]:
+    """``count`` PUBLISHes delivered to ``raw`` (each acknowledged as its QoS wants;
+    fewer if ``wait`` seconds pass without one), then any more that come before
+    ``quiet`` seconds pass without one."""
+    got: list[Publish] = []
+    while True:
+        with trio.move_on_after(wait if len(got) < count else quiet) as waited:
+            packet = await raw.receive(wait + quiet + 1)
+        if waited.cancelled_caught:
+            return got
+        if isinstance(packet, Pubrel):
+            await raw.send(Pubcomp(packet.packet_id))
+            continue
+        assert isinstance(packet, Publish), packet
+        got.append(packet)
+        assert packet.packet_id is not None
+        if packet.qos == 1:
+            await raw.send(Puback(packet.packet_id))
+        elif packet.qos == 2:
+            await raw.send(Pubrec(packet.packet_id))
 
 
 async def read_packets(

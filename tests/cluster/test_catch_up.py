@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import trio
-from helpers import V311, wait_until
+from helpers import V311, published, wait_until
 from helpers import accepted_client as client
 from nats_relay import two_nodes
 from nats_server import NatsServer
@@ -23,10 +23,7 @@ from trio_mqtt.mqtt.packets import (
     Pingreq,
     Pingresp,
     Puback,
-    Pubcomp,
     Publish,
-    Pubrec,
-    Pubrel,
     Suback,
     Subscribe,
     SubscriptionRequest,
@@ -40,17 +37,6 @@ def metric(broker: Broker, name: str) -> float:
         if line.startswith(f"trio_mqtt_{name} "):
             return float(line.split()[1])
     raise AssertionError(f"no trio_mqtt_{name} in the metrics")
-
-
-async def publish(raw: RawClient, topic: str, payload: bytes, qos: int, packet_id: int) -> None:
-    """Publish and complete the acknowledgement of QoS 1 or 2."""
-    await raw.send(Publish(topic=topic, payload=payload, qos=qos, packet_id=packet_id))
-    if qos == 1:
-        assert await raw.receive() == Puback(packet_id)
-    else:
-        assert await raw.receive() == Pubrec(packet_id)
-        await raw.send(Pubrel(packet_id))
-        assert await raw.receive() == Pubcomp(packet_id)
 
 
 async def received(raw: RawClient, quiet: float = 1.0) -> list[bytes]:
@@ -79,9 +65,9 @@ async def test_what_was_stored_while_a_node_was_cut_off_reaches_its_subscribers(
             assert await sub.receive() == Suback(1, (1,))
             pub_a = await client(a, "pub-a", V311)
             pub_b = await client(b, "pub-b", V311)
-            await publish(pub_a, "c/x", b"before-1", 1, 1)
-            await publish(pub_a, "c/x", b"before-2", 2, 2)
-            await publish(pub_b, "c/y", b"own-before", 1, 1)  # from b itself
+            await published(pub_a, "c/x", b"before-1", 1, 1)
+            await published(pub_a, "c/x", b"before-2", 2, 2)
+            await published(pub_b, "c/y", b"own-before", 1, 1)  # from b itself
             # (b's own message may overtake a's QoS 2 one, which went through NATS)
             assert sorted(await received(sub, 0.5)) == [b"before-1", b"before-2", b"own-before"]
 
@@ -91,10 +77,10 @@ async def test_what_was_stored_while_a_node_was_cut_off_reaches_its_subscribers(
             for packet_id, (payload, qos) in enumerate(
                 ((b"while-1", 1), (b"while-2", 2), (b"while-3", 1), (b"while-4", 2)), 10
             ):
-                await publish(pub_a, "c/x", payload, qos, packet_id)
+                await published(pub_a, "c/x", payload, qos, packet_id)
             relay.refusing = False
             await wait_until(lambda: b.cluster is not None, "node b back", timeout=20)
-            await publish(pub_a, "c/x", b"after", 1, 20)
+            await published(pub_a, "c/x", b"after", 1, 20)
 
             got = await received(sub)
             # what b missed arrives, in stream order, and what is live after it; nothing
@@ -123,7 +109,7 @@ async def test_a_node_that_never_lost_nats_reads_nothing_back(nats_server: NatsS
             assert await sub.receive() == Suback(1, (1,))
             pub = await client(a, "pub", V311)
             for packet_id in range(1, 4):
-                await publish(pub, "c/x", b"m%d" % packet_id, 1, packet_id)
+                await published(pub, "c/x", b"m%d" % packet_id, 1, packet_id)
             assert await received(sub) == [b"m1", b"m2", b"m3"]
 
 

@@ -10,7 +10,7 @@ delays what it sends, which holds that window open long enough to publish into i
 from __future__ import annotations
 
 import trio
-from helpers import V311, wait_until
+from helpers import V311, deliveries, published, wait_until
 from helpers import accepted_client as client
 from nats_relay import two_nodes
 from nats_server import NatsServer
@@ -19,47 +19,10 @@ from rawclient import RawClient
 from trio_mqtt.cluster.node import ClusterNode
 from trio_mqtt.mqtt.packets import (
     Connack,
-    Puback,
-    Pubcomp,
-    Publish,
-    Pubrec,
-    Pubrel,
     Suback,
     Subscribe,
     SubscriptionRequest,
 )
-
-
-async def publish(raw: RawClient, topic: str, payload: bytes, qos: int, packet_id: int) -> None:
-    """Publish and complete the acknowledgement of QoS 1 or 2."""
-    await raw.send(Publish(topic=topic, payload=payload, qos=qos, packet_id=packet_id))
-    if qos == 1:
-        assert await raw.receive() == Puback(packet_id)
-    else:
-        assert await raw.receive() == Pubrec(packet_id)
-        await raw.send(Pubrel(packet_id))
-        assert await raw.receive() == Pubcomp(packet_id)
-
-
-async def deliveries(raw: RawClient, count: int, quiet: float) -> list[bytes]:
-    """The payloads of ``count`` deliveries (each acknowledged as its QoS wants), then
-    of any more that come before ``quiet`` seconds pass without one."""
-    payloads: list[bytes] = []
-    while True:
-        with trio.move_on_after(10 if len(payloads) < count else quiet) as waited:
-            packet = await raw.receive(60)
-        if waited.cancelled_caught:
-            return payloads
-        if isinstance(packet, Pubrel):
-            await raw.send(Pubcomp(packet.packet_id))
-            continue
-        assert isinstance(packet, Publish), packet
-        payloads.append(packet.payload)
-        assert packet.packet_id is not None
-        if packet.qos == 1:
-            await raw.send(Puback(packet.packet_id))
-        elif packet.qos == 2:
-            await raw.send(Pubrec(packet.packet_id))
 
 
 async def test_what_is_published_while_a_session_moves_reaches_it_once(
@@ -77,9 +40,9 @@ async def test_what_is_published_while_a_session_moves_reaches_it_once(
         pub_b = await client(b, "pub-b")
         # before the move: routed to the session on a (b's arrive there live) and handed
         # over with it; a reads them back too but must not deliver them again
-        await publish(pub_a, "k/before-a", b"before-a", 1, 1)
-        await publish(pub_b, "k/before-b1", b"before-b1", 1, 1)
-        await publish(pub_b, "k/before-b2", b"before-b2", 2, 2)
+        await published(pub_a, "k/before-a", b"before-a", 1, 1)
+        await published(pub_b, "k/before-b1", b"before-b1", 1, 1)
+        await published(pub_b, "k/before-b2", b"before-b2", 2, 2)
         await wait_until(lambda: len(a.core.sessions["keeper"].pending) == 3, "queued on a")
 
         relay.delay = 0.5  # what b sends (the handover request, its SUB) is late
@@ -94,15 +57,15 @@ async def test_what_is_published_while_a_session_moves_reaches_it_once(
             await wait_until(lambda: "keeper" not in a.core.sessions, "handed over", timeout=5)
             # the session has left a; b has not subscribed k/# yet: live, these reach
             # nobody (b's own are late too, through the relay)
-            await publish(pub_a, "k/gap-a1", b"gap-a1", 1, 2)
-            await publish(pub_a, "k/gap-a2", b"gap-a2", 2, 3)
-            await publish(pub_b, "k/gap-b", b"gap-b", 1, 3)
+            await published(pub_a, "k/gap-a1", b"gap-a1", 1, 2)
+            await published(pub_a, "k/gap-a2", b"gap-a2", 2, 3)
+            await published(pub_b, "k/gap-b", b"gap-b", 1, 3)
         assert connack[0].session_present
         relay.delay = 0.0
         await b.cluster.sync()
-        await publish(pub_a, "k/after", b"after", 1, 4)  # live, to b
+        await published(pub_a, "k/after", b"after", 1, 4)  # live, to b
 
-        got = await deliveries(moved, 7, quiet=1.5)
+        got = [packet.payload for packet in await deliveries(moved, 7, quiet=1.5)]
         assert sorted(got) == sorted(
             [
                 b"before-a",

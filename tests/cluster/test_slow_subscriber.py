@@ -14,8 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
-import trio
-from helpers import V311, Client, make_core, wait_until
+from helpers import V311, Client, deliveries, make_core, published, wait_until
 from helpers import accepted_client as client
 from nats_server import NatsServer
 from rawclient import RawClient
@@ -25,11 +24,6 @@ from trio_mqtt.cluster.node import ClusterNode, Spilled
 from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
 from trio_mqtt.mqtt.packets import (
     Properties,
-    Puback,
-    Pubcomp,
-    Publish,
-    Pubrec,
-    Pubrel,
     Suback,
     Subscribe,
     SubscriptionRequest,
@@ -76,32 +70,9 @@ async def test_a_slow_subscriber_gets_every_message_from_other_nodes(
         pub = await client(a, "pub", V311)
         payload = b"x" * size
         for index in range(count):
-            qos = 2 if index % 5 == 0 else 1
-            packet_id = index % 60000 + 1
-            await pub.send(
-                Publish(topic=f"s/{index}", payload=payload, qos=qos, packet_id=packet_id)
-            )
-            answer = await pub.receive()
-            if qos == 1:
-                assert answer == Puback(packet_id)
-            else:
-                assert answer == Pubrec(packet_id)
-                await pub.send(Pubrel(packet_id))
-                assert await pub.receive() == Pubcomp(packet_id)
+            await published(pub, f"s/{index}", payload, 2 if index % 5 == 0 else 1, index + 1)
         # the subscriber had read nothing so far; now it reads everything
-        got: list[str] = []
-        with trio.move_on_after(20):
-            while len(got) < count:
-                packet = await slow.receive(20)
-                if isinstance(packet, Pubrel):
-                    await slow.send(Pubcomp(packet.packet_id))
-                    continue
-                assert isinstance(packet, Publish), packet
-                got.append(packet.topic)
-                assert packet.packet_id is not None
-                await slow.send(
-                    Puback(packet.packet_id) if packet.qos == 1 else Pubrec(packet.packet_id)
-                )
+        got = [packet.topic for packet in await deliveries(slow, count, quiet=0.5)]
         # every one, once, in the order published (the queue's, then the stream's)
         assert got == [f"s/{index}" for index in range(count)], (
             f"{len(got)} of {count}, {len(set(got))} different"
@@ -119,23 +90,13 @@ async def test_what_was_kept_for_a_slow_session_moves_with_it(nats_server: NatsS
         pub = await client(a, "pub", V311)
         count = 300
         for index in range(count):
-            await pub.send(Publish(topic=f"s/{index}", payload=b"x" * 1000, qos=1, packet_id=1))
-            assert await pub.receive() == Puback(1)
+            await published(pub, f"s/{index}", b"x" * 1000, 1, 1)
         await wait_until(lambda: "slow" in b.cluster._spilled, "kept in the stream")  # type: ignore[attr-defined]
         # it reconnects on node a before reading anything on b
         moved = await RawClient.open(a.port, V311)
         assert (await moved.connect("slow", clean_start=False)).session_present
-        got: list[str] = []
-        with trio.move_on_after(20):
-            while len(got) < count:
-                packet = await moved.receive(20)
-                assert isinstance(packet, Publish), packet
-                got.append(packet.topic)
-                assert packet.packet_id is not None
-                await moved.send(Puback(packet.packet_id))
-        with trio.move_on_after(1.5):  # (and nothing twice)
-            packet = await moved.receive(5)
-            raise AssertionError(f"unexpected {packet}")
+        got = [packet.topic for packet in await deliveries(moved, count, quiet=1.5)]
+        # every one, once (nothing twice within 1.5 s after the last)
         assert sorted(got) == sorted(f"s/{index}" for index in range(count)), len(got)
 
 
