@@ -78,6 +78,11 @@ async def test_a_slow_subscriber_gets_every_message_from_other_nodes(
             f"{len(got)} of {count}, {len(set(got))} different"
         )
         assert b.core.stats.messages_dropped == 0  # (none counted as lost either)
+        figures = b.cluster_figures()
+        assert figures.kept == 0 and 0 < figures.refilled < count
+        assert f"trio_mqtt_cluster_messages_refilled_total {figures.refilled}.0" in (
+            b.metrics_text()
+        )
 
 
 async def test_what_was_kept_for_a_slow_session_moves_with_it(nats_server: NatsServer) -> None:
@@ -92,6 +97,8 @@ async def test_what_was_kept_for_a_slow_session_moves_with_it(nats_server: NatsS
         for index in range(count):
             await published(pub, f"s/{index}", b"x" * 1000, 1, 1)
         await wait_until(lambda: "slow" in b.cluster._spilled, "kept in the stream")  # type: ignore[attr-defined]
+        assert 0 < b.cluster_figures().kept < count
+        assert "trio_mqtt_cluster_messages_kept " in b.metrics_text()
         # it reconnects on node a before reading anything on b
         moved = await RawClient.open(a.port, V311)
         assert (await moved.connect("slow", clean_start=False)).session_present

@@ -20,7 +20,8 @@ class ClusterCounters:
     ``forwarded``: messages published here and handed to NATS; ``received``: messages
     from other nodes routed here; ``not_forwarded``: messages published here that NATS
     did not take (cut off, too large, subject too long: local subscribers only);
-    ``caught_up``: messages read back from the stream after a NATS loss; ``joins`` and
+    ``caught_up``: messages read back from the stream after a NATS loss; ``refilled``:
+    messages kept in the stream for slow clients and read back for them; ``joins`` and
     ``losses``: of NATS.
     """
 
@@ -30,15 +31,23 @@ class ClusterCounters:
     received: int = 0
     not_forwarded: int = 0
     caught_up: int = 0
+    refilled: int = 0
 
     def add_node(
-        self, *, forwarded: int, received: int, not_forwarded: int, caught_up: int
+        self,
+        *,
+        forwarded: int,
+        received: int,
+        not_forwarded: int,
+        caught_up: int,
+        refilled: int,
     ) -> None:
         """Add an ended node's counts."""
         self.forwarded += forwarded
         self.received += received
         self.not_forwarded += not_forwarded
         self.caught_up += caught_up
+        self.refilled += refilled
 
 
 @attrs.frozen
@@ -53,3 +62,6 @@ class ClusterFigures:
     received: int
     not_forwarded: int
     caught_up: int
+    refilled: int = 0
+    # messages kept in the stream for slow clients now (the current node's)
+    kept: int = 0

@@ -339,6 +339,7 @@ class ClusterNode:
     dropped: int = 0
     # messages read back from the stream by catch_up
     caught_up: int = 0
+    refilled: int = 0
     # the broker's totals over its nodes: this node's counts are added when it ends
     counters: ClusterCounters = attrs.Factory(ClusterCounters)
 
@@ -1085,6 +1086,10 @@ class ClusterNode:
         spilled.keys[routing[1]] = (message.sequence, self.core.now())
         return True
 
+    def kept(self) -> int:
+        """How many messages are kept in the stream for slow clients now."""
+        return sum(len(spilled.keys) for spilled in self._spilled.values())
+
     def _routed(
         self, messages: Iterable[tuple[StoredMessage, tuple[str, int]]]
     ) -> Iterator[StoredMessage]:
@@ -1158,7 +1163,9 @@ class ClusterNode:
                 self.core.spill_lost(client_id, len(gone))
         full = False  # the queue overflowed again
         if batch or not spilled.keys:
+            left = len(spilled.keys)
             full = self.core.refill(client_id, self._routed(batch), filters)
+            self.refilled += len(batch) - (len(spilled.keys) - left)  # (less those kept again)
             if spilled.keys and not full:
                 self.core.spill_again(client_id)  # (more to come: later ones after them)
         if not spilled.keys:
@@ -1744,6 +1751,7 @@ async def open_cluster_node(
                     received=node.received,
                     not_forwarded=node.dropped,
                     caught_up=node.caught_up,
+                    refilled=node.refilled,
                 )
     core.leave_cluster()
     log.info("cluster: node %s left", name)

@@ -179,6 +179,8 @@ class Broker:
             received=totals.received + (node.received if node else 0),
             not_forwarded=totals.not_forwarded + (node.dropped if node else 0),
             caught_up=totals.caught_up + (node.caught_up if node else 0),
+            refilled=totals.refilled + (node.refilled if node else 0),
+            kept=node.kept() if node else 0,
         )
 
     def metrics_text(self) -> str:

@@ -136,8 +136,19 @@ class BrokerCollector(Collector):
                 "Messages read back from the stream after a NATS loss and delivered here.",
                 figures.caught_up,
             ),
+            (
+                "messages_refilled",
+                "Messages kept in the stream for slow clients (their queues were full), "
+                "read back and queued for them.",
+                figures.refilled,
+            ),
         ):
             yield CounterMetricFamily(f"{PREFIX}_cluster_{name}", text, value=value)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_cluster_messages_kept",
+            "Messages kept in the stream for slow clients now, waiting for room in their queues.",
+            value=figures.kept,
+        )
 
     def _listener_metrics(self) -> Iterator[Metric]:
         connections = GaugeMetricFamily(
