@@ -511,3 +511,25 @@ def test_offline_sessions_and_links_that_keep_nothing_drop_as_on_one_node() -> N
     session.connection = None  # (offline, as a persistent session)
     core.publish(StoredMessage.of(Message("s/3", b"x" * 200, 1), 7))
     assert link.spilled == [] and session.dropped == 2
+
+
+def test_receive_maximum_counts_qos1_messages_waiting_for_the_stream() -> None:
+    """On one node a QoS 1 message is acknowledged at once; in a cluster only once
+    stored, so an MQTT 5 client may not have more than Receive Maximum of them (and of
+    QoS 2 ones) unanswered [MQTT-3.3.4-7]: the next is refused with DISCONNECT 0x93."""
+    core, link = clustered_core()
+    publisher = Client(core, V5)
+    connack = publisher.connect("pub")
+    maximum = connack.properties.receive_maximum
+    assert maximum is not None and maximum < STORE_WINDOW
+    for packet_id in range(1, maximum):
+        publisher.send(Publish(topic="t", payload=b"x", qos=1, packet_id=packet_id))
+    publisher.send(Publish(topic="t", payload=b"x", qos=2, packet_id=maximum))
+    link.answer_stores(core)  # all answered: room for as many again
+    assert len(publisher.packets()) == maximum
+    for packet_id in range(1, maximum):
+        publisher.send(Publish(topic="t", payload=b"x", qos=1, packet_id=packet_id))
+    # one QoS 2 still waits for its PUBREL: that makes Receive Maximum
+    publisher.send(Publish(topic="t", payload=b"x", qos=1, packet_id=maximum + 1))
+    (disconnect,) = publisher.packets()
+    assert disconnect == Disconnect(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, disconnect.properties)

@@ -75,7 +75,14 @@ class ClientConnection(Protocol):
 
     @property
     def receive_maximum(self) -> int:
-        """The Receive Maximum its CONNACK gave: QoS 2 messages it may have in flight."""
+        """The Receive Maximum its CONNACK gave: QoS 1/2 messages it may have sent and
+        not had acknowledged (QoS 1 only counts in a cluster, which acknowledges it
+        once stored; one node answers at once)."""
+        ...
+
+    @property
+    def unanswered_qos1(self) -> int:
+        """Its QoS 1 messages waiting for the cluster's stream (no PUBACK yet)."""
         ...
 
     @property
@@ -106,9 +113,9 @@ class ClientConnection(Protocol):
     def acknowledge(self, packet: Puback | Pubrec) -> None:
         """Send the acknowledgement of a PUBLISH decided after it was read."""
 
-    def storing(self, size: int) -> None:
-        """A QoS 1/2 message of ``size`` bytes from it went to the cluster's stream; its
-        ``acknowledge`` follows in the same order (or the connection is closed)."""
+    def storing(self, size: int, qos: int) -> None:
+        """A QoS ``qos`` message of ``size`` bytes from it went to the cluster's stream;
+        its ``acknowledge`` follows in the same order (or the connection is closed)."""
         ...
 
     @property

@@ -1019,12 +1019,14 @@ class BrokerCore:
         stats.received_by_qos[qos] += 1
         stats.publish_bytes_received += len(packet.payload)
 
-        if qos == 2:
-            if packet_id in session.inflight_in:
+        if qos:
+            if qos == 2 and packet_id in session.inflight_in:
                 return Pubrec(packet_id)  # duplicate of a QoS 2 message we already have
-            if v5 and len(session.inflight_in) >= conn.receive_maximum:
+            # (QoS 1 is unanswered only in a cluster, until stored: conn.unanswered_qos1)
+            if v5 and len(session.inflight_in) + conn.unanswered_qos1 >= conn.receive_maximum:
                 raise RemoteProtocolError(
-                    f"more than Receive Maximum ({conn.receive_maximum}) QoS 2 messages in flight",
+                    f"more than Receive Maximum ({conn.receive_maximum}) QoS 1/2 messages "
+                    "not acknowledged yet",
                     ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
                 )
 
@@ -1057,7 +1059,7 @@ class BrokerCore:
                 # QoS 1 is routed at once, while the stream stores it: if the store
                 # fails, the publisher sends it again and subscribers may get it twice,
                 # which QoS 1 allows. QoS 2 (exactly once) is routed once stored.
-                conn.storing(len(packet.payload) + len(topic))
+                conn.storing(len(packet.payload) + len(topic), qos)
                 if qos == 2:
                     session.inflight_in.add(packet_id)
                     cluster.store(message, conn, packet_id)

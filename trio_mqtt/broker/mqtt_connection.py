@@ -158,6 +158,7 @@ class MQTTConnection:
     # in order), and their sum; when the store window held it back (None: it does not)
     _storing: deque[int] = attrs.Factory(deque)
     _storing_bytes: int = 0
+    unanswered_qos1: int = 0  # (ClientConnection.unanswered_qos1)
     _store_held_since: float | None = None
     # what was already logged about this connection (log once, not per packet)
     _logged: frozenset[str] = frozenset()  # replaced, not grown: most stay empty
@@ -550,9 +551,11 @@ class MQTTConnection:
         self._close(reason, detail)
         self.on_output()
 
-    def storing(self, size: int) -> None:
+    def storing(self, size: int, qos: int) -> None:
         self._storing.append(size)
         self._storing_bytes += size
+        if qos == 1:
+            self.unanswered_qos1 += 1
 
     def _store_window_full(self) -> bool:
         """Whether a window's worth of its messages waits for the cluster's stream."""
@@ -564,6 +567,8 @@ class MQTTConnection:
         if self._storing:
             held = self._store_held_since is not None
             self._storing_bytes -= self._storing.popleft()
+            if isinstance(packet, Puback):
+                self.unanswered_qos1 -= 1
             if held and not self._store_window_full():
                 self.core.on_relief()  # (its reader waits for held_back() to change)
         if self.state is ConnectionState.CONNECTED and self.close_reason is None:
