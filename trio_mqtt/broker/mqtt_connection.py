@@ -155,8 +155,9 @@ class MQTTConnection:
     # congested connections this one published to in its last read (held_back())
     _held_back_by: set[ClientConnection] | None = None
     # sizes of its QoS 1/2 messages a cluster is storing, oldest first (the answers come
-    # in order), and their sum; when the store window held it back (None: it does not)
-    _storing: deque[int] = attrs.Factory(deque)
+    # in order), and their sum; when the store window held it back (None: it does not).
+    # Made on first use: an empty deque is 0.75 KiB, and only a cluster's clients need it
+    _storing: deque[int] | None = None
     _storing_bytes: int = 0
     unanswered_qos1: int = 0  # (ClientConnection.unanswered_qos1)
     _store_held_since: float | None = None
@@ -552,6 +553,8 @@ class MQTTConnection:
         self.on_output()
 
     def storing(self, size: int, qos: int) -> None:
+        if self._storing is None:
+            self._storing = deque()
         self._storing.append(size)
         self._storing_bytes += size
         if qos == 1:
@@ -559,7 +562,10 @@ class MQTTConnection:
 
     def _store_window_full(self) -> bool:
         """Whether a window's worth of its messages waits for the cluster's stream."""
-        return len(self._storing) >= STORE_WINDOW or self._storing_bytes >= STORE_WINDOW_BYTES
+        storing = self._storing
+        return storing is not None and (
+            len(storing) >= STORE_WINDOW or self._storing_bytes >= STORE_WINDOW_BYTES
+        )
 
     def acknowledge(self, packet: Puback | Pubrec) -> None:
         """Send an acknowledgement the core decided after the PUBLISH was read (a
