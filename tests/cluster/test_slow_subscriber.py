@@ -20,6 +20,8 @@ from nats_server import NatsServer
 from rawclient import RawClient
 
 from trio_mqtt import Broker, open_broker
+from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.message import Message, StoredMessage
 from trio_mqtt.cluster.node import ClusterNode, Spilled
 from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
 from trio_mqtt.mqtt.packets import (
@@ -110,10 +112,22 @@ async def test_what_was_kept_for_a_slow_session_moves_with_it(nats_server: NatsS
 def test_a_sessions_record_keeps_its_cursor_below_what_was_kept_for_it() -> None:
     """A survivor that rebuilds the session after its node's death reads the stream
     from the record's cursor: it must not have passed what waits in the stream."""
-    core = make_core()
+    core, node = node_without_nats()
     slow = Client(core)
     slow.connect("slow", clean_start=False, properties=Properties(session_expiry_interval=60))
     slow.subscribe(("s/#", 1))
+    session = core.sessions["slow"]
+    subscriptions = core.router.subscriptions_of("slow")
+    record, _seen = node._session_record(session, subscriptions, 500)
+    assert json.loads(record)["acked"] == 500  # nothing outstanding: all it saw
+    node._spilled["slow"] = Spilled(session, {("a", 7): (120, 0.0), ("", 130): (130, 0.0)})
+    record, _seen = node._session_record(session, subscriptions, 500)
+    assert json.loads(record)["acked"] == 119
+
+
+def node_without_nats() -> tuple[BrokerCore, ClusterNode]:
+    """A core and a cluster node that never reaches NATS (for its own bookkeeping)."""
+    core = make_core()
     node = ClusterNode(
         core=core,
         name="b",
@@ -125,10 +139,28 @@ def test_a_sessions_record_keeps_its_cursor_below_what_was_kept_for_it() -> None
         nodes=None,  # type: ignore[arg-type]
         sessions=None,  # type: ignore[arg-type]
     )
-    session = core.sessions["slow"]
-    subscriptions = core.router.subscriptions_of("slow")
-    record, _seen = node._session_record(session, subscriptions, 500)
-    assert json.loads(record)["acked"] == 500  # nothing outstanding: all it saw
-    node._spilled["slow"] = Spilled({("a", 7): (120, 0.0), ("", 130): (130, 0.0)})
-    record, _seen = node._session_record(session, subscriptions, 500)
-    assert json.loads(record)["acked"] == 119
+    return core, node
+
+
+async def test_what_was_kept_for_a_session_is_not_given_to_the_next_one() -> None:
+    """A client that connects again with a clean start has a new session: what was kept
+    for the old one is gone with it (and is not read back for the new one)."""
+    core, node = node_without_nats()
+    slow = Client(core)
+    slow.connect("slow")
+    message = StoredMessage.of(Message("s/1", b"x", 1), 9)
+    node._routing = (message.payload, ("a", 1))
+    assert node.spill("slow", message)
+    assert node.kept() == 1
+    again = Client(core)
+    # (clean start: a new session; one that outlives its connection)
+    again.connect("slow", properties=Properties(session_expiry_interval=60))
+    again.subscribe(("s/#", 1))
+    assert not await node._refill("slow")  # (nothing read: NATS would be needed)
+    assert node.kept() == 0
+    node._routing = (message.payload, ("a", 1))
+    assert node.spill("slow", message)  # kept for the new session, as its own
+    assert node._spilled["slow"].session is core.sessions["slow"]
+    again.drop()  # (gone offline: nothing is read back until it is back)
+    assert not await node._refill("slow")
+    assert node.kept() == 1

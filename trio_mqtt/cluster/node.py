@@ -229,8 +229,11 @@ class CatchUp:
 class Spilled:
     """The QoS 1/2 messages kept in the stream for one slow session, to read back as
     its queue empties: (origin, origin sequence), or ("", stream sequence) for QoS 2,
-    -> (a lower bound of its stream sequence, when it was kept)."""
+    -> (a lower bound of its stream sequence, when it was kept). ``session``: the one
+    they were kept for, compared by identity (a new session of the same client id, after
+    a clean start, does not get them)."""
 
+    session: object
     keys: dict[tuple[str, int], tuple[int, float]] = attrs.Factory(dict)
 
     def first(self) -> int:
@@ -1073,9 +1076,10 @@ class ClusterNode:
         routing = self._routing
         if routing is None or routing[0] is not message.payload:
             return False
+        session = self.core.sessions.get(client_id)
         spilled = self._spilled.get(client_id)
-        if spilled is None:
-            spilled = self._spilled[client_id] = Spilled()
+        if spilled is None or spilled.session is not session:
+            spilled = self._spilled[client_id] = Spilled(session)
             log.warning(
                 "cluster: client %r is too slow: QoS 1/2 messages for it that do not fit "
                 "in its queue wait in the stream, and are sent as it catches up",
@@ -1119,11 +1123,11 @@ class ClusterNode:
         order, if its queue is at most half full; True if there may be room for more."""
         spilled = self._spilled.get(client_id)
         session = self.core.sessions.get(client_id)
-        if spilled is None or session is None:  # (ended: what was queued for it is gone)
-            self._spilled.pop(client_id, None)
+        if spilled is None or session is None or spilled.session is not session:
+            self._spilled.pop(client_id, None)  # (it ended: what was queued for it is gone)
             return False
-        if not session.has_room_to_refill():
-            return False
+        if session.connection is None or not session.has_room_to_refill():
+            return False  # (offline: kept until it is back, here or on another node)
         filters = [
             f
             for f in self.core.router.subscriptions_of(client_id)
