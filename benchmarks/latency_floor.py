@@ -12,11 +12,19 @@ against
    the same PUBLISH bytes to the subscriber; the subscriber's PUBACKs are read and
    dropped. It frames packets by their remaining length and reads the first byte, the
    client id and a PUBLISH's packet id (for the PUBACK); nothing else of MQTT;
-2. ``bare selectors``: the same relay in one thread with ``selectors`` and non-blocking
+2. ``trio, direct writes``: the same relay, one Trio task per connection, reading and
+   writing as trio-mqtt's connections do (``os.read`` until ``EAGAIN``, then
+   ``wait_readable``; answers with one non-blocking ``os.write``, no ``send_all``): one
+   pass through Trio's scheduler per packet read, as trio-mqtt makes;
+3. ``trio + nested epoll``: the same relay inside Trio, each connection parked after its
+   CONNACK in an epoll of the relay's own, which one task serves
+   (``wait_readable`` on the epoll, then every ready socket in one pass): the shape of
+   serving established connections outside Trio's per-task scheduling;
+4. ``bare selectors``: the same relay in one thread with ``selectors`` and non-blocking
    sockets, Python's floor without Trio's scheduling;
-3. ``trio-mqtt`` in process (``open_broker``, one plain listener, the CLI's
+5. ``trio-mqtt`` in process (``open_broker``, one plain listener, the CLI's
    garbage-collector settings, as ``benchmarks.trio_floor``);
-4. ``mosquitto``: Debian's, with its defaults (``benchmarks.brokers``, as the scenarios
+6. ``mosquitto``: Debian's, with its defaults (``benchmarks.brokers``, as the scenarios
    start it).
 
 The client is one raw-socket process, as the load generators' latency worker: blocking
@@ -27,7 +35,7 @@ connections (a client sleeping in ``poll`` would add its own wake-up to every sa
 until it has the PUBACK and the delivery, answers the delivery with a PUBACK and sends
 the next. Reported per server: p50/p99 of the PUBACK latency (write -> PUBACK read) and
 of the end-to-end latency (write -> delivery read), and the server's CPU time per round
-trip over the client's whole run (``getrusage`` of this process for the three servers
+trip over the client's whole run (``getrusage`` of this process for the servers
 in it; the scheduler's run time of the mosquitto process from ``/proc/<pid>/schedstat``,
 or its ``/proc/<pid>/stat`` ticks where that is not kept). Runs alternate between the
 servers. Results go to ``benchmarks/results/latency-floor.json`` (``--output``).
@@ -49,6 +57,7 @@ import gc
 import json
 import os
 import resource
+import select
 import selectors
 import socket
 import statistics
@@ -87,7 +96,14 @@ CONNACK = b"\x20\x02\x00\x00"
 SUBACK = b"\x90\x03\x00\x01\x01"  # packet id 1 (the client's), QoS 1 granted
 PUBACK = 0x40
 DEADLINE_S = 120.0
-SERVERS = ("bare trio", "bare selectors", "trio-mqtt", "mosquitto")
+SERVERS = (
+    "bare trio",
+    "trio, direct writes",
+    "trio + nested epoll",
+    "bare selectors",
+    "trio-mqtt",
+    "mosquitto",
+)
 #: the bare relays write the delivery before the PUBACK (``--deliver-first``; mosquitto's
 #: order) instead of after it
 DELIVER_FIRST = False
@@ -254,6 +270,131 @@ class _TrioRelay:
                 # anything else (the subscriber's PUBACKs, DISCONNECT): read and dropped
 
 
+class _TrioDirectRelay:
+    """The relay as one Trio task per connection, reading and writing the way trio-mqtt's
+    connections do (``server/connection.py``): ``os.read`` on the socket, and
+    ``wait_readable`` only when it has nothing; answers written with one non-blocking
+    ``os.write`` instead of ``send_all`` (no checkpoint per write). One pass through
+    Trio's scheduler per packet read, as trio-mqtt; the bare Trio relay pays two more
+    per round trip (its ``send_all`` checkpoints)."""
+
+    def __init__(self) -> None:
+        self.subscriber = -1
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        fd = stream.socket.fileno()
+        buffer = bytearray()
+        is_publisher = False
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            if not data:
+                return
+            buffer += data
+            for packet in _frames(buffer):
+                kind = packet[0] >> 4
+                if kind == 3 and is_publisher:
+                    if DELIVER_FIRST:
+                        _write(self.subscriber, packet)
+                    _write(fd, _puback_for(packet))
+                    if not DELIVER_FIRST:
+                        _write(self.subscriber, packet)
+                elif kind == 1:
+                    is_publisher = _client_id(packet) == PUBLISHER_ID.encode()
+                    if not is_publisher:
+                        self.subscriber = fd
+                    _write(fd, CONNACK)
+                elif kind == 8:
+                    _write(fd, SUBACK)
+
+
+class _TrioEpollRelay:
+    """The relay inside Trio, with a nested epoll: each connection's Trio task reads its
+    CONNECT and writes the CONNACK, then parks the socket in an epoll of the relay's own
+    and waits. One task (``serve_ready``) waits for that epoll to be readable
+    (``trio.lowlevel.wait_readable``) and, per wake-up, reads and answers every ready
+    socket with plain non-blocking ``os.read``/``os.write``, as the ``selectors`` relay
+    does, without a trip through Trio's scheduler per connection. The shape a broker could
+    serve established connections in (``docs/performance.md``, the QoS 1 floor: a
+    wake-up of it costs about what a task's does; it gains where one wake-up finds
+    several sockets ready, as the subscriber's PUBACK and the next PUBLISH often are
+    when the PUBACK is written first)."""
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.buffers: dict[int, bytearray] = {}
+        self.ended: dict[int, trio.Event] = {}
+        self.publishers: set[int] = set()
+        self.subscriber = -1
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        buffer = bytearray()
+        while data := await stream.receive_some(65536):
+            buffer += data
+            for packet in _frames(buffer):
+                if packet[0] >> 4 != 1:
+                    raise RuntimeError("the client sent something before its CONNACK")
+                fd = stream.socket.fileno()
+                if _client_id(packet) == PUBLISHER_ID.encode():
+                    self.publishers.add(fd)
+                else:
+                    self.subscriber = fd
+                await stream.send_all(CONNACK)
+                self.buffers[fd] = buffer
+                self.ended[fd] = ended = trio.Event()
+                self.epoll.register(fd, select.EPOLLIN)
+                try:
+                    await ended.wait()  # the ready loop serves it until its EOF
+                finally:
+                    if fd in self.buffers:  # cancelled while parked
+                        self.epoll.unregister(fd)
+                        del self.buffers[fd]
+                    del self.ended[fd]
+                return
+
+    async def serve_ready(self) -> None:
+        epoll = self.epoll
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll)
+                for fd, _events in epoll.poll(0):
+                    self._ready(fd)
+        finally:
+            trio.lowlevel.notify_closing(epoll)
+            epoll.close()
+
+    def _ready(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:  # EOF: the task closes the socket
+            self.epoll.unregister(fd)
+            del self.buffers[fd]
+            self.ended[fd].set()
+            return
+        buffer = self.buffers[fd]
+        buffer += data
+        for packet in _frames(buffer):
+            kind = packet[0] >> 4
+            if kind == 3 and fd in self.publishers:
+                if DELIVER_FIRST:
+                    _write(self.subscriber, packet)
+                _write(fd, _puback_for(packet))
+                if not DELIVER_FIRST:
+                    _write(self.subscriber, packet)
+            elif kind == 8:
+                _write(fd, SUBACK)
+
+
+def _write(fd: int, data: bytes) -> None:
+    if os.write(fd, data) != len(data):
+        raise RuntimeError("short send")
+
+
 def _selectors_relay(listener: socket.socket, stop: socket.socket) -> None:
     """The relay in one thread: a ``selectors`` loop over non-blocking sockets, until a
     byte arrives on *stop*. Answers are a few bytes to an idle socket, so ``send`` takes
@@ -363,6 +504,31 @@ async def _bare_trio(warmup: int, count: int) -> dict[str, Any]:
     return outcome
 
 
+async def _trio_direct(warmup: int, count: int) -> dict[str, Any]:
+    relay = _TrioDirectRelay()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, relay.handle, 0, host=HOST)
+        )
+        port = listeners[0].socket.getsockname()[1]
+        outcome = await _measure_in_trio(port, warmup, count)
+        nursery.cancel_scope.cancel()
+    return outcome
+
+
+async def _trio_epoll(warmup: int, count: int) -> dict[str, Any]:
+    relay = _TrioEpollRelay()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relay.serve_ready)
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, relay.handle, 0, host=HOST)
+        )
+        port = listeners[0].socket.getsockname()[1]
+        outcome = await _measure_in_trio(port, warmup, count)
+        nursery.cancel_scope.cancel()
+    return outcome
+
+
 async def _trio_mqtt(warmup: int, count: int) -> dict[str, Any]:
     config = BrokerConfig(listeners=(ListenerConfig(host=HOST, port=0),))
     async with open_broker(config) as broker:
@@ -371,6 +537,14 @@ async def _trio_mqtt(warmup: int, count: int) -> dict[str, Any]:
 
 def bare_trio(warmup: int, count: int) -> dict[str, Any]:
     return trio.run(_bare_trio, warmup, count)
+
+
+def trio_direct(warmup: int, count: int) -> dict[str, Any]:
+    return trio.run(_trio_direct, warmup, count)
+
+
+def trio_epoll(warmup: int, count: int) -> dict[str, Any]:
+    return trio.run(_trio_epoll, warmup, count)
 
 
 def trio_mqtt(warmup: int, count: int) -> dict[str, Any]:
@@ -430,6 +604,8 @@ def mosquitto(warmup: int, count: int) -> dict[str, Any]:
 
 MEASURE: dict[str, Callable[[int, int], dict[str, Any]]] = {
     "bare trio": bare_trio,
+    "trio, direct writes": trio_direct,
+    "trio + nested epoll": trio_epoll,
     "bare selectors": bare_selectors,
     "trio-mqtt": trio_mqtt,
     "mosquitto": mosquitto,
@@ -556,7 +732,7 @@ def main(argv: list[str] | None = None) -> None:
 def _table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     """Medians (min-max) per server, and each p50 as a multiple of mosquitto's."""
     lines = [
-        f"{'server':15s} {'PUBACK p50':>17s} {'p99':>5s} {'end-to-end p50':>17s} {'p99':>5s}"
+        f"{'server':19s} {'PUBACK p50':>17s} {'p99':>5s} {'end-to-end p50':>17s} {'p99':>5s}"
         f" {'CPU/round trip':>16s}"
     ]
     for name, metrics in summary.items():
@@ -568,7 +744,7 @@ def _table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
             else:
                 spread = f"({value['min']:.0f}-{value['max']:.0f})"
                 cells.append(f"{value['median']:5.0f} {spread:>11s}")
-        lines.append(f"{name:15s} " + " ".join(cells))
+        lines.append(f"{name:19s} " + " ".join(cells))
     if "mosquitto" in summary:
         base = summary["mosquitto"]
         for name, metrics in summary.items():

@@ -272,7 +272,14 @@ def test_nats_ceiling_quick_run_delivers_everything(tmp_path: Path) -> None:
 
 def test_latency_floor_measures_every_server(tmp_path: Path) -> None:
     """50 round trips against each server, one round; mosquitto only where installed."""
-    servers = ["bare trio", "bare selectors", "trio-mqtt", "mosquitto"]
+    servers = [
+        "bare trio",
+        "trio, direct writes",
+        "trio + nested epoll",
+        "bare selectors",
+        "trio-mqtt",
+        "mosquitto",
+    ]
     has_mosquitto = Path(MOSQUITTO_PATH).exists()
     if not has_mosquitto:
         if tools_required():
@@ -302,7 +309,7 @@ def test_latency_floor_measures_every_server(tmp_path: Path) -> None:
         assert run["cpu_us_per_round_trip"] >= (0 if name == "mosquitto" else 1e-3), name
     if not has_mosquitto:
         pytest.skip(
-            f"mosquitto not installed ({MOSQUITTO_PATH}; Debian package mosquitto): the three "
+            f"mosquitto not installed ({MOSQUITTO_PATH}; Debian package mosquitto): the "
             "Python servers passed, mosquitto was not measured"
         )
 
