@@ -525,18 +525,18 @@ class ClusterNode:
         group, plain = parse_shared_filter(topic_filter)
         subjects = filter_to_subjects(plain)
         client = self.nats if group is None else self.shared_nats
-        callback: Callable[[Msg], None] = self._on_message
+        callback: Callable[[str, bytes], None] = self._on_message
         queue: str | None = None
         if group is not None:
 
-            def callback(msg: Msg) -> None:
-                self._on_shared(msg, topic_filter)
+            def callback(subject: str, payload: bytes) -> None:
+                self._on_shared(subject, payload, topic_filter)
 
             queue = queue_group_name(group, plain)
         sids: list[int] = []
         try:
             for subject in subjects:
-                sids.append(client.subscribe(subject, callback, queue=queue))
+                sids.append(client.subscribe_payloads(subject, callback, queue=queue))
         except NATSError:
             for sid in sids:  # (e.g. "a/#": "a.>" taken, "a" too long for a control line)
                 client.unsubscribe(sid)
@@ -553,23 +553,24 @@ class ClusterNode:
             topics[subject] = topic
         return topic
 
-    def _decode(self, msg: Msg) -> tuple[Message, str, int] | None:
-        """The message in ``msg``, its origin node and sequence; None (logged) if malformed."""
+    def _decode(self, subject: str, payload: bytes) -> tuple[Message, str, int] | None:
+        """The message in a NATS message, its origin node and sequence; None (logged) if
+        malformed."""
         try:
-            topic = self._topics.get(msg.subject) or self._topic(msg.subject)
-            return decode_wire_parts(topic, msg.payload, self.core.now())
+            topic = self._topics.get(subject) or self._topic(subject)
+            return decode_wire_parts(topic, payload, self.core.now())
         except (EnvelopeError, ValueError) as exc:
-            log.warning("cluster: dropped a message on %r: %s", msg.subject, exc)
+            log.warning("cluster: dropped a message on %r: %s", subject, exc)
             return None
 
-    def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, subject: str, payload: bytes) -> None:
         # the hot path of a receiving node: _decode inline, core.now() as core.clock()
         core = self.core
         try:
-            topic = self._topics.get(msg.subject) or self._topic(msg.subject)
-            message, node, sequence = decode_wire_parts(topic, msg.payload, core.clock())
+            topic = self._topics.get(subject) or self._topic(subject)
+            message, node, sequence = decode_wire_parts(topic, payload, core.clock())
         except (EnvelopeError, ValueError) as exc:
-            log.warning("cluster: dropped a message on %r: %s", msg.subject, exc)
+            log.warning("cluster: dropped a message on %r: %s", subject, exc)
             return
         if self._repeats.repeated(node, sequence):
             return  # (a repeat: it matched several of this node's filters)
@@ -587,10 +588,10 @@ class ClusterNode:
         if core.congestion_hits:
             core.take_congestion_hits()
 
-    def _on_shared(self, msg: Msg, shared_filter: str) -> None:
+    def _on_shared(self, subject: str, payload: bytes, shared_filter: str) -> None:
         # no repeat check: one message matches at most one subject of a share group's
         # filter, and its plain copy (if any) must not be taken for a repeat
-        decoded = self._decode(msg)
+        decoded = self._decode(subject, payload)
         if decoded is None:
             return
         self.received += 1
