@@ -106,6 +106,7 @@ from trio_mqtt.nats import (
     NATSConnectionClosed,
     NATSError,
     NATSLocalError,
+    NATSTimeoutError,
     NoRespondersError,
     api_request,
     ensure_stream,
@@ -215,6 +216,13 @@ class ClusterNode:
     _unconfirmed_subacks: int = 0
     _sequence: int = 0
     _repeats: RepeatFilter = attrs.Factory(RepeatFilter)
+    # A message reaches this node once per plain NATS subscription that matches it, so
+    # a repeat needs two plain filters (the two subjects of one "a/#" never match one
+    # subject): _on_message asks _repeats only while the node has more than one, and
+    # until NATS has answered a PING sent after it went down to one (the last copies of
+    # a message may still be on the way then): that is _repeat_grace
+    _plain_routes: int = 0
+    _repeat_grace: int = 0
     # subject -> topic of the messages received (bounded: TOPIC_CACHE_SIZE)
     _topics: dict[str, str] = attrs.Factory(dict)
     # key-value writes waiting for _write_loop: the latest per topic / per client id
@@ -457,11 +465,34 @@ class ClusterNode:
                 self._route_sent.pop(topic_filter, None)
                 for sid in self._routes.pop(topic_filter):
                     client.unsubscribe(sid)
+                if group is None:
+                    self._plain_routes -= 1
+                    if self._plain_routes == 1:
+                        self._repeat_grace += 1
+                        if self._nursery is not None:  # (else the check stays on)
+                            self._nursery.start_soon(self._end_repeat_grace)
 
     def _add_route(self, topic_filter: str) -> None:
         self._routes[topic_filter] = self._subscribe(topic_filter)
         self._subs_sent += 1
         self._route_sent[topic_filter] = self._subs_sent
+        if not topic_filter.startswith(SHARE_PREFIX):
+            self._plain_routes += 1
+
+    async def _end_repeat_grace(self) -> None:
+        """Stop checking for repeats once NATS has answered a PING sent after the node
+        went down to one plain filter: every copy of a message that matched two of its
+        filters arrived before the PONG. A PING not answered in time is sent again; if
+        the connection is lost, the check stays on (the node is done anyway)."""
+        while True:
+            try:
+                await self.nats.flush(timeout=SUBACK_WAIT_TIMEOUT)
+            except NATSTimeoutError:
+                continue
+            except NATSError:
+                return
+            self._repeat_grace -= 1
+            return
 
     def subscribed(
         self, client_id: str, topic_filters: Sequence[str]
@@ -572,7 +603,9 @@ class ClusterNode:
         except (EnvelopeError, ValueError) as exc:
             log.warning("cluster: dropped a message on %r: %s", subject, exc)
             return
-        if self._repeats.repeated(node, sequence):
+        if (self._plain_routes > 1 or self._repeat_grace) and self._repeats.repeated(
+            node, sequence
+        ):
             return  # (a repeat: it matched several of this node's filters)
         self.received += 1
         if message.qos:
