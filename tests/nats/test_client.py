@@ -75,6 +75,30 @@ async def test_publish_subscribe_with_reply_and_headers(nats_server: NatsServer)
     assert got[0].sid == got[1].sid == sid
 
 
+async def test_subscribe_payloads_gets_every_message_as_subject_and_payload(
+    nats_server: NatsServer,
+) -> None:
+    got: list[tuple[str, bytes]] = []
+    plain: list[Msg] = []
+    with trio.fail_after(5):
+        async with open_nats_client(nats_server.url, name="t") as client:
+            sid = client.subscribe_payloads("a.*", lambda s, p: got.append((s, p)))
+            client.subscribe("a.*", plain.append)  # the same messages as Msg events
+            for i in range(50):  # (all but the first of a line take deliver_msgs)
+                client.publish("a.b", b"%d" % i)
+            client.publish("a.c", b"with reply", reply="r.1")
+            client.publish("a.c", b"with headers", headers={"K": "v"})
+            await client.flush()
+            client.unsubscribe(sid)
+            client.publish("a.d", b"after unsubscribe")
+            await client.flush()
+    assert got == [("a.b", b"%d" % i) for i in range(50)] + [
+        ("a.c", b"with reply"),
+        ("a.c", b"with headers"),
+    ]
+    assert [(m.subject, m.payload) for m in plain][:-1] == got
+
+
 async def test_queue_group_delivers_each_message_once(nats_server: NatsServer) -> None:
     first: list[Msg] = []
     second: list[Msg] = []

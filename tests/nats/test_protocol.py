@@ -343,6 +343,115 @@ def test_any_split_gives_the_same_events(cuts: list[int]) -> None:
     assert events_of(*chunks) == events_of(STREAM)
 
 
+# -- deliver_msgs: the fast path for plain MSGs ------------------------------------------
+
+HANDLED = (1, 5)  # the sids with a handler in these tests
+FAST_STREAM = (
+    INFO
+    + b"MSG a.b 1 5\r\nhello\r\n"  # first seen: next_event
+    + b"MSG a.b 1 5\r\nworld\r\n"  # seen before: deliver_msgs
+    + b"PING\r\n"
+    + b"MSG a.b 1 5\r\nagain\r\n"
+    + b"MSG c 2 3\r\nxyz\r\n"  # no handler for sid 2
+    + b"MSG c 2 3\r\nxyz\r\n"
+    + b"MSG a.b 1 _INBOX.r 5\r\nreply\r\n"  # a reply subject: next_event
+    + hmsg("a.b", 1, b"NATS/1.0\r\nK: v\r\n\r\n", b"head")  # headers: next_event
+    + b"MSG a.b 1 5\r\nlast!\r\n"
+    + b"MSG e.f 5 9\r\nx\r\nMSG y \r\n"  # a payload with CRLF in it
+    + b"MSG e.f 5 9\r\nMSG e.f 5\r\n"
+    + b"-ERR 'Stale Connection'\r\n"
+)
+
+
+def delivered_of(*chunks: bytes) -> tuple[list[Event], int]:
+    """Like ``events_of`` (no EOF), with ``deliver_msgs`` first each time for HANDLED's sids.
+
+    What the handlers got comes back as ``Msg`` events in its place, so the list
+    compares with ``events_of``'s; also how many messages took the fast path.
+    """
+    conn = NATSConnection()
+    events: list[Event] = []
+    fast = 0
+
+    def handler(sid: int) -> Any:
+        def handle(subject: str, payload: bytes) -> None:
+            nonlocal fast
+            fast += 1
+            events.append(Msg(subject, sid, None, payload))
+
+        return handle
+
+    handlers = {sid: handler(sid) for sid in HANDLED}
+    for chunk in chunks:
+        if not chunk:
+            continue  # (b"" would be the end of the connection)
+        conn.receive_data(chunk)
+        while True:
+            conn.deliver_msgs(handlers)
+            event = conn.next_event()
+            if event is NEED_DATA:
+                break
+            events.append(event)
+    return events, fast
+
+
+def test_deliver_msgs_takes_the_plain_msgs_seen_before() -> None:
+    events, fast = delivered_of(FAST_STREAM)
+    assert events == events_of(FAST_STREAM)
+    # "world", "again", "last!" and the second message on e.f; not the first of a line,
+    # sid 2 (no handler), the reply, the HMSG
+    assert fast == 4
+    assert [e.payload for e in events if isinstance(e, Msg)][:3] == [b"hello", b"world", b"again"]
+
+
+def test_deliver_msgs_split_at_every_byte_gives_the_same_events() -> None:
+    whole = events_of(FAST_STREAM)
+    for cut in range(len(FAST_STREAM) + 1):
+        events, _ = delivered_of(FAST_STREAM[:cut], FAST_STREAM[cut:])
+        assert events == whole, cut
+    events, _ = delivered_of(*(FAST_STREAM[i : i + 1] for i in range(len(FAST_STREAM))))
+    assert events == whole
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(FAST_STREAM)), max_size=30))
+def test_deliver_msgs_any_split_gives_the_same_events(cuts: list[int]) -> None:
+    points = sorted({0, len(FAST_STREAM), *cuts})
+    chunks = [FAST_STREAM[a:b] for a, b in itertools.pairwise(points)]
+    assert delivered_of(*chunks)[0] == events_of(FAST_STREAM)
+
+
+def test_deliver_msgs_consumes_a_message_whose_handler_raises() -> None:
+    conn = NATSConnection()
+    line = b"MSG a 1 1\r\n"
+    conn.receive_data(line + b"0\r\n" + line + b"1\r\n" + line + b"2\r\n")
+    assert conn.next_event() == Msg("a", 1, None, b"0")
+    got: list[bytes] = []
+
+    def handle(subject: str, payload: bytes) -> None:
+        got.append(payload)
+        if payload == b"1":
+            raise RuntimeError("handler failed")
+
+    with pytest.raises(RuntimeError):
+        conn.deliver_msgs({1: handle})
+    conn.deliver_msgs({1: handle})
+    assert got == [b"1", b"2"]
+    assert conn.next_event() is NEED_DATA
+
+
+def test_deliver_msgs_leaves_a_message_waiting_for_its_payload() -> None:
+    conn = NATSConnection()
+    conn.receive_data(b"MSG a 1 3\r\nabc\r\nMSG a 1 3\r\nab")
+    assert conn.next_event() == Msg("a", 1, None, b"abc")
+    got: list[bytes] = []
+    conn.deliver_msgs({1: lambda subject, payload: got.append(payload)})
+    assert got == []
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"c\r\n")
+    conn.deliver_msgs({1: lambda subject, payload: got.append(payload)})
+    assert got == [] and conn.next_event() == Msg("a", 1, None, b"abc")  # (was pending)
+
+
 # -- client -> server -------------------------------------------------------------------
 
 

@@ -116,6 +116,7 @@ from trio_mqtt.nats import (
     NATSConnectionClosed,
     NATSError,
     NATSLocalError,
+    NATSTimeoutError,
     NoRespondersError,
     api_request,
     ensure_stream,
@@ -267,6 +268,13 @@ class ClusterNode:
     _unconfirmed_subacks: int = 0
     _sequence: int = 0
     _repeats: RepeatFilter = attrs.Factory(RepeatFilter)
+    # A message reaches this node once per plain NATS subscription that matches it, so
+    # a repeat needs two plain filters (the two subjects of one "a/#" never match one
+    # subject): _on_message asks _repeats only while the node has more than one, and
+    # until NATS has answered a PING sent after it went down to one (the last copies of
+    # a message may still be on the way then): that is _repeat_grace
+    _plain_routes: int = 0
+    _repeat_grace: int = 0
     # subject -> topic of the messages received (bounded: TOPIC_CACHE_SIZE)
     _topics: dict[str, str] = attrs.Factory(dict)
     # key-value writes waiting for _write_loop: the latest per topic / per client id
@@ -531,11 +539,34 @@ class ClusterNode:
                 self._route_sent.pop(topic_filter, None)
                 for sid in self._routes.pop(topic_filter):
                     client.unsubscribe(sid)
+                if group is None:
+                    self._plain_routes -= 1
+                    if self._plain_routes == 1:
+                        self._repeat_grace += 1
+                        if self._nursery is not None:  # (else the check stays on)
+                            self._nursery.start_soon(self._end_repeat_grace)
 
     def _add_route(self, topic_filter: str) -> None:
         self._routes[topic_filter] = self._subscribe(topic_filter)
         self._subs_sent += 1
         self._route_sent[topic_filter] = self._subs_sent
+        if not topic_filter.startswith(SHARE_PREFIX):
+            self._plain_routes += 1
+
+    async def _end_repeat_grace(self) -> None:
+        """Stop checking for repeats once NATS has answered a PING sent after the node
+        went down to one plain filter: every copy of a message that matched two of its
+        filters arrived before the PONG. A PING not answered in time is sent again; if
+        the connection is lost, the check stays on (the node is done anyway)."""
+        while True:
+            try:
+                await self.nats.flush(timeout=SUBACK_WAIT_TIMEOUT)
+            except NATSTimeoutError:
+                continue
+            except NATSError:
+                return
+            self._repeat_grace -= 1
+            return
 
     def subscribed(
         self, client_id: str, topic_filters: Sequence[str]
@@ -599,18 +630,18 @@ class ClusterNode:
         group, plain = parse_shared_filter(topic_filter)
         subjects = filter_to_subjects(plain)
         client = self.nats if group is None else self.shared_nats
-        callback: Callable[[Msg], None] = self._on_message
+        callback: Callable[[str, bytes], None] = self._on_message
         queue: str | None = None
         if group is not None:
 
-            def callback(msg: Msg) -> None:
-                self._on_shared(msg, topic_filter)
+            def callback(subject: str, payload: bytes) -> None:
+                self._on_shared(subject, payload, topic_filter)
 
             queue = queue_group_name(group, plain)
         sids: list[int] = []
         try:
             for subject in subjects:
-                sids.append(client.subscribe(subject, callback, queue=queue))
+                sids.append(client.subscribe_payloads(subject, callback, queue=queue))
         except NATSError:
             for sid in sids:  # (e.g. "a/#": "a.>" taken, "a" too long for a control line)
                 client.unsubscribe(sid)
@@ -627,25 +658,28 @@ class ClusterNode:
             topics[subject] = topic
         return topic
 
-    def _decode(self, msg: Msg) -> tuple[Message, str, int] | None:
-        """The message in ``msg``, its origin node and sequence; None (logged) if malformed."""
+    def _decode(self, subject: str, payload: bytes) -> tuple[Message, str, int] | None:
+        """The message in a NATS message, its origin node and sequence; None (logged) if
+        malformed."""
         try:
-            topic = self._topics.get(msg.subject) or self._topic(msg.subject)
-            return decode_wire_parts(topic, msg.payload, self.core.now())
+            topic = self._topics.get(subject) or self._topic(subject)
+            return decode_wire_parts(topic, payload, self.core.now())
         except (EnvelopeError, ValueError) as exc:
-            log.warning("cluster: dropped a message on %r: %s", msg.subject, exc)
+            log.warning("cluster: dropped a message on %r: %s", subject, exc)
             return None
 
-    def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, subject: str, payload: bytes) -> None:
         # the hot path of a receiving node: _decode inline, core.now() as core.clock()
         core = self.core
         try:
-            topic = self._topics.get(msg.subject) or self._topic(msg.subject)
-            message, node, sequence = decode_wire_parts(topic, msg.payload, core.clock())
+            topic = self._topics.get(subject) or self._topic(subject)
+            message, node, sequence = decode_wire_parts(topic, payload, core.clock())
         except (EnvelopeError, ValueError) as exc:
-            log.warning("cluster: dropped a message on %r: %s", msg.subject, exc)
+            log.warning("cluster: dropped a message on %r: %s", subject, exc)
             return
-        if self._repeats.repeated(node, sequence):
+        if (self._plain_routes > 1 or self._repeat_grace) and self._repeats.repeated(
+            node, sequence
+        ):
             return  # (a repeat: it matched several of this node's filters)
         self.received += 1
         if message.qos:
@@ -664,10 +698,10 @@ class ClusterNode:
         if core.congestion_hits:
             core.take_congestion_hits()
 
-    def _on_shared(self, msg: Msg, shared_filter: str) -> None:
+    def _on_shared(self, subject: str, payload: bytes, shared_filter: str) -> None:
         # no repeat check: one message matches at most one subject of a share group's
         # filter, and its plain copy (if any) must not be taken for a repeat
-        decoded = self._decode(msg)
+        decoded = self._decode(subject, payload)
         if decoded is None:
             return
         self.received += 1

@@ -14,7 +14,9 @@ band (503 no responders, 100 idle heartbeat or flow control, 404, 408, 204 EOB).
 Buffering is bounded: a control line longer than :data:`MAX_CONTROL_LINE` or a payload
 larger than the server's ``max_payload`` raises :class:`NATSProtocolError`. The parser
 is the cluster's hot path, so a ``MSG`` is parsed with one ``find`` and one ``split``
-and the buffer is not copied when a read ends on a message boundary.
+and the buffer is not copied when a read ends on a message boundary; a ``MSG`` line
+seen before is not parsed again, and ``deliver_msgs()`` hands such messages straight
+to a handler per subscription, without an event object.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, Literal
 
 import attrs
@@ -429,6 +431,43 @@ class NATSConnection:
             split = start + header_size
             headers, status, description = decode_headers(buf[start:split])
             return Msg(subject, sid, reply, buf[split:stop], headers, status, description)
+
+    def deliver_msgs(self, handlers: Mapping[int, Callable[[str, bytes], object]]) -> None:
+        """Hand the plain MSGs at the front of the buffer to their subscriptions' handlers.
+
+        The receiving fast path, ahead of :meth:`next_event`: for each complete ``MSG``
+        whose control line was seen before (so: no reply subject, no headers) and whose
+        sid has a handler in *handlers*, ``handler(subject, payload)`` is called, and no
+        :class:`Msg` is built. It stops at anything else (another command, a message with
+        a reply or headers, a line seen for the first time, an incomplete message, an
+        unknown sid), which ``next_event()`` then returns as usual; so the caller loops
+        over both, and gets the same messages in the same order as from ``next_event()``
+        alone. A message is consumed before its handler runs: if the handler raises, the
+        exception propagates and the next call goes on after that message.
+        """
+        if self._pending is not None:
+            return
+        buf = self._buf
+        lines = self._msg_lines
+        pos = self._pos
+        try:
+            while True:
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    return
+                known = lines.get(buf[pos:end])
+                if known is None:
+                    return
+                subject, sid, _reply, size = known
+                start = end + 2
+                stop = start + size
+                handler = handlers.get(sid)
+                if handler is None or not buf.startswith(b"\r\n", stop):
+                    return
+                pos = stop + 2
+                handler(subject, buf[start:stop])
+        finally:
+            self._pos = pos
 
     def _at_eof(self) -> Event | Literal[_Sentinel.NEED_DATA]:
         if self._pending is not None or self._pos < len(self._buf):
