@@ -694,7 +694,7 @@ class ClusterNode:
             self._routing = (message.payload, key)
         core.publish(message, from_cluster=True)
         # Cross-node traffic is not held back per publisher: a slow subscriber here is
-        # bounded by its queue budget (drops counted), as for in-process publishes.
+        # bounded by its queue budget; QoS 1/2 past it waits in the stream (spill).
         if core.congestion_hits:
             core.take_congestion_hits()
 
