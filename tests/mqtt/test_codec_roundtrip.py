@@ -80,6 +80,40 @@ def test_encode_publish_matches_encode(version: ProtocolVersion, data: st.DataOb
 
 
 @versions
+@given(data=st.data())
+def test_append_plain_publish_matches_encode_publish(
+    version: ProtocolVersion, data: st.DataObject
+) -> None:
+    """The in-place writer gives the same bytes, and refuses exactly what is too big."""
+    publish = data.draw(publishes(version))
+    payload = publish.payload * data.draw(st.sampled_from([1, 40, 3000]))
+    expected = encode_publish(
+        publish.topic,
+        payload,
+        publish.qos,
+        publish.retain,
+        False,
+        publish.packet_id,
+        NO_PROPERTIES,
+        version,
+    )
+    max_size = data.draw(st.sampled_from([len(expected) - 1, len(expected), 10**7]))
+    out = bytearray(b"before")
+    fits = codec.append_plain_publish(
+        out,
+        publish.topic,
+        payload,
+        publish.qos,
+        publish.retain,
+        publish.packet_id,
+        version,
+        max_size,
+    )
+    assert fits is (len(expected) <= max_size)
+    assert bytes(out) == b"before" + (expected if fits else b"")
+
+
+@versions
 @settings(max_examples=50)
 @given(data=st.data())
 def test_stream_split_at_random_points(version: ProtocolVersion, data: st.DataObject) -> None:

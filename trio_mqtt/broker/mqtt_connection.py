@@ -62,10 +62,12 @@ from trio_mqtt.mqtt.codec import (
     MAX_PACKET_SIZE,
     PacketReader,
     UnsupportedProtocolVersion,
+    append_plain_publish,
     encode,
     encode_publish,
 )
 from trio_mqtt.mqtt.packets import (
+    NO_PROPERTIES,
     Auth,
     Connack,
     Connect,
@@ -895,6 +897,26 @@ class MQTTConnection:
         """
         message = item.message
         cache = item.encoded
+        if (
+            cache is None
+            and message.properties is NO_PROPERTIES
+            and not item.subscription_identifiers
+            and not self.client_topic_alias_maximum
+        ):
+            # one recipient, nothing of this connection's own in it: the common case,
+            # written straight into the output
+            if append_plain_publish(
+                self._out,
+                message.topic,
+                message.payload,
+                item.qos,
+                item.retain,
+                packet_id,
+                self.version,
+                self.client_max_packet_size,
+            ):
+                return True
+            return self._dropped_too_big()
         if (
             cache is None
             or message.properties.message_expiry_interval is not None

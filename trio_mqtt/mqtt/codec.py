@@ -292,15 +292,7 @@ def encode_publish(  # noqa: PLR0917 (positional API shared with the broker)
         packet_id_bytes = _packet_id(packet_id, "PUBLISH")
     else:
         raise _local(f"PUBLISH: QoS {qos!r} is not 0, 1 or 2", _RC.MALFORMED_PACKET)
-    topic_bytes = _TOPIC_BYTES.get(topic)
-    if topic_bytes is None:
-        if topic.isascii() and "\x00" not in topic and len(topic) <= wire.MAX_U16:
-            topic_bytes = U16.pack(len(topic)) + topic.encode("ascii")
-        else:
-            topic_bytes = wire.encode_utf8(topic, "PUBLISH", "topic name")
-        if len(_TOPIC_BYTES) >= _TOPIC_BYTES_SIZE:
-            _TOPIC_BYTES.clear()
-        _TOPIC_BYTES[topic] = topic_bytes
+    topic_bytes = _TOPIC_BYTES.get(topic) or _topic_bytes(topic)
     if version == V5:
         if properties is NO_PROPERTIES or not properties:
             props = EMPTY_PROPERTIES_BYTES
@@ -316,6 +308,59 @@ def encode_publish(  # noqa: PLR0917 (positional API shared with the broker)
         )
     fixed_header = wire.encode_fixed_header(first, length)
     return b"".join((fixed_header, topic_bytes, packet_id_bytes, props, payload))
+
+
+def _topic_bytes(topic: str) -> bytes:
+    """A topic name as a PUBLISH carries it, remembered in ``_TOPIC_BYTES``."""
+    if topic.isascii() and "\x00" not in topic and len(topic) <= wire.MAX_U16:
+        topic_bytes = U16.pack(len(topic)) + topic.encode("ascii")
+    else:
+        topic_bytes = wire.encode_utf8(topic, "PUBLISH", "topic name")
+    if len(_TOPIC_BYTES) >= _TOPIC_BYTES_SIZE:
+        _TOPIC_BYTES.clear()
+    _TOPIC_BYTES[topic] = topic_bytes
+    return topic_bytes
+
+
+def append_plain_publish(  # noqa: PLR0917 (positional: the broker's hot path)
+    out: bytearray,
+    topic: str,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    packet_id: int | None,
+    version: ProtocolVersion,
+    max_size: int,
+) -> bool:
+    """Append a PUBLISH without properties (no DUP) to ``out``; False, and nothing
+    appended, if it would be larger than ``max_size`` bytes.
+
+    The bytes are exactly ``encode_publish(topic, payload, qos, retain, False,
+    packet_id, NO_PROPERTIES, version)``, written in place: a single recipient's
+    delivery then costs no intermediate ``bytes`` and one copy of the payload.
+    """
+    topic_bytes = _TOPIC_BYTES.get(topic) or _topic_bytes(topic)
+    length = len(topic_bytes) + len(payload) + (2 if qos else 0) + (1 if version == V5 else 0)
+    if length > wire.MAX_VARINT or (length + (2 if length < 0x80 else 5)) > max_size:
+        # (too big for this client; the exact size decides below, this is the bound)
+        data = encode_publish(topic, payload, qos, retain, False, packet_id, NO_PROPERTIES, version)
+        if len(data) > max_size:
+            return False
+        out += data
+        return True
+    if qos == 0:
+        if packet_id is not None:
+            raise _local("PUBLISH: a QoS 0 message carries no packet identifier [MQTT-2.2.1-2]")
+        out += wire.encode_fixed_header(0x31 if retain else 0x30, length)
+        out += topic_bytes
+    else:
+        out += wire.encode_fixed_header(0x30 | (qos << 1) | (0x01 if retain else 0), length)
+        out += topic_bytes
+        out += _packet_id(packet_id, "PUBLISH")
+    if version == V5:
+        out += EMPTY_PROPERTIES_BYTES
+    out += payload
+    return True
 
 
 def _encode_connect(packet: Connect, version: ProtocolVersion) -> bytes:
