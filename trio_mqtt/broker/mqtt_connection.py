@@ -842,14 +842,15 @@ class MQTTConnection:
                 replay.messages.popleft()
             else:
                 taken += item.size
-            if item.message.expired(now) or (
-                may_read is not None and not may_read(item.message.topic)
+            message = item.message
+            if (message.properties is not NO_PROPERTIES and message.expired(now)) or (
+                may_read is not None and not may_read(message.topic)
             ):
                 continue
             if not item.qos:
                 if self._append_delivery(item, None, now):
                     sent0 += 1
-                    payload_bytes += len(item.message.payload)
+                    payload_bytes += len(message.payload)
                 continue
             if len(inflight) >= limit:
                 pending.appendleft(item)  # waits for the client's acknowledgements
@@ -865,7 +866,7 @@ class MQTTConnection:
             else:
                 state = OutboundState.AWAIT_PUBREC
                 sent2 += 1
-            payload_bytes += len(item.message.payload)
+            payload_bytes += len(message.payload)
             session.add_inflight(packet_id, item, state)
         session.pending_bytes -= taken
         session.took_from_front(entries - len(pending))
