@@ -66,7 +66,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -492,28 +492,24 @@ async def _measure_in_trio(port: int, warmup: int, count: int) -> dict[str, Any]
     return _outcome(done.stdout, _own_cpu() - before, warmup + count)
 
 
-async def _bare_trio(warmup: int, count: int) -> dict[str, Any]:
-    relay = _TrioRelay()
+async def _serve_relay(
+    handle: Callable[[trio.SocketStream], Awaitable[None]], warmup: int, count: int
+) -> dict[str, Any]:
+    """Measure a relay whose connections ``handle`` serves, one task each."""
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, relay.handle, 0, host=HOST)
-        )
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host=HOST))
         port = listeners[0].socket.getsockname()[1]
         outcome = await _measure_in_trio(port, warmup, count)
         nursery.cancel_scope.cancel()
     return outcome
+
+
+async def _bare_trio(warmup: int, count: int) -> dict[str, Any]:
+    return await _serve_relay(_TrioRelay().handle, warmup, count)
 
 
 async def _trio_direct(warmup: int, count: int) -> dict[str, Any]:
-    relay = _TrioDirectRelay()
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, relay.handle, 0, host=HOST)
-        )
-        port = listeners[0].socket.getsockname()[1]
-        outcome = await _measure_in_trio(port, warmup, count)
-        nursery.cancel_scope.cancel()
-    return outcome
+    return await _serve_relay(_TrioDirectRelay().handle, warmup, count)
 
 
 async def _trio_epoll(warmup: int, count: int) -> dict[str, Any]:

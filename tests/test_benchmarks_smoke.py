@@ -17,6 +17,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed; plain `pytest` ne
 from nats_server import nats_server_binary  # noqa: E402
 from tools import tools_required  # noqa: E402
 
+from benchmarks import latency_floor  # noqa: E402
 from benchmarks.brokers import MOSQUITTO_PATH, mosquitto_config  # noqa: E402
 from benchmarks.cluster_report import (  # noqa: E402
     evaluate_cluster_targets,
@@ -272,14 +273,7 @@ def test_nats_ceiling_quick_run_delivers_everything(tmp_path: Path) -> None:
 
 def test_latency_floor_measures_every_server(tmp_path: Path) -> None:
     """50 round trips against each server, one round; mosquitto only where installed."""
-    servers = [
-        "bare trio",
-        "trio, direct writes",
-        "trio + nested epoll",
-        "bare selectors",
-        "trio-mqtt",
-        "mosquitto",
-    ]
+    servers = list(latency_floor.SERVERS)
     has_mosquitto = Path(MOSQUITTO_PATH).exists()
     if not has_mosquitto:
         if tools_required():
