@@ -351,11 +351,16 @@ def append_plain_publish(  # noqa: PLR0917 (positional: the broker's hot path)
     if qos == 0:
         if packet_id is not None:
             raise _local("PUBLISH: a QoS 0 message carries no packet identifier [MQTT-2.2.1-2]")
-        out += wire.encode_fixed_header(0x31 if retain else 0x30, length)
-        out += topic_bytes
+        first = 0x31 if retain else 0x30
     else:
-        out += wire.encode_fixed_header(0x30 | (qos << 1) | (0x01 if retain else 0), length)
-        out += topic_bytes
+        first = 0x30 | (qos << 1) | (0x01 if retain else 0)
+    if length < 0x80:  # (encode_fixed_header's one-byte case, without the call)
+        out.append(first)
+        out.append(length)
+    else:
+        out += wire.encode_fixed_header(first, length)
+    out += topic_bytes
+    if qos:
         out += _packet_id(packet_id, "PUBLISH")
     if version == V5:
         out += EMPTY_PROPERTIES_BYTES
