@@ -13,7 +13,9 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import attrs
 import pytest
+import trio
 from helpers import V311, Client, deliveries, make_core, published, wait_until
 from helpers import accepted_client as client
 from nats_server import NatsServer
@@ -22,6 +24,7 @@ from rawclient import RawClient
 from trio_mqtt import Broker, open_broker
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message, StoredMessage
+from trio_mqtt.cluster.envelope import Origin
 from trio_mqtt.cluster.node import ClusterNode, Spilled
 from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
 from trio_mqtt.mqtt.packets import (
@@ -164,3 +167,54 @@ async def test_what_was_kept_for_a_session_is_not_given_to_the_next_one() -> Non
     again.drop()  # (gone offline: nothing is read back until it is back)
     assert not await node._refill("slow")
     assert node.kept() == 1
+
+
+@attrs.define(eq=False)
+class NodeOnAStream(ClusterNode):
+    """A node whose stream is a list (no NATS): what ``_refill`` reads back."""
+
+    stream: list[tuple[StoredMessage, Origin]] = attrs.Factory(list)
+    reads: int = 0
+
+    async def _direct_get(
+        self, subject: str, first: int, batch: int
+    ) -> list[tuple[StoredMessage, Origin]]:
+        self.reads += 1
+        await trio.lowlevel.checkpoint()  # (as a request would: fail_after can end a loop)
+        return [found for found in self.stream if found[0].sequence >= first][:batch]
+
+    async def _stream_last(self) -> int:
+        return self.stream[-1][0].sequence if self.stream else 0
+
+
+async def test_the_read_back_moves_on_past_what_was_not_kept() -> None:
+    """A kept message far after its lower bound (a node's floor can lag behind the
+    stream): each read goes on after the last, and the message is found."""
+    core = make_core()
+    node = NodeOnAStream(
+        core=core,
+        name="b",
+        nats=None,  # type: ignore[arg-type]
+        shared_nats=None,  # type: ignore[arg-type]
+        retained=None,  # type: ignore[arg-type]
+        owners=None,  # type: ignore[arg-type]
+        wills=None,  # type: ignore[arg-type]
+        nodes=None,  # type: ignore[arg-type]
+        sessions=None,  # type: ignore[arg-type]
+    )
+    slow = Client(core)
+    slow.connect("slow")
+    slow.subscribe(("s/#", 1))
+    others = [
+        (StoredMessage.of(Message("s/o", b"o", 1), seq), Origin("c", seq)) for seq in range(1, 1300)
+    ]
+    kept = StoredMessage.of(Message("s/kept", b"k", 1), 1300)
+    node.stream = [*others, (kept, Origin("a", 77))]
+    node._routing = (kept.payload, ("a", 77))
+    assert node.spill("slow", StoredMessage.of(kept, 5))  # (carried a lower bound of 5)
+    with trio.fail_after(5):
+        while await node._refill("slow"):
+            pass
+    assert node.kept() == 0
+    assert [p.topic for p in slow.publishes()] == ["s/kept"]
+    assert node.reads <= 6  # 1,300 messages, 500 a read, 2 subjects: on each time

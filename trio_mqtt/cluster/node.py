@@ -196,6 +196,13 @@ def owner_key(client_id: str) -> str:
     return hashlib.sha256(client_id.encode()).hexdigest()[:40]
 
 
+def _last_sequence(info: dict[str, Any]) -> int:
+    """``state.last_seq`` of a stream info reply (0 if it has none)."""
+    state = info.get("state")
+    last = state.get("last_seq") if isinstance(state, dict) else None
+    return last if isinstance(last, int) else 0
+
+
 def _stream_subjects(topic_filters: Iterable[str]) -> set[str]:
     """The stream's subjects that hold the messages for ``topic_filters``."""
     subjects: set[str] = set()
@@ -236,6 +243,9 @@ class Spilled:
 
     session: object
     keys: dict[tuple[str, int], tuple[int, float]] = attrs.Factory(dict)
+    # where the next read-back continues (None: from ``first()``): past what the last
+    # read covered, or lower for a message kept since
+    scan_from: int | None = None
 
     def first(self) -> int:
         """Where the stream is read from to find them all."""
@@ -877,10 +887,8 @@ class ClusterNode:
         messages after ``own_sequence``). They come after the live ones of that time.
         """
         try:
-            info = await api_request(self.nats, f"STREAM.INFO.{MESSAGES_STREAM}")
-            state = info.get("state")
-            last = state.get("last_seq") if isinstance(state, dict) else None
-            if not isinstance(last, int) or last < window.read_from():
+            last = await self._stream_last()
+            if last < window.read_from():
                 return  # nothing stored since the old node's floor
             with trio.move_on_after(HANDOVER_SETTLE_LIMIT):
                 while self._floor_back <= last:
@@ -1121,7 +1129,10 @@ class ClusterNode:
             )
         elif len(spilled.keys) >= MAX_SPILLED:
             return False
-        spilled.keys[routing[1]] = (message.sequence, self.core.now())
+        bound = message.sequence
+        spilled.keys[routing[1]] = (bound, self.core.now())
+        if spilled.scan_from is not None and bound < spilled.scan_from:
+            spilled.scan_from = bound
         return True
 
     def kept(self) -> int:
@@ -1167,7 +1178,11 @@ class ClusterNode:
             for f in self.core.router.subscriptions_of(client_id)
             if not f.startswith(SHARE_PREFIX)
         ]
-        first = spilled.first()
+        first = spilled.first() if spilled.scan_from is None else spilled.scan_from
+        spilled.scan_from = None  # (spill() lowers nothing meanwhile: first() covers it)
+        # every message up to it was stored before the reads below: each read sees those
+        # of its subject (one stored during the reads may be missed by an earlier one)
+        last = await self._stream_last()
         read: list[tuple[StoredMessage, Origin]] = []
         through = math.inf  # what was read is all there is up to this sequence
         for subject in _stream_subjects(filters):
@@ -1177,6 +1192,8 @@ class ClusterNode:
                 through = min(through, got[-1][0].sequence)
         if self._spilled.get(client_id) is not spilled:
             return False  # (handed over meanwhile)
+        if spilled.scan_from is None:  # the next read goes on after this one
+            spilled.scan_from = int(min(through, last)) + 1
         read.sort(key=lambda found: found[0].sequence)
         batch: list[tuple[StoredMessage, tuple[str, int]]] = []
         for message, origin in read:
@@ -1458,14 +1475,18 @@ class ClusterNode:
     async def refresh_stream_floor(self) -> None:
         """Raise ``_stream_floor`` to the stream's last sequence + 1 (so that the
         floor of a node that stored and received nothing for a while is not old)."""
-        info = await api_request(self.nats, f"STREAM.INFO.{MESSAGES_STREAM}")
-        self.raise_stream_floor(info)
+        last = await self._stream_last()
+        if last >= self._stream_floor:
+            self._stream_floor = last + 1
+
+    async def _stream_last(self) -> int:
+        """The stream's last sequence now (0: empty, or an answer without it)."""
+        return _last_sequence(await api_request(self.nats, f"STREAM.INFO.{MESSAGES_STREAM}"))
 
     def raise_stream_floor(self, info: dict[str, Any]) -> None:
         """Raise ``_stream_floor`` from a stream info reply (``state.last_seq``)."""
-        state = info.get("state")
-        last = state.get("last_seq") if isinstance(state, dict) else None
-        if isinstance(last, int) and last >= self._stream_floor:
+        last = _last_sequence(info)
+        if last >= self._stream_floor:
             self._stream_floor = last + 1
 
     def _on_node(self, entry: Entry) -> None:
