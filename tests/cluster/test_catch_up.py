@@ -18,7 +18,7 @@ from nats_server import NatsServer
 from rawclient import RawClient
 
 from trio_mqtt import Broker
-from trio_mqtt.cluster.node import HEARTBEAT_TTL, owner_key
+from trio_mqtt.cluster.node import HEARTBEAT_TTL, STREAM_PREFIX, owner_key
 from trio_mqtt.mqtt.packets import (
     Pingreq,
     Pingresp,
@@ -29,6 +29,7 @@ from trio_mqtt.mqtt.packets import (
     SubscriptionRequest,
     Will,
 )
+from trio_mqtt.nats import open_nats_client
 
 
 def metric(broker: Broker, name: str) -> float:
@@ -166,3 +167,26 @@ async def test_a_node_back_from_a_nats_loss_takes_its_clients_back(
             for raw in (stay, newcomer, returner, elsewhere):
                 await raw.send(Pingreq())
                 assert await raw.receive() == Pingresp()
+
+
+async def test_a_foreign_message_in_the_stream_is_skipped_not_fatal(
+    nats_server: NatsServer,
+) -> None:
+    """Anyone on NATS may publish to the stream's subjects: what a catch-up reads back
+    that no trio-mqtt node wrote is skipped (logged), and the rest still arrives."""
+    with trio.fail_after(60):
+        async with two_nodes(nats_server) as (a, b, relay):
+            sub = await client(b, "sub")
+            await sub.send(Subscribe(1, (SubscriptionRequest("c/#", 1),)))
+            assert await sub.receive() == Suback(1, (1,))
+            pub_a = await client(a, "pub-a", V311)
+            relay.cut()
+            await wait_until(lambda: b.cluster is None, "node b cut off")
+            async with open_nats_client(nats_server.url, name="stranger") as stranger:
+                stranger.publish(f"{STREAM_PREFIX}.c.bogus", b"no envelope here")
+                await stranger.flush()
+            await published(pub_a, "c/x", b"while", 1, 1)
+            relay.refusing = False
+            await wait_until(lambda: b.cluster is not None, "node b back", timeout=20)
+            assert await received(sub) == [b"while"]
+            assert b.cluster is not None  # (still joined)

@@ -178,10 +178,11 @@ class NodeOnAStream(ClusterNode):
 
     async def _direct_get(
         self, subject: str, first: int, batch: int
-    ) -> list[tuple[StoredMessage, Origin]]:
+    ) -> tuple[list[tuple[StoredMessage, Origin]], int | None]:
         self.reads += 1
         await trio.lowlevel.checkpoint()  # (as a request would: fail_after can end a loop)
-        return [found for found in self.stream if found[0].sequence >= first][:batch]
+        got = [found for found in self.stream if found[0].sequence >= first][:batch]
+        return got, (got[-1][0].sequence if len(got) == batch else None)
 
     async def _stream_last(self) -> int:
         return self.stream[-1][0].sequence if self.stream else 0

@@ -1074,37 +1074,49 @@ class ClusterNode:
         for subject in _stream_subjects(topic_filters):
             start = first
             while len(found) < MAX_REPLAY and size < MAX_REPLAY_BYTES:
-                got = await self._direct_get(subject, start, 1000)
+                got, more = await self._direct_get(subject, start, 1000)
                 for message, origin in got:
                     found[message.sequence] = (message, origin)
                     size += len(message.payload)
-                    start = max(start, message.sequence + 1)
-                if len(got) < 1000:
+                if more is None:
                     break
+                start = more + 1
         complete = len(found) < MAX_REPLAY and size < MAX_REPLAY_BYTES
         return [found[sequence] for sequence in sorted(found)], complete
 
     async def _direct_get(
         self, subject: str, first: int, batch: int
-    ) -> list[tuple[StoredMessage, Origin]]:
+    ) -> tuple[list[tuple[StoredMessage, Origin]], int | None]:
         """Up to ``batch`` of the stream's messages on ``subject`` from sequence
-        ``first`` on, in stream order (one direct-get request)."""
+        ``first`` on, in stream order (one direct-get request); and, if the batch was
+        full (there may be more), the last sequence it read, else None.
+
+        A stored message that is not a trio-mqtt node's (anyone may publish to the
+        stream's subjects) is skipped with a WARNING, never raised.
+        """
         request = {"seq": first, "next_by_subj": subject, "batch": batch}
         replies = await self.nats.request_many(
             f"$JS.API.DIRECT.GET.{MESSAGES_STREAM}", json.dumps(request).encode()
         )
         now = self.core.now()
         got: list[tuple[StoredMessage, Origin]] = []
+        read = 0
+        sequence = 0
         for reply in replies:
             if reply.status is not None or reply.headers is None:
                 continue
+            read += 1
             sequence = int(reply.headers.get("Nats-Sequence") or 0)
-            topic = subject_to_topic(reply.headers.get("Nats-Subject") or "", STREAM_PREFIX)
-            message, origin = message_from_nats(
-                topic, reply.payload, reply.headers.as_dict(), now=now
-            )
+            try:
+                topic = subject_to_topic(reply.headers.get("Nats-Subject") or "", STREAM_PREFIX)
+                message, origin = message_from_nats(
+                    topic, reply.payload, reply.headers.as_dict(), now=now
+                )
+            except ValueError as exc:  # (EnvelopeError is one)
+                log.warning("cluster: skipped stream message %d: %s", sequence, exc)
+                continue
             got.append((StoredMessage.of(message, sequence), origin))
-        return got
+        return got, (sequence if read == batch else None)
 
     # ------------------------------------------------- slow sessions (spill, refill)
 
@@ -1186,10 +1198,10 @@ class ClusterNode:
         read: list[tuple[StoredMessage, Origin]] = []
         through = math.inf  # what was read is all there is up to this sequence
         for subject in _stream_subjects(filters):
-            got = await self._direct_get(subject, first, REFILL_BATCH)
+            got, more = await self._direct_get(subject, first, REFILL_BATCH)
             read += got
-            if len(got) == REFILL_BATCH:
-                through = min(through, got[-1][0].sequence)
+            if more is not None:
+                through = min(through, more)
         if self._spilled.get(client_id) is not spilled:
             return False  # (handed over meanwhile)
         if spilled.scan_from is None:  # the next read goes on after this one
