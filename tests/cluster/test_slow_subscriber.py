@@ -32,6 +32,7 @@ from trio_mqtt.mqtt.packets import (
     Suback,
     Subscribe,
     SubscriptionRequest,
+    Unsubscribe,
 )
 
 DEFAULT_QUEUE = BrokerConfig().max_queued_bytes
@@ -167,6 +168,11 @@ async def test_what_was_kept_for_a_session_is_not_given_to_the_next_one() -> Non
     again.drop()  # (gone offline: nothing is read back until it is back)
     assert not await node._refill("slow")
     assert node.kept() == 1
+    back = Client(core)
+    back.connect("slow", clean_start=False)  # (back, same session)
+    back.send(Unsubscribe(2, ("s/#",)))
+    assert not await node._refill("slow")  # nothing to read back for: forgotten
+    assert node.kept() == 0 and not core.sessions["slow"].spilling
 
 
 @attrs.define(eq=False)

@@ -1190,6 +1190,10 @@ class ClusterNode:
             for f in self.core.router.subscriptions_of(client_id)
             if not f.startswith(SHARE_PREFIX)
         ]
+        if not filters:  # (it unsubscribed: nothing kept is for it any more)
+            del self._spilled[client_id]
+            self.core.refill(client_id, (), ())
+            return False
         first = spilled.first() if spilled.scan_from is None else spilled.scan_from
         spilled.scan_from = None  # (spill() lowers nothing meanwhile: first() covers it)
         # every message up to it was stored before the reads below: each read sees those
