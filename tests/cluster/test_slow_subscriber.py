@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import attrs
 import pytest
@@ -129,10 +130,10 @@ def test_a_sessions_record_keeps_its_cursor_below_what_was_kept_for_it() -> None
     assert json.loads(record)["acked"] == 119
 
 
-def node_without_nats() -> tuple[BrokerCore, ClusterNode]:
-    """A core and a cluster node that never reaches NATS (for its own bookkeeping)."""
+def node_without_nats(kind: type[ClusterNode] = ClusterNode) -> tuple[BrokerCore, Any]:
+    """A core and a cluster node (of ``kind``) that never reaches NATS."""
     core = make_core()
-    node = ClusterNode(
+    node = kind(
         core=core,
         name="b",
         nats=None,  # type: ignore[arg-type]
@@ -197,18 +198,7 @@ class NodeOnAStream(ClusterNode):
 async def test_the_read_back_moves_on_past_what_was_not_kept() -> None:
     """A kept message far after its lower bound (a node's floor can lag behind the
     stream): each read goes on after the last, and the message is found."""
-    core = make_core()
-    node = NodeOnAStream(
-        core=core,
-        name="b",
-        nats=None,  # type: ignore[arg-type]
-        shared_nats=None,  # type: ignore[arg-type]
-        retained=None,  # type: ignore[arg-type]
-        owners=None,  # type: ignore[arg-type]
-        wills=None,  # type: ignore[arg-type]
-        nodes=None,  # type: ignore[arg-type]
-        sessions=None,  # type: ignore[arg-type]
-    )
+    core, node = node_without_nats(NodeOnAStream)
     slow = Client(core)
     slow.connect("slow")
     slow.subscribe(("s/#", 1))
