@@ -48,18 +48,26 @@ from benchmarks.wire import (  # noqa: E402
 TOPICS = {0: b"bench/p0", 1: b"bench/p1"}
 
 
-def run_quick(tmp_path: Path, *args: str, timeout: float) -> dict[str, Any]:
-    """``python -m benchmarks --quick *args``: it must succeed; its quick.json."""
+def run_module(module: str, *args: str, timeout: float) -> str:
+    """``python -m module *args`` from the repository: it must succeed; its stdout."""
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", *args, "--output-dir", str(tmp_path),
-         "--no-chart"],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-    )  # fmt: skip
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed.stdout
+
+
+def run_quick(tmp_path: Path, *args: str, timeout: float) -> dict[str, Any]:
+    """``python -m benchmarks --quick *args``: it must succeed; its quick.json."""
+    run_module(
+        "benchmarks", "--quick", *args, "--output-dir", str(tmp_path), "--no-chart",
+        timeout=timeout,
+    )  # fmt: skip
     document: dict[str, Any] = json.loads((tmp_path / "quick.json").read_text())
     return document
 
@@ -251,18 +259,10 @@ def test_quick_cluster_scenarios_are_verified(tmp_path: Path) -> None:
 def test_nats_ceiling_quick_run_delivers_everything(tmp_path: Path) -> None:
     binary = nats_server_binary()
     output = tmp_path / "nats.json"
-    completed = subprocess.run(
-        [
-            sys.executable, "-m", "benchmarks.nats_ceiling", "--quick", "--nats-server", binary,
-            "--output", str(output),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    run_module(
+        "benchmarks.nats_ceiling", "--quick", "--nats-server", binary, "--output", str(output),
         timeout=120,
-        check=False,
     )  # fmt: skip
-    assert completed.returncode == 0, completed.stdout + completed.stderr
     document = json.loads(output.read_text())
     assert [run["pattern"] for run in document["core_runs"]] == ["1 -> 1", "4 -> 1", "1 -> 4"]
     assert all(run["verified"] for run in document["core_runs"])
@@ -281,18 +281,11 @@ def test_latency_floor_measures_every_server(tmp_path: Path) -> None:
         servers.remove("mosquitto")
     output = tmp_path / "latency-floor.json"
     server_args = [arg for name in servers for arg in ("--server", name)]
-    completed = subprocess.run(
-        [
-            sys.executable, "-m", "benchmarks.latency_floor", "--count", "50", "--warmup", "10",
-            "--repeat", "1", *server_args, "--output", str(output),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    run_module(
+        "benchmarks.latency_floor", "--count", "50", "--warmup", "10", "--repeat", "1",
+        *server_args, "--output", str(output),
         timeout=60,
-        check=False,
     )  # fmt: skip
-    assert completed.returncode == 0, completed.stdout + completed.stderr
     document = json.loads(output.read_text())
     assert list(document["summary"]) == servers
     for name in servers:
@@ -508,15 +501,9 @@ def test_profile_summary_counts_own_lines_and_inclusive_time() -> None:
 
 
 def test_auth_flood_measures_round_trips_during_wrong_passwords() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.auth_flood", "--connects", "4", "--concurrency", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    stdout = run_module(
+        "benchmarks.auth_flood", "--connects", "4", "--concurrency", "2", timeout=120
     )
-    assert completed.returncode == 0, completed.stderr
-    assert "QoS 1 round trip, during the flood:" in completed.stdout
-    assert "4 wrong passwords, 2 at a time" in completed.stdout
-    assert "BAD_USER_NAME_OR_PASSWORD: 134>: 4}" in completed.stdout
+    assert "QoS 1 round trip, during the flood:" in stdout
+    assert "4 wrong passwords, 2 at a time" in stdout
+    assert "BAD_USER_NAME_OR_PASSWORD: 134>: 4}" in stdout

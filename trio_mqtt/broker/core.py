@@ -1170,8 +1170,9 @@ class BrokerCore:
                 own.subscribe(client_id, topic_filter, options)
         routed = 0
         for message in messages:
+            size = publish_size(message)
             for delivery in own.deliveries(message.topic, message.publisher):
-                self._deliver(message, publish_size(message), delivery, None)
+                self._deliver(message, size, delivery, None)
                 routed += 1
         return routed
 
