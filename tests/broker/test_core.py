@@ -563,3 +563,27 @@ def test_retained_sent_after_suback(core: BrokerCore) -> None:
         True,
         0,
     )
+
+
+def test_an_idle_session_holds_no_queue_or_packet_id_set(core: BrokerCore) -> None:
+    # an empty deque is 0.75 KiB and an empty set 0.2 KiB: with thousands of idle
+    # clients the broker must not give each one before it needs them
+    sub, pub = Client(core, V311), Client(core, V5)
+    sub.connect("sub", clean_start=False)
+    sub.subscribe(("t", 1))
+    pub.connect("pub")
+    session, publisher = core.sessions["sub"], core.sessions["pub"]
+    assert session.pending is None
+    assert publisher.inflight_in == frozenset()
+    assert type(publisher.inflight_in) is frozenset  # (the shared empty one)
+
+    pub.send(Publish("t", b"m", qos=2, packet_id=5))
+    assert [type(p).__name__ for p in pub.packets()] == ["Pubrec"]
+    assert publisher.inflight_in == {5}
+    assert [p.payload for p in sub.publishes()] == [b"m"]
+    pub.send(Pubrel(5))
+    assert [type(p).__name__ for p in pub.packets()] == ["Pubcomp"]
+    assert type(publisher.inflight_in) is frozenset  # released: the set is gone again
+    pub.send(Pubrel(5))  # a second release: not known any more
+    (answer,) = pub.packets()
+    assert type(answer).__name__ == "Pubcomp" and answer.reason_code == 0x92

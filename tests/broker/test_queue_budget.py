@@ -51,7 +51,7 @@ def test_online_queue_is_bounded_in_bytes_not_messages() -> None:
     s = session(max_bytes=10_000, max_messages=3)
     small = [item(10) for _ in range(100)]  # 18 bytes each
     assert all(s.enqueue(i) for i in small)  # a hundred messages: far from 10,000 bytes
-    assert len(s.pending) == 100
+    assert len(s.queued_entries) == 100
     assert s.pending_bytes == 100 * 18
     assert s.dropped == 0
 
@@ -61,7 +61,7 @@ def test_qos0_over_the_budget_is_dropped_and_counted() -> None:
     assert s.enqueue(item(40))  # 48
     assert s.enqueue(item(40))  # 96
     assert not s.enqueue(item(40))
-    assert (s.dropped, s.drop_episode, len(s.pending), s.pending_bytes) == (1, 1, 2, 96)
+    assert (s.dropped, s.drop_episode, len(s.queued_entries), s.pending_bytes) == (1, 1, 2, 96)
 
 
 def test_qos1_over_the_budget_evicts_the_oldest_qos0() -> None:
@@ -92,7 +92,7 @@ def test_qos1_is_dropped_when_no_qos0_can_make_room() -> None:
     assert s.enqueue(item(40, qos=1))
     assert s.enqueue(item(40, qos=1))
     assert not s.enqueue(item(40, qos=2))
-    assert (s.dropped, len(s.pending)) == (1, 2)
+    assert (s.dropped, len(s.queued_entries)) == (1, 2)
 
 
 def test_bytes_in_flight_and_in_transit_count_against_the_budget() -> None:
@@ -116,7 +116,7 @@ def test_offline_session_keeps_no_qos0_and_at_most_max_queued_messages() -> None
     assert s.enqueue(item(1, qos=1))
     assert s.enqueue(item(1, qos=1))
     assert not s.enqueue(item(1, qos=1))
-    assert (len(s.pending), s.dropped) == (2, 1)
+    assert (len(s.queued_entries), s.dropped) == (2, 1)
 
 
 def test_offline_session_is_bounded_in_bytes_too() -> None:
@@ -220,14 +220,14 @@ def test_a_full_queue_finds_its_oldest_qos0_without_searching() -> None:
 
     assert s.enqueue(item(10, qos=1, topic="xa"))  # evicts 50, the oldest QoS 0
     assert list(s.qos0_index or ()) == [99]
-    assert s.pending[50] is EVICTED
+    assert s.queued_entries[50] is EVICTED
     assert s.enqueue(item(10, qos=0, topic="q0")) is False  # QoS 0 over the limit: dropped
     assert s.enqueue(item(10, qos=1, topic="xb"))  # evicts 99
     assert not s.enqueue(item(10, qos=1, topic="xc"))  # nothing left to evict
     assert s.dropped == 4  # 50, q0, 99, xc
 
     # the writer takes 60 entries (the first EVICTED among them); a QoS 0 fits again
-    taken = [s.pending.popleft() for _ in range(60)]
+    taken = [s.pending_queue().popleft() for _ in range(60)]
     s.pending_bytes -= sum(t.size for t in taken if t is not None)
     assert EVICTED in taken
     s.took_from_front(60)
@@ -268,14 +268,14 @@ def test_while_spilling_every_qos1_message_follows_in_order_and_qos0_still_queue
     s, kept = spilling_session()
     s.enqueue(item(80, qos=1, topic="first"))
     assert not s.enqueue(item(80, qos=1, topic="spilled"))
-    s.pending.popleft()  # the client took the first one: room again
+    s.pending_queue().popleft()  # the client took the first one: room again
     s.pending_bytes = 0
     assert not s.enqueue(item(1, qos=2, topic="small"))  # fits, but after "spilled"
     assert kept == ["spilled", "small"]
     assert s.enqueue(item(1, qos=0, topic="zero"))  # QoS 0 is never kept elsewhere
     s.end_spill()
     assert s.enqueue(item(1, qos=1, topic="after"))
-    assert [queued.message.topic for queued in s.pending] == ["zero", "after"]
+    assert [queued.message.topic for queued in s.queued_entries] == ["zero", "after"]
     assert kept == ["spilled", "small"]
 
 

@@ -301,7 +301,9 @@ async def test_a_persistent_session_moves_to_the_node_the_client_reconnects_to(
                 Publish(topic=f"k/{index}", payload=b"%d" % index, qos=1, packet_id=index + 1)
             )
             assert await pub.receive() == Puback(index + 1)
-        await wait_until(lambda: len(n1.core.sessions["keeper"].pending) == 3, "queued on n1")
+        await wait_until(
+            lambda: len(n1.core.sessions["keeper"].queued_entries) == 3, "queued on n1"
+        )
         again = await RawClient.open(n2.port, V311)
         connack = await again.connect("keeper", clean_start=False)
         assert connack.session_present

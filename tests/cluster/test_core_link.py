@@ -487,12 +487,12 @@ def test_what_a_slow_subscribers_queue_cannot_take_goes_to_the_cluster_in_order(
     session = core.sessions["slow"]
     assert session.spilling and session.dropped == 1  # (only the in-process one)
     # queued again in order once there is room; the rest of the queue comes first
-    session.pending.clear()
+    session.pending_queue().clear()
     session.pending_bytes = 0
     back = [message for _client, message in link.spilled[:2]]
     link.spilled.clear()
     assert core.refill("slow", back, ["s/#"]) is False
-    assert [item.message.topic for item in session.pending] == ["s/2", "s/3"]
+    assert [item.message.topic for item in session.queued_entries] == ["s/2", "s/3"]
     core.spill_again("slow")  # (more to come: later ones wait their turn)
     core.publish(StoredMessage.of(Message("s/late", b"x", 1), 120))
     assert [message.topic for _client, message in link.spilled] == ["s/late"]

@@ -441,7 +441,8 @@ def test_saved_session_keeps_replays_and_drops_expired_messages() -> None:
     session.append_pending(QueuedMessage(stale, 1, False))
     retained = [message("r/1", b"r1", retain=True), message("r/2", b"r2", qos=2, retain=True)]
     session.append_replay(RetainedReplay(deque(retained), qos=1, subscription_identifiers=(4,)))
-    session.inflight_in.update({7, 3})
+    session.receive_incoming(7)
+    session.receive_incoming(3)
     options = SubscriptionOptions(qos=1)
     saved = saved_session(session, SENT, subscriptions={"r/#": options})
     assert saved.subscriptions == (("r/#", options),)

@@ -43,7 +43,7 @@ async def test_what_is_published_while_a_session_moves_reaches_it_once(
         await published(pub_a, "k/before-a", b"before-a", 1, 1)
         await published(pub_b, "k/before-b1", b"before-b1", 1, 1)
         await published(pub_b, "k/before-b2", b"before-b2", 2, 2)
-        await wait_until(lambda: len(a.core.sessions["keeper"].pending) == 3, "queued on a")
+        await wait_until(lambda: len(a.core.sessions["keeper"].queued_entries) == 3, "queued on a")
 
         relay.delay = 0.5  # what b sends (the handover request, its SUB) is late
         moved = await RawClient.open(b.port, V311)

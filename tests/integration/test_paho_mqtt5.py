@@ -573,7 +573,7 @@ async def test_receive_maximum_1_keeps_one_qos1_message_in_flight() -> None:
                 assert (message.payload, message.qos) == (str(n).encode(), 1)
                 assert await blocking(slow.extra_messages, 0.15) == []  # the next waits
                 assert len(session.inflight_out) == 1
-                assert len(session.pending) == 4 - n
+                assert len(session.queued_entries) == 4 - n
                 slow.client.ack(message.mid, 1)
             await wait_until(lambda: not session.inflight_out, "last PUBACK processed")
             await blocking(slow.disconnect)

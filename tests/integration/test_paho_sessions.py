@@ -123,7 +123,7 @@ async def test_offline_queue_keeps_at_most_max_queued_messages(
 
         for index in range(10):
             await blocking(publisher.publish, "burst", f"m{index}", 1)
-        assert len(broker.core.sessions["bounded"].pending) == 5
+        assert len(broker.core.sessions["bounded"].queued_entries) == 5
 
         subscriber, connack = await connect_persistent(broker, protocol, "bounded", first=False)
         try:
@@ -283,7 +283,7 @@ async def test_in_flight_window_holds_back_qos1_until_an_ack(version: ProtocolVe
             second = await receive_publish(raw)
             assert [first.payload, second.payload] == [b"w0", b"w1"]
             await nothing_arrives(raw)  # two in flight: the third waits
-            assert len(broker.core.sessions["slow"].pending) == 1
+            assert len(broker.core.sessions["slow"].queued_entries) == 1
 
             assert first.packet_id is not None
             await raw.send(Puback(first.packet_id))

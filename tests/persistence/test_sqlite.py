@@ -220,8 +220,9 @@ def build_full_session(core: BrokerCore) -> Session:
             peer=PROXIED_PEER,
         ),
     )
-    session.inflight_in.update({1, 7, 65535})
-    session.pending.extend(
+    for packet_id in (1, 7, 65535):
+        session.receive_incoming(packet_id)
+    session.pending_queue().extend(
         [
             QueuedMessage(message("q/0", qos=0, properties=FULL_PROPERTIES), qos=0, retain=False),
             QueuedMessage(
@@ -302,8 +303,10 @@ def test_session_round_trip_of_every_field(db_path: str) -> None:
     assert original.delayed_will is not None and session.delayed_will is not None
     assert_same_message(session.delayed_will, original.delayed_will, time_shift=shift)
 
-    assert len(session.pending) == 3
-    for restored_item, original_item in zip(session.pending, original.pending, strict=True):
+    assert len(session.queued_entries) == 3
+    for restored_item, original_item in zip(
+        session.queued_entries, original.queued_entries, strict=True
+    ):
         assert_same_item(restored_item, original_item, shift)
     assert list(session.inflight_out) == [9, 2, 5]  # resend order is kept
     for packet_id, inflight in session.inflight_out.items():
@@ -431,16 +434,28 @@ def test_flush_writes_only_dirty_rows_and_clears_the_sets(db_path: str, store: S
     ]
 
 
+def test_saving_an_idle_session_gives_it_no_queue(db_path: str, store: SQLiteStore) -> None:
+    # (an empty deque is 0.75 KiB: a store that made one per saved session would cost
+    # every idle persistent client that much)
+    core, _ = recording_core()
+    session = persistent_session(core, "idle")
+    core.router.subscribe("idle", "x/#", SubscriptionOptions(qos=1))
+    store.flush(core)
+    assert query(db_path, "SELECT client_id FROM sessions") == [("idle",)]
+    assert session.pending is None
+    assert session.evicted_entries == () and not session.has_replays
+
+
 def test_dirty_session_saves_its_queue_and_subscriptions(db_path: str, store: SQLiteStore) -> None:
     core, _ = recording_core()
     session = persistent_session(core, "s")
     core.router.subscribe("s", "x/#", SubscriptionOptions(qos=1))
-    session.pending.append(QueuedMessage(message("x/1"), qos=1, retain=False))
-    session.pending.append(QueuedMessage(message("x/2"), qos=1, retain=False))
+    session.pending_queue().append(QueuedMessage(message("x/1"), qos=1, retain=False))
+    session.pending_queue().append(QueuedMessage(message("x/2"), qos=1, retain=False))
     store.flush(core)
     assert query(db_path, "SELECT count(*) FROM session_messages") == [(2,)]
 
-    session.pending.popleft()  # as a connection takes it
+    session.pending_queue().popleft()  # as a connection takes it
     session.took_from_front(1)
     core.router.unsubscribe("s", "x/#")
     core.router.subscribe("s", "y", SubscriptionOptions(qos=0))
@@ -461,10 +476,10 @@ def test_a_queue_is_saved_by_what_changed_not_all_again(db_path: str, store: SQL
     store.flush(core)
     changes = store._db.total_changes
 
-    session.pending.popleft()  # one sent...
+    session.pending_queue().popleft()  # one sent...
     session.took_from_front(1)
     session.append_pending(QueuedMessage(message("x/new"), qos=1, retain=False))  # one more
-    session.pending[10] = EVICTED  # ...and one evicted
+    session.pending_queue()[10] = EVICTED  # ...and one evicted
     session.evicted_positions.append(11)
     core.dirty_sessions.add("s")
     store.flush(core)
@@ -489,7 +504,7 @@ def test_after_a_restart_a_queue_is_still_saved_by_what_changed(
     for n in range(1000):
         session.append_pending(QueuedMessage(message(f"x/{n}"), qos=1, retain=False))
     store.flush(core)
-    session.pending.popleft()  # positions in the file now start at 1
+    session.pending_queue().popleft()  # positions in the file now start at 1
     session.took_from_front(1)
     core.dirty_sessions.add("s")
     store.flush(core)
@@ -497,7 +512,7 @@ def test_after_a_restart_a_queue_is_still_saved_by_what_changed(
     restarted, _ = recording_core(max_queued_bytes=1_000_000)
     store.load_into(restarted)
     again = restarted.sessions["s"]
-    again.pending.popleft()  # one sent after the restart, one more queued
+    again.pending_queue().popleft()  # one sent after the restart, one more queued
     again.took_from_front(1)
     again.append_pending(QueuedMessage(message("x/new"), qos=1, retain=False))
     restarted.dirty_sessions.add("s")
@@ -519,7 +534,7 @@ def test_a_restored_queue_with_gaps_is_written_in_full_and_stays_exact(
     for n in range(20):
         session.append_pending(QueuedMessage(message(f"x/{n}"), qos=1, retain=False))
     store.flush(core)
-    session.pending[5] = EVICTED  # a gap in the file's positions
+    session.pending_queue()[5] = EVICTED  # a gap in the file's positions
     session.evicted_positions.append(5)
     core.dirty_sessions.add("s")
     store.flush(core)
@@ -527,7 +542,7 @@ def test_a_restored_queue_with_gaps_is_written_in_full_and_stays_exact(
     restarted, _ = recording_core(max_queued_bytes=1_000_000)
     store.load_into(restarted)
     again = restarted.sessions["s"]
-    again.pending.popleft()
+    again.pending_queue().popleft()
     again.took_from_front(1)
     again.append_pending(QueuedMessage(message("x/new"), qos=1, retain=False))
     restarted.dirty_sessions.add("s")
@@ -725,7 +740,7 @@ def test_a_version_1_store_is_upgraded_in_place(db_path: str) -> None:
     # version 1 had no shared_filters column: make one from a fresh store, with a row
     wall = FakeClock(WALL_START)
     core, _ = recording_core()
-    build_full_session(core).pending[2].shared_filters = ()  # nothing version 1 can hold
+    build_full_session(core).queued_entries[2].shared_filters = ()  # nothing version 1 can hold
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.flush(core)
     with sqlite3.connect(db_path) as db:
@@ -736,7 +751,7 @@ def test_a_version_1_store_is_upgraded_in_place(db_path: str) -> None:
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         store.load_into(restarted)
     assert query(db_path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
-    pending = restarted.sessions["full"].pending
+    pending = restarted.sessions["full"].queued_entries
     assert [item.message.topic for item in pending] == ["q/0", "q/1", "jobs/2"]
     assert all(item.shared_filters == () for item in pending)
 
@@ -819,13 +834,13 @@ def test_collect_snapshots_and_write_runs_in_another_thread(
 ) -> None:
     core, _ = recording_core()
     session = persistent_session(core, "s")
-    session.pending.append(QueuedMessage(message("q/1"), qos=1, retain=False))
+    session.pending_queue().append(QueuedMessage(message("q/1"), qos=1, retain=False))
     core.publish(message("r", payload=b"v1", retain=True))
     batch = store.collect(core)
     assert not core.dirty_sessions and not core.dirty_retained  # taken by the batch
 
     # the core moves on while the batch is written elsewhere
-    session.pending.append(QueuedMessage(message("q/2"), qos=1, retain=False))
+    session.pending_queue().append(QueuedMessage(message("q/2"), qos=1, retain=False))
     core.dirty_sessions.add("s")
     core.publish(message("r", payload=b"v2", retain=True))
     results: list[int] = []

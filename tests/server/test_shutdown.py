@@ -64,7 +64,7 @@ async def connect_never_reading(broker: Broker) -> RawClient:
     payload = b"x" * 65536
     # keep publishing until the session's queue stays full: the writer cannot drain it
     with trio.fail_after(10):
-        while len(session.pending) < broker.config.max_queued_messages:
+        while len(session.queued_entries) < broker.config.max_queued_messages:
             for _ in range(8):
                 await broker.publish("flood", payload)
             await trio.sleep(0.005)

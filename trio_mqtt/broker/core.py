@@ -469,7 +469,8 @@ class BrokerCore:
                 will_due=None if saved.delayed_will is None else saved.will_due,
                 taken_from_front=saved.first_position,
             )
-            session.inflight_in.update(saved.inflight_in)
+            for packet_id in saved.inflight_in:
+                session.receive_incoming(packet_id)
             for topic_filter, options in saved.subscriptions:
                 self.router.subscribe(saved.client_id, topic_filter, options)
             for item in saved.pending:
@@ -1020,7 +1021,7 @@ class BrokerCore:
         stats.publish_bytes_received += len(packet.payload)
 
         if qos:
-            if qos == 2 and packet_id in session.inflight_in:
+            if qos == 2 and packet_id is not None and packet_id in session.inflight_in:
                 return Pubrec(packet_id)  # duplicate of a QoS 2 message we already have
             # (QoS 1 is unanswered only in a cluster, until stored: conn.unanswered_qos1)
             if v5 and len(session.inflight_in) + conn.unanswered_qos1 >= conn.receive_maximum:
@@ -1061,7 +1062,7 @@ class BrokerCore:
                 # which QoS 1 allows. QoS 2 (exactly once) is routed once stored.
                 conn.storing(len(packet.payload) + len(topic), qos)
                 if qos == 2:
-                    session.inflight_in.add(packet_id)
+                    session.receive_incoming(packet_id)
                     cluster.store(message, conn, packet_id)
                     return None
                 floor = cluster.store(message, conn, packet_id)
@@ -1077,7 +1078,7 @@ class BrokerCore:
         if qos == 1:
             return Puback(packet_id, code)
         if not code.is_error:
-            session.inflight_in.add(packet_id)
+            session.receive_incoming(packet_id)
         return Pubrec(packet_id, code)
 
     def publish(self, message: Message, from_cluster: bool = False) -> int:
@@ -1132,7 +1133,7 @@ class BrokerCore:
         if sequence is None:
             session = self.sessions.get(conn.client_id)
             if session is not None and session.connection is conn:
-                session.inflight_in.discard(packet_id)
+                session.release_incoming(packet_id)
             conn.request_close(
                 CloseReason.CLUSTER_UNAVAILABLE,
                 ReasonCode.SERVER_BUSY,
@@ -1376,7 +1377,7 @@ class BrokerCore:
                 "offline session %r has %d messages queued (max_queued_messages %d, "
                 "%d bytes of max_queued_bytes %d); dropping messages for it",
                 session.client_id,
-                len(session.pending),
+                len(session.queued_entries),
                 session.max_queued_messages,
                 session.queued_bytes,
                 session.max_queued_bytes,

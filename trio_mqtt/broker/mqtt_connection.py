@@ -734,8 +734,7 @@ class MQTTConnection:
                     self._send(Pubrel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
                 self.on_output()
             case Pubrel(packet_id=pid):
-                if pid in session.inflight_in:
-                    session.inflight_in.discard(pid)
+                if session.release_incoming(pid):
                     self._send(Pubcomp(pid))
                 else:
                     self._send(Pubcomp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
@@ -816,6 +815,8 @@ class MQTTConnection:
 
     def _fill_from_session(self, session: Session) -> None:
         pending = session.pending
+        if not pending:
+            return
         inflight = session.inflight_out
         now = self.core.now()
         limit = self.client_receive_maximum

@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
@@ -128,6 +128,9 @@ class OutboundInflight:
     state: OutboundState
 
 
+_NO_PACKET_IDS: frozenset[int] = frozenset()
+
+
 @attrs.define(eq=False)
 class Session:
     client_id: str
@@ -138,11 +141,12 @@ class Session:
     # seconds the session outlives its connection; NEVER_EXPIRES = forever, 0 = not at all
     expiry_interval: int = 0
     connection: ClientConnection | None = None
-    # messages waiting to be sent; None marks the place of the first of ``replays``
-    pending: deque[QueuedMessage | None] = attrs.Factory(deque)
+    # messages waiting to be sent, in order; None marks the place of the first of
+    # ``replays``. ``pending`` itself is None until something is queued
+    # (``pending_queue``), and ``replays`` and ``evicted_positions`` are made on first
+    # use too: an empty deque is 0.75 KiB, and an idle client's session needs none
+    pending: deque[QueuedMessage | None] | None = attrs.field(default=None, init=False)
     pending_bytes: int = 0  # the sizes of the QueuedMessages in ``pending``
-    # ``replays`` and ``evicted_positions`` are rarely used: made on first use (an empty
-    # deque is 0.75 KiB, and an idle client's session never needs either)
     _replays: deque[RetainedReplay] | None = attrs.field(default=None, init=False)
     # positions counted from the first entry ever queued (see _take_oldest_qos0): how
     # many entries left the front, where the QoS 0 messages are (while kept), and which
@@ -155,7 +159,9 @@ class Session:
     )
     inflight_out: dict[int, OutboundInflight] = attrs.Factory(dict)
     inflight_bytes: int = 0  # the sizes of the messages in ``inflight_out``
-    inflight_in: set[int] = attrs.Factory(set)
+    # packet ids of QoS 2 messages received and not yet released (PUBREL); made on first
+    # use and dropped once empty
+    _inflight_in: set[int] | None = attrs.field(default=None, init=False)
     next_packet_id: int = 1
     dropped: int = 0
     # messages dropped since the queue last had room to spare (0: not dropping now)
@@ -171,12 +177,57 @@ class Session:
     delayed_will: Message | None = None
     will_due: float | None = None
 
+    def pending_queue(self) -> deque[QueuedMessage | None]:
+        """``pending``, made if there is none yet: for code that changes the queue."""
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = deque()
+        return pending
+
+    @property
+    def queued_entries(self) -> Sequence[QueuedMessage | None]:
+        """``pending``, read only (empty if there is none)."""
+        return self.pending or ()
+
+    @property
+    def inflight_in(self) -> set[int] | frozenset[int]:
+        """Packet ids of the incoming QoS 2 messages not released yet (read only)."""
+        return self._inflight_in or _NO_PACKET_IDS
+
+    def receive_incoming(self, packet_id: int) -> None:
+        """An incoming QoS 2 message was accepted (PUBREC): its packet id is in use
+        until the client releases it."""
+        received = self._inflight_in
+        if received is None:
+            received = self._inflight_in = set()
+        received.add(packet_id)
+
+    def release_incoming(self, packet_id: int) -> bool:
+        """The client released ``packet_id`` (PUBREL); False if it was not in use."""
+        received = self._inflight_in
+        if received is None or packet_id not in received:
+            return False
+        received.discard(packet_id)
+        if not received:
+            self._inflight_in = None
+        return True
+
     @property
     def replays(self) -> deque[RetainedReplay]:
         """The retained replays queued (their places in ``pending`` are None), in order."""
         if self._replays is None:
             self._replays = deque()
         return self._replays
+
+    @property
+    def has_replays(self) -> bool:
+        """Whether retained replays are queued (read without making ``replays``)."""
+        return bool(self._replays)
+
+    @property
+    def evicted_entries(self) -> Sequence[int]:
+        """``evicted_positions``, read only (empty without making the deque)."""
+        return self._evicted or ()
 
     @property
     def evicted_positions(self) -> deque[int]:
@@ -210,7 +261,10 @@ class Session:
         if connection is not None:
             pending_bytes = self.pending_bytes + item.size
             if pending_bytes + self.inflight_bytes + connection.in_transit <= self.fast_limit:
-                self.pending.append(item)
+                pending = self.pending
+                if pending is None:
+                    pending = self.pending = deque()
+                pending.append(item)
                 self.pending_bytes = pending_bytes
                 return True
         elif item.qos == 0:
@@ -218,10 +272,10 @@ class Session:
         elif (
             not self._evicted  # else len(pending) is not what counts
             and not self.spilling
-            and len(self.pending) < self.max_queued_messages
+            and len(self.queued_entries) < self.max_queued_messages
             and self.pending_bytes + self.inflight_bytes + item.size <= self.max_queued_bytes
         ):
-            self.pending.append(item)  # QoS 1/2: no position to note, even for the index
+            self.pending_queue().append(item)  # QoS 1/2: no position to note, even for the index
             self.pending_bytes += item.size
             return True
         return self._enqueue_slowly(item)
@@ -245,8 +299,8 @@ class Session:
             return False
         index = self.qos0_index
         if index is not None and not item.qos:
-            index.append(self.taken_from_front + len(self.pending))
-        self.pending.append(item)
+            index.append(self.taken_from_front + len(self.queued_entries))
+        self.pending_queue().append(item)
         self.pending_bytes += item.size
         return True
 
@@ -266,7 +320,7 @@ class Session:
             first = self.taken_from_front
             index = self.qos0_index = deque(
                 first + offset
-                for offset, queued in enumerate(self.pending)
+                for offset, queued in enumerate(self.queued_entries)
                 if queued is not None and queued is not EVICTED and not queued.qos
             )
             self.fast_limit = -1
@@ -276,9 +330,10 @@ class Session:
         if not index:
             return None
         position = index.popleft()
-        evicted = self.pending[position - taken]
+        pending = self.pending_queue()
+        evicted = pending[position - taken]
         assert evicted is not None and evicted is not EVICTED
-        self.pending[position - taken] = EVICTED
+        pending[position - taken] = EVICTED
         self.evicted_positions.append(position)
         return evicted
 
@@ -318,10 +373,10 @@ class Session:
         """How many messages (and replays) are queued, the evicted ones left out."""
         evicted = self._evicted
         if not evicted:
-            return len(self.pending)
+            return len(self.queued_entries)
         while evicted and evicted[0] < self.taken_from_front:
             evicted.popleft()
-        return len(self.pending) - len(evicted)
+        return len(self.queued_entries) - len(evicted)
 
     def queued_messages(self) -> int:
         """Messages waiting for the client or its acknowledgement (a retained replay
@@ -345,18 +400,18 @@ class Session:
 
     def append_pending(self, item: QueuedMessage) -> None:
         """Queue without the policy (restoring a saved session)."""
-        self.pending.append(item)
+        self.pending_queue().append(item)
         self.pending_bytes += item.size
 
     def append_replay(self, replay: RetainedReplay) -> None:
         """Queue the retained messages of a new subscription (no budget: see the class)."""
         self.replays.append(replay)
-        self.pending.append(None)
+        self.pending_queue().append(None)
 
     def queued_items(self) -> Iterator[QueuedMessage]:
         """Everything queued, in order, replays as the messages they still hold."""
         replays = iter(self._replays or ())
-        for item in self.pending:
+        for item in self.queued_entries:
             if item is None:
                 yield from next(replays).items()
             elif item is not EVICTED:
@@ -364,9 +419,10 @@ class Session:
 
     def clear_pending(self) -> list[QueuedMessage]:
         """Take the queued messages (the session ends); replays are dropped."""
-        items = [item for item in self.pending if item is not None and item is not EVICTED]
-        self.taken_from_front += len(self.pending)
-        self.pending.clear()
+        entries = self.queued_entries
+        items = [item for item in entries if item is not None and item is not EVICTED]
+        self.taken_from_front += len(entries)
+        self.pending = None
         self.pending_bytes = 0
         self.qos0_index = None
         self._evicted = None

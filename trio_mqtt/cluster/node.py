@@ -940,7 +940,7 @@ class ClusterNode:
     ) -> object:
         """What changes whenever a session's record would (cheap: no queue scan)."""
         return (
-            len(session.pending),
+            len(session.queued_entries),
             len(session.inflight_out),
             session.next_packet_id,
             session.dropped,

@@ -30,8 +30,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -410,9 +409,9 @@ class SQLiteStore:
             )
             message_rows.extend(writer.inflight_and_will_rows(session))
             first = session.taken_from_front
-            end = first + len(session.pending)
+            end = first + len(session.queued_entries)
             saved = saved_queues.get(client_id)
-            if session.replays:
+            if session.has_replays:
                 # a retained replay stands for several messages: all written again, and
                 # again at the next flush, until it is done
                 rewritten.append((client_id,))
@@ -420,18 +419,18 @@ class SQLiteStore:
                 pending.append(_QueueSlice(client_id, first, list(session.queued_items())))
             elif saved is None or saved.session is not session or saved.upto < first:
                 rewritten.append((client_id,))
-                last_evicted = _last(session.evicted_positions)
+                last_evicted = _last(session.evicted_entries)
                 saved_queues[client_id] = _SavedQueue(session, end, last_evicted)
-                pending.append(_QueueSlice(client_id, first, list(session.pending)))  # type: ignore[arg-type]
+                pending.append(_QueueSlice(client_id, first, list(session.queued_entries)))  # type: ignore[arg-type]
             else:
                 cuts.append((client_id, first))
-                for position in reversed(session.evicted_positions):
+                for position in reversed(session.evicted_entries):
                     if position <= saved.evicted_upto:
                         break
                     if first <= position < saved.upto:
                         evicted.append((client_id, position))
-                saved.evicted_upto = max(saved.evicted_upto, _last(session.evicted_positions))
-                new = list(itertools.islice(session.pending, saved.upto - first, None))
+                saved.evicted_upto = max(saved.evicted_upto, _last(session.evicted_entries))
+                new = list(itertools.islice(session.queued_entries, saved.upto - first, None))
                 pending.append(_QueueSlice(client_id, saved.upto, new))  # type: ignore[arg-type]
                 saved.upto = end
 
@@ -618,10 +617,10 @@ class SQLiteStore:
         kept = numbered.intersection(restored.sessions)
         for saved in sessions:
             session = core.sessions.get(saved.client_id)
-            if saved.client_id not in kept or session is None or session.replays:
+            if saved.client_id not in kept or session is None or session.has_replays:
                 continue
             upto = saved.first_position + len(saved.pending)
-            if session.taken_from_front + len(session.pending) == upto:
+            if session.taken_from_front + len(session.queued_entries) == upto:
                 self._saved_queues[saved.client_id] = _SavedQueue(session, upto, -1)
 
     def _read_retained(self, reader: _RowReader) -> list[Message]:
@@ -815,7 +814,7 @@ def _chunked_positions(part: _QueueSlice, size: int) -> Iterator[tuple[int, list
         yield part.position + start, part.items[start : start + size]
 
 
-def _last(positions: deque[int]) -> int:
+def _last(positions: Sequence[int]) -> int:
     return positions[-1] if positions else -1
 
 
