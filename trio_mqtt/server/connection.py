@@ -344,10 +344,33 @@ async def _read_loop(
     while not conn.wants_close:
         with trio.CancelScope(deadline=conn.next_deadline()) as timer:
             while not conn.wants_close:
+                # The next bytes from the client, b"" at EOF. On plain TCP (``output.fd``,
+                # once a PROXY preamble's leftover is read) the socket is read here, as
+                # trio's SocketStream would, without its layers of coroutines: an idle
+                # connection waits in three frames of ours (the listener's
+                # _serve_connection, run_connection, this one). Written out, not called:
+                # a call is one more frame (~0.24 KiB) for every idle connection.
+                fd = output.fd
                 try:
-                    data = await _receive(stream, output.fd)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
+                    if fd < 0 or (isinstance(stream, PrefixedStream) and stream.prefix_pending):
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                    else:
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        try:
+                            data = os.read(fd, RECEIVE_SIZE)
+                        except BlockingIOError:
+                            data = None  # (wait outside the handler: it would keep the error)
+                        if data is None:
+                            while data is None:
+                                await trio.lowlevel.wait_readable(fd)
+                                try:
+                                    data = os.read(fd, RECEIVE_SIZE)
+                                except BlockingIOError:
+                                    continue  # woken, yet nothing to read after all: wait again
+                        else:
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return  # (OSError: the socket broke under os.read)
                 if not data:
                     return  # EOF without DISCONNECT: an abnormal close (will is published)
                 output.feed_and_answer(conn, data)
@@ -374,36 +397,6 @@ async def _read_loop(
         if timer.cancelled_caught:
             conn.handle_timer()  # closes, or a packet came in time: a new scope
             output.wakeup()
-
-
-async def _receive(stream: trio.abc.Stream, fd: int) -> bytes | bytearray:
-    """The next bytes from the client, b"" at EOF.
-
-    On plain TCP (``fd``, once a PROXY preamble's leftover is read) this reads the socket
-    itself, as trio's ``SocketStream`` would: an idle connection then waits in three
-    coroutine frames instead of nine (~1.6 KiB less per connection). The wait loop is
-    written out here rather than shared with ``TLSStream``'s: a call would be one more
-    frame for every idle connection.
-    """
-    if fd < 0 or (isinstance(stream, PrefixedStream) and stream.prefix_pending):
-        return await stream.receive_some(RECEIVE_SIZE)
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        try:
-            data = os.read(fd, RECEIVE_SIZE)
-        except BlockingIOError:
-            pass
-        else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                return os.read(fd, RECEIVE_SIZE)
-            except BlockingIOError:
-                pass  # woken, yet nothing to read after all: wait again
-    except OSError as exc:
-        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
 
 async def _write_loop(
