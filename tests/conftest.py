@@ -33,7 +33,7 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 @pytest.fixture(autouse=True)
 def _restore_root_log_level() -> Iterator[None]:
-    """Put the root logger's level back after each test.
+    """Put the root logger's level (and logging's record switches) back after each test.
 
     A config reload applies ``log_level`` to the root logger (trio_mqtt/cli.py); a test
     that reloads would otherwise leave INFO on for the rest of the session, and pytest's
@@ -42,5 +42,10 @@ def _restore_root_log_level() -> Iterator[None]:
     """
     root = logging.getLogger()
     level = root.level
+    # (the command's configure_logging also turns off what its formats never show)
+    switches = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+    saved = {name: getattr(logging, name) for name in switches}
     yield
     root.setLevel(level)
+    for name, value in saved.items():
+        setattr(logging, name, value)

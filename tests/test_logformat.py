@@ -13,7 +13,7 @@ import pytest
 from trio_mqtt.cli import build_config, build_parser, configure_logging, main
 from trio_mqtt.config import load_config
 from trio_mqtt.errors import ConfigError
-from trio_mqtt.logformat import JSONFormatter
+from trio_mqtt.logformat import TEXT_FORMAT, JSONFormatter, make_formatter
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -85,3 +85,27 @@ def test_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "'xml' is not one of 'text', 'json'" in str(caught.value)
     assert main(["--log-format", "xml"]) == 2
     assert "invalid choice: 'xml'" in capsys.readouterr().err
+
+
+def test_text_time_stamps_are_the_standard_ones() -> None:
+    # the time text is worked out once per second: it must stay what logging writes
+    # (local time, milliseconds after a comma), across a second's change too
+    ours = make_formatter("text")
+    standard = logging.Formatter(TEXT_FORMAT)
+    for created in (1_780_000_000.001, 1_780_000_000.999, 1_780_000_001.5, 1_780_003_600.25):
+        record = logging.makeLogRecord({"msg": "m", "created": created, "msecs": 0})
+        record.msecs = (created - int(created)) * 1000
+        assert ours.format(record) == standard.format(record)
+    record = logging.makeLogRecord({"msg": "m", "created": 1_780_000_000.0, "msecs": 0})
+    assert ours.formatTime(record, "%H") == standard.formatTime(record, "%H")
+
+
+def test_the_command_skips_caller_thread_and_process_lookups() -> None:
+    stream = io.StringIO()
+    handler = configure_logging("info", stream)
+    try:
+        logging.getLogger("trio_mqtt.test").info("hello %s", "there")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert stream.getvalue().endswith(" INFO    trio_mqtt.test: hello there\n")
+    assert logging._srcfile is None and not logging.logThreads and not logging.logProcesses

@@ -157,6 +157,13 @@ def configure_logging(
     """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(make_formatter(log_format, node=name))
+    # Neither format shows where a log call was made, nor its thread or process: the
+    # command owns the process's logging, so it lets records skip finding them out
+    # (the logging HOWTO's "Optimization"; 11.2 -> 8.9 us per connect line)
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 
-__all__ = ["LOG_FORMATS", "TEXT_FORMAT", "JSONFormatter", "make_formatter"]
+__all__ = ["LOG_FORMATS", "TEXT_FORMAT", "JSONFormatter", "TextFormatter", "make_formatter"]
 
 #: The values of ``--log-format`` and ``[broker] log_format``.
 LOG_FORMATS = ("text", "json")
@@ -50,6 +51,27 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``logging.Formatter`` whose time stamp text is worked out once per second.
+
+    The same text as the standard one (local time, ``2026-12-06 03:47:37,157``): the
+    part before the milliseconds changes once a second, and ``time.strftime`` of it was
+    a tenth of the cost of a connect or disconnect line.
+    """
+
+    _second: int | None = None
+    _second_text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return f"{self._second_text},{int(record.msecs):03d}"
+
+
 def make_formatter(log_format: str, *, node: str | None = None) -> logging.Formatter:
     """The formatter for ``log_format`` ("text" or "json"); *node* goes into every line."""
     if log_format == "json":
@@ -57,4 +79,4 @@ def make_formatter(log_format: str, *, node: str | None = None) -> logging.Forma
     text = TEXT_FORMAT
     if node:
         text = TEXT_FORMAT.replace("%(name)s", "[" + node.replace("%", "%%") + "] %(name)s", 1)
-    return logging.Formatter(text)
+    return TextFormatter(text)
