@@ -40,7 +40,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -74,10 +74,18 @@ MAX_QUEUED_MESSAGES = 2_000_000
 MAX_INFLIGHT_MESSAGES = 100
 STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
+#: How many times a broker is started, on other ports, when one of the ports it was
+#: given was taken before it could listen: ``free_port`` draws from the ephemeral range,
+#: which the outgoing connections of everything else running take ports from too.
+PORT_ATTEMPTS = 3
 
 
 class BrokerStartError(RuntimeError):
     """A broker did not start (or did not accept connections) in time."""
+
+
+class PortTaken(BrokerStartError):
+    """A broker exited at startup because a port it was given was in use by then."""
 
 
 class BrokerKind(enum.Enum):
@@ -419,9 +427,11 @@ def _wait_until_listening(process: BrokerProcess, ports: Sequence[tuple[int, byt
     pending = list(ports)
     while pending:
         if process.process.poll() is not None:
-            raise BrokerStartError(
+            log = process.log_tail()
+            error = PortTaken if "address already in use" in log.lower() else BrokerStartError
+            raise error(
                 f"{process.broker.kind.value} exited with status "
-                f"{process.process.returncode} at startup:\n{process.log_tail()}"
+                f"{process.process.returncode} at startup:\n{log}"
             )
         try:
             with socket.create_connection((HOST, pending[0][0]), timeout=1.0) as probe:
@@ -503,24 +513,37 @@ def launch_broker(
     return BrokerProcess(broker, popen, workdir, log_path)
 
 
-def wait_until_ready(process: BrokerProcess) -> None:
+def wait_until_ready(
+    process: BrokerProcess, relaunch: Callable[[], BrokerProcess] | None = None
+) -> BrokerProcess:
     """Return once every listener of *process* accepts connections; stop it and raise
     BrokerStartError if it exits or does not listen in time.
 
-    A cluster node joins the cluster before it opens its listeners, so a listening node
-    is a member.
+    If it exited because a port it was given was taken meanwhile, *relaunch* starts it
+    again (on other ports), up to PORT_ATTEMPTS times in all: the broker that listens is
+    returned. A cluster node joins the cluster before it opens its listeners, so a
+    listening node is a member.
     """
-    ports = [(process.broker.port, b"")]
-    if process.broker.proxy_port is not None:
-        ports.append((process.broker.proxy_port, PROXY_V2_LOCAL))
-    for extra in (process.broker.tls_port, process.broker.ws_port):
-        if extra is not None:
-            ports.append((extra, b""))
-    try:
-        _wait_until_listening(process, ports)
-    except BaseException:
-        process.stop()
-        raise
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        ports = [(process.broker.port, b"")]
+        if process.broker.proxy_port is not None:
+            ports.append((process.broker.proxy_port, PROXY_V2_LOCAL))
+        for extra in (process.broker.tls_port, process.broker.ws_port):
+            if extra is not None:
+                ports.append((extra, b""))
+        try:
+            _wait_until_listening(process, ports)
+        except PortTaken:
+            process.stop()
+            if relaunch is None or attempt == PORT_ATTEMPTS:
+                raise
+            process = relaunch()
+        except BaseException:
+            process.stop()
+            raise
+        else:
+            return process
+    raise AssertionError("unreachable")  # (the loop returns or raises)
 
 
 def start_broker(
@@ -528,9 +551,11 @@ def start_broker(
 ) -> BrokerProcess:
     """Start a fresh broker of *kind* on free ports; returns once it accepts connections
     (see :func:`launch_broker` for the arguments)."""
-    process = launch_broker(kind, wrapper=wrapper, cluster=cluster)
-    wait_until_ready(process)
-    return process
+
+    def launch() -> BrokerProcess:
+        return launch_broker(kind, wrapper=wrapper, cluster=cluster)
+
+    return wait_until_ready(launch(), relaunch=launch)
 
 
 @contextlib.contextmanager

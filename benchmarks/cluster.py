@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import signal
 import threading
 import time
@@ -128,10 +129,15 @@ def running_setup(setup: Setup, nats_binary: str | None) -> Iterator[Nodes]:
     nats = start_nats_server(nats_binary)
     nodes: list[BrokerProcess] = []
     try:
-        for name in ("a", "b"):
-            nodes.append(launch_broker(BrokerKind.TRIO_MQTT, cluster=ClusterJoin(name, nats.url)))
-        for node in nodes:
-            wait_until_ready(node)
+        launches = [
+            functools.partial(
+                launch_broker, BrokerKind.TRIO_MQTT, cluster=ClusterJoin(name, nats.url)
+            )
+            for name in ("a", "b")
+        ]
+        nodes = [launch() for launch in launches]
+        for index, launch in enumerate(launches):
+            nodes[index] = wait_until_ready(nodes[index], relaunch=launch)
         yield Nodes(nodes[0], nodes[1], nats)
     finally:
         _stop_in_background(nodes, nats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,8 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed; plain `pytest` ne
 from nats_server import nats_server_binary  # noqa: E402
 from tools import tools_required  # noqa: E402
 
-from benchmarks import latency_floor  # noqa: E402
-from benchmarks.brokers import MOSQUITTO_PATH, mosquitto_config  # noqa: E402
+from benchmarks import brokers, latency_floor  # noqa: E402
+from benchmarks.brokers import MOSQUITTO_PATH, BrokerKind, mosquitto_config  # noqa: E402
 from benchmarks.cluster_report import (  # noqa: E402
     evaluate_cluster_targets,
     summarize_cluster,
@@ -159,6 +160,27 @@ def test_quick_new_scenarios_against_both_brokers_are_verified(tmp_path: Path) -
     assert "mosquitto-tuned" in header
     assert f"{row['ratio']:.2f}x ({low:.2f}-{high:.2f}) higher is better" in markdown
     assert "median (min-max over the repetitions)" in markdown
+
+
+def test_a_broker_whose_port_was_taken_starts_again_on_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # free_port's ports come from the ephemeral range: another process's outgoing
+    # connection may take one before the broker listens (seen in CI)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        handed_out = iter([port])  # the first port given to the broker is in use
+        real_free_port = brokers.free_port
+        monkeypatch.setattr(brokers, "free_port", lambda: next(handed_out, 0) or real_free_port())
+        process = brokers.start_broker(BrokerKind.TRIO_MQTT)
+        try:
+            assert process.broker.port != port
+            with socket.create_connection(("127.0.0.1", process.broker.port), timeout=5):
+                pass
+        finally:
+            process.stop()
 
 
 def test_summary_spreads_and_both_mosquitto_columns() -> None:
