@@ -147,6 +147,27 @@ def node_without_nats(kind: type[ClusterNode] = ClusterNode) -> tuple[BrokerCore
     return core, node
 
 
+def test_a_sessions_signature_changes_with_what_its_record_holds() -> None:
+    """Records are rewritten only when the signature changes: it must follow the
+    subscriptions' options, not only their filters, and stay put while nothing changed."""
+    core, node = node_without_nats()
+    client = Client(core)
+    client.connect("keeper", clean_start=False, properties=Properties(session_expiry_interval=60))
+    client.subscribe(("s/#", 0))
+    session = core.sessions["keeper"]
+
+    def signature() -> object:
+        return node._session_signature(session, core.router.subscriptions_of("keeper"))
+
+    first = signature()
+    assert signature() == first
+    client.subscribe(("s/#", 1))  # the same filter, another QoS
+    assert signature() != first
+    second = signature()
+    client.subscribe(("t", 0))
+    assert signature() != second
+
+
 async def test_what_was_kept_for_a_session_is_not_given_to_the_next_one() -> None:
     """A client that connects again with a clean start has a new session: what was kept
     for the old one is gone with it (and is not read back for the new one)."""

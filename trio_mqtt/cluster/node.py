@@ -946,7 +946,9 @@ class ClusterNode:
             session.dropped,
             session.expiry_interval,
             tuple(sorted(session.inflight_in)),
-            tuple(sorted((f, attrs.astuple(o)) for f, o in subscriptions.items())),
+            # (options compare by value; a dict keeps its order: a reordering only
+            # costs one write more)
+            tuple(subscriptions.items()),
             self._spilled[session.client_id].first() if session.client_id in self._spilled else 0,
         )
 
