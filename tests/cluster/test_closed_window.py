@@ -216,9 +216,9 @@ async def test_the_core_has_a_detached_link_while_a_failed_node_winds_down(
     seen: list[str] = []
     original = ClusterNode.save_sessions_once
 
-    async def spying(self: ClusterNode) -> None:
+    async def spying(self: ClusterNode, *, every: bool = False) -> None:
         seen.append(type(self.core.cluster).__name__)
-        await original(self)
+        await original(self, every=every)
 
     monkeypatch.setattr(ClusterNode, "save_sessions_once", spying)
     with trio.fail_after(30):

@@ -26,15 +26,17 @@ from trio_mqtt import Broker, open_broker
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message, StoredMessage
 from trio_mqtt.cluster.envelope import Origin
-from trio_mqtt.cluster.node import ClusterNode, Spilled
+from trio_mqtt.cluster.node import SESSION_CHECK_ALL, ClusterNode, Spilled, owner_key
 from trio_mqtt.config import BrokerConfig, ClusterConfig, ListenerConfig
 from trio_mqtt.mqtt.packets import (
+    Disconnect,
     Properties,
     Suback,
     Subscribe,
     SubscriptionRequest,
     Unsubscribe,
 )
+from trio_mqtt.nats.client import NATSConnectionClosed
 
 DEFAULT_QUEUE = BrokerConfig().max_queued_bytes
 
@@ -166,6 +168,65 @@ def test_a_sessions_signature_changes_with_what_its_record_holds() -> None:
     second = signature()
     client.subscribe(("t", 0))
     assert signature() != second
+
+
+async def test_only_sessions_marked_changed_are_checked_between_full_checks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checking every persistent session every 0.2 s cost a node 7 % of a core per
+    10,000 idle ones: between full checks (every SESSION_CHECK_ALL s), only those the
+    core marked as changed are looked at, and an ended one's record goes at once."""
+    core, node = node_without_nats()
+    records: dict[str, bytes] = {}
+
+    failures: list[Exception] = []
+
+    class Bucket:
+        async def put(self, key: str, value: bytes) -> int:
+            if failures:
+                raise failures.pop()
+            records[key] = value
+            return 1
+
+        async def delete(self, key: str) -> None:
+            records.pop(key, None)
+
+    node.sessions = Bucket()
+    checked: list[str] = []
+    signature = ClusterNode._session_signature
+
+    def spying(self: ClusterNode, session: Any, subscriptions: Any) -> object:
+        checked.append(session.client_id)
+        return signature(self, session, subscriptions)
+
+    monkeypatch.setattr(ClusterNode, "_session_signature", spying)
+    clients = []
+    for number in range(3):
+        client = Client(core)
+        client.connect(
+            f"c{number}", clean_start=False, properties=Properties(session_expiry_interval=60)
+        )
+        client.subscribe(("s/#", 1))
+        clients.append(client)
+    await node.save_sessions_once()  # the first: every session
+    assert sorted(checked) == ["c0", "c1", "c2"] and len(records) == 3
+    checked.clear()
+    await node.save_sessions_once()
+    assert checked == []  # nothing changed, nothing marked
+    clients[1].subscribe(("more", 1))
+    failures.append(NATSConnectionClosed("lost"))
+    with pytest.raises(NATSConnectionClosed):
+        await node.save_sessions_once()  # not written: looked at again next time
+    await node.save_sessions_once()
+    assert checked == ["c1", "c1"]
+    assert b"more" in records[next(key for key in records if key.endswith(owner_key("c1")))]
+    checked.clear()
+    clients[2].send(Disconnect(properties=Properties(session_expiry_interval=0)))
+    await node.save_sessions_once()  # its session ended: its record goes
+    assert len(records) == 2 and checked == []
+    core.clock.now += SESSION_CHECK_ALL  # type: ignore[attr-defined]
+    await node.save_sessions_once()
+    assert sorted(checked) == ["c0", "c1"]
 
 
 async def test_what_was_kept_for_a_session_is_not_given_to_the_next_one() -> None:

@@ -330,6 +330,10 @@ class BrokerCore:
     records_changes: bool = False
     dirty_sessions: set[str] = attrs.Factory(set)
     dirty_retained: set[str] = attrs.Factory(set)
+    # The client ids whose sessions changed since a cluster node last looked at their
+    # records (``ClusterNode.save_sessions_once`` puts a set here and takes it back);
+    # None: nobody looks
+    cluster_changed_sessions: set[str] | None = None
     # Flow control (see mqtt_connection): the congested connections routed to since the
     # publishing connection last took them, and the I/O layer's callback for "a
     # connection stopped being congested" (it wakes the publishers held back).
@@ -374,9 +378,13 @@ class BrokerCore:
         self.auth_epoch += 1
 
     def session_changed(self, client_id: str) -> None:
-        """Note that a session changed, for the persistence store (if one is attached)."""
+        """Note that a session changed, for the persistence store (if one is attached)
+        and the cluster's session records (if a node looks)."""
         if self.records_changes:
             self.dirty_sessions.add(client_id)
+        marks = self.cluster_changed_sessions
+        if marks is not None:
+            marks.add(client_id)
 
     def retained_changed(self, topic: str) -> None:
         """Note that a retained topic changed, for the persistence store (if attached)."""
@@ -1302,6 +1310,9 @@ class BrokerCore:
             return
         if self.records_changes:
             self.dirty_sessions.add(client_id)
+        marks = self.cluster_changed_sessions
+        if marks is not None:
+            marks.add(client_id)
         connection = session.connection
         if connection is not None:
             connection.on_output()

@@ -157,6 +157,8 @@ STORE_TIMEOUT = 5.0
 # stream cursor, so that a survivor can rebuild a session of a dead node
 SESSIONS_BUCKET = "mqtt_sessions"
 SESSION_SAVE_INTERVAL = 0.2
+# How often every persistent session is checked, marked as changed or not (seconds)
+SESSION_CHECK_ALL = 5.0
 # at most this many stream messages are replayed into one recovered session
 MAX_REPLAY = 100_000
 #: ... and at most this many payload bytes (what a replay holds in memory at once).
@@ -341,6 +343,8 @@ class ClusterNode:
     # per persistent session: what its record last said (to skip unchanged ones) and the
     # highest stream sequence seen outstanding in it
     _session_records: dict[str, tuple[object, int]] = attrs.Factory(dict)
+    # when save_sessions_once next checks every session, not only those marked changed
+    _check_all_at: float = 0.0
     # the clients whose will this node has put in the wills bucket
     _armed_wills: set[str] = attrs.Factory(set)
     # runs the reaping of dead nodes' wills (set by open_cluster_node)
@@ -994,10 +998,42 @@ class ClusterNode:
             except (NATSError, trio.TooSlowError) as exc:
                 log.warning("cluster: session records not saved (will retry): %s", exc)
 
-    async def save_sessions_once(self) -> None:
+    async def save_sessions_once(self, *, every: bool = False) -> None:
+        """Write the records of the persistent sessions that changed since the last call
+        (the core marks them: ``cluster_changed_sessions``), of every one (*every*, or
+        at least every SESSION_CHECK_ALL seconds: a change nothing marked, such as a
+        message dropped for a full queue, is written then), and delete those of sessions
+        that ended here."""
+        core = self.core
+        changed, core.cluster_changed_sessions = core.cluster_changed_sessions, set()
+        now = core.now()
+        everything = every or changed is None or now >= self._check_all_at
+        try:
+            if everything:
+                self._check_all_at = now + SESSION_CHECK_ALL
+                await self._save_sessions(list(core.sessions), everything=True)
+            else:
+                assert changed is not None
+                await self._save_sessions(changed, everything=False)
+        except BaseException:
+            # not all written (NATS, cancelled): the next call looks at them again
+            if everything:
+                self._check_all_at = now
+            elif changed and core.cluster_changed_sessions is not None:
+                core.cluster_changed_sessions |= changed
+            raise
+
+    async def _save_sessions(self, client_ids: Iterable[str], *, everything: bool) -> None:
         live: set[str] = set()
-        for client_id, session in list(self.core.sessions.items()):
-            if session.expiry_interval == 0 or client_id.startswith(LOCAL_PREFIX):
+        for client_id in client_ids:
+            session = self.core.sessions.get(client_id)
+            if (
+                session is None
+                or session.expiry_interval == 0
+                or client_id.startswith(LOCAL_PREFIX)
+            ):
+                if not everything and self._session_records.pop(client_id, None) is not None:
+                    await self.sessions.delete(f"{self.origin}.{owner_key(client_id)}")
                 continue  # nothing to resume
             live.add(client_id)
             subscriptions = self.core.router.subscriptions_of(client_id)
@@ -1010,9 +1046,10 @@ class ClusterNode:
             )
             await self.sessions.put(f"{self.origin}.{owner_key(client_id)}", record)
             self._session_records[client_id] = (signature, seen)
-        for client_id in set(self._session_records) - live:
-            del self._session_records[client_id]
-            await self.sessions.delete(f"{self.origin}.{owner_key(client_id)}")
+        if everything:
+            for client_id in set(self._session_records) - live:
+                del self._session_records[client_id]
+                await self.sessions.delete(f"{self.origin}.{owner_key(client_id)}")
 
     async def _recover_session(self, client_id: str, dead: str) -> SavedSession | None:
         """The session ``client_id`` had on dead node ``dead``: its record, and the QoS
@@ -1147,6 +1184,7 @@ class ClusterNode:
         spilled.keys[routing[1]] = (bound, self.core.now())
         if spilled.scan_from is not None and bound < spilled.scan_from:
             spilled.scan_from = bound
+        self.core.session_changed(client_id)  # (its record's cursor stays below it)
         return True
 
     def kept(self) -> int:
@@ -1399,7 +1437,7 @@ class ClusterNode:
                         continue
                 self.connected(client_id, *current)
             await self.settled()
-            await self.save_sessions_once()  # (its records first, then the old ones go)
+            await self.save_sessions_once(every=True)  # (its records first, then the old ones go)
             for origin in previous.origins:
                 await self.nodes.delete(origin)  # (not expired: nobody reaps it)
                 for bucket in (self.wills, self.sessions):
@@ -1813,7 +1851,7 @@ async def open_cluster_node(
                     try:
                         await node.settled()
                         # kept, not deleted: another node resumes these sessions
-                        await node.save_sessions_once()
+                        await node.save_sessions_once(every=True)
                         await retained_watch.stop()
                         await owners_watch.stop()
                         await nodes_watch.stop()
@@ -1822,6 +1860,7 @@ async def open_cluster_node(
                         log.warning("cluster: node %s left without a clean goodbye: %s", name, exc)
                 # (stores answered meanwhile were acknowledged; no answer comes any more)
                 node.refuse_pending_stores()
+                core.cluster_changed_sessions = None  # (nobody looks at them any more)
                 nursery.cancel_scope.cancel()
                 node.counters.add_node(
                     forwarded=node.forwarded,
