@@ -154,6 +154,8 @@ def configure_logging(
 
     A *name* (a worker's node name) goes into every line, in brackets after the level
     (as ``node`` in JSON). *log_format* is "text" or "json" (trio_mqtt/logformat.py).
+    For the ``trio-mqtt`` command, which owns its process's logging: it also turns off,
+    for the whole process, the caller, thread and process lookups of every record.
     """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(make_formatter(log_format, node=name))
