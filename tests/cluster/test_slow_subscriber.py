@@ -227,6 +227,9 @@ async def test_only_sessions_marked_changed_are_checked_between_full_checks(
     core.clock.now += SESSION_CHECK_ALL  # type: ignore[attr-defined]
     await node.save_sessions_once()
     assert sorted(checked) == ["c0", "c1"]
+    core.leave_cluster()  # nobody looks any more: nothing is marked
+    clients[0].subscribe(("other", 1))
+    assert core.take_changed_sessions() is None
 
 
 async def test_what_was_kept_for_a_session_is_not_given_to_the_next_one() -> None:

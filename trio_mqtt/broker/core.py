@@ -331,8 +331,7 @@ class BrokerCore:
     dirty_sessions: set[str] = attrs.Factory(set)
     dirty_retained: set[str] = attrs.Factory(set)
     # The client ids whose sessions changed since a cluster node last looked at their
-    # records (``ClusterNode.save_sessions_once`` puts a set here and takes it back);
-    # None: nobody looks
+    # records (``take_changed_sessions``); None: nobody looks
     cluster_changed_sessions: set[str] | None = None
     # Flow control (see mqtt_connection): the congested connections routed to since the
     # publishing connection last took them, and the I/O layer's callback for "a
@@ -405,6 +404,22 @@ class BrokerCore:
         self.cluster = stand_in
         self.router.shared_elsewhere = False
         self.router.on_interest = None
+        self.cluster_changed_sessions = None  # (nobody looks at them any more)
+
+    def take_changed_sessions(self) -> set[str] | None:
+        """The client ids whose sessions changed since the last call (``session_changed``
+        and deliveries mark them), for a cluster node's session records; None on the
+        first call, which starts the marking (``leave_cluster`` stops it)."""
+        changed = self.cluster_changed_sessions
+        self.cluster_changed_sessions = set()
+        return changed
+
+    def give_back_changed_sessions(self, client_ids: Iterable[str]) -> None:
+        """What ``take_changed_sessions`` returned and was not dealt with: the next call
+        returns it again."""
+        marks = self.cluster_changed_sessions
+        if marks is not None:
+            marks.update(client_ids)
 
     def take_congestion_hits(self) -> set[ClientConnection]:
         """The congested connections routed to since the last call (and forget them)."""
@@ -1308,6 +1323,7 @@ class BrokerCore:
                 # offline sessions queue no QoS 0 (counted, though not the session's drop)
                 self.stats.dropped(DROP_OFFLINE_QOS0)
             return
+        # (session_changed, inline: this runs once per message and recipient)
         if self.records_changes:
             self.dirty_sessions.add(client_id)
         marks = self.cluster_changed_sessions
@@ -1362,11 +1378,11 @@ class BrokerCore:
         """``count`` messages the cluster kept for ``client_id`` could not be read back
         (the session ended or moved, or the stream no longer had them): count them as
         dropped."""
-        session = self.sessions.get(client_id)
         for _ in range(count):
             self.stats.dropped(DROP_QUEUE_FULL)
-            if session is not None:
-                session.dropped += 1
+        session = self.sessions.get(client_id)
+        if session is not None:
+            session.count_lost(count)
 
     def session_dropped(self, session: Session) -> None:
         """A session dropped a message (its ``on_drop``): count it, log an episode's first."""

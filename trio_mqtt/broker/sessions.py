@@ -393,6 +393,11 @@ class Session:
         self.drop_episode += 1
         self.on_drop(self)
 
+    def count_lost(self, count: int) -> None:
+        """``count`` messages that ``on_overflow`` kept elsewhere for this session could
+        not be given back: they count as dropped for it."""
+        self.dropped += count
+
     def end_drop_episode(self) -> int:
         """The queue has room again: how many were dropped in the episode that ends."""
         dropped, self.drop_episode = self.drop_episode, 0

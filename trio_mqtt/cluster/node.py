@@ -1000,12 +1000,12 @@ class ClusterNode:
 
     async def save_sessions_once(self, *, every: bool = False) -> None:
         """Write the records of the persistent sessions that changed since the last call
-        (the core marks them: ``cluster_changed_sessions``), of every one (*every*, or
+        (the core marks them: ``take_changed_sessions``), of every one (*every*, or
         at least every SESSION_CHECK_ALL seconds: a change nothing marked, such as a
         message dropped for a full queue, is written then), and delete those of sessions
         that ended here."""
         core = self.core
-        changed, core.cluster_changed_sessions = core.cluster_changed_sessions, set()
+        changed = core.take_changed_sessions()
         now = core.now()
         everything = every or changed is None or now >= self._check_all_at
         try:
@@ -1019,8 +1019,8 @@ class ClusterNode:
             # not all written (NATS, cancelled): the next call looks at them again
             if everything:
                 self._check_all_at = now
-            elif changed and core.cluster_changed_sessions is not None:
-                core.cluster_changed_sessions |= changed
+            elif changed:
+                core.give_back_changed_sessions(changed)
             raise
 
     async def _save_sessions(self, client_ids: Iterable[str], *, everything: bool) -> None:
@@ -1860,7 +1860,6 @@ async def open_cluster_node(
                         log.warning("cluster: node %s left without a clean goodbye: %s", name, exc)
                 # (stores answered meanwhile were acknowledged; no answer comes any more)
                 node.refuse_pending_stores()
-                core.cluster_changed_sessions = None  # (nobody looks at them any more)
                 nursery.cancel_scope.cancel()
                 node.counters.add_node(
                     forwarded=node.forwarded,
