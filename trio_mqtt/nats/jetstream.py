@@ -349,25 +349,12 @@ class KeyValue:
         last message per subject. Deleted and expired keys are left out.
         """
         check_key_filter(key_filter)
-        replies = await self.client.request_many(
-            f"{API}DIRECT.GET.{self.stream}",
-            json.dumps({"multi_last": [self.prefix + key_filter]}).encode(),
-            timeout=self.timeout,
-        )
-        end = replies[-1]
-        if end.status == 404:
-            return []
-        complete = (
-            end.status == 204
-            and end.headers is not None
-            and end.headers.get("Nats-Num-Pending", "0") == "0"
-        )
-        if not complete:
+        entries, end = await self._multi_last([self.prefix + key_filter])
+        if entries is None:
             if end.status not in (204, 413):
                 raise JetStreamError(end.status or 0, 0, f"entries: {end.description}")
             return await self._entries_by_consumer(key_filter)
-        entries = [self._entry_from_direct(msg) for msg in replies[:-1]]
-        return [entry for entry in entries if entry.operation == "PUT"]
+        return entries
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Entry]:
         """The current value of each of *keys* that has one, by key.
@@ -380,25 +367,37 @@ class KeyValue:
         found: dict[str, Entry] = {}
         for start in range(0, len(keys), GET_MANY_BATCH):
             batch = keys[start : start + GET_MANY_BATCH]
-            replies = await self.client.request_many(
-                f"{API}DIRECT.GET.{self.stream}",
-                json.dumps({"multi_last": [self.prefix + key for key in batch]}).encode(),
-                timeout=self.timeout,
-            )
-            end = replies[-1]
-            if end.status == 404:
-                continue  # none of them has a value
-            if end.status != 204 or end.headers is None:
+            entries, _end = await self._multi_last([self.prefix + key for key in batch])
+            if entries is None:
                 for key in batch:  # (not answered as one batch)
                     entry = await self.get(key)
                     if entry is not None:
                         found[key] = entry
                 continue
-            for msg in replies[:-1]:
-                entry = self._entry_from_direct(msg)
-                if entry.operation == "PUT":
-                    found[entry.key] = entry
+            found.update((entry.key, entry) for entry in entries)
         return found
+
+    async def _multi_last(self, subjects: list[str]) -> tuple[list[Entry] | None, Msg]:
+        """One DIRECT.GET ``multi_last`` request for the last message of each of
+        *subjects* (filters allowed): the PUT entries among them (deleted and expired
+        keys left out; none on 404), or None if the server did not answer them all in
+        this one batch; and the batch's closing reply (its status says why)."""
+        replies = await self.client.request_many(
+            f"{API}DIRECT.GET.{self.stream}",
+            json.dumps({"multi_last": subjects}).encode(),
+            timeout=self.timeout,
+        )
+        end = replies[-1]
+        if end.status == 404:
+            return [], end
+        if (
+            end.status != 204
+            or end.headers is None
+            or end.headers.get("Nats-Num-Pending", "0") != "0"
+        ):
+            return None, end
+        entries = [self._entry_from_direct(msg) for msg in replies[:-1]]
+        return [entry for entry in entries if entry.operation == "PUT"], end
 
     async def _entries_by_consumer(self, key_filter: str) -> list[Entry]:
         latest: dict[str, Entry] = {}
