@@ -40,6 +40,14 @@ def metric(broker: Broker, name: str) -> float:
     raise AssertionError(f"no trio_mqtt_{name} in the metrics")
 
 
+async def subscriber(node: Broker) -> RawClient:
+    """Client "sub" on ``node``, subscribed to ``c/#`` at QoS 1 (SUBACK checked)."""
+    sub = await client(node, "sub")
+    await sub.send(Subscribe(1, (SubscriptionRequest("c/#", 1),)))
+    assert await sub.receive() == Suback(1, (1,))
+    return sub
+
+
 async def received(raw: RawClient, quiet: float = 1.0) -> list[bytes]:
     """Payloads delivered until nothing came for ``quiet`` seconds (each acknowledged)."""
     payloads = []
@@ -61,9 +69,7 @@ async def test_what_was_stored_while_a_node_was_cut_off_reaches_its_subscribers(
     with trio.fail_after(60):
         async with two_nodes(nats_server) as (a, b, relay):
             assert b.cluster is not None
-            sub = await client(b, "sub")
-            await sub.send(Subscribe(1, (SubscriptionRequest("c/#", 1),)))
-            assert await sub.receive() == Suback(1, (1,))
+            sub = await subscriber(b)
             pub_a = await client(a, "pub-a", V311)
             pub_b = await client(b, "pub-b", V311)
             await published(pub_a, "c/x", b"before-1", 1, 1)
@@ -105,9 +111,7 @@ async def test_what_was_stored_while_a_node_was_cut_off_reaches_its_subscribers(
 async def test_a_node_that_never_lost_nats_reads_nothing_back(nats_server: NatsServer) -> None:
     with trio.fail_after(30):
         async with two_nodes(nats_server) as (a, b, _relay):
-            sub = await client(b, "sub")
-            await sub.send(Subscribe(1, (SubscriptionRequest("c/#", 1),)))
-            assert await sub.receive() == Suback(1, (1,))
+            sub = await subscriber(b)
             pub = await client(a, "pub", V311)
             for packet_id in range(1, 4):
                 await published(pub, "c/x", b"m%d" % packet_id, 1, packet_id)
@@ -176,9 +180,7 @@ async def test_a_foreign_message_in_the_stream_is_skipped_not_fatal(
     that no trio-mqtt node wrote is skipped (logged), and the rest still arrives."""
     with trio.fail_after(60):
         async with two_nodes(nats_server) as (a, b, relay):
-            sub = await client(b, "sub")
-            await sub.send(Subscribe(1, (SubscriptionRequest("c/#", 1),)))
-            assert await sub.receive() == Suback(1, (1,))
+            sub = await subscriber(b)
             pub_a = await client(a, "pub-a", V311)
             relay.cut()
             await wait_until(lambda: b.cluster is None, "node b cut off")
