@@ -261,7 +261,7 @@ class Session:
         if connection is not None:
             pending_bytes = self.pending_bytes + item.size
             if pending_bytes + self.inflight_bytes + connection.in_transit <= self.fast_limit:
-                pending = self.pending
+                pending = self.pending  # (pending_queue(), inline: once per delivery)
                 if pending is None:
                     pending = self.pending = deque()
                 pending.append(item)
