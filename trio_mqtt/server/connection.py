@@ -301,7 +301,13 @@ async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerIn
         conn.connection_lost()
         if output.last_word:
             await _linger(stream)
-        await trio.aclose_forcefully(stream)
+        if output.fd >= 0 and watched is not None:
+            # plain TCP: every layer's aclose() only closes the socket, so close it here
+            # without aclose_forcefully's cancelled checkpoint (a Cancelled raised and
+            # caught: a tenth of a short-lived connection's CPU)
+            watched.socket.close()
+        else:
+            await trio.aclose_forcefully(stream)
 
 
 async def _linger(stream: trio.abc.Stream) -> None:

@@ -404,7 +404,8 @@ async def _serve_connection(
         if counted_as is not None and handle.address_limits is not None:
             handle.address_limits.release(counted_as, trio.current_time())
         handle.connection_ended()
-        await trio.aclose_forcefully(stream)
+        if socket_stream.socket.fileno() >= 0:  # else run_connection closed it
+            await trio.aclose_forcefully(stream)
 
 
 def _refuse_denied(handle: ListenerHandle, peer: PeerInfo) -> None:
