@@ -187,7 +187,7 @@ async def serving(core: BrokerCore) -> AsyncIterator[Callable[[trio.abc.Stream],
     async with trio.open_nursery() as nursery:
 
         def serve(stream: trio.abc.Stream) -> None:
-            nursery.start_soon(run_connection, stream, core, PEER)
+            nursery.start_soon(run_connection, stream, core, PEER, nursery)
 
         yield serve
         nursery.cancel_scope.cancel()

@@ -7,9 +7,10 @@ batching and back-pressure can be observed by wrapping the server's end of the s
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
-from helpers import V5, V311, GatedStream, make_core, open_client, serving
+from helpers import PEER, V5, V311, GatedStream, make_core, open_client, serving
 from rawclient import RawClient
 
 from trio_mqtt.broker.message import Message
@@ -26,7 +27,7 @@ from trio_mqtt.mqtt.packets import (
     SubscriptionRequest,
     Will,
 )
-from trio_mqtt.server.connection import IDLE_SLACK
+from trio_mqtt.server.connection import IDLE_SLACK, run_connection
 
 # Virtual time is exact, but leave room for a scheduling round or two.
 EPSILON = 0.001
@@ -274,3 +275,100 @@ async def test_subscriber_that_stops_reading_does_not_block_publisher(
     assert stuck_session.queued_bytes <= max_bytes
     assert stuck_session.dropped >= count - max_bytes // 12
     assert core.stats.messages_dropped >= stuck_session.dropped
+
+
+# ------------------------------------------------------------- writers beside the reader
+
+
+def _writer_tasks(nursery: trio.Nursery) -> list[trio.lowlevel.Task]:
+    return [task for task in nursery.child_tasks if task.name.endswith("_write_loop")]
+
+
+async def test_writers_start_beside_the_connection_which_opens_no_nursery(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An idle connection is one task with no nursery of its own (memory per idle
+    connection); a writer, when one is needed, runs in the nursery the connection runs in."""
+    core = make_core(trio.current_time)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    gated = GatedStream(server_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_connection, gated, core, PEER, nursery)
+        client = RawClient(client_stream, V311)
+        await client.connect("idle", keep_alive=0)
+        await client.send(Subscribe(1, (SubscriptionRequest("b", 0),)))
+        assert isinstance(await client.receive(), Suback)
+        await trio.testing.wait_all_tasks_blocked()
+        [connection_task] = nursery.child_tasks
+        assert connection_task.child_nurseries == []
+
+        gated.gate = trio.Event()
+        core.publish(Message("b", b"held"))  # no reader's step: a writer sends it
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(_writer_tasks(nursery)) == 1  # stuck at the gate
+        assert connection_task.child_nurseries == []
+
+        gated.gate.set()
+        packet = await client.receive()
+        assert isinstance(packet, Publish) and packet.payload == b"held"
+        await trio.testing.wait_all_tasks_blocked()
+        assert _writer_tasks(nursery) == []  # nothing left to send: it ended
+        nursery.cancel_scope.cancel()
+
+
+class _SlowToStop(GatedStream):
+    """Its writes wait at the gate; a cancelled write takes a (virtual) second to stop,
+    as a transport that must still flush something would. Notes the order of events."""
+
+    def __init__(self, inner: trio.abc.Stream, events: list[str]) -> None:
+        super().__init__(inner)
+        self.events = events
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await super().send_all(data)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(1)
+            self.events.append("writer stopped")
+            raise
+
+    async def aclose(self) -> None:
+        self.events.append("stream closed")
+        await super().aclose()
+
+
+@pytest.mark.parametrize("ending", ["eof", "cancelled"])
+async def test_a_connection_ends_after_its_writer(
+    autojump_clock: trio.testing.MockClock, ending: str
+) -> None:
+    """A writer stuck on a client that does not read is stopped and waited for before
+    the connection closes its stream, whether the client went away (EOF) or the
+    connection was cancelled (the broker's shutdown)."""
+    core = make_core(trio.current_time)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    events: list[str] = []
+    stream = _SlowToStop(server_stream, events)
+    async with trio.open_nursery() as nursery:
+
+        async def connection() -> None:
+            try:
+                await run_connection(stream, core, PEER, nursery)
+            finally:
+                events.append(f"connection ended, {len(_writer_tasks(nursery))} writer(s) left")
+
+        nursery.start_soon(connection)
+        client = RawClient(client_stream, V311)
+        await client.connect("stuck", keep_alive=0)
+        await client.send(Subscribe(1, (SubscriptionRequest("b", 0),)))
+        assert isinstance(await client.receive(), Suback)
+        stream.gate = trio.Event()  # never set: the writer waits for good
+        core.publish(Message("b", b"never read"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(_writer_tasks(nursery)) == 1
+        if ending == "eof":
+            await client_stream.aclose()
+        else:
+            nursery.cancel_scope.cancel()
+    assert events == ["writer stopped", "stream closed", "connection ended, 0 writer(s) left"]
+    assert "stuck" not in core.sessions  # a clean session: it ended with its connection

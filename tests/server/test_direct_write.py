@@ -71,7 +71,11 @@ async def test_pipelining_client_that_reads_only_at_the_end_gets_every_ack_in_or
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                run_connection, PrefixedStream(server, b""), make_core(trio.current_time), PEER
+                run_connection,
+                PrefixedStream(server, b""),
+                make_core(trio.current_time),
+                PEER,
+                nursery,
             )
             await client.send_all(encode(Connect(client_id="pipeliner", keep_alive=60), V311))
             await client.send_all(publishes)  # would hang if the server stopped reading
@@ -91,7 +95,7 @@ async def test_own_subscription_messages_and_acks_arrive_in_order_under_back_pre
     reader = PacketReader(protocol_version=V311, server_side=False)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_connection, server, make_core(trio.current_time), PEER)
+            nursery.start_soon(run_connection, server, make_core(trio.current_time), PEER, nursery)
             await connect_and_subscribe(client, reader, "p/#")
             publishes = b"".join(
                 encode(
@@ -133,7 +137,9 @@ async def test_request_response_exchanges_go_out_without_the_writer_task() -> No
     reader = PacketReader(protocol_version=V311, server_side=False)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_connection, counting, make_core(trio.current_time), PEER)
+            nursery.start_soon(
+                run_connection, counting, make_core(trio.current_time), PEER, nursery
+            )
             await connect_and_subscribe(client, reader, "e/#")
             for n in range(1, 101):
                 publish = Publish(topic="e/t", payload=b"%d" % n, qos=1, packet_id=n)
@@ -159,12 +165,12 @@ async def test_a_message_reaches_other_connections_without_a_writer_task_each() 
             for index, ((client, _server), stream, reader) in enumerate(
                 zip(subscribers, counting, readers, strict=True)
             ):
-                nursery.start_soon(run_connection, stream, core, PEER)
+                nursery.start_soon(run_connection, stream, core, PEER, nursery)
                 await client.send_all(encode(Connect(client_id=f"s{index}"), V311))
                 subscribe = Subscribe(1, (SubscriptionRequest("d/#", 1),))
                 await client.send_all(encode(subscribe, V311))
                 assert await read_packets(client, reader, 2) == [Connack(), Suback(1, (1,))]
-            nursery.start_soon(run_connection, publisher_server, core, PEER)
+            nursery.start_soon(run_connection, publisher_server, core, PEER, nursery)
             await publisher.send_all(encode(Connect(client_id="pub"), V311))
             assert await read_packets(publisher, publisher_reader, 1) == [Connack()]
             for n in range(1, 11):
@@ -192,11 +198,11 @@ async def test_a_delivery_a_full_socket_does_not_take_is_finished_by_a_writer() 
     count, payload = 400, b"x" * 5000
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_connection, counting, core, PEER)
+            nursery.start_soon(run_connection, counting, core, PEER, nursery)
             await client.send_all(encode(Connect(client_id="slow"), V311))
             await client.send_all(encode(Subscribe(1, (SubscriptionRequest("f/#", 0),)), V311))
             assert await read_packets(client, reader, 2) == [Connack(), Suback(1, (0,))]
-            nursery.start_soon(run_connection, publisher_server, core, PEER)
+            nursery.start_soon(run_connection, publisher_server, core, PEER, nursery)
             await publisher.send_all(encode(Connect(client_id="fast"), V311))
             stream = b"".join(
                 encode(Publish(topic="f/t", payload=b"%05d" % n + payload), V311)
@@ -231,11 +237,11 @@ async def test_the_delivery_is_written_before_the_publishers_puback(
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_connection, subscriber_server, core, PEER)
+            nursery.start_soon(run_connection, subscriber_server, core, PEER, nursery)
             await subscriber.send_all(encode(Connect(client_id="sub"), V311))
             await subscriber.send_all(encode(Subscribe(1, (SubscriptionRequest("o/#", 1),)), V311))
             assert await read_packets(subscriber, sub_reader, 2) == [Connack(), Suback(1, (1,))]
-            nursery.start_soon(run_connection, publisher_server, core, PEER)
+            nursery.start_soon(run_connection, publisher_server, core, PEER, nursery)
             await publisher.send_all(encode(Connect(client_id="pub"), V311))
             assert await read_packets(publisher, pub_reader, 1) == [Connack()]
             monkeypatch.setattr(os, "write", recording_write)

@@ -349,7 +349,7 @@ async def test_tls_answers_go_out_without_the_writer_task(
     monkeypatch.setattr(connection, "_write_loop", counting_write_loop)
     reader = PacketReader(protocol_version=V311, server_side=False)
     async with tls_pair(pki) as (client, server, peer), trio.open_nursery() as nursery:
-        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer)
+        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer, nursery)
         await client.send_all(encode(Connect(client_id="tls", keep_alive=60), V311))
         subscribe = Subscribe(packet_id=1, subscriptions=(SubscriptionRequest("t/#", 1),))
         await client.send_all(encode(subscribe, V311))
@@ -380,7 +380,9 @@ async def test_tls_connection_under_back_pressure_loses_and_reorders_nothing(
     async with tls_pair(pki, small=True) as (client, server, peer):
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_connection, server, make_core(trio.current_time), peer)
+                nursery.start_soon(
+                    run_connection, server, make_core(trio.current_time), peer, nursery
+                )
                 await client.send_all(encode(Connect(client_id="bp", keep_alive=60), V311))
                 subscribe = Subscribe(packet_id=1, subscriptions=(SubscriptionRequest("p/#", 0),))
                 await client.send_all(encode(subscribe, V311))
@@ -408,7 +410,9 @@ async def test_garbage_on_a_tls_connection_closes_it_without_a_crash(pki: TestPK
     async with tls_pair(pki) as (client, server, peer):
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_connection, server, make_core(trio.current_time), peer)
+                nursery.start_soon(
+                    run_connection, server, make_core(trio.current_time), peer, nursery
+                )
                 await client.transport_stream.send_all(b"\x17\x03\x03\x00\x10" + bytes(16))
         # run_connection returned on its own, and closed the stream
         with pytest.raises(trio.ClosedResourceError):

@@ -7,7 +7,10 @@ task exists only while the connection has output pending: the state machine's wa
 (``on_output``) starts one, it writes everything queued in one ``send_all`` (acks and
 messages from other clients are batched) until nothing is left, then ends. An idle
 connection is one task and no writer: about 2 KiB less per connection than a writer
-that sleeps until there is output. When the state machine wants the connection closed,
+that sleeps until there is output. Writers start in the nursery the connection's task
+runs in (``run_connection``'s ``writers``), not in one of its own, which every idle
+connection would keep; the connection stops and waits for its writer before it closes
+the stream, so none outlives it. When the state machine wants the connection closed,
 the writer flushes what is left, within a bound, and both tasks end. If that flush wrote
 a last word (DISCONNECT, a CONNACK refusal), the connection then lingers (``_linger``):
 it shuts its write side and reads what the client still sends, within a bound, before
@@ -128,10 +131,14 @@ class _Output:
         "_nursery",
         "_reading",
         "_stream",
+        "_writer_ended",
+        "_writer_scope",
         "carry",
         "fd",
         "last_word",
         "noted",
+        "reader_scope",
+        "stopped",
         "tls",
         "unsent",
         "writing",
@@ -150,6 +157,11 @@ class _Output:
         self.writing = False  # a writer task runs (or is about to): it sends everything
         self.carry = b""
         self.last_word = False  # the writer wrote the packets that came with the close
+        # The last writer started: its scope (stop_writer) and its end (writer_ended).
+        self._writer_scope: trio.CancelScope | None = None
+        self._writer_ended: trio.Event | None = None
+        self.reader_scope: trio.CancelScope | None = None  # the reader's current scope
+        self.stopped = False  # a writer ended the connection: the reader stops too
 
     def open(self, nursery: trio.Nursery, conn: MQTTConnection) -> None:
         """Writers may start now, in ``nursery``, for ``conn``'s output."""
@@ -160,8 +172,28 @@ class _Output:
             self.wakeup()
 
     def close(self) -> None:
-        """No writer starts any more (the nursery is done)."""
+        """No writer starts any more (the connection is ending)."""
         self._nursery = None
+
+    def stop_writer(self) -> None:
+        """Cancel the running writer, if any (the connection ends with nothing to say)."""
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+
+    async def writer_ended(self) -> None:
+        """Wait until the last writer started has ended (shielded: a writer ends soon
+        once cancelled, and a final flush is bounded by FINAL_FLUSH_TIMEOUT)."""
+        ended = self._writer_ended
+        if ended is not None and not ended.is_set():
+            with trio.CancelScope(shield=True):
+                await ended.wait()
+
+    def stop_reading(self) -> None:
+        """A writer ended the connection (its transport broke, or it wrote the last
+        word): the reader, wherever it waits, stops."""
+        self.stopped = True
+        if self.reader_scope is not None:
+            self.reader_scope.cancel()
 
     def wakeup(self) -> None:
         # called once per message routed to this connection: keep it cheap
@@ -180,7 +212,9 @@ class _Output:
         self.writing = True
         nursery = self._nursery
         if nursery is not None:
-            nursery.start_soon(_write_loop, self._stream, self._conn, self, nursery.cancel_scope)
+            scope = self._writer_scope = trio.CancelScope()
+            ended = self._writer_ended = trio.Event()
+            nursery.start_soon(_write_loop, self._stream, self._conn, self, scope, ended)
 
     def feed_and_answer(self, conn: MQTTConnection, data: bytes | bytearray) -> None:
         """The reader's step: hand ``data`` to ``conn``, then ``write_now()`` its answer.
@@ -276,10 +310,16 @@ def _watched_socket(stream: trio.abc.Stream) -> WatchedSocketStream | None:
     return None
 
 
-async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerInfo) -> None:
+async def run_connection(
+    stream: trio.abc.Stream, core: BrokerCore, peer: PeerInfo, writers: trio.Nursery
+) -> None:
     """Serve MQTT on ``stream`` until either side closes it. Always closes ``stream``.
 
     ``core`` must run on trio's clock: the connection's deadlines are in its time.
+    Writer tasks start in ``writers``, the nursery this task runs in (the listener's):
+    an idle connection has no nursery of its own (about 1 KiB, and a tenth of a short
+    connection's CPU). The connection still outlives its writers: it waits for the last
+    one before it closes ``stream``.
     """
     output = _Output(stream, _deliveries_for(core))
     conn = open_connection(core, peer, output.wakeup)
@@ -287,16 +327,18 @@ async def run_connection(stream: trio.abc.Stream, core: BrokerCore, peer: PeerIn
     if watched is not None:
         watched.on_blocked = conn.transport_blocked
     try:
-        async with trio.open_nursery() as nursery:
-            output.open(nursery, conn)
-            try:
-                await _read_loop(stream, conn, output, relief_for(core))
-                if conn.wants_close:
-                    output.wakeup()  # a writer flushes the last packets, then ends
-                else:
-                    nursery.cancel_scope.cancel()  # EOF or broken transport: nothing to say
-            finally:
-                output.close()  # a writer now could not start: the nursery is closing
+        output.open(writers, conn)
+        flush = False
+        try:
+            await _read_loop(stream, conn, output, relief_for(core))
+            flush = conn.wants_close
+            if flush:
+                output.wakeup()  # a writer flushes the last packets, then ends
+        finally:
+            output.close()  # no writer starts any more
+            if not flush:
+                output.stop_writer()  # EOF, broken transport or cancelled: nothing to say
+            await output.writer_ended()
     finally:
         conn.connection_lost()
         if output.last_word:
@@ -347,8 +389,10 @@ async def _read_loop(
     # latency benchmark when done for every packet), so a busy connection moves it at
     # most once per IDLE_SLACK: the scope fires never before the connection's deadline
     # and at most IDLE_SLACK after it (exactly on it when the deadline never moved).
-    while not conn.wants_close:
+    while not conn.wants_close and not output.stopped:
         with trio.CancelScope(deadline=conn.next_deadline()) as timer:
+            # (also the scope a writer that ends the connection cancels: stop_reading)
+            output.reader_scope = timer
             while not conn.wants_close:
                 # The next bytes from the client, b"" at EOF. On plain TCP (``output.fd``,
                 # once a PROXY preamble's leftover is read) the socket is read here, as
@@ -400,39 +444,46 @@ async def _read_loop(
                 deadline = conn.next_deadline()
                 if deadline > timer.deadline or deadline + IDLE_SLACK < timer.deadline:
                     timer.deadline = deadline + IDLE_SLACK
-        if timer.cancelled_caught:
+        if timer.cancelled_caught and not output.stopped:
             conn.handle_timer()  # closes, or a packet came in time: a new scope
             output.wakeup()
 
 
 async def _write_loop(
-    stream: trio.abc.Stream, conn: MQTTConnection, output: _Output, scope: trio.CancelScope
+    stream: trio.abc.Stream,
+    conn: MQTTConnection,
+    output: _Output,
+    scope: trio.CancelScope,
+    ended: trio.Event,
 ) -> None:
     """Send the connection's output until none is left, then end (``output.wakeup``
     starts the next writer). If the connection is to close, flush the last packets and
-    end the connection."""
+    end the connection. The connection cancels ``scope`` to stop this writer and waits
+    for ``ended``."""
     done = True  # the connection: unless the writer just ran out of things to send
     try:
-        while True:
-            data = output.take(conn)
-            # output.unsent: the TLS shortcut's leftover, which send_all flushes first
-            if conn.wants_close:
-                if data or output.unsent:
-                    with trio.move_on_after(FINAL_FLUSH_TIMEOUT) as flush:
-                        await stream.send_all(data)
-                    # a last word (DISCONNECT, a refusal) was written: let it arrive
-                    output.last_word = not flush.cancelled_caught
-                return
-            if not data and not output.unsent:
-                done = False
-                output.writing = False
-                return
-            await stream.send_all(data)
-            conn.bytes_written(len(data) + output.unsent)
-            output.unsent = 0
+        with scope:
+            while True:
+                data = output.take(conn)
+                # output.unsent: the TLS shortcut's leftover, which send_all flushes first
+                if conn.wants_close:
+                    if data or output.unsent:
+                        with trio.move_on_after(FINAL_FLUSH_TIMEOUT) as flush:
+                            await stream.send_all(data)
+                        # a last word (DISCONNECT, a refusal) was written: let it arrive
+                        output.last_word = not flush.cancelled_caught
+                    return
+                if not data and not output.unsent:
+                    done = False
+                    output.writing = False
+                    return
+                await stream.send_all(data)
+                conn.bytes_written(len(data) + output.unsent)
+                output.unsent = 0
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
         if done:
             # Writer done means the connection is done: stop the reader too.
-            scope.cancel()
+            output.stop_reading()
+        ended.set()

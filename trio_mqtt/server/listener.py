@@ -317,7 +317,7 @@ async def serve_listener(
             # trio's accept loops: they close the listeners when they end, and back off
             # and retry when accept() runs out of file descriptors or memory
             await trio.serve_listeners(
-                partial(_serve_connection, core, handle),
+                partial(_serve_connection, core, handle, handler_nursery),
                 listeners,
                 handler_nursery=handler_nursery,
             )
@@ -328,7 +328,10 @@ async def serve_listener(
 
 
 async def _serve_connection(
-    core: BrokerCore, handle: ListenerHandle, socket_stream: trio.SocketStream
+    core: BrokerCore,
+    handle: ListenerHandle,
+    handler_nursery: trio.Nursery,
+    socket_stream: trio.SocketStream,
 ) -> None:
     # serve_listeners closes ``socket_stream`` after this returns (aclose_forcefully).
     # One coroutine from here to run_connection, no wrapper: each is a frame that every
@@ -399,7 +402,7 @@ async def _serve_connection(
             )
             return
         handle.accepted += 1
-        await run_connection(mqtt_stream, core, peer)
+        await run_connection(mqtt_stream, core, peer, handler_nursery)  # (its writers too)
     finally:
         if counted_as is not None and handle.address_limits is not None:
             handle.address_limits.release(counted_as, trio.current_time())
