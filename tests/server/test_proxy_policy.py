@@ -8,17 +8,20 @@ exactly ``timeout``" is checked in virtual seconds.
 from __future__ import annotations
 
 import logging
+import socket
 import struct
 
 import pytest
 import trio
 import trio.testing
 
-from trio_mqtt.config import ProxyMode, ProxyPolicy
+from trio_mqtt import open_broker
+from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolicy
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.proxy import Command
 from trio_mqtt.server.proxy_policy import Preamble, read_proxy_preamble
 from trio_mqtt.server.rejection import ConnectionRejected, HealthCheck
+from trio_mqtt.server.watched_stream import WatchedSocketStream
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 # 3.1.1 CONNECT, clean session, keep alive 60, client id "c1" (MQTT 3.1.1 section 3.1)
@@ -560,3 +563,88 @@ async def test_optional_requirements_leave_a_client_without_header_alone() -> No
     result = await preamble_of(CONNECT, requiring(tls=True, cert=True, mode=ProxyMode.OPTIONAL))
     assert result.peer.proxy_header is None
     assert result.leftover == CONNECT
+
+
+# ------------------------------------------------------------ on a socket (no deadline)
+
+
+async def _socket_pair() -> tuple[WatchedSocketStream, trio.SocketStream]:
+    """The broker's end (as a listener wraps it) and the client's, over a socketpair."""
+    ours, theirs = trio.socket.socketpair()
+    return WatchedSocketStream(trio.SocketStream(ours)), trio.SocketStream(theirs)
+
+
+async def test_receive_nowait_takes_what_the_socket_holds() -> None:
+    server, client = await _socket_pair()
+    assert server.receive_nowait(100) is None  # nothing yet: no wait either
+    await client.send_all(b"abc")
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.receive_nowait(100) == b"abc"
+    await client.aclose()
+    assert server.receive_nowait(100) == b""  # EOF
+    await server.aclose()
+    assert server.receive_nowait(100) is None  # closed: receive_some says so
+
+
+async def test_a_header_already_received_is_read_without_a_deadline_scope(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A proxy's header usually arrives with the connection: no scope is entered for it
+    (a deadline scope costs a short connection more than the read)."""
+    scopes: list[float] = []
+    real_fail_at = trio.fail_at
+
+    def counting_fail_at(deadline: float) -> trio.CancelScope:
+        scopes.append(deadline)
+        return real_fail_at(deadline)
+
+    monkeypatch.setattr(trio, "fail_at", counting_fail_at)
+    server, client = await _socket_pair()
+    await client.send_all(V1_HEADER + CONNECT)
+    await trio.testing.wait_all_tasks_blocked()
+    preamble = await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
+    assert preamble.peer.client == CLIENT and preamble.leftover == CONNECT
+    assert scopes == []
+
+    # a header that has not arrived yet is waited for under the one deadline
+    server, client = await _socket_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, V1_HEADER[:10])
+        started = trio.current_time()
+        with pytest.raises(ConnectionRejected, match=r"no complete PROXY header within 0\.2s"):
+            await read_proxy_preamble(server, policy(timeout=0.2), peer_from(TRUSTED_REMOTE))
+        assert 0.2 <= trio.current_time() - started < 1.0
+    assert len(scopes) >= 1 and all(deadline == scopes[0] for deadline in scopes)
+
+
+async def test_a_proxied_connection_whose_bytes_are_there_enters_no_deadline_scope(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through a listener: a header sent together with the CONNECT (as HAProxy sends the
+    client's first bytes right behind it) is read, checked for a second header and
+    handed to MQTT without a fail_at/fail_after scope."""
+    scopes: list[str] = []
+    real_fail_at, real_fail_after = trio.fail_at, trio.fail_after
+
+    def fail_at(deadline: float) -> trio.CancelScope:
+        scopes.append("fail_at")
+        return real_fail_at(deadline)
+
+    def fail_after(seconds: float) -> trio.CancelScope:
+        scopes.append("fail_after")
+        return real_fail_after(seconds)
+
+    monkeypatch.setattr(trio, "fail_at", fail_at)
+    monkeypatch.setattr(trio, "fail_after", fail_after)
+    listener = ListenerConfig(name="lb", host="127.0.0.1", port=0, proxy_protocol=policy())
+    config = BrokerConfig(listeners=(listener,), sys_interval=0)
+    async with open_broker(config) as broker:
+        # connected and sent before the broker's accept loop runs again (no await between)
+        sock = socket.create_connection(("127.0.0.1", broker.port))
+        sock.sendall(V1_HEADER + CONNECT)
+        client = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        assert await client.receive_some(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+        [summary] = broker.clients()
+        assert summary.peer.client == CLIENT
+        await client.aclose()
+    assert scopes == []

@@ -464,24 +464,27 @@ async def _refuse_second_header(
     (HAProxy's ``check-send-proxy``), raised as ``HealthCheck``.
     """
     data = leftover
-    try:
-        with trio.fail_after(wait):
-            while (verdict := looks_like_proxy_header(data)) is None:
-                try:
-                    chunk = await stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    chunk = b""  # the next layer would meet the same
-                if not chunk:
-                    if not data:
-                        raise HealthCheck("closed right after the PROXY header")
-                    return data
-                data += chunk
-    except trio.TooSlowError:
-        raise ConnectionRejected(
-            "timeout",
-            f"nothing after the PROXY header within {wait:g}s ({len(data)} bytes)",
-            level=logging.INFO,
-        ) from None
+    verdict = looks_like_proxy_header(data)
+    if verdict is None:  # (else the bytes read with the header tell: no scope, no read)
+        try:
+            with trio.fail_after(wait):
+                while verdict is None:
+                    try:
+                        chunk = await stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        chunk = b""  # the next layer would meet the same
+                    if not chunk:
+                        if not data:
+                            raise HealthCheck("closed right after the PROXY header")
+                        return data
+                    data += chunk
+                    verdict = looks_like_proxy_header(data)
+        except trio.TooSlowError:
+            raise ConnectionRejected(
+                "timeout",
+                f"nothing after the PROXY header within {wait:g}s ({len(data)} bytes)",
+                level=logging.INFO,
+            ) from None
     if verdict:
         second = ""
         with contextlib.suppress(ProxyProtocolError):

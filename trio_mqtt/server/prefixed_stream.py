@@ -24,8 +24,11 @@ class PrefixedStream(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
-            await trio.lowlevel.checkpoint()
-            return take_front(self._prefix, max_bytes)
+            # a checkpoint, as trio's own socket reads make it (no cancel scope for it)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            data = take_front(self._prefix, max_bytes)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
         return await self.transport_stream.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

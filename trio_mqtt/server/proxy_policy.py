@@ -36,6 +36,7 @@ from trio_mqtt.errors import ProxyProtocolError
 from trio_mqtt.peer import Endpoint, PeerInfo, TLSInfo
 from trio_mqtt.proxy import Address, ClientFlags, Command, ProxyHeader, ProxyParser
 from trio_mqtt.server.rejection import ConnectionRejected, HealthCheck
+from trio_mqtt.server.watched_stream import WatchedSocketStream
 
 RECEIVE_SIZE = 4096
 # 'P' begins "PROXY " (v1), '\r' the v2 signature. An MQTT CONNECT begins 0x10 and a TLS
@@ -77,22 +78,24 @@ async def read_proxy_preamble(
         )
     parser = ProxyParser(max_header_size=policy.max_header_size)
     version = "unknown"
+    # One deadline for the whole header, however it trickles in; each wait for more
+    # bytes is under it (_receive), and bytes already there are taken without one.
+    deadline = trio.current_time() + policy.timeout
     try:
-        with trio.fail_after(policy.timeout):
-            first = await _receive(stream, nothing_yet=True)
-            version = _VERSION_OF_FIRST_BYTE.get(first[0], "unknown")
-            if policy.mode is ProxyMode.OPTIONAL:
-                if first[0] not in _HEADER_FIRST_BYTES:
-                    return Preamble(peer, first)  # no header: the socket's addresses stand
-                if not trusted:
-                    counts[version, "untrusted_source"] += 1
-                    raise ConnectionRejected(
-                        "spoofed-header",
-                        f"PROXY header from {host}, which is not in trusted_sources",
-                    )
-            header = parser.feed(first)
-            while header is None:
-                header = parser.feed(await _receive(stream))
+        first = await _receive(stream, deadline, nothing_yet=True)
+        version = _VERSION_OF_FIRST_BYTE.get(first[0], "unknown")
+        if policy.mode is ProxyMode.OPTIONAL:
+            if first[0] not in _HEADER_FIRST_BYTES:
+                return Preamble(peer, first)  # no header: the socket's addresses stand
+            if not trusted:
+                counts[version, "untrusted_source"] += 1
+                raise ConnectionRejected(
+                    "spoofed-header",
+                    f"PROXY header from {host}, which is not in trusted_sources",
+                )
+        header = parser.feed(first)
+        while header is None:
+            header = parser.feed(await _receive(stream, deadline))
     except trio.TooSlowError:
         counts[version, "timeout"] += 1
         raise ConnectionRejected(
@@ -153,9 +156,23 @@ def check_requirements(header: ProxyHeader, policy: ProxyPolicy) -> None:
     raise ConnectionRejected(reason, f"{client}{option}: {problem}")
 
 
-async def _receive(stream: trio.abc.ReceiveStream, *, nothing_yet: bool = False) -> bytes:
+async def _receive(
+    stream: trio.abc.ReceiveStream, deadline: float, *, nothing_yet: bool = False
+) -> bytes:
+    """The next bytes of the header, waiting for them until ``deadline`` at most.
+
+    On a socket, bytes already received are read without a cancel scope: a proxy sends
+    its header right behind the TCP handshake, so it is usually there when the
+    connection's task first runs, and a scope with a deadline costs a connection more
+    than the read (trio's deadline heap, on entry and exit).
+    """
     try:
-        data = await stream.receive_some(RECEIVE_SIZE)
+        data: bytes | bytearray | None = None
+        if isinstance(stream, WatchedSocketStream):
+            data = stream.receive_nowait(RECEIVE_SIZE)
+        if data is None:
+            with trio.fail_at(deadline):
+                data = await stream.receive_some(RECEIVE_SIZE)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         if nothing_yet:  # HAProxy ends its TCP checks with a reset
             raise HealthCheck(f"connection reset without sending anything ({exc})") from None

@@ -65,5 +65,21 @@ class WatchedSocketStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         return await self.transport_stream.receive_some(max_bytes)
 
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """Bytes the socket has already received (b"" at EOF), or None if none yet.
+
+        Neither waits nor checkpoints. None also when the socket cannot be read this way
+        (closed, or not a POSIX descriptor): ``receive_some`` then says what is wrong.
+        """
+        fd = self.transport_stream.socket.fileno()
+        if fd < 0 or sys.platform == "win32":
+            return None
+        try:
+            return os.read(fd, max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:  # e.g. reset by the peer, as receive_some would raise it
+            raise trio.BrokenResourceError(f"socket read failed: {exc}") from exc
+
     async def aclose(self) -> None:
         await self.transport_stream.aclose()
