@@ -1,10 +1,11 @@
 """serve_listener: one listener's accept loops; one task per accepted connection.
 
-The accept loops are ``trio.serve_listeners`` under the listener's own cancel scope
-(``stop_accepting`` cancels only that); the connection tasks run in the handler nursery
-the broker owns (``server/app.py``), so they outlive the accept loops during a graceful
-shutdown. Each connection goes: accept -> the listener's limit -> PeerInfo from the
-socket -> (PROXY preamble, TLS, WebSocket: per the listener's config) -> MQTT.
+The accept loops (``_accept_loop``, one per bound socket) run under the listener's own
+cancel scope (``stop_accepting`` cancels only that); the connection tasks run in the
+handler nursery the broker owns (``server/app.py``), so they outlive the accept loops
+during a graceful shutdown. Each connection goes: accept -> the listener's limit ->
+PeerInfo from the socket -> (PROXY preamble, TLS, WebSocket: per the listener's config)
+-> MQTT.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 from collections import Counter
-from functools import partial
 
 import attrs
 import trio
@@ -41,6 +42,11 @@ from trio_mqtt.server.websocket import accept_websocket
 log = logging.getLogger("trio_mqtt.listener")
 
 RECEIVE_SIZE = 4096
+# accept(2) errors that mean the system is out of a resource (descriptors, memory): the
+# loop waits ACCEPT_RETRY_DELAY and accepts again, as trio.serve_listeners does, rather
+# than ending the listener
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_DELAY = 0.1
 
 _TLS_TRANSPORTS = frozenset({Transport.TLS, Transport.WSS})
 _WEBSOCKET_TRANSPORTS = frozenset({Transport.WS, Transport.WSS})
@@ -314,17 +320,46 @@ async def serve_listener(
     try:
         with handle._accept_scope:
             task_status.started(handle)
-            # trio's accept loops: they close the listeners when they end, and back off
-            # and retry when accept() runs out of file descriptors or memory
-            await trio.serve_listeners(
-                partial(_serve_connection, core, handle, handler_nursery),
-                listeners,
-                handler_nursery=handler_nursery,
-            )
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(_accept_loop, core, handle, listener, handler_nursery)
     finally:
         for listener in listeners:  # cancelled before the loops began: close here
             await trio.aclose_forcefully(listener)
     log.info("listener %r stopped accepting", config.name)
+
+
+async def _accept_loop(
+    core: BrokerCore,
+    handle: ListenerHandle,
+    listener: trio.SocketListener,
+    handler_nursery: trio.Nursery,
+) -> None:
+    """Accept on ``listener`` until cancelled, then close it; each connection's task
+    (``_serve_connection``) starts in ``handler_nursery``.
+
+    trio.serve_listeners' loop, without the wrapper it runs every connection in: that
+    wrapper's ``aclose_forcefully`` raised and caught a ``Cancelled`` per connection
+    (about a tenth of a short connection's CPU); ``_serve_connection`` closes its socket
+    itself.
+    """
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error(
+                    "listener %r: accept failed: %s (%s); accepting again in %g s",
+                    handle.name,
+                    errno.errorcode[exc.errno],
+                    os.strerror(exc.errno),
+                    ACCEPT_RETRY_DELAY,
+                )
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+            else:
+                handler_nursery.start_soon(_serve_connection, core, handle, handler_nursery, stream)
 
 
 async def _serve_connection(
@@ -333,10 +368,11 @@ async def _serve_connection(
     handler_nursery: trio.Nursery,
     socket_stream: trio.SocketStream,
 ) -> None:
-    # serve_listeners closes ``socket_stream`` after this returns (aclose_forcefully).
+    # The connection's task, from accept to close; it always closes ``socket_stream``.
     # One coroutine from here to run_connection, no wrapper: each is a frame that every
     # idle connection keeps (~0.25 KiB).
     if not handle.admit():
+        socket_stream.socket.close()
         return
     counted_as: str | None = None  # the key address_limits counts this connection under
     try:
@@ -407,8 +443,9 @@ async def _serve_connection(
         if counted_as is not None and handle.address_limits is not None:
             handle.address_limits.release(counted_as, trio.current_time())
         handle.connection_ended()
-        if socket_stream.socket.fileno() >= 0:  # else run_connection closed it
-            await trio.aclose_forcefully(stream)
+        # (run_connection closed it, and whatever TLS or WebSocket had to say; on every
+        # other way out nothing above the socket has anything to say)
+        socket_stream.socket.close()
 
 
 def _refuse_denied(handle: ListenerHandle, peer: PeerInfo) -> None:
