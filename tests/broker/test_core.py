@@ -365,6 +365,24 @@ def publish_many(core: BrokerCore, clock: FakeClock, topic: str, count: int, qos
         core.publish(Message(topic, str(n).encode(), qos=qos, created=clock.now))
 
 
+def test_a_connection_is_woken_once_until_it_takes_its_output(
+    core: BrokerCore, clock: FakeClock
+) -> None:
+    """Messages queued for a connection its server layer has already been told about
+    cost no further wake-up call (one per delivery showed in the fan-out profile)."""
+    client = Client(core, V311)
+    client.connect("sub")
+    client.subscribe(("t", 0))
+    client.raw()
+    before = client.wakeups
+    publish_many(core, clock, "t", 100, qos=0)
+    assert client.wakeups == before + 1
+    assert len(client.publishes()) == 100  # taken: the next message wakes it again
+    publish_many(core, clock, "t", 1, qos=0)
+    assert client.wakeups == before + 2
+    assert [p.payload for p in client.publishes()] == [b"0"]
+
+
 def test_outbound_window_respects_client_receive_maximum(
     core: BrokerCore, clock: FakeClock
 ) -> None:

@@ -100,7 +100,13 @@ class ClientConnection(Protocol):
         """More queued for it than its writer could send yet (flow control)."""
         ...
 
-    def on_output(self) -> None:
+    @property
+    def woken(self) -> bool:
+        """Its server layer was told about queued messages and has not taken them yet:
+        another ``wake()`` would change nothing."""
+        ...
+
+    def wake(self) -> None:
         """Something new to send (a message was queued for it)."""
 
     def update_congestion(self) -> bool:

@@ -1331,7 +1331,8 @@ class BrokerCore:
             marks.add(client_id)
         connection = session.connection
         if connection is not None:
-            connection.on_output()
+            if not connection.woken:
+                connection.wake()
             if session.pending_bytes > CONGESTION_HIGH and (
                 connection.congested or connection.update_congestion()
             ):

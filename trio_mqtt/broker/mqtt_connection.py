@@ -152,6 +152,8 @@ class MQTTConnection:
     # bytes; whether QoS 1/2 messages wait for the client's Receive Maximum
     in_transit: int = 0
     congested: bool = False
+    # the server layer was told (wake) about queued messages it has not taken yet
+    woken: bool = False
     _transport_blocked: bool = False
     _window_full: bool = False
     # congested connections this one published to in its last read (held_back())
@@ -389,12 +391,20 @@ class MQTTConnection:
         if hits:
             self._hold_back()
 
+    def wake(self) -> None:
+        """A message was queued for this connection: tell the server layer, once until it
+        takes the output (the core asks ``woken`` first: a delivery to an already woken
+        connection costs no call)."""
+        self.woken = True
+        self.on_output()
+
     def data_to_send(self) -> bytes:
         """Everything ready to be written, batched into one buffer (bounded in size).
 
         The bytes count as in transit until the server layer reports them written
         (``bytes_written``).
         """
+        self.woken = False
         session = self.session
         if self.state is ConnectionState.CONNECTED and session is not None:
             if session.pending:
