@@ -33,19 +33,13 @@ from typing import Any
 import trio
 
 from benchmarks.provenance import source_commit
+from benchmarks.wire import connect_packet
 from trio_mqtt import open_broker
 from trio_mqtt.cli import GC_THRESHOLDS
 from trio_mqtt.config import BrokerConfig, ListenerConfig
 
 CONCURRENCY = 50
 CONNACK = b"\x20\x02\x00\x00"
-
-
-def _connect_packet(client_id: str) -> bytes:
-    """An MQTT 3.1.1 CONNECT, clean session, keep alive 60 s."""
-    encoded = client_id.encode()
-    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(encoded).to_bytes(2, "big") + encoded
-    return bytes([0x10, len(body)]) + body
 
 
 def client(port: int, count: int) -> float:
@@ -58,7 +52,7 @@ def client(port: int, count: int) -> float:
         while started < count and started - done < CONCURRENCY:
             sock = socket.create_connection(("127.0.0.1", port))
             sock.setblocking(False)
-            sock.send(_connect_packet(f"floor-{started}"))
+            sock.send(connect_packet(f"floor-{started}", keep_alive=60))
             selector.register(sock, selectors.EVENT_READ)
             started += 1
         for key, _events in selector.select(10.0):

@@ -25,10 +25,12 @@ from helpers import wait_until
 
 from trio_mqtt import open_broker
 from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolicy
+from trio_mqtt.mqtt.codec import encode
+from trio_mqtt.mqtt.packets import Connect, ProtocolVersion
 
 from .certs import TestPKI
 
-CONNECT = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03one"  # MQTT 3.1.1, client id "one"
+CONNECT = encode(Connect("one", keep_alive=60), ProtocolVersion.V311)
 CONNACK = b"\x20\x02\x00\x00"
 DISCONNECT = b"\xe0\x00"
 

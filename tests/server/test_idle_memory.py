@@ -15,25 +15,20 @@ import trio
 
 from trio_mqtt import open_broker
 from trio_mqtt.config import BrokerConfig, ListenerConfig
+from trio_mqtt.mqtt.codec import encode
+from trio_mqtt.mqtt.packets import Connect, ProtocolVersion
 
 CONNECTIONS = 300
 # bytes per idle connection: 10,395 before sessions made their queue on first use,
 # 8,942 once the connection's coroutine wrappers went (Python 3.11)
 BUDGET = 10_000
-
-
-def _connect_packet(client_id: str) -> bytes:
-    """An MQTT 3.1.1 CONNECT, clean session, keep alive 60 s (hand-built)."""
-    name = client_id.encode()
-    variable = b"\x00\x04MQTT\x04\x02\x00\x3c"
-    payload = len(name).to_bytes(2, "big") + name
-    return bytes((0x10, len(variable) + len(payload))) + variable + payload
+V311 = ProtocolVersion.V311
 
 
 def _connect_all(sockets: list[socket.socket], port: int, first: int = 0) -> None:
     for number, sock in enumerate(sockets, first):
         sock.connect(("127.0.0.1", port))
-        sock.sendall(_connect_packet(f"idle-{number}"))
+        sock.sendall(encode(Connect(f"idle-{number}", keep_alive=60), V311))
         assert sock.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
 
 
