@@ -43,7 +43,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import weakref
 from collections.abc import Callable
 from typing import TypeVar
@@ -58,7 +57,7 @@ from trio_mqtt.server.backpressure import Relief, relief_for
 from trio_mqtt.server.offload import run_offloaded
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.tls_stream import TLSStream
-from trio_mqtt.server.watched_stream import WatchedSocketStream
+from trio_mqtt.server.watched_stream import WatchedSocketStream, socket_fd
 
 log = logging.getLogger("trio_mqtt.server")
 _A = TypeVar("_A")
@@ -150,7 +149,7 @@ class _Output:
         self.noted = False  # in deliveries.woken: a reader writes it after its step
         self._nursery: trio.Nursery | None = None  # set while writers may start
         self._reading = False  # inside feed_and_answer(): write_now() comes next anyway
-        self.fd = _socket_fd(stream)  # plain TCP: the reader reads it, write_now() writes
+        self.fd = socket_fd(stream)  # plain TCP: the reader reads it, write_now() writes
         # TLS on a socket: write_now() encrypts and writes through it
         self.tls = stream if isinstance(stream, TLSStream) and stream.direct else None
         self.unsent = 0  # TLS: output bytes still in the TLSStream's backlog
@@ -289,15 +288,6 @@ class _Output:
         if sent < len(data):
             self.carry = data[sent:]
             self.wakeup()
-
-
-def _socket_fd(stream: trio.abc.Stream) -> int:
-    """The socket file descriptor under a plain TCP stream; -1 for TLS, WebSocket, ..."""
-    while isinstance(stream, PrefixedStream):
-        stream = stream.transport_stream  # sends go straight through to the transport
-    if isinstance(stream, WatchedSocketStream | trio.SocketStream) and sys.platform != "win32":
-        return stream.socket.fileno()
-    return -1
 
 
 def _watched_socket(stream: trio.abc.Stream) -> WatchedSocketStream | None:

@@ -37,13 +37,12 @@ import contextlib
 import enum
 import os
 import ssl
-import sys
 from typing import Any
 
 import trio
 
 from trio_mqtt.server.prefixed_stream import PrefixedStream
-from trio_mqtt.server.watched_stream import WatchedSocketStream
+from trio_mqtt.server.watched_stream import socket_fd
 
 __all__ = ["RECEIVE_SIZE", "TLSStream"]
 
@@ -85,7 +84,7 @@ class TLSStream(trio.abc.Stream):
         self._sending = False  # a send_all is flushing the backlog through the transport
         # while a PROXY preamble's leftover is pending, reads go through the layers
         self._prefix = transport_stream if isinstance(transport_stream, PrefixedStream) else None
-        self.fd = _socket_fd(transport_stream)  # -1: no socket, every byte via the transport
+        self.fd = socket_fd(transport_stream)  # -1: no socket, every byte via the transport
 
     # ------------------------------------------------------------------ TLS facts
 
@@ -366,12 +365,3 @@ class TLSStream(trio.abc.Stream):
         if state is _State.BROKEN:
             raise trio.BrokenResourceError("the TLS stream is broken")
         raise trio.BrokenResourceError("the TLS handshake has not completed")
-
-
-def _socket_fd(stream: trio.abc.Stream) -> int:
-    """The socket descriptor under ``stream`` (through a PROXY prefix); -1 if none."""
-    while isinstance(stream, PrefixedStream):
-        stream = stream.transport_stream  # sends go straight through to the transport
-    if isinstance(stream, WatchedSocketStream | trio.SocketStream) and sys.platform != "win32":
-        return stream.socket.fileno()
-    return -1

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import trio
 
+from trio_mqtt.server.prefixed_stream import PrefixedStream
+
 
 def _nothing(_blocked: bool) -> None:
     pass
@@ -83,3 +85,13 @@ class WatchedSocketStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await self.transport_stream.aclose()
+
+
+def socket_fd(stream: trio.abc.Stream) -> int:
+    """The descriptor of the socket right under ``stream`` (through a PROXY prefix), for
+    reading and writing it directly; -1 when there is none (TLS, WebSocket, memory)."""
+    while isinstance(stream, PrefixedStream):
+        stream = stream.transport_stream  # sends go straight through to the transport
+    if isinstance(stream, WatchedSocketStream | trio.SocketStream) and sys.platform != "win32":
+        return stream.socket.fileno()
+    return -1
