@@ -49,6 +49,7 @@ from trio_mqtt.mqtt.packets import (
 )
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.server.connection import run_connection
+from trio_mqtt.server.watched_stream import WatchedSocketStream
 
 if TYPE_CHECKING:
     from _typeshed import TraceFunction
@@ -194,12 +195,22 @@ async def serving(core: BrokerCore) -> AsyncIterator[Callable[[trio.abc.Stream],
 
 
 async def open_client(
-    serve: Callable[[trio.abc.Stream], None], version: ProtocolVersion = V311
+    serve: Callable[[trio.abc.Stream], None],
+    version: ProtocolVersion = V311,
+    transport: str = "memory",
 ) -> RawClient:
-    """A RawClient on a memory stream whose other end ``serve`` runs a connection on."""
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    serve(server_stream)
-    return RawClient(client_stream, version)
+    """A RawClient on a stream whose other end ``serve`` runs a connection on: a memory
+    stream (``transport="memory"``), or a connected pair of Unix sockets ("socket"),
+    the server's end wrapped as the listener wraps an accepted socket (the reader then
+    reads the socket itself and its keep alive is the ``KeepAliveWatch``'s)."""
+    if transport == "memory":
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        serve(server_stream)
+        return RawClient(client_stream, version)
+    assert transport == "socket", transport
+    client_socket, server_socket = trio.socket.socketpair()
+    serve(WatchedSocketStream(trio.SocketStream(server_socket)))
+    return RawClient(trio.SocketStream(client_socket), version)
 
 
 async def accepted_client(

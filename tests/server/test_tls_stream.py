@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import PEER, V311, make_core, read_packets
+from helpers import PEER, V5, V311, make_core, read_packets
 from tools import require_tool
 
 from trio_mqtt.config import ListenerConfig
@@ -30,6 +30,7 @@ from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import (
     Connack,
     Connect,
+    Disconnect,
     Pingreq,
     Pingresp,
     Puback,
@@ -366,6 +367,30 @@ async def test_tls_answers_go_out_without_the_writer_task(
             assert Puback(n) in got
         nursery.cancel_scope.cancel()
     assert writers == 0
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["socket", "memory"])
+async def test_tls_keep_alive_timeout_closes_on_time(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock, memory: bool
+) -> None:
+    # On a socket the reader waits inside TLSStream for the socket in no cancel scope of
+    # its own: the KeepAliveWatch rings it (notify_closing) at 1.5 x keep alive, and the
+    # DISCONNECT still goes out through the TLS stream. On memory streams: a scope.
+    reader = PacketReader(protocol_version=V5, server_side=False)
+    async with (
+        tls_pair(pki, memory=memory) as (client, server, peer),
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer, nursery)
+        connect = Connect(client_id="tls-ka", protocol_version=V5, keep_alive=4)
+        await client.send_all(encode(connect, V5))
+        [connack] = await read_packets(client, reader, 1)
+        assert isinstance(connack, Connack) and connack.reason_code == 0
+        start = trio.current_time()
+        with trio.fail_after(100):
+            assert await read_packets(client, reader, 1) == [Disconnect(reason_code=0x8D)]
+        assert trio.current_time() - start == 6
+        nursery.cancel_scope.cancel()
 
 
 async def test_tls_connection_under_back_pressure_loses_and_reorders_nothing(

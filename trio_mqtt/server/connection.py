@@ -41,11 +41,10 @@ state machine what the transport took (``bytes_written``) and, through the
 from __future__ import annotations
 
 import logging
-import math
 import os
 import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -54,6 +53,7 @@ from trio_mqtt.broker.mqtt_connection import MQTTConnection, open_connection
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.backpressure import Relief, relief_for
+from trio_mqtt.server.keep_alive import KeepAliveWatch, keep_alive_watch_for
 from trio_mqtt.server.offload import run_offloaded
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.tls_stream import TLSStream
@@ -63,9 +63,6 @@ log = logging.getLogger("trio_mqtt.server")
 _A = TypeVar("_A")
 
 RECEIVE_SIZE = 65536
-# How late a keep-alive timeout may fire, so that busy connections need not move their
-# deadline for every packet (see _read_loop).
-IDLE_SLACK = 0.0005
 # How long the final flush (CONNACK refusal, DISCONNECT) may take before we just close.
 FINAL_FLUSH_TIMEOUT = 2.0
 # After the final flush, how long and how much we still read (and discard) while the
@@ -134,9 +131,13 @@ class _Output:
         "_writer_scope",
         "carry",
         "fd",
+        "idle",
+        "keep_alive_entry",
         "last_word",
         "noted",
+        "rang",
         "reader_scope",
+        "ring_fd",
         "stopped",
         "tls",
         "unsent",
@@ -161,6 +162,13 @@ class _Output:
         self._writer_ended: trio.Event | None = None
         self.reader_scope: trio.CancelScope | None = None  # the reader's current scope
         self.stopped = False  # a writer ended the connection: the reader stops too
+        # Keep alive on a socket (server/keep_alive.py): the socket the reader waits for
+        # (-1: none, it waits under reader_scope); whether it waits for it now; whether
+        # the deadline came first; and the KeepAliveWatch's entry for it.
+        self.ring_fd = self.fd if self.fd >= 0 else self.tls.fd if self.tls is not None else -1
+        self.idle = False
+        self.rang = False
+        self.keep_alive_entry: list[Any] | None = None
 
     def open(self, nursery: trio.Nursery, conn: MQTTConnection) -> None:
         """Writers may start now, in ``nursery``, for ``conn``'s output."""
@@ -193,6 +201,18 @@ class _Output:
         self.stopped = True
         if self.reader_scope is not None:
             self.reader_scope.cancel()
+        elif self.idle:
+            trio.lowlevel.notify_closing(self.ring_fd)  # its wait raises ClosedResourceError
+
+    def deadline(self) -> float:
+        """When the connection must hear from its client (the ``KeepAliveWatch`` asks)."""
+        return self._conn.next_deadline()
+
+    def ring(self) -> None:
+        """The connection's deadline came while the reader waited for its socket: wake
+        it (its wait raises ``ClosedResourceError``; ``rang`` says why)."""
+        self.rang = True
+        trio.lowlevel.notify_closing(self.ring_fd)
 
     def wakeup(self) -> None:
         # called once per message routed to this connection: keep it cheap
@@ -319,12 +339,14 @@ async def run_connection(
     try:
         output.open(writers, conn)
         flush = False
+        watch = keep_alive_watch_for(writers)
         try:
-            await _read_loop(stream, conn, output, relief_for(core))
+            await _read_loop(stream, conn, output, relief_for(core), watch)
             flush = conn.wants_close
             if flush:
                 output.wakeup()  # a writer flushes the last packets, then ends
         finally:
+            watch.disarm(output)
             output.close()  # no writer starts any more
             if not flush:
                 output.stop_writer()  # EOF, broken transport or cancelled: nothing to say
@@ -369,74 +391,113 @@ async def _send_eof(stream: trio.abc.Stream) -> None:
 
 
 async def _read_loop(
-    stream: trio.abc.Stream, conn: MQTTConnection, output: _Output, relief: Relief
+    stream: trio.abc.Stream,
+    conn: MQTTConnection,
+    output: _Output,
+    relief: Relief,
+    watch: KeepAliveWatch,
 ) -> None:
     # The connection says when it needs the time (next_deadline: the CONNECT timeout,
-    # then the keep-alive timeout); a cancel scope around the reads fires then, and the
-    # connection decides what it means (handle_timer). One scope for many reads, its
-    # deadline moved as packets arrive: cheaper than a new scope per read. Moving a
-    # deadline is itself a deadline-heap update (7% of the broker's CPU in the QoS 1
-    # latency benchmark when done for every packet), so a busy connection moves it at
-    # most once per IDLE_SLACK: the scope fires never before the connection's deadline
-    # and at most IDLE_SLACK after it (exactly on it when the deadline never moved).
+    # then the keep-alive timeout), and decides what it means (handle_timer). On a
+    # socket (plain TCP, TLS on a socket) the reader waits for its client in no cancel
+    # scope of its own: it arms the broker's KeepAliveWatch, which rings it (the wait
+    # raises ClosedResourceError, ``output.rang`` says why) if the deadline comes
+    # first. A scope per idle connection cost it 0.8 KiB and a short one a tenth of its
+    # CPU. Other streams (WebSocket, memory streams) wait under a scope per read.
+    fd = output.fd
+    ring_fd = output.ring_fd
     while not conn.wants_close and not output.stopped:
-        with trio.CancelScope(deadline=conn.next_deadline()) as timer:
-            # (also the scope a writer that ends the connection cancels: stop_reading)
-            output.reader_scope = timer
-            while not conn.wants_close:
-                # The next bytes from the client, b"" at EOF. On plain TCP (``output.fd``,
-                # once a PROXY preamble's leftover is read) the socket is read here, as
-                # trio's SocketStream would, without its layers of coroutines: an idle
-                # connection waits in three frames of ours (the listener's
-                # _serve_connection, run_connection, this one). Written out, not called:
-                # a call is one more frame (~0.24 KiB) for every idle connection.
-                fd = output.fd
-                try:
-                    if fd < 0 or (isinstance(stream, PrefixedStream) and stream.prefix_pending):
-                        data = await stream.receive_some(RECEIVE_SIZE)
-                    else:
-                        await trio.lowlevel.checkpoint_if_cancelled()
-                        try:
-                            data = os.read(fd, RECEIVE_SIZE)
-                        except BlockingIOError:
-                            data = None  # (wait outside the handler: it would keep the error)
-                        if data is None:
-                            while data is None:
-                                await trio.lowlevel.wait_readable(fd)
-                                try:
-                                    data = os.read(fd, RECEIVE_SIZE)
-                                except BlockingIOError:
-                                    continue  # woken, yet nothing to read after all: wait again
-                        else:
-                            await trio.lowlevel.cancel_shielded_checkpoint()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    return  # (OSError: the socket broke under os.read)
-                if not data:
-                    return  # EOF without DISCONNECT: an abnormal close (will is published)
-                output.feed_and_answer(conn, data)
-                while (pending := conn.pending_check) is not None and not conn.wants_close:
-                    # e.g. a password hash: in a worker thread, while the loop serves the
-                    # rest; or a SUBACK held until the cluster's new routes are in place
-                    # (which does not count towards the keep alive: next_deadline says so).
-                    # What it hands back may hold the next one (CONNECT, then SUBSCRIBE).
-                    timer.deadline = conn.next_deadline()
-                    output.check_done_and_answer(conn, await run_offloaded(pending.check))
-                if conn.held_back() and not conn.wants_close:
-                    # Read no more until the subscribers this read went to have caught up.
-                    # The connection does not count the wait towards its keep alive.
-                    timer.deadline = math.inf
-                    await relief.wait_while(conn.held_back)
-                pause = conn.publish_pause()
-                if pause > 0 and not conn.wants_close:
-                    # over its publish budget: the client's bytes wait in its TCP window
-                    timer.deadline = math.inf
-                    await trio.sleep(pause)
-                deadline = conn.next_deadline()
-                if deadline > timer.deadline or deadline + IDLE_SLACK < timer.deadline:
-                    timer.deadline = deadline + IDLE_SLACK
-        if timer.cancelled_caught and not output.stopped:
-            conn.handle_timer()  # closes, or a packet came in time: a new scope
+        if output.rang:  # the deadline came (after the bytes of the last read, if any)
+            output.rang = False
+            conn.handle_timer()  # closes, or a packet came in time
             output.wakeup()
+            continue
+        # The next bytes from the client, b"" at EOF; None if the deadline came first.
+        data: bytes | bytearray | None = None
+        try:
+            if isinstance(stream, PrefixedStream) and stream.prefix_pending:
+                data = await stream.receive_some(RECEIVE_SIZE)  # in memory: no wait
+            elif fd >= 0:
+                # Plain TCP: the socket read here, as trio's SocketStream would, without
+                # its layers of coroutines: an idle connection waits in three frames of
+                # ours (the listener's _serve_connection, run_connection, this one).
+                # Written out, not called: a call is one more frame (~0.24 KiB) for
+                # every idle connection.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    data = os.read(fd, RECEIVE_SIZE)
+                except BlockingIOError:
+                    data = None  # (wait outside the handler: it would keep the error)
+                if data is None:
+                    watch.arm(output, conn.next_deadline())
+                    output.idle = True
+                    try:
+                        while data is None:
+                            await trio.lowlevel.wait_readable(fd)
+                            try:
+                                data = os.read(fd, RECEIVE_SIZE)
+                            except BlockingIOError:
+                                continue  # woken, yet nothing to read after all: wait again
+                    finally:
+                        output.idle = False
+                else:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+            elif ring_fd >= 0:
+                # TLS on a socket: TLSStream waits in wait_readable(ring_fd) as well
+                watch.arm(output, conn.next_deadline())
+                output.idle = True
+                try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                finally:
+                    output.idle = False
+            else:
+                with trio.move_on_at(conn.next_deadline()) as waited:
+                    output.reader_scope = waited  # (the scope stop_reading cancels)
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                output.reader_scope = None
+                output.rang = waited.cancelled_caught and not output.stopped
+        except trio.ClosedResourceError:
+            if not output.rang:
+                return  # stopped (stop_reading), or closed under us
+        except (trio.BrokenResourceError, OSError):
+            return  # (OSError: the socket broke under os.read)
+        if data is None:
+            continue  # rang: the top of the loop asks the connection
+        if not data:
+            return  # EOF without DISCONNECT: an abnormal close (will is published)
+        output.feed_and_answer(conn, data)
+        while (pending := conn.pending_check) is not None and not conn.wants_close:
+            # e.g. a password hash: in a worker thread, while the loop serves the rest;
+            # or a SUBACK held until the cluster's new routes are in place (which does
+            # not count towards the keep alive: next_deadline says so). What it hands
+            # back may hold the next one (CONNECT, then SUBSCRIBE).
+            with trio.move_on_at(conn.next_deadline()) as waited:
+                output.reader_scope = waited
+                code = await run_offloaded(pending.check)
+            output.reader_scope = None
+            if waited.cancelled_caught:
+                output.rang = not output.stopped
+                break
+            output.check_done_and_answer(conn, code)
+        if output.rang or conn.wants_close:
+            continue
+        if conn.held_back():
+            # Read no more until the subscribers this read went to have caught up. The
+            # connection does not count the wait towards its keep alive.
+            with trio.CancelScope() as waited:
+                output.reader_scope = waited
+                await relief.wait_while(conn.held_back)
+            output.reader_scope = None
+            if waited.cancelled_caught:
+                return  # stop_reading
+        pause = conn.publish_pause()
+        if pause > 0 and not conn.wants_close:
+            # over its publish budget: the client's bytes wait in its TCP window (not
+            # counted towards the keep alive either)
+            with trio.CancelScope() as waited:
+                output.reader_scope = waited
+                await trio.sleep(pause)
+            output.reader_scope = None
 
 
 async def _write_loop(

@@ -1,0 +1,211 @@
+"""The KeepAliveWatch (server/keep_alive.py), alone and under connections on sockets.
+
+A connection reading a socket waits for its client in no cancel scope of its own: one
+task per nursery keeps every reader's deadline and wakes (rings) a reader whose deadline
+came while it waited. The timeouts themselves, on sockets and on memory streams, are in
+test_connection.py ("timeouts").
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from helpers import PEER, V5, make_core, open_client
+
+from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.mqtt.packets import Disconnect, Pingreq, Pingresp
+from trio_mqtt.server.connection import run_connection
+from trio_mqtt.server.keep_alive import PRUNE_SLACK, KeepAliveWatch, keep_alive_watch_for
+
+
+class _Reader:
+    """A reader as the watch sees it: a deadline to ask for, a wait to ring."""
+
+    def __init__(self, deadline: float, idle: bool = True) -> None:
+        self.keep_alive_entry: list[Any] | None = None
+        self.idle = idle
+        self._deadline = deadline
+        self.rung_at: list[float] = []
+
+    def deadline(self) -> float:
+        return self._deadline
+
+    def ring(self) -> None:
+        self.rung_at.append(trio.current_time())
+
+
+def _watch_tasks(nursery: trio.Nursery) -> list[trio.lowlevel.Task]:
+    return [task for task in nursery.child_tasks if task.name.endswith("KeepAliveWatch._run")]
+
+
+async def test_a_waiting_reader_is_rung_at_its_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        watch = KeepAliveWatch(nursery)
+        start = trio.current_time()
+        early, late = _Reader(start + 5), _Reader(start + 9)
+        watch.arm(late, late.deadline())
+        watch.arm(early, early.deadline())  # earlier than the task's sleep: it wakes sooner
+        await trio.sleep(20)
+        assert [t - start for t in early.rung_at] == [5]
+        assert [t - start for t in late.rung_at] == [9]
+        assert watch.armed == 0
+
+
+async def test_a_deadline_moved_by_packets_is_asked_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        watch = KeepAliveWatch(nursery)
+        start = trio.current_time()
+        reader = _Reader(start + 5)
+        watch.arm(reader, reader.deadline())
+        await trio.sleep(3)
+        reader._deadline = start + 8  # a packet came: arming again with it does nothing
+        watch.arm(reader, reader.deadline())
+        await trio.sleep(20)
+        assert [t - start for t in reader.rung_at] == [8]  # asked at 5, rung at 8
+
+
+async def test_a_reader_not_waiting_is_not_rung(autojump_clock: trio.testing.MockClock) -> None:
+    """Busy, or waiting for the broker (backpressure, an offloaded check): it arms the
+    watch again before its next wait."""
+    async with trio.open_nursery() as nursery:
+        watch = KeepAliveWatch(nursery)
+        reader = _Reader(trio.current_time() + 5, idle=False)
+        watch.arm(reader, reader.deadline())
+        await trio.sleep(20)
+        assert reader.rung_at == []
+        assert reader.keep_alive_entry is None and watch.armed == 0
+
+
+async def test_no_deadline_arms_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        watch = KeepAliveWatch(nursery)
+        watch.arm(_Reader(math.inf), math.inf)  # keep alive 0
+        assert watch.armed == 0
+        assert _watch_tasks(nursery) == []
+
+
+async def test_the_task_runs_only_while_a_reader_is_armed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Disarming the last reader ends the task at once: the nursery it runs in (the
+    connections') need not be cancelled to end."""
+    with trio.fail_after(1):  # virtual time: the task must not wait for the deadline
+        async with trio.open_nursery() as nursery:
+            watch = KeepAliveWatch(nursery)
+            reader = _Reader(trio.current_time() + 3600)
+            watch.arm(reader, reader.deadline())
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(_watch_tasks(nursery)) == 1
+            watch.disarm(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert _watch_tasks(nursery) == []
+            watch.arm(reader, reader.deadline())  # armed again: a task again
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(_watch_tasks(nursery)) == 1
+            watch.disarm(reader)
+
+
+async def test_disarmed_readers_are_not_kept_and_their_entries_are_pruned(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Connections come and go faster than their deadlines: the heap keeps no reference
+    to an ended one, and no more entries than twice the armed readers (and a slack)."""
+    async with trio.open_nursery() as nursery:
+        watch = KeepAliveWatch(nursery)
+        now = trio.current_time()
+        staying = [_Reader(now + 90) for _ in range(10)]
+        for reader in staying:
+            watch.arm(reader, reader.deadline())
+        gone: list[weakref.ref[_Reader]] = []
+        for _ in range(1000):
+            reader = _Reader(now + 90)
+            watch.arm(reader, reader.deadline())
+            watch.disarm(reader)
+            gone.append(weakref.ref(reader))
+            del reader
+        gc.collect()
+        assert all(ref() is None for ref in gone)
+        assert watch.armed == 10
+        assert len(watch._heap) <= 2 * 10 + PRUNE_SLACK + 1
+        for reader in staying:
+            watch.disarm(reader)
+
+
+def _serving_in(nursery: trio.Nursery, core: BrokerCore) -> Callable[[trio.abc.Stream], None]:
+    def serve(stream: trio.abc.Stream) -> None:
+        nursery.start_soon(run_connection, stream, core, PEER, nursery)
+
+    return serve
+
+
+def _connection_tasks(nursery: trio.Nursery) -> list[trio.lowlevel.Task]:
+    return [task for task in nursery.child_tasks if task.name.endswith("run_connection")]
+
+
+@pytest.mark.parametrize(("transport", "scopes"), [("socket", False), ("memory", True)])
+async def test_a_connection_on_a_socket_waits_in_no_cancel_scope_of_its_own(
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: str,
+    scopes: bool,
+) -> None:
+    """From CONNECT to idle: no cancel scope entered by the connection's task on a
+    socket (the watch has its deadline); a memory stream's reads each take one."""
+    entered: list[str] = []
+    real_enter = trio.CancelScope.__enter__
+
+    def enter(scope: trio.CancelScope) -> trio.CancelScope:
+        entered.append(trio.lowlevel.current_task().name)
+        return real_enter(scope)
+
+    monkeypatch.setattr(trio.CancelScope, "__enter__", enter)
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        client = await open_client(_serving_in(nursery, core), V5, transport)
+        await client.connect("idle", keep_alive=60)
+        await client.send(Pingreq())
+        assert await client.receive() == Pingresp()
+        await trio.testing.wait_all_tasks_blocked()
+        [task] = _connection_tasks(nursery)
+        assert (task.name in entered) is scopes
+        assert keep_alive_watch_for(nursery).armed == (0 if scopes else 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_idle_on_its_socket_is_taken_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The old connection's writer writes the last word (DISCONNECT 0x8E) and stops its
+    reader, which waits for its socket in no scope: notify_closing wakes it."""
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        serve = _serving_in(nursery, core)
+        old = await open_client(serve, V5, "socket")
+        await old.connect("twice", keep_alive=60)
+        await trio.testing.wait_all_tasks_blocked()
+        new = await open_client(serve, V5, "socket")
+        await new.connect("twice", keep_alive=60)
+        assert await old.expect_closed(timeout=5) == [Disconnect(reason_code=0x8E)]
+        await old.stream.aclose()  # (the server lingers for this)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(_connection_tasks(nursery)) == 1
+        assert keep_alive_watch_for(nursery).armed == 1  # the new one's
+        await new.send(Disconnect())
+        assert await new.expect_closed(timeout=5) == []
+        await new.stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        # the last connection gone: nothing armed, and the watch's task ended with it
+        assert _connection_tasks(nursery) == []
+        assert keep_alive_watch_for(nursery).armed == 0
+        assert _watch_tasks(nursery) == []
