@@ -370,6 +370,46 @@ async def test_tls_answers_go_out_without_the_writer_task(
 
 
 @pytest.mark.parametrize("memory", [False, True], ids=["socket", "memory"])
+async def test_send_eof_is_close_notify_and_receiving_goes_on(pki: TestPKI, memory: bool) -> None:
+    async with tls_pair(pki, memory=memory) as (client, server, _peer):
+        await server.send_all(b"last word")
+        await server.send_eof()
+        with trio.fail_after(5):
+            assert await client.receive_some(100) == b"last word"
+            assert await client.receive_some(100) == b""  # close_notify: a clean EOF
+        with pytest.raises(trio.ClosedResourceError):
+            await server.send_all(b"more")
+        assert not server.send_nowait(b"more")
+        await client.send_all(b"still listening?")
+        with trio.fail_after(5):
+            assert await server.receive_some(100) == b"still listening?"
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["socket", "memory"])
+async def test_after_its_last_word_the_broker_closes_a_tls_connection_at_once(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock, memory: bool
+) -> None:
+    # A client that reads until the broker closes (rather than closing itself once it
+    # has the refusal) sees the end at once: close_notify then FIN, as a plain-TCP
+    # client sees FIN. Without them it waited for the linger's LINGER_TIMEOUT.
+    reader = PacketReader(protocol_version=V311, server_side=False)
+    async with (
+        tls_pair(pki, memory=memory) as (client, server, peer),
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer, nursery)
+        # 3.1.1: an empty client id needs a clean session (CONNACK 2, identifier rejected)
+        await client.send_all(encode(Connect(client_id="", clean_start=False), V311))
+        [connack] = await read_packets(client, reader, 1)
+        assert isinstance(connack, Connack) and connack.reason_code != 0  # refused
+        start = trio.current_time()
+        with trio.fail_after(100):
+            assert await client.receive_some(100) == b""
+        assert trio.current_time() - start < connection.LINGER_TIMEOUT / 10
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["socket", "memory"])
 async def test_tls_keep_alive_timeout_closes_on_time(
     pki: TestPKI, autojump_clock: trio.testing.MockClock, memory: bool
 ) -> None:

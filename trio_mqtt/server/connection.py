@@ -367,8 +367,9 @@ async def run_connection(
 async def _linger(stream: trio.abc.Stream) -> None:
     """Let the last packet arrive: send EOF, read and discard until the client's EOF.
 
-    Bounded by LINGER_TIMEOUT and LINGER_BYTES. A stream that cannot half-close (TLS,
-    WebSocket) still drains; the client reads our last packet before it sees the close.
+    Bounded by LINGER_TIMEOUT and LINGER_BYTES. Over TLS the EOF is our close_notify
+    (``TLSStream.send_eof``), then the socket's FIN. A stream that cannot half-close
+    (WebSocket) still drains; the client reads our last packet before it sees the close.
     """
     with trio.move_on_after(LINGER_TIMEOUT):
         try:

@@ -18,7 +18,8 @@ path of ``server/connection.py`` does:
   refuses goes through the transport's ``send_all`` (``WatchedSocketStream``: the
   ``on_blocked`` report and the wait for room are as for plain TCP);
 - ``aclose`` writes a ``close_notify`` without waiting (so it is sent even when the
-  close is forceful), then closes the transport.
+  close is forceful), then closes the transport; ``send_eof`` sends it and shuts the
+  socket's write side, and receiving goes on (a half-close, as TCP's FIN).
 
 The handshake, and every read while the PROXY preamble's leftover is pending, go
 through the transport's ``receive_some``, so the leftover reaches OpenSSL first. Under
@@ -63,7 +64,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class TLSStream(trio.abc.Stream):
+class TLSStream(trio.abc.HalfCloseableStream):
     """A server-side TLS connection over ``transport_stream`` (see the module docstring).
 
     ``do_handshake()`` must complete before anything else is called. One task may
@@ -82,6 +83,7 @@ class TLSStream(trio.abc.Stream):
         self._reader_backlog = 0  # of the backlog, bytes the reader's records added
         self._receiving = False
         self._sending = False  # a send_all is flushing the backlog through the transport
+        self._eof_sent = False  # send_eof: our close_notify went; no more sending
         # while a PROXY preamble's leftover is pending, reads go through the layers
         self._prefix = transport_stream if isinstance(transport_stream, PrefixedStream) else None
         self.fd = socket_fd(transport_stream)  # -1: no socket, every byte via the transport
@@ -250,7 +252,7 @@ class TLSStream(trio.abc.Stream):
         ``send_all`` (with ``b""``, if nothing else is to be sent) must flush it; or the
         stream is broken or closed, and that ``send_all`` will say so.
         """
-        if self._state is not _State.OPEN:
+        if self._state is not _State.OPEN or self._eof_sent:
             return False
         try:
             self._encrypt(data)
@@ -269,6 +271,8 @@ class TLSStream(trio.abc.Stream):
         self._check_usable()
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this TLS stream")
+        if self._eof_sent:
+            raise trio.ClosedResourceError("this TLS stream sent its close_notify (send_eof)")
         await trio.lowlevel.checkpoint_if_cancelled()
         if data:
             self._encrypt(data)
@@ -323,6 +327,35 @@ class TLSStream(trio.abc.Stream):
 
     # ------------------------------------------------------------------ closing
 
+    async def send_eof(self) -> None:
+        """Send close_notify (after the backlog), then shut the socket's write side.
+
+        The client's reads end there, as a plain-TCP client's do at our FIN; ours go on
+        (after its own close_notify, ``receive_some`` returns b""). So a connection that
+        said its last word (a DISCONNECT, a CONNACK refusal) can tell the client at once
+        that nothing more comes, and still read until the client closes
+        (``server/connection._linger``). TLS 1.3 defines close_notify as closing one
+        direction only; OpenSSL reads on after sending it under TLS 1.2 as well.
+        """
+        self._check_usable()
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this TLS stream")
+        if self._eof_sent:
+            await trio.lowlevel.checkpoint()
+            return
+        self._delayed = b""  # no use for tickets now
+        # writes close_notify; SSLWantReadError: the client's has not come yet
+        with contextlib.suppress(ssl.SSLError):
+            self.ssl_object.unwrap()
+        self._take_outgoing()
+        await self.send_all(b"")
+        self._eof_sent = True
+        transport: trio.abc.Stream = self.transport_stream
+        while isinstance(transport, PrefixedStream):
+            transport = transport.transport_stream  # (sends go straight through)
+        if isinstance(transport, trio.abc.HalfCloseableStream):
+            await transport.send_eof()
+
     async def aclose(self) -> None:
         """Send close_notify without waiting for the socket or the peer, then close.
 
@@ -332,7 +365,7 @@ class TLSStream(trio.abc.Stream):
         if self._state is _State.CLOSED:
             await trio.lowlevel.checkpoint()
             return
-        was_open = self._state is _State.OPEN and not self._sending
+        was_open = self._state is _State.OPEN and not self._sending and not self._eof_sent
         self._state = _State.CLOSED
         try:
             if was_open:
