@@ -276,6 +276,10 @@ class TLSStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint_if_cancelled()
         if data:
             self._encrypt(data)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Send the backlog: what the socket takes now, the rest through the transport."""
         self._write_backlog()
         if not self.backlog:
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -347,9 +351,10 @@ class TLSStream(trio.abc.HalfCloseableStream):
         # writes close_notify; SSLWantReadError: the client's has not come yet
         with contextlib.suppress(ssl.SSLError):
             self.ssl_object.unwrap()
+        self._eof_sent = True  # (before the wait below: nothing may be encrypted now)
         self._take_outgoing()
-        await self.send_all(b"")
-        self._eof_sent = True
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self._flush()
         transport: trio.abc.Stream = self.transport_stream
         while isinstance(transport, PrefixedStream):
             transport = transport.transport_stream  # (sends go straight through)
