@@ -7,6 +7,8 @@ batching and back-pressure can be observed by wrapping the server's end of the s
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import trio
 import trio.testing
@@ -186,6 +188,39 @@ async def test_busy_connection_times_out_counted_from_its_last_packet(
         await client.expect_closed(timeout=100)
         silence = trio.current_time() - last_packet
     assert 3 <= silence <= 3 + EPSILON / 100
+
+
+# --------------------------------------------------------------------------- reads
+
+
+async def test_after_a_short_read_the_reader_waits_before_reading_again(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Request/response on a socket: each read that took less than the socket could
+    give is followed by a wait, not by one more read that finds nothing (EAGAIN, a
+    system call and an exception per packet)."""
+    reads: list[int | None] = []  # bytes each read of the socket returned; None: EAGAIN
+    real_read = os.read
+
+    def read(fd: int, size: int) -> bytes:
+        try:
+            data = real_read(fd, size)
+        except BlockingIOError:
+            reads.append(None)
+            raise
+        reads.append(len(data))
+        return data
+
+    core = make_core(trio.current_time)
+    async with serving(core) as serve:
+        client = await open_client(serve, V311, "socket")
+        await client.connect("pinger", keep_alive=60)
+        monkeypatch.setattr(os, "read", read)
+        for _ in range(10):
+            await client.send(Pingreq())
+            assert await client.receive() == Pingresp()
+        monkeypatch.undo()
+    assert reads == [2] * 10  # one read per PINGREQ, each after a wait
 
 
 # --------------------------------------------------------------------------- writer

@@ -407,6 +407,7 @@ async def _read_loop(
     # CPU. Other streams (WebSocket, memory streams) wait under a scope per read.
     fd = output.fd
     ring_fd = output.ring_fd
+    drained = False  # the last socket read left the socket empty (as far as we know)
     while not conn.wants_close and not output.stopped:
         if output.rang:  # the deadline came (after the bytes of the last read, if any)
             output.rang = False
@@ -424,11 +425,18 @@ async def _read_loop(
                 # ours (the listener's _serve_connection, run_connection, this one).
                 # Written out, not called: a call is one more frame (~0.24 KiB) for
                 # every idle connection.
+                # A read that took less than the socket could give left it empty,
+                # most likely: then wait first, rather than read once more for EAGAIN
+                # (a system call and an exception per packet of request/response
+                # traffic); bytes that came meanwhile make the wait end at once.
                 await trio.lowlevel.checkpoint_if_cancelled()
-                try:
-                    data = os.read(fd, RECEIVE_SIZE)
-                except BlockingIOError:
-                    data = None  # (wait outside the handler: it would keep the error)
+                if drained:
+                    data = None
+                else:
+                    try:
+                        data = os.read(fd, RECEIVE_SIZE)
+                    except BlockingIOError:
+                        data = None  # (wait outside the handler: it would keep the error)
                 if data is None:
                     watch.arm(output, conn.next_deadline())
                     output.idle = True
@@ -443,6 +451,7 @@ async def _read_loop(
                         output.idle = False
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()
+                drained = len(data) < RECEIVE_SIZE
             elif ring_fd >= 0:
                 # TLS on a socket: TLSStream waits in wait_readable(ring_fd) as well
                 watch.arm(output, conn.next_deadline())
