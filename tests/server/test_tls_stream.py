@@ -12,6 +12,7 @@ writer task.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -431,6 +432,36 @@ async def test_tls_keep_alive_timeout_closes_on_time(
             assert await read_packets(client, reader, 1) == [Disconnect(reason_code=0x8D)]
         assert trio.current_time() - start == 6
         nursery.cancel_scope.cancel()
+
+
+async def test_tls_reads_wait_after_a_short_read_instead_of_finding_nothing(
+    pki: TestPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on plain TCP: in a request/response exchange, the socket read after a record
+    # found nothing (EAGAIN) every time; a short read is now followed by a wait.
+    eagain = 0
+    real_read = os.read
+
+    def read(fd: int, size: int) -> bytes:
+        nonlocal eagain
+        try:
+            return real_read(fd, size)
+        except BlockingIOError:
+            eagain += 1
+            raise
+
+    reader = PacketReader(protocol_version=V311, server_side=False)
+    async with tls_pair(pki) as (client, server, peer), trio.open_nursery() as nursery:
+        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer, nursery)
+        await client.send_all(encode(Connect(client_id="tls-reads", keep_alive=60), V311))
+        assert await read_packets(client, reader, 1) == [Connack()]
+        monkeypatch.setattr(os, "read", read)
+        for _ in range(10):
+            await client.send_all(encode(Pingreq(), V311))
+            assert await read_packets(client, reader, 1) == [Pingresp()]
+        monkeypatch.undo()
+        nursery.cancel_scope.cancel()
+    assert eagain == 0
 
 
 async def test_tls_connection_under_back_pressure_loses_and_reorders_nothing(

@@ -84,6 +84,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._receiving = False
         self._sending = False  # a send_all is flushing the backlog through the transport
         self._eof_sent = False  # send_eof: our close_notify went; no more sending
+        self._drained = False  # the last socket read left the socket empty, most likely
         # while a PROXY preamble's leftover is pending, reads go through the layers
         self._prefix = transport_stream if isinstance(transport_stream, PrefixedStream) else None
         self.fd = socket_fd(transport_stream)  # -1: no socket, every byte via the transport
@@ -176,11 +177,14 @@ class TLSStream(trio.abc.HalfCloseableStream):
                     raise trio.BrokenResourceError from exc
                 else:
                     break
-                # No whole record decrypted: more ciphertext first.
-                chunk = self._read_now()
+                # No whole record decrypted: more ciphertext first. After a socket
+                # read that took less than the socket could give, wait first rather
+                # than read once more for EAGAIN (as server/connection.py does).
+                chunk = None if self._drained else self._read_now()
                 if chunk is None:
                     chunk = await self._read_waiting()
                     waited = True
+                self._drained = len(chunk) < RECEIVE_SIZE
                 if chunk:
                     self._incoming.write(chunk)
                 else:
