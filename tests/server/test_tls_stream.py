@@ -464,6 +464,35 @@ async def test_tls_reads_wait_after_a_short_read_instead_of_finding_nothing(
     assert eagain == 0
 
 
+async def test_a_tls_read_with_nothing_buffered_goes_for_ciphertext_first(
+    pki: TestPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Asking the SSL object for plaintext with no ciphertext given to it could only
+    # raise SSLWantReadError: an exception per record, in a request/response exchange.
+    want_read = 0
+    reader = PacketReader(protocol_version=V311, server_side=False)
+    async with tls_pair(pki) as (client, server, peer), trio.open_nursery() as nursery:
+        real_read = server.ssl_object.read
+
+        def read(size: int = 1024, buffer: Any = None) -> bytes:
+            nonlocal want_read
+            try:
+                return real_read(size)
+            except ssl.SSLWantReadError:
+                want_read += 1
+                raise
+
+        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer, nursery)
+        await client.send_all(encode(Connect(client_id="tls-decrypt", keep_alive=60), V311))
+        assert await read_packets(client, reader, 1) == [Connack()]
+        monkeypatch.setattr(server.ssl_object, "read", read)
+        for _ in range(10):
+            await client.send_all(encode(Pingreq(), V311))
+            assert await read_packets(client, reader, 1) == [Pingresp()]
+        nursery.cancel_scope.cancel()
+    assert want_read == 0
+
+
 async def test_tls_connection_under_back_pressure_loses_and_reorders_nothing(
     pki: TestPKI,
 ) -> None:

@@ -164,19 +164,26 @@ class TLSStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint_if_cancelled()
             waited = False
             ssl_object = self.ssl_object
+            incoming = self._incoming
+            # With nothing buffered (no ciphertext, no plaintext decrypted ahead) a read
+            # of the SSL object could only raise SSLWantReadError: an exception per
+            # record. Then go for ciphertext first.
+            decrypt = bool(incoming.pending or incoming.eof or ssl_object.pending())
             while True:
-                try:
-                    data = ssl_object.read(max_bytes)
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLZeroReturnError:
-                    data = b""  # close_notify
-                    break
-                except (ssl.SSLError, ssl.CertificateError) as exc:
-                    self._state = _State.BROKEN
-                    raise trio.BrokenResourceError from exc
-                else:
-                    break
+                if decrypt:
+                    try:
+                        data = ssl_object.read(max_bytes)
+                    except ssl.SSLWantReadError:
+                        pass
+                    except ssl.SSLZeroReturnError:
+                        data = b""  # close_notify
+                        break
+                    except (ssl.SSLError, ssl.CertificateError) as exc:
+                        self._state = _State.BROKEN
+                        raise trio.BrokenResourceError from exc
+                    else:
+                        break
+                decrypt = True
                 # No whole record decrypted: more ciphertext first. After a socket
                 # read that took less than the socket could give, wait first rather
                 # than read once more for EAGAIN (as server/connection.py does).
@@ -186,9 +193,9 @@ class TLSStream(trio.abc.HalfCloseableStream):
                     waited = True
                 self._drained = len(chunk) < RECEIVE_SIZE
                 if chunk:
-                    self._incoming.write(chunk)
+                    incoming.write(chunk)
                 else:
-                    self._incoming.write_eof()  # the next read says clean or not
+                    incoming.write_eof()  # the next read says clean or not
             if self._outgoing.pending:
                 self._reader_output()
             if not waited:
