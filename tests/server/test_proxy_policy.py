@@ -8,6 +8,7 @@ exactly ``timeout``" is checked in virtual seconds.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 
@@ -648,3 +649,35 @@ async def test_a_proxied_connection_whose_bytes_are_there_enters_no_deadline_sco
         assert summary.peer.client == CLIENT
         await client.aclose()
     assert scopes == []
+
+
+async def test_after_the_bytes_that_came_with_the_header_the_reader_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CONNECT read with the header is most likely all the socket had: the reader
+    waits for the socket next rather than reading it for EAGAIN (a system call and an
+    exception per proxied connection)."""
+    eagain = 0
+    real_read = os.read
+
+    def read(fd: int, size: int) -> bytes:
+        nonlocal eagain
+        try:
+            return real_read(fd, size)
+        except BlockingIOError:
+            eagain += 1
+            raise
+
+    listener = ListenerConfig(name="lb", host="127.0.0.1", port=0, proxy_protocol=policy())
+    config = BrokerConfig(listeners=(listener,), sys_interval=0)
+    async with open_broker(config) as broker:
+        monkeypatch.setattr(os, "read", read)
+        sock = socket.create_connection(("127.0.0.1", broker.port))
+        sock.sendall(V1_HEADER + CONNECT)
+        client = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        assert await client.receive_some(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+        await client.send_all(b"\xc0\x00")  # PINGREQ
+        assert await client.receive_some(2) == b"\xd0\x00"  # PINGRESP
+        monkeypatch.undo()
+        await client.aclose()
+    assert eagain == 0

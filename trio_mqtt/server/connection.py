@@ -419,6 +419,8 @@ async def _read_loop(
         try:
             if isinstance(stream, PrefixedStream) and stream.prefix_pending:
                 data = await stream.receive_some(RECEIVE_SIZE)  # in memory: no wait
+                # what came with a PROXY header: most likely all the socket had then
+                drained = True
             elif fd >= 0:
                 # Plain TCP: the socket read here, as trio's SocketStream would, without
                 # its layers of coroutines: an idle connection waits in three frames of
