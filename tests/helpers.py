@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 from rawclient import RawClient
@@ -192,6 +194,33 @@ async def serving(core: BrokerCore) -> AsyncIterator[Callable[[trio.abc.Stream],
 
         yield serve
         nursery.cancel_scope.cancel()
+
+
+class SocketReads:
+    """What each ``os.read`` returned while installed: its length, or None for EAGAIN
+    (BlockingIOError). The broker reads sockets with ``os.read``: a read that found
+    nothing is a system call and an exception wasted."""
+
+    def __init__(self) -> None:
+        self.results: list[int | None] = []
+
+    @property
+    def eagain(self) -> int:
+        return self.results.count(None)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real_read = os.read
+
+        def read(fd: int, size: int) -> bytes:
+            try:
+                data = real_read(fd, size)
+            except BlockingIOError:
+                self.results.append(None)
+                raise
+            self.results.append(len(data))
+            return data
+
+        monkeypatch.setattr(os, "read", read)
 
 
 async def open_client(

@@ -7,12 +7,10 @@ batching and back-pressure can be observed by wrapping the server's end of the s
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import trio
 import trio.testing
-from helpers import PEER, V5, V311, GatedStream, make_core, open_client, serving
+from helpers import PEER, V5, V311, GatedStream, SocketReads, make_core, open_client, serving
 from rawclient import RawClient
 
 from trio_mqtt.broker.message import Message
@@ -199,28 +197,17 @@ async def test_after_a_short_read_the_reader_waits_before_reading_again(
     """Request/response on a socket: each read that took less than the socket could
     give is followed by a wait, not by one more read that finds nothing (EAGAIN, a
     system call and an exception per packet)."""
-    reads: list[int | None] = []  # bytes each read of the socket returned; None: EAGAIN
-    real_read = os.read
-
-    def read(fd: int, size: int) -> bytes:
-        try:
-            data = real_read(fd, size)
-        except BlockingIOError:
-            reads.append(None)
-            raise
-        reads.append(len(data))
-        return data
-
+    reads = SocketReads()
     core = make_core(trio.current_time)
     async with serving(core) as serve:
         client = await open_client(serve, V311, "socket")
         await client.connect("pinger", keep_alive=60)
-        monkeypatch.setattr(os, "read", read)
+        reads.install(monkeypatch)
         for _ in range(10):
             await client.send(Pingreq())
             assert await client.receive() == Pingresp()
         monkeypatch.undo()
-    assert reads == [2] * 10  # one read per PINGREQ, each after a wait
+    assert reads.results == [2] * 10  # one read per PINGREQ, each after a wait
 
 
 # --------------------------------------------------------------------------- writer

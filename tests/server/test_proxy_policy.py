@@ -8,13 +8,13 @@ exactly ``timeout``" is checked in virtual seconds.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import struct
 
 import pytest
 import trio
 import trio.testing
+from helpers import SocketReads
 
 from trio_mqtt import open_broker
 from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolicy
@@ -657,21 +657,11 @@ async def test_after_the_bytes_that_came_with_the_header_the_reader_waits(
     """The CONNECT read with the header is most likely all the socket had: the reader
     waits for the socket next rather than reading it for EAGAIN (a system call and an
     exception per proxied connection)."""
-    eagain = 0
-    real_read = os.read
-
-    def read(fd: int, size: int) -> bytes:
-        nonlocal eagain
-        try:
-            return real_read(fd, size)
-        except BlockingIOError:
-            eagain += 1
-            raise
-
+    reads = SocketReads()
     listener = ListenerConfig(name="lb", host="127.0.0.1", port=0, proxy_protocol=policy())
     config = BrokerConfig(listeners=(listener,), sys_interval=0)
     async with open_broker(config) as broker:
-        monkeypatch.setattr(os, "read", read)
+        reads.install(monkeypatch)
         sock = socket.create_connection(("127.0.0.1", broker.port))
         sock.sendall(V1_HEADER + CONNECT)
         client = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
@@ -680,4 +670,4 @@ async def test_after_the_bytes_that_came_with_the_header_the_reader_waits(
         assert await client.receive_some(2) == b"\xd0\x00"  # PINGRESP
         monkeypatch.undo()
         await client.aclose()
-    assert eagain == 0
+    assert reads.eagain == 0

@@ -12,7 +12,6 @@ writer task.
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import PEER, V5, V311, make_core, read_packets
+from helpers import PEER, V5, V311, SocketReads, make_core, read_packets
 from tools import require_tool
 
 from trio_mqtt.config import ListenerConfig
@@ -105,6 +104,21 @@ async def tls_pair(
     finally:
         await trio.aclose_forcefully(server)
         await trio.aclose_forcefully(client)
+
+
+@asynccontextmanager
+async def tls_connection(
+    pki: TestPKI, *, memory: bool = False
+) -> AsyncIterator[tuple[trio.SSLStream[Any], TLSStream]]:
+    """A client connected over TLS to ``run_connection`` (a fresh core); the server's
+    TLSStream too. The connection is cancelled at the end."""
+    async with (
+        tls_pair(pki, memory=memory) as (client, server, peer),
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer, nursery)
+        yield client, server
+        nursery.cancel_scope.cancel()
 
 
 async def receive_exactly(stream: trio.abc.ReceiveStream, count: int) -> bytes:
@@ -394,11 +408,7 @@ async def test_after_its_last_word_the_broker_closes_a_tls_connection_at_once(
     # has the refusal) sees the end at once: close_notify then FIN, as a plain-TCP
     # client sees FIN. Without them it waited for the linger's LINGER_TIMEOUT.
     reader = PacketReader(protocol_version=V311, server_side=False)
-    async with (
-        tls_pair(pki, memory=memory) as (client, server, peer),
-        trio.open_nursery() as nursery,
-    ):
-        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer, nursery)
+    async with tls_connection(pki, memory=memory) as (client, _server):
         # 3.1.1: an empty client id needs a clean session (CONNACK 2, identifier rejected)
         await client.send_all(encode(Connect(client_id="", clean_start=False), V311))
         [connack] = await read_packets(client, reader, 1)
@@ -407,7 +417,6 @@ async def test_after_its_last_word_the_broker_closes_a_tls_connection_at_once(
         with trio.fail_after(100):
             assert await client.receive_some(100) == b""
         assert trio.current_time() - start < connection.LINGER_TIMEOUT / 10
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("memory", [False, True], ids=["socket", "memory"])
@@ -418,11 +427,7 @@ async def test_tls_keep_alive_timeout_closes_on_time(
     # its own: the KeepAliveWatch rings it (notify_closing) at 1.5 x keep alive, and the
     # DISCONNECT still goes out through the TLS stream. On memory streams: a scope.
     reader = PacketReader(protocol_version=V5, server_side=False)
-    async with (
-        tls_pair(pki, memory=memory) as (client, server, peer),
-        trio.open_nursery() as nursery,
-    ):
-        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer, nursery)
+    async with tls_connection(pki, memory=memory) as (client, _server):
         connect = Connect(client_id="tls-ka", protocol_version=V5, keep_alive=4)
         await client.send_all(encode(connect, V5))
         [connack] = await read_packets(client, reader, 1)
@@ -431,7 +436,6 @@ async def test_tls_keep_alive_timeout_closes_on_time(
         with trio.fail_after(100):
             assert await read_packets(client, reader, 1) == [Disconnect(reason_code=0x8D)]
         assert trio.current_time() - start == 6
-        nursery.cancel_scope.cancel()
 
 
 async def test_tls_reads_wait_after_a_short_read_instead_of_finding_nothing(
@@ -439,29 +443,17 @@ async def test_tls_reads_wait_after_a_short_read_instead_of_finding_nothing(
 ) -> None:
     # As on plain TCP: in a request/response exchange, the socket read after a record
     # found nothing (EAGAIN) every time; a short read is now followed by a wait.
-    eagain = 0
-    real_read = os.read
-
-    def read(fd: int, size: int) -> bytes:
-        nonlocal eagain
-        try:
-            return real_read(fd, size)
-        except BlockingIOError:
-            eagain += 1
-            raise
-
+    reads = SocketReads()
     reader = PacketReader(protocol_version=V311, server_side=False)
-    async with tls_pair(pki) as (client, server, peer), trio.open_nursery() as nursery:
-        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer, nursery)
+    async with tls_connection(pki) as (client, _server):
         await client.send_all(encode(Connect(client_id="tls-reads", keep_alive=60), V311))
         assert await read_packets(client, reader, 1) == [Connack()]
-        monkeypatch.setattr(os, "read", read)
+        reads.install(monkeypatch)
         for _ in range(10):
             await client.send_all(encode(Pingreq(), V311))
             assert await read_packets(client, reader, 1) == [Pingresp()]
         monkeypatch.undo()
-        nursery.cancel_scope.cancel()
-    assert eagain == 0
+    assert reads.eagain == 0
 
 
 async def test_a_tls_read_with_nothing_buffered_goes_for_ciphertext_first(
@@ -471,7 +463,7 @@ async def test_a_tls_read_with_nothing_buffered_goes_for_ciphertext_first(
     # raise SSLWantReadError: an exception per record, in a request/response exchange.
     want_read = 0
     reader = PacketReader(protocol_version=V311, server_side=False)
-    async with tls_pair(pki) as (client, server, peer), trio.open_nursery() as nursery:
+    async with tls_connection(pki) as (client, server):
         real_read = server.ssl_object.read
 
         def read(size: int = 1024, buffer: Any = None) -> bytes:
@@ -482,14 +474,12 @@ async def test_a_tls_read_with_nothing_buffered_goes_for_ciphertext_first(
                 want_read += 1
                 raise
 
-        nursery.start_soon(run_connection, server, make_core(trio.current_time), peer, nursery)
         await client.send_all(encode(Connect(client_id="tls-decrypt", keep_alive=60), V311))
         assert await read_packets(client, reader, 1) == [Connack()]
         monkeypatch.setattr(server.ssl_object, "read", read)
         for _ in range(10):
             await client.send_all(encode(Pingreq(), V311))
             assert await read_packets(client, reader, 1) == [Pingresp()]
-        nursery.cancel_scope.cancel()
     assert want_read == 0
 
 
