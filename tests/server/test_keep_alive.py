@@ -17,10 +17,19 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import PEER, V5, make_core, open_client
+from helpers import PEER, V5, make_core, open_client, wait_until
 
 from trio_mqtt.broker.core import BrokerCore
-from trio_mqtt.mqtt.packets import Disconnect, Pingreq, Pingresp
+from trio_mqtt.broker.message import Message
+from trio_mqtt.mqtt.packets import (
+    Disconnect,
+    Pingreq,
+    Pingresp,
+    Suback,
+    Subscribe,
+    SubscriptionRequest,
+)
+from trio_mqtt.server import connection
 from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.keep_alive import PRUNE_SLACK, KeepAliveWatch, keep_alive_watch_for
 
@@ -153,6 +162,10 @@ def _connection_tasks(nursery: trio.Nursery) -> list[trio.lowlevel.Task]:
     return [task for task in nursery.child_tasks if task.name.endswith("run_connection")]
 
 
+def _writer_tasks(nursery: trio.Nursery) -> list[trio.lowlevel.Task]:
+    return [task for task in nursery.child_tasks if task.name.endswith("_write_loop")]
+
+
 @pytest.mark.parametrize(("transport", "scopes"), [("socket", False), ("memory", True)])
 async def test_a_connection_on_a_socket_waits_in_no_cancel_scope_of_its_own(
     autojump_clock: trio.testing.MockClock,
@@ -209,3 +222,63 @@ async def test_a_connection_idle_on_its_socket_is_taken_over(
         assert _connection_tasks(nursery) == []
         assert keep_alive_watch_for(nursery).armed == 0
         assert _watch_tasks(nursery) == []
+
+
+async def test_keep_alive_ends_a_connection_whose_writer_is_stuck(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that neither reads nor sends: its writer waits for room in the socket
+    when the keep alive runs out. Waking the reader (notify_closing) wakes that writer
+    too; the connection still ends on time, its task and writer gone."""
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        client = await open_client(_serving_in(nursery, core), V5, "socket")
+        await client.connect("stuck", keep_alive=2)
+        await client.send(Subscribe(1, (SubscriptionRequest("flood", 0),)))
+        assert isinstance(await client.receive(), Suback)
+        start = trio.current_time()
+        for _ in range(64):  # far more than the socket pair holds: the writer waits
+            core.publish(Message("flood", bytes(16384)))
+            await trio.testing.wait_all_tasks_blocked()
+        assert _writer_tasks(nursery)
+        await wait_until(lambda: "stuck" not in core.sessions, "the session ended", 100)
+        assert 3 <= trio.current_time() - start <= 3 + 0.02  # 1.5 x keep alive
+        await wait_until(
+            lambda: not _connection_tasks(nursery) and not _writer_tasks(nursery),
+            "the connection's task and writer ended",
+            1,
+        )
+        assert keep_alive_watch_for(nursery).armed == 0
+
+
+async def test_a_client_that_reads_nothing_is_taken_over_within_the_final_flush_bound(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The old connection's writer is stuck in a send (its client reads nothing) when a
+    new connection takes the session over: the close bounds that writer by
+    FINAL_FLUSH_TIMEOUT, then the old connection ends (it waited for that send forever,
+    its reader idle, its socket held)."""
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        serve = _serving_in(nursery, core)
+        stuck = await open_client(serve, V5, "socket")
+        await stuck.connect("twice", keep_alive=0, clean_start=False)
+        await stuck.send(Subscribe(1, (SubscriptionRequest("flood", 0),)))
+        assert isinstance(await stuck.receive(), Suback)
+        for _ in range(64):  # far more than the socket pair holds: the writer waits
+            core.publish(Message("flood", bytes(16384)))
+            await trio.testing.wait_all_tasks_blocked()
+        assert _writer_tasks(nursery)
+        new = await open_client(serve, V5, "socket")
+        start = trio.current_time()
+        await new.connect("twice", keep_alive=0, clean_start=False)
+        await wait_until(
+            lambda: len(_connection_tasks(nursery)) == 1 and not _writer_tasks(nursery),
+            "the old connection gone",
+            100,
+        )
+        assert trio.current_time() - start <= connection.FINAL_FLUSH_TIMEOUT + 0.02
+        await new.send(Disconnect())
+        await new.expect_closed(timeout=5)
+        await new.stream.aclose()
+        await stuck.stream.aclose()

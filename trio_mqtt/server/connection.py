@@ -11,7 +11,8 @@ that sleeps until there is output. Writers start in the nursery the connection's
 runs in (``run_connection``'s ``writers``), not in one of its own, which every idle
 connection would keep; the connection stops and waits for its writer before it closes
 the stream, so none outlives it. When the state machine wants the connection closed,
-the writer flushes what is left, within a bound, and both tasks end. If that flush wrote
+the writer flushes what is left, within a bound (which also cuts short a send under way
+when the close came), and both tasks end. If that flush wrote
 a last word (DISCONNECT, a CONNACK refusal), the connection then lingers (``_linger``):
 it shuts its write side and reads what the client still sends, within a bound, before
 it closes. Closing a socket with unread input makes the kernel send RST, which can
@@ -182,6 +183,16 @@ class _Output:
         """No writer starts any more (the connection is ending)."""
         self._nursery = None
 
+    def _bound_writer(self) -> None:
+        """The connection is to close while its writer runs: the writer gets at most
+        FINAL_FLUSH_TIMEOUT from now, whatever it is sending. A send under way when the
+        close came (to a client that reads nothing) would otherwise hold the connection,
+        its reader and its socket for as long as the client does not read."""
+        scope = self._writer_scope
+        assert scope is not None
+        deadline = trio.current_time() + FINAL_FLUSH_TIMEOUT
+        scope.deadline = min(scope.deadline, deadline)
+
     def stop_writer(self) -> None:
         """Cancel the running writer, if any (the connection ends with nothing to say)."""
         if self._writer_scope is not None:
@@ -217,6 +228,8 @@ class _Output:
     def wakeup(self) -> None:
         # called once per message routed to this connection: keep it cheap
         if self.writing or self._reading or self.noted:
+            if self.writing and self._writer_scope is not None and self._conn.wants_close:
+                self._bound_writer()
             return
         deliveries = self._deliveries
         if (
