@@ -9,6 +9,8 @@ calling ``core.tick()``.
 
 from __future__ import annotations
 
+import logging
+
 import attrs
 import pytest
 from helpers import V5, V31, V311, Client, FakeClock, make_core
@@ -27,6 +29,7 @@ from trio_mqtt.mqtt.packets import (
     Pubrel,
     Will,
 )
+from trio_mqtt.peer import PeerInfo
 
 # CONNACK bytes by hand (3.1.1 section 3.2): type 2, remaining length 2, flags, return code
 CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
@@ -605,3 +608,34 @@ def test_an_idle_session_holds_no_queue_or_packet_id_set(core: BrokerCore) -> No
     pub.send(Pubrel(5))  # a second release: not known any more
     (answer,) = pub.packets()
     assert type(answer).__name__ == "Pubcomp" and answer.reason_code == 0x92
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])
+def test_connect_and_disconnect_lines_are_built_only_when_logged(
+    core: BrokerCore,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    level: int,
+) -> None:
+    """At INFO a connection logs a connected and a disconnected line; below it, their
+    arguments (the peer's description and fields) are not even built: about a tenth of
+    a short connection's work."""
+    built: list[str] = []
+    real_log_fields = PeerInfo.log_fields
+
+    def log_fields(peer: PeerInfo) -> dict[str, str]:
+        built.append(peer.listener)
+        return real_log_fields(peer)
+
+    monkeypatch.setattr(PeerInfo, "log_fields", log_fields)
+    caplog.set_level(level, logger="trio_mqtt.broker")
+    client = Client(core, V311)
+    client.connect("logged")
+    client.conn.connection_lost()
+    events = [getattr(record, "event", None) for record in caplog.records]
+    if level == logging.INFO:
+        assert events == ["connected", "disconnected"]
+        assert len(built) == 2
+    else:
+        assert events == []
+        assert built == []
