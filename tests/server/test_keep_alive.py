@@ -282,3 +282,15 @@ async def test_a_client_that_reads_nothing_is_taken_over_within_the_final_flush_
         await new.expect_closed(timeout=5)
         await new.stream.aclose()
         await stuck.stream.aclose()
+
+
+async def test_a_watch_does_not_keep_its_nursery_alive() -> None:
+    """One watch per nursery, found through a weak mapping: the watch must not hold its
+    nursery (an embedding app that opens and closes brokers would keep every one)."""
+    async with trio.open_nursery() as nursery:
+        watch = keep_alive_watch_for(nursery)
+        assert keep_alive_watch_for(nursery) is watch
+        gone = weakref.ref(nursery)
+    del nursery, watch
+    gc.collect()
+    assert gone() is None

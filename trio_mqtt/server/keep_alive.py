@@ -63,7 +63,8 @@ class KeepAliveWatch:
     __slots__ = ("__weakref__", "_heap", "_live", "_nursery", "_running", "_sequence", "_sleep")
 
     def __init__(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
+        # weakly: the watch is the value of a weak mapping keyed by its nursery
+        self._nursery = weakref.ref(nursery)
         self._heap: list[_Entry] = []
         self._live = 0  # armed readers: the entries not cut loose
         self._sequence = itertools.count()  # ties: never compare the readers themselves
@@ -93,8 +94,10 @@ class KeepAliveWatch:
         entry = watched.keep_alive_entry = [deadline, next(self._sequence), watched]
         heapq.heappush(self._heap, entry)
         if not self._running:
+            nursery = self._nursery()
+            assert nursery is not None  # (a connection in it is arming the watch)
             self._running = True
-            self._nursery.start_soon(self._run)
+            nursery.start_soon(self._run)
         elif self._sleep is not None and deadline < self._sleep.deadline:
             self._sleep.deadline = deadline
         self._prune_if_needed()
