@@ -56,7 +56,7 @@ from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.backpressure import Relief, relief_for
 from trio_mqtt.server.keep_alive import KeepAliveWatch, keep_alive_watch_for
 from trio_mqtt.server.offload import run_offloaded
-from trio_mqtt.server.prefixed_stream import PrefixedStream
+from trio_mqtt.server.prefixed_stream import PrefixedStream, send_eof_beneath_prefix
 from trio_mqtt.server.tls_stream import TLSStream
 from trio_mqtt.server.watched_stream import WatchedSocketStream, socket_fd
 
@@ -386,7 +386,7 @@ async def _linger(stream: trio.abc.Stream) -> None:
     """
     with trio.move_on_after(LINGER_TIMEOUT):
         try:
-            await _send_eof(stream)
+            await send_eof_beneath_prefix(stream)
             drained = 0
             while drained < LINGER_BYTES:
                 data = await stream.receive_some(RECEIVE_SIZE)
@@ -395,13 +395,6 @@ async def _linger(stream: trio.abc.Stream) -> None:
                 drained += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # gone already: nothing more to protect
-
-
-async def _send_eof(stream: trio.abc.Stream) -> None:
-    while isinstance(stream, PrefixedStream):
-        stream = stream.transport_stream  # sends go straight through to the transport
-    if isinstance(stream, trio.abc.HalfCloseableStream):
-        await stream.send_eof()
 
 
 async def _read_loop(

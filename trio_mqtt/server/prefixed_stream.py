@@ -47,3 +47,18 @@ def take_front(buffer: bytearray, max_bytes: int | None) -> bytes:
     data = bytes(buffer[:size])
     del buffer[:size]
     return data
+
+
+def beneath_prefix(stream: trio.abc.Stream) -> trio.abc.Stream:
+    """``stream``, or the stream under its PROXY prefix layers: sends and EOF go
+    straight through those to their transport."""
+    while isinstance(stream, PrefixedStream):
+        stream = stream.transport_stream
+    return stream
+
+
+async def send_eof_beneath_prefix(stream: trio.abc.Stream) -> None:
+    """Half-close ``stream`` (under any PROXY prefix) if it can; nothing if it cannot."""
+    stream = beneath_prefix(stream)
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()

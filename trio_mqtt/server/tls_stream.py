@@ -42,7 +42,7 @@ from typing import Any
 
 import trio
 
-from trio_mqtt.server.prefixed_stream import PrefixedStream
+from trio_mqtt.server.prefixed_stream import PrefixedStream, send_eof_beneath_prefix
 from trio_mqtt.server.watched_stream import socket_fd
 
 __all__ = ["RECEIVE_SIZE", "TLSStream"]
@@ -366,11 +366,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._take_outgoing()
         await trio.lowlevel.checkpoint_if_cancelled()
         await self._flush()
-        transport: trio.abc.Stream = self.transport_stream
-        while isinstance(transport, PrefixedStream):
-            transport = transport.transport_stream  # (sends go straight through)
-        if isinstance(transport, trio.abc.HalfCloseableStream):
-            await transport.send_eof()
+        await send_eof_beneath_prefix(self.transport_stream)  # then the socket's FIN
 
     async def aclose(self) -> None:
         """Send close_notify without waiting for the socket or the peer, then close.

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import trio
 
-from trio_mqtt.server.prefixed_stream import PrefixedStream
+from trio_mqtt.server.prefixed_stream import beneath_prefix
 
 
 def _nothing(_blocked: bool) -> None:
@@ -90,8 +90,7 @@ class WatchedSocketStream(trio.abc.HalfCloseableStream):
 def socket_fd(stream: trio.abc.Stream) -> int:
     """The descriptor of the socket right under ``stream`` (through a PROXY prefix), for
     reading and writing it directly; -1 when there is none (TLS, WebSocket, memory)."""
-    while isinstance(stream, PrefixedStream):
-        stream = stream.transport_stream  # sends go straight through to the transport
+    stream = beneath_prefix(stream)
     if isinstance(stream, WatchedSocketStream | trio.SocketStream) and sys.platform != "win32":
         return stream.socket.fileno()
     return -1
