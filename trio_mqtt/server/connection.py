@@ -41,10 +41,12 @@ state machine what the transport took (``bytes_written``) and, through the
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import trio
@@ -214,6 +216,17 @@ class _Output:
             self.reader_scope.cancel()
         elif self.idle:
             trio.lowlevel.notify_closing(self.ring_fd)  # its wait raises ClosedResourceError
+
+    @contextlib.contextmanager
+    def reader_waiting(self, deadline: float = math.inf) -> Iterator[trio.CancelScope]:
+        """A wait of the reader's other than for its socket: under a scope that ends it
+        at ``deadline`` and that ``stop_reading`` cancels."""
+        with trio.move_on_at(deadline) as scope:
+            self.reader_scope = scope
+            try:
+                yield scope
+            finally:
+                self.reader_scope = None
 
     def deadline(self) -> float:
         """When the connection must hear from its client (the ``KeepAliveWatch`` asks)."""
@@ -469,10 +482,8 @@ async def _read_loop(
                 finally:
                     output.idle = False
             else:
-                with trio.move_on_at(conn.next_deadline()) as waited:
-                    output.reader_scope = waited  # (the scope stop_reading cancels)
+                with output.reader_waiting(conn.next_deadline()) as waited:
                     data = await stream.receive_some(RECEIVE_SIZE)
-                output.reader_scope = None
                 output.rang = waited.cancelled_caught and not output.stopped
         except trio.ClosedResourceError:
             if not output.rang:
@@ -489,10 +500,8 @@ async def _read_loop(
             # or a SUBACK held until the cluster's new routes are in place (which does
             # not count towards the keep alive: next_deadline says so). What it hands
             # back may hold the next one (CONNECT, then SUBSCRIBE).
-            with trio.move_on_at(conn.next_deadline()) as waited:
-                output.reader_scope = waited
+            with output.reader_waiting(conn.next_deadline()) as waited:
                 code = await run_offloaded(pending.check)
-            output.reader_scope = None
             if waited.cancelled_caught:
                 output.rang = not output.stopped
                 break
@@ -502,20 +511,16 @@ async def _read_loop(
         if conn.held_back():
             # Read no more until the subscribers this read went to have caught up. The
             # connection does not count the wait towards its keep alive.
-            with trio.CancelScope() as waited:
-                output.reader_scope = waited
+            with output.reader_waiting() as waited:
                 await relief.wait_while(conn.held_back)
-            output.reader_scope = None
             if waited.cancelled_caught:
                 return  # stop_reading
         pause = conn.publish_pause()
         if pause > 0 and not conn.wants_close:
             # over its publish budget: the client's bytes wait in its TCP window (not
             # counted towards the keep alive either)
-            with trio.CancelScope() as waited:
-                output.reader_scope = waited
+            with output.reader_waiting():
                 await trio.sleep(pause)
-            output.reader_scope = None
 
 
 async def _write_loop(
