@@ -12,7 +12,6 @@ import gc
 import math
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import trio
@@ -31,17 +30,24 @@ from trio_mqtt.mqtt.packets import (
 )
 from trio_mqtt.server import connection
 from trio_mqtt.server.connection import run_connection
-from trio_mqtt.server.keep_alive import PRUNE_SLACK, KeepAliveWatch, keep_alive_watch_for
+from trio_mqtt.server.keep_alive import PRUNE_SLACK, Entry, KeepAliveWatch, keep_alive_watch_for
 
 
 class _Reader:
-    """A reader as the watch sees it: a deadline to ask for, a wait to ring."""
+    """A reader as the watch sees it: a deadline to ask for, a wait to ring; and, as a
+    connection's reader does, the entry its last ``arm`` gave back."""
 
     def __init__(self, deadline: float, idle: bool = True) -> None:
-        self.keep_alive_entry: list[Any] | None = None
+        self.entry: Entry | None = None
         self.idle = idle
         self._deadline = deadline
         self.rung_at: list[float] = []
+
+    def arm(self, watch: KeepAliveWatch) -> None:
+        self.entry = watch.arm(self.entry, self, self._deadline)
+
+    def disarm(self, watch: KeepAliveWatch) -> None:
+        watch.disarm(self.entry)
 
     def deadline(self) -> float:
         return self._deadline
@@ -61,8 +67,8 @@ async def test_a_waiting_reader_is_rung_at_its_deadline(
         watch = KeepAliveWatch(nursery)
         start = trio.current_time()
         early, late = _Reader(start + 5), _Reader(start + 9)
-        watch.arm(late, late.deadline())
-        watch.arm(early, early.deadline())  # earlier than the task's sleep: it wakes sooner
+        late.arm(watch)
+        early.arm(watch)  # earlier than the task's sleep: it wakes sooner
         await trio.sleep(20)
         assert [t - start for t in early.rung_at] == [5]
         assert [t - start for t in late.rung_at] == [9]
@@ -76,10 +82,10 @@ async def test_a_deadline_moved_by_packets_is_asked_again(
         watch = KeepAliveWatch(nursery)
         start = trio.current_time()
         reader = _Reader(start + 5)
-        watch.arm(reader, reader.deadline())
+        reader.arm(watch)
         await trio.sleep(3)
         reader._deadline = start + 8  # a packet came: arming again with it does nothing
-        watch.arm(reader, reader.deadline())
+        reader.arm(watch)
         await trio.sleep(20)
         assert [t - start for t in reader.rung_at] == [8]  # asked at 5, rung at 8
 
@@ -90,16 +96,16 @@ async def test_a_reader_not_waiting_is_not_rung(autojump_clock: trio.testing.Moc
     async with trio.open_nursery() as nursery:
         watch = KeepAliveWatch(nursery)
         reader = _Reader(trio.current_time() + 5, idle=False)
-        watch.arm(reader, reader.deadline())
+        reader.arm(watch)
         await trio.sleep(20)
         assert reader.rung_at == []
-        assert reader.keep_alive_entry is None and watch.armed == 0
+        assert watch.armed == 0
 
 
 async def test_no_deadline_arms_nothing(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         watch = KeepAliveWatch(nursery)
-        watch.arm(_Reader(math.inf), math.inf)  # keep alive 0
+        _Reader(math.inf).arm(watch)  # keep alive 0
         assert watch.armed == 0
         assert _watch_tasks(nursery) == []
 
@@ -113,16 +119,16 @@ async def test_the_task_runs_only_while_a_reader_is_armed(
         async with trio.open_nursery() as nursery:
             watch = KeepAliveWatch(nursery)
             reader = _Reader(trio.current_time() + 3600)
-            watch.arm(reader, reader.deadline())
+            reader.arm(watch)
             await trio.testing.wait_all_tasks_blocked()
             assert len(_watch_tasks(nursery)) == 1
-            watch.disarm(reader)
+            reader.disarm(watch)
             await trio.testing.wait_all_tasks_blocked()
             assert _watch_tasks(nursery) == []
-            watch.arm(reader, reader.deadline())  # armed again: a task again
+            reader.arm(watch)  # armed again: a task again
             await trio.testing.wait_all_tasks_blocked()
             assert len(_watch_tasks(nursery)) == 1
-            watch.disarm(reader)
+            reader.disarm(watch)
 
 
 async def test_disarmed_readers_are_not_kept_and_their_entries_are_pruned(
@@ -135,12 +141,12 @@ async def test_disarmed_readers_are_not_kept_and_their_entries_are_pruned(
         now = trio.current_time()
         staying = [_Reader(now + 90) for _ in range(10)]
         for reader in staying:
-            watch.arm(reader, reader.deadline())
+            reader.arm(watch)
         gone: list[weakref.ref[_Reader]] = []
         for _ in range(1000):
             reader = _Reader(now + 90)
-            watch.arm(reader, reader.deadline())
-            watch.disarm(reader)
+            reader.arm(watch)
+            reader.disarm(watch)
             gone.append(weakref.ref(reader))
             del reader
         gc.collect()
@@ -148,7 +154,7 @@ async def test_disarmed_readers_are_not_kept_and_their_entries_are_pruned(
         assert watch.armed == 10
         assert len(watch._heap) <= 2 * 10 + PRUNE_SLACK + 1
         for reader in staying:
-            watch.disarm(reader)
+            reader.disarm(watch)
 
 
 def _serving_in(nursery: trio.Nursery, core: BrokerCore) -> Callable[[trio.abc.Stream], None]:

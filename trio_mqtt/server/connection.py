@@ -47,7 +47,7 @@ import math
 import os
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
@@ -56,6 +56,7 @@ from trio_mqtt.broker.mqtt_connection import MQTTConnection, open_connection
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.backpressure import Relief, relief_for
+from trio_mqtt.server.keep_alive import Entry as KeepAliveEntry
 from trio_mqtt.server.keep_alive import KeepAliveWatch, keep_alive_watch_for
 from trio_mqtt.server.offload import run_offloaded
 from trio_mqtt.server.prefixed_stream import PrefixedStream, send_eof_beneath_prefix
@@ -167,11 +168,11 @@ class _Output:
         self.stopped = False  # a writer ended the connection: the reader stops too
         # Keep alive on a socket (server/keep_alive.py): the socket the reader waits for
         # (-1: none, it waits under reader_scope); whether it waits for it now; whether
-        # the deadline came first; and the KeepAliveWatch's entry for it.
+        # the deadline came first; and what the KeepAliveWatch's last arm() gave back.
         self.ring_fd = self.fd if self.fd >= 0 else self.tls.fd if self.tls is not None else -1
         self.idle = False
         self.rang = False
-        self.keep_alive_entry: list[Any] | None = None
+        self.keep_alive_entry: KeepAliveEntry | None = None
 
     def open(self, nursery: trio.Nursery, conn: MQTTConnection) -> None:
         """Writers may start now, in ``nursery``, for ``conn``'s output."""
@@ -372,7 +373,7 @@ async def run_connection(
             if flush:
                 output.wakeup()  # a writer flushes the last packets, then ends
         finally:
-            watch.disarm(output)
+            watch.disarm(output.keep_alive_entry)
             output.close()  # no writer starts any more
             if not flush:
                 output.stop_writer()  # EOF, broken transport or cancelled: nothing to say
@@ -459,7 +460,9 @@ async def _read_loop(
                     except BlockingIOError:
                         data = None  # (wait outside the handler: it would keep the error)
                 if data is None:
-                    watch.arm(output, conn.next_deadline())
+                    output.keep_alive_entry = watch.arm(
+                        output.keep_alive_entry, output, conn.next_deadline()
+                    )
                     output.idle = True
                     try:
                         while data is None:
@@ -475,7 +478,9 @@ async def _read_loop(
                 drained = len(data) < RECEIVE_SIZE
             elif ring_fd >= 0:
                 # TLS on a socket: TLSStream waits in wait_readable(ring_fd) as well
-                watch.arm(output, conn.next_deadline())
+                output.keep_alive_entry = watch.arm(
+                    output.keep_alive_entry, output, conn.next_deadline()
+                )
                 output.idle = True
                 try:
                     data = await stream.receive_some(RECEIVE_SIZE)

@@ -18,10 +18,13 @@ watch again before its next wait. Rung only where a wait for the socket is all t
 stands between the reader and its deadline (plain TCP, TLS on a socket); other
 transports wait under a cancel scope per read (``server/connection.py``).
 
-Heap entries are lists, ``[deadline, sequence, watched]``: a re-armed or disarmed
-connection's old entry is cut loose (its ``watched`` set to None), so it holds no
-reference to the connection, and entries cut loose are pruned once they outnumber the
-live ones.
+Heap entries are lists, ``[deadline, sequence, watched]``, and the watch's alone: the
+reader keeps the entry ``arm`` returns, as a token for its next ``arm`` and its
+``disarm``, and the watch never writes to the reader. An entry whose deadline came is
+pushed again with a later one while its reader is still armed, or cut loose (its
+``watched`` set to None) when it rings or its reader is busy; a re-armed or disarmed
+reader's old entry is cut loose too, so it holds no reference to the connection, and
+entries cut loose are pruned once they outnumber the live ones.
 """
 
 from __future__ import annotations
@@ -37,15 +40,13 @@ import trio
 # Entries cut loose that may stay in the heap besides the live ones, before a prune.
 PRUNE_SLACK = 64
 
-# A heap entry: [deadline: float, sequence: int, watched: Watched | None]
-_Entry = list[Any]
+# A heap entry: [deadline: float, sequence: int, watched: Watched | None (cut loose)]
+Entry = list[Any]
 
 
 class Watched(Protocol):
     """What the watch needs of a connection's reader (``server/connection._Output``)."""
 
-    # the watch's own: this reader's live heap entry, None when not armed
-    keep_alive_entry: _Entry | None
     idle: bool  # the reader waits for its socket now
 
     def deadline(self) -> float:
@@ -65,7 +66,7 @@ class KeepAliveWatch:
     def __init__(self, nursery: trio.Nursery) -> None:
         # weakly: the watch is the value of a weak mapping keyed by its nursery
         self._nursery = weakref.ref(nursery)
-        self._heap: list[_Entry] = []
+        self._heap: list[Entry] = []
         self._live = 0  # armed readers: the entries not cut loose
         self._sequence = itertools.count()  # ties: never compare the readers themselves
         self._running = False
@@ -76,22 +77,28 @@ class KeepAliveWatch:
         """How many readers are armed now."""
         return self._live
 
-    def arm(self, watched: Watched, deadline: float) -> None:
-        """``watched``'s reader waits for its client until ``deadline`` at the latest.
+    def arm(self, entry: Entry | None, watched: Watched, deadline: float) -> Entry | None:
+        """``watched``'s reader waits for its client until ``deadline`` at the latest;
+        ``entry`` is what the reader's last ``arm`` returned (None at first). Returns the
+        reader's entry now, to give to the next ``arm`` and to ``disarm``.
 
         Cheap when called again before every wait: nothing happens unless ``deadline``
         comes before the reader's entry (its entry asks ``deadline()`` again when due).
         """
-        entry = watched.keep_alive_entry
-        if entry is not None:
+        if entry is not None and entry[2] is not None:
             if entry[0] <= deadline:
-                return
+                return entry
             entry[2] = None  # replaced by an earlier one
         elif deadline == math.inf:
-            return
+            return None
         else:
             self._live += 1
-        entry = watched.keep_alive_entry = [deadline, next(self._sequence), watched]
+        entry = [deadline, next(self._sequence), watched]
+        self._push(entry)
+        return entry
+
+    def _push(self, entry: Entry) -> None:
+        deadline = entry[0]
         heapq.heappush(self._heap, entry)
         if not self._running:
             nursery = self._nursery()
@@ -102,13 +109,11 @@ class KeepAliveWatch:
             self._sleep.deadline = deadline
         self._prune_if_needed()
 
-    def disarm(self, watched: Watched) -> None:
-        """``watched``'s connection has ended (or waits for no deadline any more)."""
-        entry = watched.keep_alive_entry
-        if entry is None:
+    def disarm(self, entry: Entry | None) -> None:
+        """The connection whose reader's last ``arm`` returned ``entry`` has ended."""
+        if entry is None or entry[2] is None:
             return
         entry[2] = None
-        watched.keep_alive_entry = None
         self._live -= 1
         if not self._live and self._sleep is not None:
             self._sleep.cancel()  # nothing left to watch: the task ends
@@ -133,12 +138,16 @@ class KeepAliveWatch:
                     watched: Watched | None = entry[2]
                     if watched is None:
                         continue  # cut loose
-                    watched.keep_alive_entry = None
-                    self._live -= 1
                     deadline = watched.deadline()
                     if deadline > now:
-                        self.arm(watched, deadline)  # packets came: not yet
-                    elif watched.idle:
+                        # packets came: not yet (the same entry, the reader's token)
+                        entry[0] = deadline
+                        entry[1] = next(self._sequence)
+                        self._push(entry)
+                        continue
+                    entry[2] = None
+                    self._live -= 1
+                    if watched.idle:
                         watched.ring()
                     # else its reader is busy, or waits for the broker (an offloaded
                     # check, backpressure): it arms the watch again before it next waits
