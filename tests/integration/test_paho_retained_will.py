@@ -111,6 +111,8 @@ async def test_retained_message_records_who_published_it(protocol: MQTTProtocolV
         paho_client(broker.port, "sensor-7", protocol=protocol) as publisher,
     ):
         await blocking(publisher.publish, "who/t", b"x", 0, True)
+        # QoS 0: nothing says when the broker has read it
+        await wait_until(lambda: broker.retained("who/t") is not None, "retained")
         stored = broker.retained("who/t")
         assert stored is not None
         assert stored.publisher == "sensor-7"

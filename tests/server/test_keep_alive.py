@@ -30,6 +30,7 @@ from trio_mqtt.mqtt.packets import (
 )
 from trio_mqtt.server import connection
 from trio_mqtt.server.connection import run_connection
+from trio_mqtt.server.idle_park import idle_park_for
 from trio_mqtt.server.keep_alive import PRUNE_SLACK, Entry, KeepAliveWatch, keep_alive_watch_for
 
 
@@ -168,6 +169,13 @@ def _connection_tasks(nursery: trio.Nursery) -> list[trio.lowlevel.Task]:
     return [task for task in nursery.child_tasks if task.name.endswith("run_connection")]
 
 
+def _connections(nursery: trio.Nursery) -> int:
+    """Connections still open in ``nursery``: with a task, or parked (IdlePark)."""
+    resumed = [task for task in nursery.child_tasks if task.name.endswith("_resume")]
+    parked = len(idle_park_for(nursery, connection._resume))
+    return len(_connection_tasks(nursery)) + len(resumed) + parked
+
+
 def _writer_tasks(nursery: trio.Nursery) -> list[trio.lowlevel.Task]:
     return [task for task in nursery.child_tasks if task.name.endswith("_write_loop")]
 
@@ -279,7 +287,7 @@ async def test_a_client_that_reads_nothing_is_taken_over_within_the_final_flush_
         start = trio.current_time()
         await new.connect("twice", keep_alive=0, clean_start=False)
         await wait_until(
-            lambda: len(_connection_tasks(nursery)) == 1 and not _writer_tasks(nursery),
+            lambda: _connections(nursery) == 1 and not _writer_tasks(nursery),
             "the old connection gone",
             100,
         )

@@ -218,6 +218,17 @@ class MQTTConnection:
             return math.inf
         return self._timer_start + self.core.config.connect_timeout
 
+    def quiet_deadline(self, quiet: float) -> float:
+        """When the client will have sent no complete packet for ``quiet`` seconds (core
+        clock), if nothing happens meanwhile; inf unless connected with nothing pending.
+
+        The server layer parks the reader of a connection that is this quiet (see
+        ``server/idle_park.py``); it changes nothing here.
+        """
+        if self.state is ConnectionState.CONNECTED and self.pending_check is None:
+            return self._timer_start + quiet
+        return math.inf
+
     def handle_timer(self) -> None:
         """The time of ``next_deadline`` may have come: close the connection if it has."""
         if self.close_reason is not None or self.core.now() < self.next_deadline():

@@ -12,12 +12,21 @@ runs in (``run_connection``'s ``writers``), not in one of its own, which every i
 connection would keep; the connection stops and waits for its writer before it closes
 the stream, so none outlives it. When the state machine wants the connection closed,
 the writer flushes what is left, within a bound (which also cuts short a send under way
-when the close came), and both tasks end. If that flush wrote
-a last word (DISCONNECT, a CONNACK refusal), the connection then lingers (``_linger``):
-it shuts its write side and reads what the client still sends, within a bound, before
-it closes. Closing a socket with unread input makes the kernel send RST, which can
-destroy the last packet in the client's receive buffer, or fail the client's next write,
-before the client has read it.
+when the close came), and both tasks end. If that flush wrote a last word (DISCONNECT,
+a CONNACK refusal), the connection then lingers (``_linger``): it shuts its write side
+and reads what the client still sends, within a bound, before it closes. Closing a
+socket with unread input makes the kernel send RST, which can destroy the last packet
+in the client's receive buffer, or fail the client's next write, before the client has
+read it.
+
+Parking: a plain-TCP connection whose client has been quiet for a while has no task at
+all. Its reader parks the socket (``IdlePark``, one task and an epoll set for all) and
+its task ends, which halves what an idle connection costs; a new task (``_resume``)
+picks the connection up where it stopped when the client sends, its keep alive runs
+out, or a writer ends it. A park and a resume cost about as much CPU as a packet, so a
+client that comes back soon after it was parked is left a longer quiet spell before
+the next (``_Output.park_after``): parking is for clients quiet for tens of seconds
+(subscribers, keep-alive pings, slow sensors) and for the first second after CONNECT.
 
 One shortcut (plain TCP, and TLS through our own ``TLSStream``): when no writer is
 running, the reader writes the answer to what it just read itself, with one
@@ -56,6 +65,8 @@ from trio_mqtt.broker.mqtt_connection import MQTTConnection, open_connection
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.backpressure import Relief, relief_for
+from trio_mqtt.server.idle_park import IdlePark, idle_park_for
+from trio_mqtt.server.idle_park import supported as parking_supported
 from trio_mqtt.server.keep_alive import Entry as KeepAliveEntry
 from trio_mqtt.server.keep_alive import KeepAliveWatch, keep_alive_watch_for
 from trio_mqtt.server.offload import run_offloaded
@@ -75,6 +86,17 @@ FINAL_FLUSH_TIMEOUT = 2.0
 # holds a closing connection for at most this long.
 LINGER_TIMEOUT = 1.0
 LINGER_BYTES = 64 * 1024
+# How long a plain-TCP client may send nothing before its reader parks (IdlePark): its
+# task ends, and one task waits for every parked socket; an idle connection's memory
+# halves. At first, PARK_AFTER. A park and a resume cost about as much CPU as a packet:
+# a client that sends again within PARK_WORTH of being parked waits twice as long before
+# its next park (up to PARK_AFTER_MAX), one that stayed away longer half as long.
+PARK_AFTER = 1.0
+PARK_AFTER_MAX = 32.0
+PARK_WORTH = 30.0
+# Park times are rounded up to a multiple of this: the connections that went quiet within
+# one grain park in one pass of the KeepAliveWatch's task, not in one wake-up each.
+PARK_GRAIN = 0.25
 
 
 class _Deliveries:
@@ -139,6 +161,12 @@ class _Output:
         "keep_alive_entry",
         "last_word",
         "noted",
+        "park",
+        "park_after",
+        "park_asked",
+        "park_unarmed",
+        "parked",
+        "parked_at",
         "rang",
         "reader_scope",
         "ring_fd",
@@ -173,6 +201,16 @@ class _Output:
         self.idle = False
         self.rang = False
         self.keep_alive_entry: KeepAliveEntry | None = None
+        # Parking (plain TCP): where (None: never), after how long a quiet spell, whether
+        # the watch asked the reader to park, whether the watch has no entry for the park
+        # time (the reader's next arm gives it), whether it has parked (idle stays True)
+        # and when
+        self.park: IdlePark[_Task] | None = None
+        self.park_after = PARK_AFTER
+        self.park_asked = False
+        self.park_unarmed = True
+        self.parked = False
+        self.parked_at = 0.0
 
     def open(self, nursery: trio.Nursery, conn: MQTTConnection) -> None:
         """Writers may start now, in ``nursery``, for ``conn``'s output."""
@@ -215,6 +253,8 @@ class _Output:
         self.stopped = True
         if self.reader_scope is not None:
             self.reader_scope.cancel()
+        elif self.parked:
+            self._unpark()
         elif self.idle:
             trio.lowlevel.notify_closing(self.ring_fd)  # its wait raises ClosedResourceError
 
@@ -230,14 +270,45 @@ class _Output:
                 self.reader_scope = None
 
     def deadline(self) -> float:
-        """When the connection must hear from its client (the ``KeepAliveWatch`` asks)."""
-        return self._conn.next_deadline()
+        """When the reader waiting for its socket must be rung (the ``KeepAliveWatch``
+        asks): the connection's own deadline, or sooner, to park it once its client has
+        been quiet for ``park_after``. Not while a writer runs: ringing wakes every wait on
+        the socket (the writer's would raise ClosedResourceError), so it asks again later.
+        """
+        conn = self._conn
+        deadline = conn.next_deadline()
+        if self.park is None or self.parked:
+            return deadline
+        park_at = _park_time(conn.quiet_deadline(self.park_after))
+        if self.writing:
+            park_at = max(park_at, _park_time(conn.core.now() + self.park_after))
+        return min(park_at, deadline)
 
     def ring(self) -> None:
-        """The connection's deadline came while the reader waited for its socket: wake
-        it (its wait raises ``ClosedResourceError``; ``rang`` says why)."""
-        self.rang = True
+        """The ``deadline()`` came while the reader waited for its socket: wake it (its
+        wait raises ``ClosedResourceError``; ``rang`` says the connection's deadline came,
+        ``park_asked`` that it is to park)."""
+        conn = self._conn
+        self.park_unarmed = True  # (the watch let go of the entry)
+        if self.parked:
+            self.rang = True  # (parked: only the connection's own deadline is watched)
+            self._unpark()
+            return
+        if conn.next_deadline() <= conn.core.now():
+            self.rang = True
+        else:
+            self.park_asked = True
         trio.lowlevel.notify_closing(self.ring_fd)
+
+    def may_park(self) -> bool:
+        """The reader woken to park may: nothing needs it, and no writer waits on its
+        socket (parking is not for a connection that is busy or closing)."""
+        return not (self.writing or self.stopped or self.rang or self._conn.wants_close)
+
+    def _unpark(self) -> None:
+        park = self.park
+        assert park is not None
+        park.unpark(self.fd)
 
     def wakeup(self) -> None:
         # called once per message routed to this connection: keep it cheap
@@ -337,6 +408,13 @@ class _Output:
             self.wakeup()
 
 
+def _park_time(quiet: float) -> float:
+    """``quiet`` (when a client will have been quiet long enough to park) on the grain."""
+    if quiet == math.inf:
+        return quiet
+    return math.ceil(quiet / PARK_GRAIN) * PARK_GRAIN
+
+
 def _watched_socket(stream: trio.abc.Stream) -> WatchedSocketStream | None:
     """The ``WatchedSocketStream`` at the bottom of ``stream``'s layers, if there is one."""
     layer: object = stream
@@ -347,48 +425,134 @@ def _watched_socket(stream: trio.abc.Stream) -> WatchedSocketStream | None:
     return None
 
 
+class _Task:
+    """What a connection's task works with: kept while the connection lives, so that a
+    parked connection (no task) gets a task again (``_resume``) where it left off."""
+
+    __slots__ = ("conn", "on_closed", "output", "relief", "stream", "watch", "watched")
+
+    def __init__(
+        self,
+        *,
+        stream: trio.abc.Stream,
+        conn: MQTTConnection,
+        output: _Output,
+        relief: Relief,
+        watch: KeepAliveWatch,
+        watched: WatchedSocketStream | None,
+        on_closed: Callable[[], None] | None,
+    ) -> None:
+        self.stream = stream
+        self.conn = conn
+        self.output = output
+        self.relief = relief
+        self.watch = watch
+        self.watched = watched
+        self.on_closed = on_closed
+
+
 async def run_connection(
-    stream: trio.abc.Stream, core: BrokerCore, peer: PeerInfo, writers: trio.Nursery
+    stream: trio.abc.Stream,
+    core: BrokerCore,
+    peer: PeerInfo,
+    writers: trio.Nursery,
+    on_closed: Callable[[], None] | None = None,
 ) -> None:
-    """Serve MQTT on ``stream`` until either side closes it. Always closes ``stream``.
+    """Serve MQTT on ``stream`` until either side closes it. Always closes ``stream``,
+    then calls ``on_closed``.
 
     ``core`` must run on trio's clock: the connection's deadlines are in its time.
     Writer tasks start in ``writers``, the nursery this task runs in (the listener's):
     an idle connection has no nursery of its own (about 1 KiB, and a tenth of a short
     connection's CPU). The connection still outlives its writers: it waits for the last
-    one before it closes ``stream``.
+    one before it closes ``stream``. A plain-TCP connection whose client is quiet parks
+    (``IdlePark``): this returns, and the connection, its closing and ``on_closed`` go
+    on in later tasks of ``writers``.
     """
-    output = _Output(stream, _deliveries_for(core))
-    conn = open_connection(core, peer, output.wakeup)
+    try:
+        output = _Output(stream, _deliveries_for(core))
+        conn = open_connection(core, peer, output.wakeup)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        if on_closed is not None:
+            on_closed()
+        raise
     watched = _watched_socket(stream)
     if watched is not None:
         watched.on_blocked = conn.transport_blocked
+    if output.fd >= 0 and parking_supported:
+        output.park = idle_park_for(writers, _resume)
+    task = _Task(
+        stream=stream,
+        conn=conn,
+        output=output,
+        relief=relief_for(core),
+        watch=keep_alive_watch_for(writers),
+        watched=watched,
+        on_closed=on_closed,
+    )
     try:
         output.open(writers, conn)
-        flush = False
-        watch = keep_alive_watch_for(writers)
+    except BaseException:
+        await _close(task, flush=False)
+        raise
+    await _serve(task)
+
+
+async def _resume(task: _Task) -> None:
+    """A parked connection's task again (``IdlePark``): its socket is readable, its keep
+    alive ran out, or a writer ended the connection."""
+    output = task.output
+    output.parked = output.idle = False
+    output.park_unarmed = True  # (its entry has the keep alive's deadline)
+    if not (output.rang or output.stopped):  # its client sent something, or closed
+        if task.conn.core.now() - output.parked_at < PARK_WORTH:
+            output.park_after = min(output.park_after * 2, PARK_AFTER_MAX)
+        else:
+            output.park_after = max(output.park_after / 2, PARK_AFTER)
+    await _serve(task, resumed=True)
+
+
+async def _serve(task: _Task, resumed: bool = False) -> None:
+    # The reading, then the closing, of one connection, unless its reader parks.
+    parked = flush = False
+    try:
+        parked = await _read_loop(task, resumed)
+        flush = task.conn.wants_close
+    finally:
+        if not parked:
+            await _close(task, flush)
+
+
+async def _close(task: _Task, flush: bool) -> None:
+    """End the connection: its last packets flushed by a writer (``flush``), or its
+    writer stopped; then its stream closed (after a linger if a last word went out)."""
+    conn, output = task.conn, task.output
+    try:
         try:
-            await _read_loop(stream, conn, output, relief_for(core), watch)
-            flush = conn.wants_close
             if flush:
                 output.wakeup()  # a writer flushes the last packets, then ends
         finally:
-            watch.disarm(output.keep_alive_entry)
+            task.watch.disarm(output.keep_alive_entry)
             output.close()  # no writer starts any more
             if not flush:
                 output.stop_writer()  # EOF, broken transport or cancelled: nothing to say
             await output.writer_ended()
     finally:
-        conn.connection_lost()
-        if output.last_word:
-            await _linger(stream)
-        if output.fd >= 0 and watched is not None:
-            # plain TCP: every layer's aclose() only closes the socket, so close it here
-            # without aclose_forcefully's cancelled checkpoint (a Cancelled raised and
-            # caught: a tenth of a short-lived connection's CPU)
-            watched.socket.close()
-        else:
-            await trio.aclose_forcefully(stream)
+        try:
+            conn.connection_lost()
+            if output.last_word:
+                await _linger(task.stream)
+        finally:
+            if output.fd >= 0 and task.watched is not None:
+                # plain TCP: every layer's aclose() only closes the socket, so close it
+                # here without aclose_forcefully's cancelled checkpoint (a Cancelled
+                # raised and caught: a tenth of a short-lived connection's CPU)
+                task.watched.socket.close()
+            else:
+                await trio.aclose_forcefully(task.stream)
+            if task.on_closed is not None:
+                task.on_closed()
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
@@ -411,13 +575,10 @@ async def _linger(stream: trio.abc.Stream) -> None:
             pass  # gone already: nothing more to protect
 
 
-async def _read_loop(
-    stream: trio.abc.Stream,
-    conn: MQTTConnection,
-    output: _Output,
-    relief: Relief,
-    watch: KeepAliveWatch,
-) -> None:
+async def _read_loop(task: _Task, resumed: bool) -> bool:
+    # Returns True when the reader parked (output.park): the connection is not over.
+    # ``resumed``: the task was started for what the parked socket has (no need to yield
+    # after the first read: it has just been scheduled).
     # The connection says when it needs the time (next_deadline: the CONNECT timeout,
     # then the keep-alive timeout), and decides what it means (handle_timer). On a
     # socket (plain TCP, TLS on a socket) the reader waits for its client in no cancel
@@ -425,6 +586,7 @@ async def _read_loop(
     # raises ClosedResourceError, ``output.rang`` says why) if the deadline comes
     # first. A scope per idle connection cost it 0.8 KiB and a short one a tenth of its
     # CPU. Other streams (WebSocket, memory streams) wait under a scope per read.
+    stream, conn, output, watch = task.stream, task.conn, task.output, task.watch
     fd = output.fd
     ring_fd = output.ring_fd
     drained = False  # the last socket read left the socket empty (as far as we know)
@@ -460,9 +622,16 @@ async def _read_loop(
                     except BlockingIOError:
                         data = None  # (wait outside the handler: it would keep the error)
                 if data is None:
-                    output.keep_alive_entry = watch.arm(
-                        output.keep_alive_entry, output, conn.next_deadline()
-                    )
+                    deadline = conn.next_deadline()
+                    if output.park_unarmed and output.park is not None:
+                        # once per entry: an entry due earlier than needed is harmless
+                        # (the watch asks deadline() again), and the park time only
+                        # moves later while the entry lives
+                        park_at = _park_time(conn.quiet_deadline(output.park_after))
+                        if park_at < deadline:
+                            deadline = park_at
+                            output.park_unarmed = False
+                    output.keep_alive_entry = watch.arm(output.keep_alive_entry, output, deadline)
                     output.idle = True
                     try:
                         while data is None:
@@ -473,6 +642,8 @@ async def _read_loop(
                                 continue  # woken, yet nothing to read after all: wait again
                     finally:
                         output.idle = False
+                elif resumed:
+                    resumed = False
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 drained = len(data) < RECEIVE_SIZE
@@ -491,14 +662,27 @@ async def _read_loop(
                     data = await stream.receive_some(RECEIVE_SIZE)
                 output.rang = waited.cancelled_caught and not output.stopped
         except trio.ClosedResourceError:
-            if not output.rang:
-                return  # stopped (stop_reading), or closed under us
+            if output.park_asked:
+                output.park_asked = False
+                park = output.park
+                if park is not None and output.may_park():
+                    # quiet for park_after: the task ends, the park watches the socket
+                    output.keep_alive_entry = watch.arm(
+                        output.keep_alive_entry, output, conn.next_deadline()
+                    )
+                    output.parked = output.idle = True
+                    output.parked_at = conn.core.now()
+                    park.park(fd, task)
+                    return True
+            elif not output.rang:
+                return False  # stopped (stop_reading), or closed under us
+            drained = False  # (rung before it read what woke it, if anything did)
         except (trio.BrokenResourceError, OSError):
-            return  # (OSError: the socket broke under os.read)
+            return False  # (OSError: the socket broke under os.read)
         if data is None:
             continue  # rang: the top of the loop asks the connection
         if not data:
-            return  # EOF without DISCONNECT: an abnormal close (will is published)
+            return False  # EOF without DISCONNECT: an abnormal close (will is published)
         output.feed_and_answer(conn, data)
         while (pending := conn.pending_check) is not None and not conn.wants_close:
             # e.g. a password hash: in a worker thread, while the loop serves the rest;
@@ -517,15 +701,16 @@ async def _read_loop(
             # Read no more until the subscribers this read went to have caught up. The
             # connection does not count the wait towards its keep alive.
             with output.reader_waiting() as waited:
-                await relief.wait_while(conn.held_back)
+                await task.relief.wait_while(conn.held_back)
             if waited.cancelled_caught:
-                return  # stop_reading
+                return False  # stop_reading
         pause = conn.publish_pause()
         if pause > 0 and not conn.wants_close:
             # over its publish budget: the client's bytes wait in its TCP window (not
             # counted towards the keep alive either)
             with output.reader_waiting():
                 await trio.sleep(pause)
+    return False
 
 
 async def _write_loop(

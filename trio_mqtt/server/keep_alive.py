@@ -16,7 +16,9 @@ socket, and lets the connection decide (``handle_timer``: close, or a packet cam
 time). A reader that is not waiting for its socket when its deadline comes arms the
 watch again before its next wait. Rung only where a wait for the socket is all that
 stands between the reader and its deadline (plain TCP, TLS on a socket); other
-transports wait under a cancel scope per read (``server/connection.py``).
+transports wait under a cancel scope per read (``server/connection.py``). The
+deadline a plain-TCP reader gives is also the time to park it (``server/idle_park.py``)
+if that comes first; what a ring means is the reader's to decide (``ring()``).
 
 Heap entries are lists, ``[deadline, sequence, watched]``, and the watch's alone: the
 reader keeps the entry ``arm`` returns, as a token for its next ``arm`` and its
@@ -50,11 +52,11 @@ class Watched(Protocol):
     idle: bool  # the reader waits for its socket now
 
     def deadline(self) -> float:
-        """When the connection must hear from its client (Trio's clock; inf: never)."""
+        """When the reader must be rung (Trio's clock; inf: never)."""
         ...
 
     def ring(self) -> None:
-        """The deadline came while the reader waited: wake it."""
+        """The deadline came while the reader waited: wake it (or, parked, resume it)."""
         ...
 
 

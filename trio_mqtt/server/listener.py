@@ -375,6 +375,7 @@ async def _serve_connection(
         socket_stream.socket.close()
         return
     counted_as: str | None = None  # the key address_limits counts this connection under
+    handed_over = False
     try:
         stream = WatchedSocketStream(socket_stream)  # flow control: is the client reading?
         local = Endpoint.from_sockaddr(socket_stream.socket.getsockname())
@@ -438,14 +439,34 @@ async def _serve_connection(
             )
             return
         handle.accepted += 1
-        await run_connection(mqtt_stream, core, peer, handler_nursery)  # (its writers too)
+        handed_over = True  # run_connection ends it, maybe in a later task (it parks)
+        # (its writers, and its later tasks if it parks, run in handler_nursery too)
+        await run_connection(
+            mqtt_stream, core, peer, handler_nursery, _ConnectionEnd(handle, counted_as)
+        )
     finally:
-        if counted_as is not None and handle.address_limits is not None:
-            handle.address_limits.release(counted_as, trio.current_time())
+        if not handed_over:  # refused, or failed, before run_connection
+            _ConnectionEnd(handle, counted_as)()
+            # (nothing above the socket has anything to say)
+            socket_stream.socket.close()
+
+
+class _ConnectionEnd:
+    """The listener's part of a connection's end, which ``run_connection`` calls once it
+    has closed the connection's stream: from a later task than the one that accepted it
+    if the connection parked. (A small object: a parked connection keeps it.)"""
+
+    __slots__ = ("_counted_as", "_handle")
+
+    def __init__(self, handle: ListenerHandle, counted_as: str | None) -> None:
+        self._handle = handle
+        self._counted_as = counted_as  # the key address_limits counts it under
+
+    def __call__(self) -> None:
+        handle = self._handle
+        if self._counted_as is not None and handle.address_limits is not None:
+            handle.address_limits.release(self._counted_as, trio.current_time())
         handle.connection_ended()
-        # (run_connection closed it, and whatever TLS or WebSocket had to say; on every
-        # other way out nothing above the socket has anything to say)
-        socket_stream.socket.close()
 
 
 def _refuse_denied(handle: ListenerHandle, peer: PeerInfo) -> None:

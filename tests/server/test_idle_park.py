@@ -1,0 +1,273 @@
+"""Parking (server/idle_park.py): a plain-TCP connection whose client has been quiet for
+PARK_AFTER has no task; one task per nursery waits for every parked socket.
+
+Each test runs connections on socket pairs (the listener's wrapping of an accepted
+socket), in virtual time, and checks what the client and the broker see while the
+connection is parked: its packets answered, its deliveries written, its keep alive
+kept, its takeover and its close, and the broker's shutdown.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+from helpers import PEER, V5, V311, make_core, open_client, wait_until
+from rawclient import RawClient
+
+from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.message import Message
+from trio_mqtt.mqtt.packets import (
+    Disconnect,
+    Pingreq,
+    Pingresp,
+    Publish,
+    Suback,
+    Subscribe,
+    SubscriptionRequest,
+    Will,
+)
+from trio_mqtt.server import connection
+from trio_mqtt.server.connection import (
+    PARK_AFTER,
+    PARK_AFTER_MAX,
+    PARK_GRAIN,
+    PARK_WORTH,
+    run_connection,
+)
+from trio_mqtt.server.idle_park import IdlePark, idle_park_for
+from trio_mqtt.server.keep_alive import keep_alive_watch_for
+
+
+class _Serving:
+    """Connections served in ``nursery`` (as the listener serves them), each calling
+    back when it has closed."""
+
+    def __init__(self, nursery: trio.Nursery, core: BrokerCore) -> None:
+        self.nursery = nursery
+        self.core = core
+        self.closed = 0
+
+    def __call__(self, stream: trio.abc.Stream) -> None:
+        self.nursery.start_soon(run_connection, stream, self.core, PEER, self.nursery, self._ended)
+
+    def _ended(self) -> None:
+        self.closed += 1
+
+    @property
+    def park(self) -> IdlePark[object]:
+        return idle_park_for(self.nursery, connection._resume)  # type: ignore[arg-type]
+
+    def tasks(self, name: str) -> list[trio.lowlevel.Task]:
+        return [task for task in self.nursery.child_tasks if task.name.endswith(name)]
+
+    def connection_tasks(self) -> list[trio.lowlevel.Task]:
+        return self.tasks("run_connection") + self.tasks("_resume")
+
+
+async def _quiet(seconds: float) -> None:
+    await trio.sleep(seconds)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_quiet_connection_parks_and_its_client_is_still_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        serving = _Serving(nursery, core)
+        client = await open_client(serving, V5, "socket")
+        await client.connect("quiet", keep_alive=60)
+        await _quiet(PARK_AFTER - PARK_GRAIN)
+        assert len(serving.connection_tasks()) == 1
+        assert len(serving.park) == 0
+        await _quiet(2 * PARK_GRAIN)
+        assert serving.connection_tasks() == []  # parked: no task of its own
+        assert len(serving.park) == 1
+        assert len(serving.tasks("IdlePark._run")) == 1  # one task for all parked sockets
+        await client.send(Pingreq())  # resumed by its bytes, answered
+        assert await client.receive() == Pingresp()
+        assert len(serving.park) == 0
+        assert len(serving.connection_tasks()) == 1
+        await _quiet(2 * PARK_AFTER + PARK_GRAIN)  # (back soon: twice as long a wait)
+        assert len(serving.park) == 1
+        await client.send(Disconnect())
+        assert await client.expect_closed(timeout=5) == []
+        await client.stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert serving.closed == 1
+        assert serving.connection_tasks() == []
+        assert len(serving.park) == 0
+        assert serving.tasks("IdlePark._run") == []  # nothing parked: its task ended
+        assert keep_alive_watch_for(nursery).armed == 0
+
+
+async def _parked_after(serving: _Serving, client: RawClient) -> float:
+    """Ping, then how long the connection took to park again (to the grain)."""
+    await client.send(Pingreq())
+    assert await client.receive() == Pingresp()
+    start = trio.current_time()
+    while not len(serving.park):
+        await _quiet(PARK_GRAIN)
+    return trio.current_time() - start
+
+
+async def test_a_client_back_soon_is_parked_later_and_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A park and a resume cost CPU: a client that sends again within PARK_WORTH of its
+    park waits twice as long before the next (up to PARK_AFTER_MAX), and a client
+    that stays away longer half as long, down to PARK_AFTER."""
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        serving = _Serving(nursery, core)
+        client = await open_client(serving, V5, "socket")
+        await client.connect("pinger", keep_alive=0)
+        await _quiet(PARK_AFTER + PARK_GRAIN)
+        assert len(serving.park) == 1
+        waits = [await _parked_after(serving, client) for _ in range(7)]
+        expected = [min(PARK_AFTER * 2**n, PARK_AFTER_MAX) for n in range(1, 8)]
+        assert [round(wait) for wait in waits] == expected  # (to the grain)
+        await _quiet(PARK_WORTH)  # then away for longer than PARK_WORTH: half as long
+        assert round(await _parked_after(serving, client)) == PARK_AFTER_MAX / 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_parked_subscriber_receives_without_being_resumed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        serving = _Serving(nursery, core)
+        subscriber = await open_client(serving, V311, "socket")
+        await subscriber.connect("sub", keep_alive=60)
+        await subscriber.send(Subscribe(1, (SubscriptionRequest("t/#", 0),)))
+        assert isinstance(await subscriber.receive(), Suback)
+        await _quiet(PARK_AFTER + 0.01)
+        assert len(serving.park) == 1
+        for n in range(5):
+            core.publish(Message(f"t/{n}", b"%d" % n))
+        got = [await subscriber.receive() for _ in range(5)]
+        assert [(p.topic, p.payload) for p in got if isinstance(p, Publish)] == [
+            (f"t/{n}", b"%d" % n) for n in range(5)
+        ]
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(serving.park) == 1  # writes need no reader
+        assert serving.connection_tasks() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_keep_alive_of_a_parked_connection_runs_out_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        serving = _Serving(nursery, core)
+        client = await open_client(serving, V5, "socket")
+        await client.connect("silent", keep_alive=4)
+        start = trio.current_time()
+        await _quiet(PARK_AFTER + 0.01)
+        assert len(serving.park) == 1
+        assert await client.expect_closed(timeout=60) == [Disconnect(reason_code=0x8D)]
+        assert 6 <= trio.current_time() - start <= 6 + 0.02  # 1.5 x keep alive
+        await client.stream.aclose()
+        await wait_until(lambda: serving.closed == 1, "closed", 5)
+        assert "silent" not in core.sessions
+        assert len(serving.park) == 0
+
+
+async def test_a_parked_connection_is_taken_over(autojump_clock: trio.testing.MockClock) -> None:
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        serving = _Serving(nursery, core)
+        old = await open_client(serving, V5, "socket")
+        await old.connect("twice", keep_alive=60)
+        await _quiet(PARK_AFTER + 0.01)
+        assert len(serving.park) == 1
+        new = await open_client(serving, V5, "socket")
+        await new.connect("twice", keep_alive=60)
+        assert await old.expect_closed(timeout=5) == [Disconnect(reason_code=0x8E)]
+        await old.stream.aclose()
+        await wait_until(lambda: serving.closed == 1, "the old connection closed", 5)
+        await new.send(Disconnect())
+        await new.expect_closed(timeout=5)
+        await new.stream.aclose()
+        await wait_until(lambda: serving.closed == 2, "the new connection closed", 5)
+
+
+async def test_a_parked_client_that_goes_away_leaves_its_will(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        serving = _Serving(nursery, core)
+        watcher = await open_client(serving, V311, "socket")
+        await watcher.connect("watcher", keep_alive=0)
+        await watcher.send(Subscribe(1, (SubscriptionRequest("will/#", 0),)))
+        assert isinstance(await watcher.receive(), Suback)
+        client = await open_client(serving, V311, "socket")
+        await client.connect("dev", keep_alive=60, will=Will("will/dev", b"gone"))
+        await _quiet(PARK_AFTER + 0.01)
+        assert len(serving.park) == 2
+        await client.stream.aclose()  # EOF, no DISCONNECT
+        will = await watcher.receive()
+        assert isinstance(will, Publish)
+        assert (will.topic, will.payload) == ("will/dev", b"gone")
+        await wait_until(lambda: serving.closed == 1, "closed", 5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_whose_writer_waits_does_not_park(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Parking wakes every wait on the socket: not while a writer waits for room in it
+    (its client reads nothing). The writer stays; the connection parks once it is done."""
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        serving = _Serving(nursery, core)
+        client = await open_client(serving, V311, "socket")
+        await client.connect("slow", keep_alive=0)
+        await client.send(Subscribe(1, (SubscriptionRequest("flood", 0),)))
+        assert isinstance(await client.receive(), Suback)
+        for _ in range(64):  # far more than the socket pair holds: the writer waits
+            core.publish(Message("flood", bytes(16384)))
+            await trio.testing.wait_all_tasks_blocked()
+        await _quiet(10 * PARK_AFTER)
+        assert serving.tasks("_write_loop")
+        assert len(serving.park) == 0
+        assert len(serving.connection_tasks()) == 1
+        received = 0
+        while received < 64:
+            packet = await client.receive()
+            assert isinstance(packet, Publish)
+            received += 1
+        await _quiet(PARK_AFTER + 0.01)
+        assert serving.tasks("_write_loop") == []
+        assert len(serving.park) == 1
+        assert serving.closed == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancelling_the_nursery_closes_parked_connections(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The end of a shutdown: the park's task is cancelled, and each parked connection
+    closes in a task of its own (its socket closed, its end reported)."""
+    core = make_core(trio.current_time)
+
+    async def serve(task_status: trio.TaskStatus[_Serving] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started(_Serving(nursery, core))
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as outer:
+        serving: _Serving = await outer.start(serve)
+        clients = [await open_client(serving, V5, "socket") for _ in range(3)]
+        for n, client in enumerate(clients):
+            await client.connect(f"c{n}", keep_alive=60)
+        await _quiet(PARK_AFTER + 0.01)
+        assert len(serving.park) == 3
+        serving.nursery.cancel_scope.cancel()
+        for client in clients:
+            assert await client.expect_closed(timeout=5) == []
+        await wait_until(lambda: serving.closed == 3, "all closed", 5)
+        outer.cancel_scope.cancel()
