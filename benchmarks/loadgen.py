@@ -158,7 +158,8 @@ class ConnectionTask:
     After ``go`` it connects; it reports the result, then on the pipe command ``"ping"``
     sends PINGREQ on every connection and reports how many PINGRESPs came back; on
     ``"close"`` (or ``stop``) it closes them all. *proxy* ``"v1"`` or ``"v2"``: each
-    connection starts with a PROXY protocol header of that version.
+    connection starts with a PROXY protocol header of that version. *rate*: new
+    connections a second (0: as fast as the handshakes go).
     """
 
     port: int
@@ -167,6 +168,7 @@ class ConnectionTask:
     concurrency: int
     deadline_s: float
     proxy: str = ""
+    rate: float = 0.0
 
 
 @attrs.frozen
@@ -769,7 +771,8 @@ def _connections(task: ConnectionTask, pipe: Connection, go: Event, stop: Event)
         if time.perf_counter() > deadline:
             errors.append(f"deadline passed with {len(connected)} connected")
             break
-        while in_progress < task.concurrency and next_index < task.count:
+        due = task.count if not task.rate else int((time.perf_counter() - start) * task.rate) + 1
+        while in_progress < task.concurrency and next_index < min(task.count, due):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -784,7 +787,7 @@ def _connections(task: ConnectionTask, pipe: Connection, go: Event, stop: Event)
             selector.register(sock, selectors.EVENT_WRITE, handshake)
             next_index += 1
             in_progress += 1
-        for key, _mask in selector.select(0.5):
+        for key, _mask in selector.select(0.5 if not task.rate else 0.005):
             handshake = key.data
             assert isinstance(handshake, _Handshake)
             sock = handshake.sock

@@ -853,13 +853,24 @@ CONNECTION_PROCESSES = 2
 CONNECTION_CONCURRENCY = 50
 #: Pause after the last CONNACK before reading RSS, so the broker settles.
 RSS_SETTLE_S = 1.0
+#: connections_paced: clients that arrive over time, as a fleet's do (a broker's memory
+#: per idle client then depends on what it keeps for a client that has gone quiet, not
+#: only on what a burst of handshakes leaves)
+PACED_CONNECT_RATE = 1_000.0
 
 
 def _start_connection_load(
-    workers: Workers, port: int, total: int, prefix: str, scale: Scale, proxy: str = ""
+    workers: Workers,
+    port: int,
+    total: int,
+    prefix: str,
+    scale: Scale,
+    proxy: str = "",
+    rate: float = 0.0,
 ) -> list[Connection]:
     """CONNECTION_PROCESSES load processes that open *total* connections between them
-    (client ids ``<prefix><process>-<n>``), waiting for ``go``."""
+    (client ids ``<prefix><process>-<n>``), waiting for ``go``; *rate* connections a
+    second between them (0: as fast as they go)."""
     counts = [
         total // CONNECTION_PROCESSES + (1 if index < total % CONNECTION_PROCESSES else 0)
         for index in range(CONNECTION_PROCESSES)
@@ -873,6 +884,7 @@ def _start_connection_load(
                 concurrency=CONNECTION_CONCURRENCY,
                 deadline_s=scale.deadline_s,
                 proxy=proxy,
+                rate=rate / CONNECTION_PROCESSES,
             )
         )
         for index, count in enumerate(counts)
@@ -907,12 +919,23 @@ class _Opened:
         )
 
 
-def connections(broker: BrokerProcess, scale: Scale) -> RunOutcome:
-    """Open N idle connections: handshake rate, RSS per connection, all still answer PINGs."""
+def idle_connections(rate: float) -> ScenarioFunction:
+    """Open N idle connections, as fast as they go (*rate* 0) or *rate* a second: the
+    handshake rate, RSS per connection one second after the last, all still answer PINGs.
+    """
+
+    def run(broker: BrokerProcess, scale: Scale) -> RunOutcome:
+        return _idle_connections(broker, scale, rate)
+
+    run.__doc__ = idle_connections.__doc__
+    return run
+
+
+def _idle_connections(broker: BrokerProcess, scale: Scale, rate: float) -> RunOutcome:
     pid = broker.process.pid
     total = scale.connections
     with _workers() as workers:
-        pipes = _start_connection_load(workers, broker.broker.port, total, "idle", scale)
+        pipes = _start_connection_load(workers, broker.broker.port, total, "idle", scale, rate=rate)
         # Baseline after the workers are up (their start-up does not touch the broker).
         rss_before = read_rss_kib(pid)
         workers.go.set()
@@ -1159,7 +1182,16 @@ SCENARIOS: tuple[Scenario, ...] = (
             MetricSpec("rss_per_conn_kib", "RSS per idle connection", "KiB", False),
             MetricSpec("held", "connections held (answer PINGREQ)", "conn", True),
         ),
-        connections,
+        idle_connections(0.0),
+    ),
+    Scenario(
+        "connections_paced",
+        f"Idle connections arriving at {PACED_CONNECT_RATE:,.0f}/s (a fleet, not a burst)",
+        (
+            MetricSpec("rss_per_conn_kib", "RSS per idle connection", "KiB", False),
+            MetricSpec("held", "connections held (answer PINGREQ)", "conn", True),
+        ),
+        idle_connections(PACED_CONNECT_RATE),
     ),
     Scenario(
         "retained",

@@ -114,6 +114,7 @@ QUICK_NEW_EXPECTED = {
     "connect_rate": 300,
     "connect_rate_proxy_v1": 300,
     "connect_rate_proxy_v2": 300,
+    "connections_paced": 500,  # PINGRESPs of the connections held
 }
 
 
