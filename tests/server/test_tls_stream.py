@@ -42,6 +42,7 @@ from trio_mqtt.mqtt.packets import (
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server import connection
 from trio_mqtt.server.connection import run_connection
+from trio_mqtt.server.idle_park import idle_park_for
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.rejection import TLSHandshakeRejected
 from trio_mqtt.server.tls import ServerTLS, tls_handshake
@@ -436,6 +437,34 @@ async def test_tls_keep_alive_timeout_closes_on_time(
         with trio.fail_after(100):
             assert await read_packets(client, reader, 1) == [Disconnect(reason_code=0x8D)]
         assert trio.current_time() - start == 6
+
+
+async def test_a_quiet_tls_connection_parks_and_is_still_answered(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock
+) -> None:
+    # As on plain TCP (test_idle_park.py): the reader, waiting inside TLSStream, is rung
+    # to park; its socket waits in the IdlePark; the client's next record resumes it.
+    reader = PacketReader(protocol_version=V5, server_side=False)
+    core = make_core(trio.current_time)
+    async with tls_pair(pki) as (client, server, peer), trio.open_nursery() as nursery:
+        park = idle_park_for(nursery, connection._resume)
+        nursery.start_soon(run_connection, server, core, peer, nursery)
+        connect = Connect(client_id="tls-quiet", protocol_version=V5, keep_alive=4)
+        await client.send_all(encode(connect, V5))
+        [connack] = await read_packets(client, reader, 1)
+        assert isinstance(connack, Connack) and connack.reason_code == 0
+        start = trio.current_time()
+        await trio.sleep(connection.PARK_AFTER + connection.PARK_GRAIN)
+        assert len(park) == 1
+        await client.send_all(encode(Pingreq(), V5))
+        assert await read_packets(client, reader, 1) == [Pingresp()]
+        assert len(park) == 0
+        await trio.sleep(2 * connection.PARK_AFTER + connection.PARK_GRAIN)
+        assert len(park) == 1  # and its keep alive still runs out on time (1.5 x 4 s)
+        with trio.fail_after(100):
+            assert await read_packets(client, reader, 1) == [Disconnect(reason_code=0x8D)]
+        pinged = connection.PARK_AFTER + connection.PARK_GRAIN
+        assert trio.current_time() - start == pytest.approx(pinged + 6)
 
 
 async def test_tls_reads_wait_after_a_short_read_instead_of_finding_nothing(

@@ -19,14 +19,15 @@ socket with unread input makes the kernel send RST, which can destroy the last p
 in the client's receive buffer, or fail the client's next write, before the client has
 read it.
 
-Parking: a plain-TCP connection whose client has been quiet for a while has no task at
-all. Its reader parks the socket (``IdlePark``, one task and an epoll set for all) and
-its task ends, which halves what an idle connection costs; a new task (``_resume``)
-picks the connection up where it stopped when the client sends, its keep alive runs
-out, or a writer ends it. A park and a resume cost about as much CPU as a packet, so a
-client that comes back soon after it was parked is left a longer quiet spell before
-the next (``_Output.park_after``): parking is for clients quiet for tens of seconds
-(subscribers, keep-alive pings, slow sensors) and for the first second after CONNECT.
+Parking: a connection on a socket (plain TCP, TLS) whose client has been quiet for a
+while has no task at all. Its reader parks the socket (``IdlePark``, one task and an
+epoll set for all) and its task ends, which takes half of what an idle plain-TCP
+connection costs; a new task (``_resume``) picks the connection up where it stopped
+when the client sends, its keep alive runs out, or a writer ends it. A park and a
+resume cost about as much CPU as a packet, so a client that comes back soon after it
+was parked is left a longer quiet spell before the next (``_Output.park_after``):
+parking is for clients quiet for tens of seconds (subscribers, keep-alive pings, slow
+sensors) and for the first second after CONNECT.
 
 One shortcut (plain TCP, and TLS through our own ``TLSStream``): when no writer is
 running, the reader writes the answer to what it just read itself, with one
@@ -86,7 +87,7 @@ FINAL_FLUSH_TIMEOUT = 2.0
 # holds a closing connection for at most this long.
 LINGER_TIMEOUT = 1.0
 LINGER_BYTES = 64 * 1024
-# How long a plain-TCP client may send nothing before its reader parks (IdlePark): its
+# How long a client on a socket may send nothing before its reader parks (IdlePark): its
 # task ends, and one task waits for every parked socket; an idle connection's memory
 # halves. At first, PARK_AFTER. A park and a resume cost about as much CPU as a packet:
 # a client that sends again within PARK_WORTH of being parked waits twice as long before
@@ -201,7 +202,7 @@ class _Output:
         self.idle = False
         self.rang = False
         self.keep_alive_entry: KeepAliveEntry | None = None
-        # Parking (plain TCP): where (None: never), after how long a quiet spell, whether
+        # Parking (on a socket): where (None: never), after how long a quiet spell, whether
         # the watch asked the reader to park, whether the watch has no entry for the park
         # time (the reader's next arm gives it), whether it has parked (idle stays True)
         # and when
@@ -300,6 +301,21 @@ class _Output:
             self.park_asked = True
         trio.lowlevel.notify_closing(self.ring_fd)
 
+    def arm(self, watch: KeepAliveWatch) -> None:
+        """The reader is about to wait for its socket: the watch has its deadline and,
+        once per entry, the park time if that comes first (an entry due earlier than
+        needed is harmless: the watch asks ``deadline()`` again; and the park time only
+        moves later while the entry lives)."""
+        conn = self._conn
+        deadline = conn.next_deadline()
+        if self.park_unarmed and self.park is not None:
+            park_at = _park_time(conn.quiet_deadline(self.park_after))
+            if park_at < deadline:
+                deadline = park_at
+                self.park_unarmed = False
+        self.keep_alive_entry = watch.arm(self.keep_alive_entry, self, deadline)
+        self.idle = True
+
     def may_park(self) -> bool:
         """The reader woken to park may: nothing needs it, and no writer waits on its
         socket (parking is not for a connection that is busy or closing)."""
@@ -308,7 +324,7 @@ class _Output:
     def _unpark(self) -> None:
         park = self.park
         assert park is not None
-        park.unpark(self.fd)
+        park.unpark(self.ring_fd)
 
     def wakeup(self) -> None:
         # called once per message routed to this connection: keep it cheap
@@ -465,7 +481,7 @@ async def run_connection(
     Writer tasks start in ``writers``, the nursery this task runs in (the listener's):
     an idle connection has no nursery of its own (about 1 KiB, and a tenth of a short
     connection's CPU). The connection still outlives its writers: it waits for the last
-    one before it closes ``stream``. A plain-TCP connection whose client is quiet parks
+    one before it closes ``stream``. A connection on a socket whose client is quiet parks
     (``IdlePark``): this returns, and the connection, its closing and ``on_closed`` go
     on in later tasks of ``writers``.
     """
@@ -480,7 +496,7 @@ async def run_connection(
     watched = _watched_socket(stream)
     if watched is not None:
         watched.on_blocked = conn.transport_blocked
-    if output.fd >= 0 and parking_supported:
+    if output.ring_fd >= 0 and parking_supported:  # plain TCP, TLS on a socket
         output.park = idle_park_for(writers, _resume)
     task = _Task(
         stream=stream,
@@ -622,17 +638,7 @@ async def _read_loop(task: _Task, resumed: bool) -> bool:
                     except BlockingIOError:
                         data = None  # (wait outside the handler: it would keep the error)
                 if data is None:
-                    deadline = conn.next_deadline()
-                    if output.park_unarmed and output.park is not None:
-                        # once per entry: an entry due earlier than needed is harmless
-                        # (the watch asks deadline() again), and the park time only
-                        # moves later while the entry lives
-                        park_at = _park_time(conn.quiet_deadline(output.park_after))
-                        if park_at < deadline:
-                            deadline = park_at
-                            output.park_unarmed = False
-                    output.keep_alive_entry = watch.arm(output.keep_alive_entry, output, deadline)
-                    output.idle = True
+                    output.arm(watch)
                     try:
                         while data is None:
                             await trio.lowlevel.wait_readable(fd)
@@ -649,10 +655,7 @@ async def _read_loop(task: _Task, resumed: bool) -> bool:
                 drained = len(data) < RECEIVE_SIZE
             elif ring_fd >= 0:
                 # TLS on a socket: TLSStream waits in wait_readable(ring_fd) as well
-                output.keep_alive_entry = watch.arm(
-                    output.keep_alive_entry, output, conn.next_deadline()
-                )
-                output.idle = True
+                output.arm(watch)
                 try:
                     data = await stream.receive_some(RECEIVE_SIZE)
                 finally:
@@ -672,7 +675,7 @@ async def _read_loop(task: _Task, resumed: bool) -> bool:
                     )
                     output.parked = output.idle = True
                     output.parked_at = conn.core.now()
-                    park.park(fd, task)
+                    park.park(ring_fd, task)
                     return True
             elif not output.rang:
                 return False  # stopped (stop_reading), or closed under us
