@@ -9,6 +9,7 @@ kept, its takeover and its close, and the broker's shutdown.
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 from helpers import PEER, V5, V311, make_core, open_client, wait_until
@@ -16,6 +17,7 @@ from rawclient import RawClient
 
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
+from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
     Disconnect,
     Pingreq,
@@ -129,6 +131,39 @@ async def test_a_client_back_soon_is_parked_later_and_later(
         assert [round(wait) for wait in waits] == expected  # (to the grain)
         await _quiet(PARK_WORTH)  # then away for longer than PARK_WORTH: half as long
         assert round(await _parked_after(serving, client)) == PARK_AFTER_MAX / 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_packet_that_trickles_in_does_not_park_the_connection_at_every_read(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The park time counts from the last complete packet; a client sending a large
+    packet slowly is not quiet. Its reads, a tenth of a second apart, cost no park and
+    resume each (at most one per PARK_AFTER while it goes on)."""
+    parks: list[float] = []
+    real_park = IdlePark.park
+
+    def park(self: IdlePark[object], fd: int, connection: object) -> None:
+        parks.append(trio.current_time())
+        real_park(self, fd, connection)
+
+    monkeypatch.setattr(IdlePark, "park", park)
+    core = make_core(trio.current_time)
+    async with trio.open_nursery() as nursery:
+        serving = _Serving(nursery, core)
+        client = await open_client(serving, V311, "socket")
+        await client.connect("slow", keep_alive=60)
+        await _quiet(PARK_WORTH + 10)
+        assert len(parks) == 1  # quiet since its CONNECT: parked (for long: PARK_AFTER)
+        packet = encode(Publish(topic="t", payload=bytes(3000), qos=0), V311)
+        start = trio.current_time()
+        for offset in range(0, len(packet), 100):  # 3 s, a chunk every 0.1 s
+            await client.stream.send_all(packet[offset : offset + 100])
+            await trio.sleep(0.1)
+        trickled = trio.current_time() - start
+        assert len(parks) - 1 <= trickled / PARK_AFTER
+        await client.send(Pingreq())  # and the packet arrived whole
+        assert await client.receive() == Pingresp()
         nursery.cancel_scope.cancel()
 
 

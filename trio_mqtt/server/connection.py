@@ -303,13 +303,21 @@ class _Output:
 
     def arm(self, watch: KeepAliveWatch) -> None:
         """The reader is about to wait for its socket: the watch has its deadline and,
-        once per entry, the park time if that comes first (an entry due earlier than
-        needed is harmless: the watch asks ``deadline()`` again; and the park time only
-        moves later while the entry lives)."""
+        once per entry, the time to ask whether to park if that comes first (an entry
+        due earlier than needed is harmless: the watch asks ``deadline()`` again).
+
+        That time is ``park_after`` from now, not from the client's last complete
+        packet: a client whose large packet trickles in is not quiet, and would
+        otherwise be parked after every read once its last whole packet is that old.
+        """
         conn = self._conn
         deadline = conn.next_deadline()
-        if self.park_unarmed and self.park is not None:
-            park_at = _park_time(conn.quiet_deadline(self.park_after))
+        if (
+            self.park_unarmed
+            and self.park is not None
+            and conn.quiet_deadline(0.0) != math.inf  # connected, nothing pending
+        ):
+            park_at = _park_time(conn.core.now() + self.park_after)
             if park_at < deadline:
                 deadline = park_at
                 self.park_unarmed = False
