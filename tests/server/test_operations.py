@@ -24,6 +24,7 @@ from trio_mqtt import Broker, BrokerConfig, ListenerConfig, open_broker, serve
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.config import ClusterConfig, HttpConfig, ProxyMode, ProxyPolicy
 from trio_mqtt.mqtt.packets import (
+    Disconnect,
     ProtocolVersion,
     Puback,
     Publish,
@@ -32,6 +33,7 @@ from trio_mqtt.mqtt.packets import (
     SubscriptionRequest,
 )
 from trio_mqtt.nats import NATSError
+from trio_mqtt.server import connection
 from trio_mqtt.server.operations import Endpoints, HttpHandle, serve_http
 
 V311 = ProtocolVersion.V311
@@ -133,6 +135,27 @@ async def test_metrics_follow_real_traffic() -> None:
         await wait_until(lambda: not broker.listeners["mqtt"].connections, "closed")
         closed = await scrape(port)
         assert value(closed, "trio_mqtt_connections", listener="mqtt") == 0
+
+
+async def test_metrics_count_the_parked_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a connection parks once its client has been quiet for PARK_AFTER (shortened here)
+    monkeypatch.setattr(connection, "PARK_AFTER", 0.05)
+    monkeypatch.setattr(connection, "PARK_GRAIN", 0.05)
+    async with open_broker(config()) as broker:
+        port = http_port(broker)
+        assert value(await scrape(port), "trio_mqtt_connections_parked") == 0
+        clients = [await RawClient.open(broker.port) for _ in range(2)]
+        for n, client in enumerate(clients):
+            await client.connect(f"quiet{n}", keep_alive=60)
+        await wait_until(lambda: broker.parked_connections() == 2, "both parked")
+        assert value(await scrape(port), "trio_mqtt_connections_parked") == 2
+        assert value(await scrape(port), "trio_mqtt_connections", listener="mqtt") == 2
+        await clients[0].send(Disconnect())
+        await clients[0].expect_closed()
+        await wait_until(lambda: broker.parked_connections() == 1, "one left")
+        assert value(await scrape(port), "trio_mqtt_connections_parked") == 1
+        for client in clients:
+            await client.aclose()
 
 
 async def test_drops_by_reason_and_event_loop_lag() -> None:

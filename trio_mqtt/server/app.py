@@ -45,6 +45,7 @@ from trio_mqtt.peer import Endpoint
 from trio_mqtt.persistence.sqlite import PersistenceWriteError, SQLiteStore
 from trio_mqtt.server.backpressure import relief_for
 from trio_mqtt.server.exception_groups import UnwrapGroups
+from trio_mqtt.server.idle_park import parked_in
 from trio_mqtt.server.listener import ListenerHandle, serve_listener
 from trio_mqtt.server.metrics import (
     CONTENT_TYPE,
@@ -149,10 +150,17 @@ class Broker:
     # why the last persistence save failed (None: it worked, or none was tried yet)
     _persistence_error: str | None = None
     _registry: CollectorRegistry | None = None
+    # the nursery the connections run in (None until the broker has started)
+    _connections: trio.Nursery | None = None
 
     @property
     def stats(self) -> BrokerStats:
         return self.core.stats
+
+    def parked_connections(self) -> int:
+        """How many connections are parked now: their client is quiet, and they have no
+        task of their own until it sends again (``server/idle_park.py``)."""
+        return 0 if self._connections is None else parked_in(self._connections)
 
     @property
     def metrics_registry(self) -> CollectorRegistry:
@@ -163,6 +171,7 @@ class Broker:
                 self.listeners,
                 self.loop_lag,
                 self.cluster_figures if self.config.cluster is not None else None,
+                self.parked_connections,
             )
         return self._registry
 
@@ -499,6 +508,7 @@ async def _run_broker(config: BrokerConfig | None) -> AsyncIterator[Broker]:
                     connections: trio.Nursery = await nursery.start(
                         _hold_connections, closing, config.shutdown_timeout
                     )
+                    broker._connections = connections
                     try:
                         for listener_config in config.listeners:
                             handle = await nursery.start(

@@ -119,3 +119,9 @@ def idle_park_for(nursery: trio.Nursery, resume: Callable[[_C], Awaitable[None]]
     if park is None:
         park = _PARKS[nursery] = IdlePark(nursery, resume)  # type: ignore[arg-type]
     return park  # type: ignore[return-value]
+
+
+def parked_in(nursery: trio.Nursery) -> int:
+    """How many sockets of ``nursery``'s connections are parked now (``/metrics``)."""
+    park = _PARKS.get(nursery)
+    return 0 if park is None else len(park)

@@ -92,11 +92,13 @@ class BrokerCollector(Collector):
         listeners: Mapping[str, ListenerHandle],
         lag: LoopLag,
         cluster: Callable[[], ClusterFigures] | None = None,
+        parked: Callable[[], int] = lambda: 0,
     ) -> None:
         self._core = core
         self._listeners = listeners  # the Broker's dict: listeners started later appear
         self._lag = lag
         self._cluster = cluster  # None: no [cluster], no cluster metrics
+        self._parked = parked
 
     def collect(self) -> Iterator[Metric]:
         yield from self._listener_metrics()
@@ -188,6 +190,12 @@ class BrokerCollector(Collector):
             for result, count in sorted(handle.tls_handshakes.items()):
                 tls.add_metric([name, result], count)
         yield from (connections, connects, proxy, health, tls)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_connections_parked",
+            "Open connections whose client is quiet, held without a task of their own "
+            "(all listeners; plain TCP and TLS).",
+            value=self._parked(),
+        )
 
     def _message_metrics(self) -> Iterator[Metric]:
         stats = self._core.stats
@@ -287,13 +295,15 @@ def make_registry(
     listeners: Mapping[str, ListenerHandle],
     lag: LoopLag,
     cluster: Callable[[], ClusterFigures] | None = None,
+    parked: Callable[[], int] = lambda: 0,
 ) -> CollectorRegistry:
     """A registry of its own for one broker, with the process's CPU, memory and fds too.
 
-    ``cluster``: what reads the cluster's counters (a broker with ``[cluster]``).
+    ``cluster``: what reads the cluster's counters (a broker with ``[cluster]``);
+    ``parked``: how many connections are parked now.
     """
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(BrokerCollector(core, listeners, lag, cluster))
+    registry.register(BrokerCollector(core, listeners, lag, cluster, parked))
     ProcessCollector(registry=registry)  # process_* (Linux: from /proc)
     return registry
 
