@@ -315,7 +315,7 @@ class _Output:
         if (
             self.park_unarmed
             and self.park is not None
-            and conn.quiet_deadline(0.0) != math.inf  # connected, nothing pending
+            and conn.quiet_deadline(0.0) != math.inf  # connected, nothing pending: may park
         ):
             park_at = _park_time(conn.core.now() + self.park_after)
             if park_at < deadline:
@@ -515,33 +515,32 @@ async def run_connection(
         watched=watched,
         on_closed=on_closed,
     )
+    # (_resume's body too, written out rather than called: a call is one more frame for
+    # every connection that waits with a task)
+    parked = flush = False
     try:
         output.open(writers, conn)
-    except BaseException:
-        await _close(task, flush=False)
-        raise
-    await _serve(task)
+        parked = await _read_loop(task, resumed=False)
+        flush = conn.wants_close
+    finally:
+        if not parked:
+            await _close(task, flush)
 
 
 async def _resume(task: _Task) -> None:
     """A parked connection's task again (``IdlePark``): its socket is readable, its keep
     alive ran out, or a writer ended the connection."""
     output = task.output
-    output.parked = output.idle = False
+    output.parked = output.idle = output.park_asked = False
     output.park_unarmed = True  # (its entry has the keep alive's deadline)
     if not (output.rang or output.stopped):  # its client sent something, or closed
         if task.conn.core.now() - output.parked_at < PARK_WORTH:
             output.park_after = min(output.park_after * 2, PARK_AFTER_MAX)
         else:
             output.park_after = max(output.park_after / 2, PARK_AFTER)
-    await _serve(task, resumed=True)
-
-
-async def _serve(task: _Task, resumed: bool = False) -> None:
-    # The reading, then the closing, of one connection, unless its reader parks.
     parked = flush = False
     try:
-        parked = await _read_loop(task, resumed)
+        parked = await _read_loop(task, resumed=True)
         flush = task.conn.wants_close
     finally:
         if not parked:
