@@ -9,6 +9,10 @@ kept, its takeover and its close, and the broker's shutdown.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -22,6 +26,7 @@ from trio_mqtt.mqtt.packets import (
     Disconnect,
     Pingreq,
     Pingresp,
+    ProtocolVersion,
     Publish,
     Suback,
     Subscribe,
@@ -65,6 +70,26 @@ class _Serving:
     def connection_tasks(self) -> list[trio.lowlevel.Task]:
         return self.tasks("run_connection") + self.tasks("_resume")
 
+    async def client(self, version: ProtocolVersion, client_id: str, **connect: Any) -> RawClient:
+        """A client on a socket pair, connected as ``client_id``."""
+        client = await open_client(self, version, "socket")
+        await client.connect(client_id, **connect)
+        return client
+
+    async def parked_after_quiet_spell(self, count: int) -> None:
+        """Quiet for PARK_AFTER (to the grain): then ``count`` connections are parked."""
+        await _quiet(PARK_AFTER + PARK_GRAIN)
+        assert len(self.park) == count
+
+
+@asynccontextmanager
+async def _serving() -> AsyncIterator[_Serving]:
+    """Connections served in a nursery of their own, on a fresh core; cancelled at the
+    end."""
+    async with trio.open_nursery() as nursery:
+        yield _Serving(nursery, make_core(trio.current_time))
+        nursery.cancel_scope.cancel()
+
 
 async def _quiet(seconds: float) -> None:
     await trio.sleep(seconds)
@@ -74,11 +99,8 @@ async def _quiet(seconds: float) -> None:
 async def test_a_quiet_connection_parks_and_its_client_is_still_answered(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    core = make_core(trio.current_time)
-    async with trio.open_nursery() as nursery:
-        serving = _Serving(nursery, core)
-        client = await open_client(serving, V5, "socket")
-        await client.connect("quiet", keep_alive=60)
+    async with _serving() as serving:
+        client = await serving.client(V5, "quiet", keep_alive=60)
         await _quiet(PARK_AFTER - PARK_GRAIN)
         assert len(serving.connection_tasks()) == 1
         assert len(serving.park) == 0
@@ -100,7 +122,7 @@ async def test_a_quiet_connection_parks_and_its_client_is_still_answered(
         assert serving.connection_tasks() == []
         assert len(serving.park) == 0
         assert serving.tasks("IdlePark._run") == []  # nothing parked: its task ended
-        assert keep_alive_watch_for(nursery).armed == 0
+        assert keep_alive_watch_for(serving.nursery).armed == 0
 
 
 async def _parked_after(serving: _Serving, client: RawClient) -> float:
@@ -119,19 +141,14 @@ async def test_a_client_back_soon_is_parked_later_and_later(
     """A park and a resume cost CPU: a client that sends again within PARK_WORTH of its
     park waits twice as long before the next (up to PARK_AFTER_MAX), and a client
     that stays away longer half as long, down to PARK_AFTER."""
-    core = make_core(trio.current_time)
-    async with trio.open_nursery() as nursery:
-        serving = _Serving(nursery, core)
-        client = await open_client(serving, V5, "socket")
-        await client.connect("pinger", keep_alive=0)
-        await _quiet(PARK_AFTER + PARK_GRAIN)
-        assert len(serving.park) == 1
+    async with _serving() as serving:
+        client = await serving.client(V5, "pinger", keep_alive=0)
+        await serving.parked_after_quiet_spell(1)
         waits = [await _parked_after(serving, client) for _ in range(7)]
         expected = [min(PARK_AFTER * 2**n, PARK_AFTER_MAX) for n in range(1, 8)]
         assert [round(wait) for wait in waits] == expected  # (to the grain)
         await _quiet(PARK_WORTH)  # then away for longer than PARK_WORTH: half as long
         assert round(await _parked_after(serving, client)) == PARK_AFTER_MAX / 2
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_packet_that_trickles_in_does_not_park_the_connection_at_every_read(
@@ -148,11 +165,8 @@ async def test_a_packet_that_trickles_in_does_not_park_the_connection_at_every_r
         real_park(self, fd, connection)
 
     monkeypatch.setattr(IdlePark, "park", park)
-    core = make_core(trio.current_time)
-    async with trio.open_nursery() as nursery:
-        serving = _Serving(nursery, core)
-        client = await open_client(serving, V311, "socket")
-        await client.connect("slow", keep_alive=60)
+    async with _serving() as serving:
+        client = await serving.client(V311, "slow", keep_alive=60)
         await _quiet(PARK_WORTH + 10)
         assert len(parks) == 1  # quiet since its CONNECT: parked (for long: PARK_AFTER)
         packet = encode(Publish(topic="t", payload=bytes(3000), qos=0), V311)
@@ -164,21 +178,17 @@ async def test_a_packet_that_trickles_in_does_not_park_the_connection_at_every_r
         assert len(parks) - 1 <= trickled / PARK_AFTER
         await client.send(Pingreq())  # and the packet arrived whole
         assert await client.receive() == Pingresp()
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_parked_subscriber_receives_without_being_resumed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    core = make_core(trio.current_time)
-    async with trio.open_nursery() as nursery:
-        serving = _Serving(nursery, core)
-        subscriber = await open_client(serving, V311, "socket")
-        await subscriber.connect("sub", keep_alive=60)
+    async with _serving() as serving:
+        core = serving.core
+        subscriber = await serving.client(V311, "sub", keep_alive=60)
         await subscriber.send(Subscribe(1, (SubscriptionRequest("t/#", 0),)))
         assert isinstance(await subscriber.receive(), Suback)
-        await _quiet(PARK_AFTER + 0.01)
-        assert len(serving.park) == 1
+        await serving.parked_after_quiet_spell(1)
         for n in range(5):
             core.publish(Message(f"t/{n}", b"%d" % n))
         got = [await subscriber.receive() for _ in range(5)]
@@ -188,20 +198,16 @@ async def test_a_parked_subscriber_receives_without_being_resumed(
         await trio.testing.wait_all_tasks_blocked()
         assert len(serving.park) == 1  # writes need no reader
         assert serving.connection_tasks() == []
-        nursery.cancel_scope.cancel()
 
 
 async def test_the_keep_alive_of_a_parked_connection_runs_out_on_time(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    core = make_core(trio.current_time)
-    async with trio.open_nursery() as nursery:
-        serving = _Serving(nursery, core)
-        client = await open_client(serving, V5, "socket")
-        await client.connect("silent", keep_alive=4)
+    async with _serving() as serving:
+        core = serving.core
+        client = await serving.client(V5, "silent", keep_alive=4)
         start = trio.current_time()
-        await _quiet(PARK_AFTER + 0.01)
-        assert len(serving.park) == 1
+        await serving.parked_after_quiet_spell(1)
         assert await client.expect_closed(timeout=60) == [Disconnect(reason_code=0x8D)]
         assert 6 <= trio.current_time() - start <= 6 + 0.02  # 1.5 x keep alive
         await client.stream.aclose()
@@ -211,15 +217,10 @@ async def test_the_keep_alive_of_a_parked_connection_runs_out_on_time(
 
 
 async def test_a_parked_connection_is_taken_over(autojump_clock: trio.testing.MockClock) -> None:
-    core = make_core(trio.current_time)
-    async with trio.open_nursery() as nursery:
-        serving = _Serving(nursery, core)
-        old = await open_client(serving, V5, "socket")
-        await old.connect("twice", keep_alive=60)
-        await _quiet(PARK_AFTER + 0.01)
-        assert len(serving.park) == 1
-        new = await open_client(serving, V5, "socket")
-        await new.connect("twice", keep_alive=60)
+    async with _serving() as serving:
+        old = await serving.client(V5, "twice", keep_alive=60)
+        await serving.parked_after_quiet_spell(1)
+        new = await serving.client(V5, "twice", keep_alive=60)
         assert await old.expect_closed(timeout=5) == [Disconnect(reason_code=0x8E)]
         await old.stream.aclose()
         await wait_until(lambda: serving.closed == 1, "the old connection closed", 5)
@@ -232,23 +233,17 @@ async def test_a_parked_connection_is_taken_over(autojump_clock: trio.testing.Mo
 async def test_a_parked_client_that_goes_away_leaves_its_will(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    core = make_core(trio.current_time)
-    async with trio.open_nursery() as nursery:
-        serving = _Serving(nursery, core)
-        watcher = await open_client(serving, V311, "socket")
-        await watcher.connect("watcher", keep_alive=0)
+    async with _serving() as serving:
+        watcher = await serving.client(V311, "watcher", keep_alive=0)
         await watcher.send(Subscribe(1, (SubscriptionRequest("will/#", 0),)))
         assert isinstance(await watcher.receive(), Suback)
-        client = await open_client(serving, V311, "socket")
-        await client.connect("dev", keep_alive=60, will=Will("will/dev", b"gone"))
-        await _quiet(PARK_AFTER + 0.01)
-        assert len(serving.park) == 2
+        client = await serving.client(V311, "dev", keep_alive=60, will=Will("will/dev", b"gone"))
+        await serving.parked_after_quiet_spell(2)
         await client.stream.aclose()  # EOF, no DISCONNECT
         will = await watcher.receive()
         assert isinstance(will, Publish)
         assert (will.topic, will.payload) == ("will/dev", b"gone")
         await wait_until(lambda: serving.closed == 1, "closed", 5)
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_connection_whose_writer_waits_does_not_park(
@@ -256,11 +251,9 @@ async def test_a_connection_whose_writer_waits_does_not_park(
 ) -> None:
     """Parking wakes every wait on the socket: not while a writer waits for room in it
     (its client reads nothing). The writer stays; the connection parks once it is done."""
-    core = make_core(trio.current_time)
-    async with trio.open_nursery() as nursery:
-        serving = _Serving(nursery, core)
-        client = await open_client(serving, V311, "socket")
-        await client.connect("slow", keep_alive=0)
+    async with _serving() as serving:
+        core = serving.core
+        client = await serving.client(V311, "slow", keep_alive=0)
         await client.send(Subscribe(1, (SubscriptionRequest("flood", 0),)))
         assert isinstance(await client.receive(), Suback)
         for _ in range(64):  # far more than the socket pair holds: the writer waits
@@ -279,7 +272,6 @@ async def test_a_connection_whose_writer_waits_does_not_park(
         assert serving.tasks("_write_loop") == []
         assert len(serving.park) == 1
         assert serving.closed == 0
-        nursery.cancel_scope.cancel()
 
 
 async def test_cancelling_the_nursery_closes_parked_connections(
@@ -296,11 +288,8 @@ async def test_cancelling_the_nursery_closes_parked_connections(
 
     async with trio.open_nursery() as outer:
         serving: _Serving = await outer.start(serve)
-        clients = [await open_client(serving, V5, "socket") for _ in range(3)]
-        for n, client in enumerate(clients):
-            await client.connect(f"c{n}", keep_alive=60)
-        await _quiet(PARK_AFTER + 0.01)
-        assert len(serving.park) == 3
+        clients = [await serving.client(V5, f"c{n}", keep_alive=60) for n in range(3)]
+        await serving.parked_after_quiet_spell(3)
         serving.nursery.cancel_scope.cancel()
         for client in clients:
             assert await client.expect_closed(timeout=5) == []

@@ -59,6 +59,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+import attrs
 import trio
 
 from trio_mqtt.broker.core import BrokerCore
@@ -449,30 +450,18 @@ def _watched_socket(stream: trio.abc.Stream) -> WatchedSocketStream | None:
     return None
 
 
+@attrs.define(kw_only=True, weakref_slot=False)
 class _Task:
     """What a connection's task works with: kept while the connection lives, so that a
     parked connection (no task) gets a task again (``_resume``) where it left off."""
 
-    __slots__ = ("conn", "on_closed", "output", "relief", "stream", "watch", "watched")
-
-    def __init__(
-        self,
-        *,
-        stream: trio.abc.Stream,
-        conn: MQTTConnection,
-        output: _Output,
-        relief: Relief,
-        watch: KeepAliveWatch,
-        watched: WatchedSocketStream | None,
-        on_closed: Callable[[], None] | None,
-    ) -> None:
-        self.stream = stream
-        self.conn = conn
-        self.output = output
-        self.relief = relief
-        self.watch = watch
-        self.watched = watched
-        self.on_closed = on_closed
+    stream: trio.abc.Stream
+    conn: MQTTConnection
+    output: _Output
+    relief: Relief
+    watch: KeepAliveWatch
+    watched: WatchedSocketStream | None
+    on_closed: Callable[[], None] | None
 
 
 async def run_connection(
