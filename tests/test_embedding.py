@@ -221,6 +221,34 @@ async def test_invalid_filter_in_subscribe_raises() -> None:
 # --------------------------------------------------------------------------- clients
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+async def test_the_local_end_of_a_connection(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    """Bound to one address, a listener knows every connection's local end without
+    asking the accepted socket (a system call per connection); bound to a wildcard, it
+    asks: the client's destination address is the local end either way."""
+    config = BrokerConfig(listeners=(ListenerConfig(name="l", host=host, port=0),))
+    async with open_broker(config) as broker:
+        asked: list[object] = []
+        with trio.socket.socket() as probe:
+            socket_type = type(probe)  # (trio's concrete socket class)
+        real = socket_type.getsockname
+
+        def getsockname(sock: trio.socket.SocketType) -> object:
+            asked.append(sock)
+            return real(sock)
+
+        monkeypatch.setattr(socket_type, "getsockname", getsockname)
+        clients = [await RawClient.open(broker.port, V5) for _ in range(3)]
+        for n, client in enumerate(clients):
+            await client.connect(f"local-{n}")
+        assert {summary.peer.local for summary in broker.clients()} == {
+            Endpoint("127.0.0.1", broker.port)
+        }
+        assert len(asked) == (0 if host == "127.0.0.1" else 3)
+        for client in clients:
+            await client.aclose()
+
+
 async def test_clients_lists_connected_client_with_peer() -> None:
     async with running_broker("main") as broker:
         assert broker.clients() == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 from collections import Counter
@@ -343,6 +344,11 @@ async def _accept_loop(
     (about a tenth of a short connection's CPU); ``_serve_connection`` closes its socket
     itself.
     """
+    # A socket bound to one address: every connection's local end is that address (a
+    # wildcard bind: each connection's own, asked per connection)
+    local = Endpoint.from_sockaddr(listener.socket.getsockname())
+    if local is not None and ipaddress.ip_address(local.host.partition("%")[0]).is_unspecified:
+        local = None
     async with listener:
         while True:
             try:
@@ -359,7 +365,9 @@ async def _accept_loop(
                 )
                 await trio.sleep(ACCEPT_RETRY_DELAY)
             else:
-                handler_nursery.start_soon(_serve_connection, core, handle, handler_nursery, stream)
+                handler_nursery.start_soon(
+                    _serve_connection, core, handle, handler_nursery, stream, local
+                )
 
 
 async def _serve_connection(
@@ -367,6 +375,7 @@ async def _serve_connection(
     handle: ListenerHandle,
     handler_nursery: trio.Nursery,
     socket_stream: trio.SocketStream,
+    local: Endpoint | None,
 ) -> None:
     # The connection's task, from accept to close; it always closes ``socket_stream``.
     # One coroutine from here to run_connection, no wrapper: each is a frame that every
@@ -378,7 +387,8 @@ async def _serve_connection(
     handed_over = False
     try:
         stream = WatchedSocketStream(socket_stream)  # flow control: is the client reading?
-        local = Endpoint.from_sockaddr(socket_stream.socket.getsockname())
+        if local is None:  # (the listener's socket is bound to a wildcard address)
+            local = Endpoint.from_sockaddr(socket_stream.socket.getsockname())
         try:
             remote = Endpoint.from_sockaddr(socket_stream.socket.getpeername())
         except OSError:
