@@ -4,6 +4,7 @@ retained messages with their publisher, and connect hooks, over real sockets on 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -234,7 +235,8 @@ async def test_the_local_end_of_a_connection(monkeypatch: pytest.MonkeyPatch, ho
         real = socket_type.getsockname
 
         def getsockname(sock: trio.socket.SocketType) -> object:
-            asked.append(sock)
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                asked.append(sock)  # (an accepted socket: not the listener's own)
             return real(sock)
 
         monkeypatch.setattr(socket_type, "getsockname", getsockname)
