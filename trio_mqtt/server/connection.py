@@ -325,10 +325,33 @@ class _Output:
         self.keep_alive_entry = watch.arm(self.keep_alive_entry, self, deadline)
         self.idle = True
 
-    def may_park(self) -> bool:
-        """The reader woken to park may: nothing needs it, and no writer waits on its
-        socket (parking is not for a connection that is busy or closing)."""
-        return not (self.writing or self.stopped or self.rang or self._conn.wants_close)
+    def park_now(self, watch: KeepAliveWatch, task: _Task) -> bool:
+        """The reader, rung to park (``park_asked``), parks unless something needs it
+        now (a writer waits on its socket, the connection is closing, or its deadline
+        came): then the watch keeps only the connection's own deadline and ``task``
+        waits in the park. False: the reader goes on."""
+        self.park_asked = False
+        park = self.park
+        if park is None or self.writing or self.stopped or self.rang or self._conn.wants_close:
+            return False
+        conn = self._conn
+        self.keep_alive_entry = watch.arm(self.keep_alive_entry, self, conn.next_deadline())
+        self.parked = self.idle = True
+        self.parked_at = conn.core.now()
+        park.park(self.ring_fd, task)
+        return True
+
+    def resumed(self) -> None:
+        """The parked reader has a task again. A client that sent something (or closed)
+        soon after its park waits twice as long before the next, one that stayed away
+        longer half as long (PARK_WORTH)."""
+        self.parked = self.idle = self.park_asked = False
+        self.park_unarmed = True  # (its entry has the keep alive's deadline)
+        if not (self.rang or self.stopped):  # its client sent something, or closed
+            if self._conn.core.now() - self.parked_at < PARK_WORTH:
+                self.park_after = min(self.park_after * 2, PARK_AFTER_MAX)
+            else:
+                self.park_after = max(self.park_after / 2, PARK_AFTER)
 
     def _unpark(self) -> None:
         park = self.park
@@ -519,14 +542,7 @@ async def run_connection(
 async def _resume(task: _Task) -> None:
     """A parked connection's task again (``IdlePark``): its socket is readable, its keep
     alive ran out, or a writer ended the connection."""
-    output = task.output
-    output.parked = output.idle = output.park_asked = False
-    output.park_unarmed = True  # (its entry has the keep alive's deadline)
-    if not (output.rang or output.stopped):  # its client sent something, or closed
-        if task.conn.core.now() - output.parked_at < PARK_WORTH:
-            output.park_after = min(output.park_after * 2, PARK_AFTER_MAX)
-        else:
-            output.park_after = max(output.park_after / 2, PARK_AFTER)
+    task.output.resumed()
     parked = flush = False
     try:
         parked = await _read_loop(task, resumed=True)
@@ -662,17 +678,8 @@ async def _read_loop(task: _Task, resumed: bool) -> bool:
                 output.rang = waited.cancelled_caught and not output.stopped
         except trio.ClosedResourceError:
             if output.park_asked:
-                output.park_asked = False
-                park = output.park
-                if park is not None and output.may_park():
-                    # quiet for park_after: the task ends, the park watches the socket
-                    output.keep_alive_entry = watch.arm(
-                        output.keep_alive_entry, output, conn.next_deadline()
-                    )
-                    output.parked = output.idle = True
-                    output.parked_at = conn.core.now()
-                    park.park(ring_fd, task)
-                    return True
+                if output.park_now(watch, task):
+                    return True  # quiet for park_after: the park watches the socket
             elif not output.rang:
                 return False  # stopped (stop_reading), or closed under us
             drained = False  # (rung before it read what woke it, if anything did)
