@@ -16,6 +16,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+from helpers import wait_until
 from tools import require_tool
 
 from trio_mqtt.peer import PeerInfo
@@ -153,6 +154,31 @@ async def test_sub_receives_pub_at_every_qos_and_retained(
         assert retained is not None
         assert (retained.payload, retained.publisher) == (b"kept", f"pub-{version}-r")
         assert broker.stats.messages_received == 4
+
+
+async def test_a_parked_subscriber_still_gets_every_message(mosquitto: Programs) -> None:
+    # Defaults: a quiet mosquitto_sub parks (no task of its own, server/idle_park.py)
+    # about a second after its SUBSCRIBE; what is published then still reaches it, and
+    # its PUBACK / PUBREC / PUBCOMP resume it.
+    async with open_test_broker() as broker:
+        sub_argv = client_argv(
+            mosquitto.sub, broker, "5", "-i", "quiet-sub", "-t", "quiet/#", "-C", "2", "-v"
+        )
+        sub_argv += ["-q", "2"]
+        async with subscribed_client(broker, sub_argv, "quiet-sub", "quiet/#") as subscriber:
+            await wait_until(lambda: broker.parked_connections() == 1, "the subscriber parked")
+            for qos in (1, 2):
+                await run_client(
+                    client_argv(
+                        mosquitto.pub,
+                        broker,
+                        "5",
+                        *("-i", f"loud-{qos}", "-t", f"quiet/q{qos}"),
+                        *("-m", f"after the park {qos}", "-q", str(qos)),
+                    )
+                )
+            lines = await subscriber.finish()
+        assert lines == ["quiet/q1 after the park 1", "quiet/q2 after the park 2"]
 
 
 @pytest.mark.parametrize("version", list(VERSIONS), ids=VERSION_IDS)
