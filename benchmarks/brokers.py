@@ -23,7 +23,8 @@ comparison:
 Both run without persistence and log warnings only. Every broker also listens with TLS
 (a self-signed certificate made with ``openssl`` in the scratch directory) and, where it
 can, WebSocket: trio-mqtt always; mosquitto only if it was built with WebSocket support
-(Debian's 2.0.11 is not, see :func:`mosquitto_supports_websockets`).
+(Debian's 2.0.11 is not, see :func:`mosquitto_supports_websockets`; ``MOSQUITTO_PATH``
+names another build).
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ __all__ = [
     "wait_until_ready",
 ]
 
-MOSQUITTO_PATH = "/usr/sbin/mosquitto"
+#: The mosquitto binary measured: Debian's, or another build named by the environment
+#: variable ``TRIO_MQTT_BENCH_MOSQUITTO`` (for WebSocket, which Debian's build lacks: a
+#: mosquitto built from its own source with ``WITH_WEBSOCKETS=yes``).
+MOSQUITTO_PATH = os.environ.get("TRIO_MQTT_BENCH_MOSQUITTO") or "/usr/sbin/mosquitto"
 HOST = "127.0.0.1"
 #: mosquitto's per-session queue limit (both variants: so that it drops nothing).
 MAX_QUEUED_MESSAGES = 2_000_000

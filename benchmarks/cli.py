@@ -31,9 +31,11 @@ from typing import Any
 import attrs
 
 from benchmarks.brokers import (
+    MOSQUITTO_PATH,
     NATS_INSTALL_HINT,
     BrokerKind,
     BrokerStartError,
+    mosquitto_supports_websockets,
     mosquitto_version,
     nats_server_binary,
     raise_fd_limit,
@@ -201,6 +203,8 @@ def machine_info() -> dict[str, Any]:
         "trio_mqtt": _trio_mqtt_version(),
         "trio_mqtt_commit": source_commit(),
         "mosquitto": mosquitto_version(),
+        "mosquitto_path": MOSQUITTO_PATH,
+        "mosquitto_websockets": mosquitto_supports_websockets() if mosquitto_version() else False,
         "fd_limit": raise_fd_limit(),
     }
 

@@ -102,6 +102,8 @@ class SummaryRow:
     metric: MetricSpec
     stats: dict[str, Spread | None]
     all_verified: bool
+    #: how mosquitto's column differs from trio-mqtt's, if it does in these runs
+    note: str = ""
 
     def median(self, broker: str) -> float | None:
         spread = self.stats.get(broker)
@@ -192,7 +194,7 @@ class SummaryRow:
             "better_tuned": self.better_than(MOSQUITTO_TUNED),
             "runs": {broker: self.runs(broker) for broker in BROKERS},
             "all_verified": self.all_verified,
-            "note": self.scenario.mosquitto_note,
+            "note": self.note,
         }
 
 
@@ -231,6 +233,9 @@ def summarize(records: Sequence[RunRecord]) -> list[SummaryRow]:
                         for broker, broker_runs in by_broker.items()
                     },
                     all_verified=len(good) == len(runs),
+                    note=scenario.note_for(
+                        [record.outcome for record in runs if record.broker != TRIO]
+                    ),
                 )
             )
     return rows
@@ -360,7 +365,7 @@ def _value_text(row: SummaryRow, broker: str) -> str:
     text = _number(spread.median, row.metric.unit)
     if spread.runs > 1:
         text += f" ({_number(spread.low)}-{_number(spread.high)})"
-    if broker != TRIO and row.scenario.mosquitto_note:
+    if broker != TRIO and row.note:
         text += " *"
     return text
 
@@ -415,7 +420,7 @@ LEGEND = (
 
 
 def _notes(rows: Sequence[SummaryRow]) -> list[str]:
-    notes = sorted({row.scenario.mosquitto_note for row in rows if row.scenario.mosquitto_note})
+    notes = sorted({row.note for row in rows if row.note})
     return [f"* {note}" for note in notes]
 
 
@@ -561,10 +566,7 @@ def write_chart(path: Path, rows: Sequence[SummaryRow], title: str) -> str | Non
         values = [spread.median for spread in stats if spread is not None]
         below = [spread.median - spread.low for spread in stats if spread is not None]
         above = [spread.high - spread.median for spread in stats if spread is not None]
-        labels = [
-            short[name] + (" *" if name != TRIO and row.scenario.mosquitto_note else "")
-            for name in names
-        ]
+        labels = [short[name] + (" *" if name != TRIO and row.note else "") for name in names]
         bars = axis.bar(
             labels,
             values,
@@ -592,7 +594,7 @@ def write_chart(path: Path, rows: Sequence[SummaryRow], title: str) -> str | Non
         axis.margins(y=0.15)
     for index in range(len(shown), lines * columns):
         axes[index // columns][index % columns].axis("off")
-    notes = sorted({row.scenario.mosquitto_note for row in shown if row.scenario.mosquitto_note})
+    notes = sorted({row.note for row in shown if row.note})
     legend = (
         "bars: medians; whiskers: min-max over the repetitions. mosquitto defaults: its "
         "own settings (queues raised so that it drops nothing); mosquitto tuned: + "

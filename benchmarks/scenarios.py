@@ -151,13 +151,23 @@ ScenarioFunction = Callable[[BrokerProcess, Scale], RunOutcome]
 
 @attrs.frozen
 class Scenario:
-    """A named scenario; *mosquitto_note* says how mosquitto's row differs, if it does."""
+    """A named scenario; *mosquitto_note* says how mosquitto's row differs, if it does,
+    and *note_applies* (if given) which of mosquitto's runs it is true of."""
 
     name: str
     title: str
     metrics: tuple[MetricSpec, ...]
     run: ScenarioFunction
     mosquitto_note: str = ""
+    note_applies: Callable[[RunOutcome], bool] | None = None
+
+    def note_for(self, mosquitto_runs: Sequence[RunOutcome]) -> str:
+        """The note, if any of *mosquitto_runs* is one it is true of."""
+        if not self.mosquitto_note:
+            return ""
+        if self.note_applies is None:
+            return self.mosquitto_note
+        return self.mosquitto_note if any(map(self.note_applies, mosquitto_runs)) else ""
 
 
 # --- worker processes ---------------------------------------------------------------
@@ -1231,6 +1241,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         fanin_transport("ws"),
         mosquitto_note="a mosquitto built without WebSocket support (Debian's 2.0.11) runs "
         "plain-TCP fan-in in fanin_ws (details.transport says which)",
+        note_applies=lambda outcome: outcome.details.get("transport") != "ws",
     ),
     Scenario(
         "qos1_latency_split",

@@ -214,6 +214,31 @@ def test_summary_spreads_and_both_mosquitto_columns() -> None:
     assert "mosquitto-tuned (TCP_NODELAY, 100 in flight)" in table.splitlines()[0]
 
 
+def test_websocket_note_only_when_mosquitto_ran_plain_tcp() -> None:
+    """fanin_ws's mosquitto column is marked as plain TCP only for runs that were: a
+    mosquitto built with WebSocket support (TRIO_MQTT_BENCH_MOSQUITTO) is compared as is."""
+
+    def run(broker: str, transport: str) -> RunRecord:
+        outcome = RunOutcome(
+            metrics={"throughput": 100.0},
+            verified=True,
+            expected=1,
+            received=1,
+            details={"transport": transport},
+        )
+        return RunRecord("fanin_ws", broker, 0, outcome, 1.0, 0.0)
+
+    def note(*records: RunRecord) -> str:
+        (row, *_) = summarize(records)
+        table = markdown_table([row])
+        assert (" *" in table) == bool(row.note)
+        return row.note
+
+    assert "plain-TCP" in note(run("trio-mqtt", "ws"), run("mosquitto", "tcp"))
+    assert note(run("trio-mqtt", "ws"), run("mosquitto", "ws")) == ""
+    assert note(run("trio-mqtt", "ws"), run("mosquitto", "ws"), run("mosquitto", "tcp")) != ""
+
+
 def test_mosquitto_configs_defaults_and_tuned() -> None:
     defaults = mosquitto_config(1883, tuned=False)
     tuned = mosquitto_config(1883, tuned=True)
