@@ -58,6 +58,7 @@ __all__ = [
     "RetainedTask",
     "SubscriberTask",
     "Task",
+    "publish_chunks",
     "run_worker",
 ]
 
@@ -94,7 +95,9 @@ class PublisherTask:
 
     QoS 0: the whole stream is one pre-built buffer written with ``sendall``, then a
     PINGREQ whose PINGRESP shows that the broker has read everything before it. QoS 1:
-    at most *window* messages unacknowledged at any time.
+    at most *window* messages unacknowledged at any time. Over a WebSocket the QoS 0
+    stream goes in frames of many packets each, or with *frame_each_packet* one frame
+    per PUBLISH, as paho-mqtt and MQTT.js send them.
     """
 
     port: int
@@ -108,6 +111,7 @@ class PublisherTask:
     proxy: bool = False
     payload_size: int = PAYLOAD.size
     transport: str = "tcp"
+    frame_each_packet: bool = False
 
 
 @attrs.frozen
@@ -364,22 +368,32 @@ def _wait_go(go: Event) -> None:
 # --- publisher ----------------------------------------------------------------------
 
 
+def publish_chunks(task: PublisherTask) -> list[tuple[int, bytes]]:
+    """A QoS 0 publisher's stream as (first sequence number, bytes) chunks of about
+    ``PUBLISH_CHUNK`` bytes, already framed for a WebSocket: a frame per chunk, or per
+    PUBLISH with *frame_each_packet*."""
+    topic = task.topic.encode()
+    size = len(publish_packet(topic, make_payload(task.source, 0, task.payload_size)))
+    per_chunk = max(1, PUBLISH_CHUNK // size)
+    frame = ws_frame if task.transport == "ws" else bytes
+    each, whole = (frame, bytes) if task.frame_each_packet else (bytes, frame)
+    chunks = []
+    for first in range(0, task.count, per_chunk):
+        chunk = b"".join(
+            each(publish_packet(topic, make_payload(task.source, seq, task.payload_size)))
+            for seq in range(first, min(first + per_chunk, task.count))
+        )
+        chunks.append((first, whole(chunk)))
+    return chunks
+
+
 def _publisher(task: PublisherTask, pipe: Connection, go: Event, stop: Event) -> dict[str, Any]:
     deadline = time.perf_counter() + task.deadline_s
     sock = _open(task.port, task.client_id, deadline, proxy=task.proxy, transport=task.transport)
     topic = task.topic.encode()
     chunks: list[tuple[int, bytes]] = []
     if task.qos == 0:
-        # (first sequence number, bytes) of each chunk, already framed for a WebSocket
-        size = len(publish_packet(topic, make_payload(task.source, 0, task.payload_size)))
-        per_chunk = max(1, PUBLISH_CHUNK // size)
-        frame = ws_frame if task.transport == "ws" else bytes
-        for first in range(0, task.count, per_chunk):
-            chunk = b"".join(
-                publish_packet(topic, make_payload(task.source, seq, task.payload_size))
-                for seq in range(first, min(first + per_chunk, task.count))
-            )
-            chunks.append((first, frame(chunk)))
+        chunks = publish_chunks(task)
         packets: list[bytes] = []
     else:
         packets = [

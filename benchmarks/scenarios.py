@@ -312,6 +312,7 @@ def pubsub(
     window: int = 1,
     payload_size: int = PAYLOAD.size,
     transport: str = "tcp",
+    frame_each_packet: bool = False,
     deadline_s: float | None = None,
     subscriber_broker: BrokerProcess | None = None,
     before_go: Callable[[], None] | None = None,
@@ -325,7 +326,8 @@ def pubsub(
     subscriber, every message's end-to-end latency (publisher's write -> subscriber's
     read) gives ``p50_ms`` / ``p99_ms``, and ``late_p50_ms`` for the messages delivered
     in the last tenth of the run: a backlog growing in the broker shows there. *transport*
-    ``"tls"`` / ``"ws"``: through the broker's TLS / WebSocket listener.
+    ``"tls"`` / ``"ws"``: through the broker's TLS / WebSocket listener; over a WebSocket,
+    *frame_each_packet* sends every PUBLISH in a frame of its own.
 
     Cluster runs: the subscribers connect to *subscriber_broker* (default: *broker*, where
     the publishers connect); *before_go* runs once every worker is connected and
@@ -376,6 +378,7 @@ def pubsub(
                     window=window,
                     payload_size=payload_size,
                     transport=transport,
+                    frame_each_packet=frame_each_packet,
                 )
             )
             for source in range(publishers)
@@ -439,6 +442,7 @@ def pubsub(
             "rss_last_mib": round(rss.last_kib / 1024, 1),
             "rss_timeline": [[at, round(kib / 1024, 1)] for at, kib in rss.timeline],
             "transport": transport,
+            "frame_each_packet": frame_each_packet,
         },
     )
 
@@ -547,15 +551,21 @@ def fanin_payload(size: int) -> ScenarioFunction:
     return run
 
 
-def fanin_transport(transport: str) -> ScenarioFunction:
+def fanin_transport(transport: str, *, frame_each_packet: bool = False) -> ScenarioFunction:
     """QoS 0 fan-in through the broker's TLS or WebSocket listener; a broker without one
-    (mosquitto built without WebSocket support) runs plain TCP, as its details say."""
+    (mosquitto built without WebSocket support) runs plain TCP, as its details say.
+    *frame_each_packet*: a WebSocket frame per PUBLISH, not per 64 KiB of them."""
 
     def run(broker: BrokerProcess, scale: Scale) -> RunOutcome:
         port = broker.broker.tls_port if transport == "tls" else broker.broker.ws_port
         used = transport if port is not None else "tcp"
         return _fanin(
-            broker, scale.fanin_per_publisher, f"fanin{transport}", scale=scale, transport=used
+            broker,
+            scale.fanin_per_publisher,
+            f"fanin{transport}",
+            scale=scale,
+            transport=used,
+            frame_each_packet=frame_each_packet and used == "ws",
         )
 
     run.__doc__ = f"QoS 0 fan-in over {transport}."
@@ -1138,6 +1148,16 @@ SPLIT_LATENCY_METRICS = (
     MetricSpec("p99_us", "end-to-end p99 latency", "us", higher_is_better=False),
 )
 CONNECT_RATE = (MetricSpec("connect_rate", "connection rate", "conn/s", True),)
+NO_WEBSOCKET_NOTE = (
+    "a mosquitto built without WebSocket support (Debian's 2.0.11) runs plain-TCP fan-in "
+    "in fanin_ws and fanin_ws_frames (details.transport says which)"
+)
+
+
+def _ran_without_websocket(outcome: RunOutcome) -> bool:
+    return outcome.details.get("transport") != "ws"
+
+
 NO_PROXY_NOTE = "mosquitto 2.0 has no PROXY protocol: its column is connects without a header"
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -1239,9 +1259,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         "QoS 0 fan-in over WebSocket (4 -> 1)",
         FANIN_METRICS,
         fanin_transport("ws"),
-        mosquitto_note="a mosquitto built without WebSocket support (Debian's 2.0.11) runs "
-        "plain-TCP fan-in in fanin_ws (details.transport says which)",
-        note_applies=lambda outcome: outcome.details.get("transport") != "ws",
+        mosquitto_note=NO_WEBSOCKET_NOTE,
+        note_applies=_ran_without_websocket,
+    ),
+    Scenario(
+        "fanin_ws_frames",
+        "QoS 0 fan-in over WebSocket, a frame per PUBLISH (4 -> 1)",
+        FANIN_METRICS,
+        fanin_transport("ws", frame_each_packet=True),
+        mosquitto_note=NO_WEBSOCKET_NOTE,
+        note_applies=_ran_without_websocket,
     ),
     Scenario(
         "qos1_latency_split",

@@ -24,6 +24,7 @@ from benchmarks.cluster_report import (  # noqa: E402
     evaluate_cluster_targets,
     summarize_cluster,
 )
+from benchmarks.loadgen import PublisherTask, publish_chunks  # noqa: E402
 from benchmarks.nats_ceiling import cluster_message, delivered_size  # noqa: E402
 from benchmarks.profiling import summarize_folded  # noqa: E402
 from benchmarks.report import (  # noqa: E402
@@ -107,6 +108,7 @@ QUICK_NEW_EXPECTED = {
     "fanin_64kib": 4 * 50,
     "fanin_tls": 4 * 1_000,
     "fanin_ws": 4 * 1_000,
+    "fanin_ws_frames": 4 * 1_000,
     "qos1_latency_split": 200,
     "qos1_latency_tls": 200,
     "qos1_latency_loaded": 200 + 4 * 1_000,  # round trips + the fan-in's messages
@@ -133,6 +135,7 @@ def test_quick_new_scenarios_against_both_brokers_are_verified(tmp_path: Path) -
     trio = {name: runs[name, "trio-mqtt"] for name in QUICK_NEW_EXPECTED}
     assert trio["fanin_tls"]["details"]["transport"] == "tls"
     assert trio["fanin_ws"]["details"]["transport"] == "ws"
+    assert trio["fanin_ws_frames"]["details"]["frame_each_packet"] is True
     for name in ("fanin_16b", "fanin_64kib", "fanin_tls"):
         metrics = trio[name]["metrics"]
         assert metrics["p99_ms"] >= metrics["p50_ms"] > 0  # end-to-end, during throughput
@@ -247,6 +250,33 @@ def test_mosquitto_configs_defaults_and_tuned() -> None:
     for config in (defaults, tuned):  # both: queues that drop nothing, same listener
         assert "max_queued_messages 2000000" in config and "max_queued_bytes 0" in config
         assert "listener 1883 127.0.0.1" in config
+
+
+def test_publisher_frames_many_packets_or_each_packet() -> None:
+    def stream(**options: Any) -> bytes:
+        task = PublisherTask(1883, "p", "bench/p0", 0, 3_000, 1.0, **options)
+        return b"".join(chunk for _first, chunk in publish_chunks(task))
+
+    def unframe(data: bytes) -> tuple[int, bytes]:
+        """Play the server: the number of (masked) frames and the MQTT bytes they carry."""
+        frames, mqtt = 0, b""
+        while data:
+            length, start = data[1] & 0x7F, 2
+            if length >= 126:
+                start += 2 if length == 126 else 8
+                length = int.from_bytes(data[2:start], "big")
+            key = data[start : start + 4]
+            mqtt += ws_mask(data[start + 4 : start + 4 + length], key)
+            data = data[start + 4 + length :]
+            frames += 1
+        return frames, mqtt
+
+    plain = stream()
+    chunked_frames, chunked = unframe(stream(transport="ws"))
+    each_frames, each = unframe(stream(transport="ws", frame_each_packet=True))
+    assert chunked == each == plain
+    assert each_frames == 3_000  # one per PUBLISH, as paho-mqtt and MQTT.js send them
+    assert 1 < chunked_frames < 10  # about 64 KiB each
 
 
 def test_websocket_frames_round_trip_and_proxy_v1_header() -> None:
