@@ -434,6 +434,34 @@ async def test_mqtt_packet_larger_than_max_packet_size_gets_disconnect_0x95() ->
         await wait_until(lambda: broker.clients() == [])
 
 
+async def test_frame_of_many_packets_up_to_64_kib_passes_a_small_max_packet_size() -> None:
+    # A frame is handed on once complete, so its length is bounded: by max_packet_size,
+    # but never below 64 KiB, so that a client batching small packets is not refused.
+    async with upgraded(max_packet_size=1024) as (broker, client):
+        await client.send(frame(BINARY, CONNECT))
+        assert await client.receive_mqtt(4) == CONNACK_ACCEPTED
+        await client.send(frame(BINARY, PINGREQ * 32_768))  # 65,536 bytes
+        assert await client.receive_mqtt(2 * 32_768) == PINGRESP * 32_768
+        assert [c.client_id for c in broker.clients()] == ["ws"]
+
+
+async def test_frame_longer_than_the_limit_is_closed_with_1009(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "trio_mqtt.websocket")
+    async with upgraded(max_packet_size=100_000) as (broker, client):
+        await client.send(frame(BINARY, CONNECT))
+        assert await client.receive_mqtt(4) == CONNACK_ACCEPTED
+        # only the header: the broker refuses the frame before its payload comes
+        await client.send(bytes([0x82, 0x80 | 127]) + (100_001).to_bytes(8, "big") + b"\0" * 4)
+        close = await client.receive_frame()
+        assert close.opcode == CLOSE
+        assert close.payload[:2] == (1009).to_bytes(2, "big")
+        await client.expect_eof()
+        await wait_until(lambda: broker.clients() == [])
+    assert any("100001" in record.getMessage() for record in caplog.records)
+
+
 async def test_unmasked_client_frame_is_a_protocol_error() -> None:
     async with upgraded() as (_broker, client):
         await client.send(bytes([0x82, len(CONNECT)]) + CONNECT)  # MASK bit clear

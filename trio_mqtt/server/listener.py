@@ -594,5 +594,6 @@ async def _open_transport(
             peer=peer,
             trusted_proxies=config.ws_trusted_proxies,
             forwarded_header=config.ws_forwarded_header,
+            max_frame_size=core.config.max_packet_size,
         )
     return stream, peer
