@@ -154,6 +154,30 @@ async def test_large_message_over_websockets(pki: TestPKI, transport: str) -> No
         assert message.payload == payload
 
 
+@pytest.mark.parametrize("transport", ["ws", "wss"])
+async def test_quiet_websocket_clients_park_and_still_publish_and_receive(
+    pki: TestPKI, transport: str
+) -> None:
+    # Parking (server/idle_park.py) over WebSocket: both paho clients, quiet after their
+    # CONNECT and SUBSCRIBE, lose their tasks; the publisher's next frame resumes it, and
+    # the delivery reaches the parked subscriber.
+    ca_file = pki.ca_file if transport == "wss" else None
+    tls = server_only(pki) if transport == "wss" else None
+    async with (
+        broker_with(transport, tls) as broker,
+        paho(client_id="sub", websockets=True, ca_file=ca_file) as receiver,
+        paho(client_id="pub", websockets=True, ca_file=ca_file) as sender,
+    ):
+        assert await run(receiver.connect, broker.port) == 0
+        await run(receiver.subscribe, "t/x")
+        assert await run(sender.connect, broker.port) == 0
+        await wait_until(lambda: broker.parked_connections() == 2, "both parked")
+        await run(sender.publish, "t/x", b"after the park")
+        message = await run(receiver.message)
+        assert (message.topic, message.payload) == ("t/x", b"after the park")
+        await wait_until(lambda: broker.parked_connections() == 2, "both parked again")
+
+
 @pytest.mark.parametrize(
     ("options", "status"),
     [({"ws_path": "/other"}, 404), ({"ws_headers": {"Sec-Websocket-Protocol": "wamp"}}, 400)],

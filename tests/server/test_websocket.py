@@ -462,6 +462,40 @@ async def test_frame_longer_than_the_limit_is_closed_with_1009(
     assert any("100001" in record.getMessage() for record in caplog.records)
 
 
+async def test_a_quiet_connection_parks_and_a_frame_split_across_the_park_is_read() -> None:
+    # As on plain TCP and TLS (test_idle_park.py): the reader waits for the socket under
+    # the WebSocket, the keep-alive watch rings it to park after PARK_AFTER quiet, and the
+    # client's next bytes resume it, even half a frame: the rest comes to the same
+    # protocol buffer once the task that took the first half has parked again.
+    async with upgraded() as (broker, client):
+        await client.send(frame(BINARY, CONNECT))
+        assert await client.receive_mqtt(4) == CONNACK_ACCEPTED
+        await wait_until(lambda: broker.parked_connections() == 1, "parked")
+        ping = frame(BINARY, PINGREQ)
+        await client.send(ping[:3])
+        await wait_until(lambda: broker.parked_connections() == 0, "resumed")
+        await wait_until(lambda: broker.parked_connections() == 1, "parked again", timeout=8)
+        await client.send(ping[3:])
+        assert await client.receive_mqtt(2) == PINGRESP
+        await client.send(frame(PING, b"still there?"))
+        pong = await client.receive_frame()
+        assert (pong.opcode, pong.payload) == (PONG, b"still there?")
+
+
+async def test_the_keep_alive_of_a_parked_connection_runs_out_on_time() -> None:
+    connect = CONNECT[:10] + b"\x00\x02" + CONNECT[12:]  # keep alive 2 s: closed at 3 s
+    async with upgraded() as (broker, client):
+        await client.send(frame(BINARY, connect))
+        assert await client.receive_mqtt(4) == CONNACK_ACCEPTED
+        start = trio.current_time()
+        await wait_until(lambda: broker.parked_connections() == 1, "parked")
+        close = await client.receive_frame()
+        assert close.opcode == CLOSE
+        assert 2.9 < trio.current_time() - start < 4.5
+        await wait_until(lambda: broker.clients() == [], "closed")
+        assert broker.parked_connections() == 0
+
+
 async def test_unmasked_client_frame_is_a_protocol_error() -> None:
     async with upgraded() as (_broker, client):
         await client.send(bytes([0x82, len(CONNECT)]) + CONNECT)  # MASK bit clear

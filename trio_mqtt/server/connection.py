@@ -75,6 +75,7 @@ from trio_mqtt.server.offload import run_offloaded
 from trio_mqtt.server.prefixed_stream import PrefixedStream, send_eof_beneath_prefix
 from trio_mqtt.server.tls_stream import TLSStream
 from trio_mqtt.server.watched_stream import WatchedSocketStream, socket_fd
+from trio_mqtt.server.websocket import WebSocketStream
 
 log = logging.getLogger("trio_mqtt.server")
 _A = TypeVar("_A")
@@ -199,7 +200,16 @@ class _Output:
         # Keep alive on a socket (server/keep_alive.py): the socket the reader waits for
         # (-1: none, it waits under reader_scope); whether it waits for it now; whether
         # the deadline came first; and what the KeepAliveWatch's last arm() gave back.
-        self.ring_fd = self.fd if self.fd >= 0 else self.tls.fd if self.tls is not None else -1
+        # (WebSocket: the socket under it, as its reads wait for that in no scope either)
+        self.ring_fd = (
+            self.fd
+            if self.fd >= 0
+            else self.tls.fd
+            if self.tls is not None
+            else stream.wait_fd
+            if isinstance(stream, WebSocketStream)
+            else -1
+        )
         self.idle = False
         self.rang = False
         self.keep_alive_entry: KeepAliveEntry | None = None
@@ -516,7 +526,7 @@ async def run_connection(
     watched = _watched_socket(stream)
     if watched is not None:
         watched.on_blocked = conn.transport_blocked
-    if output.ring_fd >= 0 and parking_supported:  # plain TCP, TLS on a socket
+    if output.ring_fd >= 0 and parking_supported:  # plain TCP, TLS, WebSocket on a socket
         output.park = idle_park_for(writers, _resume)
     task = _Task(
         stream=stream,
@@ -609,11 +619,11 @@ async def _read_loop(task: _Task, resumed: bool) -> bool:
     # after the first read: it has just been scheduled).
     # The connection says when it needs the time (next_deadline: the CONNECT timeout,
     # then the keep-alive timeout), and decides what it means (handle_timer). On a
-    # socket (plain TCP, TLS on a socket) the reader waits for its client in no cancel
+    # socket (plain TCP; TLS, WebSocket on one) the reader waits for its client in no cancel
     # scope of its own: it arms the broker's KeepAliveWatch, which rings it (the wait
     # raises ClosedResourceError, ``output.rang`` says why) if the deadline comes
     # first. A scope per idle connection cost it 0.8 KiB and a short one a tenth of its
-    # CPU. Other streams (WebSocket, memory streams) wait under a scope per read.
+    # CPU. Other streams (memory streams in tests) wait under a scope per read.
     stream, conn, output, watch = task.stream, task.conn, task.output, task.watch
     fd = output.fd
     ring_fd = output.ring_fd
@@ -666,7 +676,8 @@ async def _read_loop(task: _Task, resumed: bool) -> bool:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 drained = len(data) < RECEIVE_SIZE
             elif ring_fd >= 0:
-                # TLS on a socket: TLSStream waits in wait_readable(ring_fd) as well
+                # TLS or WebSocket on a socket: TLSStream, or the socket stream under
+                # the WebSocketStream, waits in wait_readable(ring_fd) as well
                 output.arm(watch)
                 try:
                     data = await stream.receive_some(RECEIVE_SIZE)

@@ -42,6 +42,8 @@ from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.proxy.forwarded import ForwardedHeader, forwarded_client
 from trio_mqtt.server.prefixed_stream import take_front
 from trio_mqtt.server.rejection import ConnectionRejected
+from trio_mqtt.server.tls_stream import TLSStream
+from trio_mqtt.server.watched_stream import socket_fd
 
 __all__ = [
     "MAX_UPGRADE_REQUEST_SIZE",
@@ -355,6 +357,21 @@ class WebSocketStream(trio.abc.Stream):
         self._eof = False
         self._closed = False
         self._send_lock = trio.Lock()
+
+    @property
+    def wait_fd(self) -> int:
+        """The socket ``receive_some`` waits for, in no cancel scope of its own (ws on a
+        socket, wss through a ``TLSStream`` on one); -1 if none.
+
+        ``trio.lowlevel.notify_closing`` on it makes that wait raise
+        ``ClosedResourceError`` and leaves this stream as it was (a partial frame stays
+        in the protocol's buffer): the reader's keep-alive watch rings it so, and a
+        reader rung to park calls ``receive_some`` again once resumed.
+        """
+        transport = self.transport_stream
+        if isinstance(transport, TLSStream):
+            return transport.fd if transport.direct else -1
+        return socket_fd(transport)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._closed:
