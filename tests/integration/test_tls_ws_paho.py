@@ -138,15 +138,26 @@ async def test_paho_over_secure_websockets(pki: TestPKI) -> None:
             assert summary.peer.tls is not None and summary.peer.tls.version is not None
 
 
-@pytest.mark.parametrize("transport", ["ws", "wss"])
-async def test_large_message_over_websockets(pki: TestPKI, transport: str) -> None:
-    payload = bytes(range(256)) * 3900  # 998,400 bytes: under max_packet_size (1 MiB)
+@asynccontextmanager
+async def websocket_clients(
+    pki: TestPKI, transport: str
+) -> AsyncIterator[tuple[Broker, Paho, Paho]]:
+    """A broker with one ``ws`` or ``wss`` listener, a paho receiver and a paho sender."""
     ca_file = pki.ca_file if transport == "wss" else None
     tls = server_only(pki) if transport == "wss" else None
     async with (
         broker_with(transport, tls) as broker,
         paho(client_id="sub", websockets=True, ca_file=ca_file) as receiver,
         paho(client_id="pub", websockets=True, ca_file=ca_file) as sender,
+    ):
+        yield broker, receiver, sender
+
+
+@pytest.mark.parametrize("transport", ["ws", "wss"])
+async def test_large_message_over_websockets(pki: TestPKI, transport: str) -> None:
+    payload = bytes(range(256)) * 3900  # 998,400 bytes: under max_packet_size (1 MiB)
+    async with (
+        websocket_clients(pki, transport) as (broker, receiver, sender),
         broker.subscribe("t/x") as in_process,
     ):
         await round_trip(broker, sender, receiver, payload)
@@ -161,13 +172,7 @@ async def test_quiet_websocket_clients_park_and_still_publish_and_receive(
     # Parking (server/idle_park.py) over WebSocket: both paho clients, quiet after their
     # CONNECT and SUBSCRIBE, lose their tasks; the publisher's next frame resumes it, and
     # the delivery reaches the parked subscriber.
-    ca_file = pki.ca_file if transport == "wss" else None
-    tls = server_only(pki) if transport == "wss" else None
-    async with (
-        broker_with(transport, tls) as broker,
-        paho(client_id="sub", websockets=True, ca_file=ca_file) as receiver,
-        paho(client_id="pub", websockets=True, ca_file=ca_file) as sender,
-    ):
+    async with websocket_clients(pki, transport) as (broker, receiver, sender):
         assert await run(receiver.connect, broker.port) == 0
         await run(receiver.subscribe, "t/x")
         assert await run(sender.connect, broker.port) == 0
