@@ -2,17 +2,17 @@
 
 ``accept_websocket`` reads the HTTP upgrade request (h11 parses it, with a bound on its
 size and a deadline), checks path, method, version and subprotocol (our policy, with the
-HTTP status each refusal deserves), then lets wsproto's own handshake accept it (the 101
-response and its Sec-WebSocket-Accept), and returns a ``WebSocketStream``: a
+HTTP status each refusal deserves), then lets the ``websockets`` handshake accept it
+(the 101 response and its Sec-WebSocket-Accept), and returns a ``WebSocketStream``: a
 ``trio.abc.Stream`` whose ``receive_some`` returns the payload bytes of binary frames
 (MQTT packets may span frames and a frame may hold several packets: the MQTT layer just
 sees a byte stream) and whose ``send_all`` sends one binary message.
 
 The handshake's 101 and the framing are the ``websockets`` library's sans-IO protocol
-(``ServerProtocol``; no I/O of its own, like our own protocol layers). It replaced
-wsproto, whose frame parser cost about three times as much per frame: 11.5 against 3.6
-us for a frame of one small PUBLISH, as clients such as paho-mqtt and MQTT.js send them
-(docs/performance.md). A frame is handed on once it is complete, so one frame may take
+(``ServerProtocol`` for the 101, ``Protocol`` for the frames; no I/O of their own,
+like our own protocol layers). It replaced wsproto, whose frame parser cost about three
+times as much per frame: 11.5 against 3.6 us for a frame of one small PUBLISH, as
+clients such as paho-mqtt and MQTT.js send them (docs/performance.md). A frame is handed on once it is complete, so one frame may take
 at most the broker's ``max_packet_size`` (or ``RECEIVE_SIZE``, if larger): enough for
 the largest packet a client may send; a larger frame is closed with 1009. A message may
 run over any number of frames.
@@ -98,7 +98,8 @@ async def accept_websocket(
     request is not a WebSocket upgrade to *path* that the MQTT subprotocol can serve.
     Returns the stream and the PeerInfo: the client address from *forwarded_header* when
     the peer is one of *trusted_proxies* (see ``forwarded_peer``), else *peer*. A frame
-    longer than *max_frame_size* (the broker's ``max_packet_size``) closes the WebSocket.
+    longer than *max_frame_size* (the broker's ``max_packet_size``; at least 64 KiB) closes
+    the WebSocket (1009).
     """
     http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_UPGRADE_REQUEST_SIZE)
     try:
