@@ -12,10 +12,11 @@ The handshake's 101 and the framing are the ``websockets`` library's sans-IO pro
 (``ServerProtocol`` for the 101, ``Protocol`` for the frames; no I/O of their own,
 like our own protocol layers). It replaced wsproto, whose frame parser cost about three
 times as much per frame: 11.5 against 3.6 us for a frame of one small PUBLISH, as
-clients such as paho-mqtt and MQTT.js send them (docs/performance.md). A frame is handed on once it is complete, so one frame may take
-at most the broker's ``max_packet_size`` (or ``RECEIVE_SIZE``, if larger): enough for
-the largest packet a client may send; a larger frame is closed with 1009. A message may
-run over any number of frames.
+clients such as paho-mqtt and MQTT.js send them (docs/performance.md). A frame is
+handed on once it is complete, so one frame may take at most the broker's
+``max_packet_size`` (or ``RECEIVE_SIZE``, if larger): enough for the largest packet a
+client may send; a larger frame is closed with 1009. A message may run over any number
+of frames.
 """
 
 from __future__ import annotations
