@@ -204,7 +204,7 @@ def machine_info() -> dict[str, Any]:
         "trio_mqtt_commit": source_commit(),
         "mosquitto": mosquitto_version(),
         "mosquitto_path": MOSQUITTO_PATH,
-        "mosquitto_websockets": mosquitto_supports_websockets() if mosquitto_version() else False,
+        "mosquitto_websockets": mosquitto_supports_websockets(),  # (False: none installed)
         "fd_limit": raise_fd_limit(),
     }
 

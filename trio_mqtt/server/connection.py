@@ -19,8 +19,8 @@ socket with unread input makes the kernel send RST, which can destroy the last p
 in the client's receive buffer, or fail the client's next write, before the client has
 read it.
 
-Parking: a connection on a socket (plain TCP, TLS) whose client has been quiet for a
-while has no task at all. Its reader parks the socket (``IdlePark``, one task and an
+Parking: a connection on a socket (plain TCP, TLS, WebSocket) whose client has been
+quiet for a while has no task at all. Its reader parks the socket (``IdlePark``, one task and an
 epoll set for all) and its task ends, which takes half of what an idle plain-TCP
 connection costs; a new task (``_resume``) picks the connection up where it stopped
 when the client sends, its keep alive runs out, or a writer ends it. A park and a
@@ -200,16 +200,7 @@ class _Output:
         # Keep alive on a socket (server/keep_alive.py): the socket the reader waits for
         # (-1: none, it waits under reader_scope); whether it waits for it now; whether
         # the deadline came first; and what the KeepAliveWatch's last arm() gave back.
-        # (WebSocket: the socket under it, as its reads wait for that in no scope either)
-        self.ring_fd = (
-            self.fd
-            if self.fd >= 0
-            else self.tls.fd
-            if self.tls is not None
-            else stream.wait_fd
-            if isinstance(stream, WebSocketStream)
-            else -1
-        )
+        self.ring_fd = self.fd if self.fd >= 0 else _fd_waited_in(stream)
         self.idle = False
         self.rang = False
         self.keep_alive_entry: KeepAliveEntry | None = None
@@ -471,6 +462,16 @@ def _park_time(quiet: float) -> float:
     if quiet == math.inf:
         return quiet
     return math.ceil(quiet / PARK_GRAIN) * PARK_GRAIN
+
+
+def _fd_waited_in(stream: trio.abc.Stream) -> int:
+    """The socket a TLS or WebSocket stream's ``receive_some`` waits for in no cancel
+    scope of its own, so that the keep-alive watch can ring its reader; -1: none."""
+    if isinstance(stream, TLSStream):
+        return stream.fd  # (-1 without a socket of its own)
+    if isinstance(stream, WebSocketStream):
+        return stream.wait_fd
+    return -1
 
 
 def _watched_socket(stream: trio.abc.Stream) -> WatchedSocketStream | None:

@@ -193,7 +193,7 @@ class BrokerCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_connections_parked",
             "Open connections whose client is quiet, held without a task of their own "
-            "(all listeners; plain TCP and TLS).",
+            "(all listeners; plain TCP, TLS and WebSocket).",
             value=self._parked(),
         )
 

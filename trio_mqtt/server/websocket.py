@@ -372,7 +372,7 @@ class WebSocketStream(trio.abc.Stream):
         """
         transport = self.transport_stream
         if isinstance(transport, TLSStream):
-            return transport.fd if transport.direct else -1
+            return transport.fd  # (-1 without a socket of its own)
         return socket_fd(transport)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
