@@ -2,14 +2,17 @@
 
 A connection is congested when more than CONGESTION_HIGH bytes wait for a writer that
 could send them; a publisher whose messages went to a congested connection is
-``held_back()`` until it drained below CONGESTION_LOW. A client that does not read (its
-transport is blocked) or does not acknowledge (its Receive Maximum is reached) holds
-nobody back. Retained messages for a new subscription are streamed, not queued.
+``held_back()`` until it drained below CONGESTION_LOW. A client whose socket is full but
+takes bytes fast (FAST_READER_RATE) counts as such a writer. A client that reads slowly
+or not at all (its transport is blocked) or does not acknowledge (its Receive Maximum is
+reached) holds nobody back. Retained messages for a new subscription are streamed, not
+queued.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import sys
 import uuid
 
@@ -17,7 +20,14 @@ from helpers import V5, V311, Client, FakeClock, make_core
 
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
-from trio_mqtt.broker.mqtt_connection import CONGESTION_HIGH, CONGESTION_LOW, MAX_BATCH_BYTES
+from trio_mqtt.broker.mqtt_connection import (
+    CONGESTION_HIGH,
+    CONGESTION_LOW,
+    FAST_READER_RATE,
+    FAST_READER_STALL,
+    MAX_BATCH_BYTES,
+    READ_RATE_SAMPLE,
+)
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
     Disconnect,
@@ -143,6 +153,74 @@ def test_blocking_while_congested_relieves_at_once(clock: FakeClock) -> None:
     subscriber.conn.transport_blocked(True)
     assert relieved.calls == 1
     assert not publisher.conn.held_back()
+
+
+def read_at(client: Client, clock: FakeClock, rate: float, publisher: Client) -> None:
+    """``client``'s socket is full, then takes READ_RATE_SAMPLE bytes at ``rate`` bytes a
+    second, in writes of a batch each, while ``publisher`` keeps its queue filled."""
+    conn = client.conn
+    assert conn.transport_blocked(True) == math.inf  # not known as a fast reader yet
+    taken = 0
+    while taken < READ_RATE_SAMPLE:
+        blast(publisher, "t", MAX_BATCH_BYTES // len(PAYLOAD))
+        data = conn.data_to_send()
+        clock.now += len(data) / rate
+        conn.bytes_written(len(data))
+        taken += len(data)
+    conn.transport_blocked(False)
+
+
+def test_a_fast_reader_with_a_full_socket_holds_its_publishers_back(clock: FakeClock) -> None:
+    """Its socket refuses bytes only because messages come faster than it reads: the
+    publishers wait for it (nothing is dropped) as for a writer behind."""
+    core = make_core(clock, max_queued_bytes=2 * CONGESTION_HIGH)
+    relieved = Relieved(core)
+    reader = connected(core, "reader", "t")
+    publisher = connected(core, "pub")
+    read_at(reader, clock, 4 * FAST_READER_RATE, publisher)
+    drain(reader)
+
+    assert reader.conn.transport_blocked(True) == FAST_READER_STALL
+    blast(publisher, "t", MESSAGES_OVER_HIGH)
+    assert reader.conn.congested and publisher.conn.held_back()
+    reader.conn.transport_blocked(False)
+    drain(reader)
+    assert relieved.calls == 1 and not publisher.conn.held_back()
+    assert core.sessions["reader"].dropped == 0
+
+
+def test_a_slow_reader_with_a_full_socket_holds_nobody_back(clock: FakeClock) -> None:
+    core = make_core(clock, max_queued_bytes=2 * CONGESTION_HIGH)
+    reader = connected(core, "reader", "t")
+    publisher = connected(core, "pub")
+    read_at(reader, clock, FAST_READER_RATE / 2, publisher)
+    drain(reader)
+
+    assert reader.conn.transport_blocked(True) == math.inf
+    for _ in range(4):
+        blast(publisher, "t", MESSAGES_OVER_HIGH)
+        assert not reader.conn.congested and not publisher.conn.held_back()
+    assert core.sessions["reader"].dropped > 0  # its budget, not the publisher, gave way
+
+
+def test_a_fast_reader_that_stops_reading_frees_its_publishers(clock: FakeClock) -> None:
+    """Its write is not done FAST_READER_STALL after the socket refused: it is no longer
+    a fast reader, and whoever it held back goes on."""
+    core = make_core(clock)
+    relieved = Relieved(core)
+    reader = connected(core, "reader", "t")
+    publisher = connected(core, "pub")
+    read_at(reader, clock, 4 * FAST_READER_RATE, publisher)
+    drain(reader)
+    assert reader.conn.transport_blocked(True) == FAST_READER_STALL
+    blast(publisher, "t", MESSAGES_OVER_HIGH)
+    assert publisher.conn.held_back()
+
+    clock.now += FAST_READER_STALL
+    assert reader.conn.transport_blocked(True) == math.inf  # still blocked: stalled
+    assert relieved.calls == 1 and not publisher.conn.held_back()
+    blast(publisher, "t", MESSAGES_OVER_HIGH)
+    assert not reader.conn.congested and not publisher.conn.held_back()
 
 
 def test_a_client_at_its_receive_maximum_holds_nobody_back(clock: FakeClock) -> None:

@@ -9,7 +9,9 @@ issue, which the broker failed with its old defaults (85% lost in the fan-in).
 
 Subscribers that do not keep up (one that never reads, one that reads 1 MB/s) are
 plain sockets in this process: they must not hold anybody back, must cost the broker
-a bounded amount of memory, and the slow one must still get messages, in order.
+a bounded amount of memory, and the slow one must still get messages, in order. One
+that reads fast, only not as fast as the publishers write (40 MB/s), is a subscriber
+that keeps up: the publishers wait for it, and it loses nothing.
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ class SlowReader(threading.Thread):
         self.rate = rate
         self.received = 0
         self.bytes = 0
+        self.missing = 0  # messages that never came (seq numbers skipped)
         self.errors: list[str] = []
         self.stop = threading.Event()
         self._next = dict.fromkeys(range(scenarios.PUBLISHERS), 0)
@@ -236,6 +239,7 @@ class SlowReader(threading.Thread):
         source, seq, _check = PAYLOAD_HEAD.unpack_from(packet.payload)
         if packet.topic != TOPICS[source] or seq < self._next[source]:
             self.errors.append(f"{packet.topic} {source}/{seq} out of order")
+        self.missing += max(0, seq - self._next[source])
         self._next[source] = seq + 1  # gaps are drops: allowed for a slow client
         self.received += 1
 
@@ -265,3 +269,37 @@ def test_a_slow_subscriber_gets_messages_without_slowing_the_publishers(
     assert slow.errors == []
     assert slow.received > 1000  # kept getting messages: more than a second's worth
     assert slow.bytes < 50_000_000  # and never more than a slow reader can read
+
+
+def test_a_fast_subscriber_slower_than_its_publishers_loses_nothing(
+    broker: BrokerProcess,
+) -> None:
+    """4 publishers write 64 KiB QoS 0 messages as fast as they can (hundreds of MB/s) to
+    a subscriber that reads 40 MB/s: its socket is full all the time, yet it reads fast,
+    so the publishers wait for it instead of the broker dropping its messages."""
+    fast = SlowReader(subscribe_raw(broker.broker.port, "fast", receive_buffer=1 << 20), 40 << 20)
+    fast.start()
+    try:
+        outcome = scenarios.pubsub(
+            broker,
+            TABLE,
+            publishers=4,
+            per_publisher=400,  # 105 MB: 2.5 s at 40 MB/s
+            subscribers=1,
+            topic_filter="bench/#",
+            topics=TOPICS,
+            proxy=False,
+            tag="fastreader",
+            payload_size=65536,
+        )
+        assert_all_delivered(outcome, broker)
+        deadline = time.monotonic() + 30
+        while fast.received + fast.missing < outcome.expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        fast.stop.set()
+        fast.join(5)
+        fast.sock.close()
+    assert fast.errors == []
+    assert fast.missing == 0
+    assert fast.received == outcome.expected == 1600

@@ -8,9 +8,11 @@ socket is full (``WatchedSocketStream``) holds nobody back.
 
 from __future__ import annotations
 
+import math
 import socket
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 from helpers import V311, GatedStream, make_core, open_client, serving
@@ -103,15 +105,25 @@ async def test_reader_stops_while_its_subscriber_catches_up(
     assert core.stats.messages_dropped == 0
 
 
-async def test_watched_socket_reports_a_full_socket_and_when_it_drains() -> None:
+def small_socketpair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
     left, right = trio.socket.socketpair()
     for sock in (left, right):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return left, right
+
+
+async def test_watched_socket_reports_a_full_socket_and_when_it_drains() -> None:
+    left, right = small_socketpair()
     watched = WatchedSocketStream(trio.SocketStream(left))
     reader = trio.SocketStream(right)
     reports: list[bool] = []
-    watched.on_blocked = reports.append
+
+    def on_blocked(blocked: bool) -> float:
+        reports.append(blocked)
+        return math.inf
+
+    watched.on_blocked = on_blocked
     async with watched, reader:
         await watched.send_all(b"x" * 100)
         assert reports == []  # the socket took it at once: nothing to say
@@ -126,6 +138,62 @@ async def test_watched_socket_reports_a_full_socket_and_when_it_drains() -> None
                 received += await reader.receive_some(65536)
         assert reports == [True, False]
         assert bytes(received) == b"x" * 100 + big
+
+
+async def test_watched_socket_says_again_when_the_socket_is_still_full_after_the_time_asked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """How the connection learns that a fast reader stopped reading."""
+    left, right = small_socketpair()
+    watched = WatchedSocketStream(trio.SocketStream(left))
+    reader = trio.SocketStream(right)
+    reports: list[tuple[float, bool]] = []
+
+    def on_blocked(blocked: bool) -> float:
+        reports.append((trio.current_time(), blocked))
+        return 0.25 if len(reports) == 1 else math.inf
+
+    watched.on_blocked = on_blocked
+    async with watched, reader:
+        big = b"y" * 1_000_000
+        received = bytearray()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watched.send_all, big)
+            await trio.sleep(10)  # the peer reads nothing for 10 s
+            assert [blocked for _, blocked in reports] == [True, True]  # once again only
+            assert reports[1][0] - reports[0][0] == 0.25
+            while len(received) < len(big):
+                received += await reader.receive_some(65536)
+        assert [blocked for _, blocked in reports] == [True, True, False]
+        assert bytes(received) == big
+
+
+async def test_watched_socket_send_ends_when_the_socket_is_closed_while_it_waits() -> None:
+    left, right = small_socketpair()
+    watched = WatchedSocketStream(trio.SocketStream(left))
+
+    async def close_when_blocked() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        await watched.aclose()
+
+    async with trio.SocketStream(right), trio.open_nursery() as nursery:
+        nursery.start_soon(close_when_blocked)
+        with pytest.raises(trio.ClosedResourceError):
+            await watched.send_all(b"y" * 1_000_000)
+
+
+async def test_watched_socket_send_to_a_reset_peer_is_a_broken_resource() -> None:
+    left, right = small_socketpair()
+    watched = WatchedSocketStream(trio.SocketStream(left))
+
+    async def reset_when_blocked() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        right.close()  # with unread data: the peer resets the connection
+
+    async with watched, trio.open_nursery() as nursery:
+        nursery.start_soon(reset_when_blocked)
+        with pytest.raises(trio.BrokenResourceError):
+            await watched.send_all(b"y" * 1_000_000)
 
 
 async def test_a_tls_subscriber_that_does_not_read_holds_nobody_back(tmp_path: Path) -> None:

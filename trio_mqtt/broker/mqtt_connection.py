@@ -15,9 +15,11 @@ was given (``bytes_written``, ``transport_blocked``). From that the connection k
 whether it is *congested*: more than ``CONGESTION_HIGH`` bytes queued that its writer
 could send right now but has not had the time to. Publishers whose messages went to a
 congested connection are ``held_back()`` (the server stops reading from them) until it
-has caught up. A client that does not read (its socket is full) or does not acknowledge
-(its Receive Maximum is reached) is never congested: it holds nobody back, and only its
-own queue budget (``Session``) limits what waits for it.
+has caught up. A client whose socket is full but still takes bytes fast
+(``FAST_READER_RATE``) counts like a writer that is behind. A client that reads slowly
+or not at all (its socket is full), or does not acknowledge (its Receive Maximum is
+reached), is never congested: it holds nobody back, and only its own queue budget
+(``Session``) limits what waits for it.
 """
 
 from __future__ import annotations
@@ -94,6 +96,17 @@ log = logging.getLogger("trio_mqtt.connection")
 
 # Upper bound of one data_to_send() batch; keeps a writer's buffer bounded.
 MAX_BATCH_BYTES = 256 * 1024
+# A client whose socket is full but takes at least FAST_READER_RATE bytes a second reads,
+# only not as fast as messages come for it: its writer counts as behind, and holds its
+# publishers back, instead of the client counting as slow. Faster than a 100 Mbit/s link
+# carries, so a client behind one (or anything slower) never slows publishers down. The
+# rate is measured over READ_RATE_SAMPLE bytes from the moment the socket first refused
+# bytes; a write of such a client that its socket has not taken FAST_READER_STALL seconds
+# later means it stopped reading (a batch is at most about 512 KiB, which a fast reader
+# takes in a few tens of milliseconds, however the kernel wakes the writer).
+FAST_READER_RATE = 16 * 1024 * 1024
+READ_RATE_SAMPLE = 1024 * 1024
+FAST_READER_STALL = 0.25
 # Topics whose read access one connection remembers (then it starts again).
 READ_CACHE_SIZE = 4096
 
@@ -156,6 +169,11 @@ class MQTTConnection:
     woken: bool = False
     _transport_blocked: bool = False
     _window_full: bool = False
+    # how fast its socket takes bytes while it is behind (FAST_READER_RATE): when the
+    # current sample began (None: not behind) and the bytes written since
+    _fast_reader: bool = False
+    _sample_start: float | None = None
+    _sample_bytes: int = 0
     # congested connections this one published to in its last read (held_back())
     _held_back_by: set[ClientConnection] | None = None
     # sizes of its QoS 1/2 messages a cluster is storing, oldest first (the answers come
@@ -427,6 +445,8 @@ class MQTTConnection:
                 self._drop_episode_ended(session)
         data = bytes(self._out)
         self._out.clear()
+        if not data:
+            self._sample_start = None  # nothing left to write: not behind any more
         self.in_transit += len(data)
         if self._log_packets and data:
             log_sent(log, data, self.version, self.client_id, self.peer)
@@ -436,24 +456,51 @@ class MQTTConnection:
         """The transport took ``count`` bytes of what ``data_to_send`` returned."""
         self.in_transit -= count
         self.core.stats.bytes_sent += count
+        start = self._sample_start
+        if start is not None:
+            self._sample_bytes += count
+            if self._sample_bytes >= READ_RATE_SAMPLE:
+                now = self.core.now()
+                self._fast_reader = self._sample_bytes >= FAST_READER_RATE * (now - start)
+                self._sample_start = now
+                self._sample_bytes = 0
 
-    def transport_blocked(self, blocked: bool) -> None:
-        """The transport stopped taking bytes (the client does not read), or took again."""
-        self._transport_blocked = blocked
-        if blocked and self.congested:
+    def transport_blocked(self, blocked: bool) -> float:
+        """The transport stopped taking bytes (its socket is full), or took the rest.
+
+        Returns the seconds after which the transport should say ``True`` again if it
+        is still blocked then (inf: no need). A second ``True`` means the write has not
+        finished in that time: the client is no longer a fast reader.
+        """
+        if not blocked:
+            self._transport_blocked = False
+            return math.inf
+        if self._transport_blocked:  # still blocked, FAST_READER_STALL later
+            self._fast_reader = False
+            self._sample_start = None
+            if self.congested:
+                self.update_congestion()
+            return math.inf
+        self._transport_blocked = True
+        if self._sample_start is None:
+            self._sample_start = self.core.now()
+            self._sample_bytes = 0
+        if self.congested:
             self.update_congestion()
+        return FAST_READER_STALL if self._fast_reader else math.inf
 
     def update_congestion(self) -> bool:
         """Re-decide ``congested`` (module docstring); True if it is.
 
         Congested: more than CONGESTION_HIGH bytes queued, none of them waiting for the
-        client (its socket refusing bytes, its Receive Maximum reached). Leaving the state
-        calls the core's ``on_relief`` so that held-back publishers are read again.
+        client (its socket refusing bytes unless it is a fast reader, its Receive
+        Maximum reached). Leaving the state calls the core's ``on_relief`` so that
+        held-back publishers are read again.
         """
         session = self.session
         could_send = (
             session is not None
-            and not self._transport_blocked
+            and (not self._transport_blocked or self._fast_reader)
             and not self._window_full
             and self.state is ConnectionState.CONNECTED
         )

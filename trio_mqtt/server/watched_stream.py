@@ -3,13 +3,17 @@
 Flow control needs to tell a client that reads slowly (its socket stops taking bytes:
 only its own queue fills) from a broker that writes slowly (the socket takes everything
 at once: publishers must wait for the writer). A send first tries a non-blocking write;
-only if the socket refuses part of it does ``on_blocked(True)`` run, then trio's own
-``send_all`` waits for room, then ``on_blocked(False)``. TLS and WebSocket layers send
-through this stream too, so the same report covers every transport.
+only if the socket refuses part of it does ``on_blocked(True)`` run, then the send waits
+for room and writes the rest, then ``on_blocked(False)``. ``on_blocked(True)`` answers
+how long it may wait before saying ``True`` again if the socket still refuses bytes
+then: the connection learns that a client that was reading fast has stopped, and frees
+the publishers it held back (``MQTTConnection.transport_blocked``). TLS and WebSocket
+layers send through this stream too, so the same report covers every transport.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -19,8 +23,8 @@ import trio
 from trio_mqtt.server.prefixed_stream import beneath_prefix
 
 
-def _nothing(_blocked: bool) -> None:
-    pass
+def _nothing(_blocked: bool) -> float:
+    return math.inf
 
 
 class WatchedSocketStream(trio.abc.HalfCloseableStream):
@@ -28,7 +32,7 @@ class WatchedSocketStream(trio.abc.HalfCloseableStream):
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.transport_stream = stream
-        self.on_blocked: Callable[[bool], None] = _nothing
+        self.on_blocked: Callable[[bool], float] = _nothing
 
     @property
     def socket(self) -> trio.socket.SocketType:
@@ -40,23 +44,53 @@ class WatchedSocketStream(trio.abc.HalfCloseableStream):
             await self.transport_stream.send_all(view)
             return
         await trio.lowlevel.checkpoint_if_cancelled()
-        fd = self.transport_stream.socket.fileno()  # -1 once closed: trio raises below
-        if fd >= 0 and sys.platform != "win32":
+        sock = self.transport_stream.socket
+        fd = sock.fileno()  # -1 once closed: trio raises below
+        if fd < 0 or sys.platform == "win32":
+            self.on_blocked(True)
             try:
-                sent = os.write(fd, view)
-            except OSError:
-                # would block, or the connection broke: trio's send_all below waits for
-                # room, or meets the same error and raises it the way trio does
-                sent = 0
-            if sent == view.nbytes:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return
-            view = view[sent:]
-        self.on_blocked(True)
+                await self.transport_stream.send_all(view)
+            finally:
+                self.on_blocked(False)
+            return
         try:
-            await self.transport_stream.send_all(view)
+            sent = os.write(fd, view)
+        except OSError:
+            sent = 0  # would block, or the connection broke: the write below says which
+        if sent == view.nbytes:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        ask_again = self.on_blocked(True)
+        try:
+            await self._send_rest(sock, view[sent:], ask_again)
         finally:
             self.on_blocked(False)
+
+    async def _send_rest(
+        self, sock: trio.socket.SocketType, view: memoryview, ask_again: float
+    ) -> None:
+        """Write ``view`` as the socket takes it; if it has not taken everything
+        ``ask_again`` seconds after it first refused, say ``on_blocked(True)`` again (and
+        again after as long as that call answers)."""
+        ask_at = trio.current_time() + ask_again
+        while True:
+            with trio.move_on_at(ask_at) as waited:
+                await trio.lowlevel.wait_writable(sock)
+            if waited.cancelled_caught:
+                ask_at = trio.current_time() + self.on_blocked(True)
+                continue
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                sent = os.write(fd, view)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket write failed: {exc}") from exc
+            if sent == view.nbytes:
+                return
+            view = view[sent:]
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()
