@@ -171,9 +171,11 @@ def read_at(client: Client, clock: FakeClock, rate: float, publisher: Client) ->
 
 
 def test_a_fast_reader_with_a_full_socket_holds_its_publishers_back(clock: FakeClock) -> None:
-    """Its socket refuses bytes only because messages come faster than it reads: the
-    publishers wait for it (nothing is dropped) as for a writer behind."""
-    core = make_core(clock, max_queued_bytes=2 * CONGESTION_HIGH)
+    """Its socket refuses bytes only because messages come faster than it reads: once
+    half of its budget waits for it, the publishers wait for it (nothing is dropped), as
+    for a writer behind, until a quarter is left."""
+    core = make_core(clock)
+    budget = core.config.max_queued_bytes
     relieved = Relieved(core)
     reader = connected(core, "reader", "t")
     publisher = connected(core, "pub")
@@ -181,12 +183,18 @@ def test_a_fast_reader_with_a_full_socket_holds_its_publishers_back(clock: FakeC
     drain(reader)
 
     assert reader.conn.transport_blocked(True) == FAST_READER_STALL
-    blast(publisher, "t", MESSAGES_OVER_HIGH)
+    session = core.sessions["reader"]
+    while session.queued_bytes <= budget // 2:
+        assert not publisher.conn.held_back()  # the budget takes a burst
+        blast(publisher, "t", MESSAGES_OVER_HIGH)
     assert reader.conn.congested and publisher.conn.held_back()
+    while session.queued_bytes >= budget // 4:
+        assert publisher.conn.held_back()
+        reader.conn.bytes_written(len(reader.conn.data_to_send()))
+    assert relieved.calls == 1 and not publisher.conn.held_back()
     reader.conn.transport_blocked(False)
     drain(reader)
-    assert relieved.calls == 1 and not publisher.conn.held_back()
-    assert core.sessions["reader"].dropped == 0
+    assert session.dropped == 0
 
 
 def test_a_slow_reader_with_a_full_socket_holds_nobody_back(clock: FakeClock) -> None:
@@ -206,7 +214,7 @@ def test_a_slow_reader_with_a_full_socket_holds_nobody_back(clock: FakeClock) ->
 def test_a_fast_reader_that_stops_reading_frees_its_publishers(clock: FakeClock) -> None:
     """Its write is not done FAST_READER_STALL after the socket refused: it is no longer
     a fast reader, and whoever it held back goes on."""
-    core = make_core(clock)
+    core = make_core(clock, max_queued_bytes=2 * CONGESTION_HIGH)
     relieved = Relieved(core)
     reader = connected(core, "reader", "t")
     publisher = connected(core, "pub")

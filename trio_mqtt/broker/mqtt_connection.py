@@ -493,22 +493,31 @@ class MQTTConnection:
         """Re-decide ``congested`` (module docstring); True if it is.
 
         Congested: more than CONGESTION_HIGH bytes queued, none of them waiting for the
-        client (its socket refusing bytes unless it is a fast reader, its Receive
-        Maximum reached). Leaving the state calls the core's ``on_relief`` so that
-        held-back publishers are read again.
+        client (its socket refusing bytes, its Receive Maximum reached); or, for a fast
+        reader whose socket is full, more than half of its ``max_queued_bytes`` (a
+        reader's pace varies: the rest of its budget takes the bursts, and the
+        publishers wait well before it is full). Leaving the state calls the core's
+        ``on_relief`` so that held-back publishers are read again.
         """
         session = self.session
-        could_send = (
+        backlog = 0
+        high = low = 1
+        if (
             session is not None
-            and (not self._transport_blocked or self._fast_reader)
             and not self._window_full
             and self.state is ConnectionState.CONNECTED
-        )
+        ):
+            if not self._transport_blocked:
+                backlog, high, low = session.pending_bytes, CONGESTION_HIGH, CONGESTION_LOW
+            elif self._fast_reader:
+                backlog = session.queued_bytes
+                high = max(CONGESTION_HIGH, session.max_queued_bytes // 2)
+                low = high // 2
         if self.congested:
-            if not could_send or session is None or session.pending_bytes < CONGESTION_LOW:
+            if backlog < low:
                 self.congested = False
                 self.core.on_relief()
-        elif could_send and session is not None and session.pending_bytes > CONGESTION_HIGH:
+        elif backlog > high:
             self.congested = True
         return self.congested
 
