@@ -97,13 +97,14 @@ log = logging.getLogger("trio_mqtt.connection")
 # Upper bound of one data_to_send() batch; keeps a writer's buffer bounded.
 MAX_BATCH_BYTES = 256 * 1024
 # A client whose socket is full but takes at least FAST_READER_RATE bytes a second reads,
-# only not as fast as messages come for it: its writer counts as behind, and holds its
-# publishers back, instead of the client counting as slow. Faster than a 100 Mbit/s link
-# carries, so a client behind one (or anything slower) never slows publishers down. The
-# rate is measured over READ_RATE_SAMPLE bytes from the moment the socket first refused
-# bytes; a write of such a client that its socket has not taken FAST_READER_STALL seconds
-# later means it stopped reading (a batch is at most about 512 KiB, which a fast reader
-# takes in a few tens of milliseconds, however the kernel wakes the writer).
+# only not as fast as messages come for it: once half of its budget waits for it, it
+# holds its publishers back (update_congestion) instead of counting as slow. Faster than
+# a 100 Mbit/s link carries, so a client behind one (or anything slower) never slows
+# publishers down. The rate is measured over READ_RATE_SAMPLE bytes from the moment the
+# socket first refused bytes; a write of such a client that its socket has not taken
+# FAST_READER_STALL seconds later means it stopped reading (a batch is at most about
+# 512 KiB, which a fast reader takes in a few tens of milliseconds, however the kernel
+# wakes the writer).
 FAST_READER_RATE = 16 * 1024 * 1024
 READ_RATE_SAMPLE = 1024 * 1024
 FAST_READER_STALL = 0.25
