@@ -170,19 +170,24 @@ def read_at(client: Client, clock: FakeClock, rate: float, publisher: Client) ->
     conn.transport_blocked(False)
 
 
+def blocked_fast_reader(core: BrokerCore, clock: FakeClock) -> tuple[Relieved, Client, Client]:
+    """A subscriber of "t" known as a fast reader, its socket now full, and a publisher."""
+    relieved = Relieved(core)
+    reader = connected(core, "reader", "t")
+    publisher = connected(core, "pub")
+    read_at(reader, clock, 4 * FAST_READER_RATE, publisher)
+    drain(reader)
+    assert reader.conn.transport_blocked(True) == FAST_READER_STALL
+    return relieved, reader, publisher
+
+
 def test_a_fast_reader_with_a_full_socket_holds_its_publishers_back(clock: FakeClock) -> None:
     """Its socket refuses bytes only because messages come faster than it reads: once
     half of its budget waits for it, the publishers wait for it (nothing is dropped), as
     for a writer behind, until a quarter is left."""
     core = make_core(clock)
     budget = core.config.max_queued_bytes
-    relieved = Relieved(core)
-    reader = connected(core, "reader", "t")
-    publisher = connected(core, "pub")
-    read_at(reader, clock, 4 * FAST_READER_RATE, publisher)
-    drain(reader)
-
-    assert reader.conn.transport_blocked(True) == FAST_READER_STALL
+    relieved, reader, publisher = blocked_fast_reader(core, clock)
     session = core.sessions["reader"]
     while session.queued_bytes <= budget // 2:
         assert not publisher.conn.held_back()  # the budget takes a burst
@@ -215,12 +220,7 @@ def test_a_fast_reader_that_stops_reading_frees_its_publishers(clock: FakeClock)
     """Its write is not done FAST_READER_STALL after the socket refused: it is no longer
     a fast reader, and whoever it held back goes on."""
     core = make_core(clock, max_queued_bytes=2 * CONGESTION_HIGH)
-    relieved = Relieved(core)
-    reader = connected(core, "reader", "t")
-    publisher = connected(core, "pub")
-    read_at(reader, clock, 4 * FAST_READER_RATE, publisher)
-    drain(reader)
-    assert reader.conn.transport_blocked(True) == FAST_READER_STALL
+    relieved, reader, publisher = blocked_fast_reader(core, clock)
     blast(publisher, "t", MESSAGES_OVER_HIGH)
     assert publisher.conn.held_back()
 
