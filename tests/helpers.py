@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -240,6 +241,23 @@ async def open_client(
     client_socket, server_socket = trio.socket.socketpair()
     serve(WatchedSocketStream(trio.SocketStream(server_socket)))
     return RawClient(trio.SocketStream(client_socket), version)
+
+
+#: Socket buffers far below what the tests send (the kernel rounds them up a little).
+SMALL_SOCKET_BUFFER = 4096
+
+
+def socket_stream_pair(
+    *, small_buffers: bool = True
+) -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Two connected socket streams (a socketpair), by default with small send and
+    receive buffers, so that a peer that does not read fills them at once."""
+    ends = trio.socket.socketpair()
+    if small_buffers:
+        for sock in ends:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_SOCKET_BUFFER)
+    return trio.SocketStream(ends[0]), trio.SocketStream(ends[1])
 
 
 async def accepted_client(

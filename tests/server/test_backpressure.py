@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from helpers import V311, GatedStream, make_core, open_client, serving
+from helpers import V311, GatedStream, make_core, open_client, serving, socket_stream_pair
 from rawclient import RawClient
 
 from trio_mqtt.config import ListenerConfig
@@ -105,18 +105,9 @@ async def test_reader_stops_while_its_subscriber_catches_up(
     assert core.stats.messages_dropped == 0
 
 
-def small_socketpair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
-    left, right = trio.socket.socketpair()
-    for sock in (left, right):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    return left, right
-
-
 async def test_watched_socket_reports_a_full_socket_and_when_it_drains() -> None:
-    left, right = small_socketpair()
-    watched = WatchedSocketStream(trio.SocketStream(left))
-    reader = trio.SocketStream(right)
+    left, reader = socket_stream_pair()
+    watched = WatchedSocketStream(left)
     reports: list[bool] = []
 
     def on_blocked(blocked: bool) -> float:
@@ -144,9 +135,8 @@ async def test_watched_socket_says_again_when_the_socket_is_still_full_after_the
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """How the connection learns that a fast reader stopped reading."""
-    left, right = small_socketpair()
-    watched = WatchedSocketStream(trio.SocketStream(left))
-    reader = trio.SocketStream(right)
+    left, reader = socket_stream_pair()
+    watched = WatchedSocketStream(left)
     reports: list[tuple[float, bool]] = []
 
     def on_blocked(blocked: bool) -> float:
@@ -169,26 +159,26 @@ async def test_watched_socket_says_again_when_the_socket_is_still_full_after_the
 
 
 async def test_watched_socket_send_ends_when_the_socket_is_closed_while_it_waits() -> None:
-    left, right = small_socketpair()
-    watched = WatchedSocketStream(trio.SocketStream(left))
+    left, right = socket_stream_pair()
+    watched = WatchedSocketStream(left)
 
     async def close_when_blocked() -> None:
         await trio.testing.wait_all_tasks_blocked()
         await watched.aclose()
 
-    async with trio.SocketStream(right), trio.open_nursery() as nursery:
+    async with right, trio.open_nursery() as nursery:
         nursery.start_soon(close_when_blocked)
         with pytest.raises(trio.ClosedResourceError):
             await watched.send_all(b"y" * 1_000_000)
 
 
 async def test_watched_socket_send_to_a_reset_peer_is_a_broken_resource() -> None:
-    left, right = small_socketpair()
-    watched = WatchedSocketStream(trio.SocketStream(left))
+    left, right = socket_stream_pair()
+    watched = WatchedSocketStream(left)
 
     async def reset_when_blocked() -> None:
         await trio.testing.wait_all_tasks_blocked()
-        right.close()  # with unread data: the peer resets the connection
+        right.socket.close()  # with unread data: the peer resets the connection
 
     async with watched, trio.open_nursery() as nursery:
         nursery.start_soon(reset_when_blocked)

@@ -10,11 +10,10 @@ reader keeps reading while the client is not reading (no deadlock).
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import trio
-from helpers import PEER, V311, make_core, read_packets
+from helpers import PEER, V311, make_core, read_packets, socket_stream_pair
 
 from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import (
@@ -30,17 +29,6 @@ from trio_mqtt.mqtt.packets import (
 )
 from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.prefixed_stream import PrefixedStream
-
-SMALL_BUFFER = 4096  # the kernel rounds it up a little; far below what the tests send
-
-
-def socket_stream_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    """(client, server) socket streams whose send buffers are small."""
-    client_sock, server_sock = trio.socket.socketpair()
-    for sock in (client_sock, server_sock):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
-    return trio.SocketStream(client_sock), trio.SocketStream(server_sock)
 
 
 async def connect_and_subscribe(

@@ -12,7 +12,6 @@ writer task.
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import PEER, V5, V311, SocketReads, make_core, read_packets
+from helpers import PEER, V5, V311, SocketReads, make_core, read_packets, socket_stream_pair
 from tools import require_tool
 
 from trio_mqtt.config import ListenerConfig
@@ -52,8 +51,6 @@ from trio_mqtt.testing import open_test_broker
 
 from .certs import CertFiles, TestPKI
 
-SMALL_BUFFER = 4096
-
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
@@ -62,12 +59,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
 
 def socket_pair(*, small: bool = False) -> tuple[trio.SocketStream, WatchedSocketStream]:
     """(client, server) over a socketpair; the server side wrapped as the listener does."""
-    client_sock, server_sock = trio.socket.socketpair()
-    if small:
-        for sock in (client_sock, server_sock):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
-    return trio.SocketStream(client_sock), WatchedSocketStream(trio.SocketStream(server_sock))
+    client, server = socket_stream_pair(small_buffers=small)
+    return client, WatchedSocketStream(server)
 
 
 @asynccontextmanager
