@@ -479,13 +479,11 @@ class MQTTConnection:
         if self._transport_blocked:  # still blocked, FAST_READER_STALL later
             self._fast_reader = False
             self._sample_start = None
-            if self.congested:
-                self.update_congestion()
-            return math.inf
-        self._transport_blocked = True
-        if self._sample_start is None:
-            self._sample_start = self.core.now()
-            self._sample_bytes = 0
+        else:
+            self._transport_blocked = True
+            if self._sample_start is None:
+                self._sample_start = self.core.now()
+                self._sample_bytes = 0
         if self.congested:
             self.update_congestion()
         return FAST_READER_STALL if self._fast_reader else math.inf
@@ -501,6 +499,7 @@ class MQTTConnection:
         ``on_relief`` so that held-back publishers are read again.
         """
         session = self.session
+        # (nothing its writer could send: a backlog of 0, below any low, above no high)
         backlog = 0
         high = low = 1
         if (
