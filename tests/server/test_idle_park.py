@@ -1,5 +1,8 @@
 """Parking (server/idle_park.py): a plain-TCP connection whose client has been quiet for
-PARK_AFTER has no task; one task per nursery waits for every parked socket.
+PARK_AFTER has no task; one task per nursery waits for every parked socket. A connection
+may also start parked (``start_parked``, as the listener starts plain-TCP connections
+without PROXY protocol): the park reads and answers its CONNECT, and it gets a task when
+it first needs one.
 
 Each test runs connections on socket pairs (the listener's wrapping of an accepted
 socket), in virtual time, and checks what the client and the broker see while the
@@ -19,10 +22,12 @@ import trio.testing
 from helpers import PEER, V5, V311, make_core, open_client, wait_until
 from rawclient import RawClient
 
-from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.core import BrokerCore, OffloadedCheck
 from trio_mqtt.broker.message import Message
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
+    Connack,
+    Connect,
     Disconnect,
     Pingreq,
     Pingresp,
@@ -33,6 +38,8 @@ from trio_mqtt.mqtt.packets import (
     SubscriptionRequest,
     Will,
 )
+from trio_mqtt.mqtt.reason_codes import ReasonCode
+from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server import connection
 from trio_mqtt.server.connection import (
     PARK_AFTER,
@@ -40,22 +47,33 @@ from trio_mqtt.server.connection import (
     PARK_GRAIN,
     PARK_WORTH,
     run_connection,
+    start_parked,
 )
 from trio_mqtt.server.idle_park import IdlePark, idle_park_for
 from trio_mqtt.server.keep_alive import keep_alive_watch_for
+from trio_mqtt.server.watched_stream import WatchedSocketStream
+
+born_parked = pytest.mark.parametrize("born_parked", [False, True], ids=["task", "born-parked"])
 
 
 class _Serving:
     """Connections served in ``nursery`` (as the listener serves them), each calling
-    back when it has closed."""
+    back when it has closed; started parked if ``born_parked``."""
 
-    def __init__(self, nursery: trio.Nursery, core: BrokerCore) -> None:
+    def __init__(self, nursery: trio.Nursery, core: BrokerCore, born_parked: bool = False) -> None:
         self.nursery = nursery
         self.core = core
+        self.born_parked = born_parked
         self.closed = 0
 
     def __call__(self, stream: trio.abc.Stream) -> None:
-        self.nursery.start_soon(run_connection, stream, self.core, PEER, self.nursery, self._ended)
+        if self.born_parked:
+            assert isinstance(stream, WatchedSocketStream)
+            start_parked(stream, self.core, PEER, self.nursery, self._ended)
+        else:
+            self.nursery.start_soon(
+                run_connection, stream, self.core, PEER, self.nursery, self._ended
+            )
 
     def _ended(self) -> None:
         self.closed += 1
@@ -83,11 +101,11 @@ class _Serving:
 
 
 @asynccontextmanager
-async def _serving() -> AsyncIterator[_Serving]:
-    """Connections served in a nursery of their own, on a fresh core; cancelled at the
-    end."""
+async def _serving(born_parked: bool = False, **settings: Any) -> AsyncIterator[_Serving]:
+    """Connections served in a nursery of their own, on a fresh core (``settings``: its
+    config); cancelled at the end."""
     async with trio.open_nursery() as nursery:
-        yield _Serving(nursery, make_core(trio.current_time))
+        yield _Serving(nursery, make_core(trio.current_time, **settings), born_parked)
         nursery.cancel_scope.cancel()
 
 
@@ -180,10 +198,11 @@ async def test_a_packet_that_trickles_in_does_not_park_the_connection_at_every_r
         assert await client.receive() == Pingresp()
 
 
+@born_parked
 async def test_a_parked_subscriber_receives_without_being_resumed(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, born_parked: bool
 ) -> None:
-    async with _serving() as serving:
+    async with _serving(born_parked) as serving:
         core = serving.core
         subscriber = await serving.client(V311, "sub", keep_alive=60)
         await subscriber.send(Subscribe(1, (SubscriptionRequest("t/#", 0),)))
@@ -200,10 +219,11 @@ async def test_a_parked_subscriber_receives_without_being_resumed(
         assert serving.connection_tasks() == []
 
 
+@born_parked
 async def test_the_keep_alive_of_a_parked_connection_runs_out_on_time(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, born_parked: bool
 ) -> None:
-    async with _serving() as serving:
+    async with _serving(born_parked) as serving:
         core = serving.core
         client = await serving.client(V5, "silent", keep_alive=4)
         start = trio.current_time()
@@ -216,8 +236,11 @@ async def test_the_keep_alive_of_a_parked_connection_runs_out_on_time(
         assert len(serving.park) == 0
 
 
-async def test_a_parked_connection_is_taken_over(autojump_clock: trio.testing.MockClock) -> None:
-    async with _serving() as serving:
+@born_parked
+async def test_a_parked_connection_is_taken_over(
+    autojump_clock: trio.testing.MockClock, born_parked: bool
+) -> None:
+    async with _serving(born_parked) as serving:
         old = await serving.client(V5, "twice", keep_alive=60)
         await serving.parked_after_quiet_spell(1)
         new = await serving.client(V5, "twice", keep_alive=60)
@@ -230,10 +253,11 @@ async def test_a_parked_connection_is_taken_over(autojump_clock: trio.testing.Mo
         await wait_until(lambda: serving.closed == 2, "the new connection closed", 5)
 
 
+@born_parked
 async def test_a_parked_client_that_goes_away_leaves_its_will(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, born_parked: bool
 ) -> None:
-    async with _serving() as serving:
+    async with _serving(born_parked) as serving:
         watcher = await serving.client(V311, "watcher", keep_alive=0)
         await watcher.send(Subscribe(1, (SubscriptionRequest("will/#", 0),)))
         assert isinstance(await watcher.receive(), Suback)
@@ -274,8 +298,9 @@ async def test_a_connection_whose_writer_waits_does_not_park(
         assert serving.closed == 0
 
 
+@born_parked
 async def test_cancelling_the_nursery_closes_parked_connections(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, born_parked: bool
 ) -> None:
     """The end of a shutdown: the park's task is cancelled, and each parked connection
     closes in a task of its own (its socket closed, its end reported)."""
@@ -283,7 +308,7 @@ async def test_cancelling_the_nursery_closes_parked_connections(
 
     async def serve(task_status: trio.TaskStatus[_Serving] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            task_status.started(_Serving(nursery, core))
+            task_status.started(_Serving(nursery, core, born_parked))
             await trio.sleep_forever()
 
     async with trio.open_nursery() as outer:
@@ -295,3 +320,129 @@ async def test_cancelling_the_nursery_closes_parked_connections(
             assert await client.expect_closed(timeout=5) == []
         await wait_until(lambda: serving.closed == 3, "all closed", 5)
         outer.cancel_scope.cancel()
+
+
+# --- connections that start parked ------------------------------------------------------
+
+
+async def test_a_connection_started_parked_has_its_connect_answered_by_the_park(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No task until its client sends after the CONNECT; then one, which parks again
+    after PARK_AFTER (the park it started in does not count as a client back soon)."""
+    async with _serving(born_parked=True) as serving:
+        client = await serving.client(V5, "born", keep_alive=60)
+        await trio.testing.wait_all_tasks_blocked()
+        assert serving.connection_tasks() == []
+        assert len(serving.park) == 1
+        assert "born" in serving.core.sessions
+        await client.send(Pingreq())
+        assert await client.receive() == Pingresp()
+        assert len(serving.connection_tasks()) == 1  # (resumed by its PINGREQ)
+        await serving.parked_after_quiet_spell(1)
+        assert serving.connection_tasks() == []
+        await client.send(Disconnect())
+        assert await client.expect_closed(timeout=5) == []
+        await wait_until(lambda: serving.closed == 1, "closed", 5)
+        assert "born" not in serving.core.sessions
+
+
+async def test_a_connect_that_trickles_in_is_read_in_the_park(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _serving(born_parked=True) as serving:
+        client = await open_client(serving, V311, "socket")
+        connect = encode(Connect(client_id="slow", keep_alive=60), V311)
+        for offset in range(0, len(connect) - 1, 3):
+            await client.stream.send_all(connect[offset : min(offset + 3, len(connect) - 1)])
+            await _quiet(0.1)
+            assert serving.connection_tasks() == []
+            assert len(serving.park) == 1
+        assert "slow" not in serving.core.sessions  # not whole yet
+        await client.stream.send_all(connect[-1:])
+        connack = await client.receive()
+        assert isinstance(connack, Connack) and connack.reason_code == 0
+        await trio.testing.wait_all_tasks_blocked()
+        assert serving.connection_tasks() == []
+
+
+async def test_packets_that_come_with_the_connect_are_answered_in_the_park(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _serving(born_parked=True) as serving:
+        client = await open_client(serving, V311, "socket")
+        await client.send_raw(
+            encode(Connect(client_id="eager", keep_alive=60), V311)
+            + encode(Subscribe(1, (SubscriptionRequest("me", 0),)), V311)
+            + encode(Publish(topic="me", payload=b"to myself"), V311)
+        )
+        assert isinstance(await client.receive(), Connack)
+        assert isinstance(await client.receive(), Suback)
+        delivery = await client.receive()
+        assert isinstance(delivery, Publish) and delivery.payload == b"to myself"
+        await trio.testing.wait_all_tasks_blocked()
+        assert serving.connection_tasks() == []
+        assert len(serving.park) == 1
+
+
+async def test_a_connection_started_parked_that_sends_nothing_is_closed_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _serving(born_parked=True, connect_timeout=5.0) as serving:
+        start = trio.current_time()
+        client = await open_client(serving, V5, "socket")
+        assert await client.expect_closed(timeout=60) == []
+        assert 5 <= trio.current_time() - start <= 5 + 0.02
+        await wait_until(lambda: serving.closed == 1, "closed", 5)
+        assert len(serving.park) == 0
+        assert keep_alive_watch_for(serving.nursery).armed == 0
+
+
+async def test_a_connection_started_parked_that_closes_first_is_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _serving(born_parked=True) as serving:
+        client = await open_client(serving, V5, "socket")
+        await client.send_raw(encode(Connect(client_id="half", protocol_version=V5), V5)[:5])
+        await client.stream.aclose()
+        await wait_until(lambda: serving.closed == 1, "closed", 5)
+        assert len(serving.park) == 0
+        assert serving.connection_tasks() == []
+
+
+@pytest.mark.parametrize("answer", [None, ReasonCode.BAD_USER_NAME_OR_PASSWORD])
+async def test_a_slow_check_of_the_connect_gives_the_connection_its_task(
+    answer: ReasonCode | None,
+) -> None:
+    """The park cannot wait for a check that runs in a thread (a password hash): the
+    connection's task does, then answers the CONNECT and what came with it. (Real
+    time: a virtual clock would jump past the thread.)"""
+    checked: list[str] = []
+
+    def slow_hook(peer: PeerInfo, connect: Connect) -> OffloadedCheck:
+        def work() -> ReasonCode | None:
+            checked.append(connect.client_id)
+            return answer
+
+        return OffloadedCheck(work)
+
+    async with _serving(born_parked=True) as serving:
+        serving.core.connect_hooks.append(slow_hook)
+        client = await open_client(serving, V5, "socket")
+        await client.send_raw(
+            encode(Connect(client_id="checked", protocol_version=V5), V5)
+            + encode(Subscribe(1, (SubscriptionRequest("t", 0),)), V5)
+        )
+        connack = await client.receive()
+        assert checked == ["checked"]
+        assert isinstance(connack, Connack)
+        if answer is None:
+            assert connack.reason_code == 0
+            assert isinstance(await client.receive(), Suback)
+            assert len(serving.connection_tasks()) == 1
+            await client.send(Pingreq())
+            assert await client.receive() == Pingresp()
+        else:
+            assert connack.reason_code == answer
+            assert await client.expect_closed(timeout=5) == []
+            await wait_until(lambda: serving.closed == 1, "closed", 5)

@@ -63,7 +63,7 @@ import attrs
 import trio
 
 from trio_mqtt.broker.core import BrokerCore
-from trio_mqtt.broker.mqtt_connection import MQTTConnection, open_connection
+from trio_mqtt.broker.mqtt_connection import ConnectionState, MQTTConnection, open_connection
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.backpressure import Relief, relief_for
@@ -158,6 +158,7 @@ class _Output:
         "_stream",
         "_writer_ended",
         "_writer_scope",
+        "born_parked",
         "carry",
         "fd",
         "idle",
@@ -173,6 +174,7 @@ class _Output:
         "rang",
         "reader_scope",
         "ring_fd",
+        "step_pending",
         "stopped",
         "tls",
         "unsent",
@@ -214,6 +216,11 @@ class _Output:
         self.park_unarmed = True
         self.parked = False
         self.parked_at = 0.0
+        # Started parked (start_parked): the park serves the handshake, no task has run
+        # yet; and a step the park took that left something to wait for (its task's
+        # first job when it resumes)
+        self.born_parked = False
+        self.step_pending = False
 
     def open(self, nursery: trio.Nursery, conn: MQTTConnection) -> None:
         """Writers may start now, in ``nursery``, for ``conn``'s output."""
@@ -335,20 +342,27 @@ class _Output:
         park = self.park
         if park is None or self.writing or self.stopped or self.rang or self._conn.wants_close:
             return False
+        self.park_in(park, watch, task)
+        return True
+
+    def park_in(self, park: IdlePark[_Task], watch: KeepAliveWatch, task: _Task) -> None:
+        """Park (no reader waits): the watch keeps only the connection's own deadline."""
         conn = self._conn
         self.keep_alive_entry = watch.arm(self.keep_alive_entry, self, conn.next_deadline())
         self.parked = self.idle = True
         self.parked_at = conn.core.now()
         park.park(self.ring_fd, task)
-        return True
 
     def resumed(self) -> None:
         """The parked reader has a task again. A client that sent something (or closed)
         soon after its park waits twice as long before the next, one that stayed away
-        longer half as long (PARK_WORTH)."""
+        longer half as long (PARK_WORTH). The end of a park it was born in says nothing
+        about how the client comes back: no change then."""
         self.parked = self.idle = self.park_asked = False
         self.park_unarmed = True  # (its entry has the keep alive's deadline)
-        if not (self.rang or self.stopped):  # its client sent something, or closed
+        if self.born_parked:
+            self.born_parked = False
+        elif not (self.rang or self.stopped):  # its client sent something, or closed
             if self._conn.core.now() - self.parked_at < PARK_WORTH:
                 self.park_after = min(self.park_after * 2, PARK_AFTER_MAX)
             else:
@@ -517,19 +531,41 @@ async def run_connection(
     on in later tasks of ``writers``.
     """
     try:
-        output = _Output(stream, _deliveries_for(core))
-        conn = open_connection(core, peer, output.wakeup)
+        task = _new_task(stream, core, peer, writers, on_closed)
     except BaseException:
         await trio.aclose_forcefully(stream)
         if on_closed is not None:
             on_closed()
         raise
+    # (_resume's body too, written out rather than called: a call is one more frame for
+    # every connection that waits with a task)
+    parked = flush = False
+    try:
+        task.output.open(writers, task.conn)
+        parked = await _read_loop(task, resumed=False)
+        flush = task.conn.wants_close
+    finally:
+        if not parked:
+            await _close(task, flush)
+
+
+def _new_task(
+    stream: trio.abc.Stream,
+    core: BrokerCore,
+    peer: PeerInfo,
+    writers: trio.Nursery,
+    on_closed: Callable[[], None] | None,
+) -> _Task:
+    """A new connection on ``stream``: its state machine, known to ``core``, and what
+    its task (or the park) works with."""
+    output = _Output(stream, _deliveries_for(core))
+    conn = open_connection(core, peer, output.wakeup)
     watched = _watched_socket(stream)
     if watched is not None:
         watched.on_blocked = conn.transport_blocked
     if output.ring_fd >= 0 and parking_supported:  # plain TCP, TLS, WebSocket on a socket
-        output.park = idle_park_for(writers, _resume)
-    task = _Task(
+        output.park = idle_park_for(writers, _resume, _serve_parked)
+    return _Task(
         stream=stream,
         conn=conn,
         output=output,
@@ -538,25 +574,84 @@ async def run_connection(
         watched=watched,
         on_closed=on_closed,
     )
-    # (_resume's body too, written out rather than called: a call is one more frame for
-    # every connection that waits with a task)
-    parked = flush = False
+
+
+def start_parked(
+    stream: WatchedSocketStream,
+    core: BrokerCore,
+    peer: PeerInfo,
+    writers: trio.Nursery,
+    on_closed: Callable[[], None] | None = None,
+) -> None:
+    """Serve MQTT on a plain-TCP ``stream`` just accepted, as ``run_connection`` does,
+    but without a task to begin with: the connection starts parked.
+
+    Its handshake is served by the park (``_serve_parked``): the CONNECT read and
+    answered in place, and the connection stays parked, as a connection whose client
+    has gone quiet does, until its client sends again (or its keep alive runs out, or
+    it needs a task sooner: a slow check, a CONNACK the socket did not take). A burst
+    of new connections (clients coming back after a load balancer's failover) then
+    costs no task each, only the socket reads and writes and the MQTT work: a task's
+    start and its waits were about half of a connection's CPU. Only where sockets can
+    park (``idle_park.supported``).
+    """
     try:
-        output.open(writers, conn)
-        parked = await _read_loop(task, resumed=False)
-        flush = conn.wants_close
-    finally:
-        if not parked:
-            await _close(task, flush)
+        task = _new_task(stream, core, peer, writers, on_closed)
+    except BaseException:
+        stream.socket.close()
+        if on_closed is not None:
+            on_closed()
+        raise
+    output = task.output
+    assert output.park is not None and output.fd >= 0  # (a socket: where parking works)
+    output.open(writers, task.conn)
+    output.born_parked = True
+    output.park_in(output.park, task.watch, task)
+
+
+def _serve_parked(task: _Task) -> bool:
+    """The park's ``serve``: ``task``'s parked socket is readable. A connection born
+    parked (``start_parked``) that waits for its CONNECT is read and answered here, in
+    the park's task. True: it stays parked (its deadline now the keep alive's, once
+    connected); False: its task takes over (``_resume``), and with it whatever the
+    step left to wait for."""
+    output, conn = task.output, task.conn
+    if not output.born_parked or conn.state is not ConnectionState.AWAIT_CONNECT:
+        return False
+    try:
+        data = os.read(output.fd, RECEIVE_SIZE)
+    except BlockingIOError:
+        return True  # woken for nothing
+    except OSError:
+        return False  # broken: its task ends the connection (its next read is EOF)
+    if not data:
+        return False  # EOF (it stays: its task reads it again)
+    output.feed_and_answer(conn, data)
+    if (
+        conn.pending_check is None
+        and not conn.wants_close
+        and not output.writing
+        and not conn.held_back()
+        and conn.publish_pause() <= 0
+    ):
+        output.keep_alive_entry = task.watch.arm(
+            output.keep_alive_entry, output, conn.next_deadline()
+        )
+        return True
+    output.step_pending = True
+    return False
 
 
 async def _resume(task: _Task) -> None:
     """A parked connection's task again (``IdlePark``): its socket is readable, its keep
-    alive ran out, or a writer ended the connection."""
-    task.output.resumed()
+    alive ran out, a writer ended the connection, or a step the park took in its place
+    left something to wait for."""
+    output = task.output
+    output.resumed()
+    stepped, output.step_pending = output.step_pending, False
     parked = flush = False
     try:
-        parked = await _read_loop(task, resumed=True)
+        parked = await _read_loop(task, resumed=not stepped, stepped=stepped)
         flush = task.conn.wants_close
     finally:
         if not parked:
@@ -614,10 +709,11 @@ async def _linger(stream: trio.abc.Stream) -> None:
             pass  # gone already: nothing more to protect
 
 
-async def _read_loop(task: _Task, resumed: bool) -> bool:
+async def _read_loop(task: _Task, resumed: bool, stepped: bool = False) -> bool:
     # Returns True when the reader parked (output.park): the connection is not over.
     # ``resumed``: the task was started for what the parked socket has (no need to yield
-    # after the first read: it has just been scheduled).
+    # after the first read: it has just been scheduled). ``stepped``: the park has fed
+    # the connection its last read (_serve_parked): what that step left comes first.
     # The connection says when it needs the time (next_deadline: the CONNECT timeout,
     # then the keep-alive timeout), and decides what it means (handle_timer). On a
     # socket (plain TCP; TLS, WebSocket on one) the reader waits for its client in no cancel
@@ -630,6 +726,35 @@ async def _read_loop(task: _Task, resumed: bool) -> bool:
     ring_fd = output.ring_fd
     drained = False  # the last socket read left the socket empty (as far as we know)
     while not conn.wants_close and not output.stopped:
+        if stepped:  # what the last step left: slow checks, subscribers to catch up
+            stepped = False
+            while (pending := conn.pending_check) is not None and not conn.wants_close:
+                # e.g. a password hash: in a worker thread, while the loop serves the
+                # rest; or a SUBACK held until the cluster's new routes are in place
+                # (which does not count towards the keep alive: next_deadline says so).
+                # What it hands back may hold the next one (CONNECT, then SUBSCRIBE).
+                with output.reader_waiting(conn.next_deadline()) as waited:
+                    code = await run_offloaded(pending.check)
+                if waited.cancelled_caught:
+                    output.rang = not output.stopped
+                    break
+                output.check_done_and_answer(conn, code)
+            if output.rang or conn.wants_close:
+                continue
+            if conn.held_back():
+                # Read no more until the subscribers this read went to have caught up.
+                # The connection does not count the wait towards its keep alive.
+                with output.reader_waiting() as waited:
+                    await task.relief.wait_while(conn.held_back)
+                if waited.cancelled_caught:
+                    return False  # stop_reading
+            pause = conn.publish_pause()
+            if pause > 0 and not conn.wants_close:
+                # over its publish budget: the client's bytes wait in its TCP window (not
+                # counted towards the keep alive either)
+                with output.reader_waiting():
+                    await trio.sleep(pause)
+            continue
         if output.rang:  # the deadline came (after the bytes of the last read, if any)
             output.rang = False
             conn.handle_timer()  # closes, or a packet came in time
@@ -702,32 +827,7 @@ async def _read_loop(task: _Task, resumed: bool) -> bool:
         if not data:
             return False  # EOF without DISCONNECT: an abnormal close (will is published)
         output.feed_and_answer(conn, data)
-        while (pending := conn.pending_check) is not None and not conn.wants_close:
-            # e.g. a password hash: in a worker thread, while the loop serves the rest;
-            # or a SUBACK held until the cluster's new routes are in place (which does
-            # not count towards the keep alive: next_deadline says so). What it hands
-            # back may hold the next one (CONNECT, then SUBSCRIBE).
-            with output.reader_waiting(conn.next_deadline()) as waited:
-                code = await run_offloaded(pending.check)
-            if waited.cancelled_caught:
-                output.rang = not output.stopped
-                break
-            output.check_done_and_answer(conn, code)
-        if output.rang or conn.wants_close:
-            continue
-        if conn.held_back():
-            # Read no more until the subscribers this read went to have caught up. The
-            # connection does not count the wait towards its keep alive.
-            with output.reader_waiting() as waited:
-                await task.relief.wait_while(conn.held_back)
-            if waited.cancelled_caught:
-                return False  # stop_reading
-        pause = conn.publish_pause()
-        if pause > 0 and not conn.wants_close:
-            # over its publish budget: the client's bytes wait in its TCP window (not
-            # counted towards the keep alive either)
-            with output.reader_waiting():
-                await trio.sleep(pause)
+        stepped = True
     return False
 
 

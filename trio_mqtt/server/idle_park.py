@@ -11,7 +11,9 @@ decides when) ``park``s its socket here and its task ends; the connection's stat
 state machine, its output, its stream) stays where it was. One task (``_run``, in the
 connections' nursery, only while some socket is parked) waits on an epoll set of its
 own holding every parked socket, registered in Trio's loop as one descriptor. When a
-socket becomes readable (bytes, EOF or an error) it is taken out of the set and its
+socket becomes readable (bytes, EOF or an error), ``serve(connection)`` may handle
+it in place, with no task (a connection's handshake: ``server/connection.py``,
+``start_parked``), and keep it parked; otherwise it is taken out of the set and its
 connection gets a task again: ``resume(connection)`` starts in the nursery. Whatever
 else needs a parked reader back (its keep alive ran out, a writer ended the
 connection) calls ``unpark``. Writes never need the reader: deliveries to a parked
@@ -41,12 +43,27 @@ supported = hasattr(select, "epoll")
 class IdlePark(Generic[_C]):
     """The parked sockets of one nursery's connections, and their connections."""
 
-    __slots__ = ("__weakref__", "_epoll", "_nursery", "_parked", "_resume", "_running", "_wait")
+    __slots__ = (
+        "__weakref__",
+        "_epoll",
+        "_nursery",
+        "_parked",
+        "_resume",
+        "_running",
+        "_serve",
+        "_wait",
+    )
 
-    def __init__(self, nursery: trio.Nursery, resume: Callable[[_C], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        resume: Callable[[_C], Awaitable[None]],
+        serve: Callable[[_C], bool] | None = None,
+    ) -> None:
         # weakly: the park is the value of a weak mapping keyed by its nursery
         self._nursery = weakref.ref(nursery)
         self._resume = resume
+        self._serve = serve
         self._parked: dict[int, _C] = {}
         self._epoll: select.epoll | None = None  # while the task runs (or is to)
         self._running = False
@@ -95,9 +112,15 @@ class IdlePark(Generic[_C]):
                 with trio.CancelScope() as self._wait:
                     await trio.lowlevel.wait_readable(epoll.fileno())
                 self._wait = None
+                serve = self._serve
                 for fd, _ in epoll.poll(0):
-                    connection = parked.pop(fd, None)
-                    if connection is not None:
+                    connection = parked.get(fd)
+                    if connection is None:
+                        continue  # (unparked since the poll)
+                    if serve is not None and serve(connection):
+                        continue  # served in place: it stays parked
+                    if parked.get(fd) is connection:  # (serving may have unparked it)
+                        del parked[fd]
                         self._take_out(fd, connection)
         finally:
             self._wait = None
@@ -112,12 +135,17 @@ class IdlePark(Generic[_C]):
 _PARKS: weakref.WeakKeyDictionary[trio.Nursery, IdlePark[object]] = weakref.WeakKeyDictionary()
 
 
-def idle_park_for(nursery: trio.Nursery, resume: Callable[[_C], Awaitable[None]]) -> IdlePark[_C]:
+def idle_park_for(
+    nursery: trio.Nursery,
+    resume: Callable[[_C], Awaitable[None]],
+    serve: Callable[[_C], bool] | None = None,
+) -> IdlePark[_C]:
     """The park of the connections that run in ``nursery`` (its task runs there too);
-    ``resume`` gives a parked connection its task back (the same for every call)."""
+    ``resume`` gives a parked connection its task back, ``serve`` (if given) may answer
+    a readable one in place first, True if it stays parked (the same for every call)."""
     park = _PARKS.get(nursery)
     if park is None:
-        park = _PARKS[nursery] = IdlePark(nursery, resume)  # type: ignore[arg-type]
+        park = _PARKS[nursery] = IdlePark(nursery, resume, serve)  # type: ignore[arg-type]
     return park  # type: ignore[return-value]
 
 

@@ -22,12 +22,13 @@ import trio
 
 from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.limits import REASON_CONNECTIONS, REASON_DENIED, AddressLimiter
-from trio_mqtt.config import ListenerConfig, Transport
+from trio_mqtt.config import ListenerConfig, ProxyMode, Transport
 from trio_mqtt.errors import ConfigError, ListenerBindError, ProxyProtocolError
 from trio_mqtt.networks import address_in
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.proxy import looks_like_proxy_header, parse_proxy_header
-from trio_mqtt.server.connection import run_connection
+from trio_mqtt.server.connection import run_connection, start_parked
+from trio_mqtt.server.idle_park import supported as parking_supported
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.proxy_policy import read_proxy_preamble
 from trio_mqtt.server.rejection import (
@@ -365,9 +366,73 @@ async def _accept_loop(
                 )
                 await trio.sleep(ACCEPT_RETRY_DELAY)
             else:
-                handler_nursery.start_soon(
-                    _serve_connection, core, handle, handler_nursery, stream, local
-                )
+                config = handle.config  # (per connection: a reload may change it)
+                if (
+                    parking_supported
+                    and config.transport is Transport.TCP
+                    and config.proxy_protocol.mode is ProxyMode.OFF
+                ):
+                    _start_parked(core, handle, handler_nursery, stream, local)
+                else:
+                    handler_nursery.start_soon(
+                        _serve_connection, core, handle, handler_nursery, stream, local
+                    )
+
+
+def _start_parked(
+    core: BrokerCore,
+    handle: ListenerHandle,
+    handler_nursery: trio.Nursery,
+    socket_stream: trio.SocketStream,
+    local: Endpoint | None,
+) -> None:
+    """``_serve_connection`` for a plain-TCP listener without PROXY protocol, with no
+    task: nothing comes before MQTT, so the connection starts parked and its CONNECT is
+    read and answered by the park (``connection.start_parked``)."""
+    if not handle.admit():
+        socket_stream.socket.close()
+        return
+    counted_as: str | None = None
+    handed_over = False
+    try:
+        peer = _peer_of(handle, socket_stream, local)
+        if peer is None:
+            return
+        try:
+            _refuse_denied(handle, peer)
+            counted_as = _admit_address(handle, peer)
+        except AddressRefused as exc:
+            _log_address_refused(handle, exc, peer)
+            return
+        handle.accepted += 1
+        handed_over = True
+        start_parked(
+            WatchedSocketStream(socket_stream),
+            core,
+            peer,
+            handler_nursery,
+            _ConnectionEnd(handle, counted_as),
+        )
+    finally:
+        if not handed_over:
+            _ConnectionEnd(handle, counted_as)()
+            socket_stream.socket.close()
+
+
+def _peer_of(
+    handle: ListenerHandle, socket_stream: trio.SocketStream, local: Endpoint | None
+) -> PeerInfo | None:
+    """The PeerInfo of a connection just accepted, from its socket (None: the client
+    is gone already, logged as the health check it most likely was)."""
+    if local is None:  # (the listener's socket is bound to a wildcard address)
+        local = Endpoint.from_sockaddr(socket_stream.socket.getsockname())
+    try:
+        remote = Endpoint.from_sockaddr(socket_stream.socket.getpeername())
+    except OSError:
+        # gone already: HAProxy's plain TCP check resets right after the handshake
+        _health_check(handle, "?", "connection reset right after it was accepted", None)
+        return None
+    return PeerInfo.from_socket(handle.name, handle.config.transport.value, local, remote)
 
 
 async def _serve_connection(
@@ -387,16 +452,11 @@ async def _serve_connection(
     handed_over = False
     try:
         stream = WatchedSocketStream(socket_stream)  # flow control: is the client reading?
-        if local is None:  # (the listener's socket is bound to a wildcard address)
-            local = Endpoint.from_sockaddr(socket_stream.socket.getsockname())
-        try:
-            remote = Endpoint.from_sockaddr(socket_stream.socket.getpeername())
-        except OSError:
-            # gone already: HAProxy's plain TCP check resets right after the handshake
-            _health_check(handle, "?", "connection reset right after it was accepted", None)
+        peer = _peer_of(handle, socket_stream, local)
+        if peer is None:
             return
-        peer = PeerInfo.from_socket(handle.name, handle.config.transport.value, local, remote)
-        who = str(remote) if remote is not None else "?"  # until a PROXY header says more
+        # until a PROXY header says more
+        who = str(peer.remote) if peer.remote is not None else "?"
         try:
             preamble = await read_proxy_preamble(
                 stream, handle.config.proxy_protocol, peer, handle.proxy_headers
@@ -426,16 +486,7 @@ async def _serve_connection(
             _health_check(handle, who, exc.detail, peer)
             return
         except AddressRefused as exc:
-            handle.rejections[exc.reason] += 1
-            # ONE fixed format, matched by the fail2ban filter of docs/operations.md
-            log.warning(
-                "refused client %s on listener %r: %s (%s)",
-                exc.host,
-                handle.name,
-                exc.reason,
-                exc.detail,
-                extra={**peer.log_fields(), "event": "client-refused", "reason": exc.reason},
-            )
+            _log_address_refused(handle, exc, peer)
             return
         except ConnectionRejected as exc:
             handle.rejections[exc.reason] += 1
@@ -477,6 +528,19 @@ class _ConnectionEnd:
         if self._counted_as is not None and handle.address_limits is not None:
             handle.address_limits.release(self._counted_as, trio.current_time())
         handle.connection_ended()
+
+
+def _log_address_refused(handle: ListenerHandle, exc: AddressRefused, peer: PeerInfo) -> None:
+    handle.rejections[exc.reason] += 1
+    # ONE fixed format, matched by the fail2ban filter of docs/operations.md
+    log.warning(
+        "refused client %s on listener %r: %s (%s)",
+        exc.host,
+        handle.name,
+        exc.reason,
+        exc.detail,
+        extra={**peer.log_fields(), "event": "client-refused", "reason": exc.reason},
+    )
 
 
 def _refuse_denied(handle: ListenerHandle, peer: PeerInfo) -> None:
