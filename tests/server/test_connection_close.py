@@ -18,6 +18,7 @@ import os
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -74,16 +75,15 @@ async def test_the_accept_loop_waits_and_accepts_again_when_out_of_descriptors(
 ) -> None:
     """EMFILE (or ENFILE, ENOMEM, ENOBUFS) from accept(): logged, then accepted again
     after ACCEPT_RETRY_DELAY; the connection waiting in the backlog is served."""
-    real_accept = trio.SocketListener.accept
+    real_accept = socket.socket.accept
     failures = [OSError(errno.EMFILE, os.strerror(errno.EMFILE))]
 
-    async def accept(self: trio.SocketListener) -> trio.SocketStream:
+    def accept(self: socket.socket) -> tuple[socket.socket, Any]:
         if failures:
-            await trio.lowlevel.checkpoint()
             raise failures.pop()
-        return await real_accept(self)
+        return real_accept(self)
 
-    monkeypatch.setattr(trio.SocketListener, "accept", accept)
+    monkeypatch.setattr(socket.socket, "accept", accept)
     config = BrokerConfig(listeners=(ListenerConfig(host="127.0.0.1", port=0),), sys_interval=0)
     async with open_broker(config) as broker:
         assert await trio.to_thread.run_sync(_talk, broker.port, DISCONNECT) == b""

@@ -15,6 +15,7 @@ import errno
 import ipaddress
 import logging
 import os
+import socket
 from collections import Counter
 
 import attrs
@@ -49,6 +50,33 @@ RECEIVE_SIZE = 4096
 # than ending the listener
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_DELAY = 0.1
+# accept(2) errors about the one connection it was taking (gone before it was taken, a
+# network error, a firewall's veto): the loop goes on with the next, as trio's does
+_ACCEPT_SKIP_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "ECONNRESET",
+        "EHOSTDOWN",
+        "EHOSTUNREACH",
+        "ENETDOWN",
+        "ENETUNREACH",
+        "ENONET",
+        "ENOPROTOOPT",
+        "ENOSR",
+        "EOPNOTSUPP",
+        "EPERM",
+        "EPROTO",
+        "EPROTONOSUPPORT",
+        "ESOCKTNOSUPPORT",
+        "ETIMEDOUT",
+    )
+    if hasattr(errno, name)
+)
+# At most this many connections are taken from the backlog per wake-up of an accept loop;
+# then it lets the other tasks run. Each accept through trio's SocketListener was a pass
+# through the scheduler: with a burst of new connections waiting, a third of their CPU.
+ACCEPT_BATCH = 64
 
 _TLS_TRANSPORTS = frozenset({Transport.TLS, Transport.WSS})
 _WEBSOCKET_TRANSPORTS = frozenset({Transport.WS, Transport.WSS})
@@ -319,42 +347,54 @@ async def serve_listener(
             config.name,
             " and ".join(requirements),
         )
+    # the accept loops take connections with accept(2) themselves (ACCEPT_BATCH)
+    sockets = [socket.socket(fileno=listener.socket.detach()) for listener in listeners]
     try:
         with handle._accept_scope:
             task_status.started(handle)
             async with trio.open_nursery() as accepting:
-                for listener in listeners:
-                    accepting.start_soon(_accept_loop, core, handle, listener, handler_nursery)
+                for sock in sockets:
+                    accepting.start_soon(_accept_loop, core, handle, sock, handler_nursery)
     finally:
-        for listener in listeners:  # cancelled before the loops began: close here
-            await trio.aclose_forcefully(listener)
+        for sock in sockets:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+        await trio.lowlevel.checkpoint_if_cancelled()
     log.info("listener %r stopped accepting", config.name)
 
 
 async def _accept_loop(
     core: BrokerCore,
     handle: ListenerHandle,
-    listener: trio.SocketListener,
+    sock: socket.socket,
     handler_nursery: trio.Nursery,
 ) -> None:
-    """Accept on ``listener`` until cancelled, then close it; each connection's task
-    (``_serve_connection``) starts in ``handler_nursery``.
+    """Accept on the listening ``sock`` until cancelled; each connection starts parked
+    (``_start_parked``) or in a task of its own (``_serve_connection``), in
+    ``handler_nursery``.
 
-    trio.serve_listeners' loop, without the wrapper it runs every connection in: that
-    wrapper's ``aclose_forcefully`` raised and caught a ``Cancelled`` per connection
-    (about a tenth of a short connection's CPU); ``_serve_connection`` closes its socket
-    itself.
+    Up to ACCEPT_BATCH connections per wake-up, each taken with accept(2) here: trio's
+    ``SocketListener.accept`` passes through the scheduler for every connection. And no
+    wrapper around each connection, as ``trio.serve_listeners`` has: its
+    ``aclose_forcefully`` raised and caught a ``Cancelled`` per connection (about a
+    tenth of a short connection's CPU); a connection closes its socket itself.
     """
     # A socket bound to one address: every connection's local end is that address (a
     # wildcard bind: each connection's own, asked per connection)
-    local = Endpoint.from_sockaddr(listener.socket.getsockname())
+    local = Endpoint.from_sockaddr(sock.getsockname())
     if local is not None and ipaddress.ip_address(local.host.partition("%")[0]).is_unspecified:
         local = None
-    async with listener:
-        while True:
+    sock.setblocking(False)
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        for _ in range(ACCEPT_BATCH):
             try:
-                stream = await listener.accept()
+                accepted, _ = sock.accept()
+            except BlockingIOError:
+                break  # the backlog is empty
             except OSError as exc:
+                if exc.errno in _ACCEPT_SKIP_ERRNOS:
+                    continue
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
                 log.error(
@@ -365,18 +405,19 @@ async def _accept_loop(
                     ACCEPT_RETRY_DELAY,
                 )
                 await trio.sleep(ACCEPT_RETRY_DELAY)
+                break
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
+            config = handle.config  # (per connection: a reload may change it)
+            if (
+                parking_supported
+                and config.transport is Transport.TCP
+                and config.proxy_protocol.mode is ProxyMode.OFF
+            ):
+                _start_parked(core, handle, handler_nursery, stream, local)
             else:
-                config = handle.config  # (per connection: a reload may change it)
-                if (
-                    parking_supported
-                    and config.transport is Transport.TCP
-                    and config.proxy_protocol.mode is ProxyMode.OFF
-                ):
-                    _start_parked(core, handle, handler_nursery, stream, local)
-                else:
-                    handler_nursery.start_soon(
-                        _serve_connection, core, handle, handler_nursery, stream, local
-                    )
+                handler_nursery.start_soon(
+                    _serve_connection, core, handle, handler_nursery, stream, local
+                )
 
 
 def _start_parked(
