@@ -16,14 +16,19 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
+from helpers import wait_until
 from rawclient import RawClient
 
 from trio_mqtt import open_broker
 from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolicy
-from trio_mqtt.mqtt.packets import Connack, Pingreq, Pingresp, ProtocolVersion
+from trio_mqtt.mqtt.codec import encode
+from trio_mqtt.mqtt.packets import Connack, Connect, Disconnect, Pingreq, Pingresp, ProtocolVersion
+from trio_mqtt.peer import Endpoint
 from trio_mqtt.server.app import Broker
 from trio_mqtt.server.listener import ACCEPT_BATCH
 
+V5 = ProtocolVersion.V5
 # more than one batch, all waiting in the backlog at once
 CLIENTS = 2 * ACCEPT_BATCH + 10
 
@@ -72,9 +77,11 @@ async def test_plain_tcp_connections_start_parked_with_no_task() -> None:
             assert broker.parked_connections() == CLIENTS
             assert spawns.names["_serve_connection"] == 0
             assert spawns.names["_resume"] == 0
-            # a PROXY header may come first: a task reads it, as before
+            # a PROXY header may come first: a task reads it, then the connection parks
             others = await _connected(_port(broker, "proxied"), 3, "p")
             assert spawns.names["_serve_connection"] == 3
+            await trio.testing.wait_all_tasks_blocked()
+            assert broker.parked_connections() == CLIENTS + 3
         finally:
             trio.lowlevel.remove_instrument(spawns)
         assert broker.listeners["plain"].connections == CLIENTS
@@ -106,3 +113,37 @@ async def test_an_error_about_one_connection_skips_it(
         await client.aclose()
     assert failures == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_connection_behind_a_proxy_parks_once_its_header_is_read() -> None:
+    """The header's client address is the connection's; what came with the header (the
+    CONNECT) is answered, and the connection has no task until its client sends again."""
+    policy = ProxyPolicy(mode=ProxyMode.REQUIRED, trusted_sources=("127.0.0.1",))
+    config = _config(
+        proxied=ListenerConfig(name="proxied", host="127.0.0.1", port=0, proxy_protocol=policy)
+    )
+    async with open_broker(config) as broker:
+        for header_alone in (False, True):
+            client = await RawClient.open(broker.port, ProtocolVersion.V5)
+            header = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 1883\r\n"
+            connect = encode(
+                Connect(client_id="behind", protocol_version=ProtocolVersion.V5), ProtocolVersion.V5
+            )
+            if header_alone:  # the CONNECT later: the task waits for its first bytes
+                await client.send_raw(header)
+                await trio.sleep(0.05)
+                await client.send_raw(connect)
+            else:
+                await client.send_raw(header + connect)
+            connack = await client.receive()
+            assert isinstance(connack, Connack) and connack.reason_code == 0
+            [summary] = broker.clients()
+            assert summary.peer.client == Endpoint("192.0.2.7", 40000)
+            await trio.testing.wait_all_tasks_blocked()
+            assert broker.parked_connections() == 1
+            await client.send(Pingreq())
+            assert await client.receive() == Pingresp()
+            await client.send(Disconnect())
+            assert await client.expect_closed() == []
+            await client.aclose()
+            await wait_until(lambda: not broker.clients(), "the client gone")

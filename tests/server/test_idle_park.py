@@ -410,9 +410,37 @@ async def test_a_connection_started_parked_that_closes_first_is_closed(
         assert serving.connection_tasks() == []
 
 
+def _start_with(serving: _Serving, received: bytes, version: ProtocolVersion = V311) -> RawClient:
+    """A client whose connection starts parked with ``received`` read already (as
+    what came with a PROXY header is)."""
+    client_socket, server_socket = trio.socket.socketpair()
+    stream = WatchedSocketStream(trio.SocketStream(server_socket))
+    start_parked(stream, serving.core, PEER, serving.nursery, serving._ended, received=received)
+    return RawClient(trio.SocketStream(client_socket), version)
+
+
+async def test_bytes_read_before_the_start_are_handled_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _serving(born_parked=True) as serving:
+        client = _start_with(
+            serving,
+            encode(Connect(client_id="proxied", keep_alive=60), V311)
+            + encode(Subscribe(1, (SubscriptionRequest("t", 0),)), V311),
+        )
+        assert isinstance(await client.receive(), Connack)
+        assert isinstance(await client.receive(), Suback)
+        await trio.testing.wait_all_tasks_blocked()
+        assert serving.connection_tasks() == []
+        assert len(serving.park) == 1
+        await client.send(Pingreq())
+        assert await client.receive() == Pingresp()
+
+
 @pytest.mark.parametrize("answer", [None, ReasonCode.BAD_USER_NAME_OR_PASSWORD])
+@pytest.mark.parametrize("read_before", [False, True], ids=["sent", "read-before"])
 async def test_a_slow_check_of_the_connect_gives_the_connection_its_task(
-    answer: ReasonCode | None,
+    answer: ReasonCode | None, read_before: bool
 ) -> None:
     """The park cannot wait for a check that runs in a thread (a password hash): the
     connection's task does, then answers the CONNECT and what came with it. (Real
@@ -428,11 +456,14 @@ async def test_a_slow_check_of_the_connect_gives_the_connection_its_task(
 
     async with _serving(born_parked=True) as serving:
         serving.core.connect_hooks.append(slow_hook)
-        client = await open_client(serving, V5, "socket")
-        await client.send_raw(
-            encode(Connect(client_id="checked", protocol_version=V5), V5)
-            + encode(Subscribe(1, (SubscriptionRequest("t", 0),)), V5)
+        first = encode(Connect(client_id="checked", protocol_version=V5), V5) + encode(
+            Subscribe(1, (SubscriptionRequest("t", 0),)), V5
         )
+        if read_before:
+            client = _start_with(serving, first, V5)
+        else:
+            client = await open_client(serving, V5, "socket")
+            await client.send_raw(first)
         connack = await client.receive()
         assert checked == ["checked"]
         assert isinstance(connack, Connack)

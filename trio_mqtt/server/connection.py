@@ -582,9 +582,12 @@ def start_parked(
     peer: PeerInfo,
     writers: trio.Nursery,
     on_closed: Callable[[], None] | None = None,
+    *,
+    received: bytes = b"",
 ) -> None:
     """Serve MQTT on a plain-TCP ``stream`` just accepted, as ``run_connection`` does,
-    but without a task to begin with: the connection starts parked.
+    but without a task to begin with: the connection starts parked. ``received``: its
+    first bytes, read already (with a PROXY header), handled here first.
 
     Its handshake is served by the park (``_serve_parked``): the CONNECT read and
     answered in place, and the connection stays parked, as a connection whose client
@@ -606,7 +609,10 @@ def start_parked(
     assert output.park is not None and output.fd >= 0  # (a socket: where parking works)
     output.open(writers, task.conn)
     output.born_parked = True
-    output.park_in(output.park, task.watch, task)
+    if not received or _step_in_park(task, received):
+        output.park_in(output.park, task.watch, task)
+    else:
+        writers.start_soon(_resume, task)
 
 
 def _serve_parked(task: _Task) -> bool:
@@ -626,6 +632,13 @@ def _serve_parked(task: _Task) -> bool:
         return False  # broken: its task ends the connection (its next read is EOF)
     if not data:
         return False  # EOF (it stays: its task reads it again)
+    return _step_in_park(task, data)
+
+
+def _step_in_park(task: _Task, data: bytes) -> bool:
+    """Feed ``data`` to ``task``'s connection, which has no task: True if that left
+    nothing to wait for (its deadline armed again), else its task is to take over."""
+    output, conn = task.output, task.conn
     output.feed_and_answer(conn, data)
     if (
         conn.pending_check is None

@@ -516,9 +516,12 @@ async def _serve_connection(
                 )
                 if header.is_local:  # the proxy's own connection (an MQTT-level check)
                     _health_check(handle, who, "PROXY header naming no client", peer)
-            mqtt_stream, peer = await _open_transport(
-                core, handle, PrefixedStream(stream, leftover), peer
-            )
+            if parking_supported and handle.config.transport is Transport.TCP:
+                mqtt_stream = None  # starts parked, past its PROXY header (below)
+            else:
+                mqtt_stream, peer = await _open_transport(
+                    core, handle, PrefixedStream(stream, leftover), peer
+                )
         except HealthCheck as exc:
             if counted_as is not None and handle.address_limits is not None:
                 # a header and nothing more (check-send-proxy): the attempt is given back
@@ -542,10 +545,15 @@ async def _serve_connection(
             return
         handle.accepted += 1
         handed_over = True  # run_connection ends it, maybe in a later task (it parks)
+        end = _ConnectionEnd(handle, counted_as)
+        if mqtt_stream is None:
+            # plain TCP after a PROXY header: this task has done its part, and the
+            # connection parks (what came with the header, a CONNECT most likely, is
+            # handled first) as one without PROXY protocol starts
+            start_parked(stream, core, peer, handler_nursery, end, received=leftover)
+            return
         # (its writers, and its later tasks if it parks, run in handler_nursery too)
-        await run_connection(
-            mqtt_stream, core, peer, handler_nursery, _ConnectionEnd(handle, counted_as)
-        )
+        await run_connection(mqtt_stream, core, peer, handler_nursery, end)
     finally:
         if not handed_over:  # refused, or failed, before run_connection
             _ConnectionEnd(handle, counted_as)()
