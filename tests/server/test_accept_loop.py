@@ -1,6 +1,7 @@
 """The accept loop (server/listener.py): connections taken from the backlog in batches
-with accept(2); those of a plain-TCP listener without PROXY protocol start parked, with
-no task until they need one; an error about one connection skips it.
+with accept(2); plain-TCP ones start parked, with no task until they need one, when no
+PROXY header is expected or it is in the socket already when they are accepted (else a
+task reads it, and the connection parks after); an error about one connection skips it.
 
 Real sockets on 127.0.0.1, a broker in process.
 """
@@ -12,6 +13,8 @@ import logging
 import os
 import socket
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -23,7 +26,7 @@ from rawclient import RawClient
 from trio_mqtt import open_broker
 from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolicy
 from trio_mqtt.mqtt.codec import encode
-from trio_mqtt.mqtt.packets import Connack, Connect, Disconnect, Pingreq, Pingresp, ProtocolVersion
+from trio_mqtt.mqtt.packets import Connack, Connect, Pingreq, Pingresp, ProtocolVersion
 from trio_mqtt.peer import Endpoint
 from trio_mqtt.server.app import Broker
 from trio_mqtt.server.listener import ACCEPT_BATCH
@@ -43,12 +46,12 @@ class _Spawns(trio.abc.Instrument):
         self.names[task.name.rpartition(".")[2]] += 1
 
 
-async def _connected(port: int, count: int, prefix: str = "c") -> list[RawClient]:
+async def _connected(port: int, count: int) -> list[RawClient]:
     """``count`` clients: all connect first (the broker's backlog fills), then each
     sends its CONNECT and reads its CONNACK."""
     clients = [await RawClient.open(port, ProtocolVersion.V5) for _ in range(count)]
     for index, client in enumerate(clients):
-        connack = await client.connect(f"{prefix}{index}", keep_alive=60)
+        connack = await client.connect(f"c{index}", keep_alive=60)
         assert isinstance(connack, Connack) and connack.reason_code == 0
     return clients
 
@@ -57,39 +60,110 @@ def _config(**listeners: ListenerConfig) -> BrokerConfig:
     return BrokerConfig(listeners=tuple(listeners.values()), sys_interval=0)
 
 
-def _port(broker: Broker, name: str) -> int:
-    return broker.addresses(name)[0].port
-
-
 async def test_plain_tcp_connections_start_parked_with_no_task() -> None:
-    proxied = ListenerConfig(
-        name="proxied",
-        host="127.0.0.1",
-        port=0,
-        proxy_protocol=ProxyPolicy(mode=ProxyMode.OPTIONAL, trusted_sources=("127.0.0.1",)),
-    )
-    config = _config(plain=ListenerConfig(name="plain", host="127.0.0.1", port=0), proxied=proxied)
+    config = _config(plain=ListenerConfig(name="plain", host="127.0.0.1", port=0))
     async with open_broker(config) as broker:
-        spawns = _Spawns()
-        trio.lowlevel.add_instrument(spawns)
-        try:
-            clients = await _connected(_port(broker, "plain"), CLIENTS)
+        with _counting_spawns() as spawns:
+            clients = await _connected(broker.port, CLIENTS)
             assert broker.parked_connections() == CLIENTS
             assert spawns.names["_serve_connection"] == 0
             assert spawns.names["_resume"] == 0
-            # a PROXY header may come first: a task reads it, then the connection parks
-            others = await _connected(_port(broker, "proxied"), 3, "p")
-            assert spawns.names["_serve_connection"] == 3
-            await trio.testing.wait_all_tasks_blocked()
-            assert broker.parked_connections() == CLIENTS + 3
-        finally:
-            trio.lowlevel.remove_instrument(spawns)
-        assert broker.listeners["plain"].connections == CLIENTS
-        assert broker.listeners["plain"].accepted == CLIENTS
+        handle = broker.listeners["plain"]
+        assert handle.connections == handle.accepted == CLIENTS
         await clients[0].send(Pingreq())  # a task again, for its first packet since
         assert await clients[0].receive() == Pingresp()
-        for client in clients + others:
+        for client in clients:
             await client.aclose()
+
+
+@contextmanager
+def _counting_spawns() -> Iterator[_Spawns]:
+    spawns = _Spawns()
+    trio.lowlevel.add_instrument(spawns)
+    try:
+        yield spawns
+    finally:
+        trio.lowlevel.remove_instrument(spawns)
+
+
+HEADER = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 1883\r\n"
+CONNECT = encode(Connect(client_id="behind", protocol_version=V5), V5)
+
+
+def _sent_before_accept(port: int, data: bytes) -> RawClient:
+    """A client whose ``data`` is in the broker's socket before the broker accepts it:
+    connected and sent with blocking calls, no checkpoint between, so the broker's accept
+    loop (in this thread) has not run."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(data)
+    return RawClient(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), V5)
+
+
+def _proxied(mode: ProxyMode = ProxyMode.REQUIRED) -> BrokerConfig:
+    policy = ProxyPolicy(mode=mode, trusted_sources=("127.0.0.1",))
+    return _config(
+        proxied=ListenerConfig(name="proxied", host="127.0.0.1", port=0, proxy_protocol=policy)
+    )
+
+
+async def _connack_then_parked(broker: Broker, client: RawClient) -> None:
+    connack = await client.receive()
+    assert isinstance(connack, Connack) and connack.reason_code == 0
+    await trio.testing.wait_all_tasks_blocked()
+    assert broker.parked_connections() == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "later", "tasks"),
+    [
+        (HEADER + CONNECT, b"", 0),  # all there when accepted: no task
+        (HEADER, CONNECT, 1),  # what follows the header not there yet: a task waits
+        (HEADER[:20], HEADER[20:] + CONNECT, 1),  # half a header: a task waits
+    ],
+    ids=["header-and-connect", "header-alone", "half-a-header"],
+)
+async def test_a_connection_behind_a_proxy_parks_once_its_header_is_read(
+    first: bytes, later: bytes, tasks: int
+) -> None:
+    """Read at accept if it is all there, else by the connection's task: either way the
+    client's address is the header's, the header is counted once, and the connection
+    parks after its CONNACK, to be answered when its client sends again."""
+    async with open_broker(_proxied()) as broker:
+        with _counting_spawns() as spawns:
+            client = _sent_before_accept(broker.port, first)
+            if later:
+                await trio.sleep(0.05)
+                await client.send_raw(later)
+            await _connack_then_parked(broker, client)
+            assert spawns.names["_serve_connection"] == tasks
+        [summary] = broker.clients()
+        assert summary.peer.client == Endpoint("192.0.2.7", 40000)
+        assert broker.listeners["proxied"].proxy_headers == Counter({("v1", "ok"): 1})
+        await client.send(Pingreq())
+        assert await client.receive() == Pingresp()
+        await client.aclose()
+
+
+async def test_a_client_without_a_header_where_it_is_optional_parks_at_once() -> None:
+    async with open_broker(_proxied(ProxyMode.OPTIONAL)) as broker:
+        with _counting_spawns() as spawns:
+            client = _sent_before_accept(broker.port, CONNECT)
+            await _connack_then_parked(broker, client)
+            assert spawns.names["_serve_connection"] == 0
+        [summary] = broker.clients()
+        assert summary.peer.proxy_header is None
+        await client.aclose()
+
+
+async def test_a_bad_header_there_at_accept_is_refused_and_counted_once() -> None:
+    async with open_broker(_proxied()) as broker:
+        client = _sent_before_accept(broker.port, b"PROXY TCP4 nonsense\r\n" + CONNECT)
+        assert await client.expect_closed() == []
+        handle = broker.listeners["proxied"]
+        await wait_until(lambda: handle.connections == 0, "the connection closed")
+        assert handle.rejections == Counter({"invalid-header": 1})
+        assert handle.proxy_headers == Counter({("v1", "invalid"): 1})
+        await client.aclose()
 
 
 async def test_an_error_about_one_connection_skips_it(
@@ -113,37 +187,3 @@ async def test_an_error_about_one_connection_skips_it(
         await client.aclose()
     assert failures == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-async def test_a_connection_behind_a_proxy_parks_once_its_header_is_read() -> None:
-    """The header's client address is the connection's; what came with the header (the
-    CONNECT) is answered, and the connection has no task until its client sends again."""
-    policy = ProxyPolicy(mode=ProxyMode.REQUIRED, trusted_sources=("127.0.0.1",))
-    config = _config(
-        proxied=ListenerConfig(name="proxied", host="127.0.0.1", port=0, proxy_protocol=policy)
-    )
-    async with open_broker(config) as broker:
-        for header_alone in (False, True):
-            client = await RawClient.open(broker.port, ProtocolVersion.V5)
-            header = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 1883\r\n"
-            connect = encode(
-                Connect(client_id="behind", protocol_version=ProtocolVersion.V5), ProtocolVersion.V5
-            )
-            if header_alone:  # the CONNECT later: the task waits for its first bytes
-                await client.send_raw(header)
-                await trio.sleep(0.05)
-                await client.send_raw(connect)
-            else:
-                await client.send_raw(header + connect)
-            connack = await client.receive()
-            assert isinstance(connack, Connack) and connack.reason_code == 0
-            [summary] = broker.clients()
-            assert summary.peer.client == Endpoint("192.0.2.7", 40000)
-            await trio.testing.wait_all_tasks_blocked()
-            assert broker.parked_connections() == 1
-            await client.send(Pingreq())
-            assert await client.receive() == Pingresp()
-            await client.send(Disconnect())
-            assert await client.expect_closed() == []
-            await client.aclose()
-            await wait_until(lambda: not broker.clients(), "the client gone")

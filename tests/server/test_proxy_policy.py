@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+from collections import Counter
 
 import pytest
 import trio
@@ -20,7 +21,7 @@ from trio_mqtt import open_broker
 from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolicy
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.proxy import Command
-from trio_mqtt.server.proxy_policy import Preamble, read_proxy_preamble
+from trio_mqtt.server.proxy_policy import Preamble, preamble_at_once, read_proxy_preamble
 from trio_mqtt.server.rejection import ConnectionRejected, HealthCheck
 from trio_mqtt.server.watched_stream import WatchedSocketStream
 
@@ -671,3 +672,71 @@ async def test_after_the_bytes_that_came_with_the_header_the_reader_waits(
         monkeypatch.undo()
         await client.aclose()
     assert reads.eagain == 0
+
+
+# ------------------------------------------------------------- preamble_at_once
+
+
+REQUIRE_TLS = ProxyPolicy(mode=ProxyMode.REQUIRED, require_tls=True)
+AT_ONCE_CASES = [
+    ("v1", V1_HEADER + CONNECT, policy(), TRUSTED_REMOTE),
+    (
+        "v2-ssl",
+        v2_proxy_inet(ssl_tlv(SSL | CERT_CONN, 0, "dev")) + CONNECT,
+        policy(),
+        TRUSTED_REMOTE,
+    ),
+    ("optional-none", CONNECT, policy(ProxyMode.OPTIONAL), UNTRUSTED_REMOTE),
+    ("optional-spoofed", V1_HEADER + CONNECT, policy(ProxyMode.OPTIONAL), UNTRUSTED_REMOTE),
+    ("untrusted", V1_HEADER + CONNECT, policy(), UNTRUSTED_REMOTE),
+    ("invalid", b"PROXY TCP4 nonsense\r\n" + CONNECT, policy(), TRUSTED_REMOTE),
+    (
+        "unmet",
+        V1_HEADER + CONNECT,
+        ProxyPolicy(mode=ProxyMode.REQUIRED, require_tls=True),
+        TRUSTED_REMOTE,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "pol", "remote"),
+    [case[1:] for case in AT_ONCE_CASES],
+    ids=[case[0] for case in AT_ONCE_CASES],
+)
+async def test_the_preamble_at_once_is_the_preamble_read(
+    data: bytes, pol: ProxyPolicy, remote: Endpoint
+) -> None:
+    """Bytes that decide the preamble: preamble_at_once gives what read_proxy_preamble
+    gives (or refuses as it does), and counts the same."""
+    counted: Counter[tuple[str, str]] = Counter()
+    counted_at_once: Counter[tuple[str, str]] = Counter()
+    client, server = trio.testing.memory_stream_pair()
+    await client.send_all(data)
+    try:
+        expected: Preamble | str = await read_proxy_preamble(
+            server, pol, peer_from(remote), counted
+        )
+    except ConnectionRejected as exc:
+        expected = exc.reason
+    try:
+        got: Preamble | str | None = preamble_at_once(data, pol, peer_from(remote), counted_at_once)
+    except ConnectionRejected as exc:
+        got = exc.reason
+    assert got == expected
+    assert counted_at_once == counted
+
+
+@pytest.mark.parametrize(
+    "data",
+    [V1_HEADER[:10], V1_HEADER[:-1], v2_proxy_inet()[:20], SIG[:5]],
+    ids=["v1-start", "v1-all-but-the-end", "v2-start", "signature-start"],
+)
+def test_too_few_bytes_at_once_decide_nothing_and_count_nothing(data: bytes) -> None:
+    counts: Counter[tuple[str, str]] = Counter()
+    assert preamble_at_once(data, policy(), peer_from(TRUSTED_REMOTE), counts) is None
+    assert (
+        preamble_at_once(data, policy(ProxyMode.OPTIONAL), peer_from(TRUSTED_REMOTE), counts)
+        is None
+    )
+    assert counts == Counter()

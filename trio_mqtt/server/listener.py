@@ -31,7 +31,7 @@ from trio_mqtt.proxy import looks_like_proxy_header, parse_proxy_header
 from trio_mqtt.server.connection import run_connection, start_parked
 from trio_mqtt.server.idle_park import supported as parking_supported
 from trio_mqtt.server.prefixed_stream import PrefixedStream
-from trio_mqtt.server.proxy_policy import read_proxy_preamble
+from trio_mqtt.server.proxy_policy import Preamble, preamble_at_once, read_proxy_preamble
 from trio_mqtt.server.rejection import (
     AddressRefused,
     ConnectionRejected,
@@ -407,57 +407,121 @@ async def _accept_loop(
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 break
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
-            config = handle.config  # (per connection: a reload may change it)
-            if (
-                parking_supported
-                and config.transport is Transport.TCP
-                and config.proxy_protocol.mode is ProxyMode.OFF
-            ):
-                _start_parked(core, handle, handler_nursery, stream, local)
-            else:
-                handler_nursery.start_soon(
-                    _serve_connection, core, handle, handler_nursery, stream, local
-                )
+            _accepted(core, handle, handler_nursery, stream, local)
 
 
-def _start_parked(
+def _accepted(
     core: BrokerCore,
     handle: ListenerHandle,
     handler_nursery: trio.Nursery,
     socket_stream: trio.SocketStream,
     local: Endpoint | None,
 ) -> None:
-    """``_serve_connection`` for a plain-TCP listener without PROXY protocol, with no
-    task: nothing comes before MQTT, so the connection starts parked and its CONNECT is
-    read and answered by the park (``connection.start_parked``)."""
+    """A connection just accepted: counted in (``max_connections``), its PeerInfo; then,
+    on plain TCP, parked at once (``_start_parked``) when nothing needs waiting for
+    first, else a task of its own (``_serve_connection``).
+
+    Nothing needs waiting for without PROXY protocol, nor when the PROXY header (or
+    the first bytes of a client that sends none, where it is optional) is in the socket
+    already, as in a burst of connections: ``_preamble_at_once``.
+    """
     if not handle.admit():
         socket_stream.socket.close()
         return
-    counted_as: str | None = None
-    handed_over = False
+    started = False
     try:
         peer = _peer_of(handle, socket_stream, local)
         if peer is None:
             return
+        stream = WatchedSocketStream(socket_stream)  # flow control: is the client reading?
+        received = b""
+        config = handle.config  # (per connection: a reload may change it)
+        if parking_supported and config.transport is Transport.TCP:
+            preamble: Preamble | None = Preamble(peer, b"")
+            if config.proxy_protocol.mode is not ProxyMode.OFF:
+                received = _received_already(stream)
+                preamble = _preamble_at_once(handle, peer, received) if received else None
+            if preamble is not None:
+                started = True  # (it ends the connection itself if it refuses it)
+                _start_parked(core, handle, handler_nursery, stream, preamble)
+                return
+        handler_nursery.start_soon(
+            _serve_connection, core, handle, handler_nursery, stream, peer, received
+        )
+        started = True
+    finally:
+        if not started:
+            handle.connection_ended()
+            socket_stream.socket.close()
+
+
+def _received_already(stream: WatchedSocketStream) -> bytes:
+    """What the socket of a connection just accepted holds already (b"": nothing, or
+    EOF or a reset, which its task meets again when it reads)."""
+    try:
+        return stream.receive_nowait(RECEIVE_SIZE) or b""
+    except trio.BrokenResourceError:
+        return b""
+
+
+def _preamble_at_once(handle: ListenerHandle, peer: PeerInfo, received: bytes) -> Preamble | None:
+    """The connection's PROXY preamble, if ``received`` decides it and nothing after it
+    needs waiting for: no header (where it is optional), or a header naming a client
+    followed by bytes that cannot begin a second one. Otherwise None and nothing counted:
+    the connection's task reads on, and refuses, counts and logs in one place."""
+    counts: Counter[tuple[str, str]] = Counter()
+    try:
+        preamble = preamble_at_once(received, handle.config.proxy_protocol, peer, counts)
+    except (ConnectionRejected, HealthCheck):
+        return None  # refused: its task finds the same in the same bytes
+    if preamble is None:
+        return None
+    header = preamble.peer.proxy_header
+    if header is not None and (
+        header.is_local or looks_like_proxy_header(preamble.leftover) is not False
+    ):
+        return None  # a health check, a second header, or too few bytes to tell: its task's
+    handle.proxy_headers.update(counts)
+    return preamble
+
+
+def _start_parked(
+    core: BrokerCore,
+    handle: ListenerHandle,
+    handler_nursery: trio.Nursery,
+    stream: WatchedSocketStream,
+    preamble: Preamble,
+) -> None:
+    """The rest of ``_serve_connection`` for a plain-TCP connection whose preamble is
+    known (none, or a PROXY header read at once), with no task: the client's address
+    limits, then the connection starts parked, and its CONNECT (or what came with the
+    header) is read and answered by the park (``connection.start_parked``)."""
+    peer = preamble.peer
+    counted_as: str | None = None
+    handed_over = False
+    try:
         try:
             _refuse_denied(handle, peer)
             counted_as = _admit_address(handle, peer)
         except AddressRefused as exc:
             _log_address_refused(handle, exc, peer)
             return
+        if peer.proxy_header is not None:
+            log.debug("listener %r: PROXY header: %s", handle.name, peer.describe())
         handle.accepted += 1
         handed_over = True
         start_parked(
-            WatchedSocketStream(socket_stream),
+            stream,
             core,
             peer,
             handler_nursery,
             _ConnectionEnd(handle, counted_as),
+            received=preamble.leftover,
         )
     finally:
         if not handed_over:
             _ConnectionEnd(handle, counted_as)()
-            socket_stream.socket.close()
+            stream.socket.close()
 
 
 def _peer_of(
@@ -476,31 +540,26 @@ def _peer_of(
     return PeerInfo.from_socket(handle.name, handle.config.transport.value, local, remote)
 
 
-async def _serve_connection(
+async def _serve_connection(  # noqa: PLR0917 (nursery.start_soon passes positionals)
     core: BrokerCore,
     handle: ListenerHandle,
     handler_nursery: trio.Nursery,
-    socket_stream: trio.SocketStream,
-    local: Endpoint | None,
+    stream: WatchedSocketStream,
+    peer: PeerInfo,
+    received: bytes,
 ) -> None:
-    # The connection's task, from accept to close; it always closes ``socket_stream``.
-    # One coroutine from here to run_connection, no wrapper: each is a frame that every
-    # idle connection keeps (~0.25 KiB).
-    if not handle.admit():
-        socket_stream.socket.close()
-        return
+    # The task of a connection counted in (admit) with its PeerInfo, from its PROXY
+    # header to its close (or to its park, on plain TCP); it always closes ``stream``.
+    # ``received``: its first bytes, read already. One coroutine from here to
+    # run_connection, no wrapper: each is a frame that every idle connection keeps.
     counted_as: str | None = None  # the key address_limits counts this connection under
     handed_over = False
     try:
-        stream = WatchedSocketStream(socket_stream)  # flow control: is the client reading?
-        peer = _peer_of(handle, socket_stream, local)
-        if peer is None:
-            return
         # until a PROXY header says more
         who = str(peer.remote) if peer.remote is not None else "?"
         try:
             preamble = await read_proxy_preamble(
-                stream, handle.config.proxy_protocol, peer, handle.proxy_headers
+                stream, handle.config.proxy_protocol, peer, handle.proxy_headers, received
             )
             peer = preamble.peer
             who = peer.describe()
@@ -558,7 +617,7 @@ async def _serve_connection(
         if not handed_over:  # refused, or failed, before run_connection
             _ConnectionEnd(handle, counted_as)()
             # (nothing above the socket has anything to say)
-            socket_stream.socket.close()
+            stream.socket.close()
 
 
 class _ConnectionEnd:

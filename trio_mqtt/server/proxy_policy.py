@@ -57,6 +57,7 @@ async def read_proxy_preamble(
     policy: ProxyPolicy,
     peer: PeerInfo,
     counts: Counter[tuple[str, str]] | None = None,
+    received: bytes = b"",
 ) -> Preamble:
     """Apply ``policy``: returns the refined PeerInfo and the bytes after the header.
 
@@ -64,35 +65,24 @@ async def read_proxy_preamble(
     version "v1", "v2", "local" (a header naming no client) or "unknown" (nothing told);
     result "ok", "invalid", "timeout", "untrusted_source", "closed" or
     "requirements_unmet" (``require_tls`` / ``require_verified_client_cert``).
+    ``received``: the connection's first bytes, read already (``preamble_at_once`` found
+    them too few to decide).
     """
     if policy.mode is ProxyMode.OFF:
-        return Preamble(peer, b"")
+        return Preamble(peer, received)
     if counts is None:
         counts = Counter()
-    host = peer.remote.host if peer.remote is not None else ""
-    trusted = policy.is_trusted(host)
-    if policy.mode is ProxyMode.REQUIRED and not trusted:
-        counts["unknown", "untrusted_source"] += 1
-        raise ConnectionRejected(
-            "untrusted-source", f"{host} is not in trusted_sources; closed before reading"
-        )
+    trusted = _trusted(policy, peer, counts)
     parser = ProxyParser(max_header_size=policy.max_header_size)
     version = "unknown"
     # One deadline for the whole header, however it trickles in; each wait for more
     # bytes is under it (_receive), and bytes already there are taken without one.
     deadline = trio.current_time() + policy.timeout
     try:
-        first = await _receive(stream, deadline, nothing_yet=True)
+        first = received or await _receive(stream, deadline, nothing_yet=True)
         version = _VERSION_OF_FIRST_BYTE.get(first[0], "unknown")
-        if policy.mode is ProxyMode.OPTIONAL:
-            if first[0] not in _HEADER_FIRST_BYTES:
-                return Preamble(peer, first)  # no header: the socket's addresses stand
-            if not trusted:
-                counts[version, "untrusted_source"] += 1
-                raise ConnectionRejected(
-                    "spoofed-header",
-                    f"PROXY header from {host}, which is not in trusted_sources",
-                )
+        if _without_header(first, policy, trusted, peer, counts):
+            return Preamble(peer, first)  # no header: the socket's addresses stand
         header = parser.feed(first)
         while header is None:
             header = parser.feed(await _receive(stream, deadline))
@@ -104,12 +94,89 @@ async def read_proxy_preamble(
             f"({parser.buffered} bytes received)",
         ) from None
     except ProxyProtocolError as exc:
-        counts[version, "invalid"] += 1
-        raise ConnectionRejected("invalid-header", str(exc)) from None
+        raise _invalid(exc, version, counts) from None
     except ConnectionRejected as exc:
         if exc.reason == "closed":  # the peer went away in the middle of the header
             counts[version, "closed"] += 1
         raise
+    return _with_header(header, parser.leftover, policy, peer, counts)
+
+
+def preamble_at_once(
+    received: bytes, policy: ProxyPolicy, peer: PeerInfo, counts: Counter[tuple[str, str]]
+) -> Preamble | None:
+    """``read_proxy_preamble`` when ``received``, the connection's first bytes, decide it
+    (a whole header, or none where it is optional): the same Preamble, or the same
+    refusal raised and counted. None if more bytes are needed: nothing is counted then.
+
+    A proxy sends its header right behind the TCP handshake, so in a burst of new
+    connections it is often in the socket with the client's first bytes when the
+    connection is accepted: then no task has to wait for it.
+    """
+    trusted = _trusted(policy, peer, counts)
+    version = _VERSION_OF_FIRST_BYTE.get(received[0], "unknown")
+    if _without_header(received, policy, trusted, peer, counts):
+        return Preamble(peer, received)
+    parser = ProxyParser(max_header_size=policy.max_header_size)
+    try:
+        header = parser.feed(received)
+    except ProxyProtocolError as exc:
+        raise _invalid(exc, version, counts) from None
+    if header is None:
+        return None
+    return _with_header(header, parser.leftover, policy, peer, counts)
+
+
+def _trusted(policy: ProxyPolicy, peer: PeerInfo, counts: Counter[tuple[str, str]]) -> bool:
+    """Whether ``peer`` may send a header; under ``required``, an untrusted peer is
+    refused before a byte is read."""
+    host = peer.remote.host if peer.remote is not None else ""
+    trusted = policy.is_trusted(host)
+    if policy.mode is ProxyMode.REQUIRED and not trusted:
+        counts["unknown", "untrusted_source"] += 1
+        raise ConnectionRejected(
+            "untrusted-source", f"{host} is not in trusted_sources; closed before reading"
+        )
+    return trusted
+
+
+def _without_header(
+    first: bytes,
+    policy: ProxyPolicy,
+    trusted: bool,
+    peer: PeerInfo,
+    counts: Counter[tuple[str, str]],
+) -> bool:
+    """Under ``optional``, whether the first bytes come without a header (a header from
+    an untrusted peer is refused as spoofed)."""
+    if policy.mode is not ProxyMode.OPTIONAL:
+        return False
+    if first[0] not in _HEADER_FIRST_BYTES:
+        return True
+    if not trusted:
+        counts[_VERSION_OF_FIRST_BYTE[first[0]], "untrusted_source"] += 1
+        host = peer.remote.host if peer.remote is not None else ""
+        raise ConnectionRejected(
+            "spoofed-header", f"PROXY header from {host}, which is not in trusted_sources"
+        )
+    return False
+
+
+def _invalid(
+    exc: ProxyProtocolError, version: str, counts: Counter[tuple[str, str]]
+) -> ConnectionRejected:
+    counts[version, "invalid"] += 1
+    return ConnectionRejected("invalid-header", str(exc))
+
+
+def _with_header(
+    header: ProxyHeader,
+    leftover: bytes,
+    policy: ProxyPolicy,
+    peer: PeerInfo,
+    counts: Counter[tuple[str, str]],
+) -> Preamble:
+    """A whole header read: the policy's requirements checked, the header counted."""
     version = "local" if header.is_local else f"v{header.version}"
     try:
         check_requirements(header, policy)
@@ -117,7 +184,7 @@ async def read_proxy_preamble(
         counts[version, "requirements_unmet"] += 1
         raise
     counts[version, "ok"] += 1
-    return Preamble(apply_header(peer, header, policy), parser.leftover)
+    return Preamble(apply_header(peer, header, policy), leftover)
 
 
 def check_requirements(header: ProxyHeader, policy: ProxyPolicy) -> None:
