@@ -29,7 +29,7 @@ import trio.testing
 from rawclient import RawClient
 
 from trio_mqtt.broker.connection_view import ClientConnection
-from trio_mqtt.broker.core import BrokerCore
+from trio_mqtt.broker.core import BrokerCore, OffloadedCheck
 from trio_mqtt.broker.message import Message
 from trio_mqtt.broker.mqtt_connection import MQTTConnection, open_connection
 from trio_mqtt.config import BrokerConfig
@@ -50,6 +50,7 @@ from trio_mqtt.mqtt.packets import (
     Subscribe,
     SubscriptionRequest,
 )
+from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import Endpoint, PeerInfo
 from trio_mqtt.server.connection import run_connection
 from trio_mqtt.server.watched_stream import WatchedSocketStream
@@ -389,3 +390,35 @@ class LocalOnlyLink:
         self, client_id: str, topic_filters: Sequence[str]
     ) -> Callable[[], Awaitable[None]] | None:
         return None
+
+
+def accept_fails_once(monkeypatch: pytest.MonkeyPatch, error: int) -> list[OSError]:
+    """The next accept(2) of any listening socket raises OSError ``error``; the list
+    holds that error until it has been raised (then it is empty)."""
+    real_accept = socket.socket.accept
+    failures = [OSError(error, os.strerror(error))]
+
+    def accept(self: socket.socket) -> tuple[socket.socket, Any]:
+        if failures:
+            raise failures.pop()
+        return real_accept(self)
+
+    monkeypatch.setattr(socket.socket, "accept", accept)
+    return failures
+
+
+def offloaded_hook(
+    answer: ReasonCode | None,
+) -> tuple[Callable[[PeerInfo, Connect], OffloadedCheck], list[str]]:
+    """A connect hook whose decision, ``answer``, comes from work to run elsewhere (as a
+    password hash would), and the client ids that work ran for."""
+    ran: list[str] = []
+
+    def slow_hook(peer: PeerInfo, connect: Connect) -> OffloadedCheck:
+        def work() -> ReasonCode | None:
+            ran.append(connect.client_id)
+            return answer
+
+        return OffloadedCheck(work)
+
+    return slow_hook, ran

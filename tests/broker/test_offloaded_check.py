@@ -8,9 +8,9 @@ allows them before CONNACK). Sans-IO here: the test plays the server layer.
 
 from __future__ import annotations
 
-from helpers import V311, Client, FakeClock, make_core
+from helpers import V311, Client, FakeClock, make_core, offloaded_hook
 
-from trio_mqtt.broker.core import BrokerCore, OffloadedCheck
+from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.mqtt_connection import ConnectionState
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
@@ -23,19 +23,10 @@ from trio_mqtt.mqtt.packets import (
     SubscriptionRequest,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
-from trio_mqtt.peer import PeerInfo
 
 
 def offloading_core(clock: FakeClock, answer: ReasonCode | None) -> tuple[BrokerCore, list[str]]:
-    ran: list[str] = []
-
-    def slow_hook(peer: PeerInfo, connect: Connect) -> OffloadedCheck:
-        def work() -> ReasonCode | None:
-            ran.append(connect.client_id)
-            return answer
-
-        return OffloadedCheck(work)
-
+    slow_hook, ran = offloaded_hook(answer)
     core = make_core(clock)
     core.connect_hooks.append(slow_hook)
     return core, ran

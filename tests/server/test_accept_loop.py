@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from helpers import wait_until
+from helpers import accept_fails_once, wait_until
 from rawclient import RawClient
 
 from trio_mqtt import open_broker
@@ -171,15 +169,7 @@ async def test_an_error_about_one_connection_skips_it(
 ) -> None:
     """ECONNABORTED (the client reset before it was taken) and the like: the loop goes
     on with the next connection in the backlog, and logs nothing about it."""
-    real_accept = socket.socket.accept
-    failures = [OSError(errno.ECONNABORTED, os.strerror(errno.ECONNABORTED))]
-
-    def accept(self: socket.socket) -> tuple[socket.socket, Any]:
-        if failures:
-            raise failures.pop()
-        return real_accept(self)
-
-    monkeypatch.setattr(socket.socket, "accept", accept)
+    failures = accept_fails_once(monkeypatch, errno.ECONNABORTED)
     caplog.set_level(logging.DEBUG, logger="trio_mqtt")
     config = _config(plain=ListenerConfig(name="plain", host="127.0.0.1", port=0))
     async with open_broker(config) as broker:

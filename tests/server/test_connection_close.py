@@ -18,11 +18,10 @@ import os
 import socket
 import ssl
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
-from helpers import wait_until
+from helpers import accept_fails_once, wait_until
 
 from trio_mqtt import open_broker
 from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolicy
@@ -75,15 +74,7 @@ async def test_the_accept_loop_waits_and_accepts_again_when_out_of_descriptors(
 ) -> None:
     """EMFILE (or ENFILE, ENOMEM, ENOBUFS) from accept(): logged, then accepted again
     after ACCEPT_RETRY_DELAY; the connection waiting in the backlog is served."""
-    real_accept = socket.socket.accept
-    failures = [OSError(errno.EMFILE, os.strerror(errno.EMFILE))]
-
-    def accept(self: socket.socket) -> tuple[socket.socket, Any]:
-        if failures:
-            raise failures.pop()
-        return real_accept(self)
-
-    monkeypatch.setattr(socket.socket, "accept", accept)
+    failures = accept_fails_once(monkeypatch, errno.EMFILE)
     config = BrokerConfig(listeners=(ListenerConfig(host="127.0.0.1", port=0),), sys_interval=0)
     async with open_broker(config) as broker:
         assert await trio.to_thread.run_sync(_talk, broker.port, DISCONNECT) == b""

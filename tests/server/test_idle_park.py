@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import PEER, V5, V311, make_core, open_client, wait_until
+from helpers import PEER, V5, V311, make_core, offloaded_hook, open_client, wait_until
 from rawclient import RawClient
 
-from trio_mqtt.broker.core import BrokerCore, OffloadedCheck
+from trio_mqtt.broker.core import BrokerCore
 from trio_mqtt.broker.message import Message
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import (
@@ -39,7 +39,6 @@ from trio_mqtt.mqtt.packets import (
     Will,
 )
 from trio_mqtt.mqtt.reason_codes import ReasonCode
-from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server import connection
 from trio_mqtt.server.connection import (
     PARK_AFTER,
@@ -445,15 +444,7 @@ async def test_a_slow_check_of_the_connect_gives_the_connection_its_task(
     """The park cannot wait for a check that runs in a thread (a password hash): the
     connection's task does, then answers the CONNECT and what came with it. (Real
     time: a virtual clock would jump past the thread.)"""
-    checked: list[str] = []
-
-    def slow_hook(peer: PeerInfo, connect: Connect) -> OffloadedCheck:
-        def work() -> ReasonCode | None:
-            checked.append(connect.client_id)
-            return answer
-
-        return OffloadedCheck(work)
-
+    slow_hook, checked = offloaded_hook(answer)
     async with _serving(born_parked=True) as serving:
         serving.core.connect_hooks.append(slow_hook)
         first = encode(Connect(client_id="checked", protocol_version=V5), V5) + encode(
