@@ -443,8 +443,7 @@ def _accepted(
         if parking_supported and config.transport is Transport.TCP:
             preamble: Preamble | None = Preamble(peer, b"")
             if config.proxy_protocol.mode is not ProxyMode.OFF:
-                received = _received_already(stream)
-                preamble = _preamble_at_once(handle, peer, received) if received else None
+                preamble, received = _preamble_at_once(handle, peer, stream)
             if preamble is not None:
                 started = True  # (it ends the connection itself if it refuses it)
                 _start_parked(core, handle, handler_nursery, stream, preamble)
@@ -459,34 +458,39 @@ def _accepted(
             socket_stream.socket.close()
 
 
-def _received_already(stream: WatchedSocketStream) -> bytes:
-    """What the socket of a connection just accepted holds already (b"": nothing, or
-    EOF or a reset, which its task meets again when it reads)."""
+def _preamble_at_once(
+    handle: ListenerHandle, peer: PeerInfo, stream: WatchedSocketStream
+) -> tuple[Preamble | None, bytes]:
+    """The connection's PROXY preamble, if what its socket holds already decides it and
+    nothing after it needs waiting for: no header (where it is optional), or a header
+    naming a client followed by bytes that cannot begin a second one; and the bytes
+    read. Otherwise the preamble is None and nothing was counted: the connection's task
+    reads on, and refuses, counts and logs in one place. A peer that ``required`` mode
+    refuses before reading is not read here either."""
+    policy = handle.config.proxy_protocol
+    host = peer.remote.host if peer.remote is not None else ""
+    if policy.mode is ProxyMode.REQUIRED and not policy.is_trusted(host):
+        return None, b""
     try:
-        return stream.receive_nowait(RECEIVE_SIZE) or b""
+        received = stream.receive_nowait(RECEIVE_SIZE) or b""
     except trio.BrokenResourceError:
-        return b""
-
-
-def _preamble_at_once(handle: ListenerHandle, peer: PeerInfo, received: bytes) -> Preamble | None:
-    """The connection's PROXY preamble, if ``received`` decides it and nothing after it
-    needs waiting for: no header (where it is optional), or a header naming a client
-    followed by bytes that cannot begin a second one. Otherwise None and nothing counted:
-    the connection's task reads on, and refuses, counts and logs in one place."""
+        received = b""  # (reset: its task meets it as EOF)
+    if not received:  # nothing yet, or EOF (which its task meets again)
+        return None, b""
     counts: Counter[tuple[str, str]] = Counter()
     try:
-        preamble = preamble_at_once(received, handle.config.proxy_protocol, peer, counts)
+        preamble = preamble_at_once(received, policy, peer, counts)
     except (ConnectionRejected, HealthCheck):
-        return None  # refused: its task finds the same in the same bytes
-    if preamble is None:
-        return None
-    header = preamble.peer.proxy_header
-    if header is not None and (
-        header.is_local or looks_like_proxy_header(preamble.leftover) is not False
+        return None, received  # refused: its task finds the same in the same bytes
+    header = None if preamble is None else preamble.peer.proxy_header
+    if preamble is None or (
+        header is not None
+        and (header.is_local or looks_like_proxy_header(preamble.leftover) is not False)
     ):
-        return None  # a health check, a second header, or too few bytes to tell: its task's
+        # more of the header, a health check, a second header, or too few bytes to tell
+        return None, received
     handle.proxy_headers.update(counts)
-    return preamble
+    return preamble, received
 
 
 def _start_parked(
