@@ -26,6 +26,7 @@ from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolic
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import Connack, Connect, Pingreq, Pingresp, ProtocolVersion
 from trio_mqtt.peer import Endpoint
+from trio_mqtt.server import listener
 from trio_mqtt.server.app import Broker
 from trio_mqtt.server.listener import ACCEPT_BATCH
 
@@ -45,9 +46,10 @@ class _Spawns(trio.abc.Instrument):
 
 
 async def _connected(port: int, count: int) -> list[RawClient]:
-    """``count`` clients: all connect first (the broker's backlog fills), then each
-    sends its CONNECT and reads its CONNACK."""
-    clients = [await RawClient.open(port, ProtocolVersion.V5) for _ in range(count)]
+    """``count`` clients: all connect first, with blocking calls and no checkpoint
+    between, so that all wait in the broker's backlog at once; then each sends its
+    CONNECT and reads its CONNACK."""
+    clients = [_client(socket.create_connection(("127.0.0.1", port))) for _ in range(count)]
     for index, client in enumerate(clients):
         connack = await client.connect(f"c{index}", keep_alive=60)
         assert isinstance(connack, Connack) and connack.reason_code == 0
@@ -58,7 +60,13 @@ def _config(**listeners: ListenerConfig) -> BrokerConfig:
     return BrokerConfig(listeners=tuple(listeners.values()), sys_interval=0)
 
 
-async def test_plain_tcp_connections_start_parked_with_no_task() -> None:
+@pytest.mark.parametrize("batch", [ACCEPT_BATCH, 1])
+async def test_plain_tcp_connections_start_parked_with_no_task(
+    monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """All served, also when each wake-up takes one connection (the loop comes back for
+    the rest of the backlog); none has a task after its CONNACK."""
+    monkeypatch.setattr(listener, "ACCEPT_BATCH", batch)
     config = _config(plain=ListenerConfig(name="plain", host="127.0.0.1", port=0))
     async with open_broker(config) as broker:
         with _counting_spawns() as spawns:
@@ -94,6 +102,10 @@ def _sent_before_accept(port: int, data: bytes) -> RawClient:
     loop (in this thread) has not run."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(data)
+    return _client(sock)
+
+
+def _client(sock: socket.socket) -> RawClient:
     return RawClient(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), V5)
 
 
