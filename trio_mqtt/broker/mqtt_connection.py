@@ -237,6 +237,11 @@ class MQTTConnection:
             return math.inf
         return self._timer_start + self.core.config.connect_timeout
 
+    def awaits_connect(self) -> bool:
+        """True until a CONNECT has been read: the server layer serves such a connection's
+        first bytes without a task of its own (``server/connection.py``, start_parked)."""
+        return self.state is ConnectionState.AWAIT_CONNECT
+
     def quiet_deadline(self, quiet: float) -> float:
         """When the client will have sent no complete packet for ``quiet`` seconds (core
         clock), if nothing happens meanwhile; inf unless connected with nothing pending.

@@ -63,7 +63,7 @@ import attrs
 import trio
 
 from trio_mqtt.broker.core import BrokerCore
-from trio_mqtt.broker.mqtt_connection import ConnectionState, MQTTConnection, open_connection
+from trio_mqtt.broker.mqtt_connection import MQTTConnection, open_connection
 from trio_mqtt.mqtt.reason_codes import ReasonCode
 from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.backpressure import Relief, relief_for
@@ -622,7 +622,7 @@ def _serve_parked(task: _Task) -> bool:
     connected); False: its task takes over (``_resume``), and with it whatever the
     step left to wait for."""
     output, conn = task.output, task.conn
-    if not output.born_parked or conn.state is not ConnectionState.AWAIT_CONNECT:
+    if not output.born_parked or not conn.awaits_connect():
         return False
     try:
         data = os.read(output.fd, RECEIVE_SIZE)
