@@ -35,7 +35,12 @@ from trio_mqtt.proxy import looks_like_proxy_header, parse_proxy_header
 from trio_mqtt.server.connection import run_connection, start_parked
 from trio_mqtt.server.idle_park import supported as parking_supported
 from trio_mqtt.server.prefixed_stream import PrefixedStream
-from trio_mqtt.server.proxy_policy import Preamble, preamble_at_once, read_proxy_preamble
+from trio_mqtt.server.proxy_policy import (
+    Preamble,
+    preamble_at_once,
+    read_proxy_preamble,
+    refused_unread,
+)
 from trio_mqtt.server.rejection import (
     AddressRefused,
     ConnectionRejected,
@@ -440,7 +445,7 @@ def _accepted(
         stream = WatchedSocketStream(socket_stream)  # flow control: is the client reading?
         received = b""
         config = handle.config  # (per connection: a reload may change it)
-        if parking_supported and config.transport is Transport.TCP:
+        if _parks_at_mqtt(config):
             preamble: Preamble | None = Preamble(peer, b"")
             if config.proxy_protocol.mode is not ProxyMode.OFF:
                 preamble, received = _preamble_at_once(handle, peer, stream)
@@ -458,6 +463,12 @@ def _accepted(
             socket_stream.socket.close()
 
 
+def _parks_at_mqtt(config: ListenerConfig) -> bool:
+    """Whether this listener's connections start parked once MQTT begins (plain TCP,
+    where sockets can park): nothing but the PROXY preamble comes before it."""
+    return parking_supported and config.transport is Transport.TCP
+
+
 def _preamble_at_once(
     handle: ListenerHandle, peer: PeerInfo, stream: WatchedSocketStream
 ) -> tuple[Preamble | None, bytes]:
@@ -468,8 +479,7 @@ def _preamble_at_once(
     reads on, and refuses, counts and logs in one place. A peer that ``required`` mode
     refuses before reading is not read here either."""
     policy = handle.config.proxy_protocol
-    host = peer.remote.host if peer.remote is not None else ""
-    if policy.mode is ProxyMode.REQUIRED and not policy.is_trusted(host):
+    if refused_unread(policy, peer):
         return None, b""
     try:
         received = stream.receive_nowait(RECEIVE_SIZE) or b""
@@ -583,7 +593,7 @@ async def _serve_connection(  # noqa: PLR0917 (nursery.start_soon passes positio
                 )
                 if header.is_local:  # the proxy's own connection (an MQTT-level check)
                     _health_check(handle, who, "PROXY header naming no client", peer)
-            if parking_supported and handle.config.transport is Transport.TCP:
+            if _parks_at_mqtt(handle.config):
                 mqtt_stream = None  # starts parked, past its PROXY header (below)
             else:
                 mqtt_stream, peer = await _open_transport(

@@ -127,10 +127,20 @@ def preamble_at_once(
     return _with_header(header, parser.leftover, policy, peer, counts)
 
 
+def refused_unread(policy: ProxyPolicy, peer: PeerInfo) -> bool:
+    """Whether ``policy`` refuses ``peer`` before a byte of it is read: ``required``, and
+    the peer (the proxy, if any) is not among ``trusted_sources``."""
+    return policy.mode is ProxyMode.REQUIRED and not policy.is_trusted(_remote_host(peer))
+
+
+def _remote_host(peer: PeerInfo) -> str:
+    return peer.remote.host if peer.remote is not None else ""
+
+
 def _trusted(policy: ProxyPolicy, peer: PeerInfo, counts: Counter[tuple[str, str]]) -> bool:
     """Whether ``peer`` may send a header; under ``required``, an untrusted peer is
-    refused before a byte is read."""
-    host = peer.remote.host if peer.remote is not None else ""
+    refused before a byte is read (``refused_unread``)."""
+    host = _remote_host(peer)
     trusted = policy.is_trusted(host)
     if policy.mode is ProxyMode.REQUIRED and not trusted:
         counts["unknown", "untrusted_source"] += 1
@@ -155,9 +165,9 @@ def _without_header(
         return True
     if not trusted:
         counts[_VERSION_OF_FIRST_BYTE[first[0]], "untrusted_source"] += 1
-        host = peer.remote.host if peer.remote is not None else ""
         raise ConnectionRejected(
-            "spoofed-header", f"PROXY header from {host}, which is not in trusted_sources"
+            "spoofed-header",
+            f"PROXY header from {_remote_host(peer)}, which is not in trusted_sources",
         )
     return False
 
