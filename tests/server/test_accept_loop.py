@@ -26,7 +26,7 @@ from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolic
 from trio_mqtt.mqtt.codec import encode
 from trio_mqtt.mqtt.packets import Connack, Connect, Pingreq, Pingresp, ProtocolVersion
 from trio_mqtt.peer import Endpoint
-from trio_mqtt.server import listener
+from trio_mqtt.server import connection, listener
 from trio_mqtt.server.app import Broker
 from trio_mqtt.server.listener import ACCEPT_BATCH
 
@@ -152,6 +152,30 @@ async def test_a_connection_behind_a_proxy_parks_once_its_header_is_read(
         await client.send(Pingreq())
         assert await client.receive() == Pingresp()
         await client.aclose()
+
+
+async def test_connections_read_at_accept_take_their_first_steps_after_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Headers and CONNECTs of several clients in their sockets when the broker accepts
+    them: every connection of the batch is taken in (counted as accepted) before the
+    first CONNECT is handled, so the same code runs over the batch (``_accept_loop``)."""
+    accepted_at_step: list[int] = []
+    step_in_park = connection._step_in_park
+
+    def step(task: connection._Task, data: bytes) -> bool:
+        accepted_at_step.append(broker.listeners["proxied"].accepted)
+        return step_in_park(task, data)
+
+    monkeypatch.setattr(connection, "_step_in_park", step)
+    async with open_broker(_proxied()) as broker:
+        clients = [_sent_before_accept(broker.port, HEADER + CONNECT) for _ in range(5)]
+        for client in clients:
+            connack = await client.receive()
+            assert isinstance(connack, Connack) and connack.reason_code == 0
+        assert accepted_at_step == [5] * 5
+        for client in clients:
+            await client.aclose()
 
 
 async def test_a_client_without_a_header_where_it_is_optional_parks_at_once() -> None:

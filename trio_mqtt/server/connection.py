@@ -52,6 +52,7 @@ state machine what the transport took (``bytes_written``) and, through the
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -584,10 +585,13 @@ def start_parked(
     on_closed: Callable[[], None] | None = None,
     *,
     received: bytes = b"",
+    first_steps: list[Callable[[], None]] | None = None,
 ) -> None:
     """Serve MQTT on a plain-TCP ``stream`` just accepted, as ``run_connection`` does,
     but without a task to begin with: the connection starts parked. ``received``: its
-    first bytes, read already (with a PROXY header), handled here first.
+    first bytes, read already (with a PROXY header), handled first: here, or by the
+    caller if it passes ``first_steps``, where that step is left for it to take (the
+    accept loop takes those of a batch of connections together, after the batch).
 
     Its handshake is served by the park (``_serve_parked``): the CONNECT read and
     answered in place, and the connection stays parked, as a connection whose client
@@ -609,7 +613,20 @@ def start_parked(
     assert output.park is not None and output.fd >= 0  # (a socket: where parking works)
     output.open(writers, task.conn)
     output.born_parked = True
-    if not received or _step_in_park(task, received):
+    if not received:
+        output.park_in(output.park, task.watch, task)
+    elif first_steps is None:
+        _first_step(task, received, writers)
+    else:
+        first_steps.append(functools.partial(_first_step, task, received, writers))
+
+
+def _first_step(task: _Task, received: bytes, writers: trio.Nursery) -> None:
+    """A connection started parked handles the bytes read with its PROXY header: it
+    parks, or its task takes over if that left something to wait for."""
+    output = task.output
+    if _step_in_park(task, received):
+        assert output.park is not None  # (started parked: it has one)
         output.park_in(output.park, task.watch, task)
     else:
         writers.start_soon(_resume, task)
