@@ -516,3 +516,31 @@ def test_v2_ipv4_addresses_print_as_ipaddress_does(source: bytes, destination: b
     assert result is not None
     assert result[0].source == Address(str(ipaddress.IPv4Address(source)), 1)
     assert result[0].destination == Address(str(ipaddress.IPv4Address(destination)), 2)
+
+
+_PORT_TEXT = st.text("0123456789", min_size=1, max_size=6)
+
+
+@given(st.lists(_OCTET_TEXT, min_size=4, max_size=4), _PORT_TEXT, _PORT_TEXT)
+def test_v1_tcp4_destination_and_ports_accepted_exactly_as_the_spec_says(
+    octets: list[str], source_port: str, destination_port: str
+) -> None:
+    """The one-match TCP4 line and the field-by-field parser behind it agree with an
+    independent reading of the spec: ipaddress for the address, and a port is a decimal
+    0..65535 with no leading zero."""
+    destination = ".".join(octets)
+    try:
+        expected_destination: str | None = str(ipaddress.IPv4Address(destination))
+    except ValueError:
+        expected_destination = None
+    ports = (source_port, destination_port)
+    ports_valid = all(p == str(int(p)) and int(p) <= 65535 for p in ports)
+    header = f"PROXY TCP4 1.2.3.4 {destination} {source_port} {destination_port}\r\n".encode()
+    if expected_destination is None or not ports_valid:
+        with pytest.raises(ProxyProtocolError):
+            parse_proxy_header(header)
+        return
+    result = parse_proxy_header(header)
+    assert result is not None
+    assert result[0].source == Address("1.2.3.4", int(source_port))
+    assert result[0].destination == Address(expected_destination, int(destination_port))

@@ -66,6 +66,12 @@ _V1_PORT = re.compile(rb"0|[1-9][0-9]{0,4}")
 # also its canonical text: the common case without ipaddress's per-octet parsing.
 _OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _V1_IPV4 = re.compile(rb"%s(?:\.%s){3}" % (_OCTET, _OCTET))
+# A TCP4 line as a proxy sends it, in one match (the common case); anything else, even
+# invalid, takes the field-by-field path below, which says what is wrong.
+_V1_TCP4_LINE = re.compile(
+    rb"PROXY TCP4 (%s) (%s) (%s) (%s)"
+    % (_V1_IPV4.pattern, _V1_IPV4.pattern, _V1_PORT.pattern, _V1_PORT.pattern)
+)
 _V1_UNKNOWN = b"PROXY UNKNOWN"
 _V1_PROTOCOLS = {b"TCP4": Family.INET, b"TCP6": Family.INET6}
 
@@ -240,6 +246,19 @@ def _parse_v1(buf: bytes) -> tuple[ProxyHeader, int] | int:
 
 def _parse_v1_line(line: bytes, consumed: int) -> ProxyHeader:
     """Parse one v1 line without its CRLF; ``line`` starts with ``"PROXY "``."""
+    tcp4 = _V1_TCP4_LINE.fullmatch(line)
+    if tcp4 is not None:
+        source_port, destination_port = int(tcp4[3]), int(tcp4[4])
+        if source_port <= 65535 and destination_port <= 65535:
+            return ProxyHeader(
+                version=1,
+                command=Command.PROXY,
+                family=Family.INET,
+                transport=Transport.STREAM,
+                source=Address(tcp4[1].decode("ascii"), source_port),
+                destination=Address(tcp4[2].decode("ascii"), destination_port),
+                raw_length=consumed,
+            )
     if line == _V1_UNKNOWN or line.startswith(_V1_UNKNOWN + b" "):
         # The rest of the line is ignored by design; the socket's endpoints are used.
         return ProxyHeader(
