@@ -12,6 +12,7 @@ import socket
 import struct
 from collections import Counter
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -19,9 +20,14 @@ from helpers import SocketReads
 
 from trio_mqtt import open_broker
 from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolicy
-from trio_mqtt.peer import Endpoint, PeerInfo
-from trio_mqtt.proxy import Command
-from trio_mqtt.server.proxy_policy import Preamble, preamble_at_once, read_proxy_preamble
+from trio_mqtt.peer import Endpoint, PeerInfo, TLSInfo
+from trio_mqtt.proxy import Command, parse_proxy_header
+from trio_mqtt.server.proxy_policy import (
+    Preamble,
+    apply_header,
+    preamble_at_once,
+    read_proxy_preamble,
+)
 from trio_mqtt.server.rejection import ConnectionRejected, HealthCheck
 from trio_mqtt.server.watched_stream import WatchedSocketStream
 
@@ -740,3 +746,27 @@ def test_too_few_bytes_at_once_decide_nothing_and_count_nothing(data: bytes) -> 
         is None
     )
     assert counts == Counter()
+
+
+def test_apply_header_keeps_every_field_the_header_does_not_speak_for() -> None:
+    """``apply_header`` builds the PeerInfo field by field (not with ``attrs.evolve``):
+    a field added to PeerInfo and forgotten there would be dropped; this finds it."""
+    before = attrs.evolve(
+        peer_from(TRUSTED_REMOTE),
+        username="from-a-certificate",
+        identity_error="an earlier problem",
+        forwarded_by="forwarded",
+        tls=TLSInfo(version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256"),
+    )
+    header = parse_proxy_header(V1_HEADER)
+    assert header is not None
+    after = apply_header(before, header[0], policy())
+    spoken_for = {"client", "proxy", "proxy_header"}
+    for field in attrs.fields(PeerInfo):
+        if field.name not in spoken_for:
+            assert getattr(after, field.name) == getattr(before, field.name), field.name
+    assert (after.client, after.proxy, after.proxy_header) == (
+        CLIENT,
+        TRUSTED_REMOTE,
+        header[0],
+    )
