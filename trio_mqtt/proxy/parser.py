@@ -337,14 +337,19 @@ def _parse_v1_port(text: bytes, what: str) -> int:
 
 
 def _parse_v2(buf: bytes, max_header_size: int) -> tuple[ProxyHeader, int] | int:
-    if len(buf) > 12:
-        _check_version_and_command(buf[12])
-    if len(buf) > 13:
-        _check_family_and_transport(buf[13])
     if len(buf) < V2_FIXED_LENGTH:
+        if len(buf) > 12:
+            _check_version_and_command(buf[12])
+        if len(buf) > 13:
+            _check_family_and_transport(buf[13])
         return len(buf) + 1
-    command = _check_version_and_command(buf[12])
-    family, transport = _check_family_and_transport(buf[13])
+    command = _V2_COMMANDS.get(buf[12])
+    if command is None:
+        command = _check_version_and_command(buf[12])  # (raises: says what is wrong)
+    addressing = _V2_ADDRESSING.get(buf[13])
+    if addressing is None:
+        addressing = _check_family_and_transport(buf[13])
+    family, transport = addressing
     length = int.from_bytes(buf[14:16], "big")
     total = V2_FIXED_LENGTH + length
     if total > max_header_size:
@@ -367,6 +372,17 @@ def _parse_v2(buf: bytes, max_header_size: int) -> tuple[ProxyHeader, int] | int
     has_addresses = family is not Family.UNSPEC and transport is not Transport.UNSPEC
     if command is Command.PROXY and has_addresses:
         source, destination = _decode_addresses(family, raw[V2_FIXED_LENGTH:block_end])
+    if block_end == total:  # no TLVs
+        header = ProxyHeader(
+            version=2,
+            command=command,
+            family=family,
+            transport=transport,
+            source=source,
+            destination=destination,
+            raw_length=total,
+        )
+        return header, total
     entries = list(_split_tlvs(raw, block_end, total, "TLV"))
     crc32c_verified = _verify_crc32c(raw, entries)
     fields = _decode_tlvs(entries)
@@ -389,6 +405,14 @@ def _parse_v2(buf: bytes, max_header_size: int) -> tuple[ProxyHeader, int] | int
         ),
         total,
     )
+
+
+# The valid version/command and family/transport bytes, decoded (the common case
+# without building enum members); any other byte goes to the checks, which say why not.
+_V2_COMMANDS = {0x20 | command: command for command in Command}
+_V2_ADDRESSING = {
+    family << 4 | transport: (family, transport) for family in Family for transport in Transport
+}
 
 
 def _check_version_and_command(ver_cmd: int) -> Command:
