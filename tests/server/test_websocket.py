@@ -18,13 +18,18 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 from helpers import wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.protocol import Protocol, Side, State
 
 from trio_mqtt.config import ListenerConfig
 from trio_mqtt.mqtt.codec import PacketReader, encode
 from trio_mqtt.mqtt.packets import Connack, Connect, Disconnect, ProtocolVersion, Publish
+from trio_mqtt.peer import PeerInfo
 from trio_mqtt.server.app import Broker
-from trio_mqtt.server.websocket import MAX_UPGRADE_REQUEST_SIZE
+from trio_mqtt.server.websocket import MAX_UPGRADE_REQUEST_SIZE, WebSocketStream
 from trio_mqtt.testing import open_test_broker
 
 # Opcodes (RFC 6455 section 5.2)
@@ -530,3 +535,140 @@ async def test_broker_closing_sends_a_close_frame() -> None:
 
 def test_base64_key_in_test_is_sixteen_bytes() -> None:
     assert len(base64.b64decode(KEY)) == 16
+
+
+# ------------------------------------------------------------------- framing, no broker
+# WebSocketStream over a memory stream: the frames a client sends for each packet are
+# unmasked by the stream itself, every other frame goes to websockets; whatever the
+# mix and wherever the bytes are cut, the payload comes out whole and in order.
+
+
+def _websocket_stream(
+    max_frame_size: int = 65536,
+) -> tuple[WebSocketStream, trio.testing.MemorySendStream, trio.testing.MemorySendStream]:
+    """A server-side WebSocketStream on memory streams; what the client sends it, and
+    what it sent the client."""
+    to_server, from_client = trio.testing.memory_stream_one_way_pair()
+    to_client = trio.testing.MemorySendStream()
+    transport = trio.StapledStream(to_client, from_client)
+    protocol = Protocol(Side.SERVER, state=State.OPEN, max_size=(None, max_frame_size))
+    peer = PeerInfo(listener="ws", transport="ws")
+    stream = WebSocketStream(transport, protocol, peer=peer, max_frame_size=max_frame_size)
+    return stream, to_server, to_client
+
+
+def _sent_so_far(sent: trio.testing.MemorySendStream) -> bytes:
+    try:
+        return bytes(sent.get_data_nowait())
+    except trio.WouldBlock:
+        return b""
+
+
+async def _payload(stream: WebSocketStream, size: int) -> bytes:
+    data = b""
+    with trio.fail_after(5):
+        while len(data) < size:
+            received = await stream.receive_some()
+            assert received, f"end of stream after {data!r}"
+            data += received
+    return data
+
+
+_piece = st.binary(min_size=0, max_size=300)
+_frames = st.lists(
+    st.one_of(
+        st.tuples(st.just("binary"), _piece),
+        st.tuples(st.just("fragmented"), st.lists(_piece, min_size=2, max_size=4)),
+        st.tuples(st.just("ping"), st.binary(max_size=125)),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_frames, st.binary(min_size=4, max_size=4), st.lists(st.integers(1, 400), max_size=12))
+def test_payload_comes_out_whole_however_frames_mix_and_bytes_are_cut(
+    frames: list[tuple[str, Any]], mask: bytes, cuts: list[int]
+) -> None:
+    wire = b""
+    expected = b""
+    pongs = b""
+    for kind, content in frames:
+        if kind == "binary":
+            wire += frame(BINARY, content, mask=mask)
+            expected += content
+        elif kind == "fragmented":  # with a ping in the middle, as RFC 6455 allows
+            wire += frame(BINARY, content[0], fin=False, mask=mask)
+            wire += frame(PING, b"mid", mask=mask)
+            pongs += bytes([0x80 | PONG, 3]) + b"mid"
+            for index, part in enumerate(content[1:], 2):
+                wire += frame(CONTINUATION, part, fin=index == len(content), mask=mask)
+            expected += b"".join(content)
+        else:
+            wire += frame(PING, content, mask=mask)
+            pongs += bytes([0x80 | PONG, len(content)]) + content
+
+    async def check() -> None:
+        stream, to_server, sent = _websocket_stream()
+        chunks, rest = [], wire
+        for cut in cuts:
+            chunks.append(rest[:cut])
+            rest = rest[cut:]
+        chunks.append(rest)
+        async with trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                for chunk in chunks:
+                    if chunk:
+                        await to_server.send_all(chunk)
+                        await trio.testing.wait_all_tasks_blocked()
+                await to_server.aclose()
+
+            nursery.start_soon(send)
+            assert await _payload(stream, len(expected)) == expected
+            assert await stream.receive_some() == b""  # EOF, nothing more
+        assert _sent_so_far(sent) == pongs
+
+    trio.run(check)
+
+
+@pytest.mark.parametrize(
+    ("before", "code"),
+    [
+        (frame(BINARY, b"start", fin=False), 1002),  # a new message inside a message
+        (b"", None),  # (the same frame on its own: delivered)
+    ],
+    ids=["inside-a-fragmented-message", "alone"],
+)
+async def test_a_whole_binary_frame_inside_a_fragmented_message_is_refused(
+    before: bytes, code: int | None
+) -> None:
+    stream, to_server, sent = _websocket_stream()
+    await to_server.send_all(before + frame(BINARY, b"whole"))
+    if code is None:
+        assert await stream.receive_some() == b"whole"
+        return
+    with pytest.raises(trio.BrokenResourceError):
+        await stream.receive_some()
+    close = _sent_so_far(sent)
+    assert close[0] == 0x80 | CLOSE and close[2:4] == code.to_bytes(2, "big")
+
+
+async def test_no_payload_is_taken_after_a_close_frame() -> None:
+    stream, to_server, sent = _websocket_stream()
+    await to_server.send_all(
+        frame(BINARY, b"before") + frame(CLOSE, (1000).to_bytes(2, "big")) + frame(BINARY, b"after")
+    )
+    assert await stream.receive_some() == b"before"
+    assert await stream.receive_some() == b""
+    assert _sent_so_far(sent)[:4] == bytes([0x80 | CLOSE, 2, 0x03, 0xE8])
+
+
+async def test_a_frame_announced_longer_than_the_limit_is_refused_from_its_header() -> None:
+    """Closed with 1009 as soon as the length is read: the payload is not waited for."""
+    stream, to_server, sent = _websocket_stream(max_frame_size=1024)
+    await to_server.send_all(bytes([0x80 | BINARY, 0x80 | 127]) + (1 << 40).to_bytes(8, "big"))
+    with pytest.raises(trio.BrokenResourceError):
+        await stream.receive_some()
+    close = _sent_so_far(sent)
+    assert close[0] == 0x80 | CLOSE and close[2:4] == (1009).to_bytes(2, "big")
