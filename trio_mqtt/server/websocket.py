@@ -16,7 +16,9 @@ clients such as paho-mqtt and MQTT.js send them (docs/performance.md). A frame i
 handed on once it is complete, so one frame may take at most the broker's
 ``max_packet_size`` (or ``RECEIVE_SIZE``, if larger): enough for the largest packet a
 client may send; a larger frame is closed with 1009. A message may run over any number
-of frames.
+of frames. The one frame shape that carries almost all the traffic, a binary message in
+one masked frame, is unmasked by ``WebSocketStream`` itself: ``websockets`` parses each
+frame in a generator, which was a third of the broker's CPU with a frame per PUBLISH.
 """
 
 from __future__ import annotations
