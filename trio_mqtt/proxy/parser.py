@@ -61,6 +61,14 @@ _ALL_TLV_TYPES = frozenset(TLVType)
 _FAMILIES = frozenset(Family)
 _TRANSPORTS = frozenset(Transport)
 
+# The valid version/command and family/transport bytes, decoded (the common case
+# without building enum members); any other byte goes to the checks, which say why not.
+_V2_COMMANDS = {0x20 | command: command for command in Command}
+_V2_ADDRESSING = {
+    family << 4 | transport: (family, transport) for family in Family for transport in Transport
+}
+
+
 _V1_PORT = re.compile(rb"0|[1-9][0-9]{0,4}")
 # What ipaddress.IPv4Address accepts (decimal 0..255, no leading zeros), which is then
 # also its canonical text: the common case without ipaddress's per-octet parsing.
@@ -405,14 +413,6 @@ def _parse_v2(buf: bytes, max_header_size: int) -> tuple[ProxyHeader, int] | int
         ),
         total,
     )
-
-
-# The valid version/command and family/transport bytes, decoded (the common case
-# without building enum members); any other byte goes to the checks, which say why not.
-_V2_COMMANDS = {0x20 | command: command for command in Command}
-_V2_ADDRESSING = {
-    family << 4 | transport: (family, transport) for family in Family for transport in Transport
-}
 
 
 def _check_version_and_command(ver_cmd: int) -> Command:

@@ -495,7 +495,8 @@ class WebSocketStream(trio.abc.Stream):
                 self._pending += frame.data
                 self._fragmented = not frame.fin
             elif opcode is not Opcode.PING and opcode is not Opcode.PONG:
-                self._events.append(frame)  # (websockets queued the Pong of a Ping)
+                # (a Ping: websockets queued its Pong; a Pong: nothing to do)
+                self._events.append(frame)
                 self._by_protocol = True
         if websocket.parser_exc is not None or websocket.state is not State.OPEN:
             self._by_protocol = True
