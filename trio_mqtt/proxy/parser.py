@@ -380,20 +380,13 @@ def _parse_v2(buf: bytes, max_header_size: int) -> tuple[ProxyHeader, int] | int
     has_addresses = family is not Family.UNSPEC and transport is not Transport.UNSPEC
     if command is Command.PROXY and has_addresses:
         source, destination = _decode_addresses(family, raw[V2_FIXED_LENGTH:block_end])
-    if block_end == total:  # no TLVs
-        header = ProxyHeader(
-            version=2,
-            command=command,
-            family=family,
-            transport=transport,
-            source=source,
-            destination=destination,
-            raw_length=total,
-        )
-        return header, total
-    entries = list(_split_tlvs(raw, block_end, total, "TLV"))
-    crc32c_verified = _verify_crc32c(raw, entries)
-    fields = _decode_tlvs(entries)
+    entries: list[tuple[int, int, bytes]] = []
+    crc32c_verified = False
+    fields = _NO_TLVS
+    if block_end < total:  # (most headers have none: none of the TLV passes then)
+        entries = list(_split_tlvs(raw, block_end, total, "TLV"))
+        crc32c_verified = _verify_crc32c(raw, entries)
+        fields = _decode_tlvs(entries)
     return (
         ProxyHeader(
             version=2,
@@ -403,7 +396,9 @@ def _parse_v2(buf: bytes, max_header_size: int) -> tuple[ProxyHeader, int] | int
             source=source,
             destination=destination,
             raw_length=total,
-            tlvs=tuple(TLV(_known_type(t, _ALL_TLV_TYPES), v) for t, _, v in entries),
+            tlvs=tuple(TLV(_known_type(t, _ALL_TLV_TYPES), v) for t, _, v in entries)
+            if entries
+            else (),
             ssl=fields.ssl,
             alpn=fields.alpn,
             authority=fields.authority,
@@ -519,6 +514,9 @@ class _DecodedTLVs:
     unique_id: bytes | None = None
     ssl: SSLInfo | None = None
     netns: str | None = None
+
+
+_NO_TLVS = _DecodedTLVs()  # (never changed: _decode_tlvs makes its own)
 
 
 def _decode_tlvs(entries: list[tuple[int, int, bytes]]) -> _DecodedTLVs:
