@@ -471,8 +471,10 @@ def _accepted(
         received = b""
         config = handle.config  # (per connection: a reload may change it)
         if _parks_at_mqtt(config):
-            preamble: Preamble | None = Preamble(peer, b"")
-            if config.proxy_protocol.mode is not ProxyMode.OFF:
+            preamble: Preamble | None
+            if config.proxy_protocol.mode is ProxyMode.OFF:
+                preamble = Preamble(peer, b"")
+            else:
                 preamble, received = _preamble_at_once(handle, peer, stream)
             if preamble is not None:
                 started = True  # (it ends the connection itself if it refuses it)
