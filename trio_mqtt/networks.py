@@ -46,9 +46,39 @@ def normalize_ip(host: str) -> IPAddress | None:
     return address
 
 
+#: How many (networks, host) answers ``address_in`` remembers.
+MATCHES_REMEMBERED = 4096
+
+# address_in's answers for a tuple of networks (a configuration's), keyed by the tuple's
+# id and the host; each entry holds the tuple, so no other tuple can get that id while
+# the entry is there.
+_matches: dict[tuple[int, str], tuple[tuple[IPNetwork, ...], bool]] = {}
+
+
 def address_in(host: str | None, networks: Iterable[IPNetwork]) -> bool:
-    """Whether *host* is an IP address inside one of *networks* (never for a non-IP host)."""
-    address = None if host is None else normalize_ip(host)
+    """Whether *host* is an IP address inside one of *networks* (never for a non-IP host).
+
+    Remembered for a tuple of networks: a listener behind a load balancer asks about
+    the same few proxy addresses for every connection, and matching one costs
+    microseconds each time.
+    """
+    if host is None:
+        return False
+    if isinstance(networks, tuple):
+        key = (id(networks), host)
+        known = _matches.get(key)
+        if known is not None:
+            return known[1]
+        inside = _address_in(host, networks)
+        if len(_matches) >= MATCHES_REMEMBERED:
+            _matches.clear()  # (many hosts: the memory stays bounded)
+        _matches[key] = (networks, inside)
+        return inside
+    return _address_in(host, networks)
+
+
+def _address_in(host: str, networks: Iterable[IPNetwork]) -> bool:
+    address = normalize_ip(host)
     if address is None:
         return False
     return any(address in net for net in networks)  # never across IPv4 / IPv6
