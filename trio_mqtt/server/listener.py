@@ -20,7 +20,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 
 import attrs
@@ -516,7 +516,7 @@ def _preamble_at_once(
         received = b""  # (reset: its task meets it as EOF)
     if not received:  # nothing yet, or EOF (which its task meets again)
         return None, b""
-    counts: Counter[tuple[str, str]] = Counter()
+    counts: defaultdict[tuple[str, str], int] = defaultdict(int)  # (a Counter costs more)
     try:
         preamble = preamble_at_once(received, policy, peer, counts)
     except (ConnectionRejected, HealthCheck):
@@ -528,7 +528,9 @@ def _preamble_at_once(
     ):
         # more of the header, a health check, a second header, or too few bytes to tell
         return None, received
-    handle.proxy_headers.update(counts)
+    proxy_headers = handle.proxy_headers
+    for key, count in counts.items():
+        proxy_headers[key] += count
     return preamble, received
 
 

@@ -27,6 +27,8 @@ is a load balancer's TCP health check: ``HealthCheck``, counted and logged at DE
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import MutableMapping
+from typing import TypeAlias
 
 import attrs
 import trio
@@ -46,6 +48,10 @@ from trio_mqtt.server.rejection import ConnectionRejected, HealthCheck
 from trio_mqtt.server.watched_stream import WatchedSocketStream
 
 RECEIVE_SIZE = 4096
+
+#: Headers counted by (version, result), a missing key read as 0: the listener's
+#: ``proxy_headers`` Counter, or a ``defaultdict(int)`` to merge into it later.
+ProxyCounts: TypeAlias = MutableMapping[tuple[str, str], int]
 # 'P' begins "PROXY " (v1), '\r' the v2 signature. An MQTT CONNECT begins 0x10 and a TLS
 # record 0x16, so the first byte alone tells a header from a client that sent none.
 _HEADER_FIRST_BYTES = frozenset(b"P\r")
@@ -63,7 +69,7 @@ async def read_proxy_preamble(
     stream: trio.abc.ReceiveStream,
     policy: ProxyPolicy,
     peer: PeerInfo,
-    counts: Counter[tuple[str, str]] | None = None,
+    counts: ProxyCounts | None = None,
     received: bytes = b"",
 ) -> Preamble:
     """Apply ``policy``: returns the refined PeerInfo and the bytes after the header.
@@ -110,7 +116,7 @@ async def read_proxy_preamble(
 
 
 def preamble_at_once(
-    received: bytes, policy: ProxyPolicy, peer: PeerInfo, counts: Counter[tuple[str, str]]
+    received: bytes, policy: ProxyPolicy, peer: PeerInfo, counts: ProxyCounts
 ) -> Preamble | None:
     """``read_proxy_preamble`` when ``received``, the connection's first bytes, decide it
     (a whole header, or none where it is optional): the same Preamble, or the same
@@ -144,7 +150,7 @@ def _remote_host(peer: PeerInfo) -> str:
     return peer.remote.host if peer.remote is not None else ""
 
 
-def _trusted(policy: ProxyPolicy, peer: PeerInfo, counts: Counter[tuple[str, str]]) -> bool:
+def _trusted(policy: ProxyPolicy, peer: PeerInfo, counts: ProxyCounts) -> bool:
     """Whether ``peer`` may send a header; under ``required``, an untrusted peer is
     refused before a byte is read (``refused_unread``)."""
     host = _remote_host(peer)
@@ -162,7 +168,7 @@ def _without_header(
     policy: ProxyPolicy,
     trusted: bool,
     peer: PeerInfo,
-    counts: Counter[tuple[str, str]],
+    counts: ProxyCounts,
 ) -> bool:
     """Under ``optional``, whether the first bytes come without a header (a header from
     an untrusted peer is refused as spoofed)."""
@@ -179,9 +185,7 @@ def _without_header(
     return False
 
 
-def _invalid(
-    exc: ProxyProtocolError, version: str, counts: Counter[tuple[str, str]]
-) -> ConnectionRejected:
+def _invalid(exc: ProxyProtocolError, version: str, counts: ProxyCounts) -> ConnectionRejected:
     counts[version, "invalid"] += 1
     return ConnectionRejected("invalid-header", str(exc))
 
@@ -191,7 +195,7 @@ def _with_header(
     leftover: bytes,
     policy: ProxyPolicy,
     peer: PeerInfo,
-    counts: Counter[tuple[str, str]],
+    counts: ProxyCounts,
 ) -> Preamble:
     """A whole header read: the policy's requirements checked, the header counted."""
     version = "local" if header.is_local else f"v{header.version}"
