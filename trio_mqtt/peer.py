@@ -75,9 +75,9 @@ class PeerInfo:
     def from_socket(
         cls, listener: str, transport: str, local: Endpoint | None, remote: Endpoint | None
     ) -> PeerInfo:
-        return cls(
-            listener=listener, transport=transport, local=local, remote=remote, client=remote
-        )
+        # (by position, in the fields' order: keyword arguments cost a dict per call,
+        # and every connection makes one)
+        return cls(listener, transport, local, remote, remote)
 
     @property
     def client_host(self) -> str | None:

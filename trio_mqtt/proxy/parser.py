@@ -67,6 +67,13 @@ _V2_COMMANDS = {0x20 | command: command for command in Command}
 _V2_ADDRESSING = {
     family << 4 | transport: (family, transport) for family in Family for transport in Transport
 }
+# The members the common paths use, as module constants: reading one from its enum
+# class goes through the enum type's attribute lookup, several times a dict lookup.
+_PROXY = Command.PROXY
+_INET = Family.INET
+_UNSPEC_FAMILY = Family.UNSPEC
+_STREAM = Transport.STREAM
+_UNSPEC_TRANSPORT = Transport.UNSPEC
 
 
 _V1_PORT = re.compile(rb"0|[1-9][0-9]{0,4}")
@@ -258,14 +265,15 @@ def _parse_v1_line(line: bytes, consumed: int) -> ProxyHeader:
     if tcp4 is not None:
         source_port, destination_port = int(tcp4[3]), int(tcp4[4])
         if source_port <= 65535 and destination_port <= 65535:
+            # (by position: keyword arguments cost a dict per call; the fields' order)
             return ProxyHeader(
-                version=1,
-                command=Command.PROXY,
-                family=Family.INET,
-                transport=Transport.STREAM,
-                source=Address(tcp4[1].decode("ascii"), source_port),
-                destination=Address(tcp4[2].decode("ascii"), destination_port),
-                raw_length=consumed,
+                1,  # version
+                _PROXY,
+                _INET,
+                _STREAM,
+                Address(tcp4[1].decode("ascii"), source_port),
+                Address(tcp4[2].decode("ascii"), destination_port),
+                consumed,  # raw_length
             )
     if line == _V1_UNKNOWN or line.startswith(_V1_UNKNOWN + b" "):
         # The rest of the line is ignored by design; the socket's endpoints are used.
@@ -377,8 +385,8 @@ def _parse_v2(buf: bytes, max_header_size: int) -> tuple[ProxyHeader, int] | int
     source: Address | UnixAddress | None = None
     destination: Address | UnixAddress | None = None
     block_end = V2_FIXED_LENGTH + block_length
-    has_addresses = family is not Family.UNSPEC and transport is not Transport.UNSPEC
-    if command is Command.PROXY and has_addresses:
+    has_addresses = family is not _UNSPEC_FAMILY and transport is not _UNSPEC_TRANSPORT
+    if command is _PROXY and has_addresses:
         source, destination = _decode_addresses(family, raw[V2_FIXED_LENGTH:block_end])
     entries: list[tuple[int, int, bytes]] = []
     crc32c_verified = False
@@ -387,24 +395,23 @@ def _parse_v2(buf: bytes, max_header_size: int) -> tuple[ProxyHeader, int] | int
         entries = list(_split_tlvs(raw, block_end, total, "TLV"))
         crc32c_verified = _verify_crc32c(raw, entries)
         fields = _decode_tlvs(entries)
+    tlvs = tuple(TLV(_known_type(t, _ALL_TLV_TYPES), v) for t, _, v in entries) if entries else ()
     return (
-        ProxyHeader(
-            version=2,
-            command=command,
-            family=family,
-            transport=transport,
-            source=source,
-            destination=destination,
-            raw_length=total,
-            tlvs=tuple(TLV(_known_type(t, _ALL_TLV_TYPES), v) for t, _, v in entries)
-            if entries
-            else (),
-            ssl=fields.ssl,
-            alpn=fields.alpn,
-            authority=fields.authority,
-            unique_id=fields.unique_id,
-            netns=fields.netns,
-            crc32c_verified=crc32c_verified,
+        ProxyHeader(  # (by position, in the fields' order: no dict of keyword arguments)
+            2,  # version
+            command,
+            family,
+            transport,
+            source,
+            destination,
+            total,  # raw_length
+            tlvs,
+            fields.ssl,
+            fields.alpn,
+            fields.authority,
+            fields.unique_id,
+            fields.netns,
+            crc32c_verified,
         ),
         total,
     )
@@ -440,7 +447,7 @@ def _check_family_and_transport(fam_proto: int) -> tuple[Family, Transport]:
 def _decode_addresses(
     family: Family, block: bytes
 ) -> tuple[Address, Address] | tuple[UnixAddress, UnixAddress]:
-    if family is Family.INET:
+    if family is _INET:
         src, dst, src_port, dst_port = _INET_BLOCK.unpack(block)
         return (
             Address("%d.%d.%d.%d" % tuple(src), src_port),  # noqa: UP031 (the fastest)
