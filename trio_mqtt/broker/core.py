@@ -76,6 +76,11 @@ log = logging.getLogger("trio_mqtt.broker")
 # A topic of at most this many characters is at most 65535 bytes of UTF-8.
 _SHORT_TOPIC = 65535 // 4
 
+# Members the per-packet and per-connection paths use, as module constants: on Python
+# 3.11 a member read from its enum class goes through the hook of EnumType's __getattr__.
+_V5 = ProtocolVersion.V5
+_SUCCESS = ReasonCode.SUCCESS
+
 # Prefix of in-process subscriber ids: U+0000 can never appear in an MQTT client id.
 LOCAL_PREFIX = "\x00local/"
 
@@ -557,7 +562,7 @@ class BrokerCore:
         """A CONNECT: accepted, refused, or waiting (AUTH exchange, offloaded check)."""
         config = self.config
         version = connect.protocol_version
-        v5 = version is ProtocolVersion.V5
+        v5 = version is _V5
 
         def refuse(code: ReasonCode, why: str) -> Refused:
             return self._refuse(conn.peer, connect, code, why)
@@ -646,7 +651,7 @@ class BrokerCore:
         """
         config = self.config
         version = connect.protocol_version
-        v5 = version is ProtocolVersion.V5
+        v5 = version is _V5
         props = connect.properties
         client_id = plan.client_id
         keep_alive = plan.keep_alive
@@ -1027,7 +1032,7 @@ class BrokerCore:
                     "PUBLISH from a client carries a subscription identifier",
                     ReasonCode.PROTOCOL_ERROR,
                 )
-        v5 = conn.version is ProtocolVersion.V5
+        v5 = conn.version is _V5
         if not topic and v5:
             raise RemoteProtocolError(
                 "PUBLISH with an empty topic name and no Topic Alias", ReasonCode.PROTOCOL_ERROR
@@ -1056,7 +1061,7 @@ class BrokerCore:
                     ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
                 )
 
-        code: ReasonCode = ReasonCode.SUCCESS
+        code: ReasonCode = _SUCCESS
         if topic[0] == "$":
             code = _dollar_topic_refusal(topic)
             if conn.first_time("publish to $"):
@@ -1459,7 +1464,7 @@ class BrokerCore:
         answers ``PendingSubscribe``: the SUBACK (and the retained messages) wait until
         the other nodes' messages for them come here (``resume_subscribe``).
         """
-        v5 = conn.version is ProtocolVersion.V5
+        v5 = conn.version is _V5
         sub_id: int | None = None
         if packet.properties.subscription_identifiers:
             sub_id = packet.properties.subscription_identifiers[0]

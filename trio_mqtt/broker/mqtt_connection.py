@@ -120,7 +120,15 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
+# The members the per-packet paths compare with, as module constants: on Python 3.11 a
+# member read from its enum class goes through the hook of EnumType's __getattr__
+# (about a fifth of a microsecond each, several times a packet).
 _V5 = ProtocolVersion.V5
+_AWAIT_CONNECT = ConnectionState.AWAIT_CONNECT
+_AUTHENTICATING = ConnectionState.AUTHENTICATING
+_CONNECTED = ConnectionState.CONNECTED
+_CLOSED = ConnectionState.CLOSED
+_AWAIT_PUBACK = OutboundState.AWAIT_PUBACK
 
 
 @attrs.define(eq=False)
@@ -228,19 +236,19 @@ class MQTTConnection:
         complete Control Packet (a packet sent byte by byte does not keep it alive).
         """
         state = self.state
-        if state is ConnectionState.CONNECTED:
+        if state is _CONNECTED:
             keep_alive = self.keep_alive
             if keep_alive and self.pending_check is None:
                 return self._timer_start + keep_alive * 1.5
             return math.inf  # (a held SUBACK: the wait is the broker's, not the client's)
-        if state is ConnectionState.CLOSED:
+        if state is _CLOSED:
             return math.inf
         return self._timer_start + self.core.config.connect_timeout
 
     def awaits_connect(self) -> bool:
         """True until a CONNECT has been read: the server layer serves such a connection's
         first bytes without a task of its own (``server/connection.py``, start_parked)."""
-        return self.state is ConnectionState.AWAIT_CONNECT
+        return self.state is _AWAIT_CONNECT
 
     def quiet_deadline(self, quiet: float) -> float:
         """When the client will have sent no complete packet for ``quiet`` seconds (core
@@ -249,7 +257,7 @@ class MQTTConnection:
         The server layer parks the reader of a connection that is this quiet (see
         ``server/idle_park.py``); it changes nothing here.
         """
-        if self.state is ConnectionState.CONNECTED and self.pending_check is None:
+        if self.state is _CONNECTED and self.pending_check is None:
             return self._timer_start + quiet
         return math.inf
 
@@ -295,7 +303,7 @@ class MQTTConnection:
         if self._publish_budget is not None:
             self._charge_publishes(self._publish_budget, packets)
         self._handle_all(packets)
-        if packets and self.state is ConnectionState.CONNECTED:
+        if packets and self.state is _CONNECTED:
             self._timer_start = self.core.now()  # keep alive: counts from the last packet
         error = self.reader.error
         if error is not None and not self.wants_close:
@@ -441,7 +449,7 @@ class MQTTConnection:
         """
         self.woken = False
         session = self.session
-        if self.state is ConnectionState.CONNECTED and session is not None:
+        if self.state is _CONNECTED and session is not None:
             if session.pending:
                 self.core.session_changed(self.client_id)
                 self._fill_from_session(session)
@@ -507,11 +515,7 @@ class MQTTConnection:
         # (nothing its writer could send: a backlog of 0, below any low, above no high)
         backlog = 0
         high = low = 1
-        if (
-            session is not None
-            and not self._window_full
-            and self.state is ConnectionState.CONNECTED
-        ):
+        if session is not None and not self._window_full and self.state is _CONNECTED:
             if not self._transport_blocked:
                 backlog, high, low = session.pending_bytes, CONGESTION_HIGH, CONGESTION_LOW
             elif self._fast_reader:
@@ -768,7 +772,7 @@ class MQTTConnection:
             if ack is not None:
                 self._send(ack)
             return
-        if self.state is ConnectionState.AWAIT_CONNECT:
+        if self.state is _AWAIT_CONNECT:
             if not isinstance(packet, Connect):
                 raise RemoteProtocolError(
                     f"expected CONNECT, got {type(packet).__name__.upper()}",
@@ -780,7 +784,7 @@ class MQTTConnection:
                 self.client_max_packet_size = packet.properties.maximum_packet_size
             self._apply(self.core.handle_connect(self, packet))
             return
-        if self.state is ConnectionState.AUTHENTICATING:
+        if self.state is _AUTHENTICATING:
             # until CONNACK only AUTH and DISCONNECT may come (5.0 section 4.12)
             if isinstance(packet, Auth):
                 self._handle_auth(packet)
@@ -796,7 +800,7 @@ class MQTTConnection:
             return
         match packet:
             case Puback(packet_id=pid):
-                self._acked(session, pid, OutboundState.AWAIT_PUBACK)
+                self._acked(session, pid, _AWAIT_PUBACK)
             case Pubrec(packet_id=pid, reason_code=code):
                 inflight = session.inflight_out.get(pid)
                 if inflight is not None and inflight.state is OutboundState.AWAIT_PUBACK:
@@ -944,7 +948,7 @@ class MQTTConnection:
             if not self._append_delivery(item, packet_id, now):
                 continue
             if item.qos == 1:
-                state = OutboundState.AWAIT_PUBACK
+                state = _AWAIT_PUBACK
                 sent1 += 1
             else:
                 state = OutboundState.AWAIT_PUBREC

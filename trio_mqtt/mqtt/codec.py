@@ -73,6 +73,7 @@ MAX_PACKET_SIZE = 1 + wire.MAX_VARINT_BYTES + wire.MAX_VARINT
 """The largest packet the protocol can express: 268435460 bytes."""
 
 V5 = ProtocolVersion.V5
+_V311 = ProtocolVersion.V311
 _RC = ReasonCode
 
 # ------------------------------------------------------------------ reason codes per packet
@@ -420,8 +421,9 @@ def _encode_connack(packet: Connack, version: ProtocolVersion) -> bytes:
         props = encode_properties(packet.properties, PropertyContext.CONNACK, "CONNACK")
         return _frame(0x20, bytes((int(packet.session_present), code)) + props, "CONNACK")
     # 3.1 has no session present flag; its first byte is reserved (0)
-    session_present = packet.session_present and version == ProtocolVersion.V311
-    return bytes((0x20, 2, int(session_present), connack_return_code_v3(ReasonCode(code))))
+    session_present = packet.session_present and version == _V311
+    return_code = connack_return_code_v3(ReasonCode(code)) if code else 0  # 0: accepted
+    return bytes((0x20, 2, int(session_present), return_code))
 
 
 def _encode_pub_ack(

@@ -91,6 +91,10 @@ ACCEPT_BATCH = 64
 
 _TLS_TRANSPORTS = frozenset({Transport.TLS, Transport.WSS})
 _WEBSOCKET_TRANSPORTS = frozenset({Transport.WS, Transport.WSS})
+# (members as module constants: on Python 3.11 a member read from its enum class goes
+# through the hook of EnumType's __getattr__, on every connection here)
+_TCP = Transport.TCP
+_PROXY_OFF = ProxyMode.OFF
 
 
 @attrs.define(eq=False)
@@ -472,7 +476,7 @@ def _accepted(
         config = handle.config  # (per connection: a reload may change it)
         if _parks_at_mqtt(config):
             preamble: Preamble | None
-            if config.proxy_protocol.mode is ProxyMode.OFF:
+            if config.proxy_protocol.mode is _PROXY_OFF:
                 preamble = Preamble(peer, b"")
             else:
                 preamble, received = _preamble_at_once(handle, peer, stream)
@@ -495,7 +499,7 @@ def _accepted(
 def _parks_at_mqtt(config: ListenerConfig) -> bool:
     """Whether this listener's connections start parked once MQTT begins (plain TCP,
     where sockets can park): nothing but the PROXY preamble comes before it."""
-    return parking_supported and config.transport is Transport.TCP
+    return parking_supported and config.transport is _TCP
 
 
 def _preamble_at_once(

@@ -52,6 +52,13 @@ RECEIVE_SIZE = 4096
 #: Headers counted by (version, result), a missing key read as 0: the listener's
 #: ``proxy_headers`` Counter, or a ``defaultdict(int)`` to merge into it later.
 ProxyCounts: TypeAlias = MutableMapping[tuple[str, str], int]
+
+# The members every connection's checks compare with, as module constants: on Python
+# 3.11 a member read from its enum class goes through the hook of EnumType's __getattr__.
+_OFF = ProxyMode.OFF
+_REQUIRED = ProxyMode.REQUIRED
+_OPTIONAL = ProxyMode.OPTIONAL
+_LOCAL = Command.LOCAL
 # 'P' begins "PROXY " (v1), '\r' the v2 signature. An MQTT CONNECT begins 0x10 and a TLS
 # record 0x16, so the first byte alone tells a header from a client that sent none.
 _HEADER_FIRST_BYTES = frozenset(b"P\r")
@@ -81,7 +88,7 @@ async def read_proxy_preamble(
     ``received``: the connection's first bytes, read already (``preamble_at_once`` found
     them too few to decide).
     """
-    if policy.mode is ProxyMode.OFF:
+    if policy.mode is _OFF:
         return Preamble(peer, received)
     if counts is None:
         counts = Counter()
@@ -143,7 +150,7 @@ def preamble_at_once(
 def refused_unread(policy: ProxyPolicy, peer: PeerInfo) -> bool:
     """Whether ``policy`` refuses ``peer`` before a byte of it is read: ``required``, and
     the peer (the proxy, if any) is not among ``trusted_sources``."""
-    return policy.mode is ProxyMode.REQUIRED and not policy.is_trusted(_remote_host(peer))
+    return policy.mode is _REQUIRED and not policy.is_trusted(_remote_host(peer))
 
 
 def _remote_host(peer: PeerInfo) -> str:
@@ -155,7 +162,7 @@ def _trusted(policy: ProxyPolicy, peer: PeerInfo, counts: ProxyCounts) -> bool:
     refused before a byte is read (``refused_unread``)."""
     host = _remote_host(peer)
     trusted = policy.is_trusted(host)
-    if policy.mode is ProxyMode.REQUIRED and not trusted:
+    if policy.mode is _REQUIRED and not trusted:
         counts["unknown", "untrusted_source"] += 1
         raise ConnectionRejected(
             "untrusted-source", f"{host} is not in trusted_sources; closed before reading"
@@ -172,7 +179,7 @@ def _without_header(
 ) -> bool:
     """Under ``optional``, whether the first bytes come without a header (a header from
     an untrusted peer is refused as spoofed)."""
-    if policy.mode is not ProxyMode.OPTIONAL:
+    if policy.mode is not _OPTIONAL:
         return False
     if first[0] not in _HEADER_FIRST_BYTES:
         return True
@@ -210,7 +217,7 @@ def _with_header(
 
 def check_requirements(header: ProxyHeader, policy: ProxyPolicy) -> None:
     """Refuse per ``require_tls`` / ``require_verified_client_cert`` (see the module doc)."""
-    if header.command is Command.LOCAL:
+    if header.command is _LOCAL:
         return  # the proxy itself (a health check), not a client it relays
     ssl = header.ssl
     used_tls = ssl is not None and bool(ssl.client & ClientFlags.SSL)
