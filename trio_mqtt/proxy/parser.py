@@ -67,8 +67,8 @@ _V2_COMMANDS = {0x20 | command: command for command in Command}
 _V2_ADDRESSING = {
     family << 4 | transport: (family, transport) for family in Family for transport in Transport
 }
-# The members the common paths use, as module constants: reading one from its enum
-# class goes through the enum type's attribute lookup, several times a dict lookup.
+# The members the common paths use, as module constants: on Python 3.11 a member read
+# from its enum class goes through the hook of EnumType's __getattr__.
 _PROXY = Command.PROXY
 _INET = Family.INET
 _UNSPEC_FAMILY = Family.UNSPEC
