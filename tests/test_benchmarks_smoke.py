@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed; plain `pytest` ne
     sys.path.insert(0, str(REPO))
 
 from nats_server import nats_server_binary  # noqa: E402
-from tools import tools_required  # noqa: E402
+from tools import require_tool, tools_required  # noqa: E402
 
 from benchmarks import brokers, latency_floor  # noqa: E402
 from benchmarks.brokers import MOSQUITTO_PATH, BrokerKind, mosquitto_config  # noqa: E402
@@ -347,6 +347,24 @@ def test_nats_ceiling_quick_run_delivers_everything(tmp_path: Path) -> None:
     assert document["core_runs"][2]["delivered"] == 4 * 20_000  # 1 -> 4 subscribers
     assert document["jetstream"]["one_at_a_time"]["p50_us"] > 0
     assert document["jetstream"]["window_20"]["count"] == 1_000
+
+
+def test_connect_cost_counts_the_connections_alone(tmp_path: Path) -> None:
+    """50 connections with a PROXY v1 header under callgrind (the start of Python under
+    valgrind is most of the test's 40 s)."""
+    require_tool("valgrind")
+    output = tmp_path / "connect-cost.json"
+    run_module(
+        "benchmarks.connect_cost", "--kind", "v1", "--count", "50", "--warmup", "50",
+        "--output", str(output),
+        timeout=300,
+    )  # fmt: skip
+    counted = json.loads(output.read_text())["instructions_per_connection"]
+    assert list(counted) == ["v1"]
+    # a connection is some hundreds of thousands of instructions: the stretch counted
+    # is the connections', without Python's start and the imports (billions, which
+    # would show even divided by 50)
+    assert 100_000 < counted["v1"] < 1_500_000
 
 
 def test_latency_floor_measures_every_server(tmp_path: Path) -> None:

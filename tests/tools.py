@@ -1,4 +1,5 @@
-"""Find the external programs some tests talk to (mosquitto, haproxy).
+"""Find the external programs some tests talk to (mosquitto, haproxy) or run under
+(valgrind).
 
 A missing program skips the test with the Debian package to install, except when
 ``TRIO_MQTT_REQUIRE_TOOLS=1`` (set by ``.ci/run``): then it fails, so CI can never go
@@ -21,6 +22,7 @@ DEBIAN_PACKAGES = {
     "mosquitto_pub": "mosquitto-clients",
     "mosquitto_sub": "mosquitto-clients",
     "haproxy": "haproxy",
+    "valgrind": "valgrind",
 }
 
 #: Debian installs daemons in sbin, which a non-root PATH often lacks.
