@@ -3,9 +3,10 @@
 The connect-rate scenarios compare trio-mqtt with mosquitto in connects/s, and on a
 machine shared with other jobs their runs spread by a third: too much to see a change of
 a few percent in what one connection costs. This counts it instead. The broker runs in
-process under callgrind (valgrind's instruction counter: the same count run after run,
-whatever else the machine does) with a plain listener and a PROXY-required one (trusted
-127.0.0.1, as the scenarios configure it) and the CLI's garbage-collector settings.
+process under callgrind (valgrind's instruction counter: the same code counted twice
+comes out within half a percent, whatever else the machine does) with a plain listener
+and a PROXY-required one (trusted 127.0.0.1, as the scenarios configure it) and the
+CLI's garbage-collector settings.
 Each kind is counted in a broker process of its own.
 
 A client process opens 300 connections first (``--warmup``; not counted: caches and
