@@ -388,14 +388,14 @@ def _parse_v2(buf: bytes, max_header_size: int) -> tuple[ProxyHeader, int] | int
     has_addresses = family is not _UNSPEC_FAMILY and transport is not _UNSPEC_TRANSPORT
     if command is _PROXY and has_addresses:
         source, destination = _decode_addresses(family, raw[V2_FIXED_LENGTH:block_end])
-    entries: list[tuple[int, int, bytes]] = []
+    tlvs: tuple[TLV, ...] = ()
     crc32c_verified = False
     fields = _NO_TLVS
     if block_end < total:  # (most headers have none: none of the TLV passes then)
         entries = list(_split_tlvs(raw, block_end, total, "TLV"))
         crc32c_verified = _verify_crc32c(raw, entries)
         fields = _decode_tlvs(entries)
-    tlvs = tuple(TLV(_known_type(t, _ALL_TLV_TYPES), v) for t, _, v in entries) if entries else ()
+        tlvs = tuple(TLV(_known_type(t, _ALL_TLV_TYPES), v) for t, _, v in entries)
     return (
         ProxyHeader(  # (by position, in the fields' order: no dict of keyword arguments)
             2,  # version
