@@ -233,11 +233,12 @@ def _recv_exactly(sock: socket.socket, size: int, deadline: float, what: str) ->
     return bytes(data)
 
 
-def _proxy_header(sock: socket.socket, version: str = "v2") -> bytes:
+def _proxy_header(sock: socket.socket, port: int, version: str = "v2") -> bytes:
+    """The header a proxy would send for this connection to ``port`` on HOST (the
+    socket's own address as the client's)."""
     source = sock.getsockname()
-    destination = sock.getpeername()
     build = proxy_v1_header if version == "v1" else proxy_v2_header
-    return build((source[0], source[1]), (destination[0], destination[1]))
+    return build((source[0], source[1]), (HOST, port))
 
 
 class WsSocket:
@@ -319,7 +320,7 @@ def _open(
     CONNACK; a blocking socket (an SSLSocket for TLS, a :class:`WsSocket` for ws)."""
     sock: Any = socket.create_connection((HOST, port), timeout=_remaining(deadline, "connecting"))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    header = _proxy_header(sock) if proxy else b""
+    header = _proxy_header(sock, port) if proxy else b""
     if transport == "tcp":
         sock.sendall(header + connect_packet(client_id))
     else:
@@ -810,7 +811,7 @@ def _connections(task: ConnectionTask, pipe: Connection, go: Event, stop: Event)
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if err:
                         raise OSError(err, "connect failed")
-                    header = _proxy_header(sock, task.proxy) if task.proxy else b""
+                    header = _proxy_header(sock, task.port, task.proxy) if task.proxy else b""
                     sock.send(header + connect_packet(handshake.client_id))
                     handshake.sent = True
                     selector.modify(sock, selectors.EVENT_READ, handshake)
