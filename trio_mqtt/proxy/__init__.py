@@ -26,6 +26,7 @@ from trio_mqtt.proxy.header import (
 )
 from trio_mqtt.proxy.parser import (
     DEFAULT_MAX_HEADER_SIZE,
+    HEADER_FIRST_BYTES,
     UNIQUE_ID_MAX_LENGTH,
     V1_MAX_LENGTH,
     V2_SIGNATURE,
@@ -40,6 +41,7 @@ __all__ = [
     "CUSTOM_TLV_TYPES",
     "DEFAULT_MAX_HEADER_SIZE",
     "EXPERIMENT_TLV_TYPES",
+    "HEADER_FIRST_BYTES",
     "TLV",
     "UNIQUE_ID_MAX_LENGTH",
     "V1_MAX_LENGTH",

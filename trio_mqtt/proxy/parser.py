@@ -44,6 +44,9 @@ UNIQUE_ID_MAX_LENGTH = 128
 SSL_TLV_MIN_LENGTH = 5
 """The SSL TLV's fixed part: 1-byte ``client`` bit field and 4-byte ``verify``."""
 CRC32C_LENGTH = 4
+HEADER_FIRST_BYTES = frozenset(b"P\r")
+"""The bytes a header can begin with: 'P' (v1's "PROXY "), '\\r' (the v2 signature). An
+MQTT CONNECT begins 0x10 and a TLS record 0x16: the first byte tells them apart."""
 
 _TLV_HEADER = struct.Struct("!BH")
 _INET_BLOCK = struct.Struct("!4s4sHH")
@@ -119,6 +122,8 @@ def looks_like_proxy_header(first_bytes: bytes) -> bool | None:
     signature, False as soon as they cannot be either, None while too few bytes have
     arrived to tell. An MQTT CONNECT (0x10) or TLS record (0x16) is False at once.
     """
+    if first_bytes and first_bytes[0] not in HEADER_FIRST_BYTES:
+        return False  # (the common answer, from the first byte alone)
     if first_bytes.startswith((V1_PREFIX, V2_SIGNATURE)):
         return True
     if V1_PREFIX.startswith(first_bytes) or V2_SIGNATURE.startswith(first_bytes):

@@ -37,6 +37,7 @@ from trio_mqtt.config import ProxyMode, ProxyPolicy
 from trio_mqtt.errors import ProxyProtocolError
 from trio_mqtt.peer import Endpoint, PeerInfo, TLSInfo
 from trio_mqtt.proxy import (
+    HEADER_FIRST_BYTES,
     Address,
     ClientFlags,
     Command,
@@ -59,9 +60,6 @@ _OFF = ProxyMode.OFF
 _REQUIRED = ProxyMode.REQUIRED
 _OPTIONAL = ProxyMode.OPTIONAL
 _LOCAL = Command.LOCAL
-# 'P' begins "PROXY " (v1), '\r' the v2 signature. An MQTT CONNECT begins 0x10 and a TLS
-# record 0x16, so the first byte alone tells a header from a client that sent none.
-_HEADER_FIRST_BYTES = frozenset(b"P\r")
 # The header version its first byte announces (the ``proxy_headers`` counter's label).
 _VERSION_OF_FIRST_BYTE = {ord("P"): "v1", ord("\r"): "v2"}
 
@@ -181,7 +179,7 @@ def _without_header(
     an untrusted peer is refused as spoofed)."""
     if policy.mode is not _OPTIONAL:
         return False
-    if first[0] not in _HEADER_FIRST_BYTES:
+    if first[0] not in HEADER_FIRST_BYTES:
         return True
     if not trusted:
         counts[_VERSION_OF_FIRST_BYTE[first[0]], "untrusted_source"] += 1
