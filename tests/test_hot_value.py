@@ -16,10 +16,16 @@ import attrs
 import pytest
 
 from tests.tools import REQUIRE_TOOLS_ENV, tools_required
+from trio_mqtt.broker.core import Accepted, ConnectPlan
 from trio_mqtt.broker.message import Message, StoredMessage
-from trio_mqtt.mqtt.packets import Puback, Pubcomp, Publish, Pubrec, Pubrel
+from trio_mqtt.mqtt.packets import Connack, Connect, Puback, Pubcomp, Publish, Pubrec, Pubrel
+from trio_mqtt.server.proxy_policy import Preamble
 
-HOT_VALUES = (Publish, Puback, Pubrec, Pubrel, Pubcomp, Message, StoredMessage)
+# per message, then per connection
+HOT_VALUES = (
+    *(Publish, Puback, Pubrec, Pubrel, Pubcomp, Message, StoredMessage),
+    *(Connect, Connack, ConnectPlan, Accepted, Preamble),
+)
 
 
 def _require_mypy() -> None:
@@ -39,8 +45,10 @@ def test_mypy_refuses_assigning_a_field(tmp_path: Path) -> None:
     source.write_text(
         textwrap.dedent(
             """
+            from trio_mqtt.broker.core import ConnectPlan
             from trio_mqtt.broker.message import Message, StoredMessage
-            from trio_mqtt.mqtt.packets import Puback, Publish
+            from trio_mqtt.mqtt.packets import Connack, Connect, Puback, Publish
+            from trio_mqtt.server.proxy_policy import Preamble
 
             message = Message("a/b")
             message.topic = "c"
@@ -48,6 +56,11 @@ def test_mypy_refuses_assigning_a_field(tmp_path: Path) -> None:
             packet = Publish("a/b", b"x", qos=1, packet_id=1)
             packet.qos = 0
             Puback(1).reason_code = 0x80
+            Connect("client").username = "admin"
+            Connack().reason_code = 0
+            ConnectPlan("client", None, 60, None).keep_alive = 0
+            def leftover(preamble: Preamble) -> None:
+                preamble.leftover = b""
             """
         )
     )
@@ -56,7 +69,7 @@ def test_mypy_refuses_assigning_a_field(tmp_path: Path) -> None:
     )
     assert status == 1, out
     refused = {line.split(":")[1] for line in out.splitlines() if "is read-only" in line}
-    assert refused == {"6", "7", "9", "10"}, out
+    assert refused == {"8", "9", "11", "12", "13", "14", "15", "17"}, out
 
 
 @pytest.mark.parametrize("cls", HOT_VALUES, ids=lambda cls: cls.__name__)
@@ -82,8 +95,8 @@ def test_a_stored_message_is_a_message_with_its_sequence() -> None:
 
 
 def _sample(name: str) -> object:
-    return {"topic": "a/b", "packet_id": 1}[name]
+    return {"topic": "a/b", "packet_id": 1}.get(name, f"sample {name}")
 
 
 def _other(name: str) -> object:
-    return {"topic": "c/d", "packet_id": 2}[name]
+    return {"topic": "c/d", "packet_id": 2}.get(name, f"other {name}")

@@ -44,6 +44,7 @@ from trio_mqtt.broker.sessions import (
 from trio_mqtt.broker.stats import DROP_OFFLINE_QOS0, DROP_QUEUE_FULL, BrokerStats
 from trio_mqtt.config import BrokerConfig
 from trio_mqtt.errors import RemoteProtocolError
+from trio_mqtt.hot_value import hot_value
 from trio_mqtt.mqtt.codec import DISCONNECT_REASON_CODES, encode
 from trio_mqtt.mqtt.packets import (
     NO_PROPERTIES,
@@ -197,7 +198,7 @@ class Restored:
     skipped_sessions: tuple[str, ...]  # already live here: the live one stays
 
 
-@attrs.frozen
+@hot_value
 class ConnectPlan:
     """What CONNECT processing settled before enhanced authentication ran."""
 
@@ -211,7 +212,7 @@ class ConnectPlan:
 # state, its packets); the core never sets a connection's fields.
 
 
-@attrs.frozen
+@hot_value
 class Accepted:
     """The CONNECT is accepted: what the connection takes on, and its CONNACK."""
 

@@ -102,7 +102,7 @@ class Will:
     properties: Properties = NO_PROPERTIES
 
 
-@attrs.frozen
+@hot_value
 class Connect:
     client_id: str
     protocol_version: ProtocolVersion = ProtocolVersion.V311
@@ -114,7 +114,7 @@ class Connect:
     properties: Properties = NO_PROPERTIES
 
 
-@attrs.frozen
+@hot_value
 class Connack:
     session_present: bool = False
     # MQTT 5 reason code; for 3.1/3.1.1 the codec maps it to a return code (0..5)

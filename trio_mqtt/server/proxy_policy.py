@@ -30,11 +30,11 @@ from collections import Counter
 from collections.abc import MutableMapping
 from typing import TypeAlias
 
-import attrs
 import trio
 
 from trio_mqtt.config import ProxyMode, ProxyPolicy
 from trio_mqtt.errors import ProxyProtocolError
+from trio_mqtt.hot_value import hot_value
 from trio_mqtt.peer import Endpoint, PeerInfo, TLSInfo
 from trio_mqtt.proxy import (
     HEADER_FIRST_BYTES,
@@ -64,7 +64,7 @@ _LOCAL = Command.LOCAL
 _VERSION_OF_FIRST_BYTE = {ord("P"): "v1", ord("\r"): "v2"}
 
 
-@attrs.frozen
+@hot_value
 class Preamble:
     peer: PeerInfo
     leftover: bytes  # bytes read past the header: the next layer's
