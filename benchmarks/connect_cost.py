@@ -19,9 +19,11 @@ counted is everything the broker's process runs from the first of those connecti
 the CONNACK of the last: accept, PeerInfo, header, CONNECT, session, CONNACK, Trio's
 scheduling (the kernel's share is not counted).
 
-Reported per kind (``plain``, ``v1``, ``v2``): instructions per connection, and each
-kind's ratio to plain. Needs valgrind (Debian ``valgrind``); takes a minute or two per
-kind at the default count (the start of Python under valgrind is half a minute of it).
+Reported per kind (``plain``; ``v1``, ``v2``: with a PROXY header; ``mqtt5``: plain with
+an MQTT 5.0 CONNECT, no properties, whose CONNACK carries the broker's): instructions
+per connection, and each kind's ratio to plain. Needs valgrind (Debian ``valgrind``);
+takes a minute or two per kind at the default count (the start of Python under valgrind
+is half a minute of it).
 Results go to ``benchmarks/results/connect-cost.json`` (``--output``).
 """
 
@@ -52,7 +54,7 @@ from trio_mqtt import open_broker
 from trio_mqtt.cli import GC_THRESHOLDS
 from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolicy
 
-KINDS = ("plain", "v1", "v2")
+KINDS = ("plain", "v1", "v2", "mqtt5")
 WARMUP = 300
 CLIENTS = 2
 CONCURRENCY = 50
@@ -89,7 +91,8 @@ def client(port: int, count: int, kind: str, prefix: str) -> None:
                     header = proxy_v1_header(source, destination)
                 elif kind == "v2":
                     header = proxy_v2_header(source, destination)
-                sock.send(header + connect_packet(key.data))
+                level = 5 if kind == "mqtt5" else 4
+                sock.send(header + connect_packet(key.data, level=level))
                 selector.modify(sock, selectors.EVENT_READ)
                 continue
             if sock.recv(4)[:1] != b"\x20":
@@ -149,7 +152,7 @@ async def serve(kind: str, count: int, warmup_count: int = WARMUP) -> None:
         sys_interval=0,
     )
     async with open_broker(config) as broker:
-        port = broker.addresses("plain" if kind == "plain" else "proxy")[0].port
+        port = broker.addresses("proxy" if kind in {"v1", "v2"} else "plain")[0].port
         warmup = await _clients(port, kind, [warmup_count], "warm-")
         await _go(warmup)
         counts = [count // CLIENTS + (index < count % CLIENTS) for index in range(CLIENTS)]

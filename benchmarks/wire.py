@@ -113,9 +113,12 @@ def _packet(first_byte: int, body: bytes) -> bytes:
     return bytes([first_byte]) + encode_remaining_length(len(body)) + body
 
 
-def connect_packet(client_id: str, *, keep_alive: int = 600) -> bytes:
-    """MQTT 3.1.1 CONNECT with Clean Session and no will, username or password."""
-    variable_header = _string("MQTT") + bytes([4, 0x02]) + struct.pack(">H", keep_alive)
+def connect_packet(client_id: str, *, keep_alive: int = 600, level: int = 4) -> bytes:
+    """CONNECT with Clean Session (Clean Start) and no will, username or password: MQTT
+    3.1.1 (*level* 4), or 5.0 (*level* 5, no properties)."""
+    variable_header = _string("MQTT") + bytes([level, 0x02]) + struct.pack(">H", keep_alive)
+    if level == 5:
+        variable_header += b"\x00"  # property length
     return _packet(0x10, variable_header + _string(client_id))
 
 
