@@ -18,12 +18,21 @@ import pytest
 from tests.tools import REQUIRE_TOOLS_ENV, tools_required
 from trio_mqtt.broker.core import Accepted, ConnectPlan
 from trio_mqtt.broker.message import Message, StoredMessage
-from trio_mqtt.mqtt.packets import Connack, Connect, Puback, Pubcomp, Publish, Pubrec, Pubrel
+from trio_mqtt.mqtt.packets import (
+    Connack,
+    Connect,
+    Properties,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+)
 from trio_mqtt.server.proxy_policy import Preamble
 
 # per message, then per connection
 HOT_VALUES = (
-    *(Publish, Puback, Pubrec, Pubrel, Pubcomp, Message, StoredMessage),
+    *(Publish, Puback, Pubrec, Pubrel, Pubcomp, Message, StoredMessage, Properties),
     *(Connect, Connack, ConnectPlan, Accepted, Preamble),
 )
 
@@ -47,7 +56,7 @@ def test_mypy_refuses_assigning_a_field(tmp_path: Path) -> None:
             """
             from trio_mqtt.broker.core import ConnectPlan
             from trio_mqtt.broker.message import Message, StoredMessage
-            from trio_mqtt.mqtt.packets import Connack, Connect, Puback, Publish
+            from trio_mqtt.mqtt.packets import Connack, Connect, Properties, Puback, Publish
             from trio_mqtt.server.proxy_policy import Preamble
 
             message = Message("a/b")
@@ -61,6 +70,7 @@ def test_mypy_refuses_assigning_a_field(tmp_path: Path) -> None:
             ConnectPlan("client", None, 60, None).keep_alive = 0
             def leftover(preamble: Preamble) -> None:
                 preamble.leftover = b""
+            Properties().message_expiry_interval = 0
             """
         )
     )
@@ -69,7 +79,7 @@ def test_mypy_refuses_assigning_a_field(tmp_path: Path) -> None:
     )
     assert status == 1, out
     refused = {line.split(":")[1] for line in out.splitlines() if "is read-only" in line}
-    assert refused == {"8", "9", "11", "12", "13", "14", "15", "17"}, out
+    assert refused == {"8", "9", "11", "12", "13", "14", "15", "17", "18"}, out
 
 
 @pytest.mark.parametrize("cls", HOT_VALUES, ids=lambda cls: cls.__name__)

@@ -10,7 +10,8 @@ So a ``hot_value`` class is ``attrs.frozen`` to the type checker, which refuses 
 assignment to its fields under ``mypy --strict`` (the project's ``typecheck`` session,
 run by CI), and ``attrs.define(unsafe_hash=True)`` at run time: equal and hashable by
 value as a frozen class is, built by plain slot stores. Only the values built once per
-message, and the broker's own values built once per connection (its ``Connect`` and
+message (with MQTT 5 ``Properties``: 27 fields, 26.7k instructions frozen, 6.8k as a hot
+value), and the broker's own values built once per connection (its ``Connect`` and
 ``Connack``, the core's ``ConnectPlan`` and ``Accepted``, the listener's ``Preamble``),
 use it; everything else is ``attrs.frozen``. ``PeerInfo`` and what it carries stay
 frozen at run time: it is the one record of who a client is, which every hook, log

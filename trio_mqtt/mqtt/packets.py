@@ -47,7 +47,7 @@ class ProtocolVersion(enum.IntEnum):
         return "MQIsdp" if self is ProtocolVersion.V31 else "MQTT"
 
 
-@attrs.frozen
+@hot_value
 class Properties:
     """MQTT 5 properties (section 2.2.2.2). ``None`` / empty means "absent".
 
