@@ -8,6 +8,7 @@ in, where it may repeat, and the value rules the spec states for it.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -67,10 +68,11 @@ class PropertySpec:
     boolean: bool = False  # value must be 0 or 1 (else Protocol Error)
     nonzero: bool = False  # value 0 is a Protocol Error
     multiple: bool = False  # the attribute holds a tuple of values (one per occurrence)
+    field: str = attrs.field(init=False)
+    """How error messages name this property (every reader and writer is given it)."""
 
-    @property
-    def field(self) -> str:
-        """How error messages name this property."""
+    @field.default
+    def _name_for_errors(self) -> str:
         return f"property {self.label} (0x{self.identifier:02X})"
 
 
@@ -299,6 +301,19 @@ _DECODE_TABLE: dict[int, tuple[PropertySpec, _Reader]] = {
     spec.identifier: (spec, _READERS[spec.type]) for spec in _SPECS
 }
 
+# Encoding: every attribute of a Properties read at once, in the table's order, and for
+# each its spec, identifier bytes, writer and whether _check_value has a rule for it.
+_ENCODE_TABLE: tuple[tuple[PropertySpec, bytes, _Writer, bool], ...] = tuple(
+    (
+        spec,
+        wire.encode_varint(spec.identifier),
+        _WRITERS[spec.type],
+        spec.boolean or spec.nonzero or spec.attribute == "topic_alias",
+    )
+    for spec in _SPECS
+)
+_values_in_table_order = operator.attrgetter(*(spec.attribute for spec in _SPECS))
+
 EMPTY_PROPERTIES_BYTES = b"\x00"
 """An empty property set: just a Property Length of zero [MQTT-2.2.2-1]."""
 
@@ -392,12 +407,13 @@ def encode_properties(properties: Properties, context: PropertyContext, packet: 
     Raises ``LocalProtocolError`` for a property not allowed in ``context``, a repeated
     property that may appear once, a value out of range, or more than MAX_PROPERTIES.
     """
-    if properties is NO_PROPERTIES or not properties:
+    if properties is NO_PROPERTIES:
         return EMPTY_PROPERTIES_BYTES
     out = bytearray()
     count = 0
-    for spec in _SPECS:
-        value = getattr(properties, spec.attribute)
+    for (spec, header, writer, checked), value in zip(
+        _ENCODE_TABLE, _values_in_table_order(properties), strict=True
+    ):
         if value is None or value == ():
             continue
         if context not in spec.allowed_in:
@@ -405,8 +421,6 @@ def encode_properties(properties: Properties, context: PropertyContext, packet: 
                 f"{packet}: {spec.field} is not allowed in {context.label}",
                 ReasonCode.MALFORMED_PACKET,
             )
-        writer = _WRITERS[spec.type]
-        header = wire.encode_varint(spec.identifier)
         items = value if spec.multiple else (value,)
         if len(items) > 1 and context not in spec.repeatable_in:
             raise LocalProtocolError(
@@ -421,9 +435,12 @@ def encode_properties(properties: Properties, context: PropertyContext, packet: 
                 ReasonCode.PACKET_TOO_LARGE,
             )
         for item in items:
-            _check_value(spec, item, packet)
+            if checked:
+                _check_value(spec, item, packet)
             out += header
             out += writer(item, packet, spec.field)
+    if not out:  # (a Properties equal to NO_PROPERTIES)
+        return EMPTY_PROPERTIES_BYTES
     return wire.encode_varint(len(out), packet, "property length") + out
 
 
