@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from trio_mqtt.mqtt import wire
-from trio_mqtt.mqtt.codec import PacketReader, encode
+from trio_mqtt.mqtt.codec import PacketReader, _connack_properties, encode
 from trio_mqtt.mqtt.packets import (
     Auth,
     Connack,
@@ -574,3 +574,25 @@ def test_utf8_bom_is_kept() -> None:
     # [MQTT-1.5.4-3]: 0xEF 0xBB 0xBF is U+FEFF and must not be stripped
     data = h("00 04 EF BB BF 61")
     assert wire.read_utf8(data, 0, len(data), "test", "string") == ("\ufeffa", 6)
+
+
+def test_connack_properties_are_kept_encoded_by_value() -> None:
+    """The broker's CONNACK properties repeat from connection to connection, so the codec
+    keeps their encoding: an equal set (another object) gets the kept bytes, a set that
+    differs in one value its own."""
+    first = Properties(assigned_client_identifier="id", topic_alias_maximum=5)
+    equal = Properties(assigned_client_identifier="id", topic_alias_maximum=5)
+    other = Properties(assigned_client_identifier="ie", topic_alias_maximum=5)
+    # properties: 12 "id" (5) | 22 0005 (3) = 8; remaining length 2 + 1 + 8 = 11
+    _connack_properties.cache_clear()
+    assert encode(Connack(properties=first), V5) == h(
+        "20 0B | 00 00 | 08 | 12 00 02 69 64 | 22 00 05"
+    )
+    assert encode(Connack(properties=other), V5) == h(
+        "20 0B | 00 00 | 08 | 12 00 02 69 65 | 22 00 05"
+    )
+    assert encode(Connack(True, properties=equal), V5) == h(
+        "20 0B | 01 00 | 08 | 12 00 02 69 64 | 22 00 05"
+    )
+    info = _connack_properties.cache_info()
+    assert (info.hits, info.misses) == (1, 2)

@@ -20,6 +20,7 @@ empty topics) is left to the broker, which knows about topic aliases.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -74,6 +75,7 @@ MAX_PACKET_SIZE = 1 + wire.MAX_VARINT_BYTES + wire.MAX_VARINT
 
 V5 = ProtocolVersion.V5
 _V311 = ProtocolVersion.V311
+_CONNACK_CONTEXT = PropertyContext.CONNACK
 _RC = ReasonCode
 
 # ------------------------------------------------------------------ reason codes per packet
@@ -410,6 +412,15 @@ def _encode_connect(packet: Connect, version: ProtocolVersion) -> bytes:
     return _frame(0x10, body, name)
 
 
+@functools.lru_cache(maxsize=64)
+def _connack_properties(properties: Properties) -> bytes:
+    """A CONNACK's properties, encoded. The broker's are the same for most connections
+    to a listener (its limits; an assigned client identifier or a shortened session
+    expiry makes a set differ), so the last 64 sets are kept: a set of six is 51k
+    instructions to encode, 7k to find (hashed and compared by value)."""
+    return encode_properties(properties, _CONNACK_CONTEXT, "CONNACK")
+
+
 def _encode_connack(packet: Connack, version: ProtocolVersion) -> bytes:
     code = _reason_code(packet.reason_code, CONNACK_REASON_CODES, "CONNACK")
     if packet.session_present and code:
@@ -418,7 +429,7 @@ def _encode_connack(packet: Connack, version: ProtocolVersion) -> bytes:
             "[MQTT-3.2.2-6] [MQTT-3.2.2-4]"
         )
     if version == V5:
-        props = encode_properties(packet.properties, PropertyContext.CONNACK, "CONNACK")
+        props = _connack_properties(packet.properties)
         return _frame(0x20, bytes((int(packet.session_present), code)) + props, "CONNACK")
     # 3.1 has no session present flag; its first byte is reserved (0)
     session_present = packet.session_present and version == _V311
