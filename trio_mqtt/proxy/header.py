@@ -2,7 +2,9 @@
 
 The parser in :mod:`trio_mqtt.proxy.parser` produces these; the listener reads them to
 learn the real client endpoints and, for TLS terminated at the proxy, the client
-certificate facts carried in the v2 SSL TLV.
+certificate facts carried in the v2 SSL TLV. Decoded once per connection, they are hot
+values (:mod:`trio_mqtt.hot_value`), as the MQTT packets are: immutable to the type
+checker, plain slot stores to build. The PeerInfo the listener makes of them is frozen.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import enum
 import ipaddress
 import re
 
-import attrs
+from trio_mqtt.hot_value import hot_value
 
 
 class Command(enum.IntEnum):
@@ -82,7 +84,7 @@ class ClientFlags(enum.IntFlag):
     """The client presented a certificate at least once on this TLS session."""
 
 
-@attrs.frozen
+@hot_value
 class Address:
     """An INET or INET6 endpoint: ``host`` is the canonical text form of the IP."""
 
@@ -100,7 +102,7 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
-@attrs.frozen
+@hot_value
 class UnixAddress:
     """An AF_UNIX endpoint from a v2 header.
 
@@ -122,7 +124,7 @@ class UnixAddress:
         return "unix:" + self.path.decode("utf-8", "backslashreplace")
 
 
-@attrs.frozen
+@hot_value
 class TLV:
     """One raw type-length-value entry, exactly as received."""
 
@@ -131,7 +133,7 @@ class TLV:
     value: bytes
 
 
-@attrs.frozen
+@hot_value
 class SSLInfo:
     """Decoded PP2_TYPE_SSL TLV: how the client reached the proxy over TLS."""
 
@@ -157,7 +159,7 @@ class SSLInfo:
         return bool(self.client & ClientFlags.SSL) and has_cert and self.verify == 0
 
 
-@attrs.frozen
+@hot_value
 class ProxyHeader:
     """A complete, validated PROXY protocol header.
 
