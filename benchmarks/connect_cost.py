@@ -48,13 +48,15 @@ from typing import Any
 
 import trio
 
+from benchmarks.loadgen import HOST, proxy_header
 from benchmarks.provenance import source_commit
-from benchmarks.wire import connect_packet, proxy_v1_header, proxy_v2_header
+from benchmarks.wire import connect_packet
 from trio_mqtt import open_broker
 from trio_mqtt.cli import GC_THRESHOLDS
 from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolicy
 
 KINDS = ("plain", "v1", "v2", "mqtt5")
+PROXY_KINDS = frozenset({"v1", "v2"})  # (the PROXY header versions, sent to the PROXY listener)
 WARMUP = 300
 CLIENTS = 2
 CONCURRENCY = 50
@@ -78,19 +80,14 @@ def client(port: int, count: int, kind: str, prefix: str) -> None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if sock.connect_ex(("127.0.0.1", port)) not in (0, errno.EINPROGRESS):
+            if sock.connect_ex((HOST, port)) not in (0, errno.EINPROGRESS):
                 raise RuntimeError("connect failed")
             selector.register(sock, selectors.EVENT_WRITE, f"{prefix}{started}")
             started += 1
         for key, _events in selector.select(60.0):
             sock = key.fileobj  # type: ignore[assignment]
             if key.events == selectors.EVENT_WRITE:
-                source, destination = sock.getsockname(), sock.getpeername()
-                header = b""
-                if kind == "v1":
-                    header = proxy_v1_header(source, destination)
-                elif kind == "v2":
-                    header = proxy_v2_header(source, destination)
+                header = proxy_header(sock, port, kind) if kind in PROXY_KINDS else b""
                 level = 5 if kind == "mqtt5" else 4
                 sock.send(header + connect_packet(key.data, level=level))
                 selector.modify(sock, selectors.EVENT_READ)
@@ -152,7 +149,7 @@ async def serve(kind: str, count: int, warmup_count: int = WARMUP) -> None:
         sys_interval=0,
     )
     async with open_broker(config) as broker:
-        port = broker.addresses("proxy" if kind in {"v1", "v2"} else "plain")[0].port
+        port = broker.addresses("proxy" if kind in PROXY_KINDS else "plain")[0].port
         warmup = await _clients(port, kind, [warmup_count], "warm-")
         await _go(warmup)
         counts = [count // CLIENTS + (index < count % CLIENTS) for index in range(CLIENTS)]

@@ -233,7 +233,7 @@ def _recv_exactly(sock: socket.socket, size: int, deadline: float, what: str) ->
     return bytes(data)
 
 
-def _proxy_header(sock: socket.socket, port: int, version: str = "v2") -> bytes:
+def proxy_header(sock: socket.socket, port: int, version: str = "v2") -> bytes:
     """The header a proxy would send for this connection to ``port`` on HOST (the
     socket's own address as the client's)."""
     source = sock.getsockname()
@@ -320,7 +320,7 @@ def _open(
     CONNACK; a blocking socket (an SSLSocket for TLS, a :class:`WsSocket` for ws)."""
     sock: Any = socket.create_connection((HOST, port), timeout=_remaining(deadline, "connecting"))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    header = _proxy_header(sock, port) if proxy else b""
+    header = proxy_header(sock, port) if proxy else b""
     if transport == "tcp":
         sock.sendall(header + connect_packet(client_id))
     else:
@@ -811,7 +811,7 @@ def _connections(task: ConnectionTask, pipe: Connection, go: Event, stop: Event)
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if err:
                         raise OSError(err, "connect failed")
-                    header = _proxy_header(sock, task.port, task.proxy) if task.proxy else b""
+                    header = proxy_header(sock, task.port, task.proxy) if task.proxy else b""
                     sock.send(header + connect_packet(handshake.client_id))
                     handshake.sent = True
                     selector.modify(sock, selectors.EVENT_READ, handshake)
