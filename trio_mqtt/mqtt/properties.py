@@ -70,10 +70,17 @@ class PropertySpec:
     multiple: bool = False  # the attribute holds a tuple of values (one per occurrence)
     field: str = attrs.field(init=False)
     """How error messages name this property (every reader and writer is given it)."""
+    never_sent_as_zero: bool = attrs.field(init=False)
+    """0 is never sent: ``nonzero``, and Topic Alias, which is accepted as 0 on receipt
+    (the broker answers 0x94) but never sent so [MQTT-3.3.2-8]."""
 
     @field.default
     def _name_for_errors(self) -> str:
         return f"property {self.label} (0x{self.identifier:02X})"
+
+    @never_sent_as_zero.default
+    def _zero_not_sent(self) -> bool:
+        return self.nonzero or self.attribute == "topic_alias"
 
 
 _C = PropertyContext
@@ -308,7 +315,7 @@ _ENCODE_TABLE: tuple[tuple[PropertySpec, bytes, _Writer, bool], ...] = tuple(
         spec,
         wire.encode_varint(spec.identifier),
         _WRITERS[spec.type],
-        spec.boolean or spec.nonzero or spec.attribute == "topic_alias",
+        spec.boolean or spec.never_sent_as_zero,
     )
     for spec in _SPECS
 )
@@ -449,7 +456,5 @@ def _check_value(spec: PropertySpec, value: Any, packet: str) -> None:
         raise LocalProtocolError(
             f"{packet}: {spec.field} is {value!r}; it must be 0 or 1", ReasonCode.PROTOCOL_ERROR
         )
-    if (spec.nonzero or spec.attribute == "topic_alias") and value == 0:
-        # Topic Alias 0 is accepted on receipt (the broker answers 0x94) but we never send it
-        # [MQTT-3.3.2-8].
+    if spec.never_sent_as_zero and value == 0:
         raise LocalProtocolError(f"{packet}: {spec.field} must not be 0", ReasonCode.PROTOCOL_ERROR)
