@@ -240,7 +240,7 @@ async def open_client(
         return RawClient(client_stream, version)
     assert transport == "socket", transport
     client_socket, server_socket = trio.socket.socketpair()
-    serve(WatchedSocketStream(trio.SocketStream(server_socket)))
+    serve(WatchedSocketStream(server_socket))
     return RawClient(trio.SocketStream(client_socket), version)
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -213,3 +215,46 @@ async def test_an_error_about_one_connection_skips_it(
         await client.aclose()
     assert failures == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def _broker_end(client: socket.socket) -> socket.socket:
+    """The broker's socket of ``client``'s connection (a duplicate of its descriptor),
+    found among this process's descriptors by its peer address."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            candidate = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket (or gone meanwhile)
+        try:
+            if candidate.getpeername() == client.getsockname():
+                return candidate
+        except OSError:
+            pass  # a listening or unconnected socket
+        candidate.close()
+    raise AssertionError(f"no socket of this process is connected to {client.getsockname()}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+@pytest.mark.parametrize("proxy", [False, True])
+async def test_accepted_connections_have_the_socket_options_of_a_trio_stream(
+    proxy: bool,
+) -> None:
+    """TCP_NODELAY (a packet goes out when written) and TCP_NOTSENT_LOWAT 16 KiB (a
+    client that stops reading shows as a full socket soon), as trio.SocketStream sets
+    them, on connections that never had one: the listening socket passes them on."""
+    policy = ProxyPolicy(mode=ProxyMode.REQUIRED if proxy else ProxyMode.OFF)
+    config = _config(
+        plain=ListenerConfig(name="plain", host="127.0.0.1", port=0, proxy_protocol=policy)
+    )
+    async with open_broker(config) as broker:
+        raw = socket.create_connection(("127.0.0.1", broker.port))
+        if proxy:
+            raw.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.1 40000 1883\r\n")
+        client = _client(raw)
+        connack = await client.connect("options", keep_alive=60)
+        assert isinstance(connack, Connack) and connack.reason_code == 0
+        ours = _broker_end(raw)
+        with ours:
+            assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == 2**14
+        await client.aclose()

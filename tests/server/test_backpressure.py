@@ -107,7 +107,7 @@ async def test_reader_stops_while_its_subscriber_catches_up(
 
 async def test_watched_socket_reports_a_full_socket_and_when_it_drains() -> None:
     left, reader = socket_stream_pair()
-    watched = WatchedSocketStream(left)
+    watched = WatchedSocketStream(left.socket)
     reports: list[bool] = []
 
     def on_blocked(blocked: bool) -> float:
@@ -131,12 +131,35 @@ async def test_watched_socket_reports_a_full_socket_and_when_it_drains() -> None
         assert bytes(received) == b"x" * 100 + big
 
 
+async def test_watched_socket_makes_a_trio_stream_only_for_the_general_paths() -> None:
+    """What a parked plain-TCP connection does (writes the socket takes, reads of what
+    it holds, the close) goes to the socket itself; a read that waits goes through a
+    trio.SocketStream, made then, on the same socket."""
+    left, peer = socket_stream_pair()
+    watched = WatchedSocketStream(left.socket)
+    async with peer:
+        await watched.send_all(b"to the peer")
+        assert await peer.receive_some(100) == b"to the peer"
+        assert watched.receive_nowait(100) is None  # nothing yet
+        await peer.send_all(b"held")
+        assert watched.receive_nowait(100) == b"held"
+        assert watched._stream is None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.send_all, b"waited for")
+            assert await watched.receive_some(100) == b"waited for"
+        assert isinstance(watched._stream, trio.SocketStream)
+        assert watched.transport_stream.socket is watched.socket
+        await watched.aclose()
+        assert watched.socket.fileno() == -1
+        assert await peer.receive_some(100) == b""  # closed: EOF at the peer
+
+
 async def test_watched_socket_says_again_when_the_socket_is_still_full_after_the_time_asked(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """How the connection learns that a fast reader stopped reading."""
     left, reader = socket_stream_pair()
-    watched = WatchedSocketStream(left)
+    watched = WatchedSocketStream(left.socket)
     reports: list[tuple[float, bool]] = []
 
     def on_blocked(blocked: bool) -> float:
@@ -160,7 +183,7 @@ async def test_watched_socket_says_again_when_the_socket_is_still_full_after_the
 
 async def test_watched_socket_send_ends_when_the_socket_is_closed_while_it_waits() -> None:
     left, right = socket_stream_pair()
-    watched = WatchedSocketStream(left)
+    watched = WatchedSocketStream(left.socket)
 
     async def close_when_blocked() -> None:
         await trio.testing.wait_all_tasks_blocked()
@@ -174,7 +197,7 @@ async def test_watched_socket_send_ends_when_the_socket_is_closed_while_it_waits
 
 async def test_watched_socket_send_to_a_reset_peer_is_a_broken_resource() -> None:
     left, right = socket_stream_pair()
-    watched = WatchedSocketStream(left)
+    watched = WatchedSocketStream(left.socket)
 
     async def reset_when_blocked() -> None:
         await trio.testing.wait_all_tasks_blocked()

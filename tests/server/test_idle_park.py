@@ -413,7 +413,7 @@ def _start_with(serving: _Serving, received: bytes, version: ProtocolVersion = V
     """A client whose connection starts parked with ``received`` read already (as
     what came with a PROXY header is)."""
     client_socket, server_socket = trio.socket.socketpair()
-    stream = WatchedSocketStream(trio.SocketStream(server_socket))
+    stream = WatchedSocketStream(server_socket)
     start_parked(stream, serving.core, PEER, serving.nursery, serving._ended, received=received)
     return RawClient(trio.SocketStream(client_socket), version)
 

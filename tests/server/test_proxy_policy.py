@@ -579,7 +579,7 @@ async def test_optional_requirements_leave_a_client_without_header_alone() -> No
 async def _socket_pair() -> tuple[WatchedSocketStream, trio.SocketStream]:
     """The broker's end (as a listener wraps it) and the client's, over a socketpair."""
     ours, theirs = trio.socket.socketpair()
-    return WatchedSocketStream(trio.SocketStream(ours)), trio.SocketStream(theirs)
+    return WatchedSocketStream(ours), trio.SocketStream(theirs)
 
 
 async def test_receive_nowait_takes_what_the_socket_holds() -> None:

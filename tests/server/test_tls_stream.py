@@ -60,7 +60,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
 def socket_pair(*, small: bool = False) -> tuple[trio.SocketStream, WatchedSocketStream]:
     """(client, server) over a socketpair; the server side wrapped as the listener does."""
     client, server = socket_stream_pair(small_buffers=small)
-    return client, WatchedSocketStream(server)
+    return client, WatchedSocketStream(server.socket)
 
 
 @asynccontextmanager

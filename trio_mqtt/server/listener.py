@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import os
 import socket
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
@@ -88,6 +89,19 @@ _ACCEPT_SKIP_ERRNOS = frozenset(
 # through the scheduler: with a burst of new connections waiting, about 30 % of their
 # CPU (benchmarks.trio_floor, connections started parked: 225 -> 157 us each).
 ACCEPT_BATCH = 64
+
+# What trio.SocketStream sets on every socket it wraps: TCP_NODELAY (a packet goes out
+# when it is written) and TCP_NOTSENT_LOWAT 16 KiB (the kernel holds at most that much
+# not yet sent, so a client that stops reading shows as a full socket soon:
+# watched_stream.py). Accepted connections are not wrapped in one (watched_stream.py),
+# so the listening socket gets them, and Linux passes them on to every connection it
+# accepts; elsewhere each accepted socket is given them.
+_TCP_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),) + (
+    ((socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 2**14),)
+    if hasattr(socket, "TCP_NOTSENT_LOWAT")
+    else ()
+)
+_ACCEPTED_INHERIT_OPTIONS = sys.platform == "linux"
 
 _TLS_TRANSPORTS = frozenset({Transport.TLS, Transport.WSS})
 _WEBSOCKET_TRANSPORTS = frozenset({Transport.WS, Transport.WSS})
@@ -363,7 +377,7 @@ async def serve_listener(
             " and ".join(requirements),
         )
     # the accept loops take connections with accept(2) themselves (ACCEPT_BATCH)
-    sockets = [socket.socket(fileno=listener.socket.detach()) for listener in listeners]
+    sockets = [ListeningSocket(listener.socket.detach()) for listener in listeners]
     try:
         with handle._accept_scope:
             task_status.started(handle)
@@ -375,6 +389,35 @@ async def serve_listener(
             trio.lowlevel.notify_closing(sock)
             sock.close()
     log.info("listener %r stopped accepting", config.name)
+
+
+class ListeningSocket(socket.socket):
+    """A listening socket that an accept loop takes connections from.
+
+    ``socket.accept`` builds each accepted socket from the listener's ``family`` and
+    ``type``: properties that convert the kernel's numbers to enum members on every
+    read, about 12k CPU instructions per connection on Python 3.11. They are the same
+    for every connection, so they are read once here. The socket options accepted
+    connections need are set on it (``_TCP_OPTIONS``).
+    """
+
+    __slots__ = ("_family", "_type")
+
+    def __init__(self, fileno: int) -> None:
+        super().__init__(fileno=fileno)
+        self._family = super().family
+        self._type = super().type
+        for level, option, value in _TCP_OPTIONS:
+            with contextlib.suppress(OSError):  # (as trio.SocketStream: not on every socket)
+                self.setsockopt(level, option, value)
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return self._family
+
+    @property
+    def type(self) -> socket.SocketKind:
+        return self._type
 
 
 async def _accept_loop(
@@ -410,7 +453,12 @@ async def _accept_loop(
         # after another, a PROXY connection costs about a fifth less CPU than taken
         # through all its steps one by one (in process, 197 -> 164 us each).
         for accepted in batch:
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
+            if not _ACCEPTED_INHERIT_OPTIONS:
+                for level, option, value in _TCP_OPTIONS:
+                    with contextlib.suppress(OSError):
+                        accepted.setsockopt(level, option, value)
+            # flow control: is the client reading?
+            stream = WatchedSocketStream(trio.socket.from_stdlib_socket(accepted))
             _accepted(core, handle, handler_nursery, stream, local, first_steps=first_steps)
         for step in first_steps:
             step()
@@ -449,7 +497,7 @@ def _accepted(
     core: BrokerCore,
     handle: ListenerHandle,
     handler_nursery: trio.Nursery,
-    socket_stream: trio.SocketStream,
+    stream: WatchedSocketStream,
     local: Endpoint | None,
     *,
     first_steps: list[Callable[[], None]],
@@ -464,14 +512,13 @@ def _accepted(
     the bytes read with that header is left in ``first_steps``, for the accept loop.
     """
     if not handle.admit():
-        socket_stream.socket.close()
+        stream.socket.close()
         return
     started = False
     try:
-        peer = _peer_of(handle, socket_stream, local)
+        peer = _peer_of(handle, stream, local)
         if peer is None:
             return
-        stream = WatchedSocketStream(socket_stream)  # flow control: is the client reading?
         received = b""
         config = handle.config  # (per connection: a reload may change it)
         if _parks_at_mqtt(config):
@@ -493,7 +540,7 @@ def _accepted(
     finally:
         if not started:
             handle.connection_ended()
-            socket_stream.socket.close()
+            stream.socket.close()
 
 
 def _parks_at_mqtt(config: ListenerConfig) -> bool:
@@ -581,14 +628,14 @@ def _start_parked(
 
 
 def _peer_of(
-    handle: ListenerHandle, socket_stream: trio.SocketStream, local: Endpoint | None
+    handle: ListenerHandle, stream: WatchedSocketStream, local: Endpoint | None
 ) -> PeerInfo | None:
     """The PeerInfo of a connection just accepted, from its socket (None: the client
     is gone already, logged as the health check it most likely was)."""
     if local is None:  # (the listener's socket is bound to a wildcard address)
-        local = Endpoint.from_sockaddr(socket_stream.socket.getsockname())
+        local = Endpoint.from_sockaddr(stream.socket.getsockname())
     try:
-        remote = Endpoint.from_sockaddr(socket_stream.socket.getpeername())
+        remote = Endpoint.from_sockaddr(stream.socket.getpeername())
     except OSError:
         # gone already: HAProxy's plain TCP check resets right after the handshake
         _health_check(handle, "?", "connection reset right after it was accepted", None)

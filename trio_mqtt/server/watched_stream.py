@@ -9,6 +9,15 @@ how long it may wait before saying ``True`` again if the socket still refuses by
 then: the connection learns that a client that was reading fast has stopped, and frees
 the publishers it held back (``MQTTConnection.transport_blocked``). TLS and WebSocket
 layers send through this stream too, so the same report covers every transport.
+
+It holds the accepted socket itself. Its fast paths (a write that the socket takes at
+once, a read of what it holds) call ``os.write`` / ``os.read`` on the descriptor; the
+general ones (a read that waits, a write that the socket refuses on a platform without
+a descriptor to write, ``send_eof``, ``wait_send_all_might_not_block``) go through a
+``trio.SocketStream`` made the first time one of them is needed. Most plain-TCP
+connections never need one, and making it cost a connection about a tenth of its CPU
+instructions (it asks the socket's type through an enum conversion and sets two socket
+options per connection, which the listening socket already passed on: ``listener.py``).
 """
 
 from __future__ import annotations
@@ -28,15 +37,19 @@ def _nothing(_blocked: bool) -> float:
 
 
 class WatchedSocketStream(trio.abc.HalfCloseableStream):
-    """Wraps an accepted ``trio.SocketStream``; ``on_blocked`` hears about full sockets."""
+    """An accepted TCP socket as a stream; ``on_blocked`` hears about full sockets."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.transport_stream = stream
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.socket = sock
         self.on_blocked: Callable[[bool], float] = _nothing
+        self._stream: trio.SocketStream | None = None
 
     @property
-    def socket(self) -> trio.socket.SocketType:
-        return self.transport_stream.socket
+    def transport_stream(self) -> trio.SocketStream:
+        """trio's stream on the same socket, for the general paths (made on first use)."""
+        if self._stream is None:
+            self._stream = trio.SocketStream(self.socket)
+        return self._stream
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -44,7 +57,7 @@ class WatchedSocketStream(trio.abc.HalfCloseableStream):
             await self.transport_stream.send_all(view)
             return
         await trio.lowlevel.checkpoint_if_cancelled()
-        sock = self.transport_stream.socket
+        sock = self.socket
         fd = sock.fileno()  # -1 once closed: trio raises below
         if fd < 0 or sys.platform == "win32":
             self.on_blocked(True)
@@ -107,7 +120,7 @@ class WatchedSocketStream(trio.abc.HalfCloseableStream):
         Neither waits nor checkpoints. None also when the socket cannot be read this way
         (closed, or not a POSIX descriptor): ``receive_some`` then says what is wrong.
         """
-        fd = self.transport_stream.socket.fileno()
+        fd = self.socket.fileno()
         if fd < 0 or sys.platform == "win32":
             return None
         try:
@@ -118,7 +131,9 @@ class WatchedSocketStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError(f"socket read failed: {exc}") from exc
 
     async def aclose(self) -> None:
-        await self.transport_stream.aclose()
+        # (what trio.SocketStream.aclose does, without making one to do it)
+        self.socket.close()
+        await trio.lowlevel.checkpoint()
 
 
 def socket_fd(stream: trio.abc.Stream) -> int:
