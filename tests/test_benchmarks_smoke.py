@@ -149,6 +149,10 @@ def test_quick_new_scenarios_against_both_brokers_are_verified(tmp_path: Path) -
     assert runs["connect_rate_proxy_v1", "trio-mqtt"]["details"]["proxy_header"] == "v1"
     assert runs["connect_rate_proxy_v2", "trio-mqtt"]["details"]["proxy_header"] == "v2"
     assert runs["connect_rate_proxy_v2", "mosquitto"]["details"]["proxy_header"] == ""
+    # the broker's CPU for the handshakes (300 of trio-mqtt's: tens of milliseconds)
+    for name in ("connect_rate", "connect_rate_proxy_v1", "connect_rate_proxy_v2"):
+        assert runs[name, "trio-mqtt"]["details"]["broker_cpu_s"] > 0, name
+        assert runs[name, "mosquitto"]["details"]["broker_cpu_s"] >= 0, name
     # the report: mosquitto's defaults as a column, ratios with their spreads
     rows = {(row["scenario"], row["metric"]): row for row in document["summary"]}
     row = rows["fanin_16b", "throughput"]
