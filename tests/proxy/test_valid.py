@@ -22,6 +22,7 @@ from trio_mqtt.proxy import (
     Transport,
     UnixAddress,
     parse_proxy_header,
+    parser,
 )
 
 from .builders import inet, ssl_value, tlv, v2, v2_with_crc
@@ -544,3 +545,5 @@ def test_v1_tcp4_destination_and_ports_accepted_exactly_as_the_spec_says(
     assert result is not None
     assert result[0].source == Address("1.2.3.4", int(source_port))
     assert result[0].destination == Address(expected_destination, int(destination_port))
+    # the field-by-field parser, behind the one match, reads the same line the same way
+    assert parser._parse_v1_line(header[:-2], len(header)) == result[0]

@@ -84,10 +84,11 @@ _V1_PORT = re.compile(rb"0|[1-9][0-9]{0,4}")
 # also its canonical text: the common case without ipaddress's per-octet parsing.
 _OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _V1_IPV4 = re.compile(rb"%s(?:\.%s){3}" % (_OCTET, _OCTET))
-# A TCP4 line as a proxy sends it, in one match (the common case); anything else, even
-# invalid, takes the field-by-field path below, which says what is wrong.
-_V1_TCP4_LINE = re.compile(
-    rb"PROXY TCP4 (%s) (%s) (%s) (%s)"
+# A TCP4 header as a proxy sends it, its CRLF included, in one match at the start of the
+# bytes (the common case); anything else, even invalid, takes the line-by-line and
+# field-by-field path below, which says what is wrong.
+_V1_TCP4_HEADER = re.compile(
+    rb"PROXY TCP4 (%s) (%s) (%s) (%s)\r\n"
     % (_V1_IPV4.pattern, _V1_IPV4.pattern, _V1_PORT.pattern, _V1_PORT.pattern)
 )
 _V1_UNKNOWN = b"PROXY UNKNOWN"
@@ -241,6 +242,23 @@ def _parse(buf: bytes, max_header_size: int) -> tuple[ProxyHeader, int] | int:
 
 
 def _parse_v1(buf: bytes) -> tuple[ProxyHeader, int] | int:
+    tcp4 = _V1_TCP4_HEADER.match(buf)
+    if tcp4 is not None:
+        source, destination, source_port, destination_port = tcp4.groups()
+        if int(source_port) <= 65535 and int(destination_port) <= 65535:
+            consumed = tcp4.end()
+            # (by position: keyword arguments cost a dict per call; the fields' order)
+            header = ProxyHeader(
+                1,  # version
+                _PROXY,
+                _INET,
+                _STREAM,
+                Address(source.decode("ascii"), int(source_port)),
+                Address(destination.decode("ascii"), int(destination_port)),
+                consumed,  # raw_length
+            )
+            return header, consumed
+        # a port out of range: the fields' checks below say which
     window = buf[:V1_MAX_LENGTH]
     lf = window.find(b"\n")
     if lf == -1:
@@ -265,21 +283,8 @@ def _parse_v1(buf: bytes) -> tuple[ProxyHeader, int] | int:
 
 
 def _parse_v1_line(line: bytes, consumed: int) -> ProxyHeader:
-    """Parse one v1 line without its CRLF; ``line`` starts with ``"PROXY "``."""
-    tcp4 = _V1_TCP4_LINE.fullmatch(line)
-    if tcp4 is not None:
-        source_port, destination_port = int(tcp4[3]), int(tcp4[4])
-        if source_port <= 65535 and destination_port <= 65535:
-            # (by position: keyword arguments cost a dict per call; the fields' order)
-            return ProxyHeader(
-                1,  # version
-                _PROXY,
-                _INET,
-                _STREAM,
-                Address(tcp4[1].decode("ascii"), source_port),
-                Address(tcp4[2].decode("ascii"), destination_port),
-                consumed,  # raw_length
-            )
+    """Parse one v1 line without its CRLF; ``line`` starts with ``"PROXY "`` and is not
+    a valid TCP4 line (``_parse_v1`` took those)."""
     if line == _V1_UNKNOWN or line.startswith(_V1_UNKNOWN + b" "):
         # The rest of the line is ignored by design; the socket's endpoints are used.
         return ProxyHeader(
