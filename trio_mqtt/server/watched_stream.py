@@ -14,8 +14,9 @@ It holds the accepted socket itself. Its fast paths (a write that the socket tak
 once, a read of what it holds) call ``os.write`` / ``os.read`` on the descriptor; the
 general ones (a read that waits, a write that the socket refuses on a platform without
 a descriptor to write, ``send_eof``, ``wait_send_all_might_not_block``) go through a
-``trio.SocketStream`` made the first time one of them is needed. Most plain-TCP
-connections never need one, and making it cost a connection about a tenth of its CPU
+``trio.SocketStream`` made the first time one of them is needed (a TLS handshake's
+reads, a WebSocket connection's). Plain-TCP connections never need one, and making it
+cost a connection about a tenth of its CPU
 instructions (it asks the socket's type through an enum conversion and sets two socket
 options per connection, which the listening socket already passed on: ``listener.py``).
 """
