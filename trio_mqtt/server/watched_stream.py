@@ -16,9 +16,9 @@ general ones (a read that waits, a write that the socket refuses on a platform w
 a descriptor to write, ``send_eof``, ``wait_send_all_might_not_block``) go through a
 ``trio.SocketStream`` made the first time one of them is needed (a TLS handshake's
 reads, a WebSocket connection's). Plain-TCP connections never need one, and making it
-cost a connection about a tenth of its CPU
-instructions (it asks the socket's type through an enum conversion and sets two socket
-options per connection, which the listening socket already passed on: ``listener.py``).
+cost a connection about a tenth of its CPU instructions (it asks the socket's type
+through an enum conversion and sets two socket options per connection, which the
+listening socket already passed on: ``listener.py``).
 """
 
 from __future__ import annotations
