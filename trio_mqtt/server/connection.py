@@ -189,8 +189,11 @@ class _Output:
         self._nursery: trio.Nursery | None = None  # set while writers may start
         self._reading = False  # inside feed_and_answer(): write_now() comes next anyway
         self.fd = socket_fd(stream)  # plain TCP: the reader reads it, write_now() writes
-        # TLS on a socket: write_now() encrypts and writes through it
-        self.tls = stream if isinstance(stream, TLSStream) and stream.direct else None
+        # TLS on a socket: write_now() encrypts and writes through it (asked only when
+        # the stream is not a socket: an ABC's isinstance that fails costs ~2k instructions)
+        self.tls: TLSStream | None = None
+        if self.fd < 0 and isinstance(stream, TLSStream) and stream.direct:
+            self.tls = stream
         self.unsent = 0  # TLS: output bytes still in the TLSStream's backlog
         self.writing = False  # a writer task runs (or is about to): it sends everything
         self.carry = b""
@@ -754,6 +757,9 @@ async def _read_loop(task: _Task, resumed: bool, stepped: bool = False) -> bool:
     stream, conn, output, watch = task.stream, task.conn, task.output, task.watch
     fd = output.fd
     ring_fd = output.ring_fd
+    # asked once: PrefixedStream is a trio.abc.Stream, whose isinstance goes through
+    # ABCMeta's Python-level __instancecheck__ (about 1 % of a QoS 1 round trip per read)
+    prefixed = stream if isinstance(stream, PrefixedStream) else None
     drained = False  # the last socket read left the socket empty (as far as we know)
     while not conn.wants_close and not output.stopped:
         if stepped:  # what the last step left: slow checks, subscribers to catch up
@@ -793,8 +799,8 @@ async def _read_loop(task: _Task, resumed: bool, stepped: bool = False) -> bool:
         # The next bytes from the client, b"" at EOF; None if the deadline came first.
         data: bytes | bytearray | None = None
         try:
-            if isinstance(stream, PrefixedStream) and stream.prefix_pending:
-                data = await stream.receive_some(RECEIVE_SIZE)  # in memory: no wait
+            if prefixed is not None and prefixed.prefix_pending:
+                data = await prefixed.receive_some(RECEIVE_SIZE)  # in memory: no wait
                 # what came with a PROXY header: most likely all the socket had then
                 drained = True
             elif fd >= 0:

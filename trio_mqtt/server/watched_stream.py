@@ -137,10 +137,16 @@ class WatchedSocketStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
 
+_SOCKET_STREAMS = WatchedSocketStream | trio.SocketStream
+
+
 def socket_fd(stream: trio.abc.Stream) -> int:
     """The descriptor of the socket right under ``stream`` (through a PROXY prefix), for
     reading and writing it directly; -1 when there is none (TLS, WebSocket, memory)."""
-    stream = beneath_prefix(stream)
-    if isinstance(stream, WatchedSocketStream | trio.SocketStream) and sys.platform != "win32":
-        return stream.socket.fileno()
-    return -1
+    if not isinstance(stream, _SOCKET_STREAMS):
+        # (in this order: the common case first, as a miss costs more than a hit: these
+        # are trio.abc.Stream classes, whose isinstance misses go through ABCMeta)
+        stream = beneath_prefix(stream)
+        if not isinstance(stream, _SOCKET_STREAMS):
+            return -1
+    return stream.socket.fileno() if sys.platform != "win32" else -1
