@@ -444,7 +444,7 @@ def _encode_pub_ack(
     allowed: frozenset[ReasonCode],
     context: PropertyContext,
 ) -> bytes:
-    name = context.name
+    name = context._name_  # (the member's name: .name is a Python-level property)
     packet_id = _packet_id(packet.packet_id, name)
     if version != V5:
         return bytes((first_byte, 2)) + packet_id
