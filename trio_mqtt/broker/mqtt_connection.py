@@ -169,6 +169,10 @@ class MQTTConnection:
     _held_since: float = 0.0  # when held_back() began to hold this client back
     close_reason: CloseReason | None = None
     close_detail: str = ""
+    #: True once the connection must be closed after ``data_to_send()`` is flushed (set
+    #: with ``close_reason``; an attribute, not a property: the server layer asks about
+    #: ten times per QoS 1 round trip)
+    wants_close: bool = attrs.field(default=False, init=False)
     # flow control (module docstring): bytes handed to the server layer by
     # data_to_send() and not yet reported written; whether the transport is refusing
     # bytes; whether QoS 1/2 messages wait for the client's Receive Maximum
@@ -222,11 +226,6 @@ class MQTTConnection:
             )
 
     # ------------------------------------------------------------------ I/O side API
-
-    @property
-    def wants_close(self) -> bool:
-        """True once the connection must be closed after ``data_to_send()`` is flushed."""
-        return self.close_reason is not None
 
     def next_deadline(self) -> float:
         """When the server layer must call ``handle_timer`` (core clock); inf for never.
@@ -693,6 +692,7 @@ class MQTTConnection:
         if self.close_reason is None:
             self.close_reason = reason
             self.close_detail = detail
+            self.wants_close = True
 
     def _send(self, packet: Packet) -> None:
         data = encode(packet, self.version)
