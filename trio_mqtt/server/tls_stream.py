@@ -64,6 +64,11 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+# (read once: a member read from its enum class goes through EnumType's Python-level
+# __getattr__ hook on 3.11, ~0.9k instructions; the per-record paths ask this one)
+_OPEN = _State.OPEN
+
+
 class TLSStream(trio.abc.HalfCloseableStream):
     """A server-side TLS connection over ``transport_stream`` (see the module docstring).
 
@@ -207,7 +212,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
     def _read_now(self) -> bytes | None:
         """Ciphertext the socket has now, b"" at EOF; None: none yet, or no socket."""
         fd = self.fd
-        if fd < 0 or (self._prefix is not None and self._prefix.prefix_pending):
+        if fd < 0 or (self._prefix is not None and self._prefix_pending()):
             return None
         try:
             return os.read(fd, RECEIVE_SIZE)
@@ -220,7 +225,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
     async def _read_waiting(self) -> bytes:
         """Ciphertext, waiting for it (a checkpoint); b"" at EOF."""
         fd = self.fd
-        if fd < 0 or (self._prefix is not None and self._prefix.prefix_pending):
+        if fd < 0 or (self._prefix is not None and self._prefix_pending()):
             try:
                 return bytes(await self.transport_stream.receive_some(RECEIVE_SIZE))
             except trio.BrokenResourceError:
@@ -236,6 +241,14 @@ class TLSStream(trio.abc.HalfCloseableStream):
         except OSError as exc:
             self._state = _State.BROKEN
             raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+
+    def _prefix_pending(self) -> bool:
+        """Whether the PROXY preamble's leftover still has bytes for us; once it has
+        none it never will again, and is not asked on every read after that."""
+        if self._prefix is not None and self._prefix.prefix_pending:
+            return True
+        self._prefix = None
+        return False
 
     def _reader_output(self) -> None:
         """Records a read produced (a TLS 1.3 KeyUpdate answer): write them, never wait.
@@ -263,7 +276,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         ``send_all`` (with ``b""``, if nothing else is to be sent) must flush it; or the
         stream is broken or closed, and that ``send_all`` will say so.
         """
-        if self._state is not _State.OPEN or self._eof_sent:
+        if self._state is not _OPEN or self._eof_sent:
             return False
         try:
             self._encrypt(data)
@@ -403,7 +416,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
 
     def _check_usable(self) -> None:
         state = self._state
-        if state is _State.OPEN:
+        if state is _OPEN:
             return
         if state is _State.CLOSED:
             raise trio.ClosedResourceError("the TLS stream is closed")
