@@ -64,8 +64,9 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-# (read once: a member read from its enum class goes through EnumType's Python-level
-# __getattr__ hook on 3.11, ~0.9k instructions; the per-record paths ask this one)
+# (read once: on 3.11 a member read from its enum class goes through the attribute hook
+# that EnumType's __getattr__ gives every enum class, ~0.9k instructions; the
+# per-record paths ask this one)
 _OPEN = _State.OPEN
 
 
