@@ -758,8 +758,9 @@ async def _read_loop(task: _Task, resumed: bool, stepped: bool = False) -> bool:
     fd = output.fd
     ring_fd = output.ring_fd
     # asked once: PrefixedStream is a trio.abc.Stream, whose isinstance goes through
-    # ABCMeta's Python-level __instancecheck__ (about 1 % of a QoS 1 round trip per read)
-    prefixed = stream if isinstance(stream, PrefixedStream) else None
+    # ABCMeta's Python-level __instancecheck__ (about 1 % of a QoS 1 round trip per read);
+    # and once drained, a prefix is not asked again (it never fills up again)
+    prefixed = stream if isinstance(stream, PrefixedStream) and stream.prefix_pending else None
     drained = False  # the last socket read left the socket empty (as far as we know)
     while not conn.wants_close and not output.stopped:
         if stepped:  # what the last step left: slow checks, subscribers to catch up
@@ -799,10 +800,12 @@ async def _read_loop(task: _Task, resumed: bool, stepped: bool = False) -> bool:
         # The next bytes from the client, b"" at EOF; None if the deadline came first.
         data: bytes | bytearray | None = None
         try:
-            if prefixed is not None and prefixed.prefix_pending:
+            if prefixed is not None:
                 data = await prefixed.receive_some(RECEIVE_SIZE)  # in memory: no wait
                 # what came with a PROXY header: most likely all the socket had then
                 drained = True
+                if not prefixed.prefix_pending:
+                    prefixed = None
             elif fd >= 0:
                 # Plain TCP: the socket read here, as trio's SocketStream would, without
                 # its layers of coroutines: an idle connection waits in three frames of
