@@ -49,7 +49,10 @@ HEADER_FIRST_BYTES = frozenset(b"P\r")
 MQTT CONNECT begins 0x10 and a TLS record 0x16: the first byte tells them apart."""
 
 _TLV_HEADER = struct.Struct("!BH")
-_INET_BLOCK = struct.Struct("!4s4sHH")
+# each octet of the two IPv4 addresses on its own: their dotted text is then built from
+# _OCTETS, without formatting an integer (half the instructions of "%d.%d.%d.%d")
+_INET_BLOCK = struct.Struct("!BBBBBBBBHH")
+_OCTETS = tuple(str(octet) for octet in range(256))
 _INET6_BLOCK = struct.Struct("!16s16sHH")
 _UNIX_PATH_LENGTH = 108
 
@@ -458,10 +461,11 @@ def _decode_addresses(
     family: Family, block: bytes
 ) -> tuple[Address, Address] | tuple[UnixAddress, UnixAddress]:
     if family is _INET:
-        src, dst, src_port, dst_port = _INET_BLOCK.unpack(block)
+        s0, s1, s2, s3, d0, d1, d2, d3, src_port, dst_port = _INET_BLOCK.unpack(block)
+        o = _OCTETS
         return (
-            Address("%d.%d.%d.%d" % tuple(src), src_port),  # noqa: UP031 (the fastest)
-            Address("%d.%d.%d.%d" % tuple(dst), dst_port),  # noqa: UP031
+            Address(f"{o[s0]}.{o[s1]}.{o[s2]}.{o[s3]}", src_port),
+            Address(f"{o[d0]}.{o[d1]}.{o[d2]}.{o[d3]}", dst_port),
         )
     if family is Family.INET6:
         src, dst, src_port, dst_port = _INET6_BLOCK.unpack(block)
