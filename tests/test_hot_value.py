@@ -28,13 +28,14 @@ from trio_mqtt.mqtt.packets import (
     Pubrec,
     Pubrel,
 )
+from trio_mqtt.peer import SocketEnds
 from trio_mqtt.proxy import TLV, Address, ProxyHeader, SSLInfo, UnixAddress
 from trio_mqtt.server.proxy_policy import Preamble
 
 # per message, then per connection
 HOT_VALUES = (
     *(Publish, Puback, Pubrec, Pubrel, Pubcomp, Message, StoredMessage, Properties),
-    *(Connect, Connack, ConnectPlan, Accepted, Preamble),
+    *(Connect, Connack, ConnectPlan, Accepted, Preamble, SocketEnds),
     *(ProxyHeader, Address, UnixAddress, TLV, SSLInfo),
 )
 

@@ -12,11 +12,11 @@ run by CI), and ``attrs.define(unsafe_hash=True)`` at run time: equal and hashab
 value as a frozen class is, built by plain slot stores. The values built once per
 message use it (MQTT 5 ``Properties`` too: 27 fields, 26.7k instructions frozen, 6.8k
 as a hot value), and those built once per connection: the ``Connect`` and ``Connack``,
-the core's ``ConnectPlan`` and ``Accepted``, the listener's ``Preamble``, the parsed
-PROXY header's values. Everything else is ``attrs.frozen``. ``PeerInfo``, with its
-``Endpoint`` values and ``TLSInfo``, stays frozen at run time: it is the one record of who
-a client is, which every hook, log line and stored message reads, and user code may
-count on it not changing.
+the core's ``ConnectPlan`` and ``Accepted``, the listener's ``SocketEnds`` and
+``Preamble``, the parsed PROXY header's values. Everything else is ``attrs.frozen``.
+``PeerInfo``, with its ``Endpoint`` values and ``TLSInfo``, stays frozen at run time: it
+is the one record of who a client is, which every hook, log line and stored message
+reads, and user code may count on it not changing (so a connection builds one).
 """
 
 from __future__ import annotations

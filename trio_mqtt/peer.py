@@ -1,8 +1,8 @@
 """PeerInfo: everything we know about who is on the other end of a connection.
 
-Built once when a connection is accepted (socket addresses), then refined by the
-PROXY header and the TLS handshake. Immutable: each refinement makes a new value with
-``attrs.evolve``, so whatever a session, an auth hook, a log line or a retained message
+Built from what the socket tells (``SocketEnds``) and the PROXY header, if any, once
+that is read; then refined by the TLS handshake. Immutable: each refinement makes a new
+value, so whatever a session, an auth hook, a log line or a retained message
 holds can never change under it.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import attrs
+
+from trio_mqtt.hot_value import hot_value
 
 if TYPE_CHECKING:
     from trio_mqtt.proxy.header import TLV, ProxyHeader
@@ -36,6 +38,29 @@ class Endpoint:
             if isinstance(host, str) and isinstance(port, int):
                 return cls(host, port)
         return None
+
+
+@hot_value
+class SocketEnds:
+    """What a connection's socket tells when it is accepted: the listener, its transport
+    and the socket's two ends, before a PROXY header may say who the client really is.
+
+    The listener's PROXY policy turns it into the connection's PeerInfo, ``peer()`` or
+    ``proxy_policy.apply_header``: one PeerInfo per connection, built once the client is
+    known (a frozen PeerInfo is a field-by-field ``object.__setattr__``, about 12k
+    instructions; this is a third of that).
+    """
+
+    listener: str
+    transport: str
+    local: Endpoint | None
+    remote: Endpoint | None
+
+    def peer(self) -> PeerInfo:
+        """The PeerInfo when nothing but the socket speaks: the client is its peer
+        (``PeerInfo.from_socket``)."""
+        # (by position, in the fields' order, as from_socket: no dict of keywords)
+        return PeerInfo(self.listener, self.transport, self.local, self.remote, self.remote)
 
 
 @attrs.frozen
@@ -114,11 +139,12 @@ class PeerInfo:
         authorized. An identity problem found earlier (by the PROXY policy, before TLS)
         is kept: the CONNECT is then refused whatever this certificate says.
         """
-        if verified and cn:
-            return attrs.evolve(self, username=cn)
+        username, identity_error = certificate_identity(cn, verified, why_not)
+        if username is not None:
+            return attrs.evolve(self, username=username)
         if self.identity_error is not None:
             return self
-        return attrs.evolve(self, identity_error=why_not)
+        return attrs.evolve(self, identity_error=identity_error)
 
     def log_fields(self) -> dict[str, str]:
         """The facts a structured log line carries about this peer (``extra=`` fields)."""
@@ -140,6 +166,18 @@ class PeerInfo:
         if self.proxy is not None:
             text += f" via proxy {self.proxy}"
         return text
+
+
+def certificate_identity(
+    cn: str | None, verified: bool, why_not: str
+) -> tuple[str | None, str | None]:
+    """``(username, identity_error)`` from a client certificate: its CN as the username
+    only if the certificate was verified, else ``why_not`` as the error (the one place
+    that says it: ``PeerInfo.with_certificate_identity``, and the PROXY policy's
+    ``apply_header`` when it builds a PeerInfo)."""
+    if verified and cn:
+        return cn, None
+    return None, why_not
 
 
 LOCAL_PEER = PeerInfo(listener="local", transport="local")

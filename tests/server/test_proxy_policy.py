@@ -20,7 +20,7 @@ from helpers import SocketReads
 
 from trio_mqtt import open_broker
 from trio_mqtt.config import BrokerConfig, ListenerConfig, ProxyMode, ProxyPolicy
-from trio_mqtt.peer import Endpoint, PeerInfo, TLSInfo
+from trio_mqtt.peer import Endpoint, PeerInfo, SocketEnds
 from trio_mqtt.proxy import Command, parse_proxy_header
 from trio_mqtt.server.proxy_policy import (
     Preamble,
@@ -49,8 +49,8 @@ CERT_CONN = 0x02
 CERT_SESS = 0x04
 
 
-def peer_from(remote: Endpoint) -> PeerInfo:
-    return PeerInfo.from_socket("lb", "tcp", LOCAL_END, remote)
+def ends_of(remote: Endpoint) -> SocketEnds:
+    return SocketEnds("lb", "tcp", LOCAL_END, remote)
 
 
 def policy(
@@ -88,7 +88,7 @@ async def preamble_of(data: bytes, pol: ProxyPolicy, remote: Endpoint = TRUSTED_
     """Run read_proxy_preamble on ``data`` sent as one segment."""
     client, server = trio.testing.memory_stream_pair()
     await client.send_all(data)
-    return await read_proxy_preamble(server, pol, peer_from(remote))
+    return await read_proxy_preamble(server, pol, ends_of(remote))
 
 
 async def refusal_of(
@@ -131,7 +131,7 @@ async def test_trickling_peer_is_refused_at_exactly_the_timeout(
         nursery.start_soon(trickle)
         start = trio.current_time()
         with pytest.raises(ConnectionRejected) as info:
-            await read_proxy_preamble(server, policy(timeout=2.5), peer_from(TRUSTED_REMOTE))
+            await read_proxy_preamble(server, policy(timeout=2.5), ends_of(TRUSTED_REMOTE))
         elapsed = trio.current_time() - start
         nursery.cancel_scope.cancel()
     # Each byte arrives well within 2.5 s of the previous one: only a deadline on the
@@ -156,7 +156,7 @@ async def test_slow_but_complete_header_within_the_timeout_is_accepted(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trickle)
         start = trio.current_time()
-        result = await read_proxy_preamble(server, policy(timeout=60), peer_from(TRUSTED_REMOTE))
+        result = await read_proxy_preamble(server, policy(timeout=60), ends_of(TRUSTED_REMOTE))
         elapsed = trio.current_time() - start
     # the last header byte goes out at t = len - 1
     assert elapsed == pytest.approx(len(V1_HEADER) - 1, abs=1e-9)
@@ -168,7 +168,7 @@ async def test_silent_peer_is_refused_at_the_timeout(autojump_clock: trio.abc.Cl
     _client, server = trio.testing.memory_stream_pair()
     start = trio.current_time()
     with pytest.raises(ConnectionRejected) as info:
-        await read_proxy_preamble(server, policy(timeout=3.0), peer_from(TRUSTED_REMOTE))
+        await read_proxy_preamble(server, policy(timeout=3.0), ends_of(TRUSTED_REMOTE))
     assert trio.current_time() - start == pytest.approx(3.0, abs=1e-9)
     assert info.value.reason == "timeout"
     assert "0 bytes received" in info.value.detail
@@ -204,7 +204,7 @@ async def test_header_split_across_segments_still_leaves_exactly_the_connect(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send_in_two)
-        result = await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
+        result = await read_proxy_preamble(server, policy(), ends_of(TRUSTED_REMOTE))
     rest = await server.receive_some(4096) if len(result.leftover) < len(CONNECT) else b""
     # what the preamble kept plus what is still in the stream is the CONNECT, in order
     assert result.leftover + rest == CONNECT
@@ -221,10 +221,10 @@ async def test_optional_without_header_passes_the_first_bytes_on(
 ) -> None:
     client, server = trio.testing.memory_stream_pair()
     await client.send_all(first_bytes)
-    peer = peer_from(remote)
-    result = await read_proxy_preamble(server, policy(ProxyMode.OPTIONAL), peer)
+    ends = ends_of(remote)
+    result = await read_proxy_preamble(server, policy(ProxyMode.OPTIONAL), ends)
     assert result.leftover == first_bytes
-    assert result.peer == peer
+    assert result.peer == ends.peer()
     assert result.peer.client == remote
     assert result.peer.proxy is None
     assert result.peer.proxy_header is None
@@ -257,7 +257,7 @@ async def test_optional_spoofing_is_detected_by_the_first_byte_alone(first: byte
 async def test_required_from_untrusted_source_is_refused_without_reading() -> None:
     stream = UntouchableStream()
     with pytest.raises(ConnectionRejected) as info:
-        await read_proxy_preamble(stream, policy(), peer_from(UNTRUSTED_REMOTE))
+        await read_proxy_preamble(stream, policy(), ends_of(UNTRUSTED_REMOTE))
     assert stream.receive_calls == 0
     assert info.value.reason == "untrusted-source"
     assert "192.0.2.9" in info.value.detail
@@ -272,10 +272,11 @@ async def test_required_with_empty_trusted_sources_trusts_everyone() -> None:
 
 async def test_off_reads_nothing_and_keeps_the_peer() -> None:
     stream = UntouchableStream()
-    peer = peer_from(UNTRUSTED_REMOTE)
-    result = await read_proxy_preamble(stream, ProxyPolicy(), peer)
+    ends = ends_of(UNTRUSTED_REMOTE)
+    result = await read_proxy_preamble(stream, ProxyPolicy(), ends)
     assert stream.receive_calls == 0
-    assert result.peer is peer
+    assert result.peer == ends.peer()
+    assert result.peer.client == UNTRUSTED_REMOTE
     assert result.leftover == b""
 
 
@@ -294,7 +295,7 @@ async def test_required_refusals(data: bytes, reason: str) -> None:
         await client.send_all(data)
     await client.send_eof()
     with pytest.raises(ConnectionRejected) as info:
-        await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
+        await read_proxy_preamble(server, policy(), ends_of(TRUSTED_REMOTE))
     assert info.value.reason == reason
     assert info.value.detail
 
@@ -418,7 +419,7 @@ async def closed_refusal(data: bytes) -> ConnectionRejected:
         await client.send_all(data)
     await client.aclose()
     with pytest.raises(ConnectionRejected) as info:
-        await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
+        await read_proxy_preamble(server, policy(), ends_of(TRUSTED_REMOTE))
     return info.value
 
 
@@ -427,7 +428,7 @@ async def test_connect_and_close_without_a_byte_is_a_health_check() -> None:
     client, server = trio.testing.memory_stream_pair()
     await client.aclose()
     with pytest.raises(HealthCheck) as info:
-        await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
+        await read_proxy_preamble(server, policy(), ends_of(TRUSTED_REMOTE))
     assert "without sending anything" in info.value.detail
 
 
@@ -443,7 +444,7 @@ class ResetStream(trio.abc.ReceiveStream):
 
 async def test_reset_without_a_byte_is_a_health_check() -> None:
     with pytest.raises(HealthCheck) as info:
-        await read_proxy_preamble(ResetStream(), policy(), peer_from(TRUSTED_REMOTE))
+        await read_proxy_preamble(ResetStream(), policy(), ends_of(TRUSTED_REMOTE))
     assert "reset without sending anything" in info.value.detail
 
 
@@ -610,7 +611,7 @@ async def test_a_header_already_received_is_read_without_a_deadline_scope(
     server, client = await _socket_pair()
     await client.send_all(V1_HEADER + CONNECT)
     await trio.testing.wait_all_tasks_blocked()
-    preamble = await read_proxy_preamble(server, policy(), peer_from(TRUSTED_REMOTE))
+    preamble = await read_proxy_preamble(server, policy(), ends_of(TRUSTED_REMOTE))
     assert preamble.peer.client == CLIENT and preamble.leftover == CONNECT
     assert scopes == []
 
@@ -620,7 +621,7 @@ async def test_a_header_already_received_is_read_without_a_deadline_scope(
         nursery.start_soon(client.send_all, V1_HEADER[:10])
         started = trio.current_time()
         with pytest.raises(ConnectionRejected, match=r"no complete PROXY header within 0\.2s"):
-            await read_proxy_preamble(server, policy(timeout=0.2), peer_from(TRUSTED_REMOTE))
+            await read_proxy_preamble(server, policy(timeout=0.2), ends_of(TRUSTED_REMOTE))
         assert 0.2 <= trio.current_time() - started < 1.0
     assert len(scopes) >= 1 and all(deadline == scopes[0] for deadline in scopes)
 
@@ -720,13 +721,11 @@ async def test_the_preamble_at_once_is_the_preamble_read(
     client, server = trio.testing.memory_stream_pair()
     await client.send_all(data)
     try:
-        expected: Preamble | str = await read_proxy_preamble(
-            server, pol, peer_from(remote), counted
-        )
+        expected: Preamble | str = await read_proxy_preamble(server, pol, ends_of(remote), counted)
     except ConnectionRejected as exc:
         expected = exc.reason
     try:
-        got: Preamble | str | None = preamble_at_once(data, pol, peer_from(remote), counted_at_once)
+        got: Preamble | str | None = preamble_at_once(data, pol, ends_of(remote), counted_at_once)
     except ConnectionRejected as exc:
         got = exc.reason
     assert got == expected
@@ -740,33 +739,40 @@ async def test_the_preamble_at_once_is_the_preamble_read(
 )
 def test_too_few_bytes_at_once_decide_nothing_and_count_nothing(data: bytes) -> None:
     counts: Counter[tuple[str, str]] = Counter()
-    assert preamble_at_once(data, policy(), peer_from(TRUSTED_REMOTE), counts) is None
+    assert preamble_at_once(data, policy(), ends_of(TRUSTED_REMOTE), counts) is None
     assert (
-        preamble_at_once(data, policy(ProxyMode.OPTIONAL), peer_from(TRUSTED_REMOTE), counts)
-        is None
+        preamble_at_once(data, policy(ProxyMode.OPTIONAL), ends_of(TRUSTED_REMOTE), counts) is None
     )
     assert counts == Counter()
 
 
-def test_apply_header_keeps_every_field_the_header_does_not_speak_for() -> None:
-    """``apply_header`` builds the PeerInfo field by field (not with ``attrs.evolve``):
-    a field added to PeerInfo and forgotten there would be dropped; this finds it."""
-    before = attrs.evolve(
-        peer_from(TRUSTED_REMOTE),
-        username="from-a-certificate",
-        identity_error="an earlier problem",
-        forwarded_by="forwarded",
-        tls=TLSInfo(version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256"),
-    )
-    header = parse_proxy_header(V1_HEADER)
-    assert header is not None
-    after = apply_header(before, header[0], policy())
-    spoken_for = {"client", "proxy", "proxy_header"}
+@pytest.mark.parametrize(
+    ("header", "use_cn", "spoken_for"),
+    [
+        (V1_HEADER, False, {"client", "proxy", "proxy_header"}),
+        (
+            v2_proxy_inet(ssl_tlv(SSL | CERT_CONN, 0, "dev")),
+            True,
+            {"client", "proxy", "proxy_header", "tls", "username"},
+        ),
+        (v2_proxy_inet(), True, {"client", "proxy", "proxy_header", "identity_error"}),
+    ],
+    ids=["v1", "v2-verified-cn", "v2-no-ssl-tlv"],
+)
+def test_apply_header_keeps_every_field_the_header_does_not_speak_for(
+    header: bytes, use_cn: bool, spoken_for: set[str]
+) -> None:
+    """``apply_header`` builds the PeerInfo field by field (not from the socket's
+    PeerInfo): a field added to PeerInfo and forgotten there would be lost; this finds
+    it, and that the header's fields are set."""
+    ends = ends_of(TRUSTED_REMOTE)
+    parsed = parse_proxy_header(header)
+    assert parsed is not None
+    after = apply_header(ends, parsed[0], policy(use_cn_as_username=use_cn))
+    before = ends.peer()
     for field in attrs.fields(PeerInfo):
-        if field.name not in spoken_for:
+        if field.name in spoken_for:
+            assert getattr(after, field.name) != getattr(before, field.name), field.name
+        else:
             assert getattr(after, field.name) == getattr(before, field.name), field.name
-    assert (after.client, after.proxy, after.proxy_header) == (
-        CLIENT,
-        TRUSTED_REMOTE,
-        header[0],
-    )
+    assert (after.client, after.proxy, after.proxy_header) == (CLIENT, TRUSTED_REMOTE, parsed[0])

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from trio_mqtt.config import ProxyMode, ProxyPolicy
-from trio_mqtt.peer import Endpoint, PeerInfo
+from trio_mqtt.peer import Endpoint, PeerInfo, SocketEnds
 from trio_mqtt.proxy import parse_proxy_header
 from trio_mqtt.proxy.forwarded import ForwardedHeader
 from trio_mqtt.server.proxy_policy import apply_header
@@ -19,8 +19,12 @@ TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
 XFF = [(b"x-forwarded-for", b"203.0.113.7")]
 
 
+def socket_ends() -> SocketEnds:
+    return SocketEnds("ws", "ws", Endpoint("10.0.0.1", 80), PROXY)
+
+
 def socket_peer() -> PeerInfo:
-    return PeerInfo.from_socket("ws", "ws", Endpoint("10.0.0.1", 80), PROXY)
+    return socket_ends().peer()
 
 
 def test_from_a_trusted_proxy() -> None:
@@ -42,7 +46,7 @@ def test_a_proxy_header_wins(header: bytes, caplog: pytest.LogCaptureFixture) ->
     parsed = parse_proxy_header(header)
     assert parsed is not None
     policy = ProxyPolicy(mode=ProxyMode.REQUIRED, trusted_sources=TRUSTED)
-    before = apply_header(socket_peer(), parsed[0], policy)
+    before = apply_header(socket_ends(), parsed[0], policy)
     after = forwarded_peer(XFF, before, TRUSTED, ForwardedHeader.X_FORWARDED_FOR)
     assert after is before
     [record] = caplog.records

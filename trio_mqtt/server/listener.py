@@ -32,13 +32,14 @@ from trio_mqtt.broker.limits import REASON_CONNECTIONS, REASON_DENIED, AddressLi
 from trio_mqtt.config import ListenerConfig, ProxyMode, Transport
 from trio_mqtt.errors import ConfigError, ListenerBindError, ProxyProtocolError
 from trio_mqtt.networks import address_in
-from trio_mqtt.peer import Endpoint, PeerInfo
+from trio_mqtt.peer import Endpoint, PeerInfo, SocketEnds
 from trio_mqtt.proxy import looks_like_proxy_header, parse_proxy_header
 from trio_mqtt.server.connection import run_connection, start_parked
 from trio_mqtt.server.idle_park import supported as parking_supported
 from trio_mqtt.server.prefixed_stream import PrefixedStream
 from trio_mqtt.server.proxy_policy import (
     Preamble,
+    is_trusted,
     preamble_at_once,
     read_proxy_preamble,
     refused_unread,
@@ -504,8 +505,8 @@ def _accepted(
     *,
     first_steps: list[Callable[[], None]],
 ) -> None:
-    """A connection just accepted: counted in (``max_connections``), its PeerInfo; then,
-    on plain TCP, parked at once (``_start_parked``) when nothing needs waiting for
+    """A connection just accepted: counted in (``max_connections``), its socket's ends;
+    then, on plain TCP, parked at once (``_start_parked``) when nothing needs waiting for
     first, else a task of its own (``_serve_connection``).
 
     Nothing needs waiting for without PROXY protocol, nor when the PROXY header (or
@@ -518,25 +519,38 @@ def _accepted(
         return
     started = False
     try:
-        peer = _peer_of(handle, stream, local)
-        if peer is None:
+        try:
+            remote = Endpoint.from_sockaddr(stream.socket.getpeername())
+        except OSError:
+            # gone already: HAProxy's plain TCP check resets right after the handshake
+            _health_check(handle, "?", "connection reset right after it was accepted", None)
             return
+        if local is None:  # (the listener's socket is bound to a wildcard address)
+            local = Endpoint.from_sockaddr(stream.socket.getsockname())
         received = b""
         config = handle.config  # (per connection: a reload may change it)
-        if _parks_at_mqtt(config):
-            preamble: Preamble | None
-            if config.proxy_protocol.mode is _PROXY_OFF:
-                preamble = Preamble(peer, b"")
-            else:
-                preamble, received = _preamble_at_once(handle, peer, stream)
+        # (the member's value: .value is a Python-level property, ~1.5k instructions)
+        transport = config.transport._value_
+        parks = _parks_at_mqtt(config)
+        if parks and config.proxy_protocol.mode is _PROXY_OFF:
+            # the socket's PeerInfo at once, with no SocketEnds to build it from
+            peer = PeerInfo.from_socket(handle.name, transport, local, remote)
+            started = True  # (it ends the connection itself if it refuses it)
+            _start_parked(
+                core, handle, handler_nursery, stream, Preamble(peer, b""), first_steps=first_steps
+            )
+            return
+        ends = SocketEnds(handle.name, transport, local, remote)
+        if parks:
+            preamble, received = _preamble_at_once(handle, ends, stream)
             if preamble is not None:
-                started = True  # (it ends the connection itself if it refuses it)
+                started = True
                 _start_parked(
                     core, handle, handler_nursery, stream, preamble, first_steps=first_steps
                 )
                 return
         handler_nursery.start_soon(
-            _serve_connection, core, handle, handler_nursery, stream, peer, received
+            _serve_connection, core, handle, handler_nursery, stream, ends, received
         )
         started = True
     finally:
@@ -552,7 +566,7 @@ def _parks_at_mqtt(config: ListenerConfig) -> bool:
 
 
 def _preamble_at_once(
-    handle: ListenerHandle, peer: PeerInfo, stream: WatchedSocketStream
+    handle: ListenerHandle, ends: SocketEnds, stream: WatchedSocketStream
 ) -> tuple[Preamble | None, bytes]:
     """The connection's PROXY preamble, if what its socket holds already decides it and
     nothing after it needs waiting for: no header (where it is optional), or a header
@@ -561,7 +575,8 @@ def _preamble_at_once(
     reads on, and refuses, counts and logs in one place. A peer that ``required`` mode
     refuses before reading is not read here either."""
     policy = handle.config.proxy_protocol
-    if refused_unread(policy, peer):
+    trusted = is_trusted(policy, ends)
+    if refused_unread(policy, trusted):
         return None, b""
     try:
         received = stream.receive_nowait(RECEIVE_SIZE) or b""
@@ -571,7 +586,7 @@ def _preamble_at_once(
         return None, b""
     counts: defaultdict[tuple[str, str], int] = defaultdict(int)  # (a Counter costs more)
     try:
-        preamble = preamble_at_once(received, policy, peer, counts)
+        preamble = preamble_at_once(received, policy, ends, counts, trusted=trusted)
     except (ConnectionRejected, HealthCheck):
         return None, received  # refused: its task finds the same in the same bytes
     header = None if preamble is None else preamble.peer.proxy_header
@@ -629,43 +644,27 @@ def _start_parked(
             stream.socket.close()
 
 
-def _peer_of(
-    handle: ListenerHandle, stream: WatchedSocketStream, local: Endpoint | None
-) -> PeerInfo | None:
-    """The PeerInfo of a connection just accepted, from its socket (None: the client
-    is gone already, logged as the health check it most likely was)."""
-    if local is None:  # (the listener's socket is bound to a wildcard address)
-        local = Endpoint.from_sockaddr(stream.socket.getsockname())
-    try:
-        remote = Endpoint.from_sockaddr(stream.socket.getpeername())
-    except OSError:
-        # gone already: HAProxy's plain TCP check resets right after the handshake
-        _health_check(handle, "?", "connection reset right after it was accepted", None)
-        return None
-    # (the member's value: .value is a Python-level property, ~1.5k instructions)
-    return PeerInfo.from_socket(handle.name, handle.config.transport._value_, local, remote)
-
-
 async def _serve_connection(  # noqa: PLR0917 (nursery.start_soon passes positionals)
     core: BrokerCore,
     handle: ListenerHandle,
     handler_nursery: trio.Nursery,
     stream: WatchedSocketStream,
-    peer: PeerInfo,
+    ends: SocketEnds,
     received: bytes,
 ) -> None:
-    # The task of a connection counted in (admit) with its PeerInfo, from its PROXY
+    # The task of a connection counted in (admit) with its socket's ends, from its PROXY
     # header to its close (or to its park, on plain TCP); it always closes ``stream``.
     # ``received``: its first bytes, read already. One coroutine from here to
     # run_connection, no wrapper: each is a frame that every idle connection keeps.
     counted_as: str | None = None  # the key address_limits counts this connection under
     handed_over = False
+    peer: PeerInfo | None = None  # once the PROXY preamble tells who the client is
     try:
         # until a PROXY header says more
-        who = str(peer.remote) if peer.remote is not None else "?"
+        who = str(ends.remote) if ends.remote is not None else "?"
         try:
             preamble = await read_proxy_preamble(
-                stream, handle.config.proxy_protocol, peer, handle.proxy_headers, received
+                stream, handle.config.proxy_protocol, ends, handle.proxy_headers, received
             )
             peer = preamble.peer
             who = peer.describe()
@@ -692,10 +691,10 @@ async def _serve_connection(  # noqa: PLR0917 (nursery.start_soon passes positio
                 # a header and nothing more (check-send-proxy): the attempt is given back
                 handle.address_limits.release(counted_as, trio.current_time(), refund=True)
                 counted_as = None
-            _health_check(handle, who, exc.detail, peer)
+            _health_check(handle, who, exc.detail, peer or ends.peer())
             return
         except AddressRefused as exc:
-            _log_address_refused(handle, exc, peer)
+            _log_address_refused(handle, exc, peer or ends.peer())
             return
         except ConnectionRejected as exc:
             handle.rejections[exc.reason] += 1
@@ -705,7 +704,11 @@ async def _serve_connection(  # noqa: PLR0917 (nursery.start_soon passes positio
                 handle.name,
                 who,
                 exc.detail,
-                extra={**peer.log_fields(), "event": "connection-refused", "reason": exc.reason},
+                extra={
+                    **(peer or ends.peer()).log_fields(),
+                    "event": "connection-refused",
+                    "reason": exc.reason,
+                },
             )
             return
         handle.accepted += 1

@@ -35,7 +35,7 @@ import trio
 from trio_mqtt.config import ProxyMode, ProxyPolicy
 from trio_mqtt.errors import ProxyProtocolError
 from trio_mqtt.hot_value import hot_value
-from trio_mqtt.peer import Endpoint, PeerInfo, TLSInfo
+from trio_mqtt.peer import Endpoint, PeerInfo, SocketEnds, TLSInfo, certificate_identity
 from trio_mqtt.proxy import (
     HEADER_FIRST_BYTES,
     Address,
@@ -73,11 +73,12 @@ class Preamble:
 async def read_proxy_preamble(
     stream: trio.abc.ReceiveStream,
     policy: ProxyPolicy,
-    peer: PeerInfo,
+    ends: SocketEnds,
     counts: ProxyCounts | None = None,
     received: bytes = b"",
 ) -> Preamble:
-    """Apply ``policy``: returns the refined PeerInfo and the bytes after the header.
+    """Apply ``policy`` to the connection of the socket ``ends``: returns its PeerInfo
+    (as the header, if any, tells it) and the bytes after the header.
 
     ``counts`` (the listener's ``proxy_headers``) counts each header by (version, result):
     version "v1", "v2", "local" (a header naming no client) or "unknown" (nothing told);
@@ -87,10 +88,10 @@ async def read_proxy_preamble(
     them too few to decide).
     """
     if policy.mode is _OFF:
-        return Preamble(peer, received)
+        return Preamble(ends.peer(), received)
     if counts is None:
         counts = Counter()
-    trusted = _trusted(policy, peer, counts)
+    trusted = _trusted(policy, ends, counts)
     parser = ProxyParser(max_header_size=policy.max_header_size)
     version = "unknown"
     # One deadline for the whole header, however it trickles in; each wait for more
@@ -99,8 +100,8 @@ async def read_proxy_preamble(
     try:
         first = received or await _receive(stream, deadline, nothing_yet=True)
         version = _VERSION_OF_FIRST_BYTE.get(first[0], "unknown")
-        if _without_header(first, policy, trusted, peer, counts):
-            return Preamble(peer, first)  # no header: the socket's addresses stand
+        if _without_header(first, policy, trusted, ends, counts):
+            return Preamble(ends.peer(), first)  # no header: the socket's addresses stand
         header = parser.feed(first)
         while header is None:
             header = parser.feed(await _receive(stream, deadline))
@@ -117,11 +118,16 @@ async def read_proxy_preamble(
         if exc.reason == "closed":  # the peer went away in the middle of the header
             counts[version, "closed"] += 1
         raise
-    return _with_header(header, parser.leftover, policy, peer, counts)
+    return _with_header(header, parser.leftover, policy, ends, counts)
 
 
 def preamble_at_once(
-    received: bytes, policy: ProxyPolicy, peer: PeerInfo, counts: ProxyCounts
+    received: bytes,
+    policy: ProxyPolicy,
+    ends: SocketEnds,
+    counts: ProxyCounts,
+    *,
+    trusted: bool | None = None,
 ) -> Preamble | None:
     """``read_proxy_preamble`` when ``received``, the connection's first bytes, decide it
     (a whole header, or none where it is optional): the same Preamble, or the same
@@ -129,12 +135,14 @@ def preamble_at_once(
 
     A proxy sends its header right behind the TCP handshake, so in a burst of new
     connections it is often in the socket with the client's first bytes when the
-    connection is accepted: then no task has to wait for it.
+    connection is accepted: then no task has to wait for it. ``trusted``: whether
+    ``policy`` trusts the socket's peer, if the caller asked already (``is_trusted``).
     """
-    trusted = _trusted(policy, peer, counts)
+    if not trusted:  # (not asked, or not trusted: refused and counted if required)
+        trusted = _trusted(policy, ends, counts)
     version = _VERSION_OF_FIRST_BYTE.get(received[0], "unknown")
-    if _without_header(received, policy, trusted, peer, counts):
-        return Preamble(peer, received)
+    if _without_header(received, policy, trusted, ends, counts):
+        return Preamble(ends.peer(), received)
     try:  # (what a new ProxyParser does with one feed, without the parser)
         parsed = parse_proxy_header(received, max_header_size=policy.max_header_size)
     except ProxyProtocolError as exc:
@@ -142,23 +150,28 @@ def preamble_at_once(
     if parsed is None:
         return None
     header, consumed = parsed
-    return _with_header(header, received[consumed:], policy, peer, counts)
+    return _with_header(header, received[consumed:], policy, ends, counts)
 
 
-def refused_unread(policy: ProxyPolicy, peer: PeerInfo) -> bool:
-    """Whether ``policy`` refuses ``peer`` before a byte of it is read: ``required``, and
-    the peer (the proxy, if any) is not among ``trusted_sources``."""
-    return policy.mode is _REQUIRED and not policy.is_trusted(_remote_host(peer))
+def is_trusted(policy: ProxyPolicy, ends: SocketEnds) -> bool:
+    """Whether ``policy`` lets the socket's peer (the proxy, if any) send a header."""
+    return policy.is_trusted(_remote_host(ends))
 
 
-def _remote_host(peer: PeerInfo) -> str:
-    return peer.remote.host if peer.remote is not None else ""
+def refused_unread(policy: ProxyPolicy, trusted: bool) -> bool:
+    """Whether ``policy`` refuses a peer before a byte of it is read: ``required``, and
+    the peer is not trusted (``is_trusted``)."""
+    return policy.mode is _REQUIRED and not trusted
 
 
-def _trusted(policy: ProxyPolicy, peer: PeerInfo, counts: ProxyCounts) -> bool:
-    """Whether ``peer`` may send a header; under ``required``, an untrusted peer is
-    refused before a byte is read (``refused_unread``)."""
-    host = _remote_host(peer)
+def _remote_host(ends: SocketEnds) -> str:
+    return ends.remote.host if ends.remote is not None else ""
+
+
+def _trusted(policy: ProxyPolicy, ends: SocketEnds, counts: ProxyCounts) -> bool:
+    """Whether the socket's peer may send a header; under ``required``, an untrusted
+    peer is refused before a byte is read."""
+    host = _remote_host(ends)
     trusted = policy.is_trusted(host)
     if policy.mode is _REQUIRED and not trusted:
         counts["unknown", "untrusted_source"] += 1
@@ -172,7 +185,7 @@ def _without_header(
     first: bytes,
     policy: ProxyPolicy,
     trusted: bool,
-    peer: PeerInfo,
+    ends: SocketEnds,
     counts: ProxyCounts,
 ) -> bool:
     """Under ``optional``, whether the first bytes come without a header (a header from
@@ -185,7 +198,7 @@ def _without_header(
         counts[_VERSION_OF_FIRST_BYTE[first[0]], "untrusted_source"] += 1
         raise ConnectionRejected(
             "spoofed-header",
-            f"PROXY header from {_remote_host(peer)}, which is not in trusted_sources",
+            f"PROXY header from {_remote_host(ends)}, which is not in trusted_sources",
         )
     return False
 
@@ -199,7 +212,7 @@ def _with_header(
     header: ProxyHeader,
     leftover: bytes,
     policy: ProxyPolicy,
-    peer: PeerInfo,
+    ends: SocketEnds,
     counts: ProxyCounts,
 ) -> Preamble:
     """A whole header read: the policy's requirements checked, the header counted."""
@@ -210,7 +223,7 @@ def _with_header(
         counts[version, "requirements_unmet"] += 1
         raise
     counts[version, "ok"] += 1
-    return Preamble(apply_header(peer, header, policy), leftover)
+    return Preamble(apply_header(ends, header, policy), leftover)
 
 
 def check_requirements(header: ProxyHeader, policy: ProxyPolicy) -> None:
@@ -279,16 +292,21 @@ async def _receive(
     return bytes(data)
 
 
-def apply_header(peer: PeerInfo, header: ProxyHeader, policy: ProxyPolicy) -> PeerInfo:
-    """The PeerInfo as the header tells it: real client, proxy, TLS facts, CN username."""
-    client, proxy = peer.client, peer.proxy
+def apply_header(ends: SocketEnds, header: ProxyHeader, policy: ProxyPolicy) -> PeerInfo:
+    """The PeerInfo as the header tells it: real client, proxy, TLS facts, CN username.
+
+    The connection's one PeerInfo, built here from the socket's ends rather than from
+    a PeerInfo of the socket: a frozen value is built field by field, about 12k
+    instructions a connection.
+    """
+    client, proxy = ends.remote, None
     source = header.source
-    if not header.is_local and isinstance(source, Address):
-        client, proxy = Endpoint(source.host, source.port), peer.remote
-    elif not header.is_local and source is not None:
-        client, proxy = Endpoint(str(source), 0), peer.remote  # a UNIX socket path
+    if isinstance(source, Address):
+        client, proxy = Endpoint(source.host, source.port), ends.remote
+    elif source is not None:
+        client, proxy = Endpoint(str(source), 0), ends.remote  # a UNIX socket path
     ssl = header.ssl
-    tls = peer.tls
+    tls = None
     if ssl is not None:
         tls = TLSInfo(
             version=ssl.version,
@@ -298,27 +316,25 @@ def apply_header(peer: PeerInfo, header: ProxyHeader, policy: ProxyPolicy) -> Pe
             sni=header.authority,
             terminated_by_proxy=True,
         )
-    # every field, by position in the fields' order, not attrs.evolve nor keywords: a
-    # fifth less, on every PROXY connection (tests/server/test_proxy_policy.py
-    # checks that the others are kept)
-    peer = PeerInfo(
-        peer.listener,
-        peer.transport,
-        peer.local,
-        peer.remote,
+    username = identity_error = None
+    if policy.use_cn_as_username:  # (as with_certificate_identity, in the one PeerInfo)
+        verified = ssl is not None and ssl.cert_verified
+        cn = None if ssl is None else ssl.cn
+        username, identity_error = certificate_identity(cn, verified, _why_no_cn(header))
+    # every field, by position in the fields' order, not keywords: no dict of them
+    # (tests/server/test_proxy_policy.py checks that the rest is the socket's PeerInfo)
+    return PeerInfo(
+        ends.listener,
+        ends.transport,
+        ends.local,
+        ends.remote,
         client,
         proxy,
         header,  # proxy_header
         tls,
-        peer.username,
-        peer.identity_error,
-        peer.forwarded_by,
+        username,
+        identity_error,
     )
-    if policy.use_cn_as_username:
-        verified = ssl is not None and ssl.cert_verified
-        cn = None if ssl is None else ssl.cn
-        peer = peer.with_certificate_identity(cn, verified, _why_no_cn(header))
-    return peer
 
 
 def _why_no_cn(header: ProxyHeader) -> str:
