@@ -62,6 +62,7 @@ _OPTIONAL = ProxyMode.OPTIONAL
 _LOCAL = Command.LOCAL
 # The header version its first byte announces (the ``proxy_headers`` counter's label).
 _VERSION_OF_FIRST_BYTE = {ord("P"): "v1", ord("\r"): "v2"}
+_VERSION_LABEL = {1: "v1", 2: "v2"}  # (a parsed header's, without formatting one)
 
 
 @hot_value
@@ -100,7 +101,7 @@ async def read_proxy_preamble(
     try:
         first = received or await _receive(stream, deadline, nothing_yet=True)
         version = _VERSION_OF_FIRST_BYTE.get(first[0], "unknown")
-        if _without_header(first, policy, trusted, ends, counts):
+        if policy.mode is _OPTIONAL and _without_header(first, trusted, ends, counts):
             return Preamble(ends.peer(), first)  # no header: the socket's addresses stand
         header = parser.feed(first)
         while header is None:
@@ -140,12 +141,12 @@ def preamble_at_once(
     """
     if not trusted:  # (not asked, or not trusted: refused and counted if required)
         trusted = _trusted(policy, ends, counts)
-    version = _VERSION_OF_FIRST_BYTE.get(received[0], "unknown")
-    if _without_header(received, policy, trusted, ends, counts):
+    if policy.mode is _OPTIONAL and _without_header(received, trusted, ends, counts):
         return Preamble(ends.peer(), received)
     try:  # (what a new ProxyParser does with one feed, without the parser)
         parsed = parse_proxy_header(received, max_header_size=policy.max_header_size)
     except ProxyProtocolError as exc:
+        version = _VERSION_OF_FIRST_BYTE.get(received[0], "unknown")
         raise _invalid(exc, version, counts) from None
     if parsed is None:
         return None
@@ -181,17 +182,9 @@ def _trusted(policy: ProxyPolicy, ends: SocketEnds, counts: ProxyCounts) -> bool
     return trusted
 
 
-def _without_header(
-    first: bytes,
-    policy: ProxyPolicy,
-    trusted: bool,
-    ends: SocketEnds,
-    counts: ProxyCounts,
-) -> bool:
-    """Under ``optional``, whether the first bytes come without a header (a header from
-    an untrusted peer is refused as spoofed)."""
-    if policy.mode is not _OPTIONAL:
-        return False
+def _without_header(first: bytes, trusted: bool, ends: SocketEnds, counts: ProxyCounts) -> bool:
+    """Under ``optional`` (the caller's to check), whether the first bytes come without
+    a header (a header from an untrusted peer is refused as spoofed)."""
     if first[0] not in HEADER_FIRST_BYTES:
         return True
     if not trusted:
@@ -216,12 +209,13 @@ def _with_header(
     counts: ProxyCounts,
 ) -> Preamble:
     """A whole header read: the policy's requirements checked, the header counted."""
-    version = "local" if header.is_local else f"v{header.version}"
-    try:
-        check_requirements(header, policy)
-    except ConnectionRejected:
-        counts[version, "requirements_unmet"] += 1
-        raise
+    version = "local" if header.is_local else _VERSION_LABEL[header.version]
+    if policy.require_tls or policy.require_verified_client_cert:
+        try:
+            check_requirements(header, policy)
+        except ConnectionRejected:
+            counts[version, "requirements_unmet"] += 1
+            raise
     counts[version, "ok"] += 1
     return Preamble(apply_header(ends, header, policy), leftover)
 
