@@ -316,6 +316,9 @@ def _cluster_will(
 class BrokerCore:
     config: BrokerConfig
     clock: Callable[[], float]
+    # ``now()``, the time by ``clock``: the clock itself rather than a method that calls
+    # it (a Python frame fewer per reading: five per connection, 2.7 per QoS 1 round trip)
+    now: Callable[[], float] = attrs.field(init=False)
     router: Router = attrs.field(init=False)
     retained: RetainedStore[Message] = attrs.Factory(RetainedStore)
     sessions: dict[str, Session] = attrs.Factory(dict)
@@ -352,11 +355,9 @@ class BrokerCore:
     _started: float = 0.0
 
     def __attrs_post_init__(self) -> None:
+        self.now = self.clock
         self.router = Router(is_available=self._is_online)
         self._started = self.clock()
-
-    def now(self) -> float:
-        return self.clock()
 
     def uptime(self) -> float:
         """Seconds since this core was made (the broker started)."""
