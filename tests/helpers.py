@@ -395,15 +395,18 @@ class LocalOnlyLink:
 def accept_fails_once(monkeypatch: pytest.MonkeyPatch, error: int) -> list[OSError]:
     """The next accept(2) of any listening socket raises OSError ``error``; the list
     holds that error until it has been raised (then it is empty)."""
-    real_accept = socket.socket.accept
+    # (accept(2) itself is the C method ``_accept``, which socket.accept and the
+    # listener's ListeningSocket.accept both call)
+    real_accept = socket.socket._accept  # type: ignore[attr-defined]
     failures = [OSError(error, os.strerror(error))]
 
-    def accept(self: socket.socket) -> tuple[socket.socket, Any]:
+    def accept(self: socket.socket) -> tuple[int, Any]:
         if failures:
             raise failures.pop()
-        return real_accept(self)
+        result: tuple[int, Any] = real_accept(self)
+        return result
 
-    monkeypatch.setattr(socket.socket, "accept", accept)
+    monkeypatch.setattr(socket.socket, "_accept", accept)
     return failures
 
 

@@ -23,6 +23,7 @@ import socket
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
@@ -423,6 +424,14 @@ class ListeningSocket(socket.socket):
     @property
     def type(self) -> socket.SocketKind:
         return self._type
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        """``socket.accept`` as a non-blocking listener needs it: the new socket made
+        from the family and type read once, and no blocking mode to pass on (the
+        stdlib's asks two timeouts per connection, and this socket's ``family`` and
+        ``type`` through these properties: three Python calls fewer per connection)."""
+        fd, address = self._accept()  # type: ignore[attr-defined]
+        return socket.socket(self._family, self._type, self.proto, fileno=fd), address
 
 
 async def _accept_loop(
