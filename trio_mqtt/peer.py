@@ -57,10 +57,8 @@ class SocketEnds:
     remote: Endpoint | None
 
     def peer(self) -> PeerInfo:
-        """The PeerInfo when nothing but the socket speaks: the client is its peer
-        (``PeerInfo.from_socket``)."""
-        # (by position, in the fields' order, as from_socket: no dict of keywords)
-        return PeerInfo(self.listener, self.transport, self.local, self.remote, self.remote)
+        """The PeerInfo when nothing but the socket speaks: the client is its peer."""
+        return PeerInfo.from_socket(self.listener, self.transport, self.local, self.remote)
 
 
 @attrs.frozen

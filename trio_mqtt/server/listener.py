@@ -541,27 +541,22 @@ def _accepted(
         # (the member's value: .value is a Python-level property, ~1.5k instructions)
         transport = config.transport._value_
         parks = _parks_at_mqtt(config)
+        preamble: Preamble | None = None
         if parks and config.proxy_protocol.mode is _PROXY_OFF:
             # the socket's PeerInfo at once, with no SocketEnds to build it from
-            peer = PeerInfo.from_socket(handle.name, transport, local, remote)
-            started = True  # (it ends the connection itself if it refuses it)
-            _start_parked(
-                core, handle, handler_nursery, stream, Preamble(peer, b""), first_steps=first_steps
-            )
-            return
-        ends = SocketEnds(handle.name, transport, local, remote)
-        if parks:
-            preamble, received = _preamble_at_once(handle, ends, stream)
-            if preamble is not None:
-                started = True
-                _start_parked(
-                    core, handle, handler_nursery, stream, preamble, first_steps=first_steps
+            preamble = Preamble(PeerInfo.from_socket(handle.name, transport, local, remote), b"")
+        else:
+            ends = SocketEnds(handle.name, transport, local, remote)
+            if parks:
+                preamble, received = _preamble_at_once(handle, ends, stream)
+            if preamble is None:
+                handler_nursery.start_soon(
+                    _serve_connection, core, handle, handler_nursery, stream, ends, received
                 )
+                started = True
                 return
-        handler_nursery.start_soon(
-            _serve_connection, core, handle, handler_nursery, stream, ends, received
-        )
-        started = True
+        started = True  # (it ends the connection itself if it refuses it)
+        _start_parked(core, handle, handler_nursery, stream, preamble, first_steps=first_steps)
     finally:
         if not started:
             handle.connection_ended()
