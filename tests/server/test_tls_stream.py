@@ -219,13 +219,16 @@ async def test_large_writes_span_many_records_and_reads_stay_bounded(
 ) -> None:
     blob = bytes(range(256)) * 1200  # 300 KiB: about 19 records of 16 KiB
     async with tls_pair(pki, memory=memory, small=True) as (client, server, _peer):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.send_all, blob)
-            received = bytearray()
-            while len(received) < len(blob):
-                chunk = await server.receive_some(1000)
-                assert 0 < len(chunk) <= 1000  # never more plaintext than asked for
-                received += chunk
+        # (a record's plaintext left after a bounded read must be found without more
+        # ciphertext coming: otherwise the last record's rest is never read)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_all, blob)
+                received = bytearray()
+                while len(received) < len(blob):
+                    chunk = await server.receive_some(1000)
+                    assert 0 < len(chunk) <= 1000  # never more plaintext than asked for
+                    received += chunk
         assert received == blob
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.send_all, blob)
@@ -244,6 +247,44 @@ async def test_send_nowait_leaves_what_a_full_socket_refuses_for_send_all(pki: T
         assert not server.backlog
         assert server.send_nowait(b"small")  # room again: all written at once
         assert await receive_exactly(client, 5) == b"small"
+
+
+async def test_receive_nowait_reads_what_is_there_and_says_when_to_wait(pki: TestPKI) -> None:
+    # The connection's reader on a socket calls receive_nowait and waits for the socket
+    # itself: it must get every record already here without a wait (two records that
+    # came in one socket read), and be told to wait only when nothing is left.
+    async with tls_pair(pki) as (client, server, _peer):
+        assert server.reads_socket()
+        assert server.receive_nowait(65536) is None  # nothing sent yet
+        await client.send_all(b"first")
+        await client.send_all(b"second")  # two records, in the socket together
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.receive_nowait(65536, socket_ready=True) == b"first"
+        assert not server.wait_first  # the second record is here: no wait for it
+        assert server.receive_nowait(65536) == b"second"
+        assert server.wait_first  # all read, and the socket read was short
+        assert server.receive_nowait(65536) is None
+        await client.send_all(b"third")
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.receive_nowait(65536, socket_ready=True) == b"third"
+        await client.aclose()  # close_notify
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.receive_nowait(65536, socket_ready=True) == b""
+
+
+async def test_receive_nowait_leaves_a_socket_behind_a_proxy_leftover_alone(
+    pki: TestPKI,
+) -> None:
+    # While the PROXY preamble's leftover holds bytes, they must reach OpenSSL before
+    # anything read from the socket: the reader goes through receive_some then.
+    client_transport, transport = socket_pair()
+    prefixed = PrefixedStream(transport, b"leftover")
+    server = TLSStream(prefixed, ServerTLS.load(pki.tls_config()).context)
+    assert not server.reads_socket()
+    await prefixed.receive_some(8)  # the leftover taken
+    assert server.reads_socket()
+    await trio.aclose_forcefully(client_transport)
+    await trio.aclose_forcefully(server)
 
 
 # ------------------------------------------------------------------ ends
@@ -476,6 +517,36 @@ async def test_tls_reads_wait_after_a_short_read_instead_of_finding_nothing(
             assert await read_packets(client, reader, 1) == [Pingresp()]
         monkeypatch.undo()
     assert reads.eagain == 0
+
+
+async def test_the_reader_of_a_tls_socket_reads_records_as_plain_tcp_reads_bytes(
+    pki: TestPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a socket the connection's reader waits for the socket itself and takes records
+    # with receive_nowait (receive_some's coroutines are not resumed per record); records
+    # that came together are all answered, without a wait between them.
+    received_some = 0
+    real_receive_some = TLSStream.receive_some
+
+    async def counting_receive_some(self: TLSStream, max_bytes: int | None = None) -> Any:
+        nonlocal received_some
+        received_some += 1
+        return await real_receive_some(self, max_bytes)
+
+    reader = PacketReader(protocol_version=V311, server_side=False)
+    async with tls_connection(pki) as (client, _server):
+        await client.send_all(encode(Connect(client_id="tls-direct", keep_alive=60), V311))
+        assert await read_packets(client, reader, 1) == [Connack()]
+        monkeypatch.setattr(TLSStream, "receive_some", counting_receive_some)
+        with trio.fail_after(10):
+            for _ in range(5):
+                await client.send_all(encode(Pingreq(), V311))
+                assert await read_packets(client, reader, 1) == [Pingresp()]
+            for _ in range(5):  # three records back to back each time
+                for _ in range(3):
+                    await client.send_all(encode(Pingreq(), V311))
+                assert await read_packets(client, reader, 3) == [Pingresp()] * 3
+    assert received_some == 0
 
 
 async def test_a_tls_read_with_nothing_buffered_goes_for_ciphertext_first(

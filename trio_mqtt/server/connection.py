@@ -793,6 +793,8 @@ async def _read_loop(task: _Task, resumed: bool, stepped: bool = False) -> bool:
     # and once drained, a prefix is not asked again (it never fills up again)
     prefixed = stream if isinstance(stream, PrefixedStream) and stream.prefix_pending else None
     drained = False  # the last socket read left the socket empty (as far as we know)
+    tls = output.tls  # TLS on a socket: read as plain TCP is once no PROXY leftover is
+    tls_direct = False  # pending (then tls_direct, for good)
     while not conn.wants_close and not output.stopped:
         if stepped:  # what the last step left: slow checks, subscribers to catch up
             stepped = False
@@ -871,6 +873,24 @@ async def _read_loop(task: _Task, resumed: bool, stepped: bool = False) -> bool:
                 else:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 drained = len(data) < RECEIVE_SIZE
+            elif tls is not None and (tls_direct or (tls_direct := tls.reads_socket())):
+                # TLS on a socket, no PROXY leftover pending: as plain TCP above, the
+                # TLSStream decrypting (and reading the socket when it may have more),
+                # without its receive_some's coroutine frames to resume per record
+                await trio.lowlevel.checkpoint_if_cancelled()
+                data = None if tls.wait_first else tls.receive_nowait(RECEIVE_SIZE)
+                if data is None:
+                    output.arm(watch)
+                    try:
+                        while data is None:
+                            await trio.lowlevel.wait_readable(ring_fd)
+                            data = tls.receive_nowait(RECEIVE_SIZE, socket_ready=True)
+                    finally:
+                        output.idle = False
+                elif resumed:
+                    resumed = False
+                else:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
             elif ring_fd >= 0:
                 # TLS or WebSocket on a socket: TLSStream, or the socket stream under
                 # the WebSocketStream, waits in wait_readable(ring_fd) as well

@@ -91,6 +91,9 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._sending = False  # a send_all is flushing the backlog through the transport
         self._eof_sent = False  # send_eof: our close_notify went; no more sending
         self._drained = False  # the last socket read left the socket empty, most likely
+        self._ahead = True  # the last record read may have plaintext left in the SSL object
+        # receive_nowait's word to a reader that waits for the socket itself: wait first
+        self.wait_first = False
         # while a PROXY preamble's leftover is pending, reads go through the layers
         self._prefix = transport_stream if isinstance(transport_stream, PrefixedStream) else None
         self.fd = socket_fd(transport_stream)  # -1: no socket, every byte via the transport
@@ -168,47 +171,84 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            waited = False
-            ssl_object = self.ssl_object
-            incoming = self._incoming
-            # With nothing buffered (no ciphertext, no plaintext decrypted ahead) a read
-            # of the SSL object could only raise SSLWantReadError: an exception per
-            # record. Then go for ciphertext first.
-            decrypt = bool(incoming.pending or incoming.eof or ssl_object.pending())
-            while True:
-                if decrypt:
-                    try:
-                        data = ssl_object.read(max_bytes)
-                    except ssl.SSLWantReadError:
-                        pass
-                    except ssl.SSLZeroReturnError:
-                        data = b""  # close_notify
-                        break
-                    except (ssl.SSLError, ssl.CertificateError) as exc:
-                        self._state = _State.BROKEN
-                        raise trio.BrokenResourceError from exc
-                    else:
-                        break
-                decrypt = True
-                # No whole record decrypted: more ciphertext first. After a socket
-                # read that took less than the socket could give, wait first rather
-                # than read once more for EAGAIN (as server/connection.py does).
-                chunk = None if self._drained else self._read_now()
-                if chunk is None:
-                    chunk = await self._read_waiting()
-                    waited = True
-                self._drained = len(chunk) < RECEIVE_SIZE
-                if chunk:
-                    incoming.write(chunk)
-                else:
-                    incoming.write_eof()  # the next read says clean or not
-            if self._outgoing.pending:
-                self._reader_output()
-            if not waited:
+            data = self.receive_nowait(max_bytes)
+            if data is not None:
                 await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+            while data is None:
+                self._feed(await self._read_waiting())
+                data = self.receive_nowait(max_bytes)
             return data
         finally:
             self._receiving = False
+
+    def reads_socket(self) -> bool:
+        """Whether reads go to the socket itself now (no PROXY leftover pending): then
+        the connection's reader may call ``receive_nowait`` and wait for the socket
+        itself, as it does on plain TCP."""
+        return self.fd >= 0 and (self._prefix is None or not self._prefix_pending())
+
+    def receive_nowait(self, max_bytes: int, socket_ready: bool = False) -> bytes | None:
+        """Plaintext now: one record decrypted from what is buffered, after reading the
+        socket when it may have more (or ``socket_ready``: it was just seen readable);
+        b"" after close_notify. None: no whole record here; wait until the socket is
+        readable (``reads_socket``; else ``receive_some`` reads the transport), then
+        call again with ``socket_ready``.
+
+        ``receive_some`` waits around this; the connection's reader on a socket calls
+        it itself and waits for the socket as on plain TCP, which saves it two
+        coroutine frames resumed per record. No checkpoint: the caller owns those. One
+        reader at a time (not checked here: nothing here awaits).
+        """
+        if self._state is not _OPEN:
+            self._check_usable()
+        read_socket = socket_ready or not self._drained
+        incoming = self._incoming
+        # With nothing buffered the SSL object is not asked: it could only raise
+        # SSLWantReadError, an exception per record. Plaintext decrypted ahead is left
+        # only by a read that filled max_bytes (a read ends with its record).
+        if self._ahead:
+            decrypt = bool(incoming.pending or incoming.eof or self.ssl_object.pending())
+        else:
+            decrypt = bool(incoming.pending or incoming.eof)
+        while True:
+            if decrypt:
+                try:
+                    data = self.ssl_object.read(max_bytes)
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLZeroReturnError:
+                    data = b""  # close_notify
+                    break
+                except (ssl.SSLError, ssl.CertificateError) as exc:
+                    self._state = _State.BROKEN
+                    raise trio.BrokenResourceError from exc
+                else:
+                    self._ahead = len(data) >= max_bytes
+                    break
+            # No whole record decrypted: more ciphertext first. After a socket read
+            # that took less than the socket could give, wait rather than read once
+            # more for EAGAIN (as server/connection.py does).
+            chunk = self._read_now() if read_socket else None
+            if chunk is None:
+                return None
+            self._feed(chunk)
+            read_socket = not self._drained
+            decrypt = True
+        # the next call would find nothing: no ciphertext here, none decrypted ahead,
+        # and the last socket read took less than the socket could give
+        self.wait_first = self._drained and not (incoming.pending or incoming.eof or self._ahead)
+        if self._outgoing.pending:
+            self._reader_output()
+        return data
+
+    def _feed(self, chunk: bytes) -> None:
+        """Hand ciphertext read from the socket (b"": its EOF) to OpenSSL."""
+        self._drained = len(chunk) < RECEIVE_SIZE
+        if chunk:
+            self._incoming.write(chunk)
+        else:
+            self._incoming.write_eof()  # the next read says clean or not
 
     def _read_now(self) -> bytes | None:
         """Ciphertext the socket has now, b"" at EOF; None: none yet, or no socket."""
@@ -280,12 +320,26 @@ class TLSStream(trio.abc.HalfCloseableStream):
         if self._state is not _OPEN or self._eof_sent:
             return False
         try:
-            self._encrypt(data)
-        except trio.BrokenResourceError:
+            self.ssl_object.write(data)
+        except (ssl.SSLError, ssl.CertificateError):
+            self._state = _State.BROKEN
+            return False  # (the send_all that follows raises BrokenResourceError)
+        backlog = self.backlog
+        if backlog or self._delayed or self._sending or self.fd < 0:
+            self._take_outgoing()  # behind what waits already
+            if not self._sending:
+                self._write_backlog()
+            return not backlog
+        # nothing waits: the records go straight to the socket (one call, not three)
+        records = self._outgoing.read()
+        try:
+            sent = os.write(self.fd, records)
+        except OSError:
+            sent = 0  # would block, or broken: the transport's send_all says which
+        if sent < len(records):
+            backlog += memoryview(records)[sent:]
             return False
-        if not self._sending:
-            self._write_backlog()
-        return not self.backlog
+        return True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt ``data`` and send it with what the backlog holds before it.
