@@ -63,6 +63,39 @@ def socket_pair(*, small: bool = False) -> tuple[trio.SocketStream, WatchedSocke
     return client, WatchedSocketStream(server.socket)
 
 
+class HeldWrites(trio.abc.Stream):
+    """A client transport whose writes can be held and then sent in one write: records
+    the client's SSLStream produced one by one reach the server in one socket read."""
+
+    transport: trio.abc.Stream  # the client's transport (set by tls_pair)
+
+    def __init__(self) -> None:
+        self.held: bytearray | None = None
+
+    def hold(self) -> None:
+        self.held = bytearray()
+
+    async def release(self) -> None:
+        held, self.held = self.held, None
+        assert held is not None
+        await self.transport.send_all(bytes(held))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.held is None:
+            await self.transport.send_all(data)
+        else:
+            self.held += data
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.transport.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
 @asynccontextmanager
 async def tls_pair(
     pki: TestPKI,
@@ -70,15 +103,19 @@ async def tls_pair(
     client_cert: CertFiles | None = None,
     small: bool = False,
     memory: bool = False,
+    held: HeldWrites | None = None,
     **tls_options: bool,
 ) -> AsyncIterator[tuple[trio.SSLStream[Any], TLSStream, PeerInfo]]:
-    """A client SSLStream and our server TLSStream with the handshake done, and the peer."""
+    """A client SSLStream and our server TLSStream with the handshake done, and the peer.
+    ``held``: the client writes through it (its transport is set here)."""
     transport: trio.abc.Stream
     client_transport: trio.abc.Stream
     if memory:
         client_transport, transport = trio.testing.memory_stream_pair()
     else:
         client_transport, transport = socket_pair(small=small)
+    if held is not None:
+        held.transport, client_transport = client_transport, held
     client = trio.SSLStream(
         client_transport, pki.client_context(client_cert), server_hostname="localhost"
     )
@@ -102,12 +139,12 @@ async def tls_pair(
 
 @asynccontextmanager
 async def tls_connection(
-    pki: TestPKI, *, memory: bool = False
+    pki: TestPKI, *, memory: bool = False, held: HeldWrites | None = None
 ) -> AsyncIterator[tuple[trio.SSLStream[Any], TLSStream]]:
     """A client connected over TLS to ``run_connection`` (a fresh core); the server's
     TLSStream too. The connection is cancelled at the end."""
     async with (
-        tls_pair(pki, memory=memory) as (client, server, peer),
+        tls_pair(pki, memory=memory, held=held) as (client, server, peer),
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(run_connection, server, make_core(trio.current_time), peer, nursery)
@@ -272,11 +309,10 @@ async def test_receive_nowait_reads_what_is_there_and_says_when_to_wait(pki: Tes
         assert server.receive_nowait(65536, socket_ready=True) == b""
 
 
-async def test_receive_nowait_leaves_a_socket_behind_a_proxy_leftover_alone(
-    pki: TestPKI,
-) -> None:
+async def test_a_pending_proxy_leftover_keeps_the_reader_off_the_socket(pki: TestPKI) -> None:
     # While the PROXY preamble's leftover holds bytes, they must reach OpenSSL before
-    # anything read from the socket: the reader goes through receive_some then.
+    # anything read from the socket: reads_socket() says no until it is drained, and the
+    # reader (_read_loop) goes through receive_some until then.
     client_transport, transport = socket_pair()
     prefixed = PrefixedStream(transport, b"leftover")
     server = TLSStream(prefixed, ServerTLS.load(pki.tls_config()).context)
@@ -534,7 +570,8 @@ async def test_the_reader_of_a_tls_socket_reads_records_as_plain_tcp_reads_bytes
         return await real_receive_some(self, max_bytes)
 
     reader = PacketReader(protocol_version=V311, server_side=False)
-    async with tls_connection(pki) as (client, _server):
+    held = HeldWrites()
+    async with tls_connection(pki, held=held) as (client, _server):
         await client.send_all(encode(Connect(client_id="tls-direct", keep_alive=60), V311))
         assert await read_packets(client, reader, 1) == [Connack()]
         monkeypatch.setattr(TLSStream, "receive_some", counting_receive_some)
@@ -542,9 +579,11 @@ async def test_the_reader_of_a_tls_socket_reads_records_as_plain_tcp_reads_bytes
             for _ in range(5):
                 await client.send_all(encode(Pingreq(), V311))
                 assert await read_packets(client, reader, 1) == [Pingresp()]
-            for _ in range(5):  # three records back to back each time
+            for _ in range(5):  # three records in one socket write each time
+                held.hold()
                 for _ in range(3):
                     await client.send_all(encode(Pingreq(), V311))
+                await held.release()
                 assert await read_packets(client, reader, 3) == [Pingresp()] * 3
     assert received_some == 0
 

@@ -878,7 +878,10 @@ async def _read_loop(task: _Task, resumed: bool, stepped: bool = False) -> bool:
                 # TLSStream decrypting (and reading the socket when it may have more),
                 # without its receive_some's coroutine frames to resume per record
                 await trio.lowlevel.checkpoint_if_cancelled()
-                data = None if tls.wait_first else tls.receive_nowait(RECEIVE_SIZE)
+                if tls.wait_first and not resumed:
+                    data = None
+                else:  # (resumed: the park saw the socket readable)
+                    data = tls.receive_nowait(RECEIVE_SIZE, socket_ready=resumed)
                 if data is None:
                     output.arm(watch)
                     try:

@@ -10,7 +10,8 @@ path of ``server/connection.py`` does:
 - it reads ciphertext from the socket's descriptor itself (``os.read``, then
   ``wait_readable`` only when nothing is there), decrypts it with an ``ssl.SSLObject``,
   and returns at most ``max_bytes`` of plaintext (one TLS record at most: nothing more
-  is decrypted ahead);
+  is decrypted ahead); ``receive_nowait`` is the same without the waits, for the
+  connection's reader, which waits for the socket itself as it does on plain TCP;
 - ``send_nowait`` encrypts and writes with one non-blocking ``os.write``, so the
   connection's reader can answer what it just read without a writer task (the
   direct-write shortcut); what the socket does not take stays here (``backlog``) until
