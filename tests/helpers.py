@@ -245,6 +245,16 @@ async def open_client(
 
 
 #: Socket buffers far below what the tests send (the kernel rounds them up a little).
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port of ``host`` that was free a moment ago (bound to port 0, then
+    released): for a program that cannot be told port 0 (mosquitto, haproxy, a worker
+    process). Another process may take it meanwhile; the tests that use it say so."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 SMALL_SOCKET_BUFFER = 4096
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -23,6 +22,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+from helpers import free_port
 from integration.test_cli_process import BrokerProcess
 from nats_server import nats_server_binary
 from rawclient import RawClient
@@ -43,14 +43,6 @@ CONNECTED = re.compile(
 STARTUP_TIMEOUT = 30.0  # three processes importing and starting on a busy 2-core machine
 EXIT_TIMEOUT = 30.0  # shutdown_timeout 1 s per worker, leaving the cluster, nats-server
 CLIENTS = 20
-
-
-def free_port() -> int:
-    """A port of 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def is_running(pid: int) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 import attrs
 import paho.mqtt.client as mqtt
 import trio
+from helpers import free_port
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -34,14 +35,6 @@ STOP_TIMEOUT = 5.0
 START_ATTEMPTS = 3
 BACKEND = "be_mqtt"
 SERVER = "broker"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bound to ``host`` port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def haproxy_config(

@@ -11,13 +11,13 @@ the test skips, or fails under ``TRIO_MQTT_REQUIRE_TOOLS=1`` (see tests/tools.py
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+from helpers import free_port
 from tools import require_tool
 
 from trio_mqtt.auth import PasswordFile
@@ -26,14 +26,6 @@ from trio_mqtt.passwd import main as passwd_main
 STARTUP_TIMEOUT = 10.0
 PROCESS_TIMEOUT = 10.0
 START_ATTEMPTS = 3
-
-
-def free_port() -> int:
-    """A 127.0.0.1 TCP port that was free a moment ago (mosquitto cannot take port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @asynccontextmanager

@@ -8,7 +8,6 @@ clients, concurrent connections) are checked with short limits.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from helpers import wait_until
+from helpers import free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from rawclient import RawClient
 
@@ -242,12 +241,6 @@ async def test_readyz_is_503_from_the_start_of_shutdown_while_clients_are_still_
                 break
             await stream.aclose()
             await trio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_readyz_is_503_while_starting_up() -> None:

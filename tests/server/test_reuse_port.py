@@ -13,7 +13,7 @@ import socket
 
 import pytest
 import trio
-from helpers import wait_until
+from helpers import free_port, wait_until
 from rawclient import RawClient
 
 from trio_mqtt import BrokerConfig, ListenerConfig, open_broker
@@ -24,14 +24,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 CLIENTS = 40  # all on one of two sockets by chance: 2 ** -39
-
-
-def free_port() -> int:
-    """A port of 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def os_errors(exc: BaseException) -> list[OSError]:
