@@ -21,7 +21,16 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import PEER, V5, V311, SocketReads, make_core, read_packets, socket_stream_pair
+from helpers import (
+    PEER,
+    V5,
+    V311,
+    GatedStream,
+    SocketReads,
+    make_core,
+    read_packets,
+    socket_stream_pair,
+)
 from tools import require_tool
 
 from trio_mqtt.config import ListenerConfig
@@ -63,14 +72,11 @@ def socket_pair(*, small: bool = False) -> tuple[trio.SocketStream, WatchedSocke
     return client, WatchedSocketStream(server.socket)
 
 
-class HeldWrites(trio.abc.Stream):
+class HeldWrites(GatedStream):
     """A client transport whose writes can be held and then sent in one write: records
     the client's SSLStream produced one by one reach the server in one socket read."""
 
-    transport: trio.abc.Stream  # the client's transport (set by tls_pair)
-
-    def __init__(self) -> None:
-        self.held: bytearray | None = None
+    held: bytearray | None = None
 
     def hold(self) -> None:
         self.held = bytearray()
@@ -78,22 +84,13 @@ class HeldWrites(trio.abc.Stream):
     async def release(self) -> None:
         held, self.held = self.held, None
         assert held is not None
-        await self.transport.send_all(bytes(held))
+        await super().send_all(held)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.held is None:
-            await self.transport.send_all(data)
+            await super().send_all(data)
         else:
             self.held += data
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.transport.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()
 
 
 @asynccontextmanager
@@ -103,19 +100,19 @@ async def tls_pair(
     client_cert: CertFiles | None = None,
     small: bool = False,
     memory: bool = False,
-    held: HeldWrites | None = None,
+    held: bool = False,
     **tls_options: bool,
 ) -> AsyncIterator[tuple[trio.SSLStream[Any], TLSStream, PeerInfo]]:
     """A client SSLStream and our server TLSStream with the handshake done, and the peer.
-    ``held``: the client writes through it (its transport is set here)."""
+    ``held``: the client's transport is a ``HeldWrites`` (its ``transport_stream``)."""
     transport: trio.abc.Stream
     client_transport: trio.abc.Stream
     if memory:
         client_transport, transport = trio.testing.memory_stream_pair()
     else:
         client_transport, transport = socket_pair(small=small)
-    if held is not None:
-        held.transport, client_transport = client_transport, held
+    if held:
+        client_transport = HeldWrites(client_transport)
     client = trio.SSLStream(
         client_transport, pki.client_context(client_cert), server_hostname="localhost"
     )
@@ -139,7 +136,7 @@ async def tls_pair(
 
 @asynccontextmanager
 async def tls_connection(
-    pki: TestPKI, *, memory: bool = False, held: HeldWrites | None = None
+    pki: TestPKI, *, memory: bool = False, held: bool = False
 ) -> AsyncIterator[tuple[trio.SSLStream[Any], TLSStream]]:
     """A client connected over TLS to ``run_connection`` (a fresh core); the server's
     TLSStream too. The connection is cancelled at the end."""
@@ -570,8 +567,9 @@ async def test_the_reader_of_a_tls_socket_reads_records_as_plain_tcp_reads_bytes
         return await real_receive_some(self, max_bytes)
 
     reader = PacketReader(protocol_version=V311, server_side=False)
-    held = HeldWrites()
-    async with tls_connection(pki, held=held) as (client, _server):
+    async with tls_connection(pki, held=True) as (client, _server):
+        held = client.transport_stream
+        assert isinstance(held, HeldWrites)
         await client.send_all(encode(Connect(client_id="tls-direct", keep_alive=60), V311))
         assert await read_packets(client, reader, 1) == [Connack()]
         monkeypatch.setattr(TLSStream, "receive_some", counting_receive_some)
