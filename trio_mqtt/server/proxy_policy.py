@@ -128,7 +128,7 @@ def preamble_at_once(
     ends: SocketEnds,
     counts: ProxyCounts,
     *,
-    trusted: bool | None = None,
+    trusted: bool = False,
 ) -> Preamble | None:
     """``read_proxy_preamble`` when ``received``, the connection's first bytes, decide it
     (a whole header, or none where it is optional): the same Preamble, or the same
@@ -136,10 +136,11 @@ def preamble_at_once(
 
     A proxy sends its header right behind the TCP handshake, so in a burst of new
     connections it is often in the socket with the client's first bytes when the
-    connection is accepted: then no task has to wait for it. ``trusted``: whether
-    ``policy`` trusts the socket's peer, if the caller asked already (``is_trusted``).
+    connection is accepted: then no task has to wait for it. ``trusted=True``: the
+    caller found the socket's peer trusted already (``is_trusted``); otherwise it is
+    asked here, and an untrusted one refused and counted where a header is required.
     """
-    if not trusted:  # (not asked, or not trusted: refused and counted if required)
+    if not trusted:
         trusted = _trusted(policy, ends, counts)
     if policy.mode is _OPTIONAL and _without_header(received, trusted, ends, counts):
         return Preamble(ends.peer(), received)
