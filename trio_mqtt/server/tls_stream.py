@@ -254,6 +254,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
     def _read_now(self) -> bytes | None:
         """Ciphertext the socket has now, b"" at EOF; None: none yet, or no socket."""
         fd = self.fd
+        # (reads_socket() written out: this runs for every socket read)
         if fd < 0 or (self._prefix is not None and self._prefix_pending()):
             return None
         try:
@@ -267,7 +268,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
     async def _read_waiting(self) -> bytes:
         """Ciphertext, waiting for it (a checkpoint); b"" at EOF."""
         fd = self.fd
-        if fd < 0 or (self._prefix is not None and self._prefix_pending()):
+        if not self.reads_socket():
             try:
                 return bytes(await self.transport_stream.receive_some(RECEIVE_SIZE))
             except trio.BrokenResourceError:
