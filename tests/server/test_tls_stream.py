@@ -285,25 +285,58 @@ async def test_send_nowait_leaves_what_a_full_socket_refuses_for_send_all(pki: T
 
 async def test_receive_nowait_reads_what_is_there_and_says_when_to_wait(pki: TestPKI) -> None:
     # The connection's reader on a socket calls receive_nowait and waits for the socket
-    # itself: it must get every record already here without a wait (two records that
-    # came in one socket read), and be told to wait only when nothing is left.
+    # itself: records that came in one socket read come back together, as plain TCP's
+    # bytes do (one pass of the connection for them), never more than max_bytes; and it
+    # is told to wait only when nothing is left.
     async with tls_pair(pki) as (client, server, _peer):
         assert server.reads_socket()
         assert server.receive_nowait(65536) is None  # nothing sent yet
-        await client.send_all(b"first")
-        await client.send_all(b"second")  # two records, in the socket together
+        for data in (b"first", b"second", b"third"):  # three records, in the socket together
+            await client.send_all(data)
         await trio.testing.wait_all_tasks_blocked()
-        assert server.receive_nowait(65536, socket_ready=True) == b"first"
-        assert not server.wait_first  # the second record is here: no wait for it
-        assert server.receive_nowait(65536) == b"second"
+        assert server.receive_nowait(8, socket_ready=True) == b"firstsec"
+        assert not server.wait_first  # the rest is here: no wait for it
+        assert server.receive_nowait(65536) == b"ondthird"
         assert server.wait_first  # all read, and the socket read was short
         assert server.receive_nowait(65536) is None
-        await client.send_all(b"third")
+        await client.send_all(b"fourth")
         await trio.testing.wait_all_tasks_blocked()
-        assert server.receive_nowait(65536, socket_ready=True) == b"third"
+        assert server.receive_nowait(65536, socket_ready=True) == b"fourth"
         await client.aclose()  # close_notify
         await trio.testing.wait_all_tasks_blocked()
         assert server.receive_nowait(65536, socket_ready=True) == b""
+
+
+@pytest.mark.parametrize("after", ["close_notify", "garbage"])
+async def test_what_ends_records_read_together_is_said_by_the_next_read(
+    pki: TestPKI, after: str
+) -> None:
+    # Records read ahead of the first one stop at a close_notify or at a record OpenSSL
+    # rejects; the plaintext before it comes first, and the next read says what it was,
+    # without waiting for a socket that brings nothing more (the client keeps it open).
+    async with tls_pair(pki, held=True) as (client, server, _peer), trio.open_nursery() as nursery:
+        held = client.transport_stream
+        assert isinstance(held, HeldWrites)
+        held.hold()
+        await client.send_all(b"one")
+        await client.send_all(b"two")
+        if after == "close_notify":
+            nursery.start_soon(client.unwrap)  # sends close_notify, then waits for ours
+            await trio.testing.wait_all_tasks_blocked()
+        else:
+            assert held.held is not None
+            held.held += bytes([23, 3, 3, 0, 20]) + bytes(20)  # application data, bad MAC
+        await held.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.receive_nowait(65536, socket_ready=True) == b"onetwo"
+        assert not server.wait_first
+        if after == "close_notify":
+            assert server.receive_nowait(65536) == b""
+        else:
+            with pytest.raises(trio.BrokenResourceError) as caught:
+                server.receive_nowait(65536)
+            assert isinstance(caught.value.__cause__, ssl.SSLError)
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_pending_proxy_leftover_keeps_the_reader_off_the_socket(pki: TestPKI) -> None:
@@ -566,6 +599,15 @@ async def test_the_reader_of_a_tls_socket_reads_records_as_plain_tcp_reads_bytes
         received_some += 1
         return await real_receive_some(self, max_bytes)
 
+    read_at_once: list[int] = []  # plaintext bytes per receive_nowait that read some
+    real_receive_nowait = TLSStream.receive_nowait
+
+    def counting_receive_nowait(self: TLSStream, max_bytes: int, socket_ready: bool = False) -> Any:
+        data = real_receive_nowait(self, max_bytes, socket_ready)
+        if data:
+            read_at_once.append(len(data))
+        return data
+
     reader = PacketReader(protocol_version=V311, server_side=False)
     async with tls_connection(pki, held=True) as (client, _server):
         held = client.transport_stream
@@ -573,6 +615,7 @@ async def test_the_reader_of_a_tls_socket_reads_records_as_plain_tcp_reads_bytes
         await client.send_all(encode(Connect(client_id="tls-direct", keep_alive=60), V311))
         assert await read_packets(client, reader, 1) == [Connack()]
         monkeypatch.setattr(TLSStream, "receive_some", counting_receive_some)
+        monkeypatch.setattr(TLSStream, "receive_nowait", counting_receive_nowait)
         with trio.fail_after(10):
             for _ in range(5):
                 await client.send_all(encode(Pingreq(), V311))
@@ -584,6 +627,8 @@ async def test_the_reader_of_a_tls_socket_reads_records_as_plain_tcp_reads_bytes
                 await held.release()
                 assert await read_packets(client, reader, 3) == [Pingresp()] * 3
     assert received_some == 0
+    # each PINGREQ is 2 bytes: five alone, then five times three handled in one pass
+    assert read_at_once == [2] * 5 + [6] * 5
 
 
 async def test_a_tls_read_with_nothing_buffered_goes_for_ciphertext_first(

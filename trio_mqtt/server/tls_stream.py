@@ -9,8 +9,9 @@ path of ``server/connection.py`` does:
 
 - it reads ciphertext from the socket's descriptor itself (``os.read``, then
   ``wait_readable`` only when nothing is there), decrypts it with an ``ssl.SSLObject``,
-  and returns at most ``max_bytes`` of plaintext (one TLS record at most: nothing more
-  is decrypted ahead); ``receive_nowait`` is the same without the waits, for the
+  and returns at most ``max_bytes`` of plaintext: the records that came in one socket
+  read, as plain TCP returns the bytes there (what is not all here yet waits with
+  OpenSSL for the rest); ``receive_nowait`` is the same without the waits, for the
   connection's reader, which waits for the socket itself as it does on plain TCP;
 - ``send_nowait`` encrypts and writes with one non-blocking ``os.write``, so the
   connection's reader can answer what it just read without a writer task (the
@@ -93,6 +94,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._eof_sent = False  # send_eof: our close_notify went; no more sending
         self._drained = False  # the last socket read left the socket empty, most likely
         self._ahead = True  # the last record read may have plaintext left in the SSL object
+        self._again = False  # reading ahead met a close_notify or an error: the next call says it
         # receive_nowait's word to a reader that waits for the socket itself: wait first
         self.wait_first = False
         # while a PROXY preamble's leftover is pending, reads go through the layers
@@ -161,7 +163,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
     # ------------------------------------------------------------------ receiving
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        """Up to ``max_bytes`` of plaintext (at most one record), b"" after close_notify."""
+        """Up to ``max_bytes`` of plaintext (the whole records here), b"" after close_notify."""
         if max_bytes is None:
             max_bytes = RECEIVE_SIZE
         elif max_bytes < 1:
@@ -190,7 +192,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         return self.fd >= 0 and (self._prefix is None or not self._prefix_pending())
 
     def receive_nowait(self, max_bytes: int, socket_ready: bool = False) -> bytes | None:
-        """Plaintext now: one record decrypted from what is buffered, after reading the
+        """Plaintext now: the whole records buffered, decrypted, after reading the
         socket when it may have more (or ``socket_ready``: it was just seen readable);
         b"" after close_notify. None: no whole record here; wait until the socket is
         readable (``reads_socket``; else ``receive_some`` reads the transport), then
@@ -208,7 +210,10 @@ class TLSStream(trio.abc.HalfCloseableStream):
         # With nothing buffered the SSL object is not asked: it could only raise
         # SSLWantReadError, an exception per record. Plaintext decrypted ahead is left
         # only by a read that filled max_bytes (a read ends with its record).
-        if self._ahead:
+        if self._again:  # a close_notify or an error met reading ahead: say it now
+            self._again = False
+            decrypt = True
+        elif self._ahead:
             decrypt = bool(incoming.pending or incoming.eof or self.ssl_object.pending())
         else:
             decrypt = bool(incoming.pending or incoming.eof)
@@ -225,6 +230,8 @@ class TLSStream(trio.abc.HalfCloseableStream):
                     self._state = _State.BROKEN
                     raise trio.BrokenResourceError from exc
                 else:
+                    if incoming.pending and data and len(data) < max_bytes:
+                        data = self._read_ahead(data, max_bytes)
                     self._ahead = len(data) >= max_bytes
                     break
             # No whole record decrypted: more ciphertext first. After a socket read
@@ -238,10 +245,36 @@ class TLSStream(trio.abc.HalfCloseableStream):
             decrypt = True
         # the next call would find nothing: no ciphertext here, none decrypted ahead,
         # and the last socket read took less than the socket could give
-        self.wait_first = self._drained and not (incoming.pending or incoming.eof or self._ahead)
+        self.wait_first = self._drained and not (
+            incoming.pending or incoming.eof or self._ahead or self._again
+        )
         if self._outgoing.pending:
             self._reader_output()
         return data
+
+    def _read_ahead(self, data: bytes, max_bytes: int) -> bytes:
+        """*data* and the records that came with its record, up to ``max_bytes``: the
+        connection handles what arrived together in one pass (one parse, one scheduler
+        step), as on plain TCP. A record not all here stays with OpenSSL, which has
+        taken its start; a close_notify or an error is left for the next call
+        (``_again``), after the plaintext before it."""
+        parts = [data]
+        size = len(data)
+        incoming = self._incoming
+        while incoming.pending and size < max_bytes:
+            try:
+                more = self.ssl_object.read(max_bytes - size)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLError, ssl.CertificateError):
+                self._again = True  # raised again by the next read: then it is the error
+                break
+            if not more:
+                self._again = True  # close_notify: b"" from the next call
+                break
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts) if len(parts) > 1 else data
 
     def _feed(self, chunk: bytes) -> None:
         """Hand ciphertext read from the socket (b"": its EOF) to OpenSSL."""
