@@ -848,11 +848,12 @@ async def _read_loop(task: _Task, resumed: bool, stepped: bool = False) -> bool:
                 # A read that took less than the socket could give left it empty,
                 # most likely: then wait first, rather than read once more for EAGAIN
                 # (a system call and an exception per packet of request/response
-                # traffic); bytes that came meanwhile make the wait end at once.
-                await trio.lowlevel.checkpoint_if_cancelled()
+                # traffic); bytes that came meanwhile make the wait end at once. The
+                # wait is a cancel point; a read without one has a checkpoint of its own.
                 if drained:
                     data = None
                 else:
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     try:
                         data = os.read(fd, RECEIVE_SIZE)
                     except BlockingIOError:
@@ -876,11 +877,11 @@ async def _read_loop(task: _Task, resumed: bool, stepped: bool = False) -> bool:
             elif tls is not None and (tls_direct or (tls_direct := tls.reads_socket())):
                 # TLS on a socket, no PROXY leftover pending: as plain TCP above, the
                 # TLSStream decrypting (and reading the socket when it may have more),
-                # without its receive_some's coroutine frames to resume per record
-                await trio.lowlevel.checkpoint_if_cancelled()
+                # without its receive_some's coroutine frames to resume per read
                 if tls.wait_first and not resumed:
                     data = None
                 else:  # (resumed: the park saw the socket readable)
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     data = tls.receive_nowait(RECEIVE_SIZE, socket_ready=resumed)
                 if data is None:
                     output.arm(watch)
