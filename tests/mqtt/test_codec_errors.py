@@ -153,6 +153,26 @@ def test_mqtt_31_tolerates_dup_on_pubrel_subscribe_unsubscribe(data: bytes) -> N
     reject(data, MALFORMED, version=V311)
 
 
+@pytest.mark.parametrize("version", [V31, V311, V5])
+@pytest.mark.parametrize("server_side", [True, False], ids=["server", "client"])
+@pytest.mark.parametrize("packet_type", [4, 5, 6, 7], ids=["PUBACK", "PUBREC", "PUBREL", "PUBCOMP"])
+def test_acknowledgement_flags_are_checked_on_both_sides_in_every_version(
+    version: ProtocolVersion, server_side: bool, packet_type: int
+) -> None:
+    # The reader takes the common first bytes of the acknowledgements without its full
+    # first-byte check: every other flags value must still be refused, on both sides.
+    required = 0b0010 if packet_type == 6 else 0
+    body = b"\x00\x01"  # packet id 1
+    for flags in range(16):
+        data = frame(packet_type << 4 | flags, body)
+        if flags == required or (version is V31 and packet_type == 6 and flags & 0x07 == required):
+            reader = PacketReader(protocol_version=version, server_side=server_side)
+            [packet] = reader.feed(data)
+            assert packet.packet_id == 1  # type: ignore[attr-defined]
+        else:
+            reject(data, MALFORMED, version=version, server_side=server_side)
+
+
 def test_packet_type_0_is_malformed() -> None:
     reject(b"\x00", MALFORMED, match="packet type 0")
     reject(b"\x00\x00", MALFORMED, version=V5)

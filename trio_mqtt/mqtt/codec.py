@@ -628,6 +628,14 @@ _SERVER_TO_CLIENT = frozenset(
     }
 )
 
+# The first bytes of the four acknowledgements with their required flags: sent both ways
+# in every version, so once the version is known _check_first_byte passes them and the
+# reader does not call it for them (a QoS 1 round trip reads a PUBACK for every PUBLISH)
+_ACK_FIRST_BYTES = frozenset(
+    (ptype.value << 4) | _REQUIRED_FLAGS[ptype.value]
+    for ptype in (PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBREL, PacketType.PUBCOMP)
+)
+
 
 def _expect_end(pos: int, end: int, packet: str, after: str) -> None:
     if pos != end:
@@ -1067,7 +1075,8 @@ class PacketReader:
             while pos < size:
                 first = buffer[pos]
                 packet_type = first >> 4
-                if packet_type != 3 or version is None:  # PUBLISH flags: see its decoder
+                # PUBLISH flags: see its decoder
+                if (packet_type != 3 and first not in _ACK_FIRST_BYTES) or version is None:
                     self._check_first_byte(first, version)
                 # Remaining Length: a Variable Byte Integer of at most 4 bytes
                 index = pos + 1
