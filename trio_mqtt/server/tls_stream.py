@@ -236,10 +236,18 @@ class TLSStream(trio.abc.HalfCloseableStream):
                     break
             # No whole record decrypted: more ciphertext first. After a socket read
             # that took less than the socket could give, wait rather than read once
-            # more for EAGAIN (as server/connection.py does).
-            chunk = self._read_now() if read_socket else None
-            if chunk is None:
+            # more for EAGAIN (as server/connection.py does). None: none yet, or no
+            # socket to read (reads_socket() written out: this runs for every read).
+            fd = self.fd
+            if not read_socket or fd < 0 or (self._prefix is not None and self._prefix_pending()):
                 return None
+            try:
+                chunk = os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                self._state = _State.BROKEN
+                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
             self._feed(chunk)
             read_socket = not self._drained
             decrypt = True
@@ -283,20 +291,6 @@ class TLSStream(trio.abc.HalfCloseableStream):
             self._incoming.write(chunk)
         else:
             self._incoming.write_eof()  # the next read says clean or not
-
-    def _read_now(self) -> bytes | None:
-        """Ciphertext the socket has now, b"" at EOF; None: none yet, or no socket."""
-        fd = self.fd
-        # (reads_socket() written out: this runs for every socket read)
-        if fd < 0 or (self._prefix is not None and self._prefix_pending()):
-            return None
-        try:
-            return os.read(fd, RECEIVE_SIZE)
-        except BlockingIOError:
-            return None
-        except OSError as exc:
-            self._state = _State.BROKEN
-            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
     async def _read_waiting(self) -> bytes:
         """Ciphertext, waiting for it (a checkpoint); b"" at EOF."""
