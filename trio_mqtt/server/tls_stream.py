@@ -95,6 +95,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._drained = False  # the last socket read left the socket empty, most likely
         self._ahead = True  # the last record read may have plaintext left in the SSL object
         self._again = False  # reading ahead met a close_notify or an error: the next call says it
+        self._error_ahead: Exception | None = None  # that error, raised by the next call
         # receive_nowait's word to a reader that waits for the socket itself: wait first
         self.wait_first = False
         # while a PROXY preamble's leftover is pending, reads go through the layers
@@ -212,6 +213,10 @@ class TLSStream(trio.abc.HalfCloseableStream):
         # only by a read that filled max_bytes (a read ends with its record).
         if self._again:  # a close_notify or an error met reading ahead: say it now
             self._again = False
+            if (error := self._error_ahead) is not None:
+                self._error_ahead = None
+                self._state = _State.BROKEN
+                raise trio.BrokenResourceError from error
             decrypt = True
         elif self._ahead:
             decrypt = bool(incoming.pending or incoming.eof or self.ssl_object.pending())
@@ -274,8 +279,9 @@ class TLSStream(trio.abc.HalfCloseableStream):
                 more = self.ssl_object.read(max_bytes - size)
             except ssl.SSLWantReadError:
                 break
-            except (ssl.SSLError, ssl.CertificateError):
-                self._again = True  # raised again by the next read: then it is the error
+            except (ssl.SSLError, ssl.CertificateError) as exc:
+                self._again = True
+                self._error_ahead = exc  # (asked again, OpenSSL would say only "EOF")
                 break
             if not more:
                 self._again = True  # close_notify: b"" from the next call
