@@ -444,12 +444,21 @@ def _encode_pub_ack(
     allowed: frozenset[ReasonCode],
     context: PropertyContext,
 ) -> bytes:
-    name = context._name_  # (the member's name: .name is a Python-level property)
-    packet_id = _packet_id(packet.packet_id, name)
+    # (checks written out where they pass: a QoS 1 round trip writes one of these for
+    # every PUBLISH, and Success without properties needs no call to check it)
+    pid = packet.packet_id
+    if pid is None or not 0 < pid <= wire.MAX_U16:
+        packet_id = _packet_id(pid, context._name_)  # raises LocalProtocolError
+    else:
+        packet_id = U16.pack(pid)
     if version != V5:
         return bytes((first_byte, 2)) + packet_id
-    code = _reason_code(packet.reason_code, allowed, name)
+    code = packet.reason_code
     properties = packet.properties
+    if code == 0 and properties is NO_PROPERTIES:  # the short form [MQTT-3.4.2-1]
+        return bytes((first_byte, 2)) + packet_id
+    name = context._name_  # (the member's name: .name is a Python-level property)
+    code = _reason_code(code, allowed, name)
     if properties is NO_PROPERTIES or not properties:
         # short forms [MQTT-3.4.2-1]: no reason code when 0, no property length when empty
         if code == 0:
