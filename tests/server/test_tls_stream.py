@@ -503,6 +503,23 @@ async def test_send_eof_is_close_notify_and_receiving_goes_on(pki: TestPKI, memo
             assert await server.receive_some(100) == b"still listening?"
 
 
+@pytest.mark.parametrize("close", ["send_eof", "aclose"])
+async def test_a_close_notify_before_any_record_reaches_the_client_cleanly(
+    pki: TestPKI, close: str
+) -> None:
+    # Under TLS 1.3 the session tickets wait for our first record; they are records of
+    # their own, numbered, so a close_notify sent before anything else must follow
+    # them: without them the client cannot decrypt it (a bad record MAC, not an EOF).
+    async with tls_pair(pki) as (client, server, _peer):
+        assert server.version() == "TLSv1.3"
+        if close == "send_eof":
+            await server.send_eof()
+        else:
+            await server.aclose()
+        with trio.fail_after(5):
+            assert await client.receive_some(100) == b""  # close_notify: a clean EOF
+
+
 @pytest.mark.parametrize("memory", [False, True], ids=["socket", "memory"])
 async def test_after_its_last_word_the_broker_closes_a_tls_connection_at_once(
     pki: TestPKI, autojump_clock: trio.testing.MockClock, memory: bool

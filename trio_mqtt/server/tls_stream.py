@@ -461,7 +461,6 @@ class TLSStream(trio.abc.HalfCloseableStream):
         if self._eof_sent:
             await trio.lowlevel.checkpoint()
             return
-        self._delayed = b""  # no use for tickets now
         # writes close_notify; SSLWantReadError: the client's has not come yet
         with contextlib.suppress(ssl.SSLError):
             self.ssl_object.unwrap()
@@ -484,7 +483,6 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._state = _State.CLOSED
         try:
             if was_open:
-                self._delayed = b""  # no use for tickets now
                 # writes close_notify; SSLWantReadError: the peer's has not come (nor
                 # is it awaited)
                 with contextlib.suppress(ssl.SSLError):
