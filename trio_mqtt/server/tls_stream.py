@@ -279,6 +279,8 @@ class TLSStream(trio.abc.HalfCloseableStream):
                 more = self.ssl_object.read(max_bytes - size)
             except ssl.SSLWantReadError:
                 break
+            except ssl.SSLZeroReturnError:
+                more = b""  # close_notify (raised rather than returned after our own)
             except (ssl.SSLError, ssl.CertificateError) as exc:
                 self._again = True
                 self._error_ahead = exc  # (asked again, OpenSSL would say only "EOF")
