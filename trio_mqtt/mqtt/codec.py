@@ -455,14 +455,14 @@ def _encode_pub_ack(
         return bytes((first_byte, 2)) + packet_id
     code = packet.reason_code
     properties = packet.properties
-    if code == 0 and properties is NO_PROPERTIES:  # the short form [MQTT-3.4.2-1]
+    # short forms [MQTT-3.4.2-1]: no reason code when 0 (Success, which every
+    # acknowledgement may carry), no property length when there are no properties
+    no_properties = properties is NO_PROPERTIES or not properties
+    if code == 0 and no_properties:
         return bytes((first_byte, 2)) + packet_id
     name = context._name_  # (the member's name: .name is a Python-level property)
     code = _reason_code(code, allowed, name)
-    if properties is NO_PROPERTIES or not properties:
-        # short forms [MQTT-3.4.2-1]: no reason code when 0, no property length when empty
-        if code == 0:
-            return bytes((first_byte, 2)) + packet_id
+    if no_properties:
         return bytes((first_byte, 3)) + packet_id + bytes((code,))
     props = encode_properties(properties, context, name)
     return _frame(first_byte, packet_id + bytes((code,)) + props, name)
