@@ -8,14 +8,13 @@ without it that test is skipped, or fails under ``TRIO_MQTT_REQUIRE_TOOLS=1`` as
 
 from __future__ import annotations
 
-import importlib.util
 import textwrap
 from pathlib import Path
 
 import attrs
 import pytest
 
-from tests.tools import REQUIRE_TOOLS_ENV, tools_required
+from tests.tools import require_module
 from trio_mqtt.broker.core import Accepted, ConnectPlan
 from trio_mqtt.broker.message import Message, StoredMessage
 from trio_mqtt.mqtt.packets import (
@@ -40,17 +39,8 @@ HOT_VALUES = (
 )
 
 
-def _require_mypy() -> None:
-    if importlib.util.find_spec("mypy") is not None:
-        return
-    message = "mypy is not installed (pip install -e '.[dev]')"
-    if tools_required():
-        pytest.fail(f"{message} ({REQUIRE_TOOLS_ENV}=1)", pytrace=False)
-    pytest.skip(f"{message}; set {REQUIRE_TOOLS_ENV}=1 to make this a failure")
-
-
 def test_mypy_refuses_assigning_a_field(tmp_path: Path) -> None:
-    _require_mypy()
+    require_module("mypy")
     from mypy import api
 
     source = tmp_path / "assigns.py"

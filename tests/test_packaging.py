@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import email.message
 import email.parser
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tools import REQUIRE_TOOLS_ENV, tools_required
+from tools import require_module
 
 import trio_mqtt
 
@@ -39,15 +38,6 @@ def _pyproject() -> dict[str, Any]:
     with open(ROOT / "pyproject.toml", "rb") as stream:
         project: dict[str, Any] = tomllib.load(stream)["project"]
     return project
-
-
-def _require_module(name: str) -> None:
-    if importlib.util.find_spec(name) is not None:
-        return
-    message = f"{name} is not installed: python3 -m pip install -e '.[dev]'"
-    if tools_required():
-        pytest.fail(f"{message} ({REQUIRE_TOOLS_ENV}=1)", pytrace=False)
-    pytest.skip(f"{message}; set {REQUIRE_TOOLS_ENV}=1 to make this a failure")
 
 
 def _run(*args: str, cwd: Path) -> str:
@@ -68,7 +58,7 @@ def _run(*args: str, cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sdist and wheel built from a copy of the sources."""
-    _require_module("build")
+    require_module("build")
     source = tmp_path_factory.mktemp("source")
     for name in SOURCES:
         path = ROOT / name
@@ -94,7 +84,7 @@ def _wheel_metadata(wheel: Path) -> email.message.Message:
 
 
 def test_twine_check_accepts_the_sdist_and_the_wheel(dist: Path) -> None:
-    _require_module("twine")
+    require_module("twine")
     files = [str(_one(dist, "*.tar.gz")), str(_one(dist, "*.whl"))]
     output = _run("-m", "twine", "check", "--strict", *files, cwd=dist)
     assert output.count("PASSED") == 2, output

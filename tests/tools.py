@@ -1,5 +1,5 @@
 """Find the external programs some tests talk to (mosquitto, haproxy) or run under
-(valgrind).
+(valgrind), and the Python tools of the ``dev`` extra some tests run (mypy, build, twine).
 
 A missing program skips the test with the Debian package to install, except when
 ``TRIO_MQTT_REQUIRE_TOOLS=1`` (set by ``.ci/run``): then it fails, so CI can never go
@@ -8,6 +8,7 @@ green by silently skipping the interoperability tests.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 
@@ -52,3 +53,19 @@ def require_tool(name: str) -> str:
         f"{name} not installed (Debian package {package}); "
         f"set {REQUIRE_TOOLS_ENV}=1 to make this a failure"
     )
+
+
+def require_module(name: str) -> None:
+    """Skip (or fail, see module doc) unless the Python package *name* is installed.
+
+    A directory of that name on the path is not it: ``pip install .`` leaves ``build/``
+    in the checkout, which Python would import as an empty namespace package ``build``
+    (then ``python -m build`` fails), so only a package with a file of its own counts.
+    """
+    spec = importlib.util.find_spec(name)
+    if spec is not None and spec.origin is not None:
+        return
+    message = f"{name} is not installed: python3 -m pip install -e '.[dev]'"
+    if tools_required():
+        pytest.fail(f"{message} ({REQUIRE_TOOLS_ENV}=1)", pytrace=False)
+    pytest.skip(f"{message}; set {REQUIRE_TOOLS_ENV}=1 to make this a failure")
