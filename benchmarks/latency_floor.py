@@ -40,7 +40,10 @@ in it; the scheduler's run time of the mosquitto process from ``/proc/<pid>/sche
 or its ``/proc/<pid>/stat`` ticks where that is not kept). Runs alternate between the
 servers. Results go to ``benchmarks/results/latency-floor.json`` (``--output``).
 ``--deliver-first`` makes the bare relays write the delivery before the PUBACK, the
-order mosquitto uses (its end-to-end latency is below its PUBACK latency).
+order mosquitto uses (its end-to-end latency is below its PUBACK latency). ``--gap-us``
+makes the client spin that long before each PUBLISH, outside the timed span: the server
+is idle when each round trip starts, nothing of the one before in its way (each run
+reports ``period_us``, the client's time per round trip, gap included).
 
 On a machine shared with other jobs, ``--max-load`` waits before each round (up to
 ``--wait-limit`` seconds) for a quiet machine, ``--wait-absent`` for other jobs' marker
@@ -107,6 +110,8 @@ SERVERS = (
 #: the bare relays write the delivery before the PUBACK (``--deliver-first``; mosquitto's
 #: order) instead of after it
 DELIVER_FIRST = False
+#: microseconds the client spins before each PUBLISH (``--gap-us``), outside the timed span
+GAP_US = 0
 METRICS = ("puback_p50_us", "puback_p99_us", "p50_us", "p99_us", "cpu_us_per_round_trip")
 
 
@@ -133,8 +138,11 @@ def _open(port: int, client_id: str) -> socket.socket:
     return sock
 
 
-def client(port: int, warmup: int, count: int) -> dict[str, Any]:
-    """Round trips at window 1 against the server on *port*; the latencies in ns."""
+def client(port: int, warmup: int, count: int, gap_us: int = 0) -> dict[str, Any]:
+    """Round trips at window 1 against the server on *port*; the latencies in ns.
+
+    *gap_us*: spin that long before each PUBLISH, before its clock starts.
+    """
     subscriber = _open(port, SUBSCRIBER_ID)
     subscriber.sendall(subscribe_packet(1, TOPIC, 1))
     if (reply := _recv_exactly(subscriber, 5)) != SUBACK:
@@ -152,9 +160,15 @@ def client(port: int, warmup: int, count: int) -> dict[str, Any]:
     puback_ns: list[int] = []
     end_to_end_ns: list[int] = []
     errors: list[str] = []
-    deadline = time.monotonic() + DEADLINE_S
+    deadline = time.monotonic() + DEADLINE_S + total * gap_us / 1e6
+    gap_ns = gap_us * 1000
+    run_start = time.perf_counter_ns()
     for seq in range(total):
         packet_id = seq % 65535 + 1
+        if gap_ns:  # spun, not slept: the client's own wake-up stays out of the sample
+            gap_end = time.perf_counter_ns() + gap_ns
+            while time.perf_counter_ns() < gap_end:
+                pass
         start = time.perf_counter_ns()
         if publisher.send(packets[seq]) != len(packets[seq]):  # tiny: the buffer is empty
             raise RuntimeError("short send of a PUBLISH")
@@ -184,12 +198,18 @@ def client(port: int, warmup: int, count: int) -> dict[str, Any]:
         if seq >= warmup:
             puback_ns.append(puback_at - start)
             end_to_end_ns.append(delivered_at - start)
+    run_ns = time.perf_counter_ns() - run_start
     for sock in (publisher, subscriber):
         sock.setblocking(True)
         with contextlib.suppress(OSError):
             sock.sendall(b"\xe0\x00")  # DISCONNECT
         sock.close()
-    return {"puback_ns": puback_ns, "end_to_end_ns": end_to_end_ns, "errors": errors[:10]}
+    return {
+        "puback_ns": puback_ns,
+        "end_to_end_ns": end_to_end_ns,
+        "run_ns": run_ns,
+        "errors": errors[:10],
+    }
 
 
 def _receive(sock: socket.socket, buffer: bytearray) -> bool:
@@ -457,7 +477,8 @@ def _selectors_relay(listener: socket.socket, stop: socket.socket) -> None:
 
 def _client_command(port: int, warmup: int, count: int) -> list[str]:
     module = "benchmarks.latency_floor"
-    return [sys.executable, "-m", module, "--client", str(port), str(warmup), str(count)]
+    gap = str(GAP_US)
+    return [sys.executable, "-m", module, "--client", str(port), str(warmup), str(count), gap]
 
 
 def _outcome(stdout: bytes | str, cpu_s: float, round_trips: int) -> dict[str, Any]:
@@ -472,6 +493,7 @@ def _outcome(stdout: bytes | str, cpu_s: float, round_trips: int) -> dict[str, A
         "p50_us": _percentile(end_to_end, 50) / 1000,
         "p99_us": _percentile(end_to_end, 99) / 1000,
         "cpu_us_per_round_trip": cpu_s / round_trips * 1e6,
+        "period_us": result["run_ns"] / round_trips / 1000,
     }
 
 
@@ -668,14 +690,21 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="the bare relays write the delivery before the PUBACK (mosquitto's order)",
     )
-    parser.add_argument("--client", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--gap-us",
+        type=int,
+        default=0,
+        help="the client spins this long before each PUBLISH (not timed): an idle server",
+    )
+    parser.add_argument("--client", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
         print(json.dumps(client(*args.client)))
         return
     servers = args.server or list(SERVERS)
-    global DELIVER_FIRST  # noqa: PLW0603 (read by the relays, which run in this process)
+    global DELIVER_FIRST, GAP_US  # noqa: PLW0603 (read by the relays and _client_command)
     DELIVER_FIRST = args.deliver_first
+    GAP_US = args.gap_us
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
@@ -713,6 +742,7 @@ def main(argv: list[str] | None = None) -> None:
                 "count": args.count,
                 "payload_bytes": PAYLOAD_SIZE,
                 "bare_relays_write": "delivery, PUBACK" if DELIVER_FIRST else "PUBACK, delivery",
+                "gap_us": GAP_US,
                 "mosquitto": MOSQUITTO_PATH,
                 "waits": waits,
                 "summary": summary,

@@ -401,6 +401,22 @@ def test_latency_floor_measures_every_server(tmp_path: Path) -> None:
         )
 
 
+def test_latency_floor_gap_idles_the_server_outside_the_timed_span(tmp_path: Path) -> None:
+    """--gap-us: each round trip waits that long before its PUBLISH, and the wait is in
+    the client's period per round trip, not in the latencies."""
+    output = tmp_path / "latency-floor.json"
+    run_module(
+        "benchmarks.latency_floor", "--count", "40", "--warmup", "10", "--repeat", "1",
+        "--server", "bare selectors", "--gap-us", "3000", "--output", str(output),
+        timeout=60,
+    )  # fmt: skip
+    document = json.loads(output.read_text())
+    assert document["gap_us"] == 3000
+    (run,) = document["runs"]["bare selectors"]
+    assert run["period_us"] >= 3000
+    assert run["p50_us"] < 3000 and run["puback_p50_us"] < 3000
+
+
 def test_nats_message_shape_is_the_clusters() -> None:
     hpub = cluster_message()
     line, _, rest = hpub.partition(b"\r\n")
