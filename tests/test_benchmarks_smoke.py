@@ -417,6 +417,31 @@ def test_latency_floor_gap_idles_the_server_outside_the_timed_span(tmp_path: Pat
     assert run["p50_us"] < 3000 and run["puback_p50_us"] < 3000
 
 
+def test_round_trip_trace_cuts_the_bytecodes_at_the_socket_calls(tmp_path: Path) -> None:
+    """50 traced round trips: the stretches add up to the count, and the stretch from a
+    read to a write (a PUBLISH handled up to its delivery) is there once a round trip,
+    running the core's handle_publish."""
+    output = tmp_path / "round-trip-trace.json"
+    run_module(
+        "benchmarks.round_trip_trace", "--count", "50", "--output", str(output),
+        timeout=60,
+    )  # fmt: skip
+    report = json.loads(output.read_text())
+    assert report["round_trips"] == 50
+    assert 1_000 < report["bytecodes"] < 20_000
+    stretches = report["stretches"]
+    # everything after the first cut is in some stretch (before it: a few setup calls)
+    in_stretches = sum(stretch["bytecodes"] for stretch in stretches.values())
+    assert 0.95 * report["bytecodes"] <= in_stretches <= report["bytecodes"]
+    handled = stretches["read -> write"]
+    assert 0.9 <= handled["per_round_trip"] <= 1.2
+    assert handled["bytecodes"] > 500
+    first = report["wake_to_first_write"]
+    assert 0.9 <= first["wakes_per_round_trip"] <= 1.2
+    assert first["median"] > handled["bytecodes"] / handled["per_round_trip"] / 2
+    assert any(name.startswith("BrokerCore.handle_publish ") for name in first["functions"])
+
+
 def test_nats_message_shape_is_the_clusters() -> None:
     hpub = cluster_message()
     line, _, rest = hpub.partition(b"\r\n")
