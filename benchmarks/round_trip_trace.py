@@ -30,8 +30,8 @@ import datetime
 import gc
 import json
 import statistics
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -52,7 +52,8 @@ FunctionKey = tuple[str, int, str]
 
 
 class Tracer:
-    """Counts bytecodes per function and cuts them into stretches at ``MARKS``."""
+    """Counts bytecodes per function and cuts them into stretches at the socket calls
+    and at ``epoll``'s returns (``profile``)."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -109,36 +110,36 @@ def _name(key: FunctionKey) -> str:
     return f"{qualname} ({filename}:{line})"
 
 
-async def _run(count: int) -> tuple[Tracer, int]:
+async def _run(count: int) -> Tracer:
     config = BrokerConfig(listeners=(ListenerConfig(host=HOST, port=0),), sys_interval=0)
     tracer = Tracer()
     async with open_broker(config) as broker:
         await trio.run_process(_client_command(broker.port, WARMUP, 100), capture_stdout=True)
         gc.collect()
         gc.freeze()  # what the warm-up left is not this count's
-        process = await trio.lowlevel.open_process(
-            _client_command(broker.port, 0, count), stdout=subprocess.PIPE
-        )
-        sys.settrace(tracer.trace)
-        sys.setprofile(tracer.profile)
-        try:
-            await process.wait()
-        finally:
-            sys.settrace(None)
-            sys.setprofile(None)
-        assert process.stdout is not None
-        output = bytearray()
-        while chunk := await process.stdout.receive_some():  # (it has exited: all there)
-            output += chunk
-        if process.returncode or json.loads(output)["errors"]:
-            raise RuntimeError(f"the client failed: {output[-2000:]!r}")
-    return tracer, count
+        with tempfile.TemporaryFile() as output:  # (a pipe would fill: nobody reads it)
+            process = await trio.lowlevel.open_process(
+                _client_command(broker.port, 0, count), stdout=output
+            )
+            sys.settrace(tracer.trace)
+            sys.setprofile(tracer.profile)
+            try:
+                await process.wait()
+            finally:
+                sys.settrace(None)
+                sys.setprofile(None)
+            output.seek(0)
+            result = output.read()
+        if process.returncode or json.loads(result)["errors"]:
+            raise RuntimeError(f"the client failed: {result[-2000:]!r}")
+    return tracer
 
 
 def measure(count: int, top: int) -> dict[str, Any]:
     """Trace ``count`` round trips; the per-round-trip figures (see the module doc)."""
     gc.set_threshold(*GC_THRESHOLDS)
-    tracer, rounds = trio.run(_run, count)
+    tracer = trio.run(_run, count)
+    rounds = count
     wakes = len(tracer.to_first_write)
     return {
         "round_trips": rounds,
