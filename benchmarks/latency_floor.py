@@ -475,7 +475,7 @@ def _selectors_relay(listener: socket.socket, stop: socket.socket) -> None:
 # --- running one server -------------------------------------------------------------
 
 
-def _client_command(port: int, warmup: int, count: int) -> list[str]:
+def client_command(port: int, warmup: int, count: int) -> list[str]:
     module = "benchmarks.latency_floor"
     gap = str(GAP_US)
     return [sys.executable, "-m", module, "--client", str(port), str(warmup), str(count), gap]
@@ -510,7 +510,7 @@ def _own_cpu() -> float:
 
 async def _measure_in_trio(port: int, warmup: int, count: int) -> dict[str, Any]:
     before = _own_cpu()
-    done = await trio.run_process(_client_command(port, warmup, count), capture_stdout=True)
+    done = await trio.run_process(client_command(port, warmup, count), capture_stdout=True)
     return _outcome(done.stdout, _own_cpu() - before, warmup + count)
 
 
@@ -547,9 +547,14 @@ async def _trio_epoll(warmup: int, count: int) -> dict[str, Any]:
     return outcome
 
 
+def broker_config() -> BrokerConfig:
+    """The trio-mqtt measured here (and traced by ``benchmarks.round_trip_trace``): one
+    plain listener on a free port, every other setting the default."""
+    return BrokerConfig(listeners=(ListenerConfig(host=HOST, port=0),))
+
+
 async def _trio_mqtt(warmup: int, count: int) -> dict[str, Any]:
-    config = BrokerConfig(listeners=(ListenerConfig(host=HOST, port=0),))
-    async with open_broker(config) as broker:
+    async with open_broker(broker_config()) as broker:
         return await _measure_in_trio(broker.port, warmup, count)
 
 
@@ -578,7 +583,7 @@ def bare_selectors(warmup: int, count: int) -> dict[str, Any]:
     try:
         before = _own_cpu()  # this thread only waits for the client meanwhile
         done = subprocess.run(
-            _client_command(listener.getsockname()[1], warmup, count),
+            client_command(listener.getsockname()[1], warmup, count),
             capture_output=True,
             check=True,
         )
@@ -612,7 +617,7 @@ def mosquitto(warmup: int, count: int) -> dict[str, Any]:
         pid = broker.process.pid
         before = _process_cpu(pid)
         done = subprocess.run(
-            _client_command(broker.broker.port, warmup, count), capture_output=True, check=True
+            client_command(broker.broker.port, warmup, count), capture_output=True, check=True
         )
         cpu = _process_cpu(pid) - before
     finally:
@@ -702,7 +707,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(client(*args.client)))
         return
     servers = args.server or list(SERVERS)
-    global DELIVER_FIRST, GAP_US  # noqa: PLW0603 (read by the relays and _client_command)
+    global DELIVER_FIRST, GAP_US  # noqa: PLW0603 (read by the relays and client_command)
     DELIVER_FIRST = args.deliver_first
     GAP_US = args.gap_us
     gc.freeze()

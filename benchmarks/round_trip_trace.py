@@ -38,11 +38,10 @@ from typing import Any
 
 import trio
 
-from benchmarks.latency_floor import HOST, _client_command
+from benchmarks.latency_floor import broker_config, client_command
 from benchmarks.provenance import source_commit
 from trio_mqtt import open_broker
 from trio_mqtt.cli import GC_THRESHOLDS
-from trio_mqtt.config import BrokerConfig, ListenerConfig
 
 WARMUP = 300
 #: the socket calls that end a stretch (os.read / os.write), by the builtin's name
@@ -57,7 +56,6 @@ class Tracer:
 
     def __init__(self) -> None:
         self.calls = 0
-        self.bytecodes = 0
         self.by_function: collections.Counter[FunctionKey] = collections.Counter()
         self.stretches: collections.Counter[tuple[str, str]] = collections.Counter()
         self.stretch_counts: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -66,7 +64,6 @@ class Tracer:
         self._last = ""
         self._since = 0
         self._wake: collections.Counter[FunctionKey] | None = None
-        self._wake_count = 0
 
     def trace(self, frame: FrameType, event: str, _arg: object) -> Any:
         if event == "call":
@@ -76,22 +73,19 @@ class Tracer:
             code = frame.f_code
             key = (code.co_filename, code.co_firstlineno, code.co_qualname)
             self.by_function[key] += 1
-            self.bytecodes += 1
             self._since += 1
             if self._wake is not None:
                 self._wake[key] += 1
-                self._wake_count += 1
         return self.trace
 
     def profile(self, _frame: FrameType, event: str, arg: object) -> None:
         if event == "c_return" and getattr(arg, "__name__", "") == "poll":
             self._mark("epoll")
             self._wake = collections.Counter()  # (until its first write, if any)
-            self._wake_count = 0
         elif event == "c_call" and (mark := getattr(arg, "__name__", "")) in SOCKET_CALLS:
             self._mark(mark)
             if mark == "write" and self._wake is not None:
-                self.to_first_write.append(self._wake_count)
+                self.to_first_write.append(self._wake.total())
                 self.first_write_functions.update(self._wake)
                 self._wake = None
 
@@ -111,15 +105,14 @@ def _name(key: FunctionKey) -> str:
 
 
 async def _run(count: int) -> Tracer:
-    config = BrokerConfig(listeners=(ListenerConfig(host=HOST, port=0),), sys_interval=0)
     tracer = Tracer()
-    async with open_broker(config) as broker:
-        await trio.run_process(_client_command(broker.port, WARMUP, 100), capture_stdout=True)
+    async with open_broker(broker_config()) as broker:
+        await trio.run_process(client_command(broker.port, WARMUP, 100), capture_stdout=True)
         gc.collect()
         gc.freeze()  # what the warm-up left is not this count's
         with tempfile.TemporaryFile() as output:  # (a pipe would fill: nobody reads it)
             process = await trio.lowlevel.open_process(
-                _client_command(broker.port, 0, count), stdout=output
+                client_command(broker.port, 0, count), stdout=output
             )
             sys.settrace(tracer.trace)
             sys.setprofile(tracer.profile)
@@ -139,21 +132,20 @@ def measure(count: int, top: int) -> dict[str, Any]:
     """Trace ``count`` round trips; the per-round-trip figures (see the module doc)."""
     gc.set_threshold(*GC_THRESHOLDS)
     tracer = trio.run(_run, count)
-    rounds = count
     wakes = len(tracer.to_first_write)
     return {
-        "round_trips": rounds,
-        "bytecodes": tracer.bytecodes / rounds,
-        "calls": tracer.calls / rounds,
+        "round_trips": count,
+        "bytecodes": tracer.by_function.total() / count,
+        "calls": tracer.calls / count,
         "stretches": {
             f"{a} -> {b}": {
-                "bytecodes": total / rounds,
-                "per_round_trip": tracer.stretch_counts[a, b] / rounds,
+                "bytecodes": total / count,
+                "per_round_trip": tracer.stretch_counts[a, b] / count,
             }
             for (a, b), total in tracer.stretches.most_common()
         },
         "wake_to_first_write": {
-            "wakes_per_round_trip": wakes / rounds,
+            "wakes_per_round_trip": wakes / count,
             "median": statistics.median(tracer.to_first_write) if wakes else 0,
             "functions": {
                 _name(key): total / wakes
@@ -161,7 +153,7 @@ def measure(count: int, top: int) -> dict[str, Any]:
             },
         },
         "functions": {
-            _name(key): total / rounds for key, total in tracer.by_function.most_common(top)
+            _name(key): total / count for key, total in tracer.by_function.most_common(top)
         },
     }
 
