@@ -12,7 +12,9 @@ writer task.
 
 from __future__ import annotations
 
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -72,6 +74,17 @@ def socket_pair(*, small: bool = False) -> tuple[trio.SocketStream, WatchedSocke
     return client, WatchedSocketStream(server.socket)
 
 
+async def tcp_pair() -> tuple[trio.SocketStream, WatchedSocketStream]:
+    """(client, server) over TCP on 127.0.0.1 (which, unlike a socketpair, can reset)."""
+    with trio.socket.socket() as listener:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = trio.socket.socket()
+        await client.connect(listener.getsockname())
+        server, _address = await listener.accept()
+    return trio.SocketStream(client), WatchedSocketStream(server)
+
+
 class HeldWrites(GatedStream):
     """A client transport whose writes can be held and then sent in one write: records
     the client's SSLStream produced one by one reach the server in one socket read."""
@@ -101,14 +114,18 @@ async def tls_pair(
     small: bool = False,
     memory: bool = False,
     held: bool = False,
+    tcp: bool = False,
     **tls_options: bool,
 ) -> AsyncIterator[tuple[trio.SSLStream[Any], TLSStream, PeerInfo]]:
     """A client SSLStream and our server TLSStream with the handshake done, and the peer.
-    ``held``: the client's transport is a ``HeldWrites`` (its ``transport_stream``)."""
+    ``held``: the client's transport is a ``HeldWrites`` (its ``transport_stream``);
+    ``tcp``: over TCP (``tcp_pair``) rather than a socketpair."""
     transport: trio.abc.Stream
     client_transport: trio.abc.Stream
     if memory:
         client_transport, transport = trio.testing.memory_stream_pair()
+    elif tcp:
+        client_transport, transport = await tcp_pair()
     else:
         client_transport, transport = socket_pair(small=small)
     if held:
@@ -505,6 +522,43 @@ async def test_send_eof_is_close_notify_and_receiving_goes_on(pki: TestPKI, memo
         await client.send_all(b"still listening?")
         with trio.fail_after(5):
             assert await server.receive_some(100) == b"still listening?"
+
+
+@pytest.mark.parametrize("read", ["receive_nowait", "receive_some"])
+async def test_a_socket_that_fails_under_a_read_breaks_the_stream(pki: TestPKI, read: str) -> None:
+    # A reset (the client gone without a TLS goodbye) makes the socket read fail: the
+    # stream is broken from then on, whether the reader read the socket itself
+    # (receive_nowait, as the connection's reader does) or waited in receive_some.
+    async with tls_pair(pki, tcp=True) as (client, server, _peer), trio.open_nursery() as nursery:
+        raw = client.transport_stream
+        assert isinstance(raw, trio.SocketStream)
+        caught: list[BaseException] = []
+
+        async def receive() -> None:
+            with pytest.raises(trio.BrokenResourceError) as broken:
+                await server.receive_some(100)
+            caught.append(broken.value)
+
+        if read == "receive_some":
+            nursery.start_soon(receive)  # waits: nothing sent
+            await trio.testing.wait_all_tasks_blocked()
+        raw.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.socket.close()  # SO_LINGER 0: a reset, not a FIN
+        if read == "receive_nowait":
+            with trio.fail_after(5):
+                await trio.lowlevel.wait_readable(server.fd)
+            with pytest.raises(trio.BrokenResourceError) as broken:
+                server.receive_nowait(65536, socket_ready=True)
+            caught.append(broken.value)
+        else:
+            with trio.fail_after(5):
+                while not caught:
+                    await trio.sleep(0.01)
+        (error,) = caught
+        assert "socket connection broken" in str(error)
+        assert isinstance(error.__cause__, ConnectionResetError)
+        with pytest.raises(trio.BrokenResourceError, match="the TLS stream is broken"):
+            await server.receive_some(100)
 
 
 @pytest.mark.parametrize("close", ["send_eof", "aclose"])
