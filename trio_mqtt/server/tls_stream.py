@@ -251,8 +251,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
             except BlockingIOError:
                 return None
             except OSError as exc:
-                self._state = _State.BROKEN
-                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+                raise self._socket_broken(exc) from exc
             self._feed(chunk)
             read_socket = not self._drained
             decrypt = True
@@ -317,8 +316,13 @@ class TLSStream(trio.abc.HalfCloseableStream):
                 except BlockingIOError:
                     pass  # woken, yet nothing to read after all: wait again
         except OSError as exc:
-            self._state = _State.BROKEN
-            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            raise self._socket_broken(exc) from exc
+
+    def _socket_broken(self, exc: OSError) -> trio.BrokenResourceError:
+        """The stream is broken: its socket failed under a read (``exc``); the error to
+        raise, as trio's SocketStream words it."""
+        self._state = _State.BROKEN
+        return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
     def _prefix_pending(self) -> bool:
         """Whether the PROXY preamble's leftover still has bytes for us; once it has
