@@ -533,11 +533,13 @@ async def test_a_socket_that_fails_under_a_read_breaks_the_stream(pki: TestPKI, 
         raw = client.transport_stream
         assert isinstance(raw, trio.SocketStream)
         caught: list[BaseException] = []
+        received = trio.Event()
 
         async def receive() -> None:
             with pytest.raises(trio.BrokenResourceError) as broken:
                 await server.receive_some(100)
             caught.append(broken.value)
+            received.set()
 
         if read == "receive_some":
             nursery.start_soon(receive)  # waits: nothing sent
@@ -552,8 +554,7 @@ async def test_a_socket_that_fails_under_a_read_breaks_the_stream(pki: TestPKI, 
             caught.append(broken.value)
         else:
             with trio.fail_after(5):
-                while not caught:
-                    await trio.sleep(0.01)
+                await received.wait()
         (error,) = caught
         assert "socket connection broken" in str(error)
         assert isinstance(error.__cause__, ConnectionResetError)
