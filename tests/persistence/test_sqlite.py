@@ -43,7 +43,7 @@ def recording_core(core_now: float = 100.0, **settings: Any) -> tuple[BrokerCore
     store (as ``open_broker`` makes it when a store is attached)."""
     clock = FakeClock(core_now)
     core = make_core(clock, **settings)
-    core.records_changes = True
+    core.record_changes()
     return core, clock
 
 
@@ -108,7 +108,7 @@ def persistent_session(core: BrokerCore, client_id: str, **fields: object) -> Se
     values.update(fields)
     session = Session(client_id=client_id, **values)  # type: ignore[arg-type]
     core.sessions[client_id] = session
-    core.dirty_sessions.add(client_id)
+    core.session_changed(client_id)
     return session
 
 
@@ -143,7 +143,7 @@ def test_reopening_keeps_data_and_schema(db_path: str, wall: FakeClock) -> None:
     core, _ = recording_core()
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         core.retained.set("a", message("a", retain=True))
-        core.dirty_retained.add("a")
+        core.retained_changed("a")
         store.flush(core)
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         fresh, _ = recording_core()
@@ -172,7 +172,7 @@ def test_retained_round_trip_with_publisher_and_proxy_peer(db_path: str) -> None
     local = message("$local/x", retain=True)  # in-process publish: LOCAL_PEER, no publisher
     for item in (proxied, direct, local):
         core.retained.set(item.topic, item)
-        core.dirty_retained.add(item.topic)
+        core.retained_changed(item.topic)
     with SQLiteStore.open(db_path, wall_clock=wall) as store:
         assert store.flush(core) == 3
 
@@ -387,7 +387,7 @@ def test_any_retained_message_round_trips(original: Message) -> None:
     wall = FakeClock(WALL_START)
     core, _ = recording_core(core_now=2e6)
     core.retained.set(original.topic, original)
-    core.dirty_retained.add(original.topic)
+    core.retained_changed(original.topic)
     with SQLiteStore.open(path, wall_clock=wall) as store:
         store.flush(core)
         restarted, _ = recording_core(core_now=2e6)
@@ -408,7 +408,7 @@ def test_flush_writes_only_dirty_rows_and_clears_the_sets(db_path: str, store: S
     for name in ("a", "b", "c"):
         persistent_session(core, name)
         core.retained.set(f"r/{name}", message(f"r/{name}", retain=True))
-        core.dirty_retained.add(f"r/{name}")
+        core.retained_changed(f"r/{name}")
     assert store.flush(core) == 6
     assert not core.dirty_sessions and not core.dirty_retained
     assert store.flush(core) == 0  # nothing changed, nothing written
@@ -418,9 +418,9 @@ def test_flush_writes_only_dirty_rows_and_clears_the_sets(db_path: str, store: S
         db.execute("UPDATE sessions SET dropped = 777")
         db.execute("UPDATE retained SET payload = x'00'")
     core.sessions["b"].dropped = 1
-    core.dirty_sessions.add("b")
+    core.session_changed("b")
     core.retained.set("r/c", message("r/c", payload=b"new", retain=True))
-    core.dirty_retained.add("r/c")
+    core.retained_changed("r/c")
     assert store.flush(core) == 2
     assert query(db_path, "SELECT client_id, dropped FROM sessions ORDER BY client_id") == [
         ("a", 777),
@@ -459,7 +459,7 @@ def test_dirty_session_saves_its_queue_and_subscriptions(db_path: str, store: SQ
     session.took_from_front(1)
     core.router.unsubscribe("s", "x/#")
     core.router.subscribe("s", "y", SubscriptionOptions(qos=0))
-    core.dirty_sessions.add("s")
+    core.session_changed("s")
     store.flush(core)
     assert query(db_path, "SELECT topic FROM session_messages ORDER BY position") == [("x/2",)]
     assert query(db_path, "SELECT topic_filter, qos FROM subscriptions") == [("y", 0)]
@@ -481,7 +481,7 @@ def test_a_queue_is_saved_by_what_changed_not_all_again(db_path: str, store: SQL
     session.append_pending(QueuedMessage(message("x/new"), qos=1, retain=False))  # one more
     session.pending_queue()[10] = EVICTED  # ...and one evicted
     session.evicted_positions.append(11)
-    core.dirty_sessions.add("s")
+    core.session_changed("s")
     store.flush(core)
     # the session row, its subscription (both replaced), 2 messages deleted, 1 inserted
     assert store._db.total_changes - changes < 10
@@ -506,7 +506,7 @@ def test_after_a_restart_a_queue_is_still_saved_by_what_changed(
     store.flush(core)
     session.pending_queue().popleft()  # positions in the file now start at 1
     session.took_from_front(1)
-    core.dirty_sessions.add("s")
+    core.session_changed("s")
     store.flush(core)
 
     restarted, _ = recording_core(max_queued_bytes=1_000_000)
@@ -515,7 +515,7 @@ def test_after_a_restart_a_queue_is_still_saved_by_what_changed(
     again.pending_queue().popleft()  # one sent after the restart, one more queued
     again.took_from_front(1)
     again.append_pending(QueuedMessage(message("x/new"), qos=1, retain=False))
-    restarted.dirty_sessions.add("s")
+    restarted.session_changed("s")
     changes = store._db.total_changes
     store.flush(restarted)
     assert store._db.total_changes - changes < 10
@@ -536,7 +536,7 @@ def test_a_restored_queue_with_gaps_is_written_in_full_and_stays_exact(
     store.flush(core)
     session.pending_queue()[5] = EVICTED  # a gap in the file's positions
     session.evicted_positions.append(5)
-    core.dirty_sessions.add("s")
+    core.session_changed("s")
     store.flush(core)
 
     restarted, _ = recording_core(max_queued_bytes=1_000_000)
@@ -545,7 +545,7 @@ def test_a_restored_queue_with_gaps_is_written_in_full_and_stays_exact(
     again.pending_queue().popleft()
     again.took_from_front(1)
     again.append_pending(QueuedMessage(message("x/new"), qos=1, retain=False))
-    restarted.dirty_sessions.add("s")
+    restarted.session_changed("s")
     store.flush(restarted)
 
     third, _ = recording_core(max_queued_bytes=1_000_000)
@@ -582,7 +582,7 @@ def test_sessions_with_expiry_zero_are_never_stored(db_path: str, store: SQLiteS
     core.router.subscribe("resumed", "a", SubscriptionOptions(qos=1))
     store.flush(core)
     session.expiry_interval = 0
-    core.dirty_sessions.add("resumed")
+    core.session_changed("resumed")
     assert store.flush(core) == 1
     assert query(db_path, "SELECT count(*) FROM sessions") == [(0,)]
     assert query(db_path, "SELECT count(*) FROM subscriptions") == [(0,)]
@@ -841,7 +841,7 @@ def test_collect_snapshots_and_write_runs_in_another_thread(
 
     # the core moves on while the batch is written elsewhere
     session.pending_queue().append(QueuedMessage(message("q/2"), qos=1, retain=False))
-    core.dirty_sessions.add("s")
+    core.session_changed("s")
     core.publish(message("r", payload=b"v2", retain=True))
     results: list[int] = []
     worker = threading.Thread(target=lambda: results.append(store.write(batch)))

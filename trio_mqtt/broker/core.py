@@ -334,8 +334,8 @@ class BrokerCore:
     authenticators: dict[str, Authenticator] = attrs.Factory(dict)
     stats: BrokerStats = attrs.Factory(BrokerStats)
     # What changed since the persistence store last saved (client ids / retained topics),
-    # recorded only while ``records_changes`` (a store is attached): nothing else would
-    # ever clear these sets.
+    # recorded only while ``records_changes`` (``record_changes``: a store is attached):
+    # nothing else would ever take these sets (``take_changes``).
     records_changes: bool = False
     dirty_sessions: set[str] = attrs.Factory(set)
     dirty_retained: set[str] = attrs.Factory(set)
@@ -393,9 +393,27 @@ class BrokerCore:
             marks.add(client_id)
 
     def retained_changed(self, topic: str) -> None:
-        """Note that a retained topic changed, for the persistence store (if attached)."""
-        if self.records_changes:
+        """Note that a retained topic changed, for the persistence store (if attached).
+        Not ``$SYS`` topics: the broker publishes those afresh, they are never saved."""
+        if self.records_changes and not topic.startswith(SYS_TOPICS):
             self.dirty_retained.add(topic)
+
+    def record_changes(self) -> None:
+        """Note from now on what a persistence store saves (``take_changes``)."""
+        self.records_changes = True
+
+    def take_changes(self) -> tuple[set[str], set[str]]:
+        """The client ids whose sessions and the retained topics that changed since the
+        last call (for a persistence store to save); the next call returns what changes
+        from now on."""
+        changed = self.dirty_sessions, self.dirty_retained
+        self.dirty_sessions, self.dirty_retained = set(), set()
+        return changed
+
+    def give_back_changes(self, client_ids: Iterable[str], topics: Iterable[str]) -> None:
+        """What ``take_changes`` returned and was not saved: the next call returns it again."""
+        self.dirty_sessions.update(client_ids)
+        self.dirty_retained.update(topics)
 
     def join_cluster(self, link: ClusterLink, on_interest: Callable[[], None]) -> None:
         """Become a node of a cluster: tell ``link`` what happens here, let the cluster

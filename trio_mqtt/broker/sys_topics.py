@@ -173,7 +173,6 @@ class SysTopics:
         now = core.now()
         for topic, value in self.values(core).items():
             core.publish(Message(topic, value.encode(), qos=0, retain=True, created=now))
-            core.dirty_retained.discard(topic)  # never persisted
 
 
 def _for(core: BrokerCore) -> SysTopics:

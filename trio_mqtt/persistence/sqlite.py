@@ -9,7 +9,7 @@ survive a restart into one SQLite file, using only the stdlib ``sqlite3`` module
   the QoS 2 packet ids received but not released, the next packet id, the expiry deadline
   and a delayed will.
 
-The core records what changed (``dirty_sessions``, ``dirty_retained``); :meth:`SQLiteStore.flush`
+The core notes what changed (``BrokerCore.take_changes`` hands it over); :meth:`SQLiteStore.flush`
 writes exactly those rows in one transaction (a session's queue incrementally: what was queued,
 sent or evicted since), so its cost follows the rate of change, not the amount of state.
 :meth:`SQLiteStore.write_steps` does the same in steps, for a caller that lets other work run
@@ -302,9 +302,9 @@ class FlushBatch:
     writer: _RowWriter
 
     def requeue(self, core: BrokerCore) -> None:
-        """Mark this batch's sessions and topics dirty again (after a failed write)."""
-        core.dirty_sessions.update(self.session_ids)
-        core.dirty_retained.update(self.topics)
+        """Give this batch's sessions and topics back to the core as changed (after a
+        failed write): the next flush saves them."""
+        core.give_back_changes(self.session_ids, self.topics)
 
 
 @attrs.define
@@ -363,7 +363,7 @@ class SQLiteStore:
     def flush(self, core: BrokerCore) -> int:
         """Save every dirty session and retained topic in one transaction.
 
-        Clears ``core.dirty_sessions`` and ``core.dirty_retained``. Sessions that ended, or
+        Takes what the core noted as changed (``BrokerCore.take_changes``). Sessions that ended, or
         whose expiry interval is 0, are deleted from the file; so are retained topics that
         no longer hold a message. Returns the number of session and retained rows written
         or deleted. On ``PersistenceWriteError`` nothing was written and the change sets
@@ -377,7 +377,7 @@ class SQLiteStore:
             raise
 
     def collect(self, core: BrokerCore) -> FlushBatch:
-        """First half of ``flush``: snapshot what changed and clear the change sets.
+        """First half of ``flush``: snapshot what changed, taking the core's change sets.
 
         Runs on the core's thread (it reads the core), and costs it little: a session's
         queue is written incrementally (only the messages queued since the last flush,
@@ -395,7 +395,8 @@ class SQLiteStore:
         message_rows: list[Row] = []
         pending: list[_QueueSlice] = []
         saved_queues = self._saved_queues
-        for client_id in core.dirty_sessions:
+        changed_sessions, changed_topics = core.take_changes()
+        for client_id in changed_sessions:
             session = core.sessions.get(client_id)
             if session is None or session.expiry_interval == 0:
                 gone_sessions.append((client_id,))
@@ -436,16 +437,16 @@ class SQLiteStore:
 
         gone_topics: list[tuple[str]] = []
         retained: list[Message] = []
-        for topic in core.dirty_retained:
+        for topic in changed_topics:
             message = core.retained.get(topic)
             if message is None:
                 gone_topics.append((topic,))
             else:
                 retained.append(message)
 
-        batch = FlushBatch(
-            session_ids=frozenset(core.dirty_sessions),
-            topics=frozenset(core.dirty_retained),
+        return FlushBatch(
+            session_ids=frozenset(changed_sessions),
+            topics=frozenset(changed_topics),
             gone_sessions=gone_sessions,
             session_rows=session_rows,
             rewritten=rewritten,
@@ -459,9 +460,6 @@ class SQLiteStore:
             retained=retained,
             writer=writer,
         )
-        core.dirty_sessions.clear()
-        core.dirty_retained.clear()
-        return batch
 
     def write(self, batch: FlushBatch) -> int:
         """Second half of ``flush``: write a batch in one transaction; returns rows changed.

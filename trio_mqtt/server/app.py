@@ -483,7 +483,7 @@ async def _run_broker(config: BrokerConfig | None) -> AsyncIterator[Broker]:
     store: SQLiteStore | None = None
     if config.persistence:
         store = SQLiteStore.open(config.persistence)
-        core.records_changes = True
+        core.record_changes()
         store.load_into(core)  # logs what it restored
     closing = trio.Event()
     leaving = trio.Event()
