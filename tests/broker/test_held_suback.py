@@ -109,7 +109,7 @@ def test_filters_the_cluster_has_already_are_answered_at_once(clock: FakeClock) 
     assert client.conn.pending_check is None
     assert link.asked == [("c", ("a", "$share/g/b"))]
     # refused filters are not asked about; nothing accepted: no question at all
-    core.subscribe_hooks.append(lambda peer, client_id, username, topic: topic != "secret")
+    core.add_subscribe_hook(lambda peer, client_id, username, topic: topic != "secret")
     assert client.subscribe(("secret", 0), packet_id=2) == Suback(2, (0x87,))
     assert len(link.asked) == 1
 
@@ -156,7 +156,7 @@ def test_a_connection_closed_while_its_suback_waits_sends_nothing_more(
 
 def test_a_held_connect_then_a_held_suback_in_the_same_read(clock: FakeClock) -> None:
     core, _link = clustered_core(clock)
-    core.connect_hooks.append(lambda peer, connect: OffloadedCheck(lambda: None))
+    core.add_connect_hook(lambda peer, connect: OffloadedCheck(lambda: None))
     client = Client(core, V311)
     client.conn.receive_data(
         encode(Connect("c"), V311)

@@ -28,7 +28,7 @@ from trio_mqtt.mqtt.reason_codes import ReasonCode
 def offloading_core(clock: FakeClock, answer: ReasonCode | None) -> tuple[BrokerCore, list[str]]:
     slow_hook, ran = offloaded_hook(answer)
     core = make_core(clock)
-    core.connect_hooks.append(slow_hook)
+    core.add_connect_hook(slow_hook)
     return core, ran
 
 
@@ -82,7 +82,7 @@ def test_a_refused_check_refuses_the_connect_and_drops_what_came_after(
 
 def test_the_hooks_after_an_offloaded_one_still_run(clock: FakeClock) -> None:
     core, _ran = offloading_core(clock, None)
-    core.connect_hooks.append(lambda peer, connect: ReasonCode.NOT_AUTHORIZED)
+    core.add_connect_hook(lambda peer, connect: ReasonCode.NOT_AUTHORIZED)
     client = Client(core, V311)
     connect_subscribe_publish(client)
     run_check(client)

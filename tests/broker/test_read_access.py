@@ -17,7 +17,7 @@ def test_read_hook_is_asked_once_per_topic_until_auth_changes(clock: FakeClock) 
         return topic not in denied
 
     core = make_core(clock)
-    core.read_hooks.append(read_hook)
+    core.add_read_hook(read_hook)
     client = Client(core, V311)
     client.connect("c")
     client.subscribe(("#", 0))
@@ -41,7 +41,7 @@ def test_read_hook_is_asked_once_per_topic_until_auth_changes(clock: FakeClock) 
 def test_unreadable_in_flight_messages_are_not_resent_to_a_new_owner(clock: FakeClock) -> None:
     core = make_core(clock)
     owner = {"first"}
-    core.read_hooks.append(lambda peer, client_id, username, topic: username in owner)
+    core.add_read_hook(lambda peer, client_id, username, topic: username in owner)
     first = Client(core, V311)
     first.connect("shared", clean_start=False, username="first")
     first.subscribe(("t", 1))

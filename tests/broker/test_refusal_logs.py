@@ -22,8 +22,8 @@ def test_refused_subscribe_is_logged_like_a_refused_publish(
 ) -> None:
     caplog.set_level(logging.INFO, logger="trio_mqtt")
     core = make_core()
-    core.publish_hooks.append(only_public)
-    core.subscribe_hooks.append(only_public)
+    core.add_publish_hook(only_public)
+    core.add_subscribe_hook(only_public)
     client = Client(core, V5)
     client.connect("dev-1")
     suback = client.subscribe(("secret/#", 1), ("public/x", 0))

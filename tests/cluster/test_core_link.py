@@ -303,7 +303,7 @@ def test_an_awaited_check_holds_the_connect_until_it_answers() -> None:
     async def never_called() -> None:  # the server awaits it; here the test answers
         raise AssertionError
 
-    core.connect_hooks.append(lambda peer, connect: AwaitedCheck(never_called))
+    core.add_connect_hook(lambda peer, connect: AwaitedCheck(never_called))
     client = Client(core, V311)
     client.send(Connect(client_id="waits", protocol_version=V311))
     assert client.packets() == []

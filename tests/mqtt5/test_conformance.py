@@ -507,7 +507,7 @@ def test_mqtt_3_8_3_4_no_local_on_shared_subscription() -> None:
 def test_mqtt_3_8_4_1_2_5_6_and_3_9_3_1_one_suback_in_order() -> None:
     core = make_core()
     # a well-formed filter refused (here by an ACL) fails alone, with its own code
-    core.subscribe_hooks.append(lambda peer, client_id, user, topic_filter: topic_filter != "b")
+    core.add_subscribe_hook(lambda peer, client_id, user, topic_filter: topic_filter != "b")
     c = client(core, "sa")
     requests = (
         SubscriptionRequest("a", 2),

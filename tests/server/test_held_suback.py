@@ -53,7 +53,7 @@ async def test_connect_check_then_held_suback_then_the_rest_in_order(
 ) -> None:
     core = make_core(trio.current_time)
     core.join_cluster(SlowLink(), lambda: None)
-    core.connect_hooks.append(lambda peer, connect: AwaitedCheck(slow_connect_check))
+    core.add_connect_hook(lambda peer, connect: AwaitedCheck(slow_connect_check))
     async with serving(core) as serve:
         client = await open_client(serve, V311)
         start = trio.current_time()

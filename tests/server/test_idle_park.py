@@ -446,7 +446,7 @@ async def test_a_slow_check_of_the_connect_gives_the_connection_its_task(
     time: a virtual clock would jump past the thread.)"""
     slow_hook, checked = offloaded_hook(answer)
     async with _serving(born_parked=True) as serving:
-        serving.core.connect_hooks.append(slow_hook)
+        serving.core.add_connect_hook(slow_hook)
         first = encode(Connect(client_id="checked", protocol_version=V5), V5) + encode(
             Subscribe(1, (SubscriptionRequest("t", 0),)), V5
         )

@@ -117,14 +117,14 @@ class AuthFiles:
         A hook stays once registered; with its file no longer named it allows everything.
         """
         if self.password_path and not self._password_hooked:
-            core.connect_hooks.append(self.password_file)
+            core.add_connect_hook(self.password_file)
             self._password_hooked = True
         if self.acl_path and not self._acl_hooked:
-            core.connect_hooks.append(self.acl_file_address)
-            core.connect_hooks.append(self.acl_file_will)
-            core.publish_hooks.append(self.acl_file_publish)
-            core.subscribe_hooks.append(self.acl_file_subscribe)
-            core.read_hooks.append(self.acl_file_read)
+            core.add_connect_hook(self.acl_file_address)
+            core.add_connect_hook(self.acl_file_will)
+            core.add_publish_hook(self.acl_file_publish)
+            core.add_subscribe_hook(self.acl_file_subscribe)
+            core.add_read_hook(self.acl_file_read)
             self._acl_hooked = True
 
     def reload(self) -> None:

@@ -383,6 +383,41 @@ class BrokerCore:
         """The hooks may decide differently now (an ACL reload): forget cached answers."""
         self.auth_epoch += 1
 
+    def add_connect_hook(self, hook: ConnectHook) -> None:
+        """Ask ``hook`` about every CONNECT, after the hooks added before it."""
+        self.connect_hooks.append(hook)
+
+    def remove_connect_hook(self, hook: ConnectHook) -> None:
+        """Stop asking ``hook`` (nothing happens if it was not added)."""
+        if hook in self.connect_hooks:
+            self.connect_hooks.remove(hook)
+
+    def add_publish_hook(self, hook: PublishHook) -> None:
+        """Ask ``hook`` about every PUBLISH a client sends."""
+        self.publish_hooks.append(hook)
+
+    def add_subscribe_hook(self, hook: SubscribeHook) -> None:
+        """Ask ``hook`` about every topic filter a client subscribes to."""
+        self.subscribe_hooks.append(hook)
+
+    def add_read_hook(self, hook: ReadHook) -> None:
+        """Ask ``hook`` before every delivery: a message on a topic it refuses is not
+        sent. The answers cached for the hooks before it are forgotten."""
+        self.read_hooks.append(hook)
+        self.auth_changed()
+
+    def add_authenticator(self, authenticator: Authenticator) -> None:
+        """Serve the MQTT 5 enhanced Authentication Method ``authenticator.method``.
+
+        Raises ValueError for an empty method name or one served already.
+        """
+        method = authenticator.method
+        if not method:
+            raise ValueError("an authenticator needs a non-empty method name")
+        if method in self.authenticators:
+            raise ValueError(f"an authenticator for method {method!r} is already registered")
+        self.authenticators[method] = authenticator
+
     def session_changed(self, client_id: str) -> None:
         """Note that a session changed, for the persistence store (if one is attached)
         and the cluster's session records (if a node looks)."""

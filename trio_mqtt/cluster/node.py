@@ -1821,7 +1821,7 @@ async def open_cluster_node(
             node._ack_prefix = nats.new_inbox() + "."
             nats.subscribe(node._ack_prefix + "*", node._on_stored)
             nats.subscribe(f"{HANDOVER_SUBJECT}.{node.origin}", node._on_handover)
-            core.connect_hooks.append(node.connect_hook)
+            core.add_connect_hook(node.connect_hook)
             await nodes.put(node.origin, b"{}", ttl=HEARTBEAT_TTL)
             nodes_watch = await nodes.watch(">", node._on_node, include_current=False)
             nursery.start_soon(node.heartbeat)
@@ -1844,8 +1844,7 @@ async def open_cluster_node(
                 # cannot reach NATS (a QoS 1/2 message is refused, not acknowledged
                 # unstored); it stays if the block ends with an error (NATS lost)
                 node.detach()
-                if node.connect_hook in core.connect_hooks:
-                    core.connect_hooks.remove(node.connect_hook)
+                core.remove_connect_hook(node.connect_hook)
                 with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                     scope.shield = True
                     try:

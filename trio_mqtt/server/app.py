@@ -320,27 +320,27 @@ class Broker:
         )
 
     def add_connect_hook(self, hook: ConnectHook) -> None:
-        self.core.connect_hooks.append(hook)
+        """Check every CONNECT (after the hooks added before)."""
+        self.core.add_connect_hook(hook)
 
     def add_publish_hook(self, hook: PublishHook) -> None:
-        self.core.publish_hooks.append(hook)
+        """Check every PUBLISH a client sends."""
+        self.core.add_publish_hook(hook)
 
     def add_subscribe_hook(self, hook: SubscribeHook) -> None:
-        self.core.subscribe_hooks.append(hook)
+        """Check every topic filter a client subscribes to."""
+        self.core.add_subscribe_hook(hook)
 
     def add_read_hook(self, hook: ReadHook) -> None:
         """Check every delivery: a message on a topic the hook refuses is not sent."""
-        self.core.read_hooks.append(hook)
-        self.core.auth_changed()
+        self.core.add_read_hook(hook)
 
     def add_authenticator(self, authenticator: Authenticator) -> None:
-        """Serve one MQTT 5 enhanced Authentication Method (see ``enhanced_auth``)."""
-        method = authenticator.method
-        if not method:
-            raise ValueError("an authenticator needs a non-empty method name")
-        if method in self.core.authenticators:
-            raise ValueError(f"an authenticator for method {method!r} is already registered")
-        self.core.authenticators[method] = authenticator
+        """Serve one MQTT 5 enhanced Authentication Method (see ``enhanced_auth``).
+
+        Raises ValueError for an empty method name or one served already.
+        """
+        self.core.add_authenticator(authenticator)
 
     def retained(self, topic: str) -> Message | None:
         """The retained message on ``topic`` (with who published it), if any."""
