@@ -228,9 +228,8 @@ def test_a_full_queue_finds_its_oldest_qos0_without_searching() -> None:
 
     # the writer takes 60 entries (the first EVICTED among them); a QoS 0 fits again
     taken = [s.pending_queue().popleft() for _ in range(60)]
-    s.pending_bytes -= sum(t.size for t in taken if t is not None)
     assert EVICTED in taken
-    s.took_from_front(60)
+    s.took_from_front(60, sum(t.size for t in taken if t is not None))
     assert s.qos0_index is None  # less than half full: the fast path again
     assert s.enqueue(item(10, qos=0, topic="q1"))
     topics = [q.message.topic for q in s.queued_items()]

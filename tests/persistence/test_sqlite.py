@@ -455,8 +455,9 @@ def test_dirty_session_saves_its_queue_and_subscriptions(db_path: str, store: SQ
     store.flush(core)
     assert query(db_path, "SELECT count(*) FROM session_messages") == [(2,)]
 
-    session.pending_queue().popleft()  # as a connection takes it
-    session.took_from_front(1)
+    taken = session.pending_queue().popleft()  # as a connection takes it
+    assert taken is not None
+    session.took_from_front(1, taken.size)
     core.router.unsubscribe("s", "x/#")
     core.router.subscribe("s", "y", SubscriptionOptions(qos=0))
     core.session_changed("s")
@@ -476,8 +477,9 @@ def test_a_queue_is_saved_by_what_changed_not_all_again(db_path: str, store: SQL
     store.flush(core)
     changes = store._db.total_changes
 
-    session.pending_queue().popleft()  # one sent...
-    session.took_from_front(1)
+    taken = session.pending_queue().popleft()  # one sent...
+    assert taken is not None
+    session.took_from_front(1, taken.size)
     session.append_pending(QueuedMessage(message("x/new"), qos=1, retain=False))  # one more
     session.pending_queue()[10] = EVICTED  # ...and one evicted
     session.evicted_positions.append(11)
@@ -504,16 +506,18 @@ def test_after_a_restart_a_queue_is_still_saved_by_what_changed(
     for n in range(1000):
         session.append_pending(QueuedMessage(message(f"x/{n}"), qos=1, retain=False))
     store.flush(core)
-    session.pending_queue().popleft()  # positions in the file now start at 1
-    session.took_from_front(1)
+    taken = session.pending_queue().popleft()  # positions in the file now start at 1
+    assert taken is not None
+    session.took_from_front(1, taken.size)
     core.session_changed("s")
     store.flush(core)
 
     restarted, _ = recording_core(max_queued_bytes=1_000_000)
     store.load_into(restarted)
     again = restarted.sessions["s"]
-    again.pending_queue().popleft()  # one sent after the restart, one more queued
-    again.took_from_front(1)
+    taken = again.pending_queue().popleft()  # one sent after the restart, one more queued
+    assert taken is not None
+    again.took_from_front(1, taken.size)
     again.append_pending(QueuedMessage(message("x/new"), qos=1, retain=False))
     restarted.session_changed("s")
     changes = store._db.total_changes
@@ -542,8 +546,9 @@ def test_a_restored_queue_with_gaps_is_written_in_full_and_stays_exact(
     restarted, _ = recording_core(max_queued_bytes=1_000_000)
     store.load_into(restarted)
     again = restarted.sessions["s"]
-    again.pending_queue().popleft()
-    again.took_from_front(1)
+    taken = again.pending_queue().popleft()
+    assert taken is not None
+    again.took_from_front(1, taken.size)
     again.append_pending(QueuedMessage(message("x/new"), qos=1, retain=False))
     restarted.session_changed("s")
     store.flush(restarted)
@@ -581,7 +586,7 @@ def test_sessions_with_expiry_zero_are_never_stored(db_path: str, store: SQLiteS
     session = persistent_session(core, "resumed", expiry_interval=60)
     core.router.subscribe("resumed", "a", SubscriptionOptions(qos=1))
     store.flush(core)
-    session.expiry_interval = 0
+    session.set_expiry_interval(0)
     core.session_changed("resumed")
     assert store.flush(core) == 1
     assert query(db_path, "SELECT count(*) FROM sessions") == [(0,)]

@@ -795,14 +795,8 @@ class BrokerCore:
             self.sessions[client_id] = session
         else:
             session = existing
-            if session.delayed_will is not None:
-                # [MQTT-3.1.3-9]: reconnected before the will delay passed: no will
-                session.delayed_will = None
-                session.will_due = None
-        session.protocol_version = version
-        session.expiry_interval = expiry
-        session.expires_at = None
-        session.connection = conn
+        # (a will waiting for its delay is dropped: reconnected in time, [MQTT-3.1.3-9])
+        session.attach(conn, version, expiry)
         self.session_changed(client_id)
 
         self.stats.connects += 1
@@ -965,8 +959,8 @@ class BrokerCore:
                     "DISCONNECT sets a session expiry interval after CONNECT set 0",
                     ReasonCode.PROTOCOL_ERROR,
                 )
-            session.expiry_interval = min(
-                props.session_expiry_interval, self.config.max_session_expiry
+            session.set_expiry_interval(
+                min(props.session_expiry_interval, self.config.max_session_expiry)
             )
 
     def connection_closed(
@@ -1007,22 +1001,20 @@ class BrokerCore:
     ) -> None:
         """The session's connection is gone: its will, then expiry or the end of it."""
         now = self.now()
-        session.connection = None
-        self.session_changed(session.client_id)
-        if self.cluster is not None:
-            self.cluster.disconnected(session.client_id)
+        message = delayed_will = will_due = None
         if will is not None:
             message = will_message(will, session.client_id, peer, now)
             delay = will.properties.will_delay_interval or 0
             if delay > 0 and session.expiry_interval > 0:
-                session.delayed_will = message
-                session.will_due = now + delay
-            else:
-                self._publish_will(message, reason)
+                delayed_will, will_due = message, now + delay
+        session.detach(now, delayed_will, will_due)
+        self.session_changed(session.client_id)
+        if self.cluster is not None:
+            self.cluster.disconnected(session.client_id)
+        if message is not None and delayed_will is None:
+            self._publish_will(message, reason)
         if session.expiry_interval == 0:
             self._end_session(session)
-        elif session.expiry_interval != NEVER_EXPIRES:
-            session.expires_at = now + session.expiry_interval
 
     def _publish_will(self, message: Message, reason: CloseReason | str) -> None:
         why = reason.value if isinstance(reason, CloseReason) else reason
@@ -1036,20 +1028,18 @@ class BrokerCore:
             del self.sessions[session.client_id]
         self.router.unsubscribe_all(session.client_id)
         self._redistribute_shared(session)
-        if publish_delayed_will and session.delayed_will is not None:
+        if publish_delayed_will:
             # [MQTT-3.1.3-9]: the will goes out when the session ends, even before its delay
-            will = session.delayed_will
-            session.delayed_will = None
-            self._publish_will(will, "session ended")
+            will = session.take_delayed_will()
+            if will is not None:
+                self._publish_will(will, "session ended")
 
     def tick(self) -> None:
         """Periodic housekeeping: delayed wills, session expiry, retained expiry."""
         now = self.now()
         for session in list(self.sessions.values()):
             if session.will_due is not None and session.will_due <= now:
-                will = session.delayed_will
-                session.delayed_will = None
-                session.will_due = None
+                will = session.take_delayed_will()
                 self.session_changed(session.client_id)
                 if will is not None:
                     self._publish_will(will, "will delay elapsed")

@@ -812,7 +812,7 @@ class MQTTConnection:
                         session.remove_inflight(pid)
                         self._window_full = False
                     else:
-                        inflight.state = OutboundState.AWAIT_PUBCOMP
+                        session.await_pubcomp(pid)
                         self._send(Pubrel(pid))
                 elif inflight is not None and inflight.state is OutboundState.AWAIT_PUBCOMP:
                     self._send(Pubrel(pid))
@@ -920,13 +920,13 @@ class MQTTConnection:
                 replay = session.replays[0]
                 item = replay.next_item()
                 if item is None:
-                    session.replays.popleft()
+                    session.replay_done()
                     continue
                 pending.appendleft(None)
                 if item.qos and len(inflight) >= limit:
                     self._window_full = True
                     break
-                replay.messages.popleft()
+                replay.take()
             else:
                 taken += item.size
             message = item.message
@@ -955,8 +955,7 @@ class MQTTConnection:
                 sent2 += 1
             payload_bytes += len(message.payload)
             session.add_inflight(packet_id, item, state)
-        session.pending_bytes -= taken
-        session.took_from_front(entries - len(pending))
+        session.took_from_front(entries - len(pending), taken)
         stats = self.core.stats
         sent_by_qos = stats.sent_by_qos
         sent_by_qos[0] += sent0

@@ -108,6 +108,10 @@ class RetainedReplay:
         qos = self.qos if self.qos < message.qos else message.qos
         return QueuedMessage(message, qos, True, self.subscription_identifiers)
 
+    def take(self) -> None:
+        """The connection sent the message ``next_item`` gave it."""
+        self.messages.popleft()
+
     def items(self) -> Iterator[QueuedMessage]:
         """What is left, as deliveries (persistence saves them as queued messages)."""
         for message in self.messages:
@@ -337,13 +341,49 @@ class Session:
         self.evicted_positions.append(position)
         return evicted
 
-    def took_from_front(self, count: int) -> None:
-        """The connection took ``count`` entries off the front of ``pending``."""
+    def took_from_front(self, count: int, size: int) -> None:
+        """The connection took ``count`` entries off the front of ``pending``, QueuedMessages
+        of ``size`` bytes in all (``QueuedMessage.size``; a replay's place counts none)."""
+        self.pending_bytes -= size
         self.taken_from_front += count
         if self.qos0_index is not None and self.pending_bytes < self.max_queued_bytes // 2:
             self.qos0_index = None  # room again: back to the fast path
             if not self.spilling:
                 self.fast_limit = self.max_queued_bytes
+
+    def attach(
+        self, connection: ClientConnection, protocol_version: ProtocolVersion, expiry_interval: int
+    ) -> None:
+        """``connection`` CONNECTed to this session, with these CONNECT settings.
+
+        A will still waiting for its delay is dropped: its client came back in time
+        ([MQTT-3.1.3-9]).
+        """
+        self.protocol_version = protocol_version
+        self.expiry_interval = expiry_interval
+        self.expires_at = None
+        self.connection = connection
+        self.delayed_will = self.will_due = None
+
+    def set_expiry_interval(self, seconds: int) -> None:
+        """The client changed the session's expiry interval (5.0 DISCONNECT)."""
+        self.expiry_interval = seconds
+
+    def detach(self, now: float, delayed_will: Message | None, will_due: float | None) -> None:
+        """The connection is gone (at ``now``, the broker's clock): the session starts
+        to expire (unless it never does; at 0 the broker ends it at once), and keeps
+        ``delayed_will``, if any, until ``will_due`` (``take_delayed_will``)."""
+        self.connection = None
+        if delayed_will is not None:
+            self.delayed_will, self.will_due = delayed_will, will_due
+        if self.expiry_interval and self.expiry_interval != NEVER_EXPIRES:
+            self.expires_at = now + self.expiry_interval
+
+    def take_delayed_will(self) -> Message | None:
+        """The will waiting for its delay, if any; the session keeps it no longer."""
+        will = self.delayed_will
+        self.delayed_will = self.will_due = None
+        return will
 
     def start_spill(self) -> None:
         """QoS 1/2 messages go to ``on_overflow``, in order, until ``end_spill``."""
@@ -434,6 +474,15 @@ class Session:
         self.fast_limit = -1 if self.spilling else self.max_queued_bytes
         self._replays = None
         return items
+
+    def replay_done(self) -> None:
+        """The first of ``replays`` has nothing left (its place in ``pending`` was taken)."""
+        self.replays.popleft()
+
+    def await_pubcomp(self, packet_id: int) -> None:
+        """The QoS 2 message in flight as ``packet_id`` was received (PUBREC): its PUBREL
+        is sent, its PUBCOMP awaited."""
+        self.inflight_out[packet_id].state = OutboundState.AWAIT_PUBCOMP
 
     def add_inflight(self, packet_id: int, item: QueuedMessage, state: OutboundState) -> None:
         self.inflight_out[packet_id] = OutboundInflight(packet_id, item, state)
