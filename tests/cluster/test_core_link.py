@@ -232,7 +232,7 @@ def test_taken_over_elsewhere_closes_with_0x8e_and_publishes_the_will() -> None:
 def test_router_notes_first_and_last_subscriber_of_each_filter() -> None:
     core = make_core()
     calls: list[None] = []
-    core.router.on_interest = lambda: calls.append(None)
+    core.router.serve_cluster(lambda: calls.append(None))
     first, second = Client(core), Client(core)
     first.connect("one")
     second.connect("two")

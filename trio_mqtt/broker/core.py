@@ -455,15 +455,13 @@ class BrokerCore:
         pick the member of each share group, and call ``on_interest`` when a filter
         gains its first or loses its last subscriber (``router.take_interest_changes``)."""
         self.cluster = link
-        self.router.shared_elsewhere = True
-        self.router.on_interest = on_interest
+        self.router.serve_cluster(on_interest)
 
     def leave_cluster(self, stand_in: ClusterLink | None = None) -> None:
         """Be a single node again; ``stand_in`` takes the link's calls meanwhile (a node
         cut off from NATS refuses what it cannot store)."""
         self.cluster = stand_in
-        self.router.shared_elsewhere = False
-        self.router.on_interest = None
+        self.router.serve_cluster(None)
         self.cluster_changed_sessions = None  # (nobody looks at them any more)
 
     def take_changed_sessions(self) -> set[str] | None:

@@ -407,6 +407,13 @@ class Router:
         assert self.on_interest is not None
         self.on_interest()
 
+    def serve_cluster(self, on_interest: Callable[[], None] | None) -> None:
+        """Route for a cluster node (``on_interest`` is called when a filter gains its
+        first or loses its last subscriber; shared subscriptions are served across the
+        nodes, not here), or again for a single node (None)."""
+        self.on_interest = on_interest
+        self.shared_elsewhere = on_interest is not None
+
     def take_interest_changes(self) -> dict[str, bool]:
         """``{filter: has subscribers now}`` for the filters whose first subscriber came
         or last one went since the last call (noted only while ``on_interest`` is set)."""
