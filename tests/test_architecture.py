@@ -7,6 +7,10 @@
   sqlite3, threads or file-system modules, and call no ``open()``.
 - The broker core decides and the connection applies: ``broker/core.py`` never assigns
   an attribute of a connection object nor calls its private methods.
+- The core and the sessions change their own state: no other module assigns to, or
+  calls a mutating method (``add``, ``append``, ``clear``...) on, an attribute of
+  ``core`` / ``self.core`` or of ``session`` (counting the core's statistics object
+  apart, counted where the event happens).
 """
 
 from __future__ import annotations
@@ -224,4 +228,59 @@ def test_the_core_neither_sets_connection_fields_nor_calls_their_private_methods
             ):
                 offences.append(f"line {node.lineno}: uses {ast.unparse(node)}")
     assert {"conn", "old"} <= seen_connection_names  # the check looks at the right names
+    assert offences == []
+
+
+#: methods that change the collection they are called on
+_MUTATORS = frozenset(
+    {"append", "appendleft", "extend", "add", "update", "clear", "discard", "pop", "popleft"}
+    | {"remove", "insert", "setdefault"}
+)
+
+
+def _writes(tree: ast.AST) -> Iterator[tuple[int, ast.expr]]:
+    """Each place in ``tree`` that assigns to an attribute or item, or calls a mutating
+    method on an attribute: its line and what is written (``a.b`` for ``a.b = ...``,
+    ``a.b[k] = ...`` and ``a.b.add(...)``)."""
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _MUTATORS
+        ):
+            targets = [node.func.value]
+        for target in targets:
+            written = target
+            while isinstance(written, ast.Subscript):
+                written = written.value
+            if isinstance(written, ast.Attribute):
+                yield node.lineno, written
+
+
+def _base_name(target: ast.Attribute) -> str:
+    """What ``target`` is an attribute of, as written: ``core`` for ``self.core.x``."""
+    value = target.value
+    if isinstance(value, ast.Attribute):
+        return value.attr
+    return ast.unparse(value)
+
+
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    [("trio_mqtt.broker.core", "core"), ("trio_mqtt.broker.sessions", "session")],
+)
+def test_only_its_own_module_writes_the_core_or_a_session(owner: str, name: str) -> None:
+    # (the core's statistics are counted where the event happens: docs/architecture.md)
+    offences = [
+        f"{module}:{line}: {ast.unparse(target)}"
+        for module, tree in MODULES.items()
+        if module != owner
+        for line, target in _writes(tree)
+        if _base_name(target) == name
+    ]
     assert offences == []

@@ -74,7 +74,7 @@ class Relieved:
 
     def __init__(self, core: BrokerCore) -> None:
         self.calls = 0
-        core.on_relief = self
+        core.set_relief_callback(self)
 
     def __call__(self) -> None:
         self.calls += 1

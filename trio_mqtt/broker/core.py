@@ -479,6 +479,11 @@ class BrokerCore:
         if marks is not None:
             marks.update(client_ids)
 
+    def set_relief_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (instead of the one before) whenever a connection stops being
+        congested: the I/O layer wakes the publishers it held back."""
+        self.on_relief = callback
+
     def take_congestion_hits(self) -> set[ClientConnection]:
         """The congested connections routed to since the last call (and forget them)."""
         hits = self.congestion_hits

@@ -39,5 +39,5 @@ def relief_for(core: BrokerCore) -> Relief:
     relief = core.on_relief
     if not isinstance(relief, Relief):
         relief = Relief()
-        core.on_relief = relief
+        core.set_relief_callback(relief)
     return relief
