@@ -196,6 +196,15 @@ def _connection_names(function: ast.FunctionDef) -> set[str]:
     return names
 
 
+def _assigned(node: ast.AST) -> list[ast.expr]:
+    """What ``node`` assigns to, if it is an assignment."""
+    if isinstance(node, ast.Assign):
+        return node.targets
+    if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        return [node.target]
+    return []
+
+
 def _touches_connection(node: ast.expr, names: set[str]) -> bool:
     """Whether ``node`` is (an attribute of) a connection object."""
     text = ast.unparse(node)
@@ -212,12 +221,7 @@ def test_the_core_neither_sets_connection_fields_nor_calls_their_private_methods
         names = _connection_names(function)
         seen_connection_names |= names
         for node in ast.walk(function):
-            targets: list[ast.expr] = []
-            if isinstance(node, ast.Assign):
-                targets = node.targets
-            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
-                targets = [node.target]
-            for target in targets:
+            for target in _assigned(node):
                 if isinstance(target, ast.Attribute) and _touches_connection(target.value, names):
                     offences.append(f"line {node.lineno}: assigns {ast.unparse(target)}")
             if (
@@ -243,12 +247,8 @@ def _writes(tree: ast.AST) -> Iterator[tuple[int, ast.expr]]:
     method on an attribute: its line and what is written (``a.b`` for ``a.b = ...``,
     ``a.b[k] = ...`` and ``a.b.add(...)``)."""
     for node in ast.walk(tree):
-        targets: list[ast.expr] = []
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
-            targets = [node.target]
-        elif (
+        targets = _assigned(node)
+        if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr in _MUTATORS
